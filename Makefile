@@ -1,0 +1,34 @@
+# `make demo` and `make test` are the two commands a newcomer runs (see README.md).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+STAMP := $(VENV)/.installed
+
+.PHONY: install test test-slow demo clean
+
+install: $(STAMP)
+
+# Idempotent: re-runs only when setup.py or constraints.txt change.
+# torch is installed first from the pinned CPU build; sam2 is a source distribution whose
+# build needs torch, so it builds without isolation (else pip fetches a second torch)
+# and without its CUDA extension.
+$(STAMP): setup.py constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip setuptools wheel
+	$(PIP) install -q -c constraints.txt torch numpy
+	SAM2_BUILD_CUDA=0 $(PIP) install -q --no-build-isolation -c constraints.txt sam2
+	$(PIP) install -q -c constraints.txt -e ".[test]"
+	touch $(STAMP)
+
+test: install
+	$(PY) -m pytest -q
+
+test-slow: install
+	$(PY) -m pytest -q -m slow
+
+demo: install
+	$(VENV)/bin/ppd demo --out demo_out
+
+clean:
+	rm -rf $(VENV) demo_out build *.egg-info

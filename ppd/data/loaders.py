@@ -1,0 +1,272 @@
+"""Loaders that read real datasets as :class:`ppd.data.types.Scene` sequences.
+
+Both loaders index the files when built and read an image only when it is indexed, so a
+large dataset costs nothing until used. Images are converted to RGB uint8 with Pillow.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Iterable, Optional, Union
+
+import numpy as np
+from PIL import Image
+
+from ppd.data.types import Scene
+
+logger = logging.getLogger(__name__)
+
+PathLike = Union[str, Path]
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+MASK_MODES = ("auto", "instance", "binary")
+VOID_ID = 255
+
+
+class ImageMaskFolder(Sequence):
+    """Images and mask PNGs in two folders, paired by file stem (``a.jpg`` <-> ``a.png``).
+
+    Mask modes:
+        * ``"binary"``: any nonzero pixel belongs to the one object (N = 1, or N = 0 for
+          an all-zero mask).
+        * ``"instance"``: each id in 1..254 is one instance, in increasing id order; 0 is
+          background and 255 is void (VOC's "ignore" border), kept out of every instance
+          and returned as ``meta["void"]``.
+        * ``"auto"``: binary when the mask's values are within {0, 255} or {0, 1},
+          instance otherwise (so a one-instance id mask {0, 1} loads the same either way).
+
+    Masks must be single-channel (L, P, I, 1) PNGs; an RGB mask is accepted only if its
+    three channels are equal. ``scene.meta`` holds ``image_file``, ``mask_file``,
+    ``instance_ids`` (the mask value of each instance; [1] for binary masks) and ``void``
+    ((H, W) bool, all False in binary mode).
+
+    Args:
+        images_dir: folder of images (png, jpg, jpeg, bmp, tif, tiff).
+        masks_dir: folder of mask PNGs.
+        mask_mode: "auto", "instance" or "binary".
+        domain: the ``Scene.domain`` of every scene.
+
+    Raises:
+        FileNotFoundError: if a folder does not exist.
+        ValueError: for a bad ``mask_mode``, two images with the same stem, or no pair.
+    """
+
+    def __init__(
+        self,
+        images_dir: PathLike,
+        masks_dir: PathLike,
+        mask_mode: str = "auto",
+        domain: str = "folder",
+    ) -> None:
+        if mask_mode not in MASK_MODES:
+            raise ValueError(f"mask_mode must be one of {MASK_MODES}, got {mask_mode!r}")
+        images = _files_by_stem(_existing_dir(images_dir, "images_dir"), IMAGE_EXTENSIONS)
+        masks = _files_by_stem(_existing_dir(masks_dir, "masks_dir"), (".png",))
+        stems = sorted(images.keys() & masks.keys())
+        if not stems:
+            raise ValueError(
+                f"no image/mask pairs found: {len(images)} images in {images_dir} and "
+                f"{len(masks)} mask PNGs in {masks_dir} share no file stem"
+            )
+        unpaired = len(images) + len(masks) - 2 * len(stems)
+        if unpaired:
+            logger.warning("%d files in %s / %s have no partner", unpaired, images_dir, masks_dir)
+        self.pairs = [(images[s], masks[s]) for s in stems]
+        self.mask_mode = mask_mode
+        self.domain = domain
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> Scene:
+        image_file, mask_file = self.pairs[_check_index(index, len(self))]
+        image = _read_rgb(image_file)
+        ids = _read_mask(mask_file)
+        if ids.shape != image.shape[:2]:
+            raise ValueError(
+                f"mask {mask_file} has size {ids.shape} (H, W) but image {image_file} has "
+                f"{image.shape[:2]}"
+            )
+        values = np.unique(ids)
+        binary = self.mask_mode == "binary" or (
+            self.mask_mode == "auto" and (set(values) <= {0, 255} or set(values) <= {0, 1})
+        )
+        if binary:
+            instance_ids = [1] if values.max() > 0 else []
+            masks = (ids > 0)[None] if instance_ids else np.zeros((0, *ids.shape), bool)
+            void = np.zeros(ids.shape, bool)
+        else:
+            instance_ids = [int(v) for v in values if v not in (0, VOID_ID)]
+            masks = ids[None] == np.array(instance_ids, dtype=ids.dtype)[:, None, None]
+            void = ids == VOID_ID
+        meta = {
+            "image_file": str(image_file),
+            "mask_file": str(mask_file),
+            "instance_ids": instance_ids,
+            "void": void,
+        }
+        return Scene(image=image, masks=masks, domain=self.domain, meta=meta)
+
+
+def load_image_mask_folder(
+    images_dir: PathLike, masks_dir: PathLike, mask_mode: str = "auto", domain: str = "folder"
+) -> ImageMaskFolder:
+    """Open an image folder and a mask folder as a lazy sequence of scenes.
+
+    See :class:`ImageMaskFolder` for the pairing rule, the mask modes and ``meta``.
+    """
+    return ImageMaskFolder(images_dir, masks_dir, mask_mode, domain)
+
+
+class CocoDataset(Sequence):
+    """A COCO-format instance segmentation dataset, read with pycocotools.
+
+    Polygons, uncompressed RLE and compressed RLE (including ``iscrowd`` annotations,
+    which are kept) are all decoded by ``COCO.annToMask``. An annotation is kept when its
+    category is in ``category_ids`` and its ``area`` field is at least ``min_area``;
+    images left with no annotation are skipped, the rest are in increasing image id.
+
+    COCO annotations may overlap, but a Scene's masks do not: overlapping pixels go to
+    the smaller instance (larger instances are painted first), and an instance left with
+    no pixel is dropped. Instances are ordered by decreasing annotation area.
+
+    ``scene.meta`` holds ``image_id``, ``file_name``, and per instance ``category_ids``,
+    ``annotation_ids`` and ``iscrowd``.
+
+    Args:
+        annotation_json: COCO annotation file.
+        images_dir: folder the images' ``file_name`` is relative to.
+        category_ids: categories to keep (all if None).
+        min_area: least annotation area, in pixels, to keep an annotation.
+        domain: the ``Scene.domain`` of every scene.
+
+    Raises:
+        FileNotFoundError: if the annotation file or the images folder does not exist.
+        ValueError: for an unknown category id.
+    """
+
+    def __init__(
+        self,
+        annotation_json: PathLike,
+        images_dir: PathLike,
+        category_ids: Optional[Iterable[int]] = None,
+        min_area: float = 0,
+        domain: str = "coco",
+    ) -> None:
+        from pycocotools.coco import COCO
+
+        if not Path(annotation_json).is_file():
+            raise FileNotFoundError(f"annotation_json {annotation_json} is not a file")
+        self.images_dir = _existing_dir(images_dir, "images_dir")
+        with contextlib.redirect_stdout(io.StringIO()):  # COCO() prints its progress
+            self.coco = COCO(str(annotation_json))
+        if category_ids is None:
+            keep_cats = set(self.coco.getCatIds())
+        else:
+            keep_cats = set(category_ids)
+            unknown = keep_cats - set(self.coco.getCatIds())
+            if unknown:
+                raise ValueError(f"category_ids {sorted(unknown)} are not in {annotation_json}")
+        self.anns: dict[int, list[dict]] = {}
+        for image_id in sorted(self.coco.getImgIds()):
+            anns = [
+                a
+                for a in self.coco.imgToAnns[image_id]
+                if a["category_id"] in keep_cats and a["area"] >= min_area
+            ]
+            if anns:
+                self.anns[image_id] = sorted(anns, key=lambda a: -a["area"])
+        self.image_ids = list(self.anns)
+        skipped = len(self.coco.getImgIds()) - len(self.image_ids)
+        if skipped:
+            logger.info("skipped %d images with no annotation kept in %s", skipped, annotation_json)
+        self.domain = domain
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def __getitem__(self, index: int) -> Scene:
+        image_id = self.image_ids[_check_index(index, len(self))]
+        info = self.coco.imgs[image_id]
+        image_file = self.images_dir / info["file_name"]
+        image = _read_rgb(image_file)
+        if image.shape[:2] != (info["height"], info["width"]):
+            raise ValueError(
+                f"image {image_file} has size {image.shape[:2]} (H, W) but the annotations "
+                f"say {(info['height'], info['width'])}"
+            )
+        anns = self.anns[image_id]
+        # Paint larger instances first so that smaller ones stay visible where they overlap.
+        label = np.full(image.shape[:2], -1, np.int64)
+        for i, ann in enumerate(anns):
+            label[self.coco.annToMask(ann) > 0] = i
+        masks = label[None] == np.arange(len(anns))[:, None, None]
+        visible = masks.any(axis=(1, 2))
+        kept = [a for a, v in zip(anns, visible) if v]
+        meta = {
+            "image_id": image_id,
+            "file_name": info["file_name"],
+            "category_ids": [a["category_id"] for a in kept],
+            "annotation_ids": [a["id"] for a in kept],
+            "iscrowd": [bool(a.get("iscrowd", 0)) for a in kept],
+        }
+        return Scene(image=image, masks=masks[visible], domain=self.domain, meta=meta)
+
+
+def load_coco(
+    annotation_json: PathLike,
+    images_dir: PathLike,
+    category_ids: Optional[Iterable[int]] = None,
+    min_area: float = 0,
+    domain: str = "coco",
+) -> CocoDataset:
+    """Open a COCO-format dataset as a lazy sequence of scenes.
+
+    See :class:`CocoDataset` for the filtering, the overlap rule and ``meta``.
+    """
+    return CocoDataset(annotation_json, images_dir, category_ids, min_area, domain)
+
+
+def _existing_dir(path: PathLike, name: str) -> Path:
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{name} {path} is not a directory")
+    return path
+
+
+def _files_by_stem(folder: Path, extensions: tuple[str, ...]) -> dict[str, Path]:
+    """Map file stem -> path for the files of a folder with one of the extensions."""
+    files: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if path.suffix.lower() not in extensions:
+            continue
+        if path.stem in files:
+            raise ValueError(f"two files share the stem {path.stem!r}: {files[path.stem]}, {path}")
+        files[path.stem] = path
+    return files
+
+
+def _check_index(index: int, length: int) -> int:
+    if not -length <= index < length:
+        raise IndexError(f"index {index} out of range for {length} scenes")
+    return index % length
+
+
+def _read_rgb(path: Path) -> np.ndarray:
+    """(H, W, 3) uint8 RGB image."""
+    with Image.open(path) as img:
+        return np.array(img.convert("RGB"), dtype=np.uint8)
+
+
+def _read_mask(path: Path) -> np.ndarray:
+    """(H, W) integer mask values of a single-channel PNG (or an RGB one with equal channels)."""
+    with Image.open(path) as img:
+        ids = np.asarray(img)
+    if ids.ndim == 3:
+        if not (ids[..., :3] == ids[..., :1]).all():
+            raise ValueError(f"mask {path} must be single-channel (or RGB with equal channels)")
+        ids = ids[..., 0]
+    return ids.astype(np.int64)

@@ -1,0 +1,423 @@
+"""``ppd pretrain``: train the bundled ``sam2-tiny-synthetic`` model from scratch.
+
+A SAM-style interactive recipe on procedural scenes (:mod:`ppd.data.scenes`):
+
+* each step encodes a batch of images once and decodes ``rounds`` prompt rounds on it;
+* round 0: a single positive click (multimask output, loss on the best of the three
+  masks, as SAM), 1..``max_clicks`` random positive/negative clicks, or a box;
+* later rounds add a corrective click from the previous prediction's error (the
+  SAM/RITM rule some of the time, a random point of the larger error region otherwise);
+* loss = ``focal_weight`` * focal + ``dice_weight`` * dice + ``iou_weight`` * MSE of
+  the predicted IoU, summed over rounds;
+* AdamW, linear warm-up then cosine decay; scenes come from a pool that is refreshed
+  with new scenes every step (drawing a scene costs ~25 ms, a step ~0.5 s).
+
+Everything is seeded; a run folder holds ``config.json``, ``last.pt`` (resumable),
+``model.pt`` (the shippable fp16 checkpoint) and ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+
+from ppd import io
+from ppd.data.scenes import DOMAINS, TRAIN_DOMAIN, ProceduralScenes, make_scene
+from ppd.metrics import iou as iou_metric
+from ppd.models import BUNDLED_NAME, new_tiny_model, tiny_model_config
+from ppd.prompts import corrective_click, farthest_click
+from ppd.segmenter import Segmenter, image_features
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PretrainConfig:
+    """Configuration of ``ppd pretrain`` (field docs are the CLI help)."""
+
+    steps: int = 6000
+    """optimiser steps"""
+    batch_size: int = 8
+    """images per step"""
+    rounds: int = 3
+    """prompt rounds decoded per encoded batch (1 initial + corrective clicks)"""
+    lr: float = 8e-4
+    """peak learning rate (AdamW)"""
+    warmup_steps: int = 300
+    """linear warm-up steps"""
+    min_lr_ratio: float = 0.05
+    """final learning rate as a fraction of the peak (cosine decay)"""
+    weight_decay: float = 0.05
+    """AdamW weight decay"""
+    grad_clip: float = 1.0
+    """gradient norm clip"""
+    focal_weight: float = 20.0
+    """weight of the focal loss (SAM uses 20:1 focal:dice)"""
+    dice_weight: float = 1.0
+    """weight of the dice loss"""
+    iou_weight: float = 1.0
+    """weight of the IoU-prediction MSE"""
+    p_box: float = 0.15
+    """probability that round 0 uses a box instead of clicks"""
+    p_multi_click: float = 0.3
+    """probability that round 0 uses several random clicks instead of one"""
+    max_clicks: int = 4
+    """maximum random clicks in round 0"""
+    p_rule_click: float = 0.5
+    """probability that a corrective click follows the exact SAM/RITM rule"""
+    pool_size: int = 1500
+    """scenes kept in memory; one is replaced by a fresh scene every step"""
+    scene_size: int = 256
+    """side of the procedural images in pixels"""
+    domain: str = TRAIN_DOMAIN
+    """training domain"""
+    eval_every: int = 1000
+    """evaluate on held-out scenes every N steps (0: only at the end)"""
+    eval_scenes: int = 48
+    """held-out scenes per evaluation"""
+    checkpoint_every: int = 250
+    """write last.pt every N steps"""
+    seed: int = 0
+    """random seed (scenes, clicks, initialisation)"""
+    threads: int = 0
+    """torch CPU threads (0: leave torch's default)"""
+    model: dict = field(default_factory=tiny_model_config)
+    """model config (sam2 schema)"""
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# Held-out evaluation scenes use seeds far from any training seed.
+EVAL_SEED = 10_000_000
+
+
+# ----------------------------------------------------------------------------- losses
+def focal_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float = 0.25, gamma: float = 2.0) -> torch.Tensor:
+    """Per-row sigmoid focal loss, mean over pixels. logits/target (B, H, W) -> (B,)."""
+    p = torch.sigmoid(logits)
+    ce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    p_t = p * target + (1 - p) * (1 - target)
+    loss = ce * (1 - p_t) ** gamma
+    loss = (alpha * target + (1 - alpha) * (1 - target)) * loss
+    return loss.flatten(1).mean(1)
+
+
+def dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-row soft dice loss. (B, H, W) -> (B,)."""
+    p = torch.sigmoid(logits).flatten(1)
+    t = target.flatten(1)
+    return 1 - (2 * (p * t).sum(1) + 1) / (p.sum(1) + t.sum(1) + 1)
+
+
+def hard_iou(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    pred = logits > 0
+    t = target > 0.5
+    inter = (pred & t).flatten(1).sum(1).float()
+    union = (pred | t).flatten(1).sum(1).float()
+    return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(inter))
+
+
+# ----------------------------------------------------------------------------- clicks
+def _error_click(pred: np.ndarray, gt: np.ndarray, rng: np.random.Generator, p_rule: float):
+    """A corrective click: the SAM/RITM rule, or a random interior point of the larger error."""
+    if rng.random() < p_rule:
+        return corrective_click(pred, gt)
+    fn, fp = gt & ~pred, pred & ~gt
+    nfn, nfp = int(fn.sum()), int(fp.sum())
+    if nfn + nfp == 0:
+        return None
+    region, label = (fn, 1) if nfn >= nfp else (fp, 0)
+    dist = ndimage.distance_transform_edt(np.pad(region, 1))[1:-1, 1:-1]
+    w = dist[region] ** 2
+    ys, xs = np.nonzero(region)
+    i = rng.choice(len(ys), p=w / w.sum())
+    return np.array([xs[i], ys[i]], dtype=np.float32), label
+
+
+def _initial_prompt(mask: np.ndarray, rng: np.random.Generator, cfg: PretrainConfig):
+    """Round-0 prompt for one object: (points (K,2), labels (K,), multimask flag).
+
+    Boxes are expressed as two points with labels 2 / 3, which is how SAM2's prompt
+    encoder receives them (``SAM2ImagePredictor._predict`` does the same).
+    """
+    H, W = mask.shape
+    r = rng.random()
+    if r < cfg.p_box:
+        ys, xs = np.nonzero(mask)
+        x0, x1, y0, y1 = xs.min(), xs.max(), ys.min(), ys.max()
+        w, h = x1 - x0 + 1, y1 - y0 + 1
+        jitter = rng.normal(0, 0.05, 4) * np.array([w, h, w, h])
+        box = np.clip(np.array([x0, y0, x1, y1]) + jitter, 0, [W - 1, H - 1, W - 1, H - 1])
+        return box.reshape(2, 2).astype(np.float32), np.array([2, 3]), False
+    inside = np.argwhere(mask)
+    if r < cfg.p_box + cfg.p_multi_click:
+        k = int(rng.integers(2, cfg.max_clicks + 1))
+        n_pos = int(rng.integers(1, k + 1))
+        outside = np.argwhere(~mask)
+        pos = inside[rng.integers(0, len(inside), n_pos)]
+        neg = outside[rng.integers(0, len(outside), k - n_pos)] if len(outside) else pos[:0]
+        pts = np.concatenate([pos, neg])[:, ::-1].astype(np.float32)
+        labels = np.array([1] * len(pos) + [0] * len(neg))
+        return pts, labels, False
+    # one positive click, biased towards the interior (SAM samples uniformly; interior
+    # clicks are what users and the farthest-point protocol give)
+    if rng.random() < 0.5:
+        dist = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1][mask]
+        i = rng.choice(len(inside), p=dist / dist.sum())
+    else:
+        i = rng.integers(0, len(inside))
+    return inside[i][::-1].astype(np.float32)[None], np.array([1]), True
+
+
+def _pad(points: list[np.ndarray], labels: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    k = max(len(p) for p in points)
+    P = np.zeros((len(points), k, 2), np.float32)
+    L = -np.ones((len(points), k), np.int64)
+    for i, (p, l) in enumerate(zip(points, labels)):
+        P[i, : len(p)], L[i, : len(l)] = p, l
+    return torch.from_numpy(P), torch.from_numpy(L).int()
+
+
+# ----------------------------------------------------------------------------- data
+class ScenePool:
+    """Training examples (image, one object's mask) drawn from a refreshed pool of scenes."""
+
+    def __init__(self, cfg: PretrainConfig, rng: np.random.Generator, progress: Callable[[str, int, int], None] | None = None):
+        self.cfg, self.rng = cfg, rng
+        self.next_seed = cfg.seed * 1_000_000
+        self.scenes = []
+        for i in range(cfg.pool_size):
+            self.scenes.append(self._new())
+            if progress and (i % 50 == 0 or i == cfg.pool_size - 1):
+                progress("pool", i + 1, cfg.pool_size)
+
+    def _new(self):
+        s = make_scene(self.next_seed, self.cfg.domain, self.cfg.scene_size)
+        self.next_seed += 1
+        return s
+
+    def refresh(self) -> None:
+        self.scenes[int(self.rng.integers(len(self.scenes)))] = self._new()
+
+    def sample(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """(n, S, S, 3) uint8 images and (n, S, S) bool masks, randomly flipped/rotated."""
+        imgs, masks = [], []
+        for j in self.rng.integers(0, len(self.scenes), n):
+            s = self.scenes[j]
+            img, m = s.image, s.masks[self.rng.integers(s.num_objects)]
+            k = int(self.rng.integers(4))
+            img, m = np.rot90(img, k), np.rot90(m, k)
+            if self.rng.random() < 0.5:
+                img, m = img[:, ::-1], m[:, ::-1]
+            if self.rng.random() < 0.5:  # colour augmentation: permute channels
+                img = img[..., self.rng.permutation(3)]
+            imgs.append(np.ascontiguousarray(img))
+            masks.append(np.ascontiguousarray(m))
+        return np.stack(imgs), np.stack(masks)
+
+
+# ----------------------------------------------------------------------------- training
+def lr_at(step: int, cfg: PretrainConfig) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
+
+
+def _normalise(imgs: np.ndarray) -> torch.Tensor:
+    x = torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 255.0
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def train_step(model, opt, imgs: np.ndarray, masks: np.ndarray, cfg: PretrainConfig, rng: np.random.Generator) -> dict:
+    """One optimiser step: encode the batch once, decode ``cfg.rounds`` prompt rounds."""
+    S = model.image_size
+    x = _normalise(imgs)
+    if x.shape[-1] != S:
+        x = F.interpolate(x, size=(S, S), mode="bilinear", align_corners=False, antialias=True)
+    target = torch.from_numpy(masks).float()
+    scale = S / masks.shape[-1]
+    embed, high = image_features(model, x)
+    dec = model.sam_mask_decoder
+    pe = model.sam_prompt_encoder.get_dense_pe()
+
+    prompts = [_initial_prompt(m, rng, cfg) for m in masks]
+    points = [p for p, _, _ in prompts]
+    labels = [l for _, l, _ in prompts]
+    multi = torch.tensor([mm for _, _, mm in prompts])
+    total = torch.zeros(())
+    stats = {}
+    for r in range(cfg.rounds):
+        P, L = _pad(points, labels)
+        sparse, dense = model.sam_prompt_encoder(points=(P * scale, L), boxes=None, masks=None)
+        # predict_masks returns all four masks: index 0 single-mask, 1..3 multimask
+        logits, iou_pred, _, _ = dec.predict_masks(embed, pe, sparse, dense, repeat_image=False, high_res_features=high)
+        up = F.interpolate(logits, size=masks.shape[-2:], mode="bilinear", align_corners=False)
+        B = up.shape[0]
+        tgt = target[:, None].expand_as(up)
+        per = cfg.focal_weight * focal_loss(up.flatten(0, 1), tgt.flatten(0, 1)) + cfg.dice_weight * dice_loss(
+            up.flatten(0, 1), tgt.flatten(0, 1)
+        )
+        per = per.view(B, 4)
+        true_iou = hard_iou(up.flatten(0, 1).detach(), tgt.flatten(0, 1)).view(B, 4)
+        use_multi = multi if r == 0 else torch.zeros(B, dtype=torch.bool)
+        best = per[:, 1:].detach().argmin(1) + 1
+        idx = torch.where(use_multi, best, torch.zeros_like(best))
+        rows = torch.arange(B)
+        mask_loss = per[rows, idx]
+        # IoU head: supervise all three multimask outputs on multimask rows, mask 0 otherwise
+        iou_err = (iou_pred - true_iou) ** 2
+        iou_loss = torch.where(use_multi, iou_err[:, 1:].mean(1), iou_err[:, 0])
+        total = total + (mask_loss + cfg.iou_weight * iou_loss).mean()
+        stats[f"iou_r{r}"] = float(true_iou[rows, idx].mean())
+        if r + 1 < cfg.rounds:
+            pred = (up[rows, idx] > 0).numpy()
+            for i in range(B):
+                c = _error_click(pred[i], masks[i], rng, cfg.p_rule_click)
+                if c is not None:
+                    points[i] = np.concatenate([points[i], c[0][None]])
+                    labels[i] = np.concatenate([labels[i], [c[1]]])
+    opt.zero_grad(set_to_none=True)
+    total.backward()
+    gn = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    opt.step()
+    stats["loss"] = float(total)
+    stats["grad_norm"] = float(gn)
+    return stats
+
+
+def trainable_parameters(model) -> list[torch.nn.Parameter]:
+    """Image encoder, prompt encoder, mask decoder and ``no_mem_embed`` (the image path)."""
+    params = [*model.image_encoder.parameters(), *model.sam_prompt_encoder.parameters(), *model.sam_mask_decoder.parameters()]
+    params.append(model.no_mem_embed)
+    return params
+
+
+def export_checkpoint(model, cfg: PretrainConfig, path: Path, meta: dict) -> Path:
+    """The shippable checkpoint: ``{"model": fp16 state_dict, "config", "meta"}``."""
+    state = {k: (v.half() if v.is_floating_point() else v) for k, v in model.state_dict().items()}
+    return io.save_torch({"model": state, "config": cfg.model, "meta": meta}, path)
+
+
+def evaluate_clicks(seg: Segmenter, scenes, n_clicks: int = 3, max_objects: int = 3) -> dict:
+    """Interactive evaluation: farthest-from-boundary first click (multimask, best
+    predicted IoU), then corrective clicks by the SAM/RITM rule.
+
+    Returns ``{"miou@1": .., ..., "miou@n": .., "objects": N}`` over the first
+    ``max_objects`` objects of each scene.
+    """
+    ious = [[] for _ in range(n_clicks)]
+    for scene in scenes:
+        emb = seg.encode(scene.image)
+        for gt in scene.masks[:max_objects]:
+            ps = farthest_click(gt)
+            pts, lab = ps.point_coords, ps.point_labels
+            for k in range(n_clicks):
+                pred = seg.predict(emb, pts, lab, multimask=(k == 0)).masks[0]
+                ious[k].append(float(iou_metric(pred, gt)))
+                c = corrective_click(pred, gt)
+                if c is None:  # perfect: the remaining rounds keep the same score
+                    for kk in range(k + 1, n_clicks):
+                        ious[kk].append(ious[k][-1])
+                    break
+                pts = np.concatenate([pts, c[0][None]]).astype(np.float32)
+                lab = np.concatenate([lab, [c[1]]])
+    out = {f"miou@{k + 1}": float(np.mean(v)) for k, v in enumerate(ious)}
+    out["objects"] = len(ious[0])
+    return out
+
+
+def pretrain(
+    cfg: PretrainConfig,
+    out: str | Path,
+    resume: bool = False,
+    progress: Callable[[str, int, int, dict], None] | None = None,
+) -> dict:
+    """Train the tiny model; returns the final metrics. See the module docstring."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.domain not in DOMAINS:
+        raise ValueError(f"unknown domain {cfg.domain!r}; known: {', '.join(DOMAINS)}")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    io.save_json(cfg.to_dict(), out / "config.json")
+    rng = np.random.default_rng(cfg.seed)
+    model = new_tiny_model(cfg.model, seed=cfg.seed)
+    opt = torch.optim.AdamW(trainable_parameters(model), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    step, history, elapsed = 0, [], 0.0
+    last = out / "last.pt"
+    if resume and last.is_file():
+        state = torch.load(last, map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        step, history, elapsed = state["step"], state["history"], state["elapsed"]
+        rng = state["rng"]
+        logger.info("resumed from %s at step %d", last, step)
+    pool = ScenePool(cfg, np.random.default_rng([cfg.seed, 1]), (lambda w, i, n: progress(w, i, n, {})) if progress else None)
+    if resume and last.is_file():
+        pool.rng = state["pool_rng"]
+        pool.next_seed = state["pool_next_seed"]
+    eval_scenes = ProceduralScenes(cfg.domain, cfg.eval_scenes, seed=EVAL_SEED, size=cfg.scene_size)
+    t0 = time.time() - elapsed
+    model.train()
+    while step < cfg.steps:
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, cfg)
+        imgs, masks = pool.sample(cfg.batch_size)
+        stats = train_step(model, opt, imgs, masks, cfg, rng)
+        pool.refresh()
+        step += 1
+        stats["lr"] = opt.param_groups[0]["lr"]
+        if progress:
+            progress("train", step, cfg.steps, stats)
+        if step % 50 == 0:
+            history.append({"step": step, "time": time.time() - t0, **stats})
+        if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
+            model.eval()
+            ev = evaluate_clicks(Segmenter(model, BUNDLED_NAME, device="cpu", cache_size=0), eval_scenes)
+            model.train()
+            history.append({"step": step, "time": time.time() - t0, "eval": ev})
+            logger.info("step %d eval %s", step, ev)
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            io.save_torch(
+                {
+                    "model": model.state_dict(),
+                    "opt": opt.state_dict(),
+                    "step": step,
+                    "history": history,
+                    "elapsed": time.time() - t0,
+                    "rng": rng,
+                    "pool_rng": pool.rng,
+                    "pool_next_seed": pool.next_seed,
+                },
+                last,
+            )
+    wall = time.time() - t0
+    model.eval()
+    seg = Segmenter(model, BUNDLED_NAME, device="cpu", cache_size=0)
+    final = evaluate_clicks(seg, eval_scenes)
+    meta = {
+        "steps": cfg.steps,
+        "batch_size": cfg.batch_size,
+        "wall_clock_s": round(wall, 1),
+        "torch_threads": torch.get_num_threads(),
+        "eval_in_domain": final,
+        "seed": cfg.seed,
+    }
+    export_checkpoint(model, cfg, out / "model.pt", meta)
+    io.save_json({"final": final, "history": history, "wall_clock_s": wall}, out / "metrics.json")
+    return final

@@ -1,0 +1,427 @@
+"""SAM2 segmenter: exact, batched, cached.
+
+A two-phase predictor in the style of sam2's ``SAM2ImagePredictor``: the expensive
+:meth:`Segmenter.encode` runs the image encoder once per image (an LRU cache keyed by
+image content makes repeated calls free), and the cheap :meth:`Segmenter.predict`
+decodes B prompt sets in ONE mask-decoder call.
+
+Preprocessing and post-processing are those of ``SAM2ImagePredictor`` (resize to the
+model size, bilinear with antialias, ImageNet mean/std; low-res logits upsampled
+bilinearly to the image size and thresholded at 0), written with plain torch ops so
+that torchvision is never needed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections import OrderedDict
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ppd.models import BUNDLED_NAME, build_sam2_model
+
+logger = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class ImageEmbedding:
+    """Image features of one image, as ``SAM2ImagePredictor.set_image`` keeps them.
+
+    Attributes:
+        image_embed: (1, C, h, w) lowest-resolution features (with ``no_mem_embed``
+            added), what the mask decoder attends to; h = w = image_size / 16.
+        high_res_feats: the two higher-resolution feature maps, (1, C/8, 4h, 4w) and
+            (1, C/4, 2h, 2w), already projected by the decoder's ``conv_s0/conv_s1``.
+        orig_hw: (H, W) of the original image in pixels.
+        key: content hash of the image; identifies the image in caches.
+    """
+
+    image_embed: torch.Tensor
+    high_res_feats: list[torch.Tensor]
+    orig_hw: tuple[int, int]
+    key: str
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        """(h, w) of the embedding grid."""
+        return tuple(self.image_embed.shape[-2:])  # type: ignore[return-value]
+
+
+@dataclass
+class Prediction:
+    """Output of :meth:`Segmenter.predict` for B prompt sets.
+
+    Attributes:
+        masks: (B, H, W) bool masks at image size ((B, 3, H, W) with ``return_all``).
+        scores: (B,) predicted IoU of each mask ((B, 3) with ``return_all``).
+        logits: (B, h, w) low-resolution mask logits, clamped to [-32, 32] like
+            ``SAM2ImagePredictor`` (h = w = image_size / 4); (B, 3, h, w) with ``return_all``.
+        uncertainty: (B, H, W) pixel-wise uncertainty in [0, 1], or None (RUAC only).
+    """
+
+    masks: np.ndarray
+    scores: np.ndarray
+    logits: np.ndarray
+    uncertainty: np.ndarray | None = None
+
+
+def image_to_float(image: np.ndarray) -> np.ndarray:
+    """Convert a supported image array to (H, W, 3) float32 in [0, 1].
+
+    Accepted inputs and their conversion:
+
+    * (H, W, 3) uint8 RGB: divided by 255 (the reference format);
+    * (H, W) or (H, W, 1) grey: repeated to three channels (any supported dtype);
+    * (H, W, 4) RGBA: the alpha channel is dropped (not composited);
+    * float16/32/64 in [0, 1]: used as is (values outside [0, 1] are an error);
+    * uint16: divided by 65535.
+
+    Raises:
+        ValueError: for anything else (other dtypes, shapes, NaNs, empty images).
+    """
+    if not isinstance(image, np.ndarray):
+        try:  # PIL images and array-likes
+            image = np.asarray(image)
+        except Exception as exc:  # pragma: no cover - defensive
+            raise ValueError(f"image must be a numpy array, got {type(image).__name__}") from exc
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[..., 0]
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=2)
+    if image.ndim != 3 or image.shape[2] not in (3, 4):
+        raise ValueError(
+            "image must be HxWx3 (RGB), HxWx4 (RGBA), HxW or HxWx1 (grey); "
+            f"got shape {image.shape}"
+        )
+    if image.shape[0] < 1 or image.shape[1] < 1:
+        raise ValueError(f"image is empty: shape {image.shape}")
+    image = image[..., :3]
+    if image.dtype == np.uint8:
+        return image.astype(np.float32) / 255.0
+    if image.dtype == np.uint16:
+        return image.astype(np.float32) / 65535.0
+    if image.dtype in (np.float16, np.float32, np.float64):
+        out = image.astype(np.float32)
+        if not np.isfinite(out).all():
+            raise ValueError("float image contains NaN or infinite values")
+        if out.min() < 0.0 or out.max() > 1.0:
+            raise ValueError(
+                f"float images must be in [0, 1]; got range [{out.min():.3g}, {out.max():.3g}]"
+            )
+        return out
+    raise ValueError(
+        f"unsupported image dtype {image.dtype}; expected uint8, uint16 or float in [0, 1]"
+    )
+
+
+def image_key(image: np.ndarray) -> str:
+    """Content hash of an image array (shape, dtype and bytes)."""
+    arr = np.ascontiguousarray(image)
+    h = hashlib.blake2b(digest_size=16)
+    h.update(str((arr.shape, arr.dtype.str)).encode())
+    h.update(arr.tobytes())
+    return h.hexdigest()
+
+
+def preprocess(image_float: np.ndarray, size: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """(H, W, 3) float in [0, 1] -> (1, 3, size, size) normalised model input.
+
+    Same ops as ``SAM2Transforms``: torchvision's ``Resize((size, size))`` on a tensor is
+    ``F.interpolate(bilinear, align_corners=False, antialias=True)``, then ``Normalize``.
+    """
+    x = torch.from_numpy(np.ascontiguousarray(image_float)).permute(2, 0, 1)[None].to(device)
+    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def image_features(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Run the image encoder on a (N, 3, S, S) batch, as ``SAM2ImagePredictor.set_image``.
+
+    Returns:
+        ``(image_embed (N, C, h, w), [feat_s0 (N, C/8, 4h, 4w), feat_s1 (N, C/4, 2h, 2w)])``.
+    """
+    backbone_out = model.forward_image(x)
+    _, vision_feats, _, feat_sizes = model._prepare_backbone_features(backbone_out)
+    if model.directly_add_no_mem_embed:
+        vision_feats[-1] = vision_feats[-1] + model.no_mem_embed
+    n = x.shape[0]
+    feats = [
+        f.permute(1, 2, 0).reshape(n, -1, *hw) for f, hw in zip(vision_feats, feat_sizes)
+    ]
+    return feats[-1], feats[:-1]
+
+
+def decode(
+    model: torch.nn.Module,
+    image_embed: torch.Tensor,
+    high_res_feats: Sequence[torch.Tensor],
+    coords: torch.Tensor | None,
+    labels: torch.Tensor | None,
+    boxes: torch.Tensor | None = None,
+    mask_input: torch.Tensor | None = None,
+    multimask: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompt encoder + mask decoder, as ``SAM2ImagePredictor._predict``.
+
+    Args:
+        image_embed: (1, C, h, w) (one image shared by all rows) or (B, C, h, w).
+        high_res_feats: matching high-resolution features.
+        coords: (B, K, 2) point coordinates in model-input pixels (image_size scale).
+        labels: (B, K) int labels, 1 fg, 0 bg, -1 padding.
+        boxes: (B, 4) XYXY boxes in model-input pixels, or None.
+        mask_input: (B, 1, 4h, 4w) low-res mask logits, or None.
+        multimask: return the three multimask outputs instead of one mask.
+
+    Returns:
+        ``(low_res_logits (B, M, 4h, 4w), iou_pred (B, M))`` with M = 3 or 1.
+    """
+    points = (coords, labels) if coords is not None else None
+    if boxes is not None:
+        box_coords = boxes.reshape(-1, 2, 2)
+        box_labels = torch.tensor([[2, 3]], dtype=torch.int, device=boxes.device).repeat(
+            boxes.shape[0], 1
+        )
+        if points is not None:
+            points = (torch.cat([box_coords, points[0]], 1), torch.cat([box_labels, points[1]], 1))
+        else:
+            points = (box_coords, box_labels)
+    sparse, dense = model.sam_prompt_encoder(points=points, boxes=None, masks=mask_input)
+    n_rows = sparse.shape[0]
+    repeat = image_embed.shape[0] == 1 and n_rows > 1
+    logits, iou, _, _ = model.sam_mask_decoder(
+        image_embeddings=image_embed,
+        image_pe=model.sam_prompt_encoder.get_dense_pe(),
+        sparse_prompt_embeddings=sparse,
+        dense_prompt_embeddings=dense,
+        multimask_output=multimask,
+        repeat_image=repeat,
+        high_res_features=list(high_res_feats),
+    )
+    return logits, iou
+
+
+class Segmenter:
+    """A SAM2 model behind a numpy-in, numpy-out two-phase interface.
+
+    Build one with :func:`ppd.load_segmenter`.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        name: str,
+        device: torch.device | str | None = None,
+        cache_size: int = 32,
+        mask_threshold: float = 0.0,
+        info: dict | None = None,
+    ) -> None:
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.name = name
+        self.info = info or {}
+        self.mask_threshold = mask_threshold
+        if cache_size < 0:
+            raise ValueError(f"cache_size must be >= 0, got {cache_size}")
+        self.cache_size = cache_size
+        self._cache: OrderedDict[str, ImageEmbedding] = OrderedDict()
+
+    # -- properties ---------------------------------------------------------------
+    @property
+    def image_size(self) -> int:
+        """Side of the square model input in pixels (256 for the bundled model)."""
+        return int(self.model.image_size)
+
+    @property
+    def embed_dim(self) -> int:
+        """Channels C of :attr:`ImageEmbedding.image_embed`."""
+        return int(self.model.hidden_dim)
+
+    def _autocast(self):
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return nullcontext()
+
+    # -- encoding -----------------------------------------------------------------
+    def encode(self, image: np.ndarray) -> ImageEmbedding:
+        """Encode one image (see :func:`image_to_float` for the accepted formats).
+
+        Results are cached by image content (LRU, ``cache_size`` entries).
+        """
+        key = image_key(np.asarray(image))
+        hit = self._cache.get(key)
+        if hit is not None:
+            self._cache.move_to_end(key)
+            return hit
+        img = image_to_float(image)
+        x = preprocess(img, self.image_size, self.device)
+        with torch.inference_mode(), self._autocast():
+            embed, high = image_features(self.model, x)
+        emb = ImageEmbedding(embed.float(), [h.float() for h in high], img.shape[:2], key)
+        if self.cache_size > 0:
+            self._cache[key] = emb
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        return emb
+
+    def clear_cache(self) -> None:
+        self._cache.clear()
+
+    @property
+    def cache_info(self) -> dict[str, int]:
+        return {"size": len(self._cache), "max_size": self.cache_size}
+
+    # -- prediction ---------------------------------------------------------------
+    def _prompts_to_tensors(self, emb: ImageEmbedding, point_coords, point_labels, boxes, mask_input):
+        H, W = emb.orig_hw
+        n_rows = None
+        coords_t = labels_t = boxes_t = mask_t = None
+        if point_coords is not None or point_labels is not None:
+            if point_coords is None or point_labels is None:
+                raise ValueError("point_coords and point_labels must be given together")
+            coords = np.asarray(point_coords, dtype=np.float64)
+            labels = np.asarray(point_labels)
+            if coords.ndim == 2:
+                coords, labels = coords[None], labels[None] if labels.ndim == 1 else labels
+            if coords.ndim != 3 or coords.shape[-1] != 2:
+                raise ValueError(
+                    f"point_coords must have shape (K, 2) or (B, K, 2); got {np.shape(point_coords)}"
+                )
+            if labels.shape != coords.shape[:2]:
+                raise ValueError(
+                    f"point_labels must have shape {coords.shape[:2]} to match point_coords "
+                    f"{coords.shape}; got {np.shape(point_labels)}"
+                )
+            if not np.issubdtype(labels.dtype, np.number) or not np.isin(labels, (-1, 0, 1)).all():
+                raise ValueError("point_labels must be 1 (foreground), 0 (background) or -1 (padding)")
+            real = labels >= 0
+            if np.isnan(coords[real]).any() or np.isinf(coords[real]).any():
+                raise ValueError("point_coords contain NaN or infinite values")
+            xs, ys = coords[..., 0][real], coords[..., 1][real]
+            if ((xs < 0) | (xs > W) | (ys < 0) | (ys > H)).any():
+                bad = np.argwhere(real & ((coords[..., 0] < 0) | (coords[..., 0] > W) | (coords[..., 1] < 0) | (coords[..., 1] > H)))[0]
+                raise ValueError(
+                    f"point {tuple(coords[tuple(bad)])} (row {bad[0]}, index {bad[1]}) lies "
+                    f"outside the image of width {W} and height {H}"
+                )
+            coords = np.where(real[..., None], coords, 0.0)
+            n_rows = coords.shape[0]
+            scale = np.array([self.image_size / W, self.image_size / H])
+            coords_t = torch.as_tensor(coords * scale, dtype=torch.float, device=self.device)
+            labels_t = torch.as_tensor(labels, dtype=torch.int, device=self.device)
+        if boxes is not None:
+            b = np.asarray(boxes, dtype=np.float64)
+            if b.ndim == 1:
+                b = b[None]
+            if b.ndim != 2 or b.shape[1] != 4:
+                raise ValueError(f"boxes must have shape (4,) or (B, 4) in XYXY; got {np.shape(boxes)}")
+            if not np.isfinite(b).all():
+                raise ValueError("boxes contain NaN or infinite values")
+            if n_rows is not None and b.shape[0] != n_rows:
+                raise ValueError(f"got {b.shape[0]} boxes for {n_rows} prompt sets")
+            n_rows = b.shape[0]
+            scale = np.array([self.image_size / W, self.image_size / H] * 2)
+            boxes_t = torch.as_tensor(b * scale, dtype=torch.float, device=self.device)
+        if n_rows is None:
+            raise ValueError("predict needs point prompts or boxes")
+        if boxes_t is None and bool((labels_t < 0).all(dim=1).any()):
+            row = int((labels_t < 0).all(dim=1).nonzero()[0, 0])
+            raise ValueError(f"prompt set {row} has only padding points (label -1) and no box")
+        if mask_input is not None:
+            m = torch.as_tensor(np.asarray(mask_input), dtype=torch.float, device=self.device)
+            side = self.image_size // 4
+            if m.ndim == 2:
+                m = m[None]
+            if m.ndim == 3:
+                m = m[:, None]
+            if m.shape[1:] != (1, side, side) or m.shape[0] not in (1, n_rows):
+                raise ValueError(
+                    f"mask_input must be low-res logits of shape ({side}, {side}) or "
+                    f"(B, {side}, {side}); got {tuple(np.shape(mask_input))}"
+                )
+            mask_t = m.expand(n_rows, -1, -1, -1)
+        return coords_t, labels_t, boxes_t, mask_t
+
+    def predict(
+        self,
+        emb_or_image: ImageEmbedding | np.ndarray,
+        point_coords: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        boxes: np.ndarray | None = None,
+        mask_input: np.ndarray | None = None,
+        multimask: bool = False,
+        return_all: bool = False,
+    ) -> Prediction:
+        """Decode B prompt sets on one image in one decoder call.
+
+        Args:
+            emb_or_image: an :class:`ImageEmbedding` or an image (encoded, cached).
+            point_coords: (B, K, 2) or (K, 2) points (x, y) in image pixels.
+            point_labels: (B, K) or (K,): 1 foreground, 0 background, -1 padding.
+            boxes: (B, 4) or (4,) XYXY boxes in image pixels, or None.
+            mask_input: low-res logits (h, w) / (B, h, w) from a previous prediction.
+            multimask: decode three masks per row and keep the one with the highest
+                predicted IoU (better for a single ambiguous click).
+            return_all: with ``multimask``, return all three masks per row.
+
+        Returns:
+            :class:`Prediction` with B rows (B = 1 for unbatched input).
+        """
+        emb = emb_or_image if isinstance(emb_or_image, ImageEmbedding) else self.encode(emb_or_image)
+        coords, labels, boxes_t, mask_t = self._prompts_to_tensors(
+            emb, point_coords, point_labels, boxes, mask_input
+        )
+        with torch.inference_mode(), self._autocast():
+            low, iou = decode(
+                self.model, emb.image_embed, emb.high_res_feats, coords, labels, boxes_t, mask_t, multimask
+            )
+        low, iou = low.float(), iou.float()
+        if multimask and not return_all:
+            best = iou.argmax(dim=1)
+            rows = torch.arange(low.shape[0], device=low.device)
+            low, iou = low[rows, best][:, None], iou[rows, best][:, None]
+        masks = F.interpolate(low, emb.orig_hw, mode="bilinear", align_corners=False) > self.mask_threshold
+        low = torch.clamp(low, -32.0, 32.0)
+        if not return_all:
+            masks, low, iou = masks[:, 0], low[:, 0], iou[:, 0]
+        return Prediction(masks.cpu().numpy(), iou.cpu().numpy(), low.cpu().numpy())
+
+
+def load_segmenter(
+    name: str = BUNDLED_NAME,
+    checkpoint: str | os.PathLike | None = None,
+    device: str | torch.device | None = None,
+    cache_size: int = 32,
+) -> Segmenter:
+    """Load a SAM2 segmenter.
+
+    Args:
+        name: ``"sam2-tiny-synthetic"`` (bundled, CPU-friendly, 256 px) or an official
+            config name: ``sam2.1_hiera_t/s/b+/l``, ``sam2_hiera_t/s/b+/l``.
+        checkpoint: local checkpoint file in the official format ``{"model": state_dict}``.
+            Required for official names; defaults to the shipped file for the bundled one.
+        device: ``"cuda"``, ``"cpu"``...; default CUDA when available, else CPU. On CUDA
+            the model runs under bf16 autocast.
+        cache_size: number of image embeddings kept (LRU by image content); 0 disables.
+
+    Raises:
+        ValueError: unknown name (the message lists the known ones), a checkpoint that
+            does not fit the config (missing / unexpected keys named).
+        FileNotFoundError: missing checkpoint file (the message says where the official
+            checkpoints are published).
+    """
+    model, info = build_sam2_model(name, checkpoint)
+    return Segmenter(model, name, device=device, cache_size=cache_size, info=info)

@@ -1,0 +1,188 @@
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ppd.data.loaders import load_coco, load_image_mask_folder
+from ppd.data.types import Scene
+
+H, W = 12, 16
+
+
+def save_image(path, h=H, w=W, seed=0):
+    pixels = np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+    return pixels
+
+
+def instance_ids():
+    ids = np.zeros((H, W), np.uint8)
+    ids[1:4, 1:5] = 3  # 12 px
+    ids[6:10, 8:15] = 7  # 28 px
+    ids[0, :] = 255  # void row, 16 px
+    return ids
+
+
+@pytest.fixture
+def folder(tmp_path):
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir()
+    masks.mkdir()
+    pixels = save_image(images / "a.png")
+    Image.fromarray(instance_ids()).save(masks / "a.png")
+    save_image(images / "b.jpg", seed=1)
+    binary = np.zeros((H, W), np.uint8)
+    binary[2:5, 3:9] = 255  # 18 px
+    Image.fromarray(binary).save(masks / "b.png")
+    save_image(images / "unpaired.png")
+    return images, masks, pixels
+
+
+def test_folder_pairs_by_stem_and_reads_instances(folder):
+    images, masks, pixels = folder
+    data = load_image_mask_folder(images, masks)
+    assert len(data) == 2
+    a = data[0]
+    assert isinstance(a, Scene) and a.domain == "folder"
+    np.testing.assert_array_equal(a.image, pixels)
+    assert a.masks.shape == (2, H, W) and a.masks.dtype == bool
+    assert a.meta["instance_ids"] == [3, 7]
+    assert a.masks.sum(axis=(1, 2)).tolist() == [12, 28]
+    assert a.meta["void"].sum() == 16 and not (a.masks & a.meta["void"]).any()
+    assert a.meta["image_file"].endswith("a.png")
+
+
+def test_folder_binary_masks(folder):
+    images, masks, _ = folder
+    data = load_image_mask_folder(images, masks)
+    b = data[-1]
+    assert b.image.shape == (H, W, 3) and b.image.dtype == np.uint8
+    assert b.masks.shape == (1, H, W) and b.masks.sum() == 18
+    assert b.masks[0, 2:5, 3:9].all()
+    # Forcing binary mode merges the instances (and the void value) into one object.
+    forced = load_image_mask_folder(images, masks, mask_mode="binary")[0]
+    assert forced.masks.shape == (1, H, W) and forced.masks.sum() == 12 + 28 + 16
+
+
+def test_folder_all_zero_mask_has_no_object(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    save_image(tmp_path / "images" / "x.png")
+    Image.fromarray(np.zeros((H, W), np.uint8)).save(tmp_path / "masks" / "x.png")
+    scene = load_image_mask_folder(tmp_path / "images", tmp_path / "masks")[0]
+    assert scene.masks.shape == (0, H, W)
+
+
+def test_folder_errors(folder, tmp_path):
+    images, masks, _ = folder
+    with pytest.raises(FileNotFoundError, match="masks_dir"):
+        load_image_mask_folder(images, tmp_path / "nope")
+    with pytest.raises(ValueError, match="mask_mode"):
+        load_image_mask_folder(images, masks, mask_mode="semantic")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="no image/mask pairs"):
+        load_image_mask_folder(images, empty)
+    Image.fromarray(np.zeros((H + 1, W), np.uint8)).save(masks / "a.png")
+    with pytest.raises(ValueError, match=r"a\.png"):
+        load_image_mask_folder(images, masks)[0]
+    with pytest.raises(IndexError):
+        load_image_mask_folder(images, masks)[2]
+
+
+@pytest.fixture
+def coco(tmp_path):
+    from pycocotools import mask as mask_utils
+
+    images = tmp_path / "images"
+    images.mkdir()
+    save_image(images / "one.png")
+    save_image(images / "two.png", seed=1)
+    save_image(images / "none.png", seed=2)
+
+    rle_mask = np.zeros((H, W), np.uint8, order="F")
+    rle_mask[6:10, 1:4] = 1  # 12 px
+    compressed = mask_utils.encode(np.asfortranarray(rle_mask))
+    compressed["counts"] = compressed["counts"].decode("ascii")
+    # Uncompressed RLE: run lengths of the column-major flattened mask, starting with 0s.
+    crowd = np.zeros((H, W), np.uint8)
+    crowd[8:12, 10:16] = 1  # 24 px
+    flat = crowd.flatten(order="F")
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], flat, [1 - flat[-1]]])))
+    counts = np.diff(np.concatenate([[0], edges])).tolist()
+    uncompressed = {"size": [H, W], "counts": counts}
+    assert mask_utils.decode(mask_utils.frPyObjects(uncompressed, H, W)).sum() == 24
+
+    def ann(id_, image_id, cat, segm, area, iscrowd=0):
+        return dict(id=id_, image_id=image_id, category_id=cat, segmentation=segm,
+                    area=area, iscrowd=iscrowd, bbox=[0, 0, 1, 1])
+
+    square = [[2.0, 2.0, 6.0, 2.0, 6.0, 6.0, 2.0, 6.0]]  # polygon, corners of a 4x4 square
+    data = {
+        "images": [
+            {"id": 1, "file_name": "one.png", "height": H, "width": W},
+            {"id": 2, "file_name": "two.png", "height": H, "width": W},
+            {"id": 3, "file_name": "none.png", "height": H, "width": W},
+        ],
+        "categories": [{"id": 1, "name": "thing"}, {"id": 2, "name": "stuff"}],
+        "annotations": [
+            ann(10, 1, 1, square, 16.0),
+            ann(11, 1, 2, compressed, 12.0),
+            ann(12, 1, 1, uncompressed, 24.0, iscrowd=1),
+            ann(20, 2, 1, [[0.0, 0.0, 16.0, 0.0, 16.0, 12.0, 0.0, 12.0]], 192.0),  # whole image
+            ann(21, 2, 2, square, 16.0),  # on top of the whole-image one
+            ann(30, 3, 2, [[0.0, 0.0, 1.0, 0.0, 1.0, 1.0]], 0.5),
+        ],
+    }
+    path = tmp_path / "ann.json"
+    path.write_text(json.dumps(data))
+    return path, images, rle_mask.astype(bool), crowd.astype(bool)
+
+
+def test_coco_polygon_and_both_rles(coco):
+    path, images, rle_mask, crowd = coco
+    data = load_coco(path, images, min_area=1)
+    assert len(data) == 2  # image 3 holds only a 0.5 px annotation
+    scene = data[0]
+    assert scene.domain == "coco" and scene.image.shape == (H, W, 3)
+    assert scene.meta["image_id"] == 1 and scene.meta["file_name"] == "one.png"
+    # Ordered by decreasing area: crowd RLE (24), polygon (16), compressed RLE (12).
+    assert scene.meta["annotation_ids"] == [12, 10, 11]
+    assert scene.meta["category_ids"] == [1, 1, 2]
+    assert scene.meta["iscrowd"] == [True, False, False]
+    assert scene.masks.sum(axis=(1, 2)).tolist() == [24, 16, 12]
+    np.testing.assert_array_equal(scene.masks[0], crowd)
+    np.testing.assert_array_equal(scene.masks[2], rle_mask)
+    assert scene.masks[1, 2:6, 2:6].all()
+
+
+def test_coco_overlap_goes_to_smaller_instance(coco):
+    path, images, _, _ = coco
+    scene = load_coco(path, images)[1]
+    assert scene.meta["annotation_ids"] == [20, 21]
+    assert scene.masks.sum(axis=(1, 2)).tolist() == [192 - 16, 16]
+    assert scene.masks.sum(axis=0).max() == 1
+
+
+def test_coco_filters(coco):
+    path, images, _, _ = coco
+    stuff = load_coco(path, images, category_ids=[2])
+    # Annotation 30 (a 0.5 px triangle) covers no pixel centre: dropped, leaving N = 0.
+    assert [stuff[i].meta["annotation_ids"] for i in range(len(stuff))] == [[11], [21], []]
+    assert stuff[2].masks.shape == (0, H, W)
+    assert len(load_coco(path, images, min_area=20)) == 2
+    assert len(load_coco(path, images, min_area=100)) == 1
+    with pytest.raises(ValueError, match=r"category_ids \[9\]"):
+        load_coco(path, images, category_ids=[9])
+
+
+def test_coco_errors(coco, tmp_path):
+    path, images, _, _ = coco
+    with pytest.raises(FileNotFoundError, match="annotation_json"):
+        load_coco(tmp_path / "missing.json", images)
+    with pytest.raises(FileNotFoundError, match="images_dir"):
+        load_coco(path, tmp_path / "missing")
+    save_image(images / "one.png", h=H + 2)
+    with pytest.raises(ValueError, match=r"one\.png"):
+        load_coco(path, images)[0]
