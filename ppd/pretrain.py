@@ -46,7 +46,7 @@ logger = logging.getLogger(__name__)
 class PretrainConfig:
     """Configuration of ``ppd pretrain`` (field docs are the CLI help)."""
 
-    steps: int = 6000
+    steps: int = 4200
     """optimiser steps"""
     batch_size: int = 8
     """images per step"""
@@ -295,7 +295,7 @@ def train_step(model, opt, imgs: np.ndarray, masks: np.ndarray, cfg: PretrainCon
     total.backward()
     gn = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
     opt.step()
-    stats["loss"] = float(total)
+    stats["loss"] = float(total.detach())
     stats["grad_norm"] = float(gn)
     return stats
 

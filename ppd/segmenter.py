@@ -285,8 +285,9 @@ class Segmenter:
         return {"size": len(self._cache), "max_size": self.cache_size}
 
     # -- prediction ---------------------------------------------------------------
-    def _prompts_to_tensors(self, emb: ImageEmbedding, point_coords, point_labels, boxes, mask_input):
-        H, W = emb.orig_hw
+    def _prompts_to_tensors(self, hw: np.ndarray, point_coords, point_labels, boxes, mask_input):
+        """Validate prompts and scale them to model-input pixels. ``hw``: (1, 2) or (B, 2)."""
+        H, W = hw[:, 0:1], hw[:, 1:2]  # (rows or 1, 1) for broadcasting over points
         n_rows = None
         coords_t = labels_t = boxes_t = mask_t = None
         if point_coords is not None or point_labels is not None:
@@ -310,16 +311,19 @@ class Segmenter:
             real = labels >= 0
             if np.isnan(coords[real]).any() or np.isinf(coords[real]).any():
                 raise ValueError("point_coords contain NaN or infinite values")
-            xs, ys = coords[..., 0][real], coords[..., 1][real]
-            if ((xs < 0) | (xs > W) | (ys < 0) | (ys > H)).any():
-                bad = np.argwhere(real & ((coords[..., 0] < 0) | (coords[..., 0] > W) | (coords[..., 1] < 0) | (coords[..., 1] > H)))[0]
+            outside = real & ((coords[..., 0] < 0) | (coords[..., 0] > W) | (coords[..., 1] < 0) | (coords[..., 1] > H))
+            if outside.any():
+                r, k = np.argwhere(outside)[0]
+                h, w = hw[min(r, len(hw) - 1)].astype(int)
                 raise ValueError(
-                    f"point {tuple(coords[tuple(bad)])} (row {bad[0]}, index {bad[1]}) lies "
-                    f"outside the image of width {W} and height {H}"
+                    f"point {tuple(coords[r, k].tolist())} (row {r}, index {k}) lies "
+                    f"outside the image of width {w} and height {h}"
                 )
             coords = np.where(real[..., None], coords, 0.0)
             n_rows = coords.shape[0]
-            scale = np.array([self.image_size / W, self.image_size / H])
+            if len(hw) not in (1, n_rows):
+                raise ValueError(f"got {n_rows} prompt sets for {len(hw)} images")
+            scale = self.image_size / np.stack([W, H], -1)  # (rows or 1, 1, 2)
             coords_t = torch.as_tensor(coords * scale, dtype=torch.float, device=self.device)
             labels_t = torch.as_tensor(labels, dtype=torch.int, device=self.device)
         if boxes is not None:
@@ -333,7 +337,7 @@ class Segmenter:
             if n_rows is not None and b.shape[0] != n_rows:
                 raise ValueError(f"got {b.shape[0]} boxes for {n_rows} prompt sets")
             n_rows = b.shape[0]
-            scale = np.array([self.image_size / W, self.image_size / H] * 2)
+            scale = self.image_size / np.concatenate([W, H, W, H], -1)
             boxes_t = torch.as_tensor(b * scale, dtype=torch.float, device=self.device)
         if n_rows is None:
             raise ValueError("predict needs point prompts or boxes")
@@ -381,23 +385,66 @@ class Segmenter:
             :class:`Prediction` with B rows (B = 1 for unbatched input).
         """
         emb = emb_or_image if isinstance(emb_or_image, ImageEmbedding) else self.encode(emb_or_image)
-        coords, labels, boxes_t, mask_t = self._prompts_to_tensors(
-            emb, point_coords, point_labels, boxes, mask_input
-        )
-        with torch.inference_mode(), self._autocast():
-            low, iou = decode(
-                self.model, emb.image_embed, emb.high_res_feats, coords, labels, boxes_t, mask_t, multimask
+        hw = np.asarray([emb.orig_hw], dtype=np.float64)
+        prompts = self._prompts_to_tensors(hw, point_coords, point_labels, boxes, mask_input)
+        return self._decode_rows(emb.image_embed, emb.high_res_feats, [emb.orig_hw], prompts, multimask, return_all)
+
+    def predict_batch(
+        self,
+        embeddings: Sequence[ImageEmbedding],
+        point_coords: np.ndarray,
+        point_labels: np.ndarray,
+        multimask: bool = False,
+    ) -> Prediction:
+        """Decode one prompt set per embedding, rows on different images, in ONE decoder call.
+
+        Args:
+            embeddings: B image embeddings (row b is decoded on ``embeddings[b]``).
+            point_coords: (B, K, 2) points (x, y) in pixels of each row's image.
+            point_labels: (B, K): 1 foreground, 0 background, -1 padding.
+            multimask: keep the best of three masks per row (highest predicted IoU).
+
+        Returns:
+            :class:`Prediction`; ``masks`` is (B, H, W) when all images share one size,
+            else an object array of B (H_b, W_b) masks.
+        """
+        if len(embeddings) == 0:
+            raise ValueError("predict_batch needs at least one embedding")
+        hw = np.asarray([e.orig_hw for e in embeddings], dtype=np.float64)
+        coords = np.asarray(point_coords)
+        if coords.ndim != 3 or coords.shape[0] != len(embeddings):
+            raise ValueError(
+                f"point_coords must have shape (B, K, 2) with B = {len(embeddings)} embeddings; got {coords.shape}"
             )
+        prompts = self._prompts_to_tensors(hw, coords, point_labels, None, None)
+        embed = torch.cat([e.image_embed for e in embeddings])
+        high = [torch.cat([e.high_res_feats[i] for e in embeddings]) for i in range(len(embeddings[0].high_res_feats))]
+        return self._decode_rows(embed, high, [e.orig_hw for e in embeddings], prompts, multimask, False)
+
+    def _decode_rows(self, embed, high, sizes, prompts, multimask, return_all) -> Prediction:
+        coords, labels, boxes_t, mask_t = prompts
+        with torch.inference_mode(), self._autocast():
+            low, iou = decode(self.model, embed, high, coords, labels, boxes_t, mask_t, multimask)
         low, iou = low.float(), iou.float()
         if multimask and not return_all:
             best = iou.argmax(dim=1)
             rows = torch.arange(low.shape[0], device=low.device)
             low, iou = low[rows, best][:, None], iou[rows, best][:, None]
-        masks = F.interpolate(low, emb.orig_hw, mode="bilinear", align_corners=False) > self.mask_threshold
+        if len(set(sizes)) == 1:
+            masks = (F.interpolate(low, sizes[0], mode="bilinear", align_corners=False) > self.mask_threshold).cpu().numpy()
+        else:  # rows on images of different sizes: upsample each to its own size
+            masks = np.empty(len(sizes), dtype=object)
+            for i, size in enumerate(sizes):
+                masks[i] = (F.interpolate(low[i : i + 1], size, mode="bilinear", align_corners=False) > self.mask_threshold)[0].cpu().numpy()
         low = torch.clamp(low, -32.0, 32.0)
         if not return_all:
-            masks, low, iou = masks[:, 0], low[:, 0], iou[:, 0]
-        return Prediction(masks.cpu().numpy(), iou.cpu().numpy(), low.cpu().numpy())
+            if masks.dtype == object:
+                for i in range(len(masks)):
+                    masks[i] = masks[i][0]
+            else:
+                masks = masks[:, 0]
+            low, iou = low[:, 0], iou[:, 0]
+        return Prediction(masks, iou.cpu().numpy(), low.cpu().numpy())
 
 
 def load_segmenter(

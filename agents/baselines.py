@@ -1,0 +1,132 @@
+"""Simple prompt refiners to compare the defender against, honestly.
+
+All share :class:`~ppd.agents.defender.PromptDefender`'s interface
+(``refine(image, point_coords, point_labels, max_steps=None) -> RefineResult`` and
+``refine_many``) and use no ground truth:
+
+* :class:`NoRefine`: the input prompts as they are (the "coarse" row of a table).
+* :class:`RandomDrop`: drops each point with probability ``p`` (seeded), keeps >= 1.
+* :class:`GreedyScoreFilter`: drops, one at a time, the point whose removal raises SAM's
+  own predicted IoU the most, while a removal raises it.
+
+Unlike the defender, the baselines give SAM every input point (no patch merging).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ppd.agents.defender import PromptRefiner, RefineResult, check_prompts, make_result
+from ppd.segmenter import Segmenter
+
+__all__ = ["BASELINES", "GreedyScoreFilter", "NoRefine", "RandomDrop"]
+
+
+def _budget(max_steps: int | None) -> int | None:
+    if max_steps is not None and int(max_steps) < 0:
+        raise ValueError(f"max_steps must be >= 0, got {max_steps}")
+    return None if max_steps is None else int(max_steps)
+
+
+def _decode(segmenter: Segmenter, image: np.ndarray, coords: np.ndarray, labels: np.ndarray, kept: np.ndarray):
+    """SAM's mask and predicted IoU for the kept points (one decoder call)."""
+    pred = segmenter.predict(segmenter.encode(image), coords[kept], labels[kept])
+    return pred.masks[0], float(pred.scores[0])
+
+
+class NoRefine(PromptRefiner):
+    """Returns the input prompts unchanged, with SAM's mask for them.
+
+    Args:
+        segmenter: the SAM2 segmenter.
+    """
+
+    def __init__(self, segmenter: Segmenter) -> None:
+        self.segmenter = segmenter
+
+    def refine(self, image, point_coords, point_labels, max_steps=None) -> RefineResult:
+        coords, labels = check_prompts(point_coords, point_labels)
+        _budget(max_steps)
+        kept = np.ones(len(coords), bool)
+        mask, score = _decode(self.segmenter, image, coords, labels, kept)
+        return make_result(coords, labels, kept, mask, score, 0)
+
+
+class RandomDrop(PromptRefiner):
+    """Drops each point independently with probability ``p``; keeps at least one.
+
+    If every point is drawn for dropping, one of them (uniform) is kept. With a budget
+    ``max_steps``, only the first ``max_steps`` drawn drops (in input order) happen.
+
+    Args:
+        segmenter: the SAM2 segmenter.
+        p: drop probability per point, in [0, 1].
+        seed: seed of the refiner's generator; two refiners with the same seed give the
+            same results for the same sequence of calls.
+    """
+
+    def __init__(self, segmenter: Segmenter, p: float = 0.25, seed: int = 0) -> None:
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"p must be in [0, 1], got {p}")
+        self.segmenter = segmenter
+        self.p = float(p)
+        self.rng = np.random.default_rng(seed)
+
+    def refine(self, image, point_coords, point_labels, max_steps=None) -> RefineResult:
+        coords, labels = check_prompts(point_coords, point_labels)
+        budget = _budget(max_steps)
+        drop = self.rng.random(len(coords)) < self.p
+        if drop.all():
+            drop[self.rng.integers(len(coords))] = False
+        if budget is not None:
+            drop[np.flatnonzero(drop)[budget:]] = False
+        kept = ~drop
+        mask, score = _decode(self.segmenter, image, coords, labels, kept)
+        return make_result(coords, labels, kept, mask, score, int(drop.sum()))
+
+
+class GreedyScoreFilter(PromptRefiner):
+    """Greedy backward selection on SAM's own predicted IoU (no ground truth).
+
+    One decoder call scores the input set; then each round decodes all leave-one-out
+    sets of the current set in ONE batched ``segmenter.predict`` call and drops the point
+    whose removal gives the highest predicted IoU, if that is strictly higher than the
+    current one (by more than ``min_gain``). Stops when no removal raises the score,
+    when one point is left (never drops the last point) or after ``max_steps`` drops.
+    So the returned score is never below the input set's score.
+
+    Args:
+        segmenter: the SAM2 segmenter.
+        min_gain: least raise of the predicted IoU that a drop must bring.
+    """
+
+    def __init__(self, segmenter: Segmenter, min_gain: float = 0.0) -> None:
+        self.segmenter = segmenter
+        self.min_gain = float(min_gain)
+
+    def refine(self, image, point_coords, point_labels, max_steps=None) -> RefineResult:
+        coords, labels = check_prompts(point_coords, point_labels)
+        budget = _budget(max_steps)
+        emb = self.segmenter.encode(image)
+        cur = np.arange(len(coords))
+        pred = self.segmenter.predict(emb, coords, labels)
+        mask, score = pred.masks[0], float(pred.scores[0])
+        steps = 0
+        while len(cur) > 1 and (budget is None or steps < budget):
+            # Row j: the current set without its j-th point (all rows have len(cur) - 1
+            # points, so no padding is needed).
+            rows = np.stack([np.delete(cur, j) for j in range(len(cur))])
+            pred = self.segmenter.predict(emb, coords[rows], labels[rows])
+            scores = np.asarray(pred.scores, np.float64)
+            best = int(np.argmax(scores))
+            if not scores[best] > score + self.min_gain:
+                break
+            cur, mask, score = rows[best], pred.masks[best], float(scores[best])
+            steps += 1
+        kept = np.zeros(len(coords), bool)
+        kept[cur] = True
+        return make_result(coords, labels, kept, mask, score, steps)
+
+
+#: name -> class, for benchmarks.
+BASELINES = {"no_refine": NoRefine, "random_drop": RandomDrop, "greedy_score": GreedyScoreFilter}

@@ -1,0 +1,588 @@
+"""The trained defender as a plug-and-play prompt refiner.
+
+:class:`PromptDefender` loads the defender DQN of a training run and refines any point
+prompt set for SAM2, with no ground truth::
+
+    defender = PromptDefender.load("runs/demo")       # run folder or defender.zip
+    res = defender.refine(image, point_coords, point_labels)
+    res.point_coords, res.point_labels, res.kept, res.mask, res.score, res.steps
+
+How a prompt set becomes a prompt state (the rule of
+:func:`ppd.envs.world.state_from_prompts`): each point goes to the graph node (image
+patch) that contains it. When several points fall into one patch, the node takes the
+point nearest to the patch centre (its position and label) and the others are merged
+into the node: they are kept, dropped or relabelled with it, and only the node's own
+point is given to SAM. The defender then acts greedily: at each step it removes (or,
+if trained with relabelling, relabels) one prompt, until it picks stop, no valid action
+remains, or the step budget is spent. It never removes the last prompt (SAM needs one).
+
+:class:`RefineResult` is also the result type of the heuristic refiners of
+:mod:`ppd.agents.baselines`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import time
+import zipfile
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ppd.data.types import Scene
+from ppd.envs.point_prompt_env import DEFAULT_MAX_STEPS, build_observation, valid_action_mask
+from ppd.envs.world import INACTIVE, NEGATIVE, POSITIVE, ImageRecord, PromptWorld, state_from_prompts
+from ppd.models import ASSETS_DIR
+from ppd.segmenter import Segmenter
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "BUNDLED_DEFENDER",
+    "PromptDefender",
+    "PromptRefiner",
+    "RefineResult",
+    "check_prompts",
+    "greedy_action",
+    "load_agent",
+    "read_run_config",
+]
+
+#: Folder of the defender shipped with the package (``defender.zip`` + ``config.yaml``),
+#: used when no run is given.
+BUNDLED_DEFENDER = ASSETS_DIR / "defender"
+
+#: Observation keys the defender's network must have been trained on.
+OBS_KEYS = ("state", "coverage", "offset", "step_frac", "score", "image_id")
+
+
+@dataclass
+class RefineResult:
+    """A refined prompt set and SAM's mask for it.
+
+    Attributes:
+        point_coords: (M, 2) float32 points (x, y) in pixels, a subset of the input
+            points, in input order.
+        point_labels: (M,) int64 labels (1 foreground, 0 background), possibly relabelled.
+        kept: (K,) bool over the input points: True where the point survives (for the
+            defender: its node is still active, merged points included).
+        mask: (H, W) bool mask SAM decodes from the output points.
+        score: SAM's predicted IoU of ``mask``.
+        steps: prompt changes made (removals and relabels; a stop is not counted).
+        relabeled: (K,) bool, True where a kept point's label was flipped.
+        index: (M,) int64 input index of each output point.
+    """
+
+    point_coords: np.ndarray
+    point_labels: np.ndarray
+    kept: np.ndarray
+    mask: np.ndarray = field(repr=False)
+    score: float
+    steps: int
+    relabeled: np.ndarray = None  # type: ignore[assignment]
+    index: np.ndarray = None  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.relabeled is None:
+            self.relabeled = np.zeros(len(self.kept), bool)
+        if self.index is None:
+            self.index = np.flatnonzero(self.kept).astype(np.int64)
+
+    @property
+    def dropped(self) -> np.ndarray:
+        """(K,) bool: input points removed."""
+        return ~self.kept
+
+
+def check_prompts(point_coords: Any, point_labels: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Validate one prompt set: ``(K, 2)`` coords and ``(K,)`` labels in {0, 1}, K >= 1.
+
+    Returns:
+        ``(coords float32 (K, 2), labels int64 (K,))``.
+
+    Raises:
+        ValueError: empty set, wrong shapes, labels other than 0 / 1, non-finite points.
+        (Points outside the image are rejected where the image size is known.)
+    """
+    coords = np.asarray(point_coords, dtype=np.float32)
+    labels = np.asarray(point_labels)
+    if coords.size == 0 or labels.size == 0:
+        raise ValueError("the prompt set is empty: give at least one point (point_coords (K, 2), K >= 1)")
+    if coords.ndim != 2 or coords.shape[1] != 2:
+        raise ValueError(f"point_coords must have shape (K, 2) (x, y) in pixels, got {coords.shape}")
+    if labels.shape != (len(coords),):
+        raise ValueError(f"point_labels must have shape ({len(coords)},) to match point_coords, got {labels.shape}")
+    if not np.issubdtype(labels.dtype, np.number) or not np.isin(labels, (0, 1)).all():
+        raise ValueError("point_labels must be 1 (foreground) or 0 (background)")
+    if not np.isfinite(coords).all():
+        raise ValueError("point_coords contain NaN or infinite values")
+    return coords, labels.astype(np.int64)
+
+
+def make_result(
+    coords: np.ndarray,
+    labels: np.ndarray,
+    kept: np.ndarray,
+    mask: np.ndarray,
+    score: float,
+    steps: int,
+    relabeled: np.ndarray | None = None,
+    index: np.ndarray | None = None,
+) -> RefineResult:
+    """Build a :class:`RefineResult` from the input points and what survived.
+
+    Args:
+        coords, labels: the K input points.
+        kept: (K,) bool surviving input points.
+        mask, score, steps: SAM's mask and predicted IoU for the output, prompt changes.
+        relabeled: (K,) bool, flipped labels (default none).
+        index: input indices of the output points (default: every kept point).
+    """
+    kept = np.asarray(kept, bool)
+    relabeled = np.zeros(len(kept), bool) if relabeled is None else np.asarray(relabeled, bool) & kept
+    index = np.flatnonzero(kept) if index is None else np.sort(np.asarray(index, np.int64))
+    out_labels = np.where(relabeled[index], 1 - labels[index], labels[index]).astype(np.int64)
+    return RefineResult(
+        point_coords=np.asarray(coords[index], np.float32).reshape(-1, 2),
+        point_labels=out_labels,
+        kept=kept,
+        mask=np.asarray(mask, bool),
+        score=float(score),
+        steps=int(steps),
+        relabeled=relabeled,
+        index=index.astype(np.int64),
+    )
+
+
+class PromptRefiner:
+    """Interface shared by :class:`PromptDefender` and the baselines of
+    :mod:`ppd.agents.baselines`: ``refine`` one prompt set, ``refine_many`` several."""
+
+    segmenter: Segmenter
+
+    def refine(
+        self, image: np.ndarray, point_coords: np.ndarray, point_labels: np.ndarray, max_steps: int | None = None
+    ) -> RefineResult:
+        raise NotImplementedError
+
+    def refine_many(
+        self,
+        images: Sequence[np.ndarray],
+        coords_list: Sequence[np.ndarray],
+        labels_list: Sequence[np.ndarray],
+        max_steps: int | None = None,
+    ) -> list[RefineResult]:
+        """:meth:`refine` for several images, in order (each image is encoded once: the
+        segmenter caches embeddings by image content)."""
+        if not len(images) == len(coords_list) == len(labels_list):
+            raise ValueError(
+                f"images, coords_list and labels_list must have the same length, got "
+                f"{len(images)}, {len(coords_list)}, {len(labels_list)}"
+            )
+        return [self.refine(im, c, l, max_steps) for im, c, l in zip(images, coords_list, labels_list)]
+
+
+# ----------------------------------------------------------------------------- loading
+def _resolve_file(path: str | os.PathLike, name: str) -> tuple[Path, Path]:
+    """``path`` (a run folder or the model file) -> (model file, run folder)."""
+    p = Path(path)
+    if p.is_dir():
+        f = p / name
+        if not f.is_file():
+            raise FileNotFoundError(
+                f"{p} is not a training run folder with a {name}: the file is missing "
+                f"(train one with `ppd train --out {p}`, or pass the .zip file itself)"
+            )
+        return f, p
+    if p.is_file():
+        return p, p.parent
+    if p.with_suffix(".zip").is_file():  # SB3 style: "runs/x/defender" for defender.zip
+        return p.with_suffix(".zip"), p.parent
+    raise FileNotFoundError(f"run folder or model file not found: {p}")
+
+
+def read_run_config(folder: str | os.PathLike) -> dict[str, Any]:
+    """The run's ``config.yaml`` (or ``config.json``) as a dict; {} when there is none.
+
+    Raises:
+        ValueError: the file exists but cannot be parsed (a corrupt run folder).
+    """
+    import yaml
+
+    folder = Path(folder)
+    for name in ("config.yaml", "config.yml", "config.json"):
+        f = folder / name
+        if not f.is_file():
+            continue
+        try:
+            with open(f, encoding="utf-8") as fh:
+                cfg = json.load(fh) if name.endswith(".json") else yaml.safe_load(fh)
+        except (yaml.YAMLError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"corrupt run folder {folder}: cannot parse {name}: {exc}") from None
+        if cfg is None:
+            return {}
+        if not isinstance(cfg, dict):
+            raise ValueError(f"corrupt run folder {folder}: {name} must hold a mapping, got {type(cfg).__name__}")
+        return cfg
+    return {}
+
+
+def _find(cfg: Any, key: str, depth: int = 0) -> Any:
+    """First value under ``key`` in a nested config (breadth-first, sections included)."""
+    if not isinstance(cfg, dict) or depth > 4:
+        return None
+    if key in cfg:
+        return cfg[key]
+    for v in cfg.values():
+        hit = _find(v, key, depth + 1)
+        if hit is not None:
+            return hit
+    return None
+
+
+def _role_max_steps(cfg: dict[str, Any], role: str) -> int | None:
+    """The training env's step budget of ``role`` from a run config, if saved."""
+    for key in (f"{role}_max_steps", f"max_steps_{role}", f"{role}_steps"):
+        v = _find(cfg, key)
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return int(v)
+    section = _find(cfg, role)
+    if isinstance(section, dict) and isinstance(section.get("max_steps"), (int, float)):
+        return int(section["max_steps"])
+    v = _find(cfg, "max_steps")
+    if isinstance(v, dict) and isinstance(v.get(role), (int, float)):
+        return int(v[role])
+    return None
+
+
+def load_agent(path: str | os.PathLike, name: str = "defender.zip", device: str | None = None) -> tuple[Any, dict[str, Any], Path]:
+    """Load one agent of a training run.
+
+    Args:
+        path: run folder (holding ``name``) or the model ``.zip`` itself.
+        name: model file inside a run folder (``defender.zip`` / ``attacker.zip``).
+        device: torch device ("cpu", "cuda"; default: SB3's "auto").
+
+    Returns:
+        ``(model, config, folder)``: the SB3 model (a
+        :class:`~ppd.agents.dqn.MaskedDQN`), the run's config dict ({} if none), and
+        the run folder.
+
+    Raises:
+        FileNotFoundError: missing folder or model file.
+        ValueError: a corrupt run (unreadable zip or config, wrong observation / action
+            spaces for a point-prompt agent).
+    """
+    file, folder = _resolve_file(path, name)
+    cfg = read_run_config(folder)
+    if not zipfile.is_zipfile(file):
+        raise ValueError(f"corrupt run folder {folder}: {file.name} is not a Stable-Baselines3 model archive (zip)")
+    try:
+        from ppd.agents.dqn import MaskedDQN as Algo
+    except ImportError:  # pragma: no cover - the agents core is part of the package
+        from stable_baselines3 import DQN as Algo
+    try:
+        model = Algo.load(str(file), device=device or "auto")
+    except Exception as exc:  # SB3 raises many kinds for a damaged archive
+        raise ValueError(f"corrupt run folder {folder}: cannot load {file.name}: {type(exc).__name__}: {exc}") from exc
+    obs_space, act_space = model.observation_space, model.action_space
+    keys = set(getattr(obs_space, "spaces", {}) or {})
+    if not set(OBS_KEYS) <= keys or not hasattr(act_space, "n"):
+        raise ValueError(
+            f"{file} is not a point-prompt agent: observation keys {sorted(keys)}, expected {list(OBS_KEYS)}"
+        )
+    n = int(obs_space["state"].shape[0])
+    if int(act_space.n) != 2 * n + 1:
+        raise ValueError(f"{file}: action space Discrete({act_space.n}) does not match 2N + 1 = {2 * n + 1} nodes")
+    return model, cfg, folder
+
+
+def greedy_action(model: Any, obs: dict[str, np.ndarray], mask: np.ndarray) -> int:
+    """The greedy action of ``model`` for one observation, among the valid ones.
+
+    ``model.predict(obs, deterministic=True)`` first (the network masks by its own
+    role / relabel rule). If that action is not allowed by ``mask`` (which may be
+    stricter, e.g. "keep the last prompt"), the masked argmax of the Q-values is taken.
+    """
+    action, _ = model.predict(obs, deterministic=True)
+    a = int(np.asarray(action).reshape(-1)[0])
+    if 0 <= a < len(mask) and mask[a]:
+        return a
+    import torch
+
+    obs_t, _ = model.policy.obs_to_tensor(obs)
+    with torch.no_grad():
+        q = model.policy.q_net(obs_t)[0].float().cpu().numpy()
+    return int(np.argmax(np.where(mask, q, -np.inf)))
+
+
+def _segmenter_from_config(cfg: dict[str, Any], device: str | None) -> Segmenter:
+    """The segmenter a run was trained with (name / checkpoint in its config), else bundled."""
+    from ppd.models import BUNDLED_NAME
+    from ppd.segmenter import load_segmenter
+
+    name = _find(cfg, "segmenter")
+    if not isinstance(name, str):
+        name = _find(cfg, "model") if isinstance(_find(cfg, "model"), str) else BUNDLED_NAME
+    ckpt = _find(cfg, "checkpoint")
+    return load_segmenter(name, checkpoint=ckpt if isinstance(ckpt, str) and ckpt else None, device=device)
+
+
+# ----------------------------------------------------------------------------- defender
+class PromptDefender(PromptRefiner):
+    """A trained defender DQN that refines point prompts for SAM2 (no ground truth).
+
+    Build it with :meth:`load`. Args of the constructor:
+        model: the defender's SB3 model (``predict`` + ``policy.q_net``).
+        segmenter: the SAM2 segmenter the defender was trained with.
+        grid: nodes per side of the graph (must be the training grid).
+        k_physical, k_semantic: k-NN sizes of the dual-space graph (training values).
+        relabel: whether relabel actions are allowed (default: what the policy was
+            trained with).
+        max_steps: the training env's defender step budget (feeds ``step_frac`` of the
+            observation and is the default refinement budget); None: unknown, then the
+            default budget is ``max(K, 12)``.
+        cache_size: images whose graph records are kept (LRU).
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        segmenter: Segmenter,
+        grid: int,
+        k_physical: int = 8,
+        k_semantic: int = 8,
+        relabel: bool | None = None,
+        max_steps: int | None = None,
+        cache_size: int = 64,
+        config: dict[str, Any] | None = None,
+    ) -> None:
+        self.model = model
+        self.segmenter = segmenter
+        self.num_nodes = int(model.observation_space["state"].shape[0])
+        if grid * grid != self.num_nodes:
+            raise ValueError(f"grid {grid} gives {grid * grid} nodes, the defender was trained on {self.num_nodes}")
+        policy_relabel = bool(getattr(model.policy, "relabel", True))
+        self.relabel = policy_relabel if relabel is None else bool(relabel) and policy_relabel
+        self.train_max_steps = int(max_steps) if max_steps else None
+        self.config = dict(config or {})
+        placeholder = [Scene(np.zeros((1, 1, 3), np.uint8), np.zeros((0, 1, 1), bool), domain="user")]
+        self.world = PromptWorld(segmenter, placeholder, grid=grid, k_physical=k_physical, k_semantic=k_semantic)
+        self.cache_size = cache_size
+        self._records: OrderedDict[str, ImageRecord] = OrderedDict()
+
+    # -- construction -------------------------------------------------------------------
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike | None = None,
+        segmenter: Segmenter | None = None,
+        device: str | None = None,
+    ) -> PromptDefender:
+        """Load the defender of a training run.
+
+        Args:
+            path: a run folder holding ``defender.zip`` (and the ``config.yaml`` training
+                wrote), or the ``.zip`` itself; None: the bundled defender.
+            segmenter: the segmenter to refine for (default: the one named in the run's
+                config, else the bundled model). Its embedding must match the one the
+                defender was trained on (same node features).
+            device: torch device of the Q-network (default: SB3's "auto"); also the
+                segmenter's device when it is loaded here.
+
+        Raises:
+            FileNotFoundError: missing folder or ``defender.zip``.
+            ValueError: corrupt run folder, or a model that is not a defender.
+        """
+        if path is None:
+            if not (BUNDLED_DEFENDER / "defender.zip").is_file():
+                raise FileNotFoundError(
+                    f"no bundled defender at {BUNDLED_DEFENDER}; train one with `ppd train --out DIR` "
+                    "and pass the run folder"
+                )
+            path = BUNDLED_DEFENDER
+        model, cfg, folder = load_agent(path, "defender.zip", device)
+        role = getattr(model.policy, "role", None) or _find(cfg, "role")
+        if role is not None and role != "defender":
+            raise ValueError(f"{folder}: the model's role is {role!r}, expected 'defender'")
+        n = int(model.observation_space["state"].shape[0])
+        grid = int(round(math.sqrt(n)))
+        if grid * grid != n:
+            raise ValueError(f"corrupt run folder {folder}: {n} nodes is not a square grid")
+        saved_grid = _find(cfg, "grid")
+        if isinstance(saved_grid, int) and saved_grid != grid:
+            raise ValueError(f"corrupt run folder {folder}: config grid {saved_grid} but the model has {n} nodes")
+        k_phys = _find(cfg, "k_physical")
+        k_sem = _find(cfg, "k_semantic")
+        if segmenter is None:
+            segmenter = _segmenter_from_config(cfg, device)
+        return cls(
+            model,
+            segmenter,
+            grid=grid,
+            k_physical=int(k_phys) if isinstance(k_phys, int) else 8,
+            k_semantic=int(k_sem) if isinstance(k_sem, int) else 8,
+            max_steps=_role_max_steps(cfg, "defender"),
+            config=cfg,
+        )
+
+    # -- images -------------------------------------------------------------------------
+    def record(self, image: np.ndarray) -> ImageRecord:
+        """Encode ``image`` (segmenter cache) and register its graph (kept, LRU)."""
+        emb = self.segmenter.encode(image)
+        rec = self._records.get(emb.key)
+        if rec is None:
+            rec = self.world.register_image(image)
+            self._records[emb.key] = rec
+            while len(self._records) > self.cache_size:
+                self._records.popitem(last=False)
+        else:
+            self._records.move_to_end(emb.key)
+        return rec
+
+    def default_steps(self, num_points: int) -> int:
+        """Default step budget: the training env's defender budget, else max(K, 12)."""
+        return self.train_max_steps or max(num_points, DEFAULT_MAX_STEPS["defender"])
+
+    # -- refinement -------------------------------------------------------------------
+    def refine_state(
+        self, rec: ImageRecord, node_state: np.ndarray, node_points: np.ndarray, max_steps: int
+    ) -> tuple[np.ndarray, Any, int]:
+        """Greedy defender rollout on a prompt state (no ground truth).
+
+        Returns:
+            ``(final node_state (N,), Outcome with mask, prompt changes made)``.
+        """
+        n = self.num_nodes
+        env_steps = self.train_max_steps or max_steps or 1
+        st = node_state.copy()
+        out = self.world.evaluate([(rec, -1, st, node_points)], want_mask=True)[0]
+        steps = 0
+        while steps < max_steps:
+            mask = valid_action_mask(st, "defender", self.relabel)
+            if (st != INACTIVE).sum() <= 1:
+                mask[:n] = False  # never remove the last prompt
+            if not mask[:-1].any():
+                break
+            obs = build_observation(rec, st, node_points, out, min(steps, env_steps), env_steps)
+            a = greedy_action(self.model, obs, mask)
+            if a == 2 * n:
+                break
+            kind, node = divmod(a, n)
+            st = st.copy()
+            if kind == 0:
+                st[node] = INACTIVE
+            else:
+                st[node] = NEGATIVE if st[node] == POSITIVE else POSITIVE
+            steps += 1
+            out = self.world.evaluate([(rec, -1, st, node_points)], want_mask=True)[0]
+        return st, out, steps
+
+    def refine(
+        self,
+        image: np.ndarray,
+        point_coords: np.ndarray,
+        point_labels: np.ndarray,
+        max_steps: int | None = None,
+    ) -> RefineResult:
+        """Refine one prompt set on one image.
+
+        Args:
+            image: (H, W, 3) uint8 RGB image (any format the segmenter accepts).
+            point_coords: (K, 2) points (x, y) in pixels, K >= 1.
+            point_labels: (K,) labels, 1 foreground / 0 background.
+            max_steps: step budget (default: :meth:`default_steps`); 0 decodes the
+                mapped prompts unchanged.
+
+        Returns:
+            :class:`RefineResult`: the surviving nodes' points (one per active node:
+            its input point, with its possibly relabelled label) in input order, ``kept``
+            for every input point (merged points follow their node), SAM's mask of the
+            output points and its predicted IoU.
+
+        Raises:
+            ValueError: empty prompt set, bad shapes / labels, points outside the image,
+                negative ``max_steps``.
+        """
+        coords, labels = check_prompts(point_coords, point_labels)
+        budget = self.default_steps(len(coords)) if max_steps is None else int(max_steps)
+        if budget < 0:
+            raise ValueError(f"max_steps must be >= 0, got {max_steps}")
+        rec = self.record(image)
+        st0, pts, point_node = state_from_prompts(coords, labels, rec.grid, rec.hw, rec.centres)
+        # Input point standing for each node: the one state_from_prompts wrote last.
+        rep = np.full(self.num_nodes, -1, np.int64)
+        dist = np.linalg.norm(coords - rec.centres[point_node], axis=1)
+        for k in np.argsort(-dist, kind="stable"):
+            rep[point_node[k]] = k
+        st, out, steps = self.refine_state(rec, st0, pts, budget)
+        active = st != INACTIVE
+        kept = active[point_node]
+        flipped = active & (st != st0)
+        # An output point carries its node's final label: its own label, flipped if relabelled.
+        return make_result(coords, labels, kept, out.mask, out.score, steps, relabeled=flipped[point_node], index=rep[active])
+
+
+# ----------------------------------------------------------------------------- CLI
+def add_refine_arguments(p: argparse.ArgumentParser) -> None:
+    """Flags of ``ppd refine``."""
+    p.add_argument("--run", default=None, help="training run folder (with defender.zip) or the defender .zip (default: the bundled defender)")
+    p.add_argument("--image", required=True, help="image file (PNG/JPEG...)")
+    p.add_argument("--points", required=True, help="prompts as 'x,y,label;x,y,label' in pixels (label 1 fg, 0 bg)")
+    p.add_argument("--max-steps", type=int, default=None, help="step budget (default: the training budget, or max(K, 12))")
+    p.add_argument("--out", default="refine_out", help="output folder (default: refine_out)")
+    p.add_argument("--model", default=None, help="segmenter name (default: the one the defender was trained with)")
+    p.add_argument("--checkpoint", default=None, help="checkpoint file for --model")
+    p.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
+    p.add_argument("--seed", type=int, default=0, help="unused: refinement is deterministic (kept for a uniform CLI)")
+
+
+def run_refine(args: argparse.Namespace) -> int:
+    """``ppd refine``: writes refined.json, mask.png, overlay.png and input_overlay.png."""
+    from ppd.cli import _parse_points, _read_image, _save_png
+    from ppd.io import save_json
+    from ppd.viz import overlay
+
+    image = _read_image(args.image)
+    coords, labels = _parse_points(args.points)
+    seg = None
+    if args.model or args.checkpoint:
+        from ppd.models import BUNDLED_NAME
+        from ppd.segmenter import load_segmenter
+
+        seg = load_segmenter(args.model or BUNDLED_NAME, checkpoint=args.checkpoint, device=args.device)
+    defender = PromptDefender.load(args.run, segmenter=seg, device=args.device)
+    t = time.perf_counter()
+    res = defender.refine(image, coords, labels, max_steps=args.max_steps)
+    took = time.perf_counter() - t
+    before = defender.segmenter.predict(image, coords, labels)
+    out = Path(args.out)
+    _save_png((res.mask * 255).astype(np.uint8), out / "mask.png")
+    _save_png(overlay(image, res.mask, res.point_coords, res.point_labels), out / "overlay.png")
+    _save_png(overlay(image, before.masks[0], coords, labels), out / "input_overlay.png")
+    save_json(
+        {
+            "point_coords": res.point_coords.tolist(),
+            "point_labels": res.point_labels.tolist(),
+            "kept": res.kept.tolist(),
+            "relabeled": res.relabeled.tolist(),
+            "score": res.score,
+            "input_score": float(before.scores[0]),
+            "steps": res.steps,
+            "seconds": took,
+        },
+        out / "refined.json",
+    )
+    print(
+        f"kept {int(res.kept.sum())}/{len(res.kept)} points, relabelled {int(res.relabeled.sum())}, "
+        f"{res.steps} steps in {took * 1000:.0f} ms; predicted IoU {float(before.scores[0]):.3f} -> {res.score:.3f}"
+    )
+    print(f"wrote {out / 'refined.json'}, {out / 'mask.png'}, {out / 'overlay.png'}, {out / 'input_overlay.png'}")
+    return 0

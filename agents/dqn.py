@@ -1,0 +1,209 @@
+"""DQN with action masking for the point-prompt environments.
+
+Stable-Baselines3's DQN knows nothing of invalid actions: its epsilon-greedy
+exploration and its warm-up draw from the whole action space, and its TD target takes
+the max over all actions. :class:`MaskedDQN` fixes all three:
+
+* the TD target: :class:`~ppd.agents.qnet.GraphQNetwork` sets invalid Q-values to
+  :data:`~ppd.agents.qnet.MASKED_Q` inside ``forward``, and ``DQN.train`` takes
+  ``q_net_target(next_obs).max(dim=1)`` (SB3 2.9), so the max runs over valid actions;
+* the greedy action: the argmax of the same masked Q-values;
+* exploration and warm-up: uniform over the valid actions of each observation, with the
+  mask computed from the observation by :func:`~ppd.agents.qnet.obs_action_mask` (the
+  rule the network uses), drawn from the algorithm's own generator (seeded by ``seed``).
+
+It also offers a global exploration horizon: SB3 anneals epsilon over each ``learn``
+call, which restarts with every adversarial round; with ``exploration_horizon`` set,
+epsilon follows ``num_timesteps / exploration_horizon`` across all calls.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+from stable_baselines3 import DQN
+from stable_baselines3.common.vec_env import VecEnv
+
+from ppd.agents.qnet import GraphDQNPolicy, obs_action_mask
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DEFAULT_DQN_KWARGS", "MaskedDQN", "make_dqn", "sample_valid_actions"]
+
+
+def sample_valid_actions(masks: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One action per row, uniform among the row's valid (True) entries.
+
+    Args:
+        masks: (B, A) bool; every row must have a valid action.
+        rng: random generator.
+
+    Returns:
+        (B,) int64 actions.
+    """
+    masks = np.asarray(masks, bool)
+    counts = masks.sum(axis=1)
+    if (counts == 0).any():
+        raise ValueError("a row of the action mask has no valid action")
+    # k-th valid action of each row, k uniform in [0, count)
+    k = (rng.random(len(masks)) * counts).astype(np.int64)
+    k = np.minimum(k, counts - 1)
+    return np.argmax(np.cumsum(masks, axis=1) > k[:, None], axis=1).astype(np.int64)
+
+
+class MaskedDQN(DQN):
+    """SB3 DQN whose exploration, warm-up and greedy actions are all valid actions.
+
+    Use with :class:`~ppd.agents.qnet.GraphDQNPolicy` (policy ``role`` / ``relabel``
+    decide validity). Extra argument: ``exploration_horizon`` (env steps over which the
+    exploration schedule runs across ``learn`` calls; None = SB3's per-call schedule).
+    """
+
+    policy: GraphDQNPolicy
+
+    def __init__(self, *args: Any, exploration_horizon: int | None = None, **kwargs: Any) -> None:
+        self.exploration_horizon = exploration_horizon
+        super().__init__(*args, **kwargs)
+
+    def _setup_model(self) -> None:
+        super()._setup_model()
+        self._mask_rng = np.random.default_rng(self.seed)
+
+    # -- masks ------------------------------------------------------------------------
+    def action_masks(self, observation: dict[str, np.ndarray]) -> np.ndarray:
+        """(B, 2N + 1) bool valid-action masks of a (batched or single) observation."""
+        state = np.asarray(observation["state"])
+        return np.atleast_2d(obs_action_mask(state, self.policy.role, self.policy.relabel))
+
+    def _random_valid(self, observation: dict[str, np.ndarray]) -> np.ndarray:
+        if not hasattr(self, "_mask_rng"):
+            self._mask_rng = np.random.default_rng(self.seed)
+        return sample_valid_actions(self.action_masks(observation), self._mask_rng)
+
+    # -- acting -----------------------------------------------------------------------
+    def predict(
+        self,
+        observation: dict[str, np.ndarray],
+        state: tuple[np.ndarray, ...] | None = None,
+        episode_start: np.ndarray | None = None,
+        deterministic: bool = False,
+    ) -> tuple[np.ndarray, tuple[np.ndarray, ...] | None]:
+        """Epsilon-greedy over valid actions (greedy when ``deterministic``).
+
+        Unlike SB3 (one coin for the whole batch), each row explores independently.
+        """
+        if deterministic or self.exploration_rate <= 0:
+            return self.policy.predict(observation, state, episode_start, deterministic)
+        random = self._random_valid(observation)
+        explore = self._mask_rng.random(len(random)) < self.exploration_rate
+        if explore.all():  # skip the forward pass
+            action = random if np.ndim(observation["state"]) == 2 else np.array(random[0])
+            return action, state
+        action, state = self.policy.predict(observation, state, episode_start, deterministic)
+        if np.ndim(observation["state"]) == 2:
+            action = np.where(explore, random, action)
+        elif explore[0]:
+            action = np.array(random[0])
+        return action, state
+
+    def _sample_action(self, learning_starts: int, action_noise=None, n_envs: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """Warm-up (before ``learning_starts``): uniform valid actions; then :meth:`predict`."""
+        assert self._last_obs is not None, "self._last_obs was not set"
+        if self.num_timesteps < learning_starts:
+            action = self._random_valid(self._last_obs)  # type: ignore[arg-type]
+        else:
+            action, _ = self.predict(self._last_obs, deterministic=False)  # type: ignore[arg-type]
+        return action, action
+
+    def _on_step(self) -> None:
+        super()._on_step()
+        if self.exploration_horizon:
+            progress = max(0.0, 1.0 - self.num_timesteps / float(self.exploration_horizon))
+            self.exploration_rate = self.exploration_schedule(progress)
+            self.logger.record("rollout/exploration_rate", self.exploration_rate)
+
+    def _excluded_save_params(self) -> list[str]:
+        return [*super()._excluded_save_params(), "_mask_rng"]
+
+
+#: Defaults of :func:`make_dqn`: sized for short episodes (4-12 steps) on a CPU.
+DEFAULT_DQN_KWARGS: dict[str, Any] = dict(
+    learning_rate=5e-4,
+    buffer_size=30_000,
+    learning_starts=500,
+    batch_size=64,
+    tau=1.0,
+    gamma=0.9,
+    train_freq=1,
+    gradient_steps=1,
+    target_update_interval=500,
+    exploration_fraction=0.4,
+    exploration_initial_eps=1.0,
+    exploration_final_eps=0.05,
+    max_grad_norm=10.0,
+)
+
+
+def _node_feature_dim(env: VecEnv) -> int:
+    """Channels of the node features of the env's graphs (read through its PromptWorld)."""
+    world = getattr(env, "world", None)
+    if world is None:
+        try:
+            world = env.get_attr("world", [0])[0]
+        except AttributeError:
+            world = None
+    if world is None:
+        raise ValueError("cannot infer node_feature_dim from this env (it has no PromptWorld); pass node_feature_dim=")
+    from ppd.graphs.store import GRAPH_STORE
+
+    return int(GRAPH_STORE.get(world.image(0).graph_id).x.shape[1])
+
+
+def make_dqn(
+    env: VecEnv,
+    role: str,
+    relabel: bool = True,
+    node_feature_dim: int | None = None,
+    hidden_dim: int = 64,
+    n_layers: int = 2,
+    seed: int | None = None,
+    device: str = "auto",
+    tensorboard_log: str | None = None,
+    verbose: int = 0,
+    exploration_horizon: int | None = None,
+    **hyper: Any,
+) -> MaskedDQN:
+    """A :class:`MaskedDQN` with a :class:`GraphDQNPolicy` for a point-prompt env.
+
+    Args:
+        env: an SB3 VecEnv of :class:`~ppd.envs.point_prompt_env.PointPromptEnv` s
+            (e.g. :class:`~ppd.envs.vec_env.PromptVecEnv`) of the given role.
+        role: ``"attacker"`` or ``"defender"``.
+        relabel: whether the defender may relabel prompts (must match the env).
+        node_feature_dim: channels of the graphs' node features (default: read from the
+            env's world).
+        hidden_dim, n_layers: GNN width and depth.
+        seed, device, tensorboard_log, verbose: as in SB3.
+        exploration_horizon: env steps over which epsilon anneals across ``learn`` calls.
+        **hyper: DQN hyperparameters overriding :data:`DEFAULT_DQN_KWARGS`.
+    """
+    if node_feature_dim is None:
+        node_feature_dim = _node_feature_dim(env)
+    kwargs = {**DEFAULT_DQN_KWARGS, **hyper}
+    policy_kwargs = dict(
+        role=role, relabel=relabel, node_feature_dim=node_feature_dim, hidden_dim=hidden_dim, n_layers=n_layers
+    )
+    policy_kwargs.update(kwargs.pop("policy_kwargs", None) or {})
+    return MaskedDQN(
+        GraphDQNPolicy,
+        env,
+        policy_kwargs=policy_kwargs,
+        seed=seed,
+        device=device,
+        tensorboard_log=tensorboard_log,
+        verbose=verbose,
+        exploration_horizon=exploration_horizon,
+        **kwargs,
+    )

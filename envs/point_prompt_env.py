@@ -1,0 +1,311 @@
+"""The point-prompt environment: attacker and defender roles on a dual-space graph."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Sequence
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from ppd.data.types import Scene
+from ppd.envs.world import INACTIVE, NEGATIVE, POSITIVE, ImageRecord, Outcome, PromptWorld, state_from_prompts
+from ppd.graphs.store import MAX_ID
+from ppd.prompts import coarse_prompts, ideal_prompts
+from ppd.segmenter import Segmenter
+
+logger = logging.getLogger(__name__)
+
+ROLES = ("attacker", "defender")
+DEFAULT_MAX_STEPS = {"attacker": 4, "defender": 12}
+DEFAULT_START_MIX = {"attacked": 0.4, "coarse": 0.4, "ideal": 0.2}
+
+
+def valid_action_mask(node_state: np.ndarray, role: str, relabel: bool) -> np.ndarray:
+    """(2N + 1,) bool mask of valid actions for a node state (N,).
+
+    Attacker: kinds 0 / 1 = activate an inactive node as positive / negative.
+    Defender: kind 0 = deactivate an active node, kind 1 = relabel it (if ``relabel``).
+    The last action (stop) is always valid.
+    """
+    n = node_state.shape[-1]
+    active = node_state != INACTIVE
+    if role == "attacker":
+        kinds = [~active, ~active]
+    else:
+        kinds = [active, active & relabel]
+    return np.concatenate([*kinds, np.ones(node_state.shape[:-1] + (1,), bool)], axis=-1).reshape(
+        *node_state.shape[:-1], 2 * n + 1
+    )
+
+
+def build_observation(
+    rec: ImageRecord, node_state: np.ndarray, node_points: np.ndarray, outcome: Outcome, t: int, max_steps: int
+) -> dict[str, np.ndarray]:
+    """The observation of a prompt state (see :class:`PointPromptEnv`, Observation Space).
+
+    Shared by the environment and by :class:`ppd.agents.defender.PromptDefender`, whose
+    greedy rollouts must see exactly what the agent saw in training.
+
+    Args:
+        rec: the image's record (graph id, grid, patch centres).
+        node_state: (N,) uint8 prompt state (0 inactive, 1 positive, 2 negative).
+        node_points: (N, 2) prompt points (x, y) in pixels.
+        outcome: the decoded state (coverage (N,), SAM's predicted IoU).
+        t: steps taken so far; ``max_steps``: the episode's step budget.
+    """
+    patch = np.array([rec.hw[1], rec.hw[0]], np.float32) / rec.grid
+    off = (node_points - rec.centres) / patch
+    off = np.where((node_state != INACTIVE)[:, None], off, 0.0)
+    return {
+        "state": node_state.copy(),
+        "coverage": np.round(outcome.coverage * 255).astype(np.uint8),
+        "offset": np.round((np.clip(off, -0.5, 0.5) + 0.5) * 255).astype(np.uint8),
+        "step_frac": np.array([t / max_steps], np.float32),
+        "score": np.array([np.clip(outcome.score, 0.0, 1.5)], np.float32),
+        "image_id": np.array([rec.graph_id], np.float32),
+    }
+
+
+class PointPromptEnv(gym.Env):
+    """Attack or defend the point prompts of a SAM2 segmentation.
+
+    ## Description
+    An image is a graph of patches over SAM2's own image embedding (``ppd.graphs``):
+    G x G nodes (16 x 16 = 256 with the bundled model), edges by physical and by
+    semantic distance. Each node can hold one point prompt: inactive, positive or
+    negative. Each step the agent changes one node's prompt; SAM2 decodes the active
+    prompts and the reward is the change of the mask's quality against the ground truth.
+
+    * ``role="attacker"`` starts from ideal prompts (positives on a lattice inside the
+      object, negatives around it) and activates prompts that hurt the mask most.
+    * ``role="defender"`` starts from a degraded prompt set (the attacker's final sets,
+      coarse noisy sets, or ideal sets) and removes (or relabels) harmful prompts.
+
+    ## Action Space
+    ``Discrete(2 N + 1)``; action ``a = kind * N + node`` for ``a < 2 N``, ``a = 2 N`` is stop.
+
+    | role     | kind 0                       | kind 1                         | 2N   |
+    |----------|------------------------------|--------------------------------|------|
+    | attacker | activate node as positive    | activate node as negative      | stop |
+    | defender | deactivate an active node    | relabel an active node         | stop |
+
+    Invalid actions (activating an active node, touching an inactive node as the
+    defender, relabelling with ``relabel=False``) are masked: ``info["action_mask"]``
+    from ``reset``/``step`` and :meth:`action_masks`. Taken anyway, they change nothing
+    and give reward 0 (``info["invalid_action"] = True``).
+
+    ## Observation Space
+    A ``Dict`` of fixed-shape ``Box`` es. Static graph data (node features, edges) is
+    NOT in the observation: ``image_id`` names the image's graph in
+    ``ppd.graphs.store.GRAPH_STORE``.
+
+    | key        | shape  | dtype   | meaning                                                   |
+    |------------|--------|---------|-----------------------------------------------------------|
+    | state      | (N,)   | uint8   | 0 inactive, 1 positive, 2 negative                        |
+    | coverage   | (N,)   | uint8   | fraction of the patch inside the current mask, x 255      |
+    | offset     | (N, 2) | uint8   | prompt point - patch centre, in patch sizes, (o + 0.5) x 255 |
+    | step_frac  | (1,)   | float32 | step / max_steps                                          |
+    | score      | (1,)   | float32 | SAM's predicted IoU of the current mask                   |
+    | image_id   | (1,)   | float32 | graph id (an integer < 2**24)                             |
+
+    ## Rewards
+    ``r_t = s * (Q(M_t) - Q(M_{t-1}))`` with Q the IoU (or Dice) of SAM2's mask
+    against the ground truth, s = -1 for the attacker and +1 for the defender. No
+    prompt at all gives an empty mask (Q = 0). Stop and invalid actions give 0.
+
+    ## Starting State
+    A random scene of the dataset and a random object in it. Attacker: ideal prompts.
+    Defender: drawn by ``start_mix`` from the attacked pool (falls back to coarse while
+    the pool is empty), coarse prompts (``ppd.prompts.coarse_prompts``) and ideal ones.
+
+    ## Episode End
+    Terminated: stop action, or no node action is valid (nothing left to activate /
+    remove). Truncated: ``max_steps`` steps (4 attacker, 12 defender by default).
+
+    ## Arguments
+    ``role``, ``segmenter`` (default: bundled model), ``dataset`` (Scenes; default: 64
+    procedural training scenes), ``world`` (a shared :class:`PromptWorld`, overrides
+    the previous two), ``grid``, ``k_physical``, ``k_semantic``, ``max_steps``,
+    ``quality`` ("iou" | "dice"), ``relabel`` (defender may relabel, default True),
+    ``start_mix`` (defender start distribution), ``coarse_kwargs`` (passed to
+    ``coarse_prompts``), ``max_ideal_points`` (per label, attacker start).
+
+    ## Version History
+    * v0: initial version.
+    """
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 2}
+
+    def __init__(
+        self,
+        role: str = "defender",
+        segmenter: Segmenter | None = None,
+        dataset: Sequence[Scene] | None = None,
+        world: PromptWorld | None = None,
+        grid: int | None = None,
+        k_physical: int = 8,
+        k_semantic: int = 8,
+        max_steps: int | None = None,
+        quality: str = "iou",
+        relabel: bool = True,
+        start_mix: dict[str, float] | None = None,
+        coarse_kwargs: dict[str, Any] | None = None,
+        max_ideal_points: int = 6,
+        render_mode: str | None = None,
+    ) -> None:
+        if role not in ROLES:
+            raise ValueError(f"role must be 'attacker' or 'defender', got {role!r}")
+        self.role = role
+        self.world = world or PromptWorld(segmenter, dataset, grid, k_physical, k_semantic, quality)
+        self.max_steps = int(max_steps or DEFAULT_MAX_STEPS[role])
+        if self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
+        self.relabel = bool(relabel)
+        mix = dict(start_mix or DEFAULT_START_MIX)
+        unknown = set(mix) - set(DEFAULT_START_MIX)
+        if unknown or any(v < 0 for v in mix.values()) or sum(mix.values()) <= 0:
+            raise ValueError(f"start_mix must map some of {sorted(DEFAULT_START_MIX)} to non-negative weights, got {mix}")
+        self.start_mix = mix
+        self.coarse_kwargs = dict(coarse_kwargs or {})
+        self.max_ideal_points = max_ideal_points
+        self.render_mode = render_mode
+        n = self.world.num_nodes
+        self.num_nodes = n
+        self.action_space = spaces.Discrete(2 * n + 1)
+        self.observation_space = spaces.Dict(
+            {
+                "state": spaces.Box(0, 2, (n,), np.uint8),
+                "coverage": spaces.Box(0, 255, (n,), np.uint8),
+                "offset": spaces.Box(0, 255, (n, 2), np.uint8),
+                "step_frac": spaces.Box(0.0, 1.0, (1,), np.float32),
+                "score": spaces.Box(0.0, 1.5, (1,), np.float32),
+                "image_id": spaces.Box(0.0, float(MAX_ID), (1,), np.float32),
+            }
+        )
+        self._rec: ImageRecord | None = None
+        self._obj = 0
+        self._state = np.zeros(n, np.uint8)
+        self._points = np.zeros((n, 2), np.float32)
+        self._t = 0
+        self._outcome: Outcome | None = None
+        self._start_kind = ""
+        self._pending: tuple | None = None
+
+    # -- start states ------------------------------------------------------------------
+    def _draw_start(self) -> tuple[ImageRecord, int, np.ndarray, np.ndarray, str]:
+        rng = self.np_random
+        if self.role == "defender":
+            kinds = list(self.start_mix)
+            p = np.array([self.start_mix[k] for k in kinds], float)
+            kind = kinds[rng.choice(len(kinds), p=p / p.sum())]
+            if kind == "attacked" and self.world.attack_pool:
+                idx, obj, st, pts = self.world.attack_pool[int(rng.integers(len(self.world.attack_pool)))]
+                return self.world.image(idx), obj, st.copy(), pts.copy(), "attacked"
+            if kind == "attacked":
+                kind = "coarse"
+        else:
+            kind = "ideal"
+        rec = self.world.image(int(rng.integers(len(self.world.dataset))))
+        obj = int(rng.integers(rec.scene.num_objects))
+        gt = rec.scene.masks[obj]
+        if kind == "coarse":
+            ps = coarse_prompts(gt, rng, **self.coarse_kwargs).prompts
+        else:
+            ps = ideal_prompts(gt, n_pos=self.max_ideal_points, n_neg=self.max_ideal_points)
+        st, pts, _ = state_from_prompts(ps.point_coords, ps.point_labels, rec.grid, rec.hw, rec.centres)
+        return rec, obj, st, pts, kind
+
+    # -- split step / reset (the vector env batches the evaluate() between the halves) --
+    def prepare_reset(self, seed: int | None = None) -> tuple:
+        super().reset(seed=seed)
+        rec, obj, st, pts, kind = self._draw_start()
+        self._rec, self._obj, self._state, self._points, self._start_kind = rec, obj, st, pts, kind
+        self._t = 0
+        return (rec, obj, st, pts)
+
+    def complete_reset(self, outcome: Outcome) -> tuple[dict, dict]:
+        self._outcome = outcome
+        self._start_quality = outcome.quality
+        return self._obs(), self._info(invalid=False)
+
+    def prepare_step(self, action: int) -> tuple:
+        if self._rec is None:
+            raise RuntimeError("call reset() before step()")
+        a = int(action)
+        n = self.num_nodes
+        if not 0 <= a <= 2 * n:
+            raise ValueError(f"action {a} outside Discrete({2 * n + 1})")
+        self._t += 1
+        self._invalid = not bool(self.action_masks()[a])
+        self._stopped = a == 2 * n
+        if not self._invalid and not self._stopped:
+            kind, node = divmod(a, n)
+            st = self._state.copy()
+            pts = self._points
+            if self.role == "attacker":
+                st[node] = POSITIVE if kind == 0 else NEGATIVE
+                pts = pts.copy()
+                pts[node] = self._rec.centres[node]
+            elif kind == 0:
+                st[node] = INACTIVE
+            else:
+                st[node] = NEGATIVE if st[node] == POSITIVE else POSITIVE
+            self._state, self._points = st, pts
+        return (self._rec, self._obj, self._state, self._points)
+
+    def complete_step(self, outcome: Outcome) -> tuple[dict, float, bool, bool, dict]:
+        prev = self._outcome.quality
+        self._outcome = outcome
+        delta = outcome.quality - prev
+        reward = 0.0 if (self._invalid or self._stopped) else float(delta if self.role == "defender" else -delta)
+        no_action = not self.action_masks()[:-1].any()
+        terminated = bool(self._stopped or no_action)
+        truncated = bool(not terminated and self._t >= self.max_steps)
+        if (terminated or truncated) and self.role == "attacker":
+            self.world.add_attacked(self._rec.index, self._obj, self._state, self._points)
+        return self._obs(), reward, terminated, truncated, self._info(self._invalid)
+
+    # -- gymnasium API -----------------------------------------------------------------
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        req = self.prepare_reset(seed)
+        return self.complete_reset(self.world.evaluate([req])[0])
+
+    def step(self, action):
+        req = self.prepare_step(action)
+        return self.complete_step(self.world.evaluate([req])[0])
+
+    def action_masks(self) -> np.ndarray:
+        """(2N + 1,) bool: which actions are valid now."""
+        return valid_action_mask(self._state, self.role, self.relabel)
+
+    def _obs(self) -> dict[str, np.ndarray]:
+        return build_observation(self._rec, self._state, self._points, self._outcome, self._t, self.max_steps)
+
+    def _info(self, invalid: bool) -> dict[str, Any]:
+        return {
+            "action_mask": self.action_masks(),
+            "quality": self._outcome.quality,
+            "start_quality": self._start_quality,
+            "start_kind": self._start_kind,
+            "num_prompts": int((self._state != INACTIVE).sum()),
+            "scene_index": self._rec.index,
+            "object_index": self._obj,
+            "invalid_action": invalid,
+        }
+
+    @property
+    def prompt_state(self) -> tuple[np.ndarray, np.ndarray]:
+        """(node_state (N,), node_points (N, 2)) of the current episode (copies)."""
+        return self._state.copy(), self._points.copy()
+
+    def render(self):
+        if self.render_mode != "rgb_array" or self._rec is None:
+            return None
+        from ppd.envs.world import prompts_from_state
+        from ppd.viz import overlay
+
+        out = self.world.evaluate([(self._rec, self._obj, self._state, self._points)], want_mask=True)[0]
+        coords, labels = prompts_from_state(self._state, self._points)
+        return overlay(self._rec.scene.image, out.mask, coords, labels)

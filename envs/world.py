@@ -1,0 +1,230 @@
+"""Shared state behind the point-prompt environments.
+
+A :class:`PromptWorld` owns what every environment on the same data shares: the
+segmenter, the scenes, each image's embedding and dual-space graph (computed once per
+image, registered in :data:`ppd.graphs.store.GRAPH_STORE`), and a cache of
+(image, object, prompt state) -> mask quality. Its :meth:`PromptWorld.evaluate` decodes
+any number of prompt states, on any images, in ONE segmenter call; this is what lets
+:class:`~ppd.envs.vec_env.PromptVecEnv` advance M environments with one decoder call.
+
+Prompt state lives on graph nodes: ``node_state[i]`` is 0 (inactive), 1 (positive) or
+2 (negative), and ``node_points[i]`` is the pixel (x, y) the prompt of node i sits at
+(the patch centre, or the coarse point mapped to the patch).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ppd.data.types import Scene
+from ppd.graphs.dual_space import build_dual_space_graph, patch_centres, patch_index
+from ppd.graphs.store import GRAPH_STORE
+from ppd.metrics import dice, iou
+from ppd.segmenter import ImageEmbedding, Segmenter
+
+logger = logging.getLogger(__name__)
+
+INACTIVE, POSITIVE, NEGATIVE = 0, 1, 2
+QUALITY_FNS = {"iou": iou, "dice": dice}
+
+
+@dataclass
+class ImageRecord:
+    """Everything static about one image: embedding, graph id, patch geometry."""
+
+    index: int
+    scene: Scene
+    embedding: ImageEmbedding
+    graph_id: int
+    grid: int
+    centres: np.ndarray  # (N, 2) pixel centres (x, y) of the patches
+
+    @property
+    def num_nodes(self) -> int:
+        return self.grid * self.grid
+
+    @property
+    def hw(self) -> tuple[int, int]:
+        return self.embedding.orig_hw
+
+
+@dataclass
+class Outcome:
+    """Result of decoding one prompt state."""
+
+    quality: float  # IoU (or Dice) against the ground truth; nan without ground truth
+    coverage: np.ndarray  # (N,) fraction of each patch covered by the mask
+    score: float  # SAM's predicted IoU (0 for an empty prompt set)
+    mask: np.ndarray | None = field(default=None, repr=False)  # (H, W) bool, on request
+
+
+def state_key(node_state: np.ndarray, node_points: np.ndarray) -> bytes:
+    """Cache key of a prompt state: the states and the points of active nodes."""
+    active = node_state != INACTIVE
+    return node_state.tobytes() + np.round(node_points[active], 2).astype(np.float32).tobytes()
+
+
+def prompts_from_state(node_state: np.ndarray, node_points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Active nodes -> SAM prompts: coords (K, 2) float32, labels (K,) int64 (1 fg, 0 bg)."""
+    idx = np.flatnonzero(node_state != INACTIVE)
+    return node_points[idx].astype(np.float32), (node_state[idx] == POSITIVE).astype(np.int64)
+
+
+def state_from_prompts(
+    point_coords: np.ndarray, point_labels: np.ndarray, grid: int, hw: tuple[int, int], centres: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Map prompts onto nodes.
+
+    Rule for several points in one patch: the node takes the point nearest to the patch
+    centre (its position and label); the other points of that patch are merged into the
+    node (they are kept or dropped with it). Returns ``node_state (N,) uint8``,
+    ``node_points (N, 2) float32`` and ``point_node (K,) int64`` (each point's node).
+    """
+    n = grid * grid
+    node_state = np.zeros(n, np.uint8)
+    node_points = centres.astype(np.float32).copy()
+    coords = np.asarray(point_coords, np.float32).reshape(-1, 2)
+    labels = np.asarray(point_labels).reshape(-1)
+    if len(coords) == 0:
+        return node_state, node_points, np.zeros(0, np.int64)
+    nodes = patch_index(coords, grid, hw[0], hw[1])
+    dist = np.linalg.norm(coords - centres[nodes], axis=1)
+    # visit points farthest-first so that the nearest point of each patch writes last
+    for k in np.argsort(-dist, kind="stable"):
+        node_state[nodes[k]] = POSITIVE if labels[k] == 1 else NEGATIVE
+        node_points[nodes[k]] = coords[k]
+    return node_state, node_points, nodes
+
+
+class PromptWorld:
+    """Segmenter + scenes + caches shared by environments.
+
+    Args:
+        segmenter: a :class:`~ppd.segmenter.Segmenter` (default: the bundled model).
+        dataset: a sequence of :class:`~ppd.data.types.Scene` (default: 64 procedural
+            scenes of the training domain).
+        grid: nodes per side (default: the segmenter's embedding grid, at most 32).
+        k_physical, k_semantic: k-NN sizes of the dual-space graph.
+        quality: ``"iou"`` or ``"dice"``.
+        cache_size: prompt-state outcomes kept (LRU).
+    """
+
+    def __init__(
+        self,
+        segmenter: Segmenter | None = None,
+        dataset: Sequence[Scene] | None = None,
+        grid: int | None = None,
+        k_physical: int = 8,
+        k_semantic: int = 8,
+        quality: str = "iou",
+        cache_size: int = 50_000,
+    ) -> None:
+        if quality not in QUALITY_FNS:
+            raise ValueError(f"quality must be one of {sorted(QUALITY_FNS)}, got {quality!r}")
+        if segmenter is None:
+            from ppd.segmenter import load_segmenter
+
+            segmenter = load_segmenter()
+        if dataset is None:
+            from ppd.data.scenes import ProceduralScenes
+
+            dataset = ProceduralScenes("train", 64, seed=0)
+        if len(dataset) == 0:
+            raise ValueError("dataset is empty")
+        self.segmenter = segmenter
+        self.dataset = dataset
+        self.grid = grid
+        self.k_physical, self.k_semantic = k_physical, k_semantic
+        self.quality_name = quality
+        self.quality_fn = QUALITY_FNS[quality]
+        self._images: dict[int, ImageRecord] = {}
+        self._outcomes: OrderedDict[tuple, Outcome] = OrderedDict()
+        self.cache_size = cache_size
+        self.decode_calls = 0
+        # Attacked prompt sets that seed defender episodes (filled by the attacker).
+        self.attack_pool: list[tuple[int, int, np.ndarray, np.ndarray]] = []
+        self.attack_pool_size = 2000
+
+    # -- images --------------------------------------------------------------------
+    def image(self, index: int) -> ImageRecord:
+        rec = self._images.get(index)
+        if rec is None:
+            scene = self.dataset[index]
+            rec = self.register_image(scene.image, index=index, scene=scene)
+            self._images[index] = rec
+        return rec
+
+    def register_image(self, image: np.ndarray, index: int = -1, scene: Scene | None = None) -> ImageRecord:
+        """Encode an image, build and register its graph (no ground truth needed)."""
+        emb = self.segmenter.encode(image)
+        graph = build_dual_space_graph(emb, grid=self.grid, k_physical=self.k_physical, k_semantic=self.k_semantic)
+        key = f"{self.segmenter.name}:{self.segmenter.info.get('checkpoint')}:{emb.key}:{graph.grid}:{self.k_physical}:{self.k_semantic}"
+        gid = GRAPH_STORE.register(key, graph)
+        if scene is None:
+            scene = Scene(np.zeros((*emb.orig_hw, 3), np.uint8), np.zeros((0, *emb.orig_hw), bool), domain="user")
+        centres = patch_centres(graph.grid, emb.orig_hw[0], emb.orig_hw[1]).astype(np.float32)
+        return ImageRecord(index, scene, emb, gid, int(graph.grid), centres)
+
+    @property
+    def num_nodes(self) -> int:
+        """Nodes per graph (all images share the grid)."""
+        return self.image(0).num_nodes
+
+    # -- evaluation -----------------------------------------------------------------
+    def evaluate(
+        self,
+        requests: Sequence[tuple[ImageRecord, int, np.ndarray, np.ndarray]],
+        want_mask: bool = False,
+    ) -> list[Outcome]:
+        """Decode prompt states ``(image, object index, node_state, node_points)``.
+
+        All uncached, non-empty states go through ONE ``Segmenter.predict_batch`` call.
+        The object index selects the ground-truth mask (-1: no ground truth, quality nan).
+        """
+        out: list[Outcome | None] = [None] * len(requests)
+        todo: list[int] = []
+        for i, (rec, obj, st, pts) in enumerate(requests):
+            key = (rec.graph_id, obj, state_key(st, pts))
+            hit = None if want_mask else self._outcomes.get(key)
+            if hit is not None:
+                self._outcomes.move_to_end(key)
+                out[i] = hit
+            elif not (st != INACTIVE).any():
+                out[i] = Outcome(0.0 if obj >= 0 else float("nan"), np.zeros(rec.num_nodes, np.float32), 0.0,
+                                 np.zeros(rec.hw, bool) if want_mask else None)
+            else:
+                todo.append(i)
+        if todo:
+            prompts = [prompts_from_state(requests[i][2], requests[i][3]) for i in todo]
+            k = max(len(c) for c, _ in prompts)
+            coords = np.zeros((len(todo), k, 2), np.float32)
+            labels = -np.ones((len(todo), k), np.int64)
+            for j, (c, l) in enumerate(prompts):
+                coords[j, : len(c)], labels[j, : len(l)] = c, l
+            pred = self.segmenter.predict_batch([requests[i][0].embedding for i in todo], coords, labels)
+            self.decode_calls += 1
+            for j, i in enumerate(todo):
+                rec, obj, st, pts = requests[i]
+                mask = pred.masks[j]
+                q = float(self.quality_fn(mask, rec.scene.masks[obj])) if obj >= 0 else float("nan")
+                cov = F.adaptive_avg_pool2d(torch.from_numpy(mask[None].astype(np.float32)), rec.grid).flatten().numpy()
+                res = Outcome(q, cov, float(pred.scores[j]))
+                self._outcomes[(rec.graph_id, obj, state_key(st, pts))] = res
+                out[i] = Outcome(q, cov, res.score, mask) if want_mask else res
+            while len(self._outcomes) > self.cache_size:
+                self._outcomes.popitem(last=False)
+        return out  # type: ignore[return-value]
+
+    # -- attacked prompt sets ------------------------------------------------------------
+    def add_attacked(self, index: int, obj: int, node_state: np.ndarray, node_points: np.ndarray) -> None:
+        """Remember an attacker's final prompt state as a defender start state."""
+        self.attack_pool.append((index, obj, node_state.copy(), node_points.copy()))
+        if len(self.attack_pool) > self.attack_pool_size:
+            self.attack_pool.pop(0)

@@ -1,0 +1,1 @@
+"""Benchmarks: scripts that print tables (python -m ppd.bench.NAME), not tests."""

@@ -1,0 +1,224 @@
+"""The ``ppd`` command line. Library code logs; this module owns progress and output."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger("ppd.cli")
+
+
+def _parse_points(text: str) -> tuple[np.ndarray, np.ndarray]:
+    """'x,y,l;x,y,l' -> coords (K, 2) float32, labels (K,) int64."""
+    coords, labels = [], []
+    for i, part in enumerate(p for p in text.split(";") if p.strip()):
+        fields = [f.strip() for f in part.split(",")]
+        if len(fields) != 3:
+            raise ValueError(f"point {i} {part!r}: expected 'x,y,label' (label 1 = foreground, 0 = background)")
+        try:
+            x, y, lab = float(fields[0]), float(fields[1]), int(fields[2])
+        except ValueError:
+            raise ValueError(f"point {i} {part!r}: x and y must be numbers and label 0 or 1") from None
+        if lab not in (0, 1):
+            raise ValueError(f"point {i} {part!r}: label must be 1 (foreground) or 0 (background)")
+        coords.append((x, y))
+        labels.append(lab)
+    if not coords:
+        raise ValueError("--points is empty; give at least one 'x,y,label'")
+    return np.asarray(coords, np.float32), np.asarray(labels, np.int64)
+
+
+def _read_image(path: str) -> np.ndarray:
+    from PIL import Image
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"image not found: {p}")
+    with Image.open(p) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def _save_png(array: np.ndarray, path: Path) -> None:
+    from PIL import Image
+
+    from ppd.io import atomic_write
+
+    atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="sam2-tiny-synthetic", help="segmenter name (default: the bundled sam2-tiny-synthetic)")
+    p.add_argument("--checkpoint", default=None, help="checkpoint file for --model (required for official SAM2 names)")
+    p.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
+
+
+# ----------------------------------------------------------------------------- segment
+def cmd_segment(args: argparse.Namespace) -> int:
+    from ppd import load_segmenter
+    from ppd.viz import overlay
+
+    image = _read_image(args.image)
+    coords, labels = _parse_points(args.points)
+    box = None
+    if args.box:
+        box = np.asarray([float(v) for v in args.box.split(",")], np.float32)
+        if box.shape != (4,):
+            raise ValueError("--box must be 'x0,y0,x1,y1'")
+    seg = load_segmenter(args.model, checkpoint=args.checkpoint, device=args.device)
+    multimask = args.multimask if args.multimask is not None else len(coords) == 1 and box is None
+    pred = seg.predict(image, coords, labels, boxes=box, multimask=multimask)
+    out = Path(args.out)
+    _save_png((pred.masks[0] * 255).astype(np.uint8), out / "mask.png")
+    _save_png(overlay(image, pred.masks[0], coords, labels), out / "overlay.png")
+    print(f"mask: {out / 'mask.png'}  overlay: {out / 'overlay.png'}")
+    print(f"predicted IoU {pred.scores[0]:.3f}, mask area {int(pred.masks[0].sum())} px")
+    return 0
+
+
+# ----------------------------------------------------------------------------- pretrain
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from ppd.config import build_config
+    from ppd.pretrain import PretrainConfig, pretrain
+
+    cfg = build_config(PretrainConfig, args, args.config)
+    bars: dict[str, tqdm] = {}
+
+    def progress(what: str, i: int, n: int, stats: dict) -> None:
+        bar = bars.get(what)
+        if bar is None:
+            desc = "drawing scene pool" if what == "pool" else "training"
+            bar = bars[what] = tqdm(total=n, desc=desc, unit="scene" if what == "pool" else "step", dynamic_ncols=True)
+        bar.n = i
+        if stats:
+            bar.set_postfix(loss=f"{stats['loss']:.3f}", iou=f"{stats.get('iou_r0', 0):.3f}", lr=f"{stats['lr']:.1e}", refresh=False)
+        bar.refresh()
+        if i >= n:
+            bar.close()
+
+    final = pretrain(cfg, args.out, resume=args.resume, progress=progress)
+    print(f"wrote {Path(args.out) / 'model.pt'}")
+    print("held-out in-domain: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in final.items()))
+    print(f"use it with: ppd segment --checkpoint {Path(args.out) / 'model.pt'} ...")
+    return 0
+
+
+# ----------------------------------------------------------------------------- demo
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Segment procedural scenes with the bundled model; write an overlay grid."""
+    from tqdm import tqdm
+
+    from ppd import load_segmenter
+    from ppd.data.scenes import DOMAINS, make_scene
+    from ppd.metrics import iou
+    from ppd.prompts import farthest_click
+    from ppd.viz import grid, overlay
+
+    seg = load_segmenter(args.model, checkpoint=args.checkpoint, device=args.device)
+    tiles, rows = [], []
+    for domain in tqdm(DOMAINS, desc="segmenting", unit="domain"):
+        scores = []
+        for i in range(args.scenes):
+            scene = make_scene(args.seed + i, domain)
+            emb = seg.encode(scene.image)
+            gt = scene.masks[0]
+            ps = farthest_click(gt)
+            pred = seg.predict(emb, ps.point_coords, ps.point_labels, multimask=True)
+            scores.append(float(iou(pred.masks[0], gt)))
+            if i < 4:
+                tiles.append(overlay(scene.image, pred.masks[0], ps.point_coords, ps.point_labels))
+        rows.append((domain, float(np.mean(scores))))
+    out = Path(args.out)
+    _save_png(grid(tiles, cols=4), out / "demo_overlay.png")
+    print(f"1-click IoU of {seg.name} on {args.scenes} procedural scenes per domain:")
+    for domain, score in rows:
+        print(f"  {domain:12s} {score:.3f}")
+    print(f"overlays (rows = domains {', '.join(DOMAINS)}): {out / 'demo_overlay.png'}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- main
+def build_parser() -> argparse.ArgumentParser:
+    from ppd.config import add_dataclass_args
+    from ppd.pretrain import PretrainConfig
+
+    parser = argparse.ArgumentParser(
+        prog="ppd",
+        description="Point prompts for SAM2, made better by reinforcement learning.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("segment", help="segment one image from point prompts", description="Segment one image from point prompts; writes mask.png and overlay.png.")
+    p.add_argument("--image", required=True, help="image file (PNG/JPEG...)")
+    p.add_argument("--points", required=True, help="prompts as 'x,y,label;x,y,label' in pixels (label 1 fg, 0 bg)")
+    p.add_argument("--box", default=None, help="optional box 'x0,y0,x1,y1' in pixels")
+    p.add_argument("--multimask", action=argparse.BooleanOptionalAction, default=None, help="decode 3 masks and keep the best (default: on for a single click)")
+    p.add_argument("--out", default="segment_out", help="output folder (default: segment_out)")
+    _add_model_args(p)
+    p.set_defaults(func=cmd_segment)
+
+    p = sub.add_parser(
+        "pretrain",
+        help="train the small SAM2 model on procedural scenes",
+        description="Train sam2-tiny-synthetic from scratch on procedural scenes (SAM-style interactive recipe). "
+        "Writes OUT/model.pt (fp16, loadable with load_segmenter(checkpoint=...)), config.json, metrics.json, last.pt.",
+    )
+    p.add_argument("--out", default="runs/pretrain", help="run folder (default: runs/pretrain)")
+    p.add_argument("--config", default=None, help="YAML/JSON file with PretrainConfig fields (flags override it)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    add_dataclass_args(p, PretrainConfig, skip=("model",))
+    p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser(
+        "train",
+        help="adversarial attacker/defender DQN training",
+        description="Train the PPD attacker and defender (alternating DQN phases, PPD Algorithm 1) on the bundled "
+        "model and procedural scenes by default. Writes OUT/defender.zip, attacker.zip, config.yaml, metrics.json, examples.png.",
+    )
+    from ppd.agents.train import add_train_arguments, run_train
+
+    add_train_arguments(p)
+    p.set_defaults(func=run_train)
+
+    p = sub.add_parser(
+        "refine",
+        help="refine a prompt set with a trained defender",
+        description="Refine point prompts with a trained defender; writes the refined points, mask and overlay.",
+    )
+    from ppd.agents.defender import add_refine_arguments, run_refine
+
+    add_refine_arguments(p)
+    p.set_defaults(func=run_refine)
+
+    p = sub.add_parser("demo", help="segment procedural scenes with the bundled model", description="Segment procedural scenes of every domain with one click each and write an overlay grid.")
+    p.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
+    p.add_argument("--scenes", type=int, default=8, help="scenes per domain (default: 8)")
+    p.add_argument("--seed", type=int, default=123, help="first scene seed (default: 123)")
+    _add_model_args(p)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"ppd {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

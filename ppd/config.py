@@ -1,0 +1,93 @@
+"""Config dataclasses <-> command-line flags and files.
+
+A command's configuration is one dataclass whose field docstrings (the string literal
+under each field) are the flags' ``--help`` text, so the two cannot drift apart (the
+CleanRL / tyro pattern). Python keeps no attribute docstrings at run time, so they are
+read from the class source with ``ast``; this small reader avoids a dependency for ~30
+lines of code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import inspect
+import json
+import textwrap
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Map field name -> docstring written under it in the class body."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        except (OSError, TypeError):
+            continue
+        body = tree.body[0].body  # type: ignore[attr-defined]
+        for node, nxt in zip(body, body[1:]):
+            if (
+                isinstance(node, ast.AnnAssign)
+                and isinstance(node.target, ast.Name)
+                and isinstance(nxt, ast.Expr)
+                and isinstance(getattr(nxt, "value", None), ast.Constant)
+                and isinstance(nxt.value.value, str)
+            ):
+                docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
+    """Add one ``--flag`` per scalar field of ``cls`` (dict/list fields are file-only)."""
+    docs = field_docs(cls)
+    group = parser.add_argument_group(f"{cls.__name__} (also settable in --config FILE)")
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else None
+        typ = type(default) if default is not None else str
+        if typ not in (int, float, str, bool):
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        help_ = f"{docs.get(f.name, '')} (default: {default})"
+        if typ is bool:
+            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_)
+        else:
+            group.add_argument(flag, dest=f.name, type=typ, default=None, help=help_)
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path} must hold a mapping of field names to values")
+    return data
+
+
+def build_config(cls: type[T], args: argparse.Namespace, config_file: str | None = None) -> T:
+    """Defaults <- config file <- command-line flags (later wins). Unknown keys are an error."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    if config_file:
+        data = load_config_file(config_file)
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"unknown field(s) in {config_file}: {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+        values.update(data)
+    for name in names:
+        v = getattr(args, name, None)
+        if v is not None:
+            values[name] = v
+    return cls(**values)

@@ -1,0 +1,52 @@
+"""Shared fixtures: a random-weight tiny SAM2 checkpoint and a small test image.
+
+The bundled checkpoint (``ppd/assets/sam2_tiny_synthetic.pt``) is produced by training,
+so no test depends on it: the fixtures below write a freshly initialised tiny model to a
+temporary file instead. Random weights give arbitrary but deterministic masks, which is
+all that shape, batching, caching and parity tests need.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ppd.models import BUNDLED_NAME, new_tiny_model, tiny_model_config
+from ppd.segmenter import ImageEmbedding, Segmenter, load_segmenter
+
+# Non-square on purpose, so that an x/y (width/height) mix-up changes shapes or results.
+IMAGE_HW = (96, 128)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> str:
+    """Path of a ``{"model": state_dict, "config": ...}`` file of a seed-0 tiny model."""
+    path = tmp_path_factory.mktemp("ckpt") / "tiny_random.pt"
+    model = new_tiny_model(seed=0)
+    torch.save({"model": model.state_dict(), "config": tiny_model_config()}, path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_segmenter(tiny_checkpoint) -> Segmenter:
+    """The tiny random-weight model behind a :class:`Segmenter` on CPU (shared: treat the
+    model as read-only; build a new ``Segmenter(seg.model, ...)`` to test caching)."""
+    return load_segmenter(BUNDLED_NAME, checkpoint=tiny_checkpoint, device="cpu")
+
+
+def _make_random_image() -> np.ndarray:
+    rng = np.random.default_rng(1234)
+    return rng.integers(0, 256, (*IMAGE_HW, 3), dtype=np.uint8)
+
+
+@pytest.fixture
+def random_image() -> np.ndarray:
+    """(96, 128, 3) uint8 RGB noise image, the same pixels in every test (a fresh copy)."""
+    return _make_random_image()
+
+
+@pytest.fixture(scope="session")
+def tiny_embedding(tiny_segmenter) -> ImageEmbedding:
+    """Embedding of the ``random_image`` pixels, encoded once per session."""
+    return tiny_segmenter.encode(_make_random_image())
