@@ -50,9 +50,12 @@ __all__ = [
     "PromptRefiner",
     "RefineResult",
     "check_prompts",
+    "find_setting",
     "greedy_action",
     "load_agent",
+    "make_result",
     "read_run_config",
+    "role_max_steps",
 ]
 
 #: Folder of the defender shipped with the package (``defender.zip`` + ``config.yaml``),
@@ -76,7 +79,9 @@ class RefineResult:
         mask: (H, W) bool mask SAM decodes from the output points.
         score: SAM's predicted IoU of ``mask``.
         steps: prompt changes made (removals and relabels; a stop is not counted).
-        relabeled: (K,) bool, True where a kept point's label was flipped.
+        relabeled: (K,) bool, True where a kept point's label was flipped (for the
+            defender: its node was relabelled; an output point's label is then its input
+            label flipped).
         index: (M,) int64 input index of each output point.
     """
 
@@ -234,29 +239,32 @@ def read_run_config(folder: str | os.PathLike) -> dict[str, Any]:
     return {}
 
 
-def _find(cfg: Any, key: str, depth: int = 0) -> Any:
-    """First value under ``key`` in a nested config (breadth-first, sections included)."""
+def find_setting(cfg: Any, key: str, depth: int = 0) -> Any:
+    """First value under ``key`` in a nested run config: the top level first, then each
+    section in order (depth-first), None when absent."""
     if not isinstance(cfg, dict) or depth > 4:
         return None
     if key in cfg:
         return cfg[key]
     for v in cfg.values():
-        hit = _find(v, key, depth + 1)
+        hit = find_setting(v, key, depth + 1)
         if hit is not None:
             return hit
     return None
 
 
-def _role_max_steps(cfg: dict[str, Any], role: str) -> int | None:
-    """The training env's step budget of ``role`` from a run config, if saved."""
+def role_max_steps(cfg: dict[str, Any], role: str) -> int | None:
+    """The training env's step budget of ``role`` (``"attacker"`` / ``"defender"``) from
+    a run config: a ``{role}_max_steps`` key, a ``{role}: {max_steps: ...}`` section or a
+    ``max_steps: {role: ...}`` mapping; None if not saved."""
     for key in (f"{role}_max_steps", f"max_steps_{role}", f"{role}_steps"):
-        v = _find(cfg, key)
+        v = find_setting(cfg, key)
         if isinstance(v, (int, float)) and not isinstance(v, bool):
             return int(v)
-    section = _find(cfg, role)
+    section = find_setting(cfg, role)
     if isinstance(section, dict) and isinstance(section.get("max_steps"), (int, float)):
         return int(section["max_steps"])
-    v = _find(cfg, "max_steps")
+    v = find_setting(cfg, "max_steps")
     if isinstance(v, dict) and isinstance(v.get(role), (int, float)):
         return int(v[role])
     return None
@@ -328,10 +336,10 @@ def _segmenter_from_config(cfg: dict[str, Any], device: str | None) -> Segmenter
     from ppd.models import BUNDLED_NAME
     from ppd.segmenter import load_segmenter
 
-    name = _find(cfg, "segmenter")
+    name = find_setting(cfg, "segmenter")
     if not isinstance(name, str):
-        name = _find(cfg, "model") if isinstance(_find(cfg, "model"), str) else BUNDLED_NAME
-    ckpt = _find(cfg, "checkpoint")
+        name = find_setting(cfg, "model") if isinstance(find_setting(cfg, "model"), str) else BUNDLED_NAME
+    ckpt = find_setting(cfg, "checkpoint")
     return load_segmenter(name, checkpoint=ckpt if isinstance(ckpt, str) and ckpt else None, device=device)
 
 
@@ -350,6 +358,7 @@ class PromptDefender(PromptRefiner):
             observation and is the default refinement budget); None: unknown, then the
             default budget is ``max(K, 12)``.
         cache_size: images whose graph records are kept (LRU).
+        config: the run's configuration (kept as ``self.config`` for reference).
     """
 
     def __init__(
@@ -409,18 +418,18 @@ class PromptDefender(PromptRefiner):
                 )
             path = BUNDLED_DEFENDER
         model, cfg, folder = load_agent(path, "defender.zip", device)
-        role = getattr(model.policy, "role", None) or _find(cfg, "role")
+        role = getattr(model.policy, "role", None) or find_setting(cfg, "role")
         if role is not None and role != "defender":
             raise ValueError(f"{folder}: the model's role is {role!r}, expected 'defender'")
         n = int(model.observation_space["state"].shape[0])
         grid = int(round(math.sqrt(n)))
         if grid * grid != n:
             raise ValueError(f"corrupt run folder {folder}: {n} nodes is not a square grid")
-        saved_grid = _find(cfg, "grid")
+        saved_grid = find_setting(cfg, "grid")
         if isinstance(saved_grid, int) and saved_grid != grid:
             raise ValueError(f"corrupt run folder {folder}: config grid {saved_grid} but the model has {n} nodes")
-        k_phys = _find(cfg, "k_physical")
-        k_sem = _find(cfg, "k_semantic")
+        k_phys = find_setting(cfg, "k_physical")
+        k_sem = find_setting(cfg, "k_semantic")
         if segmenter is None:
             segmenter = _segmenter_from_config(cfg, device)
         return cls(
@@ -429,7 +438,7 @@ class PromptDefender(PromptRefiner):
             grid=grid,
             k_physical=int(k_phys) if isinstance(k_phys, int) else 8,
             k_semantic=int(k_sem) if isinstance(k_sem, int) else 8,
-            max_steps=_role_max_steps(cfg, "defender"),
+            max_steps=role_max_steps(cfg, "defender"),
             config=cfg,
         )
 
@@ -457,13 +466,17 @@ class PromptDefender(PromptRefiner):
     ) -> tuple[np.ndarray, Any, int]:
         """Greedy defender rollout on a prompt state (no ground truth).
 
+        States are decoded by ``self.world`` exactly as in training (same prompt padding,
+        see :class:`~ppd.envs.world.PromptWorld`), so the observations match the ones the
+        agent learned on.
+
         Returns:
-            ``(final node_state (N,), Outcome with mask, prompt changes made)``.
+            ``(final node_state (N,), its Outcome (no mask), prompt changes made)``.
         """
         n = self.num_nodes
         env_steps = self.train_max_steps or max_steps or 1
         st = node_state.copy()
-        out = self.world.evaluate([(rec, -1, st, node_points)], want_mask=True)[0]
+        out = self.world.evaluate([(rec, -1, st, node_points)])[0]
         steps = 0
         while steps < max_steps:
             mask = valid_action_mask(st, "defender", self.relabel)
@@ -482,7 +495,7 @@ class PromptDefender(PromptRefiner):
             else:
                 st[node] = NEGATIVE if st[node] == POSITIVE else POSITIVE
             steps += 1
-            out = self.world.evaluate([(rec, -1, st, node_points)], want_mask=True)[0]
+            out = self.world.evaluate([(rec, -1, st, node_points)])[0]
         return st, out, steps
 
     def refine(
@@ -504,8 +517,8 @@ class PromptDefender(PromptRefiner):
         Returns:
             :class:`RefineResult`: the surviving nodes' points (one per active node:
             its input point, with its possibly relabelled label) in input order, ``kept``
-            for every input point (merged points follow their node), SAM's mask of the
-            output points and its predicted IoU.
+            for every input point (merged points follow their node), and
+            ``segmenter.predict`` of the output points: mask and predicted IoU.
 
         Raises:
             ValueError: empty prompt set, bad shapes / labels, points outside the image,
@@ -522,12 +535,19 @@ class PromptDefender(PromptRefiner):
         dist = np.linalg.norm(coords - rec.centres[point_node], axis=1)
         for k in np.argsort(-dist, kind="stable"):
             rep[point_node[k]] = k
-        st, out, steps = self.refine_state(rec, st0, pts, budget)
+        st, _, steps = self.refine_state(rec, st0, pts, budget)
         active = st != INACTIVE
         kept = active[point_node]
         flipped = active & (st != st0)
         # An output point carries its node's final label: its own label, flipped if relabelled.
-        return make_result(coords, labels, kept, out.mask, out.score, steps, relabeled=flipped[point_node], index=rep[active])
+        index = rep[active]
+        out_labels = (st[point_node[np.sort(index)]] == POSITIVE).astype(np.int64)
+        # The mask a user gets from SAM for the output points (no padding): one more
+        # decoder call, since the world pads prompts as in training.
+        pred = self.segmenter.predict(rec.embedding, coords[np.sort(index)], out_labels)
+        return make_result(
+            coords, labels, kept, pred.masks[0], float(pred.scores[0]), steps, relabeled=flipped[point_node], index=index
+        )
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -559,6 +579,7 @@ def run_refine(args: argparse.Namespace) -> int:
 
         seg = load_segmenter(args.model or BUNDLED_NAME, checkpoint=args.checkpoint, device=args.device)
     defender = PromptDefender.load(args.run, segmenter=seg, device=args.device)
+    defender.record(image)  # encode and build the graph first: the timing is refinement only
     t = time.perf_counter()
     res = defender.refine(image, coords, labels, max_steps=args.max_steps)
     took = time.perf_counter() - t

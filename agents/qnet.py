@@ -11,8 +11,9 @@ Network (per node i, hidden width H):
 * input: ``LayerNorm(Linear(x_i)) + Linear([onehot(state_i), coverage_i, offset_i,
   pos_i, step_frac, score])``, then ReLU;
 * ``n_layers`` relational SAGE layers with separate weights per edge relation,
-  ``h' = h + ReLU(LayerNorm(W0 h + SAGE_phys(h) + SAGE_sem(h)))`` (edges of type "both"
-  belong to both relations; mean aggregation);
+  ``h' = h + ReLU(LayerNorm(W0 h + W_phys mean_phys(h) + W_sem mean_sem(h)))`` (mean
+  over the node's neighbours in that relation, as PyG ``SAGEConv``; edges of type
+  "both" belong to both relations);
 * heads: a per-node MLP over ``[h_i, mean_j h_j]`` gives the node's two Q-values
   (kind 0 and kind 1); an MLP over ``[mean h, max h]`` gives the stop Q-value.
 
@@ -24,6 +25,7 @@ actions; stop is always valid, so every row has a finite maximum.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -31,7 +33,6 @@ import torch
 import torch.nn as nn
 from gymnasium import spaces
 from stable_baselines3.dqn.policies import DQNPolicy, QNetwork
-from torch_geometric.nn import SAGEConv
 
 from ppd.envs.point_prompt_env import ROLES, valid_action_mask
 from ppd.envs.world import INACTIVE
@@ -71,18 +72,35 @@ def obs_action_mask(state: np.ndarray | torch.Tensor, role: str, relabel: bool) 
 
 
 class _GraphTensors:
-    """Static tensors of one registered graph on one device."""
+    """Static tensors of one registered graph on one device.
 
-    __slots__ = ("x", "pos", "edges")
+    ``adj_rows`` / ``adj_cols`` / ``adj_vals`` are the (2N x N) row-normalised adjacency
+    of the two relations stacked: row ``i`` (physical) and row ``N + i`` (semantic) hold
+    ``1 / deg`` for each neighbour of node i in that relation (edges of type "both"
+    count in both), sorted by row. ``A @ h`` is then the mean over each relation's
+    neighbours, PyG ``SAGEConv``'s ``aggr="mean"`` (a node without neighbours gets 0).
+    """
+
+    __slots__ = ("x", "pos", "adj_rows", "adj_cols", "adj_vals")
 
     def __init__(self, gid: int, device: torch.device) -> None:
         g = GRAPH_STORE.get(gid)
+        n = int(g.num_nodes)
         self.x = g.x.to(device=device, dtype=torch.float32)
         self.pos = g.pos.to(device=device, dtype=torch.float32)
-        et = g.edge_type.to(device)
-        ei = g.edge_index.to(device)
-        # EDGE_BOTH pairs belong to both relations.
-        self.edges = (ei[:, et != EDGE_SEMANTIC], ei[:, et != EDGE_PHYSICAL])
+        et, ei = g.edge_type.cpu(), g.edge_index.cpu()
+        rows, cols, vals = [], [], []
+        for r, keep in enumerate((et != EDGE_SEMANTIC, et != EDGE_PHYSICAL)):
+            src, dst = ei[0, keep], ei[1, keep]
+            order = torch.argsort(src * n + dst)  # sorted by row (already so from the builder)
+            src, dst = src[order], dst[order]
+            deg = torch.bincount(src, minlength=n).clamp(min=1).float()
+            rows.append(src + r * n)
+            cols.append(dst)
+            vals.append(1.0 / deg[src])
+        self.adj_rows = torch.cat(rows).to(device)
+        self.adj_cols = torch.cat(cols).to(device)
+        self.adj_vals = torch.cat(vals).to(device)
 
 
 # (graph id, device) -> tensors; shared by every network in the process (online and target
@@ -99,40 +117,51 @@ def _graph_tensors(gid: int, device: torch.device) -> _GraphTensors:
     return t
 
 
-def _batched_edges(per_graph: list[torch.Tensor], inv: torch.Tensor, num_nodes: int) -> torch.Tensor:
-    """Edge index of a batch whose element b is graph ``inv[b]`` of ``per_graph``.
+def _batched_adjacency(graphs: list[_GraphTensors], inv: torch.Tensor, num_nodes: int) -> torch.Tensor:
+    """Block-diagonal sparse CSR ``(B * 2N, B * N)`` adjacency of a batch.
 
-    Element b's nodes are ``b * num_nodes ... (b + 1) * num_nodes - 1``. Built with
-    tensor ops (no loop over the batch): the unique graphs' edges are concatenated once
-    and gathered per element.
+    Element b is graph ``graphs[inv[b]]``; its nodes are columns ``b N .. (b + 1) N - 1``
+    and its two relations rows ``2 b N .. 2 (b + 1) N - 1``. Built with tensor ops (no
+    loop over the batch): the unique graphs' entries are concatenated once and gathered
+    per element.
     """
-    device = inv.device
-    counts_u = torch.tensor([e.shape[1] for e in per_graph], device=device)
+    device, B, n = inv.device, inv.numel(), num_nodes
+    counts_u = torch.tensor([g.adj_rows.numel() for g in graphs], device=device)
     starts_u = torch.cumsum(counts_u, 0) - counts_u
-    cat = torch.cat(per_graph, dim=1)
     counts = counts_u[inv]
     total = int(counts.sum())
-    if total == 0:
-        return torch.zeros(2, 0, dtype=torch.long, device=device)
     out_starts = torch.cumsum(counts, 0) - counts
     within = torch.arange(total, device=device) - torch.repeat_interleave(out_starts, counts, output_size=total)
     src = torch.repeat_interleave(starts_u[inv], counts, output_size=total) + within
-    shift = torch.repeat_interleave(torch.arange(inv.numel(), device=device) * num_nodes, counts, output_size=total)
-    return cat[:, src] + shift
+    elem = torch.repeat_interleave(torch.arange(B, device=device), counts, output_size=total)
+    rows = torch.cat([g.adj_rows for g in graphs])[src] + elem * (2 * n)
+    cols = torch.cat([g.adj_cols for g in graphs])[src] + elem * n
+    vals = torch.cat([g.adj_vals for g in graphs])[src]
+    crow = torch.zeros(B * 2 * n + 1, dtype=torch.long, device=device)
+    crow[1:] = torch.cumsum(torch.bincount(rows, minlength=B * 2 * n), 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
+        return torch.sparse_csr_tensor(crow, cols, vals, (B * 2 * n, B * n), check_invariants=False)
 
 
 class _RelationalSAGE(nn.Module):
-    """``h + ReLU(LayerNorm(W0 h + SAGE_phys(h, E_phys) + SAGE_sem(h, E_sem)))``."""
+    """``h + ReLU(LayerNorm(W0 h + W_phys mean_phys(h) + W_sem mean_sem(h)))``.
+
+    Per relation this is PyG's ``SAGEConv(aggr="mean")``; the neighbour means of both
+    relations come from one block-sparse matmul (``adj @ h``), measured ~4x faster on CPU
+    than message passing by gather + scatter.
+    """
 
     def __init__(self, hidden: int) -> None:
         super().__init__()
-        self.root = nn.Linear(hidden, hidden)
-        self.phys = SAGEConv(hidden, hidden, aggr="mean", root_weight=False, bias=False)
-        self.sem = SAGEConv(hidden, hidden, aggr="mean", root_weight=False, bias=False)
+        self.lin = nn.Linear(3 * hidden, hidden)  # [W0 | W_phys | W_sem]
         self.norm = nn.LayerNorm(hidden)
 
-    def forward(self, h: torch.Tensor, e_phys: torch.Tensor, e_sem: torch.Tensor) -> torch.Tensor:
-        return h + torch.relu(self.norm(self.root(h) + self.phys(h, e_phys) + self.sem(h, e_sem)))
+    def forward(self, h: torch.Tensor, adj: torch.Tensor) -> torch.Tensor:
+        """h (B, N, H), adj (B * 2N, B * N) -> (B, N, H)."""
+        B, N, H = h.shape
+        agg = (adj @ h.reshape(B * N, H)).reshape(B, 2, N, H)
+        return h + torch.relu(self.norm(self.lin(torch.cat([h, agg[:, 0], agg[:, 1]], dim=-1))))
 
 
 class GraphQNetwork(QNetwork):
@@ -193,8 +222,8 @@ class GraphQNetwork(QNetwork):
         self.stop_head = nn.Sequential(nn.Linear(2 * H, H), nn.ReLU(), nn.Linear(H, 1))
 
     # -- inputs -----------------------------------------------------------------------
-    def _node_inputs(self, obs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        """(B, N, H) initial node states, (B, N) long prompt state, batched edges."""
+    def _node_inputs(self, obs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, N, H) initial node states, (B, N) long prompt state, batched adjacency."""
         device = self.x_proj[0].weight.device
         state = obs["state"].to(device)
         B, N = state.shape
@@ -213,31 +242,33 @@ class GraphQNetwork(QNetwork):
         xh = self.x_proj(torch.stack([g.x for g in graphs]))[inv]  # project unique graphs only
         pos = torch.stack([g.pos for g in graphs])[inv]
         cov = obs["coverage"].to(device).float().unsqueeze(-1) / 255.0
-        off = obs["offset"].to(device).float() / 255.0 - 0.5
+        off = obs["offset"].to(device).float().reshape(B, N, 2) / 255.0 - 0.5  # flat (2N,) or (N, 2)
         glob = torch.cat([obs["step_frac"].to(device).float(), obs["score"].to(device).float()], dim=-1)
         dyn = torch.cat(
             [nn.functional.one_hot(state.clamp(0, 2), 3).float(), cov, off, pos, glob[:, None, :].expand(B, N, 2)],
             dim=-1,
         )
         h = torch.relu(xh + self.dyn_proj(dyn))
-        edges = tuple(_batched_edges([g.edges[r] for g in graphs], inv, N) for r in range(2))
-        return h, state, edges  # type: ignore[return-value]
+        return h, state, _batched_adjacency(graphs, inv, N)
 
     # -- forward ----------------------------------------------------------------------
     def forward(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
         """Masked Q-values ``(B, 2N + 1)`` for a batch of observations."""
-        h, state, (e_phys, e_sem) = self._node_inputs(obs)
+        return self.q_values(obs, masked=True)
+
+    def q_values(self, obs: dict[str, torch.Tensor], masked: bool = True) -> torch.Tensor:
+        """Q-values ``(B, 2N + 1)``; with ``masked``, invalid actions hold :data:`MASKED_Q`."""
+        h, state, adj = self._node_inputs(obs)
         B, N, H = h.shape
-        h = h.reshape(B * N, H)
         for layer in self.layers:
-            h = layer(h, e_phys, e_sem)
-        h = h.reshape(B, N, H)
+            h = layer(h, adj)
         mean, mx = h.mean(dim=1), h.amax(dim=1)
         q_nodes = self.node_head(torch.cat([h, mean[:, None, :].expand(B, N, H)], dim=-1))  # (B, N, 2)
         q_stop = self.stop_head(torch.cat([mean, mx], dim=-1))  # (B, 1)
         q = torch.cat([q_nodes.transpose(1, 2).reshape(B, 2 * N), q_stop], dim=1)
-        mask = obs_action_mask(state, self.role, self.relabel)
-        return q.masked_fill(~mask, MASKED_Q)
+        if not masked:
+            return q
+        return q.masked_fill(~obs_action_mask(state, self.role, self.relabel), MASKED_Q)
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super(QNetwork, self)._get_constructor_parameters()

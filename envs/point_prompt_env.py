@@ -61,7 +61,8 @@ def build_observation(
     return {
         "state": node_state.copy(),
         "coverage": np.round(outcome.coverage * 255).astype(np.uint8),
-        "offset": np.round((np.clip(off, -0.5, 0.5) + 0.5) * 255).astype(np.uint8),
+        # flat (2N,), node i at [2i, 2i + 1]: SB3 expects 1-D (or image) Boxes
+        "offset": np.round((np.clip(off, -0.5, 0.5) + 0.5) * 255).astype(np.uint8).reshape(-1),
         "step_frac": np.array([t / max_steps], np.float32),
         "score": np.array([np.clip(outcome.score, 0.0, 1.5)], np.float32),
         "image_id": np.array([rec.graph_id], np.float32),
@@ -105,7 +106,8 @@ class PointPromptEnv(gym.Env):
     |------------|--------|---------|-----------------------------------------------------------|
     | state      | (N,)   | uint8   | 0 inactive, 1 positive, 2 negative                        |
     | coverage   | (N,)   | uint8   | fraction of the patch inside the current mask, x 255      |
-    | offset     | (N, 2) | uint8   | prompt point - patch centre, in patch sizes, (o + 0.5) x 255 |
+    | offset     | (2N,)  | uint8   | prompt point - patch centre, in patch sizes, (o + 0.5) x 255; |
+    |            |        |         | node i's (x, y) at [2i, 2i + 1] (``reshape(N, 2)``)         |
     | step_frac  | (1,)   | float32 | step / max_steps                                          |
     | score      | (1,)   | float32 | SAM's predicted IoU of the current mask                   |
     | image_id   | (1,)   | float32 | graph id (an integer < 2**24)                             |
@@ -178,7 +180,7 @@ class PointPromptEnv(gym.Env):
             {
                 "state": spaces.Box(0, 2, (n,), np.uint8),
                 "coverage": spaces.Box(0, 255, (n,), np.uint8),
-                "offset": spaces.Box(0, 255, (n, 2), np.uint8),
+                "offset": spaces.Box(0, 255, (2 * n,), np.uint8),
                 "step_frac": spaces.Box(0.0, 1.0, (1,), np.float32),
                 "score": spaces.Box(0.0, 1.5, (1,), np.float32),
                 "image_id": spaces.Box(0.0, float(MAX_ID), (1,), np.float32),

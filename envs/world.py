@@ -33,6 +33,8 @@ logger = logging.getLogger(__name__)
 
 INACTIVE, POSITIVE, NEGATIVE = 0, 1, 2
 QUALITY_FNS = {"iou": iou, "dice": dice}
+#: Default prompt width: every decoded prompt set is padded to a multiple of this.
+PROMPT_PAD = 16
 
 
 @dataclass
@@ -114,6 +116,14 @@ class PromptWorld:
         k_physical, k_semantic: k-NN sizes of the dual-space graph.
         quality: ``"iou"`` or ``"dice"``.
         cache_size: prompt-state outcomes kept (LRU).
+        prompt_pad: width W the prompts of every decoded state are padded to (with
+            label -1) before decoding: K points go in as ``W * ceil(K / W)`` points.
+            SAM's padding points are "not a point" tokens that the decoder attends to,
+            so the mask of a prompt set depends on how much padding it gets; a fixed
+            width makes a state's outcome independent of the other states decoded in
+            the same batch (one decoder call for every state up to W points). ``None``:
+            no padding at all, exactly ``Segmenter.predict(emb, coords, labels)`` of the
+            K points, at the cost of one decoder call per distinct K in a batch.
     """
 
     def __init__(
@@ -125,7 +135,11 @@ class PromptWorld:
         k_semantic: int = 8,
         quality: str = "iou",
         cache_size: int = 50_000,
+        prompt_pad: int | None = PROMPT_PAD,
     ) -> None:
+        if prompt_pad is not None and int(prompt_pad) < 1:
+            raise ValueError(f"prompt_pad must be >= 1 or None, got {prompt_pad}")
+        self.prompt_pad = None if prompt_pad is None else int(prompt_pad)
         if quality not in QUALITY_FNS:
             raise ValueError(f"quality must be one of {sorted(QUALITY_FNS)}, got {quality!r}")
         if segmenter is None:
@@ -178,6 +192,22 @@ class PromptWorld:
         return self.image(0).num_nodes
 
     # -- evaluation -----------------------------------------------------------------
+    def decoded_prompts(self, node_state: np.ndarray, node_points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The prompts :meth:`evaluate` decodes for a state, padding included.
+
+        Returns:
+            coords (W, 2) float32 and labels (W,) int64 (1 fg, 0 bg, -1 padding), the K
+            active nodes first; W = K without ``prompt_pad``, else K rounded up to a
+            multiple of it. ``segmenter.predict(emb, coords, labels)`` gives the mask.
+        """
+        coords, labels = prompts_from_state(node_state, node_points)
+        k = len(labels)
+        width = k if self.prompt_pad is None else self.prompt_pad * max(1, -(-k // self.prompt_pad))
+        out_c = np.zeros((width, 2), np.float32)
+        out_l = np.full(width, -1, np.int64)
+        out_c[:k], out_l[:k] = coords, labels
+        return out_c, out_l
+
     def evaluate(
         self,
         requests: Sequence[tuple[ImageRecord, int, np.ndarray, np.ndarray]],
@@ -185,8 +215,9 @@ class PromptWorld:
     ) -> list[Outcome]:
         """Decode prompt states ``(image, object index, node_state, node_points)``.
 
-        All uncached, non-empty states go through ONE ``Segmenter.predict_batch`` call.
-        The object index selects the ground-truth mask (-1: no ground truth, quality nan).
+        All uncached, non-empty states go through ONE ``Segmenter.predict_batch`` call
+        (one per prompt width, see ``prompt_pad``: one while no state has more than
+        ``prompt_pad`` points). The object index selects the ground-truth mask (-1: no ground truth, quality nan).
         """
         out: list[Outcome | None] = [None] * len(requests)
         todo: list[int] = []
@@ -201,16 +232,19 @@ class PromptWorld:
                                  np.zeros(rec.hw, bool) if want_mask else None)
             else:
                 todo.append(i)
-        if todo:
-            prompts = [prompts_from_state(requests[i][2], requests[i][3]) for i in todo]
-            k = max(len(c) for c, _ in prompts)
-            coords = np.zeros((len(todo), k, 2), np.float32)
-            labels = -np.ones((len(todo), k), np.int64)
-            for j, (c, l) in enumerate(prompts):
-                coords[j, : len(c)], labels[j, : len(l)] = c, l
-            pred = self.segmenter.predict_batch([requests[i][0].embedding for i in todo], coords, labels)
+        # One decoder call per prompt width: a single call while every state has at most
+        # prompt_pad points (see the class docstring for why the width is fixed).
+        groups: dict[int, list[tuple[int, np.ndarray, np.ndarray]]] = {}
+        for i in todo:
+            c, l = self.decoded_prompts(requests[i][2], requests[i][3])
+            groups.setdefault(len(l), []).append((i, c, l))
+        for group in groups.values():
+            rows = [i for i, _, _ in group]
+            coords = np.stack([c for _, c, _ in group])
+            labels = np.stack([l for _, _, l in group])
+            pred = self.segmenter.predict_batch([requests[i][0].embedding for i in rows], coords, labels)
             self.decode_calls += 1
-            for j, i in enumerate(todo):
+            for j, i in enumerate(rows):
                 rec, obj, st, pts = requests[i]
                 mask = pred.masks[j]
                 q = float(self.quality_fn(mask, rec.scene.masks[obj])) if obj >= 0 else float("nan")

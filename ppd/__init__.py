@@ -14,3 +14,7 @@ from ppd.segmenter import ImageEmbedding, Prediction, Segmenter, load_segmenter
 __version__ = "0.1.0"
 
 __all__ = ["ImageEmbedding", "Prediction", "PromptSet", "Segmenter", "load_segmenter", "__version__"]
+
+from ppd.envs import register_envs as _register_envs
+
+_register_envs()

@@ -46,7 +46,7 @@ logger = logging.getLogger(__name__)
 class PretrainConfig:
     """Configuration of ``ppd pretrain`` (field docs are the CLI help)."""
 
-    steps: int = 4200
+    steps: int = 3000
     """optimiser steps"""
     batch_size: int = 8
     """images per step"""
@@ -406,6 +406,8 @@ def pretrain(
                 },
                 last,
             )
+            # keep a usable fp16 model next to the resumable state at every checkpoint
+            export_checkpoint(model, cfg, out / "model.pt", {"steps": step, "partial": step < cfg.steps})
     wall = time.time() - t0
     model.eval()
     seg = Segmenter(model, BUNDLED_NAME, device="cpu", cache_size=0)

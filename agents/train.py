@@ -1,0 +1,516 @@
+"""``ppd train``: adversarial attacker / defender training (PPD Algorithm 1).
+
+One :class:`~ppd.envs.world.PromptWorld` (segmenter, scenes, graphs, decode cache) is
+shared by an attacker and a defender :class:`~ppd.envs.vec_env.PromptVecEnv`. Each round:
+
+1. the attacker learns for ``attacker_steps`` env steps, starting from ideal prompts;
+   every attacker episode's final prompt set goes into ``world.attack_pool``;
+2. the defender learns for ``defender_steps`` env steps, starting from attacked sets
+   (the pool), coarse noisy sets and ideal ones (``start_mix``);
+3. every ``eval_every`` rounds (and after the last) both agents are evaluated greedily
+   on held-out scenes: mean IoU of ideal prompts, ideal after the attack, the attacked
+   set after the defence, coarse prompts, and coarse after the defence.
+
+A run folder holds ``config.yaml`` (written first), ``attacker.zip`` / ``defender.zip``
+and ``state.json`` (after every round, atomically: ``--resume`` continues from the last
+completed round), ``metrics.json`` and ``examples.png`` (at the end), and TensorBoard
+logs under ``tb/`` (``eval/*`` keys with the defender's env steps as x axis).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import yaml
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.vec_env import VecMonitor
+
+from ppd import io
+from ppd.agents.dqn import MaskedDQN, make_dqn
+from ppd.data.scenes import TRAIN_DOMAIN, ProceduralScenes
+from ppd.envs.point_prompt_env import DEFAULT_START_MIX, PointPromptEnv
+from ppd.envs.vec_env import PromptVecEnv
+from ppd.envs.world import ImageRecord, PromptWorld, prompts_from_state, state_from_prompts
+from ppd.models import BUNDLED_NAME
+from ppd.prompts import coarse_prompts, ideal_prompts
+from ppd.segmenter import Segmenter
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "EVAL_SEED",
+    "EVAL_KEYS",
+    "TrainConfig",
+    "add_train_arguments",
+    "evaluate_agents",
+    "greedy_rollout",
+    "run_train",
+    "train",
+]
+
+#: First seed of the held-out evaluation scenes (far from every training seed).
+EVAL_SEED = 10_000_000 + 5000
+#: Evaluation metrics (mean IoU over the held-out scenes), in table order.
+EVAL_KEYS = ("ideal_iou", "attacked_iou", "defended_attacked_iou", "coarse_iou", "defended_coarse_iou")
+
+
+@dataclass
+class TrainConfig:
+    """Configuration of ``ppd train`` (field docs are the CLI help)."""
+
+    seed: int = 0
+    """random seed (scenes, networks, exploration)"""
+    device: str = "auto"
+    """torch device of the Q-networks and the segmenter: auto, cpu, cuda"""
+    segmenter: str = BUNDLED_NAME
+    """segmenter name (the bundled sam2-tiny-synthetic or an official SAM2 config)"""
+    checkpoint: str = ""
+    """segmenter checkpoint file (empty: the bundled model's own)"""
+    n_envs: int = 8
+    """parallel environments per agent (decoded in one batch)"""
+    rounds: int = 3
+    """adversarial rounds (attacker phase + defender phase)"""
+    attacker_steps: int = 4000
+    """attacker env steps per round"""
+    defender_steps: int = 8000
+    """defender env steps per round"""
+    scenes: int = 200
+    """training scenes (procedural, training domain)"""
+    eval_scenes: int = 48
+    """held-out evaluation scenes"""
+    eval_every: int = 1
+    """evaluate every N rounds (and always after the last; 0: only after the last)"""
+    attacker_max_steps: int = 4
+    """step budget of an attacker episode (prompts it may add)"""
+    defender_max_steps: int = 12
+    """step budget of a defender episode"""
+    relabel: bool = True
+    """the defender may relabel a prompt as well as remove it (beyond the paper)"""
+    start_mix: dict = field(default_factory=lambda: dict(DEFAULT_START_MIX))
+    """defender start-state distribution: weights of 'attacked', 'coarse', 'ideal' (file only)"""
+    coarse_kwargs: dict = field(default_factory=dict)
+    """arguments of ppd.prompts.coarse_prompts for coarse start states and evaluation (file only)"""
+    max_ideal_points: int = 6
+    """ideal prompts per label (attacker start states)"""
+    grid: int = 0
+    """graph nodes per side (0: the segmenter's embedding grid, at most 32)"""
+    k_physical: int = 8
+    """physical k-NN edges per node"""
+    k_semantic: int = 8
+    """semantic k-NN edges per node"""
+    hidden_dim: int = 64
+    """GNN width"""
+    n_layers: int = 2
+    """GNN message-passing layers"""
+    learning_rate: float = 5e-4
+    """Adam learning rate"""
+    buffer_size: int = 30_000
+    """replay buffer transitions per agent"""
+    learning_starts: int = 500
+    """env steps of uniform valid actions before learning starts"""
+    batch_size: int = 64
+    """replay batch size"""
+    gamma: float = 0.9
+    """discount factor"""
+    train_freq: int = 1
+    """gradient updates every N vector steps (one vector step = n_envs env steps)"""
+    gradient_steps: int = 1
+    """gradient updates each time"""
+    target_update_interval: int = 500
+    """env steps between target-network updates"""
+    exploration_fraction: float = 0.4
+    """fraction of all of an agent's training steps over which epsilon anneals"""
+    exploration_final_eps: float = 0.05
+    """final epsilon"""
+    save_replay_buffer: bool = False
+    """also save the replay buffers each round (bigger files; exact --resume)"""
+    n_examples: int = 6
+    """held-out scenes drawn in examples.png"""
+
+    def __post_init__(self) -> None:
+        checks = {
+            "n_envs": self.n_envs >= 1,
+            "rounds": self.rounds >= 1,
+            "attacker_steps": self.attacker_steps >= 0,
+            "defender_steps": self.defender_steps >= 1,
+            "scenes": self.scenes >= 1,
+            "eval_scenes": self.eval_scenes >= 1,
+            "eval_every": self.eval_every >= 0,
+            "attacker_max_steps": self.attacker_max_steps >= 1,
+            "defender_max_steps": self.defender_max_steps >= 1,
+            "grid": self.grid >= 0,
+            "batch_size": self.batch_size >= 1,
+            "buffer_size": self.buffer_size >= self.n_envs,
+            "gamma": 0.0 <= self.gamma <= 1.0,
+            "exploration_fraction": 0.0 < self.exploration_fraction <= 1.0,
+        }
+        bad = [k for k, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError("invalid TrainConfig value(s): " + ", ".join(f"{k}={getattr(self, k)!r}" for k in bad))
+        unknown = set(self.start_mix) - set(DEFAULT_START_MIX)
+        if unknown:
+            raise ValueError(f"start_mix keys must be among {sorted(DEFAULT_START_MIX)}, got {sorted(unknown)}")
+
+    def env_kwargs(self, role: str) -> dict[str, Any]:
+        kw: dict[str, Any] = dict(
+            max_steps=self.attacker_max_steps if role == "attacker" else self.defender_max_steps,
+            relabel=self.relabel,
+            coarse_kwargs=dict(self.coarse_kwargs),
+            max_ideal_points=self.max_ideal_points,
+        )
+        if role == "defender":
+            kw["start_mix"] = dict(self.start_mix)
+        return kw
+
+    def dqn_kwargs(self) -> dict[str, Any]:
+        return dict(
+            learning_rate=self.learning_rate,
+            buffer_size=self.buffer_size,
+            learning_starts=self.learning_starts,
+            batch_size=self.batch_size,
+            gamma=self.gamma,
+            train_freq=self.train_freq,
+            gradient_steps=self.gradient_steps,
+            target_update_interval=self.target_update_interval,
+            exploration_fraction=self.exploration_fraction,
+            exploration_final_eps=self.exploration_final_eps,
+            hidden_dim=self.hidden_dim,
+            n_layers=self.n_layers,
+        )
+
+    @property
+    def total_steps(self) -> int:
+        """Env steps of the whole run (both agents)."""
+        return self.rounds * (self.attacker_steps + self.defender_steps)
+
+
+# ----------------------------------------------------------------------------- rollouts
+class _ScriptedStartEnv(PointPromptEnv):
+    """A :class:`PointPromptEnv` whose next episode starts from ``self.next_start``."""
+
+    next_start: tuple[ImageRecord, int, np.ndarray, np.ndarray, str] | None = None
+
+    def _draw_start(self):
+        if self.next_start is None:
+            return super()._draw_start()
+        rec, obj, st, pts, kind = self.next_start
+        return rec, obj, st.copy(), pts.copy(), kind
+
+
+def greedy_rollout(
+    model: MaskedDQN,
+    world: PromptWorld,
+    role: str,
+    starts: Sequence[tuple[ImageRecord, int, np.ndarray, np.ndarray]],
+    max_steps: int,
+    relabel: bool = True,
+) -> list[dict[str, Any]]:
+    """Run ``model`` greedily from given prompt states, all episodes batched.
+
+    Every step decodes the prompt states of all running episodes in one
+    ``world.evaluate`` call and runs the Q-network once on their observations.
+
+    Args:
+        model: the agent (attacker or defender of ``role``).
+        world: the world the start states' images belong to.
+        role: ``"attacker"`` or ``"defender"``.
+        starts: ``(image record, object index, node_state (N,), node_points (N, 2))``.
+        max_steps: episode step budget.
+        relabel: defender relabel actions allowed (must match the model's training).
+
+    Returns:
+        Per start: ``{"start_quality", "quality", "state", "points", "steps"}``.
+    """
+    envs = []
+    for rec, obj, st, pts in starts:
+        env = _ScriptedStartEnv(role, world=world, max_steps=max_steps, relabel=relabel)
+        env.next_start = (rec, obj, st, pts, "scripted")
+        envs.append(env)
+    if not envs:
+        return []
+    outcomes = world.evaluate([env.prepare_reset(seed=0) for env in envs])
+    obs, results = [], []
+    for env, out in zip(envs, outcomes):
+        o, info = env.complete_reset(out)
+        obs.append(o)
+        results.append({"start_quality": info["quality"], "quality": info["quality"], "steps": 0})
+    running = [i for i, env in enumerate(envs) if env.action_masks()[:-1].any()]
+    while running:
+        batch = {k: np.stack([obs[i][k] for i in running]) for k in obs[0]}
+        actions, _ = model.predict(batch, deterministic=True)
+        outcomes = world.evaluate([envs[i].prepare_step(int(a)) for i, a in zip(running, np.asarray(actions).reshape(-1))])
+        still = []
+        for i, out in zip(running, outcomes):
+            o, _, terminated, truncated, info = envs[i].complete_step(out)
+            obs[i] = o
+            results[i]["quality"] = info["quality"]
+            results[i]["steps"] += 1
+            if not (terminated or truncated):
+                still.append(i)
+        running = still
+    for env, res in zip(envs, results):
+        res["state"], res["points"] = env.prompt_state
+    return results
+
+
+def _eval_items(world: PromptWorld, cfg: TrainConfig) -> list[tuple[ImageRecord, int, Any, Any]]:
+    """Fixed (image, object, ideal state, coarse state) per held-out scene."""
+    items = []
+    for i in range(len(world.dataset)):
+        rec = world.image(i)
+        rng = np.random.default_rng([EVAL_SEED, cfg.seed, i])
+        obj = int(rng.integers(rec.scene.num_objects))
+        gt = rec.scene.masks[obj]
+        ideal = ideal_prompts(gt, n_pos=cfg.max_ideal_points, n_neg=cfg.max_ideal_points)
+        coarse = coarse_prompts(gt, rng, **cfg.coarse_kwargs).prompts
+        states = [state_from_prompts(p.point_coords, p.point_labels, rec.grid, rec.hw, rec.centres)[:2] for p in (ideal, coarse)]
+        items.append((rec, obj, states[0], states[1]))
+    return items
+
+
+def evaluate_agents(
+    attacker: MaskedDQN, defender: MaskedDQN, world: PromptWorld, cfg: TrainConfig, return_rollouts: bool = False
+) -> dict[str, float] | tuple[dict[str, float], dict[str, list]]:
+    """Mean IoU (or the world's quality) on ``world``'s scenes; see :data:`EVAL_KEYS`.
+
+    ``attacked``: the greedy attacker's final set from the ideal prompts;
+    ``defended_*``: the greedy defender's final set from the attacked / coarse set.
+    """
+    items = _eval_items(world, cfg)
+    ideal = [(rec, obj, *s_ideal) for rec, obj, s_ideal, _ in items]
+    coarse = [(rec, obj, *s_coarse) for rec, obj, _, s_coarse in items]
+    att = greedy_rollout(attacker, world, "attacker", ideal, cfg.attacker_max_steps, cfg.relabel)
+    attacked = [(rec, obj, r["state"], r["points"]) for (rec, obj, _, _), r in zip(items, att)]
+    def_att = greedy_rollout(defender, world, "defender", attacked, cfg.defender_max_steps, cfg.relabel)
+    def_coarse = greedy_rollout(defender, world, "defender", coarse, cfg.defender_max_steps, cfg.relabel)
+    metrics = {
+        "ideal_iou": float(np.mean([r["start_quality"] for r in att])),
+        "attacked_iou": float(np.mean([r["quality"] for r in att])),
+        "defended_attacked_iou": float(np.mean([r["quality"] for r in def_att])),
+        "coarse_iou": float(np.mean([r["start_quality"] for r in def_coarse])),
+        "defended_coarse_iou": float(np.mean([r["quality"] for r in def_coarse])),
+        "attacker_steps": float(np.mean([r["steps"] for r in att])),
+        "defender_coarse_steps": float(np.mean([r["steps"] for r in def_coarse])),
+    }
+    if return_rollouts:
+        return metrics, {"items": items, "coarse": coarse, "defended_coarse": def_coarse}
+    return metrics
+
+
+def _examples_image(world: PromptWorld, rollouts: dict[str, list], n: int) -> np.ndarray:
+    """Rows: ground truth | coarse prompts + mask | defender-refined prompts + mask."""
+    from ppd.viz import grid, overlay
+
+    tiles = []
+    for (rec, obj, st, pts), res in list(zip(rollouts["coarse"], rollouts["defended_coarse"]))[:n]:
+        img = rec.scene.image
+        tiles.append(overlay(img, rec.scene.masks[obj], color=(40, 200, 40)))
+        for state, points in ((st, pts), (res["state"], res["points"])):
+            out = world.evaluate([(rec, obj, state, points)], want_mask=True)[0]
+            coords, labels = prompts_from_state(state, points)
+            tiles.append(overlay(img, out.mask, coords, labels))
+    return grid(tiles, cols=3)
+
+
+# ----------------------------------------------------------------------------- training
+def _save_model(model: MaskedDQN, path: Path, replay: bool) -> None:
+    """``model.save`` to a temp file renamed onto ``path`` (and the replay buffer)."""
+    io.atomic_write(path, lambda tmp: model.save(tmp))
+    if replay:
+        rb = path.with_name(path.stem + "_replay.pkl")
+        io.atomic_write(rb, lambda tmp: model.save_replay_buffer(tmp))
+
+
+def _load_model(path: Path, env, cfg: TrainConfig, device: str) -> MaskedDQN:
+    model = MaskedDQN.load(str(path), env=env, device=device)
+    rb = path.with_name(path.stem + "_replay.pkl")
+    if cfg.save_replay_buffer and rb.is_file():
+        model.load_replay_buffer(str(rb))
+    else:
+        # Empty buffer: collect learning_starts fresh transitions before updating again.
+        model.learning_starts = model.num_timesteps + cfg.learning_starts
+    return model
+
+
+def _config_dict(cfg: TrainConfig) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def train(
+    cfg: TrainConfig,
+    out: str | Path,
+    resume: bool = False,
+    callback: BaseCallback | None = None,
+    segmenter: Segmenter | None = None,
+) -> dict[str, Any]:
+    """Adversarial training; writes the run folder ``out`` (see the module docstring).
+
+    Args:
+        cfg: the configuration.
+        out: run folder.
+        resume: continue from ``out/state.json`` (the last completed round).
+        callback: an SB3 callback passed to every ``learn`` call (e.g. a progress bar).
+        segmenter: use this segmenter instead of loading ``cfg.segmenter`` /
+            ``cfg.checkpoint``.
+
+    Returns:
+        ``{"final": {eval metrics}, "history": [...], "rounds": int, "env_steps": int,
+        "wall_time_s": float, "steps_per_s": float}`` (also written to ``metrics.json``).
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    state_file = out / "state.json"
+    state: dict[str, Any] = {"round": 0, "history": [], "wall_time_s": 0.0}
+    if resume:
+        if not state_file.is_file():
+            raise FileNotFoundError(f"cannot resume: {state_file} not found (no completed round in {out})")
+        try:
+            state = json.loads(state_file.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"corrupt run folder {out}: cannot parse state.json: {exc}") from None
+        for name in ("attacker.zip", "defender.zip"):
+            if not (out / name).is_file():
+                raise ValueError(f"corrupt run folder {out}: state.json says round {state.get('round')} but {name} is missing")
+
+    device = cfg.device
+    if segmenter is None:
+        from ppd.segmenter import load_segmenter
+
+        segmenter = load_segmenter(cfg.segmenter, checkpoint=cfg.checkpoint or None, device=None if device == "auto" else device)
+    graph_kw = dict(grid=cfg.grid or None, k_physical=cfg.k_physical, k_semantic=cfg.k_semantic)
+    world = PromptWorld(segmenter, ProceduralScenes(TRAIN_DOMAIN, cfg.scenes, seed=cfg.seed * 1_000_000 + 500_000), **graph_kw)
+    eval_world = PromptWorld(segmenter, ProceduralScenes(TRAIN_DOMAIN, cfg.eval_scenes, seed=EVAL_SEED), **graph_kw)
+    cfg = dataclasses.replace(cfg, grid=world.image(0).grid)  # save the resolved grid
+    if not resume:
+        io.save_text(yaml.safe_dump(_config_dict(cfg), sort_keys=False), out / "config.yaml")
+
+    start_round = int(state["round"])
+    env_seed = cfg.seed * 10_000 + start_round * 100
+    att_env = VecMonitor(PromptVecEnv(cfg.n_envs, "attacker", world=world, seed=env_seed, **cfg.env_kwargs("attacker")))
+    def_env = VecMonitor(PromptVecEnv(cfg.n_envs, "defender", world=world, seed=env_seed + 50, **cfg.env_kwargs("defender")))
+    tb = str(out / "tb")
+    if resume:
+        attacker = _load_model(out / "attacker.zip", att_env, cfg, device)
+        defender = _load_model(out / "defender.zip", def_env, cfg, device)
+    else:
+        hyper = cfg.dqn_kwargs()
+        attacker = make_dqn(att_env, "attacker", relabel=cfg.relabel, seed=cfg.seed, device=device, tensorboard_log=tb, **hyper)
+        defender = make_dqn(def_env, "defender", relabel=cfg.relabel, seed=cfg.seed + 1, device=device, tensorboard_log=tb, **hyper)
+    attacker.exploration_horizon = max(cfg.rounds * cfg.attacker_steps, 1)
+    defender.exploration_horizon = cfg.rounds * cfg.defender_steps
+
+    history: list[dict[str, Any]] = list(state.get("history", []))
+    t0 = time.time() - float(state.get("wall_time_s", 0.0))
+    steps_before = start_round * (cfg.attacker_steps + cfg.defender_steps)
+    t_start = time.time()
+    last_eval: dict[str, float] | None = None
+    rollouts: dict[str, list] | None = None
+    for rnd in range(start_round, cfg.rounds):
+        if cfg.attacker_steps:
+            attacker.learn(cfg.attacker_steps, callback=callback, reset_num_timesteps=False, tb_log_name="attacker")
+        defender.learn(cfg.defender_steps, callback=callback, reset_num_timesteps=False, tb_log_name="defender")
+        entry: dict[str, Any] = {
+            "round": rnd + 1,
+            "attacker_timesteps": int(attacker.num_timesteps),
+            "defender_timesteps": int(defender.num_timesteps),
+            "time_s": round(time.time() - t0, 1),
+        }
+        last = rnd + 1 == cfg.rounds
+        if last or (cfg.eval_every and (rnd + 1) % cfg.eval_every == 0):
+            last_eval, rollouts = evaluate_agents(attacker, defender, eval_world, cfg, return_rollouts=True)  # type: ignore[misc]
+            entry["eval"] = last_eval
+            for k, v in last_eval.items():
+                defender.logger.record(f"eval/{k}", v)
+            defender.logger.dump(defender.num_timesteps)
+            logger.info("round %d/%d eval: %s", rnd + 1, cfg.rounds, ", ".join(f"{k} {v:.3f}" for k, v in last_eval.items()))
+        history.append(entry)
+        _save_model(attacker, out / "attacker.zip", cfg.save_replay_buffer)
+        _save_model(defender, out / "defender.zip", cfg.save_replay_buffer)
+        io.save_json({"round": rnd + 1, "history": history, "wall_time_s": time.time() - t0}, state_file)
+
+    wall = time.time() - t0
+    steps_now = cfg.total_steps - steps_before
+    if last_eval is None or rollouts is None:  # resumed a run whose rounds were all done
+        last_eval, rollouts = evaluate_agents(attacker, defender, eval_world, cfg, return_rollouts=True)  # type: ignore[misc]
+    from PIL import Image
+
+    img = _examples_image(eval_world, rollouts, cfg.n_examples)
+    io.atomic_write(out / "examples.png", lambda tmp: Image.fromarray(img).save(tmp, format="PNG"))
+    metrics = {
+        "final": last_eval,
+        "history": history,
+        "rounds": cfg.rounds,
+        "env_steps": cfg.total_steps,
+        "wall_time_s": round(wall, 1),
+        "steps_per_s": round(steps_now / max(time.time() - t_start, 1e-9), 1),
+        "decode_calls": world.decode_calls,
+    }
+    io.save_json(metrics, out / "metrics.json")
+    att_env.close()
+    def_env.close()
+    return metrics
+
+
+# ----------------------------------------------------------------------------- CLI
+class ProgressBarCallback(BaseCallback):
+    """Advances a tqdm bar by the env steps of every vector step (the CLI owns the bar)."""
+
+    def __init__(self, bar: Any) -> None:
+        super().__init__()
+        self.bar = bar
+
+    def _on_step(self) -> bool:
+        self.bar.update(self.training_env.num_envs)
+        return True
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``ppd train``'s flags: ``--config``, ``--out``, ``--resume`` and one flag per
+    :class:`TrainConfig` field (``--device``, ``--seed``, ...)."""
+    from ppd.config import add_dataclass_args
+
+    parser.add_argument("--config", default=None, help="YAML/JSON file with TrainConfig fields (flags override it)")
+    parser.add_argument("--out", default="runs/ppd", help="run folder (default: runs/ppd)")
+    parser.add_argument("--resume", action="store_true", help="continue OUT from its last completed round (uses OUT/config.yaml unless --config is given)")
+    add_dataclass_args(parser, TrainConfig)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """``ppd train``: build the config, train with a progress bar, print a summary."""
+    from tqdm import tqdm
+
+    from ppd.config import build_config
+
+    out = Path(args.out)
+    config_file = args.config
+    if args.resume and not config_file and (out / "config.yaml").is_file():
+        config_file = str(out / "config.yaml")
+    cfg = build_config(TrainConfig, args, config_file)
+    done = 0
+    if args.resume and (out / "state.json").is_file():
+        done = int(json.loads((out / "state.json").read_text(encoding="utf-8")).get("round", 0))
+    per_round = cfg.attacker_steps + cfg.defender_steps
+    with tqdm(total=cfg.total_steps, initial=min(done, cfg.rounds) * per_round, desc="training", unit="step", dynamic_ncols=True) as bar:
+        metrics = train(cfg, out, resume=args.resume, callback=ProgressBarCallback(bar))
+    final = metrics["final"]
+    print(f"trained {cfg.rounds} rounds, {cfg.total_steps} env steps in {metrics['wall_time_s']:.0f} s -> {out}")
+    print(f"held-out mean IoU on {cfg.eval_scenes} scenes:")
+    rows = [
+        ("ideal prompts", final["ideal_iou"]),
+        ("ideal, attacked", final["attacked_iou"]),
+        ("attacked, defended", final["defended_attacked_iou"]),
+        ("coarse prompts", final["coarse_iou"]),
+        ("coarse, defended", final["defended_coarse_iou"]),
+    ]
+    for name, v in rows:
+        print(f"  {name:20s} {v:.3f}")
+    print(f"files: {out / 'defender.zip'}, {out / 'attacker.zip'}, {out / 'metrics.json'}, {out / 'examples.png'}")
+    return 0

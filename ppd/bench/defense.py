@@ -1,0 +1,269 @@
+"""Defense benchmark: what the trained attacker breaks and the defender repairs.
+
+    python -m ppd.bench.defense --run DIR [--scenes 50] [--domains train,texture,...] [--out FILE.json]
+
+On held-out procedural scenes (``ProceduralScenes(domain, n, seed=10_000_000 + 9000)``,
+one object per scene), in-domain (``train``) and per shifted domain, mean IoU of
+SAM2's mask for:
+
+* ``ideal``: ideal prompts (the attacker's start: ``ideal_prompts`` with the training's
+  ``max_ideal_points`` per label);
+* ``attacked``: after the run's attacker (``attacker.zip``) acted greedily on them in
+  attacker envs whose world holds the eval scenes (:func:`ppd.agents.train.greedy_rollout`,
+  all scenes batched);
+* ``defended``: the attacked set refined by the defender (no ground truth);
+* ``coarse``: ``coarse_prompts`` with their default noise (seeded per scene);
+* ``coarse+ppd``: the coarse set refined by the defender;
+* ``random_drop``, ``greedy_score``: the baselines of :mod:`ppd.agents.baselines` on the
+  coarse set.
+
+Every IoU is that of ``segmenter.predict`` on the column's final points (no padding: the
+mask a user of the refined points gets), against the scene's object mask.
+
+Also: the defender's refinement time per image (median ms, image already encoded),
+env steps/s batched vs sequential (from :mod:`ppd.bench.envs` when it exists) and the
+replay-buffer bytes per transition of the saved defender's observation space.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import platform
+import statistics
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from ppd.agents.baselines import GreedyScoreFilter, NoRefine, RandomDrop
+from ppd.agents.defender import PromptDefender, find_setting, load_agent, role_max_steps
+from ppd.agents.train import greedy_rollout
+from ppd.data.scenes import DOMAINS, ProceduralScenes
+from ppd.envs.point_prompt_env import DEFAULT_MAX_STEPS
+from ppd.envs.world import PromptWorld, prompts_from_state, state_from_prompts
+from ppd.metrics import iou
+from ppd.prompts import coarse_prompts, ideal_prompts
+
+logger = logging.getLogger(__name__)
+
+#: Seed of the first held-out benchmark scene of every domain.
+DEFENSE_SEED = 10_000_000 + 9000
+
+#: Columns of the IoU table, in order.
+COLUMNS = ("ideal", "attacked", "defended", "coarse", "coarse+ppd", "random_drop", "greedy_score")
+
+
+def replay_bytes_per_transition(observation_space: Any) -> dict[str, int]:
+    """Bytes one transition takes in SB3's ``DictReplayBuffer`` for this observation space:
+    observation and next observation in their own dtypes, plus the action (int64), reward,
+    done and timeout (float32 each)."""
+    obs = sum(int(np.prod(s.shape)) * np.dtype(s.dtype).itemsize for s in observation_space.spaces.values())
+    return {"observation_bytes": obs, "transition_bytes": 2 * obs + 8 + 3 * 4}
+
+
+def env_throughput(seg: Any, n_envs: int = 16, steps: int = 50) -> dict[str, Any]:
+    """Defender env steps/s, ``n_envs`` batched envs vs as many stepped one by one
+    (:func:`ppd.bench.envs.run`, random valid actions); skipped if that module is absent."""
+    if steps <= 0:
+        return {"skipped": "not measured (--env-steps 0)"}
+    try:
+        from ppd.bench.envs import run as run_envs
+    except ImportError:
+        return {"skipped": "ppd.bench.envs is not available"}
+    stats = run_envs(seg, n_envs=n_envs, steps=steps, role="defender", n_scenes=16, rounds=2)
+    out: dict[str, Any] = {"n_envs": n_envs, "vector_steps": steps}
+    for side, st in stats.items():
+        out[f"{side}_steps_per_s"] = round(float(st.steps_per_s), 1)
+    if out.get("sequential_steps_per_s"):
+        out["batched_speedup"] = round(out["batched_steps_per_s"] / out["sequential_steps_per_s"], 2)
+    return out
+
+
+def state_iou(seg: Any, rec: Any, node_state: np.ndarray, node_points: np.ndarray, gt: np.ndarray) -> float:
+    """IoU of ``segmenter.predict`` on a prompt state's points (no padding; the mask a
+    user gets, as for every other column)."""
+    coords, labels = prompts_from_state(node_state, node_points)
+    return float(iou(seg.predict(rec.embedding, coords, labels).masks[0], gt))
+
+
+def bench_domain(
+    defender: PromptDefender,
+    attacker: Any | None,
+    cfg: dict[str, Any],
+    domain: str,
+    n_scenes: int,
+    seed: int = 0,
+    progress: Callable[[], None] | None = None,
+) -> dict[str, Any]:
+    """One row of the table: mean IoUs on ``n_scenes`` held-out scenes of ``domain``.
+
+    Scene i's object and coarse prompts come from ``default_rng([DEFENSE_SEED, seed, i])``
+    (the object uniformly, as the environments draw it).
+    """
+    seg = defender.segmenter
+    scenes = ProceduralScenes(domain, n_scenes, seed=DEFENSE_SEED)
+    world = PromptWorld(
+        seg, scenes, grid=defender.world.grid, k_physical=defender.world.k_physical, k_semantic=defender.world.k_semantic
+    )
+    max_ideal = find_setting(cfg, "max_ideal_points")
+    max_ideal = int(max_ideal) if isinstance(max_ideal, int) else 6
+    items = []
+    for i in range(n_scenes):
+        rec = world.image(i)
+        rng = np.random.default_rng([DEFENSE_SEED, seed, i])
+        obj = int(rng.integers(rec.scene.num_objects))
+        gt = rec.scene.masks[obj]
+        ideal = ideal_prompts(gt, n_pos=max_ideal, n_neg=max_ideal)
+        st, pts, _ = state_from_prompts(ideal.point_coords, ideal.point_labels, rec.grid, rec.hw, rec.centres)
+        items.append((rec, obj, st, pts, coarse_prompts(gt, rng).prompts))
+
+    vals: dict[str, list[float]] = {c: [] for c in COLUMNS}
+    vals["ideal"] = [state_iou(seg, rec, st, pts, rec.scene.masks[obj]) for rec, obj, st, pts, _ in items]
+    attacked: list[dict[str, Any] | None] = [None] * n_scenes
+    if attacker is not None:
+        # All scenes at once: one decoder call per attacker step, in a world that decodes
+        # as in training (the attacker's observations match).
+        steps = role_max_steps(cfg, "attacker") or DEFAULT_MAX_STEPS["attacker"]
+        attacked = greedy_rollout(attacker, world, "attacker", [it[:4] for it in items], steps)
+        vals["attacked"] = [
+            state_iou(seg, rec, r["state"], r["points"], rec.scene.masks[obj]) for (rec, obj, *_), r in zip(items, attacked)
+        ]
+    baselines = {"random_drop": RandomDrop(seg, seed=seed), "greedy_score": GreedyScoreFilter(seg)}
+    no_refine = NoRefine(seg)
+    kept, steps_taken, times = [], [], []
+    for (rec, obj, _, _, cp), att in zip(items, attacked):
+        gt, image = rec.scene.masks[obj], rec.scene.image
+        if att is not None:
+            coords, labels = prompts_from_state(att["state"], att["points"])
+            vals["defended"].append(float(iou(defender.refine(image, coords, labels).mask, gt)))
+        defender.record(image)  # encoded and registered before timing
+        vals["coarse"].append(float(iou(no_refine.refine(image, cp.point_coords, cp.point_labels).mask, gt)))
+        t = time.perf_counter()
+        res = defender.refine(image, cp.point_coords, cp.point_labels)
+        times.append(time.perf_counter() - t)
+        vals["coarse+ppd"].append(float(iou(res.mask, gt)))
+        kept.append(float(res.kept.mean()))
+        steps_taken.append(res.steps)
+        for name, b in baselines.items():
+            vals[name].append(float(iou(b.refine(image, cp.point_coords, cp.point_labels).mask, gt)))
+        if progress is not None:
+            progress()
+    row: dict[str, Any] = {c: (float(np.mean(v)) if v else None) for c, v in vals.items()}
+    row.update(
+        scenes=n_scenes,
+        refine_ms_median=round(1000 * statistics.median(times), 2) if times else None,
+        coarse_kept_fraction=float(np.mean(kept)) if kept else None,
+        coarse_steps_mean=float(np.mean(steps_taken)) if steps_taken else None,
+    )
+    return row
+
+
+def run_benchmark(
+    run: str,
+    n_scenes: int = 50,
+    domains: tuple[str, ...] = DOMAINS,
+    seed: int = 0,
+    device: str | None = None,
+    progress: Callable[[int], Callable] | None = None,
+    env_steps: int = 50,
+) -> dict[str, Any]:
+    """The whole table as a dict (see the module docstring).
+
+    Args:
+        run: training run folder with ``defender.zip`` (and ``attacker.zip``).
+        n_scenes: held-out scenes per domain.
+        domains: domains to evaluate.
+        seed: seed of the coarse-prompt noise and of the random baseline.
+        device: torch device of the agents and the segmenter.
+        progress: ``progress(total) -> tick()`` factory (the CLI passes a tqdm bar).
+        env_steps: vector steps per side of the env-throughput measurement (0: skip).
+    """
+    import torch
+
+    defender = PromptDefender.load(run, device=device)
+    try:
+        attacker, _, _ = load_agent(run, "attacker.zip", device=device)
+    except FileNotFoundError:
+        attacker = None
+    cfg = defender.config
+    tick = progress(n_scenes * len(domains)) if progress else None
+    rows = {d: bench_domain(defender, attacker, cfg, d, n_scenes, seed, tick) for d in domains}
+    times = [r["refine_ms_median"] for r in rows.values() if r["refine_ms_median"] is not None]
+    return {
+        "run": str(run),
+        "segmenter": defender.segmenter.name,
+        "checkpoint": defender.segmenter.info.get("checkpoint"),
+        "scene_seed": DEFENSE_SEED,
+        "seed": seed,
+        "scenes_per_domain": n_scenes,
+        "attacker": attacker is not None,
+        "domains": rows,
+        "refine_ms_median": float(statistics.median(times)) if times else None,
+        "env_throughput": env_throughput(defender.segmenter, steps=env_steps),
+        "replay": replay_bytes_per_transition(defender.model.observation_space),
+        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
+        f"device {defender.segmenter.device}",
+    }
+
+
+def format_table(results: dict[str, Any]) -> str:
+    """The IoU table as aligned text, one row per domain."""
+    head = f"{'domain':12s} " + " ".join(f"{c:>12s}" for c in COLUMNS) + f" {'refine ms':>10s}"
+    lines = [head]
+    for d, r in results["domains"].items():
+        cells = " ".join(f"{r[c]:12.3f}" if r[c] is not None else f"{'-':>12s}" for c in COLUMNS)
+        lines.append(f"{d:12s} {cells} {r['refine_ms_median']:10.1f}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", required=True, help="training run folder (defender.zip, attacker.zip, config.yaml)")
+    p.add_argument("--scenes", type=int, default=50, help="held-out scenes per domain (default 50)")
+    p.add_argument("--domains", nargs="+", default=list(DOMAINS), help=f"domains (default: {' '.join(DOMAINS)})")
+    p.add_argument("--seed", type=int, default=0, help="coarse-prompt noise and random-baseline seed (default 0)")
+    p.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
+    p.add_argument("--env-steps", type=int, default=50, help="vector steps per side for env steps/s (default 50; 0: skip)")
+    p.add_argument("--out", default=None, help="also write the results as JSON here")
+    args = p.parse_args(argv)
+    domains = [d for part in args.domains for d in part.split(",") if d]
+    unknown = set(domains) - set(DOMAINS)
+    if unknown:
+        p.error(f"unknown domains {sorted(unknown)}; known: {', '.join(DOMAINS)}")
+    from tqdm import tqdm
+
+    bar: list[tqdm] = []
+
+    def progress(total: int):
+        bar.append(tqdm(total=total, desc="scenes", unit="scene", dynamic_ncols=True))
+        return lambda: bar[0].update(1)
+
+    results = run_benchmark(args.run, args.scenes, tuple(domains), args.seed, args.device, progress, args.env_steps)
+    if bar:
+        bar[0].close()
+    print(format_table(results))
+    if not results["attacker"]:
+        print("no attacker.zip in the run: attacked / defended columns left empty")
+    print(f"refinement time per image (median, image encoded): {results['refine_ms_median']:.1f} ms")
+    thr = results["env_throughput"]
+    if "skipped" in thr:
+        print(f"env steps/s: skipped, {thr['skipped']}")
+    else:
+        print(
+            f"env steps/s ({thr['n_envs']} defender envs): batched {thr['batched_steps_per_s']}, "
+            f"sequential {thr['sequential_steps_per_s']} ({thr.get('batched_speedup', float('nan'))}x)"
+        )
+    rep = results["replay"]
+    print(f"replay memory: {rep['transition_bytes']} bytes per transition ({rep['observation_bytes']} per observation)")
+    print(f"machine: {results['machine']}")
+    if args.out:
+        from ppd.io import save_json
+
+        save_json(results, args.out)
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,166 @@
+"""Env throughput: M batched envs (one decoder call per step) vs M envs stepped one by one.
+
+    python -m ppd.bench.envs [--n-envs 16] [--steps 200] [--role defender] [--checkpoint FILE]
+
+Both sides take random valid actions and auto-reset ended episodes. The batched side is
+one :class:`~ppd.envs.PromptVecEnv`; the sequential side is M
+:class:`~ppd.envs.PointPromptEnv` whose ``step`` decodes its own state (one decoder call
+per env step). Each side has its own :class:`~ppd.envs.PromptWorld` (so neither reuses
+the other's cached outcomes) and its own seeds; images are encoded and graphs built
+before timing. The two sides alternate in ``--rounds`` rounds so that a changing machine
+load hits both alike. Reported: env steps/s, decoder calls and rows, and the share of
+prompt states answered without decoding (outcome cache hits, e.g. after invalid or stop
+actions, and empty prompt sets).
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from ppd.data.scenes import ProceduralScenes
+from ppd.envs import PointPromptEnv, PromptVecEnv, PromptWorld
+from ppd.envs.world import PROMPT_PAD
+from ppd.models import BUNDLED_NAME
+from ppd.segmenter import Segmenter, load_segmenter
+
+
+@dataclass
+class SideStats:
+    """Counters of one side (batched or sequential)."""
+
+    env_steps: int = 0
+    seconds: float = 0.0
+    episodes: int = 0
+    decoder_calls: int = 0
+    requests: int = 0  # prompt states asked for (steps + resets)
+    rows: int = 0  # prompt states actually decoded
+
+    @property
+    def steps_per_s(self) -> float:
+        return self.env_steps / self.seconds if self.seconds else float("nan")
+
+    @property
+    def cache_share(self) -> float:
+        return 1.0 - self.rows / self.requests if self.requests else float("nan")
+
+
+def _count(world: PromptWorld, stats: SideStats) -> None:
+    """Count requests and decoded rows of ``world`` into ``stats`` (instance wrappers)."""
+    evaluate, predict_batch = world.evaluate, world.segmenter.predict_batch
+
+    def counted_evaluate(requests, *args, **kwargs):
+        stats.requests += len(requests)
+        calls = world.decode_calls
+        try:
+            return evaluate(requests, *args, **kwargs)
+        finally:
+            stats.decoder_calls += world.decode_calls - calls
+
+    def counted_predict_batch(embeddings, *args, **kwargs):
+        stats.rows += len(embeddings)
+        return predict_batch(embeddings, *args, **kwargs)
+
+    world.evaluate = counted_evaluate  # type: ignore[method-assign]
+    world.segmenter = _SegmenterView(world.segmenter, counted_predict_batch)
+
+
+class _SegmenterView:
+    """The segmenter with ``predict_batch`` replaced (the model stays shared)."""
+
+    def __init__(self, seg: Segmenter, predict_batch) -> None:
+        self._seg, self.predict_batch = seg, predict_batch
+
+    def __getattr__(self, name):
+        return getattr(self._seg, name)
+
+
+def _pick(masks: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    return np.array([rng.choice(np.flatnonzero(m)) for m in masks])
+
+
+def run(
+    seg: Segmenter, n_envs: int = 16, steps: int = 200, role: str = "defender", n_scenes: int = 32,
+    rounds: int = 4, seed: int = 0, prompt_pad: int | None = PROMPT_PAD,
+) -> dict[str, SideStats]:
+    """Time ``steps`` vector steps (``n_envs * steps`` env steps) on each side."""
+    scenes = ProceduralScenes("train", n_scenes, seed=seed)
+    worlds = {side: PromptWorld(seg, scenes, prompt_pad=prompt_pad) for side in ("batched", "sequential")}
+    for world in worlds.values():  # encode + build graphs outside the timing
+        for i in range(len(scenes)):
+            world.image(i)
+    stats = {side: SideStats() for side in worlds}
+    for side, world in worlds.items():
+        _count(world, stats[side])
+
+    venv = PromptVecEnv(n_envs, role, world=worlds["batched"], seed=seed)
+    singles = [PointPromptEnv(role, world=worlds["sequential"]) for _ in range(n_envs)]
+    venv.reset()
+    for i, env in enumerate(singles):
+        env.reset(seed=seed + 1000 + i)
+    rng = {"batched": np.random.default_rng(seed), "sequential": np.random.default_rng(seed + 1)}
+
+    per_round = [steps // rounds + (r < steps % rounds) for r in range(rounds)]
+    for n in per_round:
+        s = stats["batched"]
+        t = time.perf_counter()
+        for _ in range(n):
+            _, _, dones, _ = venv.step(_pick(venv.action_masks(), rng["batched"]))
+            s.episodes += int(dones.sum())
+        s.seconds += time.perf_counter() - t
+        s.env_steps += n * n_envs
+
+        s = stats["sequential"]
+        t = time.perf_counter()
+        for _ in range(n):
+            actions = _pick(np.stack([env.action_masks() for env in singles]), rng["sequential"])
+            for env, a in zip(singles, actions):
+                _, _, terminated, truncated, _ = env.step(a)
+                if terminated or truncated:
+                    s.episodes += 1
+                    env.reset()
+        s.seconds += time.perf_counter() - t
+        s.env_steps += n * n_envs
+    return stats
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n-envs", type=int, default=16, help="environments per side (default 16)")
+    p.add_argument("--steps", type=int, default=200, help="vector steps per side (default 200)")
+    p.add_argument("--role", default="defender", choices=["attacker", "defender"])
+    p.add_argument("--model", default=BUNDLED_NAME)
+    p.add_argument("--checkpoint", default=None, help="checkpoint file (default: the bundled model)")
+    p.add_argument("--device", default=None)
+    p.add_argument("--scenes", type=int, default=32, help="procedural training scenes (default 32)")
+    p.add_argument("--rounds", type=int, default=4, help="alternations between the two sides (default 4)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--prompt-pad", type=int, default=PROMPT_PAD,
+                   help=f"PromptWorld prompt_pad (default {PROMPT_PAD}; 0: none, exact SAM, one call per prompt count)")
+    args = p.parse_args(argv)
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    seg = load_segmenter(args.model, checkpoint=args.checkpoint, device=args.device)
+    stats = run(seg, args.n_envs, args.steps, args.role, args.scenes, max(1, args.rounds), args.seed, args.prompt_pad or None)
+    print(f"{args.n_envs} {args.role} envs, {args.steps} steps each; model {seg.name} "
+          f"({seg.info.get('checkpoint')}), device {seg.device}, {torch.get_num_threads()} torch threads, "
+          f"{platform.processor() or platform.machine()}; prompt_pad {args.prompt_pad or None}")
+    print(f"{'side':12s} {'env steps':>9s} {'seconds':>8s} {'steps/s':>8s} {'episodes':>8s} "
+          f"{'dec calls':>9s} {'rows':>6s} {'rows/call':>9s} {'no-decode':>9s}")
+    for side, s in stats.items():
+        print(f"{side:12s} {s.env_steps:9d} {s.seconds:8.2f} {s.steps_per_s:8.1f} {s.episodes:8d} "
+              f"{s.decoder_calls:9d} {s.rows:6d} {s.rows / max(1, s.decoder_calls):9.1f} {100 * s.cache_share:8.1f}%")
+    ratio = stats["batched"].steps_per_s / stats["sequential"].steps_per_s
+    print(f"batched / sequential: {ratio:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,334 @@
+"""Tests of the agents: graph Q-network, masked DQN, adversarial training loop."""
+
+from __future__ import annotations
+
+import inspect
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from stable_baselines3 import DQN
+from stable_baselines3.common.buffers import DictReplayBuffer
+from stable_baselines3.common.vec_env import DummyVecEnv
+
+from ppd.agents.dqn import MaskedDQN, make_dqn, sample_valid_actions
+from ppd.agents.qnet import MASKED_Q, GraphQNetwork, _batched_adjacency, _graph_tensors, obs_action_mask
+from ppd.agents.train import TrainConfig, greedy_rollout, train
+from ppd.data.scenes import ProceduralScenes
+from ppd.data.types import Scene
+from ppd.envs.point_prompt_env import PointPromptEnv, valid_action_mask
+from ppd.envs.vec_env import PromptVecEnv
+from ppd.envs.world import NEGATIVE, POSITIVE, PromptWorld
+from ppd.graphs.store import GRAPH_STORE
+from ppd.segmenter import ImageEmbedding, Prediction
+
+
+@pytest.fixture(scope="module")
+def world(tiny_segmenter) -> PromptWorld:
+    """4 procedural 256-px scenes on the random-weight tiny model (16 x 16 = 256 nodes)."""
+    return PromptWorld(tiny_segmenter, ProceduralScenes("train", 4, seed=0))
+
+
+def _random_obs(vec: PromptVecEnv, rng: np.random.Generator, batch: int) -> dict[str, np.ndarray]:
+    """Real observations with random prompt states (some all-inactive, some all-active)."""
+    obs = vec.reset()
+    obs = {k: np.concatenate([v] * (batch // len(v) + 1))[:batch].copy() for k, v in obs.items()}
+    n = obs["state"].shape[1]
+    obs["state"] = rng.choice(3, size=(batch, n), p=[0.8, 0.1, 0.1]).astype(np.uint8)
+    obs["state"][0] = 0
+    obs["state"][1] = rng.integers(1, 3, n)
+    return obs
+
+
+def _net(vec: PromptVecEnv, role: str, relabel: bool = True) -> GraphQNetwork:
+    dim = GRAPH_STORE.get(vec.world.image(0).graph_id).x.shape[1]
+    torch.manual_seed(0)
+    return GraphQNetwork(vec.observation_space, vec.action_space, role=role, relabel=relabel, node_feature_dim=dim)
+
+
+# ----------------------------------------------------------------------------- Q-network
+@pytest.mark.parametrize("role,relabel", [("attacker", True), ("defender", True), ("defender", False)])
+def test_qnet_shape_and_exact_mask(world, role, relabel):
+    vec = PromptVecEnv(2, role, world=world, seed=0, relabel=relabel)
+    obs = _random_obs(vec, np.random.default_rng(0), 6)
+    net = _net(vec, role, relabel)
+    with torch.no_grad():
+        q = net(net.obs_to_tensor(obs)[0]).numpy()
+    n = vec.num_nodes
+    assert n == 256 and q.shape == (6, 2 * n + 1)
+    mask = valid_action_mask(obs["state"], role, relabel)
+    assert (q[~mask] == MASKED_Q).all()
+    assert np.isfinite(q).all() and (q[mask] > MASKED_Q / 2).all()
+    assert mask[:, -1].all() and (q.max(axis=1) > MASKED_Q / 2).all()  # stop keeps every row finite
+    assert (obs_action_mask(torch.as_tensor(obs["state"]).float(), role, relabel).numpy() == mask).all()
+
+
+def test_qnet_batch_equals_single(world):
+    """Batching graphs (block-diagonal adjacency) gives each element its own Q-values."""
+    vec = PromptVecEnv(4, "defender", world=world, seed=3)
+    obs = vec.reset()
+    assert len(set(obs["image_id"].ravel().tolist())) > 1
+    net = _net(vec, "defender")
+    with torch.no_grad():
+        q_batch = net(net.obs_to_tensor(obs)[0])
+        for i in range(4):
+            q_i = net(net.obs_to_tensor({k: v[i] for k, v in obs.items()})[0])
+            torch.testing.assert_close(q_batch[i : i + 1], q_i, rtol=1e-4, atol=1e-4)
+
+
+def test_adjacency_is_mean_over_each_relation(world):
+    """adj @ h = per-relation neighbour mean (PyG SAGEConv aggr='mean'), both-type edges in both."""
+    gid = world.image(1).graph_id
+    g = GRAPH_STORE.get(gid)
+    n = g.num_nodes
+    adj = _batched_adjacency([_graph_tensors(gid, torch.device("cpu"))], torch.zeros(1, dtype=torch.long), n)
+    h = torch.randn(n, 5)
+    out = (adj @ h).reshape(2, n, 5)
+    for r, types in enumerate(((0, 2), (1, 2))):
+        keep = (g.edge_type == types[0]) | (g.edge_type == types[1])
+        src, dst = g.edge_index[0, keep], g.edge_index[1, keep]
+        expect = torch.zeros(n, 5).index_add_(0, src, h[dst])
+        deg = torch.bincount(src, minlength=n).clamp(min=1)[:, None]
+        torch.testing.assert_close(out[r], expect / deg, rtol=1e-5, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- masked DQN
+def test_sample_valid_actions_uniform():
+    rng = np.random.default_rng(0)
+    mask = np.zeros((3000, 10), bool)
+    mask[:, [1, 4, 9]] = True
+    a = sample_valid_actions(mask, rng)
+    assert set(np.unique(a)) == {1, 4, 9}
+    freq = np.bincount(a, minlength=10)[[1, 4, 9]] / len(a)
+    assert np.all(np.abs(freq - 1 / 3) < 0.04)
+    with pytest.raises(ValueError):
+        sample_valid_actions(np.zeros((1, 4), bool), rng)
+
+
+@pytest.mark.parametrize("role", ["attacker", "defender"])
+def test_exploration_and_greedy_actions_are_valid(world, role):
+    vec = PromptVecEnv(2, role, world=world, seed=0, relabel=False)
+    model = make_dqn(vec, role, relabel=False, seed=0, learning_starts=50, buffer_size=500)
+    rng = np.random.default_rng(1)
+    obs = _random_obs(vec, rng, 8)
+    mask = valid_action_mask(obs["state"], role, False)
+    model.exploration_rate = 1.0
+    picks = np.concatenate([model.predict(obs, deterministic=False)[0] for _ in range(125)]).reshape(-1, 8)
+    assert picks.size == 1000 and mask[np.arange(8), picks].all()
+    assert len(np.unique(picks[:, 2])) > 10  # really random
+    # warm-up (before learning_starts) samples valid actions too
+    model.num_timesteps = 0
+    for _ in range(100):
+        model._last_obs = _random_obs(vec, rng, 2)
+        action, buffer_action = model._sample_action(learning_starts=50, n_envs=2)
+        assert valid_action_mask(model._last_obs["state"], role, False)[np.arange(2), action].all()
+        assert (action == buffer_action).all()
+    # greedy
+    greedy = model.predict(obs, deterministic=True)[0]
+    assert mask[np.arange(8), greedy].all()
+    single = model.predict({k: v[1] for k, v in obs.items()}, deterministic=True)[0]
+    assert np.ndim(single) == 0 and mask[1, int(single)]
+
+
+def test_td_target_max_is_over_valid_actions(world):
+    # SB3's DQN.train takes the target max over q_net_target(next_obs): masking inside
+    # forward is what keeps the target on valid actions. Guard against SB3 changing it.
+    src = inspect.getsource(DQN.train)
+    assert "self.q_net_target(replay_data.next_observations)" in src and ".max(dim=1)" in src
+
+    vec = PromptVecEnv(2, "defender", world=world, seed=0)
+    model = make_dqn(vec, "defender", seed=0, learning_starts=20, buffer_size=200, batch_size=16)
+    model.learn(40)
+    batch = model.replay_buffer.sample(16)
+    nxt = batch.next_observations
+    with torch.no_grad():
+        target_max = model.q_net_target(nxt).max(dim=1).values
+        # by hand: unmasked Q-values (mask disabled), max over the env's valid actions
+        raw = model.q_net_target.q_values(nxt, masked=False)
+    mask = valid_action_mask(nxt["state"].numpy().astype(np.uint8), "defender", True)
+    by_hand = np.array([raw[i].numpy()[mask[i]].max() for i in range(16)])
+    np.testing.assert_allclose(target_max.numpy(), by_hand, rtol=1e-6)
+    assert (raw.numpy()[~mask] != MASKED_Q).all()  # the unmasked values really differ
+
+
+def test_replay_bytes_per_transition_small(world):
+    """Per transition: obs + next_obs of what changes (no node features), <= 8 KB at N = 256."""
+    env = PointPromptEnv("defender", world=world)
+    assert env.num_nodes == 256
+    rb = DictReplayBuffer(1000, env.observation_space, env.action_space, device="cpu", n_envs=1)
+    arrays = [*rb.observations.values(), *rb.next_observations.values(), rb.actions, rb.rewards, rb.dones, rb.timeouts]
+    per_transition = sum(a.nbytes for a in arrays) / rb.buffer_size
+    assert per_transition <= 8 * 1024, per_transition
+
+
+@pytest.mark.parametrize("role", ["attacker", "defender"])
+def test_learn_smoke_and_save_load_roundtrip(world, role, tmp_path):
+    vec = PromptVecEnv(4, role, world=world, seed=1)
+    model = make_dqn(vec, role, seed=1, learning_starts=64, buffer_size=1000, batch_size=16)
+    model.learn(200)
+    assert model.num_timesteps >= 200 and model._n_updates > 0
+    obs = _random_obs(vec, np.random.default_rng(2), 6)
+    before = model.predict(obs, deterministic=True)[0]
+    with torch.no_grad():
+        q_before = model.q_net(model.policy.obs_to_tensor(obs)[0])
+    model.save(tmp_path / "agent.zip")
+    loaded = MaskedDQN.load(tmp_path / "agent.zip", env=vec)
+    assert loaded.policy.role == role and loaded.policy.relabel
+    np.testing.assert_array_equal(loaded.predict(obs, deterministic=True)[0], before)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.q_net(loaded.policy.obs_to_tensor(obs)[0]), q_before)
+    loaded.learn(16, reset_num_timesteps=False)  # trains on after loading
+
+
+# ----------------------------------------------------------------------------- learnability
+class DiscSegmenter:
+    """Stand-in segmenter whose masks react to points in an obvious way: the union of
+    discs around positive points minus discs around negative points. ``encode`` pools
+    the image into an 8 x 8 embedding of its 3 colour channels."""
+
+    name = "disc-segmenter"
+    info: dict = {"checkpoint": "none"}
+    radius = 12
+
+    def encode(self, image: np.ndarray) -> ImageEmbedding:
+        t = torch.from_numpy(image.astype(np.float32) / 255.0).permute(2, 0, 1)[None]
+        emb = torch.nn.functional.adaptive_avg_pool2d(t, 8)
+        key = f"disc:{hash(image.tobytes())}"
+        return ImageEmbedding(emb, [], image.shape[:2], key)
+
+    def predict_batch(self, embeddings, point_coords, point_labels, multimask=False) -> Prediction:
+        h, w = embeddings[0].orig_hw
+        yy, xx = np.mgrid[0:h, 0:w]
+        masks = np.zeros((len(embeddings), h, w), bool)
+        for b in range(len(embeddings)):
+            pos = np.zeros((h, w), bool)
+            neg = np.zeros((h, w), bool)
+            for (x, y), lab in zip(point_coords[b], point_labels[b]):
+                if lab < 0:
+                    continue
+                disc = (xx - x) ** 2 + (yy - y) ** 2 <= self.radius**2
+                if lab == 1:
+                    pos |= disc
+                else:
+                    neg |= disc
+            masks[b] = pos & ~neg
+        return Prediction(masks, np.full(len(embeddings), 0.5, np.float32), np.zeros((len(embeddings), 1, 1), np.float32))
+
+
+def _disc_scenes(n: int) -> list[Scene]:
+    scenes = []
+    yy, xx = np.mgrid[0:64, 0:64]
+    for i in range(n):
+        rng = np.random.default_rng(i)
+        cx, cy = rng.integers(22, 42, 2)
+        obj = (xx - cx) ** 2 + (yy - cy) ** 2 <= 16**2
+        img = np.zeros((64, 64, 3), np.uint8)
+        img[:] = rng.integers(0, 100, 3)
+        img[obj] = rng.integers(150, 256, 3)
+        scenes.append(Scene(img, obj[None], domain="disc"))
+    return scenes
+
+
+class OneWrongPointEnv(PointPromptEnv):
+    """Defender start: a correct positive at the object's centre node and a wrong
+    (negative) point on another object node 1-2 patches away."""
+
+    def _draw_start(self):
+        rng = self.np_random
+        rec = self.world.image(int(rng.integers(len(self.world.dataset))))
+        gt = rec.scene.masks[0]
+        ys, xs = np.nonzero(gt)
+        c = np.array([xs.mean(), ys.mean()])
+        d = np.linalg.norm(rec.centres - c, axis=1)
+        centre = int(np.argmin(d))
+        inside = gt[rec.centres[:, 1].astype(int), rec.centres[:, 0].astype(int)]
+        wrong = rng.choice(np.flatnonzero(inside & (d > 6) & (d < 14)))
+        st = np.zeros(rec.num_nodes, np.uint8)
+        st[centre], st[wrong] = POSITIVE, NEGATIVE
+        return rec, 0, st, rec.centres.copy(), "one-wrong"
+
+
+def _mean_return(policy, world, episodes: int = 24) -> float:
+    env = OneWrongPointEnv("defender", world=world, max_steps=3)
+    total = 0.0
+    for ep in range(episodes):
+        obs, info = env.reset(seed=1000 + ep)
+        done = False
+        while not done:
+            obs, r, term, trunc, info = env.step(policy(obs, env))
+            total += r
+            done = term or trunc
+    return total / episodes
+
+
+def test_defender_learns_to_fix_a_wrong_point():
+    world = PromptWorld(DiscSegmenter(), _disc_scenes(6), k_physical=4, k_semantic=4)
+    assert world.num_nodes == 64
+    vec = DummyVecEnv([lambda: OneWrongPointEnv("defender", world=world, max_steps=3) for _ in range(4)])
+    vec.seed(0)
+    rng = np.random.default_rng(0)
+    random_return = _mean_return(lambda o, e: int(sample_valid_actions(e.action_masks()[None], rng)[0]), world)
+    model = make_dqn(
+        vec, "defender", seed=0, learning_rate=1e-3, learning_starts=200, buffer_size=5000, batch_size=32,
+        target_update_interval=200, exploration_fraction=0.5, hidden_dim=32,
+    )
+    model.learn(2400)
+    trained = _mean_return(lambda o, e: int(model.predict(o, deterministic=True)[0]), world)
+    # fixing the wrong point (remove or relabel), then stopping, gains > 0.4 IoU
+    assert trained > 0.4 and trained > random_return + 0.3, (trained, random_return)
+
+
+# ----------------------------------------------------------------------------- training loop
+def _tiny_config(tiny_checkpoint, **kw) -> TrainConfig:
+    base = dict(
+        seed=0, device="cpu", checkpoint=tiny_checkpoint, n_envs=2, rounds=2, attacker_steps=16, defender_steps=24,
+        scenes=3, eval_scenes=2, learning_starts=8, buffer_size=200, batch_size=8, target_update_interval=16,
+        hidden_dim=16, n_examples=2,
+    )
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_train_writes_run_files_and_resumes(tiny_segmenter, tiny_checkpoint, tmp_path):
+    out = tmp_path / "run"
+    cfg = _tiny_config(tiny_checkpoint)
+    metrics = train(cfg, out, segmenter=tiny_segmenter)
+    for name in ("config.yaml", "attacker.zip", "defender.zip", "state.json", "metrics.json", "examples.png"):
+        assert (out / name).is_file(), name
+    assert any((out / "tb").rglob("events.out.tfevents.*"))
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["rounds"] == 2 and saved["grid"] == 16  # resolved grid, for PromptDefender
+    assert json.loads((out / "state.json").read_text())["round"] == 2
+    final = metrics["final"]
+    for k in ("ideal_iou", "attacked_iou", "defended_attacked_iou", "coarse_iou", "defended_coarse_iou"):
+        assert 0.0 <= final[k] <= 1.0
+    assert json.loads((out / "metrics.json").read_text())["final"] == final
+    assert [h["round"] for h in metrics["history"]] == [1, 2]
+
+    # --resume continues from the last completed round with the saved agents
+    metrics3 = train(_tiny_config(tiny_checkpoint, rounds=3), out, resume=True, segmenter=tiny_segmenter)
+    hist = metrics3["history"]
+    assert [h["round"] for h in hist] == [1, 2, 3]
+    assert hist[2]["defender_timesteps"] >= hist[1]["defender_timesteps"] + 24
+    assert hist[2]["attacker_timesteps"] >= hist[1]["attacker_timesteps"] + 16
+    assert json.loads((out / "state.json").read_text())["round"] == 3
+
+
+def test_train_cli_and_resume_errors(tiny_checkpoint, tmp_path):
+    from ppd.cli import main
+
+    cfg_file = tmp_path / "cfg.yaml"
+    cfg_file.write_text(yaml.safe_dump({"checkpoint": tiny_checkpoint, "start_mix": {"coarse": 1.0}}))
+    out = tmp_path / "cli"
+    flags = ["--n-envs", "2", "--rounds", "1", "--attacker-steps", "8", "--defender-steps", "8", "--scenes", "2",
+             "--eval-scenes", "1", "--learning-starts", "4", "--buffer-size", "64", "--batch-size", "4",
+             "--hidden-dim", "8", "--n-examples", "1", "--device", "cpu", "--seed", "3"]
+    assert main(["train", "--config", str(cfg_file), "--out", str(out), *flags]) == 0
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["seed"] == 3 and saved["start_mix"] == {"coarse": 1.0} and saved["hidden_dim"] == 8
+    with pytest.raises(FileNotFoundError, match="state.json"):
+        train(_tiny_config(tiny_checkpoint), tmp_path / "empty", resume=True)
+    with pytest.raises(ValueError, match="rounds"):
+        TrainConfig(rounds=0)

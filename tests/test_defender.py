@@ -1,0 +1,412 @@
+"""PromptDefender (loading, greedy refinement) and the baseline refiners.
+
+Trained models are not needed: a randomly initialised defender DQN is saved to a
+temporary run folder, with its stop Q-value biased far down so that it keeps acting
+until its budget; behaviour that needs specific actions uses a scripted stand-in model,
+and the greedy-score baseline is checked against a fake segmenter whose predicted IoU is
+a known function of the points.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import zipfile
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from gymnasium import spaces
+from stable_baselines3.common.vec_env import DummyVecEnv
+
+from ppd.agents.baselines import GreedyScoreFilter, NoRefine, RandomDrop
+from ppd.agents.defender import PromptDefender, RefineResult, greedy_action, load_agent
+from ppd.agents.dqn import make_dqn
+from ppd.agents.train import TrainConfig
+from ppd.data.scenes import ProceduralScenes
+from ppd.envs.point_prompt_env import PointPromptEnv
+from ppd.envs.world import PromptWorld
+from ppd.models import BUNDLED_NAME
+from ppd.segmenter import Prediction, Segmenter
+
+IMAGE_HW = (96, 128)  # the conftest random_image
+
+GRID = 16  # embedding grid of the tiny model (256 px / 16)
+N = GRID * GRID
+TRAIN_MAX_STEPS = 6  # written into the run's config.yaml
+
+# On the (96, 128) test image with a 16 x 16 grid, patches are 8 px wide and 6 px high.
+# Node 35 (row 2, column 3) covers x in [24, 32), y in [12, 18); its centre is (28, 15).
+PATCH_NODE = 2 * GRID + 3
+MERGED = np.array([[25, 12], [28, 15], [100, 70]], np.float32)  # points 0 and 1 share node 35
+MERGED_LABELS = np.array([0, 1, 1])
+
+POINTS = np.array([[10, 10], [50, 40], [100, 80], [120, 5], [70, 60]], np.float32)
+LABELS = np.array([1, 1, 0, 1, 0])
+
+
+def _make_model(world: PromptWorld, role: str, never_stop: bool = True):
+    env = DummyVecEnv([lambda: PointPromptEnv(role, world=world)])
+    model = make_dqn(env, role, relabel=True, hidden_dim=16, n_layers=1, seed=0, device="cpu", buffer_size=64)
+    if never_stop:  # a random net that always acts (stop is the last Q-value)
+        with torch.no_grad():
+            model.policy.q_net.stop_head[-1].bias.fill_(-1e3)
+    return model
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, tiny_segmenter, tiny_checkpoint):
+    """A run folder with a random-weight defender.zip, attacker.zip and config.yaml."""
+    folder = tmp_path_factory.mktemp("run")
+    world = PromptWorld(tiny_segmenter, ProceduralScenes("train", 2, seed=0))
+    _make_model(world, "defender").save(folder / "defender.zip")
+    _make_model(world, "attacker").save(folder / "attacker.zip")
+    # the config.yaml `ppd train` writes (a TrainConfig as a flat mapping)
+    cfg = TrainConfig(segmenter=BUNDLED_NAME, checkpoint=tiny_checkpoint, grid=GRID, defender_max_steps=TRAIN_MAX_STEPS)
+    (folder / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def defender(run_dir, tiny_segmenter) -> PromptDefender:
+    return PromptDefender.load(run_dir, segmenter=tiny_segmenter, device="cpu")
+
+
+class ScriptedModel:
+    """Stand-in for the defender DQN: ``rule(obs) -> action``; Q-values prefer stop."""
+
+    def __init__(self, rule, relabel: bool = True) -> None:
+        self.observation_space = spaces.Dict({"state": spaces.Box(0, 2, (N,), np.uint8)})
+        self.action_space = spaces.Discrete(2 * N + 1)
+        self.rule = rule
+        q = -torch.ones(1, 2 * N + 1)
+        q[0, -1] = 0.0
+        self.policy = SimpleNamespace(
+            relabel=relabel, role="defender", obs_to_tensor=lambda obs: (obs, False), q_net=lambda obs: q
+        )
+
+    def predict(self, obs, state=None, episode_start=None, deterministic=False):
+        return np.array(self.rule(obs)), None
+
+
+def _scripted(tiny_segmenter, rule, relabel: bool = True) -> PromptDefender:
+    return PromptDefender(ScriptedModel(rule, relabel), tiny_segmenter, grid=GRID, max_steps=12)
+
+
+def _check_result(res: RefineResult, coords: np.ndarray, labels: np.ndarray) -> None:
+    K = len(coords)
+    assert res.kept.shape == (K,) and res.kept.dtype == bool
+    assert res.relabeled.shape == (K,) and not (res.relabeled & ~res.kept).any()
+    assert res.point_coords.shape == (len(res.index), 2) and res.point_labels.shape == (len(res.index),)
+    assert set(res.point_labels.tolist()) <= {0, 1}
+    assert res.mask.shape == IMAGE_HW and res.mask.dtype == bool
+    assert np.isfinite(res.score)
+    # output points are input points, in input order, kept, with their (flipped) labels
+    assert (np.diff(res.index) > 0).all() and res.kept[res.index].all()
+    np.testing.assert_array_equal(res.point_coords, coords[res.index])
+    expect = np.where(res.relabeled[res.index], 1 - labels[res.index], labels[res.index])
+    np.testing.assert_array_equal(res.point_labels, expect)
+    assert res.kept.sum() >= 1
+
+
+# ----------------------------------------------------------------------------- loading
+def test_load_from_folder_and_file(run_dir, tiny_segmenter, random_image, defender):
+    from_file = PromptDefender.load(run_dir / "defender.zip", segmenter=tiny_segmenter, device="cpu")
+    for d in (defender, from_file):
+        assert d.num_nodes == N and d.relabel is True
+        assert d.train_max_steps == TRAIN_MAX_STEPS and d.default_steps(3) == TRAIN_MAX_STEPS
+    a = defender.refine(random_image, POINTS, LABELS)
+    b = from_file.refine(random_image, POINTS, LABELS)
+    np.testing.assert_array_equal(a.kept, b.kept)
+    np.testing.assert_array_equal(a.point_labels, b.point_labels)
+    np.testing.assert_array_equal(a.mask, b.mask)
+
+
+def test_load_segmenter_from_config(run_dir, tiny_segmenter, random_image):
+    d = PromptDefender.load(run_dir, device="cpu")  # segmenter named in config.yaml
+    assert d.segmenter.info.get("checkpoint") is not None
+    pred = d.segmenter.predict(random_image, POINTS[:2], LABELS[:2])
+    np.testing.assert_array_equal(pred.masks, tiny_segmenter.predict(random_image, POINTS[:2], LABELS[:2]).masks)
+
+
+def test_load_errors(tmp_path, run_dir, tiny_segmenter):
+    with pytest.raises(FileNotFoundError, match="not found"):
+        PromptDefender.load(tmp_path / "nope", segmenter=tiny_segmenter)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match="defender.zip"):
+        PromptDefender.load(empty, segmenter=tiny_segmenter)
+    bad = tmp_path / "bad_bytes"
+    bad.mkdir()
+    (bad / "defender.zip").write_bytes(b"this is not a zip archive")
+    with pytest.raises(ValueError, match="corrupt"):
+        PromptDefender.load(bad, segmenter=tiny_segmenter)
+    bad_zip = tmp_path / "bad_zip"
+    bad_zip.mkdir()
+    with zipfile.ZipFile(bad_zip / "defender.zip", "w") as z:
+        z.writestr("data", "{not json")
+    with pytest.raises(ValueError, match="corrupt"):
+        PromptDefender.load(bad_zip, segmenter=tiny_segmenter)
+    bad_cfg = tmp_path / "bad_cfg"
+    bad_cfg.mkdir()
+    (bad_cfg / "defender.zip").write_bytes((run_dir / "defender.zip").read_bytes())
+    (bad_cfg / "config.yaml").write_text("grid: [1, 2\n")
+    with pytest.raises(ValueError, match="config.yaml"):
+        PromptDefender.load(bad_cfg, segmenter=tiny_segmenter)
+    with pytest.raises(ValueError, match="attacker"):
+        PromptDefender.load(run_dir / "attacker.zip", segmenter=tiny_segmenter)
+
+
+def test_load_agent_returns_attacker(run_dir):
+    model, cfg, folder = load_agent(run_dir, "attacker.zip", device="cpu")
+    assert model.policy.role == "attacker" and folder == run_dir and cfg["grid"] == GRID
+
+
+# ----------------------------------------------------------------------------- refine
+def test_refine_shapes_and_budget(defender, random_image):
+    res = defender.refine(random_image, POINTS, LABELS)
+    _check_result(res, POINTS, LABELS)
+    assert res.steps == TRAIN_MAX_STEPS  # the never-stopping net spends the whole budget
+    res2 = defender.refine(random_image, POINTS, LABELS, max_steps=2)
+    _check_result(res2, POINTS, LABELS)
+    assert res2.steps == 2
+    # the mask is SAM's mask of the output points
+    pred = defender.segmenter.predict(random_image, res.point_coords, res.point_labels)
+    np.testing.assert_array_equal(pred.masks[0], res.mask)
+    assert res.score == pytest.approx(float(pred.scores[0]), abs=1e-6)
+
+
+def test_max_steps_zero_returns_input(defender, random_image):
+    res = defender.refine(random_image, POINTS, LABELS, max_steps=0)
+    assert res.steps == 0 and res.kept.all() and not res.relabeled.any()
+    np.testing.assert_array_equal(res.point_coords, POINTS)
+    np.testing.assert_array_equal(res.point_labels, LABELS)
+    pred = defender.segmenter.predict(random_image, POINTS, LABELS)
+    np.testing.assert_array_equal(res.mask, pred.masks[0])
+
+
+def test_refine_uses_no_ground_truth(defender, random_image, monkeypatch):
+    seen = []
+    evaluate = defender.world.evaluate
+
+    def spy(requests, want_mask=False):
+        seen.extend(obj for _, obj, _, _ in requests)
+        return evaluate(requests, want_mask)
+
+    def no_quality(*_):
+        raise AssertionError("ground truth used")
+
+    monkeypatch.setattr(defender.world, "evaluate", spy)
+    monkeypatch.setattr(defender.world, "quality_fn", no_quality)
+    defender.refine(random_image, POINTS + 1, LABELS, max_steps=3)
+    assert seen and all(obj == -1 for obj in seen)
+
+
+def test_bad_prompts(defender, random_image):
+    with pytest.raises(ValueError, match="empty"):
+        defender.refine(random_image, np.zeros((0, 2)), np.zeros(0))
+    with pytest.raises(ValueError, match="outside"):
+        defender.refine(random_image, [[200.0, 10.0]], [1])
+    with pytest.raises(ValueError, match="label"):
+        defender.refine(random_image, [[20.0, 10.0]], [2])
+    with pytest.raises(ValueError, match="max_steps"):
+        defender.refine(random_image, [[20.0, 10.0]], [1], max_steps=-1)
+
+
+def test_refine_many(defender, random_image):
+    other = random_image[::-1].copy()
+    many = defender.refine_many([random_image, other], [POINTS, POINTS[:2]], [LABELS, LABELS[:2]], max_steps=2)
+    one = defender.refine(other, POINTS[:2], LABELS[:2], max_steps=2)
+    assert len(many) == 2 and len(many[1].kept) == 2
+    np.testing.assert_array_equal(many[1].kept, one.kept)
+    np.testing.assert_array_equal(many[1].mask, one.mask)
+    with pytest.raises(ValueError, match="same length"):
+        defender.refine_many([random_image], [POINTS, POINTS], [LABELS])
+
+
+def test_greedy_action_respects_a_stricter_mask(defender, random_image):
+    rec = defender.record(random_image)
+    from ppd.envs.point_prompt_env import build_observation
+    from ppd.envs.world import state_from_prompts
+
+    st, pts, _ = state_from_prompts(POINTS, LABELS, rec.grid, rec.hw, rec.centres)
+    out = defender.world.evaluate([(rec, -1, st, pts)])[0]
+    obs = build_observation(rec, st, pts, out, 0, TRAIN_MAX_STEPS)
+    mask = np.zeros(2 * N + 1, bool)
+    mask[-1] = True
+    first = greedy_action(defender.model, obs, np.ones(2 * N + 1, bool))
+    assert first != 2 * N  # stop is biased away
+    assert greedy_action(defender.model, obs, mask) == 2 * N
+
+
+# ----------------------------------------------------------------------------- merging
+def test_points_in_one_patch_merge_into_their_node(tiny_segmenter, random_image):
+    never = _scripted(tiny_segmenter, lambda obs: 2 * N)  # stops at once
+    res = never.refine(random_image, MERGED, MERGED_LABELS)
+    # node 35 keeps the point nearest its centre (point 1); point 0 is merged into it
+    assert res.kept.all() and res.steps == 0
+    np.testing.assert_array_equal(res.index, [1, 2])
+    np.testing.assert_array_equal(res.point_coords, MERGED[[1, 2]])
+    np.testing.assert_array_equal(res.point_labels, [1, 1])
+    pred = tiny_segmenter.predict(random_image, MERGED[[1, 2]], [1, 1])
+    np.testing.assert_array_equal(res.mask, pred.masks[0])
+
+    drop = _scripted(tiny_segmenter, lambda obs: PATCH_NODE if obs["state"][PATCH_NODE] else 2 * N)
+    res = drop.refine(random_image, MERGED, MERGED_LABELS)
+    np.testing.assert_array_equal(res.kept, [False, False, True])  # the merged point goes with its node
+    np.testing.assert_array_equal(res.point_coords, MERGED[[2]])
+    assert res.steps == 1
+
+
+def test_relabel_flips_the_node(tiny_segmenter, random_image):
+    flip = _scripted(tiny_segmenter, lambda obs: N + PATCH_NODE if obs["state"][PATCH_NODE] == 1 else 2 * N)
+    res = flip.refine(random_image, MERGED, MERGED_LABELS)
+    assert res.steps == 1 and res.kept.all()
+    np.testing.assert_array_equal(res.relabeled, [True, True, False])
+    np.testing.assert_array_equal(res.point_labels, [0, 1])  # point 1 (was 1) flipped
+    _check_result(res, MERGED, MERGED_LABELS)
+
+
+def test_never_removes_the_last_prompt(tiny_segmenter, random_image):
+    def remove_first(obs):
+        return int(np.flatnonzero(obs["state"])[0])
+
+    d = _scripted(tiny_segmenter, remove_first)
+    res = d.refine(random_image, POINTS, LABELS, max_steps=20)
+    assert res.kept.sum() == 1 and res.steps == len(POINTS) - 1
+    assert res.mask.shape == IMAGE_HW
+    # without relabelling, a single prompt leaves no valid action: no step at all
+    d = _scripted(tiny_segmenter, remove_first, relabel=False)
+    res = d.refine(random_image, POINTS[:1], LABELS[:1])
+    assert res.steps == 0 and res.kept.all()
+
+
+# ----------------------------------------------------------------------------- baselines
+class FakeSegmenter:
+    """Predicted IoU = 0.5 + the sum of a weight per point (looked up by its x).
+
+    Each row's mask has as many True pixels as the row has points, so a test can tell
+    which prompt set a returned mask belongs to. Records the rows of every predict call.
+    """
+
+    def __init__(self, weights: dict[int, float]) -> None:
+        self.weights = weights
+        self.calls: list[int] = []
+
+    def encode(self, image):
+        return SimpleNamespace(orig_hw=tuple(image.shape[:2]), key="fake")
+
+    def predict(self, emb, point_coords, point_labels, multimask=False):
+        c, lab = np.asarray(point_coords, float), np.asarray(point_labels)
+        if c.ndim == 2:
+            c, lab = c[None], lab[None]
+        self.calls.append(len(c))
+        scores, masks = [], np.zeros((len(c), *emb.orig_hw), bool)
+        for b, (row, lr) in enumerate(zip(c, lab)):
+            real = lr >= 0
+            scores.append(0.5 + sum(self.weights[int(x)] for x in row[real, 0]))
+            masks[b].flat[: int(real.sum())] = True
+        return Prediction(masks, np.asarray(scores, np.float32), np.zeros((len(c), 4, 4), np.float32))
+
+    def predict_batch(self, embeddings, point_coords, point_labels, multimask=False):
+        return self.predict(embeddings[0], point_coords, point_labels)
+
+
+def _xs(xs):
+    return np.array([[x, 5] for x in xs], np.float32), np.ones(len(xs), np.int64)
+
+
+def test_greedy_score_filter_against_a_known_score():
+    seg = FakeSegmenter({10: 0.1, 20: -0.2, 30: -0.05, 40: 0.0, 50: -0.3})
+    coords, labels = _xs([10, 20, 30, 40, 50])
+    res = GreedyScoreFilter(seg).refine(np.zeros((32, 64, 3), np.uint8), coords, labels)
+    # drops 50 (+0.3), 20 (+0.2), 30 (+0.05); dropping 40 would not raise the score
+    np.testing.assert_array_equal(res.kept, [True, False, False, True, False])
+    assert res.score == pytest.approx(0.6) and res.steps == 3
+    assert res.mask.sum() == 2  # the mask of the kept set
+    # one call for the input set, then ONE batched call per round (all leave-one-outs)
+    assert seg.calls == [1, 5, 4, 3, 2]
+
+
+def test_greedy_score_filter_keeps_one_point_and_budget():
+    seg = FakeSegmenter({10: -0.1, 20: -0.2})
+    coords, labels = _xs([10, 20])
+    res = GreedyScoreFilter(seg).refine(np.zeros((32, 64, 3), np.uint8), coords, labels)
+    np.testing.assert_array_equal(res.kept, [True, False])
+    assert seg.calls == [1, 2]  # no round with a single point left
+    seg = FakeSegmenter({10: -0.1, 20: -0.2, 30: -0.3})
+    res = GreedyScoreFilter(seg).refine(np.zeros((32, 64, 3), np.uint8), *_xs([10, 20, 30]), max_steps=1)
+    np.testing.assert_array_equal(res.kept, [True, True, False])
+    assert res.steps == 1 and seg.calls == [1, 3]
+
+
+def test_greedy_score_filter_on_sam(tiny_checkpoint, tiny_segmenter, random_image):
+    seg = Segmenter(tiny_segmenter.model, BUNDLED_NAME, device="cpu")
+    calls = []
+    predict = seg.predict
+
+    def counting(*args, **kwargs):
+        calls.append(np.asarray(args[1]).shape)
+        return predict(*args, **kwargs)
+
+    seg.predict = counting
+    base = NoRefine(tiny_segmenter).refine(random_image, POINTS, LABELS)
+    res = GreedyScoreFilter(seg).refine(random_image, POINTS, LABELS)
+    _check_result(res, POINTS, LABELS)
+    assert res.score >= base.score - 1e-6
+    assert len(calls) == res.steps + 2 or (res.kept.sum() == 1 and len(calls) == res.steps + 1)
+    k = len(POINTS)
+    for r, shape in enumerate(calls[1:]):  # round r: k - r leave-one-out sets at once
+        assert shape == (k - r, k - r - 1, 2)
+
+
+def test_no_refine_is_identity(tiny_segmenter, random_image):
+    res = NoRefine(tiny_segmenter).refine(random_image, POINTS, LABELS)
+    _check_result(res, POINTS, LABELS)
+    assert res.kept.all() and res.steps == 0
+    np.testing.assert_array_equal(res.point_coords, POINTS)
+    pred = tiny_segmenter.predict(random_image, POINTS, LABELS)
+    np.testing.assert_array_equal(res.mask, pred.masks[0])
+    assert res.score == pytest.approx(float(pred.scores[0]))
+    with pytest.raises(ValueError, match="outside"):
+        NoRefine(tiny_segmenter).refine(random_image, [[500.0, 5.0]], [1])
+    with pytest.raises(ValueError, match="empty"):
+        NoRefine(tiny_segmenter).refine(random_image, np.zeros((0, 2)), [])
+
+
+def test_random_drop_is_seeded_and_keeps_one(tiny_segmenter, random_image):
+    a = RandomDrop(tiny_segmenter, p=0.5, seed=3)
+    b = RandomDrop(tiny_segmenter, p=0.5, seed=3)
+    runs_a = [a.refine(random_image, POINTS, LABELS).kept for _ in range(3)]
+    runs_b = [b.refine(random_image, POINTS, LABELS).kept for _ in range(3)]
+    for ka, kb in zip(runs_a, runs_b):
+        np.testing.assert_array_equal(ka, kb)
+    assert len({tuple(k) for k in runs_a}) > 1  # successive calls draw anew
+    res = RandomDrop(tiny_segmenter, p=1.0).refine(random_image, POINTS, LABELS)
+    assert res.kept.sum() == 1 and res.steps == len(POINTS) - 1
+    _check_result(res, POINTS, LABELS)
+    assert RandomDrop(tiny_segmenter, p=0.0).refine(random_image, POINTS, LABELS).kept.all()
+    res = RandomDrop(tiny_segmenter, p=1.0).refine(random_image, POINTS, LABELS, max_steps=2)
+    assert res.kept.sum() == len(POINTS) - 2
+    with pytest.raises(ValueError, match="p must be"):
+        RandomDrop(tiny_segmenter, p=1.5)
+
+
+# ----------------------------------------------------------------------------- benchmark
+def test_defense_bench_smoke(run_dir):
+    from ppd.bench.defense import COLUMNS, format_table, run_benchmark
+
+    ticks = []
+    res = run_benchmark(
+        str(run_dir), n_scenes=1, domains=("train",), device="cpu", progress=lambda n: lambda: ticks.append(n), env_steps=0
+    )
+    row = res["domains"]["train"]
+    assert ticks == [1] and res["attacker"]
+    for c in COLUMNS:
+        assert 0.0 <= row[c] <= 1.0, c
+    assert row["refine_ms_median"] > 0
+    # state (N) + coverage (N) + offset (2N) uint8 + 3 float32, twice, + action/reward/done/timeout
+    obs = 4 * N + 3 * 4
+    assert res["replay"] == {"observation_bytes": obs, "transition_bytes": 2 * obs + 20}
+    assert "train" in format_table(res)

@@ -1,0 +1,383 @@
+"""Point-prompt environments: spec checks, seeding, rewards, masks, episode ends, vec env.
+
+Every world here runs the random-weight tiny model of ``conftest.py`` on 6 procedural
+scenes: masks are arbitrary but deterministic, which is all these tests need.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from gymnasium.utils.env_checker import check_env as gym_check_env
+from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+import ppd  # noqa: F401  (registers the ppd/... env ids)
+from ppd.data.scenes import ProceduralScenes
+from ppd.envs import ROLES, PointPromptEnv, PromptVecEnv, PromptWorld, register_envs, valid_action_mask
+from ppd.envs.world import INACTIVE, NEGATIVE, POSITIVE, prompts_from_state, state_from_prompts
+from ppd.graphs.dual_space import patch_centres
+from ppd.metrics import iou
+
+ENV_IDS = {"attacker": "ppd/PointPromptAttack-v0", "defender": "ppd/PointPromptDefense-v0"}
+DISCRETE_KEYS = ("state", "offset", "step_frac", "image_id")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    # The decoder's ops are small: on a busy 2-core machine two threads mostly wait for
+    # each other (10-30x slower than one).
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def scenes():
+    return ProceduralScenes("train", 6, seed=0)
+
+
+@pytest.fixture
+def make_world(tiny_segmenter, scenes):
+    """Fresh worlds (own outcome cache and attack pool) on the shared model and scenes."""
+    return lambda **kw: PromptWorld(tiny_segmenter, scenes, **kw)
+
+
+@pytest.fixture(scope="module")
+def world(tiny_segmenter, scenes):
+    """A world shared by tests that depend neither on its caches nor on its attack pool."""
+    return PromptWorld(tiny_segmenter, scenes)
+
+
+def random_valid(mask: np.ndarray, rng: np.random.Generator, allow_stop: bool = True) -> int:
+    valid = np.flatnonzero(mask if allow_stop else mask[:-1])
+    return int(rng.choice(valid)) if len(valid) else len(mask) - 1
+
+
+def assert_obs_close(a: dict, b: dict, what: str = "") -> None:
+    """Equal observations, up to the float noise of decoding in batches of other sizes
+    (logits differ by ~1e-7, so a pixel at the threshold may flip)."""
+    for k in DISCRETE_KEYS:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=f"{what} {k}")
+    assert np.abs(a["coverage"].astype(int) - b["coverage"].astype(int)).max() <= 1, what
+    np.testing.assert_allclose(a["score"], b["score"], atol=1e-5, err_msg=what)
+
+
+def direct_quality(seg, scenes, env: PointPromptEnv, info: dict, prompts_fn) -> float:
+    """IoU of SAM's mask for the env's current prompt state, recomputed from scratch."""
+    state, points = env.prompt_state
+    if not (state != INACTIVE).any():
+        return 0.0
+    scene = scenes[info["scene_index"]]
+    coords, labels = prompts_fn(state, points)
+    mask = seg.predict(scene.image, coords, labels).masks[0]
+    return float(iou(mask, scene.masks[info["object_index"]]))
+
+
+# -- spec ----------------------------------------------------------------------------
+@pytest.mark.parametrize("role", ROLES)
+def test_check_env_gymnasium_and_sb3_without_warnings(role, world):
+    env = gym.make(ENV_IDS[role], world=world)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        gym_check_env(env.unwrapped)  # made through gym.make: has a spec, checks rgb_array rendering
+        sb3_check_env(env, warn=True)
+    caught = [
+        w for w in caught
+        if not (issubclass(w.category, DeprecationWarning) and "site-packages" in w.filename)
+    ]
+    assert not caught, [f"{w.category.__name__}: {w.message}" for w in caught]
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_gym_make_both_ids(role, tiny_segmenter, scenes):
+    env = gym.make(ENV_IDS[role], segmenter=tiny_segmenter, dataset=scenes)
+    assert env.unwrapped.role == role
+    obs, info = env.reset(seed=0)
+    assert env.observation_space.contains(obs)
+    assert info["action_mask"].shape == (env.action_space.n,) and info["action_mask"][-1]
+    n_ids = len(gym.registry)
+    register_envs()  # idempotent
+    assert len(gym.registry) == n_ids
+
+
+def test_replay_memory_per_transition_is_small(world):
+    env = PointPromptEnv("defender", world=world)
+    assert env.num_nodes == 256
+    obs, _ = env.reset(seed=0)
+    assert set(obs) == set(env.observation_space.spaces)
+    per_obs = sum(v.nbytes for v in obs.values())
+    # obs + next_obs, action (int64), reward (float32), done (bool)
+    per_transition = 2 * per_obs + 8 + 4 + 1
+    assert per_transition <= 8 * 1024, per_transition
+
+
+# -- seeding and rewards -----------------------------------------------------------
+@pytest.mark.parametrize("role", ROLES)
+def test_same_seed_same_rollout(role, make_world):
+    runs = []
+    for _ in range(2):
+        env = PointPromptEnv(role, world=make_world())
+        rng = np.random.default_rng(5)
+        obs, info = env.reset(seed=11)
+        trace = [(obs, 0.0, False, False, info)]
+        for _ in range(10):
+            obs, r, term, trunc, info = env.step(random_valid(env.action_masks(), rng))
+            trace.append((obs, r, term, trunc, info))
+            if term or trunc:
+                obs, info = env.reset()
+                trace.append((obs, 0.0, False, False, info))
+        runs.append(trace)
+    assert len(runs[0]) == len(runs[1])
+    for (o1, r1, te1, tr1, i1), (o2, r2, te2, tr2, i2) in zip(*runs):
+        assert (r1, te1, tr1) == (r2, te2, tr2)
+        assert o1.keys() == o2.keys() and all(np.array_equal(o1[k], o2[k]) for k in o1)
+        assert i1.keys() == i2.keys()
+        for k in i1:
+            assert np.array_equal(i1[k], i2[k]), k
+
+
+@pytest.mark.parametrize("prompt_pad", [16, None])
+@pytest.mark.parametrize("role", ROLES)
+def test_reward_is_the_quality_change(role, prompt_pad, make_world, tiny_segmenter, scenes):
+    world = make_world(prompt_pad=prompt_pad)
+    env = PointPromptEnv(role, world=world, max_steps=50)
+    # prompt_pad=None decodes exactly the K active prompts, prompt_pad=16 pads them to 16
+    prompts_fn = prompts_from_state if prompt_pad is None else world.decoded_prompts
+    _, info = env.reset(seed=3)
+    before = direct_quality(tiny_segmenter, scenes, env, info, prompts_fn)
+    assert info["quality"] == pytest.approx(before, abs=1e-9)
+    rng = np.random.default_rng(0)
+    sign = 1.0 if role == "defender" else -1.0
+    for _ in range(3):
+        _, reward, _, _, info = env.step(random_valid(env.action_masks(), rng, allow_stop=False))
+        after = direct_quality(tiny_segmenter, scenes, env, info, prompts_fn)
+        assert reward == pytest.approx(sign * (after - before), abs=1e-9)
+        assert info["quality"] == pytest.approx(after, abs=1e-9)
+        before = after
+
+
+def test_outcome_does_not_depend_on_the_batch(make_world):
+    """A state's mask is the same decoded alone or beside states with more prompts."""
+    world = make_world()
+    env = PointPromptEnv("defender", world=world, start_mix={"ideal": 1.0})
+    _, info = env.reset(seed=0)
+    state, points = env.prompt_state
+    rec, obj = world.image(info["scene_index"]), info["object_index"]
+    few = state.copy()
+    few[np.flatnonzero(few != INACTIVE)[2:]] = INACTIVE  # keep 2 prompts
+    assert (state != INACTIVE).sum() > 4
+    alone = world.evaluate([(rec, obj, few, points)], want_mask=True)[0]
+    batched = make_world().evaluate([(rec, obj, state, points), (rec, obj, few, points)], want_mask=True)[1]
+    assert (alone.mask != batched.mask).mean() < 1e-3
+    assert abs(alone.quality - batched.quality) < 1e-3
+    assert abs(alone.score - batched.score) < 1e-5
+
+
+# -- masks, invalid actions, episode ends ------------------------------------------
+def test_action_masks_follow_the_roles(world):
+    n = world.num_nodes
+    for role, relabel in [("attacker", True), ("defender", True), ("defender", False)]:
+        env = PointPromptEnv(role, world=world, relabel=relabel)
+        _, info = env.reset(seed=2)
+        state, _ = env.prompt_state
+        active = state != INACTIVE
+        mask = env.action_masks()
+        assert mask.shape == (2 * n + 1,) and mask.dtype == bool
+        np.testing.assert_array_equal(mask, info["action_mask"])
+        assert mask[-1]  # stop
+        if role == "attacker":  # activate inactive nodes only, as positive or negative
+            np.testing.assert_array_equal(mask[:n], ~active)
+            np.testing.assert_array_equal(mask[n : 2 * n], ~active)
+        else:  # touch active nodes only; relabel only if allowed
+            np.testing.assert_array_equal(mask[:n], active)
+            np.testing.assert_array_equal(mask[n : 2 * n], active & relabel)
+    # batched form, and stop stays valid when nothing else is
+    states = np.stack([np.zeros(n, np.uint8), np.full(n, POSITIVE, np.uint8)])
+    m = valid_action_mask(states, "attacker", True)
+    assert m.shape == (2, 2 * n + 1) and m[0].all() and not m[1, :-1].any() and m[1, -1]
+    assert not valid_action_mask(states[0], "defender", True)[:-1].any()
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_invalid_action_gives_zero_and_changes_nothing(role, world):
+    env = PointPromptEnv(role, world=world, relabel=False, max_steps=10)
+    obs, _ = env.reset(seed=4)
+    state, points = env.prompt_state
+    n = env.num_nodes
+    active, inactive = np.flatnonzero(state != INACTIVE), np.flatnonzero(state == INACTIVE)
+    invalid = [int(active[0]), n + int(active[0])] if role == "attacker" else [int(inactive[0]), n + int(active[0])]
+    for a in invalid:
+        assert not env.action_masks()[a]
+        new, reward, term, trunc, info = env.step(a)
+        assert reward == 0.0 and info["invalid_action"] and not term and not trunc
+        s2, p2 = env.prompt_state
+        np.testing.assert_array_equal(s2, state)
+        np.testing.assert_array_equal(p2, points)
+        for k in ("state", "coverage", "offset", "score", "image_id"):
+            np.testing.assert_array_equal(new[k], obs[k])
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_episode_ends(role, world):
+    rng = np.random.default_rng(1)
+    # stop: terminated, reward 0
+    env = PointPromptEnv(role, world=world, max_steps=2)
+    env.reset(seed=6)
+    _, r, term, trunc, info = env.step(2 * env.num_nodes)
+    assert (r, term, trunc, info["invalid_action"]) == (0.0, True, False, False)
+    # step budget: truncated
+    env.reset(seed=7)
+    _, _, term, trunc, _ = env.step(random_valid(env.action_masks(), rng, allow_stop=False))
+    assert not term and not trunc
+    obs, _, term, trunc, _ = env.step(random_valid(env.action_masks(), rng, allow_stop=False))
+    assert not term and trunc and obs["step_frac"][0] == 1.0
+
+
+def test_terminated_when_nothing_valid_remains(world):
+    env = PointPromptEnv("defender", world=world, relabel=False, max_steps=100)
+    env.reset(seed=8)
+    while True:
+        active = np.flatnonzero(env.prompt_state[0] != INACTIVE)
+        _, _, term, trunc, info = env.step(int(active[0]))  # deactivate
+        if len(active) == 1:
+            break
+        assert not term and not trunc
+    assert term and not trunc and info["num_prompts"] == 0 and info["quality"] == 0.0
+    assert not env.action_masks()[:-1].any()
+
+
+def test_attacked_states_seed_defender_episodes(make_world):
+    world = make_world()
+    attacker = PointPromptEnv("attacker", world=world, max_steps=2)
+    rng = np.random.default_rng(2)
+    attacker.reset(seed=0)
+    finals = []
+    while len(finals) < 2:
+        _, _, term, trunc, info = attacker.step(random_valid(attacker.action_masks(), rng, allow_stop=False))
+        if term or trunc:
+            finals.append((info["scene_index"], info["object_index"], *attacker.prompt_state))
+            attacker.reset()
+    assert len(world.attack_pool) == 2
+    for (i, o, s, p), (i2, o2, s2, p2) in zip(finals, world.attack_pool):
+        assert (i, o) == (i2, o2) and np.array_equal(s, s2) and np.array_equal(p, p2)
+
+    defender = PointPromptEnv("defender", world=world, start_mix={"attacked": 1.0})
+    for seed in range(3):
+        _, info = defender.reset(seed=seed)
+        assert info["start_kind"] == "attacked"
+        state, points = defender.prompt_state
+        assert any(
+            (info["scene_index"], info["object_index"]) == (i, o) and np.array_equal(state, s) and np.array_equal(points, p)
+            for i, o, s, p in finals
+        )
+
+
+def test_state_from_prompts_several_points_in_one_patch():
+    grid, hw = 4, (96, 128)  # patches of 32 x 24 px (w x h); patch 0 centred at (16, 12)
+    centres = patch_centres(grid, *hw).astype(np.float32)
+    coords = np.array([[2, 2], [15, 11], [30, 20], [100, 90]], np.float32)
+    labels = np.array([1, 0, 1, 1])
+    for perm in [np.arange(4), np.array([3, 1, 0, 2]), np.array([2, 0, 3, 1])]:
+        state, points, point_node = state_from_prompts(coords[perm], labels[perm], grid, hw, centres)
+        np.testing.assert_array_equal(point_node, np.array([0, 0, 0, 15])[perm])
+        # patch 0 takes the point nearest to its centre: (15, 11), negative
+        assert state[0] == NEGATIVE and tuple(points[0]) == (15.0, 11.0)
+        assert state[15] == POSITIVE and tuple(points[15]) == (100.0, 90.0)
+        assert (state != INACTIVE).sum() == 2
+        np.testing.assert_array_equal(points[1:15], centres[1:15])  # inactive nodes sit at their centres
+        c, lab = prompts_from_state(state, points)
+        np.testing.assert_array_equal(c, [[15, 11], [100, 90]])
+        np.testing.assert_array_equal(lab, [0, 1])
+
+
+# -- vector env ----------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "role, predicted_ends", [("attacker", "real"), ("defender", "real"), ("defender", "never"), ("attacker", "always")]
+)
+def test_vec_env_matches_single_envs(role, predicted_ends, make_world, monkeypatch):
+    n, seed = 3, 7
+    venv = PromptVecEnv(n, role, world=make_world(), seed=seed)
+    if predicted_ends != "real":  # the fallbacks: resets in a second call / draws ahead discarded
+        monkeypatch.setattr(venv, "_ends", lambda *args: predicted_ends == "always")
+    single_world = make_world()
+    singles = [PointPromptEnv(role, world=single_world) for _ in range(n)]
+    obs = venv.reset()
+    for i, env in enumerate(singles):
+        assert_obs_close(env.reset(seed=seed + i)[0], {k: v[i] for k, v in obs.items()}, f"reset {i}")
+    rng = np.random.default_rng(3)
+    ended = 0
+    for t in range(10):
+        actions = np.array([random_valid(m, rng) for m in venv.action_masks()])
+        obs, rewards, dones, infos = venv.step(actions)
+        for i, env in enumerate(singles):
+            o, r, term, trunc, info = env.step(actions[i])
+            assert dones[i] == (term or trunc)
+            assert rewards[i] == pytest.approx(r, abs=1e-3)
+            assert infos[i]["TimeLimit.truncated"] == (trunc and not term)
+            if dones[i]:
+                ended += 1
+                assert_obs_close(o, infos[i]["terminal_observation"], f"terminal {t} {i}")
+                o, info = env.reset()
+                assert venv.reset_infos[i]["start_kind"] == info["start_kind"]
+            else:
+                assert "terminal_observation" not in infos[i]
+            assert_obs_close(o, {k: v[i] for k, v in obs.items()}, f"step {t} env {i}")
+    assert ended > 0
+    if role == "attacker":
+        assert len(venv.world.attack_pool) == len(single_world.attack_pool) == ended
+
+
+def test_vec_env_one_decoder_call_per_step(make_world):
+    world = make_world()
+    n = 4
+    venv = PromptVecEnv(n, "defender", world=world, seed=0, max_steps=50, relabel=False,
+                        start_mix={"coarse": 1.0}, coarse_kwargs={"n_points": 12})
+    calls = world.decode_calls
+    obs = venv.reset()
+    assert world.decode_calls == calls + 1
+    assert all(obs[k].shape == (n, *s.shape) for k, s in venv.observation_space.spaces.items())
+    assert (obs["state"] != INACTIVE).sum(axis=1).min() >= 4
+    for _ in range(2):  # deactivate a prompt everywhere: new states, no episode ends
+        actions = np.array([np.flatnonzero(m[:-1])[0] for m in venv.action_masks()])
+        calls = world.decode_calls
+        obs, rewards, dones, infos = venv.step(actions)
+        assert world.decode_calls == calls + 1 and not dones.any()
+    # env 0 stops: its reset is decoded in the same call as the others' steps
+    actions = np.array([np.flatnonzero(m[:-1])[0] for m in venv.action_masks()])
+    actions[0] = 2 * venv.num_nodes
+    calls = world.decode_calls
+    obs, rewards, dones, infos = venv.step(actions)
+    assert world.decode_calls == calls + 1
+    np.testing.assert_array_equal(dones, [True, False, False, False])
+    assert infos[0]["terminal_observation"]["step_frac"][0] == pytest.approx(3 / 50)
+    assert not infos[0]["TimeLimit.truncated"] and rewards[0] == 0.0
+    assert obs["step_frac"][0, 0] == 0.0 and obs["step_frac"][1, 0] == pytest.approx(3 / 50)
+
+
+def test_vec_env_truncation_and_api(world):
+    n = 3
+    venv = PromptVecEnv(n, "attacker", world=world, max_steps=1)
+    assert venv.seed(5) == [5, 6, 7]
+    venv.reset()
+    masks = venv.action_masks()
+    assert masks.shape == (n, 2 * venv.num_nodes + 1) and masks.dtype == bool
+    np.testing.assert_array_equal(masks, np.stack(venv.env_method("action_masks")))
+    actions = np.array([np.flatnonzero(m[:-1])[0] for m in masks])
+    obs, rewards, dones, infos = venv.step(actions)
+    assert dones.all() and all(info["TimeLimit.truncated"] for info in infos)
+    assert all(info["terminal_observation"]["step_frac"][0] == 1.0 for info in infos)
+    assert (obs["step_frac"] == 0.0).all()
+    assert venv.get_attr("role") == ["attacker"] * n
+    venv.set_attr("max_steps", 3, indices=[1])
+    assert venv.get_attr("max_steps") == [1, 3, 1]
+    assert venv.env_is_wrapped(gym.Wrapper) == [False] * n
+    with pytest.raises(ValueError, match="either world"):
+        PromptVecEnv(2, world=world, grid=8)
+    with pytest.raises(ValueError, match="3 actions"):
+        venv.step(np.zeros(2, int))
+    venv.close()
