@@ -143,6 +143,11 @@ DEFAULT_DQN_KWARGS: dict[str, Any] = dict(
     exploration_initial_eps=1.0,
     exploration_final_eps=0.05,
     max_grad_norm=10.0,
+    # The step budget is part of the MDP (the observation carries step_frac), so an
+    # episode cut by it ends like any other: no bootstrapping from the state after the
+    # last step. Bootstrapping there (SB3's default time-limit handling) lets an agent
+    # value undoing its own fix at the last step as nearly free (it would "redo" it).
+    replay_buffer_kwargs=dict(handle_timeout_termination=False),
 )
 
 

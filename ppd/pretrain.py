@@ -64,6 +64,10 @@ class PretrainConfig:
     """gradient norm clip"""
     focal_weight: float = 20.0
     """weight of the focal loss (SAM uses 20:1 focal:dice)"""
+    focal_alpha: float = 0.25
+    """focal loss class weight of the foreground (-1: no class weighting)"""
+    focal_gamma: float = 2.0
+    """focal loss focusing exponent (0 with alpha -1: plain binary cross-entropy)"""
     dice_weight: float = 1.0
     """weight of the dice loss"""
     iou_weight: float = 1.0
@@ -109,8 +113,9 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float = 0.25, 
     p = torch.sigmoid(logits)
     ce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
     p_t = p * target + (1 - p) * (1 - target)
-    loss = ce * (1 - p_t) ** gamma
-    loss = (alpha * target + (1 - alpha) * (1 - target)) * loss
+    loss = ce * (1 - p_t) ** gamma if gamma else ce
+    if alpha >= 0:
+        loss = (alpha * target + (1 - alpha) * (1 - target)) * loss
     return loss.flatten(1).mean(1)
 
 
@@ -269,7 +274,7 @@ def train_step(model, opt, imgs: np.ndarray, masks: np.ndarray, cfg: PretrainCon
         up = F.interpolate(logits, size=masks.shape[-2:], mode="bilinear", align_corners=False)
         B = up.shape[0]
         tgt = target[:, None].expand_as(up)
-        per = cfg.focal_weight * focal_loss(up.flatten(0, 1), tgt.flatten(0, 1)) + cfg.dice_weight * dice_loss(
+        per = cfg.focal_weight * focal_loss(up.flatten(0, 1), tgt.flatten(0, 1), cfg.focal_alpha, cfg.focal_gamma) + cfg.dice_weight * dice_loss(
             up.flatten(0, 1), tgt.flatten(0, 1)
         )
         per = per.view(B, 4)

@@ -251,7 +251,7 @@ class OneWrongPointEnv(PointPromptEnv):
 
 
 def _mean_return(policy, world, episodes: int = 24) -> float:
-    env = OneWrongPointEnv("defender", world=world, max_steps=3)
+    env = OneWrongPointEnv("defender", world=world, max_steps=2)
     total = 0.0
     for ep in range(episodes):
         obs, info = env.reset(seed=1000 + ep)
@@ -266,7 +266,7 @@ def _mean_return(policy, world, episodes: int = 24) -> float:
 def test_defender_learns_to_fix_a_wrong_point():
     world = PromptWorld(DiscSegmenter(), _disc_scenes(6), k_physical=4, k_semantic=4)
     assert world.num_nodes == 64
-    vec = DummyVecEnv([lambda: OneWrongPointEnv("defender", world=world, max_steps=3) for _ in range(4)])
+    vec = DummyVecEnv([lambda: OneWrongPointEnv("defender", world=world, max_steps=2) for _ in range(4)])
     vec.seed(0)
     rng = np.random.default_rng(0)
     random_return = _mean_return(lambda o, e: int(sample_valid_actions(e.action_masks()[None], rng)[0]), world)
