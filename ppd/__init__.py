@@ -13,7 +13,31 @@ from ppd.segmenter import ImageEmbedding, Prediction, Segmenter, load_segmenter
 
 __version__ = "0.1.0"
 
-__all__ = ["ImageEmbedding", "Prediction", "PromptSet", "Segmenter", "load_segmenter", "__version__"]
+__all__ = [
+    "ImageEmbedding", "Prediction", "PromptSet", "Segmenter", "load_segmenter", "__version__",
+    "PromptDefender", "RefineResult", "NoRefine", "RandomDrop", "GreedyScoreFilter",
+]
+
+# The agents pull in stable-baselines3 and torch-geometric: load them on first use only.
+_LAZY = {
+    "PromptDefender": "ppd.agents.defender",
+    "RefineResult": "ppd.agents.defender",
+    "NoRefine": "ppd.agents.baselines",
+    "RandomDrop": "ppd.agents.baselines",
+    "GreedyScoreFilter": "ppd.agents.baselines",
+}
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ppd' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 from ppd.envs import register_envs as _register_envs
 

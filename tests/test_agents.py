@@ -83,7 +83,8 @@ def test_adjacency_is_mean_over_each_relation(world):
     gid = world.image(1).graph_id
     g = GRAPH_STORE.get(gid)
     n = g.num_nodes
-    adj = _batched_adjacency([_graph_tensors(gid, torch.device("cpu"))], torch.zeros(1, dtype=torch.long), n)
+    adj, adj_t = _batched_adjacency([_graph_tensors(gid, torch.device("cpu"))], torch.zeros(1, dtype=torch.long), n)
+    torch.testing.assert_close(adj_t.to_dense(), adj.to_dense().t())
     h = torch.randn(n, 5)
     out = (adj @ h).reshape(2, n, 5)
     for r, types in enumerate(((0, 2), (1, 2))):
@@ -265,19 +266,27 @@ def _mean_return(policy, world, episodes: int = 24) -> float:
 
 def test_defender_learns_to_fix_a_wrong_point():
     world = PromptWorld(DiscSegmenter(), _disc_scenes(6), k_physical=4, k_semantic=4)
-    assert world.num_nodes == 64
-    vec = DummyVecEnv([lambda: OneWrongPointEnv("defender", world=world, max_steps=2) for _ in range(4)])
-    vec.seed(0)
+    n = world.num_nodes
+    assert n == 64
+
+    def oracle(obs, env):  # relabel the wrong (negative) point, then stop
+        neg = np.flatnonzero(obs["state"] == NEGATIVE)
+        return n + int(neg[0]) if len(neg) else 2 * n
+
+    best = _mean_return(oracle, world)
     rng = np.random.default_rng(0)
     random_return = _mean_return(lambda o, e: int(sample_valid_actions(e.action_masks()[None], rng)[0]), world)
+    assert best > 0.25 and random_return < 0.1  # the right move matters
+
+    vec = DummyVecEnv([lambda: OneWrongPointEnv("defender", world=world, max_steps=2) for _ in range(4)])
+    vec.seed(0)
     model = make_dqn(
         vec, "defender", seed=0, learning_rate=1e-3, learning_starts=200, buffer_size=5000, batch_size=32,
         target_update_interval=200, exploration_fraction=0.5, hidden_dim=32,
     )
-    model.learn(2400)
+    model.learn(1200)
     trained = _mean_return(lambda o, e: int(model.predict(o, deterministic=True)[0]), world)
-    # fixing the wrong point (remove or relabel), then stopping, gains > 0.4 IoU
-    assert trained > 0.4 and trained > random_return + 0.3, (trained, random_return)
+    assert trained >= 0.9 * best, (trained, best, random_return)
 
 
 # ----------------------------------------------------------------------------- training loop
