@@ -331,6 +331,7 @@ def _save_model(model: MaskedDQN, path: Path, replay: bool) -> None:
 
 def _load_model(path: Path, env, cfg: TrainConfig, device: str) -> MaskedDQN:
     model = MaskedDQN.load(str(path), env=env, device=device)
+    model.tensorboard_log = str(path.parent / "tb")  # the run folder may have moved
     rb = path.with_name(path.stem + "_replay.pkl")
     if cfg.save_replay_buffer and rb.is_file():
         model.load_replay_buffer(str(rb))
@@ -480,7 +481,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=None, help="YAML/JSON file with TrainConfig fields (flags override it)")
     parser.add_argument("--out", default="runs/ppd", help="run folder (default: runs/ppd)")
     parser.add_argument("--resume", action="store_true", help="continue OUT from its last completed round (uses OUT/config.yaml unless --config is given)")
-    add_dataclass_args(parser, TrainConfig)
+    # dict fields (start_mix, coarse_kwargs) are settable in --config FILE only
+    add_dataclass_args(parser, TrainConfig, skip=("start_mix", "coarse_kwargs"))
 
 
 def run_train(args: argparse.Namespace) -> int:
