@@ -390,8 +390,8 @@ def train(
     world = PromptWorld(segmenter, ProceduralScenes(TRAIN_DOMAIN, cfg.scenes, seed=cfg.seed * 1_000_000 + 500_000), **graph_kw)
     eval_world = PromptWorld(segmenter, ProceduralScenes(TRAIN_DOMAIN, cfg.eval_scenes, seed=EVAL_SEED), **graph_kw)
     cfg = dataclasses.replace(cfg, grid=world.image(0).grid)  # save the resolved grid
-    if not resume:
-        io.save_text(yaml.safe_dump(_config_dict(cfg), sort_keys=False), out / "config.yaml")
+    # (re)written on --resume too: it describes the run as last continued (e.g. more rounds)
+    io.save_text(yaml.safe_dump(_config_dict(cfg), sort_keys=False), out / "config.yaml")
 
     start_round = int(state["round"])
     env_seed = cfg.seed * 10_000 + start_round * 100
