@@ -130,6 +130,8 @@ class TrainConfig:
     """fraction of all of an agent's training steps over which epsilon anneals"""
     exploration_final_eps: float = 0.05
     """final epsilon"""
+    double_q: bool = True
+    """Double DQN targets (the online net picks the next action, the target net values it)"""
     save_replay_buffer: bool = False
     """also save the replay buffers each round (bigger files; exact --resume)"""
     n_examples: int = 6
@@ -182,6 +184,7 @@ class TrainConfig:
             target_update_interval=self.target_update_interval,
             exploration_fraction=self.exploration_fraction,
             exploration_final_eps=self.exploration_final_eps,
+            double_q=self.double_q,
             hidden_dim=self.hidden_dim,
             n_layers=self.n_layers,
         )

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 
 import numpy as np
 import pytest
 import torch
 import yaml
-from stable_baselines3 import DQN
 from stable_baselines3.common.buffers import DictReplayBuffer
 from stable_baselines3.common.vec_env import DummyVecEnv
 
@@ -133,25 +131,31 @@ def test_exploration_and_greedy_actions_are_valid(world, role):
     assert np.ndim(single) == 0 and mask[1, int(single)]
 
 
-def test_td_target_max_is_over_valid_actions(world):
-    # SB3's DQN.train takes the target max over q_net_target(next_obs): masking inside
-    # forward is what keeps the target on valid actions. Guard against SB3 changing it.
-    src = inspect.getsource(DQN.train)
-    assert "self.q_net_target(replay_data.next_observations)" in src and ".max(dim=1)" in src
-
+@pytest.mark.parametrize("double_q", [False, True])
+def test_td_target_is_over_valid_actions(world, double_q):
     vec = PromptVecEnv(2, "defender", world=world, seed=0)
-    model = make_dqn(vec, "defender", seed=0, learning_starts=20, buffer_size=200, batch_size=16)
+    model = make_dqn(vec, "defender", seed=0, learning_starts=20, buffer_size=200, batch_size=16, double_q=double_q)
+    calls = []
+    td_target = model.td_target
+    model.td_target = lambda *a: calls.append(1) or td_target(*a)  # train() must use it
     model.learn(40)
+    assert calls
     batch = model.replay_buffer.sample(16)
     nxt = batch.next_observations
+    target = model.td_target(batch.rewards, nxt, batch.dones, model.gamma).numpy()[:, 0]
     with torch.no_grad():
-        target_max = model.q_net_target(nxt).max(dim=1).values
-        # by hand: unmasked Q-values (mask disabled), max over the env's valid actions
-        raw = model.q_net_target.q_values(nxt, masked=False)
+        # by hand: the unmasked Q-values, restricted to the env's valid actions
+        raw_target = model.q_net_target.q_values(nxt, masked=False).numpy()
+        raw_online = model.q_net.q_values(nxt, masked=False).numpy()
     mask = valid_action_mask(nxt["state"].numpy().astype(np.uint8), "defender", True)
-    by_hand = np.array([raw[i].numpy()[mask[i]].max() for i in range(16)])
-    np.testing.assert_allclose(target_max.numpy(), by_hand, rtol=1e-6)
-    assert (raw.numpy()[~mask] != MASKED_Q).all()  # the unmasked values really differ
+    assert (raw_target[~mask] != MASKED_Q).all()  # the unmasked values really differ
+    if double_q:
+        best = np.where(mask, raw_online, -np.inf).argmax(axis=1)
+        next_q = raw_target[np.arange(16), best]
+    else:
+        next_q = np.where(mask, raw_target, -np.inf).max(axis=1)
+    r, d = batch.rewards.numpy()[:, 0], batch.dones.numpy()[:, 0]
+    np.testing.assert_allclose(target, r + (1 - d) * model.gamma * next_q, rtol=1e-5, atol=1e-6)
 
 
 def test_replay_bytes_per_transition_small(world):
