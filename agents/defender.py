@@ -22,6 +22,7 @@ remains, or the step budget is spent. It never removes the last prompt (SAM need
 
 from __future__ import annotations
 
+import abc
 import argparse
 import json
 import logging
@@ -166,16 +167,17 @@ def make_result(
     )
 
 
-class PromptRefiner:
+class PromptRefiner(abc.ABC):
     """Interface shared by :class:`PromptDefender` and the baselines of
     :mod:`ppd.agents.baselines`: ``refine`` one prompt set, ``refine_many`` several."""
 
     segmenter: Segmenter
 
+    @abc.abstractmethod
     def refine(
         self, image: np.ndarray, point_coords: np.ndarray, point_labels: np.ndarray, max_steps: int | None = None
     ) -> RefineResult:
-        raise NotImplementedError
+        """Refine one prompt set (see :meth:`PromptDefender.refine`)."""
 
     def refine_many(
         self,
