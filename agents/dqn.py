@@ -17,8 +17,10 @@ Two additions to SB3's DQN:
 * ``double_q`` (default True): the Double DQN target (van Hasselt et al., 2016), the
   target network's value of the ONLINE network's greedy (valid) action, instead of the
   target network's own max. With hundreds of actions the plain max over noisy estimates
-  is biased upwards; measured here, plain DQN defenders valued every removal above
-  stopping (Q(stop) = 0) and never stopped. ``double_q=False`` gives SB3's target.
+  is biased upwards: in a measured run, plain-DQN defenders valued removals above
+  stopping (whose value is 0) and kept acting to the step budget (mean episode length
+  10 of 12, negative return), Double DQN ones learned to stop (length ~3, positive
+  return). ``double_q=False`` gives SB3's target.
 * ``exploration_horizon``: SB3 anneals epsilon over each ``learn`` call, which restarts
   with every adversarial round; with it set, epsilon follows
   ``num_timesteps / exploration_horizon`` across all calls.
@@ -66,8 +68,10 @@ class MaskedDQN(DQN):
     """SB3 DQN whose exploration, warm-up and greedy actions are all valid actions.
 
     Use with :class:`~ppd.agents.qnet.GraphDQNPolicy` (policy ``role`` / ``relabel``
-    decide validity). Extra argument: ``exploration_horizon`` (env steps over which the
-    exploration schedule runs across ``learn`` calls; None = SB3's per-call schedule).
+    decide validity). Extra arguments: ``exploration_horizon`` (env steps over which the
+    exploration schedule runs across ``learn`` calls; None = SB3's per-call schedule) and
+    ``double_q`` (Double DQN target, default True; see the module docstring).
+    Random actions come from ``np.random.default_rng(seed)``, not numpy's global state.
     """
 
     policy: GraphDQNPolicy
@@ -174,16 +178,18 @@ class MaskedDQN(DQN):
         self.logger.record("train/loss", np.mean(losses))
 
 
-#: Defaults of :func:`make_dqn`: sized for short episodes (4-12 steps) on a CPU.
+#: Defaults of :func:`make_dqn`: sized for short episodes (4-12 steps) on a CPU. Small,
+#: frequent updates (hidden 32, batch 32, 2 updates per vector step) learned faster per
+#: CPU second than hidden 64 / batch 64 / 1 update in defender-only runs (measured).
 DEFAULT_DQN_KWARGS: dict[str, Any] = dict(
     learning_rate=5e-4,
     buffer_size=30_000,
     learning_starts=500,
-    batch_size=64,
+    batch_size=32,
     tau=1.0,
     gamma=0.9,
     train_freq=1,
-    gradient_steps=1,
+    gradient_steps=2,
     target_update_interval=500,
     exploration_fraction=0.4,
     exploration_initial_eps=1.0,
@@ -217,7 +223,7 @@ def make_dqn(
     role: str,
     relabel: bool = True,
     node_feature_dim: int | None = None,
-    hidden_dim: int = 64,
+    hidden_dim: int = 32,
     n_layers: int = 2,
     seed: int | None = None,
     device: str = "auto",

@@ -222,7 +222,7 @@ class GraphQNetwork(QNetwork):
         role: str,
         relabel: bool = True,
         node_feature_dim: int = 64,
-        hidden_dim: int = 64,
+        hidden_dim: int = 32,
         n_layers: int = 2,
         features_extractor: Any = None,
         features_dim: int = 0,
@@ -339,7 +339,7 @@ class GraphDQNPolicy(DQNPolicy):
         role: str = "defender",
         relabel: bool = True,
         node_feature_dim: int = 64,
-        hidden_dim: int = 64,
+        hidden_dim: int = 32,
         n_layers: int = 2,
         **kwargs: Any,
     ) -> None:

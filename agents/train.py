@@ -78,9 +78,9 @@ class TrainConfig:
     """parallel environments per agent (decoded in one batch)"""
     rounds: int = 3
     """adversarial rounds (attacker phase + defender phase)"""
-    attacker_steps: int = 4000
+    attacker_steps: int = 3000
     """attacker env steps per round"""
-    defender_steps: int = 8000
+    defender_steps: int = 10000
     """defender env steps per round"""
     scenes: int = 200
     """training scenes (procedural, training domain)"""
@@ -106,7 +106,7 @@ class TrainConfig:
     """physical k-NN edges per node"""
     k_semantic: int = 8
     """semantic k-NN edges per node"""
-    hidden_dim: int = 64
+    hidden_dim: int = 32
     """GNN width"""
     n_layers: int = 2
     """GNN message-passing layers"""
@@ -116,13 +116,13 @@ class TrainConfig:
     """replay buffer transitions per agent"""
     learning_starts: int = 500
     """env steps of uniform valid actions before learning starts"""
-    batch_size: int = 64
+    batch_size: int = 32
     """replay batch size"""
     gamma: float = 0.9
     """discount factor"""
     train_freq: int = 1
     """gradient updates every N vector steps (one vector step = n_envs env steps)"""
-    gradient_steps: int = 1
+    gradient_steps: int = 2
     """gradient updates each time"""
     target_update_interval: int = 500
     """env steps between target-network updates"""
