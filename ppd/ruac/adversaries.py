@@ -139,18 +139,20 @@ def region_style_stats(
     Returns:
         ``(mu, sigma)``, each (M, 3), in normalised image units.
     """
-    x = image.flatten(1)  # (3, P)
-    m = node_masks.flatten(1)  # (M, P)
-    area = m.sum(1, keepdim=True)  # (M, 1)
-    mu = (m @ x.t()) / area.clamp_min(1.0)
-    var = (m @ (x * x).t()) / area.clamp_min(1.0) - mu * mu
-    sigma = var.clamp_min(0.0).add(1e-6).sqrt()
-    g_mu = x.mean(1)
-    g_sigma = x.var(1, unbiased=False).add(1e-6).sqrt()
-    small = area < min_area
-    mu = torch.where(small, g_mu[None], mu)
-    sigma = torch.where(small, g_sigma[None], sigma)
-    return mu, sigma
+    # Sums over ~10^6 pixels: float32 even under bf16 autocast.
+    with torch.autocast(device_type=image.device.type, enabled=False):
+        x = image.float().flatten(1)  # (3, P)
+        m = node_masks.float().flatten(1)  # (M, P)
+        area = m.sum(1, keepdim=True)  # (M, 1)
+        mu = (m @ x.t()) / area.clamp_min(1.0)
+        var = (m @ (x * x).t()) / area.clamp_min(1.0) - mu * mu
+        sigma = var.clamp_min(0.0).add(1e-6).sqrt()
+        g_mu = x.mean(1)
+        g_sigma = x.var(1, unbiased=False).add(1e-6).sqrt()
+        small = area < min_area
+        mu = torch.where(small, g_mu[None], mu)
+        sigma = torch.where(small, g_sigma[None], sigma)
+    return mu.to(image.dtype), sigma.to(image.dtype)
 
 
 # ----------------------------------------------------------------------------- graph
@@ -441,12 +443,17 @@ class StyleAttacker(nn.Module):
         for i, nm in enumerate(p.node_masks):
             x = images[i]
             k1 = nm.shape[0]
-            sc, sh, mu = p.scale[start:start + k1], p.shift[start:start + k1], p.mu[start:start + k1]
-            y = x
-            for j in [k1 - 1, *range(k1 - 1)]:  # background first, then the objects
-                xj = x + (sc[j] - 1.0)[:, None, None] * (x - mu[j][:, None, None]) + sh[j][:, None, None]
-                y = torch.where(nm[j][None] > 0.5, xj, y)
-            out.append(y)
+            # Composite background first, then the objects in order: each pixel takes the
+            # AdaIN of the last node covering it (one gather instead of K+1 full passes).
+            rank = torch.arange(k1, device=x.device)
+            rank = torch.where(rank == k1 - 1, 0, rank + 1)  # background 0, object j -> j + 1
+            winner_rank = ((nm > 0.5) * (rank + 1).view(-1, 1, 1)).amax(0) - 1
+            node = torch.where(winner_rank == 0, k1 - 1, winner_rank - 1)  # (S, S) node index
+            sl = slice(start, start + k1)
+            sc = p.scale[sl][node].permute(2, 0, 1)
+            sh = p.shift[sl][node].permute(2, 0, 1)
+            mu = p.mu[sl][node].permute(2, 0, 1)
+            out.append(x + (sc - 1.0) * (x - mu) + sh)
             start += k1
         dev = images.device
         diag = {
@@ -619,6 +626,6 @@ class DeformationAttacker(nn.Module):
         diag = {
             "max_displacement_px": norm.max(),
             "mean_displacement_px": norm.mean(),
-            "eps_px": torch.tensor(self.eps_px(images.shape[-1]), device=images.device),
+            "eps_px": torch.tensor(self.eps_px(max(images.shape[-2:])), device=images.device),
         }
         return warped, out_masks, diag
