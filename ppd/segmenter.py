@@ -31,6 +31,8 @@ logger = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+DECODERS = ("sam2", "ruac")
+UNCERTAINTY_MODES = ("analytic", "mc")
 
 
 @dataclass
@@ -66,7 +68,8 @@ class Prediction:
         scores: (B,) predicted IoU of each mask ((B, 3) with ``return_all``).
         logits: (B, h, w) low-resolution mask logits, clamped to [-32, 32] like
             ``SAM2ImagePredictor`` (h = w = image_size / 4); (B, 3, h, w) with ``return_all``.
-        uncertainty: (B, H, W) pixel-wise uncertainty in [0, 1], or None (RUAC only).
+        uncertainty: (B, H, W) float32 pixel-wise uncertainty in [0, 1] at image size
+            ((B, 3, H, W) with ``return_all``), or None (RUAC decoder only).
     """
 
     masks: np.ndarray
@@ -163,6 +166,31 @@ def image_features(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tenso
     return feats[-1], feats[:-1]
 
 
+def encode_prompts(
+    model: torch.nn.Module,
+    coords: torch.Tensor | None,
+    labels: torch.Tensor | None,
+    boxes: torch.Tensor | None = None,
+    mask_input: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """SAM2's prompt encoder on points, boxes and mask inputs (see :func:`decode`).
+
+    Returns:
+        ``(sparse (B, N, C), dense (B, C, h, w))`` prompt embeddings.
+    """
+    points = (coords, labels) if coords is not None else None
+    if boxes is not None:
+        box_coords = boxes.reshape(-1, 2, 2)
+        box_labels = torch.tensor([[2, 3]], dtype=torch.int, device=boxes.device).repeat(
+            boxes.shape[0], 1
+        )
+        if points is not None:
+            points = (torch.cat([box_coords, points[0]], 1), torch.cat([box_labels, points[1]], 1))
+        else:
+            points = (box_coords, box_labels)
+    return model.sam_prompt_encoder(points=points, boxes=None, masks=mask_input)
+
+
 def decode(
     model: torch.nn.Module,
     image_embed: torch.Tensor,
@@ -187,17 +215,7 @@ def decode(
     Returns:
         ``(low_res_logits (B, M, 4h, 4w), iou_pred (B, M))`` with M = 3 or 1.
     """
-    points = (coords, labels) if coords is not None else None
-    if boxes is not None:
-        box_coords = boxes.reshape(-1, 2, 2)
-        box_labels = torch.tensor([[2, 3]], dtype=torch.int, device=boxes.device).repeat(
-            boxes.shape[0], 1
-        )
-        if points is not None:
-            points = (torch.cat([box_coords, points[0]], 1), torch.cat([box_labels, points[1]], 1))
-        else:
-            points = (box_coords, box_labels)
-    sparse, dense = model.sam_prompt_encoder(points=points, boxes=None, masks=mask_input)
+    sparse, dense = encode_prompts(model, coords, labels, boxes, mask_input)
     n_rows = sparse.shape[0]
     repeat = image_embed.shape[0] == 1 and n_rows > 1
     logits, iou, _, _ = model.sam_mask_decoder(
@@ -212,10 +230,54 @@ def decode(
     return logits, iou
 
 
+def decode_bayesian(
+    model: torch.nn.Module,
+    head: torch.nn.Module,
+    image_embed: torch.Tensor,
+    high_res_feats: Sequence[torch.Tensor],
+    coords: torch.Tensor | None,
+    labels: torch.Tensor | None,
+    boxes: torch.Tensor | None = None,
+    mask_input: torch.Tensor | None = None,
+    multimask: bool = False,
+    mode: str = "analytic",
+    mc_samples: int = 20,
+    generator: torch.Generator | None = None,
+):
+    """Prompt encoder + RUAC Bayesian decoder (``ppd.ruac.BayesianMaskDecoder``).
+
+    Arguments as :func:`decode`, plus the head's ``mode``, ``mc_samples`` and ``generator``.
+
+    Returns:
+        ``ppd.ruac.RuacDecoderOutput`` (logits, iou_pred, uncertainty (B, M, 4h, 4w), ...).
+    """
+    sparse, dense = encode_prompts(model, coords, labels, boxes, mask_input)
+    repeat = image_embed.shape[0] == 1 and sparse.shape[0] > 1
+    return head(
+        image_embeddings=image_embed,
+        image_pe=model.sam_prompt_encoder.get_dense_pe(),
+        sparse_prompt_embeddings=sparse,
+        dense_prompt_embeddings=dense,
+        multimask_output=multimask,
+        repeat_image=repeat,
+        high_res_features=list(high_res_feats),
+        mode=mode,
+        mc_samples=mc_samples,
+        generator=generator,
+        compute_kl=False,
+    )
+
+
 class Segmenter:
     """A SAM2 model behind a numpy-in, numpy-out two-phase interface.
 
     Build one with :func:`ppd.load_segmenter`.
+
+    With a RUAC head (``ruac_head``, a ``ppd.ruac.BayesianMaskDecoder`` wrapping
+    ``model.sam_mask_decoder``) masks come from the Bayesian decoder's mean logits and
+    :attr:`Prediction.uncertainty` holds its pixel uncertainty; :attr:`uncertainty_mode`
+    is then ``"analytic"`` or ``"mc"`` (``mc_samples`` draws from a generator seeded with
+    :attr:`mc_seed` on every call, so predictions are reproducible), else None.
     """
 
     def __init__(
@@ -226,11 +288,22 @@ class Segmenter:
         cache_size: int = 32,
         mask_threshold: float = 0.0,
         info: dict | None = None,
+        ruac_head: torch.nn.Module | None = None,
+        uncertainty: str = "analytic",
+        mc_samples: int = 20,
     ) -> None:
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
+        if uncertainty not in UNCERTAINTY_MODES:
+            raise ValueError(f"uncertainty must be one of {UNCERTAINTY_MODES}, got {uncertainty!r}")
+        if mc_samples < 1:
+            raise ValueError(f"mc_samples must be >= 1, got {mc_samples}")
+        self.ruac_head = None if ruac_head is None else ruac_head.to(self.device).eval()
+        self.uncertainty_mode: str | None = uncertainty if ruac_head is not None else None
+        self.mc_samples = mc_samples
+        self.mc_seed = 0
         self.name = name
         self.info = info or {}
         self.mask_threshold = mask_threshold
@@ -244,6 +317,11 @@ class Segmenter:
     def image_size(self) -> int:
         """Side of the square model input in pixels (256 for the bundled model)."""
         return int(self.model.image_size)
+
+    @property
+    def decoder(self) -> str:
+        """``"ruac"`` with a Bayesian head, else ``"sam2"``."""
+        return "sam2" if self.ruac_head is None else "ruac"
 
     @property
     def embed_dim(self) -> int:
@@ -423,28 +501,59 @@ class Segmenter:
 
     def _decode_rows(self, embed, high, sizes, prompts, multimask, return_all) -> Prediction:
         coords, labels, boxes_t, mask_t = prompts
+        unc = None
         with torch.inference_mode(), self._autocast():
-            low, iou = decode(self.model, embed, high, coords, labels, boxes_t, mask_t, multimask)
+            if self.ruac_head is None:
+                low, iou = decode(self.model, embed, high, coords, labels, boxes_t, mask_t, multimask)
+            else:
+                gen = None
+                if self.uncertainty_mode == "mc":
+                    gen = torch.Generator(device=self.device).manual_seed(self.mc_seed)
+                out = decode_bayesian(
+                    self.model, self.ruac_head, embed, high, coords, labels, boxes_t, mask_t,
+                    multimask, self.uncertainty_mode, self.mc_samples, gen,
+                )
+                low, iou, unc = out.logits, out.iou_pred, out.uncertainty.float()
         low, iou = low.float(), iou.float()
         if multimask and not return_all:
             best = iou.argmax(dim=1)
             rows = torch.arange(low.shape[0], device=low.device)
             low, iou = low[rows, best][:, None], iou[rows, best][:, None]
+            if unc is not None:
+                unc = unc[rows, best][:, None]
         if len(set(sizes)) == 1:
             masks = (F.interpolate(low, sizes[0], mode="bilinear", align_corners=False) > self.mask_threshold).cpu().numpy()
         else:  # rows on images of different sizes: upsample each to its own size
             masks = np.empty(len(sizes), dtype=object)
             for i, size in enumerate(sizes):
                 masks[i] = (F.interpolate(low[i : i + 1], size, mode="bilinear", align_corners=False) > self.mask_threshold)[0].cpu().numpy()
+        unc_img = None if unc is None else _uncertainty_to_image(unc, sizes)
         low = torch.clamp(low, -32.0, 32.0)
         if not return_all:
             if masks.dtype == object:
                 for i in range(len(masks)):
                     masks[i] = masks[i][0]
+                    if unc_img is not None:
+                        unc_img[i] = unc_img[i][0]
             else:
                 masks = masks[:, 0]
+                if unc_img is not None:
+                    unc_img = unc_img[:, 0]
             low, iou = low[:, 0], iou[:, 0]
-        return Prediction(masks, iou.cpu().numpy(), low.cpu().numpy())
+        return Prediction(masks, iou.cpu().numpy(), low.cpu().numpy(), unc_img)
+
+
+def _uncertainty_to_image(unc: torch.Tensor, sizes: Sequence[tuple[int, int]]) -> np.ndarray:
+    """(B, M, h, w) low-res uncertainty -> float32 in [0, 1] at image size, bilinear as the
+    masks: (B, M, H, W), or an object array of (M, H_b, W_b) when sizes differ."""
+    if len(set(sizes)) == 1:
+        up = F.interpolate(unc, sizes[0], mode="bilinear", align_corners=False)
+        return up.clamp(0.0, 1.0).cpu().numpy().astype(np.float32)
+    out = np.empty(len(sizes), dtype=object)
+    for i, size in enumerate(sizes):
+        up = F.interpolate(unc[i : i + 1], size, mode="bilinear", align_corners=False)[0]
+        out[i] = up.clamp(0.0, 1.0).cpu().numpy().astype(np.float32)
+    return out
 
 
 def load_segmenter(
@@ -452,8 +561,12 @@ def load_segmenter(
     checkpoint: str | os.PathLike | None = None,
     device: str | torch.device | None = None,
     cache_size: int = 32,
+    decoder: str = "sam2",
+    ruac_checkpoint: str | os.PathLike | None = None,
+    uncertainty: str = "analytic",
+    mc_samples: int = 20,
 ) -> Segmenter:
-    """Load a SAM2 segmenter.
+    """Load a SAM2 segmenter, optionally with the RUAC Bayesian decoder.
 
     Args:
         name: ``"sam2-tiny-synthetic"`` (bundled, CPU-friendly, 256 px) or an official
@@ -463,12 +576,47 @@ def load_segmenter(
         device: ``"cuda"``, ``"cpu"``...; default CUDA when available, else CPU. On CUDA
             the model runs under bf16 autocast.
         cache_size: number of image embeddings kept (LRU by image content); 0 disables.
+        decoder: ``"sam2"`` (SAM2's own mask decoder) or ``"ruac"`` (the Bayesian decoder
+            of ``ppd.ruac``: masks from its mean logits plus ``Prediction.uncertainty``).
+        ruac_checkpoint: with ``decoder="ruac"``, a run directory of ``ppd train-ruac``
+            (holding ``ruac_head.pt``) or the head file itself. The head must have been
+            trained on this model's mask decoder.
+        uncertainty: ``"analytic"`` (closed form, one pass) or ``"mc"`` (sampled).
+        mc_samples: samples per prediction in ``"mc"`` mode.
 
     Raises:
         ValueError: unknown name (the message lists the known ones), a checkpoint that
-            does not fit the config (missing / unexpected keys named).
+            does not fit the config (missing / unexpected keys named), an unknown decoder
+            or uncertainty mode, ``decoder="ruac"`` without ``ruac_checkpoint``, a head
+            that does not fit the model.
         FileNotFoundError: missing checkpoint file (the message says where the official
-            checkpoints are published).
+            checkpoints are published) or missing RUAC head.
     """
+    if decoder not in DECODERS:
+        raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
+    if uncertainty not in UNCERTAINTY_MODES:
+        raise ValueError(f"uncertainty must be one of {UNCERTAINTY_MODES}, got {uncertainty!r}")
+    head_path = None
+    if decoder == "ruac":
+        if ruac_checkpoint is None:
+            raise ValueError(
+                'decoder="ruac" needs ruac_checkpoint: a run directory containing ruac_head.pt '
+                "or the file. Train a head on this model with `ppd train-ruac --out DIR` "
+                "(see `ppd train-ruac --help`)."
+            )
+        from ppd.ruac.decoder import resolve_head_path
+
+        head_path = resolve_head_path(ruac_checkpoint)
+    elif ruac_checkpoint is not None:
+        raise ValueError('ruac_checkpoint was given but decoder="sam2"; pass decoder="ruac" to use it')
     model, info = build_sam2_model(name, checkpoint)
-    return Segmenter(model, name, device=device, cache_size=cache_size, info=info)
+    head = None
+    if head_path is not None:
+        from ppd.ruac.decoder import load_head
+
+        head = load_head(head_path, model.sam_mask_decoder)
+        info = {**info, "ruac_checkpoint": str(head_path), "ruac_meta": head.meta}
+    return Segmenter(
+        model, name, device=device, cache_size=cache_size, info=info,
+        ruac_head=head, uncertainty=uncertainty, mc_samples=mc_samples,
+    )
