@@ -9,6 +9,10 @@ Preprocessing and post-processing are those of ``SAM2ImagePredictor`` (resize to
 model size, bilinear with antialias, ImageNet mean/std; low-res logits upsampled
 bilinearly to the image size and thresholded at 0), written with plain torch ops so
 that torchvision is never needed.
+
+With the RUAC Bayesian decoder (``load_segmenter(decoder="ruac")``, see ``ppd.ruac``)
+the masks come from its mean logits and predictions carry a pixel uncertainty map,
+upsampled like the masks.
 """
 
 from __future__ import annotations
@@ -19,13 +23,16 @@ import os
 from collections import OrderedDict
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ppd.models import BUNDLED_NAME, build_sam2_model
+
+if TYPE_CHECKING:
+    from ppd.ruac.decoder import RuacDecoderOutput
 
 logger = logging.getLogger(__name__)
 
@@ -243,7 +250,7 @@ def decode_bayesian(
     mode: str = "analytic",
     mc_samples: int = 20,
     generator: torch.Generator | None = None,
-):
+) -> RuacDecoderOutput:
     """Prompt encoder + RUAC Bayesian decoder (``ppd.ruac.BayesianMaskDecoder``).
 
     Arguments as :func:`decode`, plus the head's ``mode``, ``mc_samples`` and ``generator``.

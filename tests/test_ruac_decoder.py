@@ -378,10 +378,11 @@ def test_save_load_round_trip(bundled, decoder_args, tmp_path):
             a = h(multimask_output=True, mode=mode, mc_samples=3, generator=torch.Generator().manual_seed(1), **decoder_args)
             b = h2(multimask_output=True, mode=mode, mc_samples=3, generator=torch.Generator().manual_seed(1), **decoder_args)
             assert torch.equal(a.logits, b.logits) and torch.equal(a.uncertainty, b.uncertainty)
-    # a run directory works too
+    # a run directory works too (existing, or a new path without a suffix)
     save_head(tmp_path, h)
     assert (tmp_path / HEAD_FILENAME).is_file()
     load_head(tmp_path, md)
+    assert save_head(tmp_path / "run2", h) == tmp_path / "run2" / HEAD_FILENAME
 
 
 def test_load_head_errors(bundled, tmp_path, caplog):

@@ -259,7 +259,7 @@ class RuacDecoderOutput:
             modes, sampled in ``"mc"``).
         logit_var: (B, M, 4h, 4w) approximate (analytic/sample) or empirical (mc) logit
             variance, or None.
-        kl: scalar, ``kl_pixel + kl_weight``.
+        kl: scalar, ``kl_pixel + kl_weight`` (zeros when ``compute_kl=False``).
         kl_pixel: scalar, KL of the pixel evidence vs the Gamma prior, summed over channels,
             averaged over rows and pixels.
         kl_weight: scalar, KL of the output masks' fg/bg weights, summed over channels,
@@ -325,6 +325,14 @@ class BayesianMaskDecoder(nn.Module):
         self.token_dim = int(mask_decoder.transformer_dim)
         dims = _hypernet_dims(hyper[0])
         self.feat_dim = dims[-1]
+        act_out = mask_decoder.output_upscaling[-1]
+        if not isinstance(act_out, (nn.GELU, nn.ReLU)):
+            # The exact-initialisation argument needs features >= -evidence_offset.
+            logger.warning(
+                "upscaled embedding ends with %s, not GELU/ReLU: a fresh head may differ "
+                "from the base decoder where features < %.3f", type(act_out).__name__,
+                -self.config.evidence_offset,
+            )
         c, cfg = self.feat_dim, self.config
 
         # Pixel path: evidence projection (1x1, identity + offset) and the shape CNN.
@@ -610,7 +618,8 @@ def save_head(
     """Write a head checkpoint atomically: its own parameters, config and base signature.
 
     Args:
-        path: a ``.pt`` file, or a directory (then ``DIR/ruac_head.pt``).
+        path: a file, or a directory (an existing one, or a path without a suffix) in
+            which ``ruac_head.pt`` is written.
         head: the trained head.
         meta: JSON-like extras (training config, metrics...), stored as is.
         include_base: also store the wrapped decoder's weights (needed when the base
@@ -621,7 +630,7 @@ def save_head(
         The path written.
     """
     path = Path(path)
-    if path.is_dir():
+    if path.is_dir() or not path.suffix:
         path = path / HEAD_FILENAME
     ckpt = {
         "format": HEAD_FORMAT,
@@ -692,10 +701,11 @@ def load_head(
     if diff:
         raise ValueError(f"RUAC head {p} does not fit this mask decoder ({'; '.join(diff)})")
     if saved.get("fingerprint") != sig["fingerprint"]:
+        trained_on = (ckpt.get("meta") or {}).get("model")
         msg = (
             f"RUAC head {p} was trained on another base decoder (weight fingerprint "
             f"{saved.get('fingerprint')} vs {sig['fingerprint']}); load the SAM2 model it "
-            f"was trained with{' (meta: ' + str(ckpt['meta'].get('model')) + ')' if ckpt.get('meta', {}).get('model') else ''}"
+            "was trained with" + (f" ({trained_on})" if trained_on else "")
         )
         if strict:
             raise ValueError(msg + ", or pass strict=False to use it anyway")
@@ -715,7 +725,8 @@ def load_head(
             f"unexpected {unexpected[:5]}, wrong shape {bad[:5]}"
         )
     head.load_state_dict(state, strict=False)
-    head.meta = dict(ckpt.get("meta", {}))
+    head.meta = dict(ckpt.get("meta") or {})
+    logger.info("loaded RUAC head from %s", p)
     return head.eval()
 
 
