@@ -46,7 +46,7 @@ logger = logging.getLogger(__name__)
 class PretrainConfig:
     """Configuration of ``ppd pretrain`` (field docs are the CLI help)."""
 
-    steps: int = 5000
+    steps: int = 3500
     """optimiser steps"""
     batch_size: int = 8
     """images per step"""
