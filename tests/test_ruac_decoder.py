@@ -189,7 +189,7 @@ def test_kl_weibull_gamma_matches_numerical_integration(k, lam, alpha, beta):
 
 
 def test_mackay_probit_matches_monte_carlo():
-    eps = torch.randn(1_000_000, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    eps = torch.randn(400_000, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     for var in (0.25, 1.0, 4.0):
         for mu in np.linspace(-5, 5, 21):
             mc = torch.sigmoid(mu + math.sqrt(var) * eps).mean().item()
@@ -223,6 +223,8 @@ def test_head_config_validation():
         RuacHeadConfig(kappa_min=2.0, kappa_init=1.0)
     with pytest.raises(ValueError, match="prior"):
         RuacHeadConfig(prior_rate=0.0)
+    with pytest.raises(ValueError, match="logit_variance"):
+        RuacHeadConfig(logit_variance="exact")
 
 
 # ----------------------------------------------------------------------------- the head
@@ -317,9 +319,12 @@ def test_dynamic_multimask_follows_sam2(bundled, decoder_args):
 def test_analytic_uncertainty_tracks_monte_carlo(bundled, decoder_args):
     """Pearson(analytic, 200-sample MC) > 0.9 on a head with random (perturbed) weights.
 
-    MC uses the full variance of the Weibull products; the analytic mode keeps only the
-    product-of-variances term (the paper's approximation), so the levels differ but the
-    ranking agrees (the paper reports > 0.9 against 100 samples).
+    MC sees the full variance of the Weibull products (and their skew); the default
+    analytic mode keeps only the product-of-variances term (the paper's approximation,
+    ~1/8 of the full variance at the initial shape 2), so the levels differ but the
+    ranking mostly agrees: 0.92 on this scene, 0.88-0.95 on scenes of the other domains
+    (the paper reports > 0.9 against 100 samples for its trained model). The exact
+    variance (``logit_variance="full"``) gives ~0.98.
     """
     h = randomise(BayesianMaskDecoder(bundled.model.sam_mask_decoder), seed=1).eval()
     with torch.no_grad():
@@ -328,8 +333,15 @@ def test_analytic_uncertainty_tracks_monte_carlo(bundled, decoder_args):
     torch.testing.assert_close(a.logits, m.logits)  # mc keeps the analytic-mean logits
     r = np.corrcoef(a.uncertainty.flatten().numpy(), m.uncertainty.flatten().numpy())[0, 1]
     assert r > 0.9, r
-    # the sampled logits average to the analytic mean
-    assert (m.logit_var > 0).all()
+    # the exact ("full") variance tracks MC closer still, and the MC variance itself
+    h.config.logit_variance = "full"
+    with torch.no_grad():
+        f = h(multimask_output=True, mode="analytic", **decoder_args)
+    r_full = np.corrcoef(f.uncertainty.flatten().numpy(), m.uncertainty.flatten().numpy())[0, 1]
+    assert r_full > max(r, 0.95), (r, r_full)
+    assert (f.logit_var > a.logit_var).all()
+    r_var = np.corrcoef(f.logit_var.flatten().numpy(), m.logit_var.flatten().numpy())[0, 1]
+    assert r_var > 0.9, r_var
 
 
 def test_mc_is_reproducible_with_a_generator(head, decoder_args):

@@ -20,8 +20,9 @@ Initialisation (so that a fresh head *is* the base decoder in expectation):
 
 * the per-token weight means come from copies of the base hypernetwork MLPs whose last
   layer is mirrored, ``u_fg = h``, ``u_bg = -h`` with ``E[w_fg] = softplus(u_fg)``,
-  ``E[w_bg] = softplus(u_bg)``; since ``softplus(h) - softplus(-h) = h`` exactly, the
-  expected weight difference equals SAM2's hypernetwork output;
+  ``E[w_bg] = softplus(u_bg)`` (softplus with sharpness beta); since ``softplus(h) -
+  softplus(-h) = h`` exactly, the expected weight difference equals SAM2's hypernetwork
+  output;
 * SAM2's upscaled embedding is a GELU output, so it is >= -0.17 (GELU's minimum is
   -0.16997): the evidence starts as ``conv1x1(e) = e + 0.17 >= 0`` (identity weights,
   bias :attr:`RuacHeadConfig.evidence_offset`), where the STE-ReLU is the identity, and the
@@ -40,7 +41,8 @@ Uncertainty modes (:meth:`BayesianMaskDecoder.forward`):
 * ``"analytic"``: Weibull means and variances in closed form, logit variance
   ``sum_c Var[z_c] * (Var[w_fg,c] + Var[w_bg,c])`` (the product-of-variances term, the
   paper's approximation, App. A.8; the weight variance of the logit is that of the
-  difference ``w_fg - w_bg``), MacKay's probit ``p = sigmoid(mu / sqrt(1 + pi/8 var))``,
+  difference ``w_fg - w_bg``; :attr:`RuacHeadConfig.logit_variance` = ``"full"`` gives the
+  exact variance instead), MacKay's probit ``p = sigmoid(mu / sqrt(1 + pi/8 var))``,
   uncertainty = binary entropy of ``p`` / ln 2;
 * ``"mc"``: T reparameterised samples of every Weibull; logits stay the analytic mean
   (the paper's choice: the mask does not depend on T); uncertainty = normalised binary
@@ -222,13 +224,22 @@ class RuacHeadConfig:
     survive in the text we have)."""
     kappa_max: float = 20.0
     """Highest shape: at 20 the coefficient of variation is ~0.06 (almost deterministic)."""
-    kappa_init: float = 1.0
-    """Initial shape everywhere: 1 is the Gamma(1, rate) prior's shape (Weibull(1) is the
-    exponential), so the shape part of the KL starts neutral."""
+    kappa_init: float = 2.0
+    """Initial shape everywhere (a Rayleigh distribution, coefficient of variation 0.52).
+    On the bundled model a fresh head then has mean analytic uncertainty ~0.3 and one
+    sample agrees with the mean mask on 85-93% of the low-res pixels; at 1 (the
+    Gamma(1, rate) prior's own shape, the exponential) it is ~0.7 and 75-83%. Training moves the shapes
+    through the biases of two small layers, so with Adam they move about one learning
+    rate per step: pick this value rather than rely on a low learning rate to reach it."""
     kappa_hidden: int = 16
     """Hidden channels of the pixel shape CNN (Conv3x3-GELU-Conv3x3-Softplus)."""
     shape_hidden: int = 64
     """Hidden width of the shared token-shape MLP."""
+    weight_sharpness: float = 4.0
+    """beta of the softplus giving the weight means, ``E[w] = softplus(u, beta)``. The
+    identity ``softplus(h) - softplus(-h) = h`` holds for every beta; a larger beta puts
+    less Weibull mass (2 ln 2 / beta per channel at h = 0) on fg and bg weights that cancel,
+    hence less sampling noise that carries no signal."""
     evidence_offset: float = -GELU_MIN
     """Bias of the evidence 1x1 conv at initialisation (see module docstring)."""
     prior_shape: float = 1.0
@@ -237,6 +248,13 @@ class RuacHeadConfig:
     """Gamma prior rate beta (the authors' config)."""
     eps: float = 1e-6
     """Added to every Weibull mean so that scales stay > 0 under STE-ReLU zeros."""
+    logit_variance: str = "product"
+    """Analytic logit variance: ``"product"``, the paper's ``sum_c Var[z_c] Var[d_c]``
+    (App. A.8; ``d = w_fg - w_bg``), or ``"full"``, the exact variance of the logit under
+    the factorised posterior, ``sum_c Var[z_c] (Var[d_c] + E[d_c]^2) + E[z_c]^2 Var[d_c]``
+    (one more matrix product). On the bundled model at initialisation the analytic
+    uncertainty's Pearson correlation with 200-sample MC is ~0.92 with "product" and
+    ~0.98 with "full"."""
 
     def __post_init__(self) -> None:
         if not 0.0 < self.kappa_min <= self.kappa_init <= self.kappa_max:
@@ -246,6 +264,10 @@ class RuacHeadConfig:
             )
         if self.prior_shape <= 0 or self.prior_rate <= 0:
             raise ValueError("prior_shape and prior_rate must be > 0")
+        if self.logit_variance not in ("product", "full"):
+            raise ValueError(f'logit_variance must be "product" or "full", got {self.logit_variance!r}')
+        if self.weight_sharpness <= 0:
+            raise ValueError(f"weight_sharpness must be > 0, got {self.weight_sharpness}")
 
 
 @dataclass
@@ -450,7 +472,7 @@ class BayesianMaskDecoder(nn.Module):
         z_k = self._kappa(self.kappa_net(e))
         tok = mask_tokens.float()
         mean_out = torch.stack([mlp(tok[:, i]) for i, mlp in enumerate(self.token_mean)], 1)
-        w_mean = F.softplus(mean_out[..., : 2 * c]).view(b, -1, 2, c) + eps
+        w_mean = F.softplus(mean_out[..., : 2 * c], beta=self.config.weight_sharpness).view(b, -1, 2, c) + eps
         bias = mean_out[..., 2 * c]
         w_k = self._kappa(self.token_shape(tok)).view(b, -1, 2, c)
         return {
@@ -546,9 +568,12 @@ class BayesianMaskDecoder(nn.Module):
             kl_pixel = kl_weight = mu.new_zeros(())
 
         def analytic_var() -> torch.Tensor:
-            var_w = (w_mean.square() * _weibull_cv2(w_k)).sum(2)  # (B, M, C): Var[w_fg - w_bg]
+            var_d = (w_mean.square() * _weibull_cv2(w_k)).sum(2)  # (B, M, C): Var[w_fg - w_bg]
             var_z = z_mean.square() * _weibull_cv2(z_k)  # (B, C, HW)
-            return var_w @ var_z  # (B, M, HW)
+            if cfg.logit_variance == "product":
+                return var_d @ var_z  # (B, M, HW)
+            d = w_mean[:, :, 0] - w_mean[:, :, 1]
+            return (var_d + d.square()) @ var_z + var_d @ z_mean.square()
 
         sampled_entropy = None
         if mode == "analytic":
