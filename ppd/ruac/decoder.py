@@ -373,6 +373,11 @@ class BayesianMaskDecoder(nn.Module):
         self.token_shape = _TokenMLP([self.token_dim, cfg.shape_hidden, 2 * c])
         self.meta: dict[str, Any] = {}
         self._init_from_base()
+        # Live where the wrapped decoder lives (the head's own tensors stay float32).
+        base_param = next(mask_decoder.parameters(), None)
+        if base_param is not None:
+            for module in (self.evidence, self.kappa_net, self.token_mean, self.token_shape):
+                module.to(base_param.device)
 
     # -- initialisation -----------------------------------------------------------
     @torch.no_grad()
