@@ -11,7 +11,7 @@ setup(
     python_requires=">=3.10",
     # graphs/, envs/ and agents/ live at the top of the repository but install inside
     # the ppd namespace, so nothing with a generic name lands in site-packages.
-    packages=["ppd", "ppd.data", "ppd.bench", "ppd.graphs", "ppd.envs", "ppd.agents"],
+    packages=["ppd", "ppd.data", "ppd.bench", "ppd.ruac", "ppd.graphs", "ppd.envs", "ppd.agents"],
     package_dir={"ppd": "ppd", "ppd.graphs": "graphs", "ppd.envs": "envs", "ppd.agents": "agents"},
     package_data={"ppd": ["assets/*.pt", "assets/*.md"]},
     include_package_data=True,
