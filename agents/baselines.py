@@ -31,7 +31,7 @@ def _budget(max_steps: int | None) -> int | None:
 def _decode(segmenter: Segmenter, image: np.ndarray, coords: np.ndarray, labels: np.ndarray, kept: np.ndarray):
     """SAM's mask and predicted IoU for the kept points (one decoder call)."""
     pred = segmenter.predict(segmenter.encode(image), coords[kept], labels[kept])
-    return pred.masks[0], float(pred.scores[0])
+    return pred.masks[0], float(pred.scores[0]), None if pred.uncertainty is None else pred.uncertainty[0]
 
 
 class NoRefine(PromptRefiner):
@@ -48,8 +48,8 @@ class NoRefine(PromptRefiner):
         coords, labels = check_prompts(point_coords, point_labels)
         _budget(max_steps)
         kept = np.ones(len(coords), bool)
-        mask, score = _decode(self.segmenter, image, coords, labels, kept)
-        return make_result(coords, labels, kept, mask, score, 0)
+        mask, score, unc = _decode(self.segmenter, image, coords, labels, kept)
+        return make_result(coords, labels, kept, mask, score, 0, uncertainty=unc)
 
 
 class RandomDrop(PromptRefiner):
@@ -81,8 +81,8 @@ class RandomDrop(PromptRefiner):
         if budget is not None:
             drop[np.flatnonzero(drop)[budget:]] = False
         kept = ~drop
-        mask, score = _decode(self.segmenter, image, coords, labels, kept)
-        return make_result(coords, labels, kept, mask, score, int(drop.sum()))
+        mask, score, unc = _decode(self.segmenter, image, coords, labels, kept)
+        return make_result(coords, labels, kept, mask, score, int(drop.sum()), uncertainty=unc)
 
 
 class GreedyScoreFilter(PromptRefiner):
@@ -111,6 +111,7 @@ class GreedyScoreFilter(PromptRefiner):
         cur = np.arange(len(coords))
         pred = self.segmenter.predict(emb, coords, labels)
         mask, score = pred.masks[0], float(pred.scores[0])
+        unc = None if pred.uncertainty is None else pred.uncertainty[0]
         steps = 0
         while len(cur) > 1 and (budget is None or steps < budget):
             # Row j: the current set without its j-th point (all rows have len(cur) - 1
@@ -122,10 +123,11 @@ class GreedyScoreFilter(PromptRefiner):
             if not scores[best] > score + self.min_gain:
                 break
             cur, mask, score = rows[best], pred.masks[best], float(scores[best])
+            unc = None if pred.uncertainty is None else pred.uncertainty[best]
             steps += 1
         kept = np.zeros(len(coords), bool)
         kept[cur] = True
-        return make_result(coords, labels, kept, mask, score, steps)
+        return make_result(coords, labels, kept, mask, score, steps, uncertainty=unc)
 
 
 #: name -> class, for benchmarks.

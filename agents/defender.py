@@ -16,6 +16,13 @@ point is given to SAM. The defender then acts greedily: at each step it removes 
 if trained with relabelling, relabels) one prompt, until it picks stop, no valid action
 remains, or the step budget is spent. It never removes the last prompt (SAM needs one).
 
+With the RUAC decoder (``ppd.load_segmenter(..., decoder="ruac", ruac_checkpoint=...)``
+passed as ``segmenter``), masks come from the Bayesian decoder and
+:attr:`RefineResult.uncertainty` holds its pixel uncertainty map of the final mask. A
+defender trained with ``node_uncertainty`` (its observation has the ``uncertainty`` key)
+needs such a segmenter; :meth:`PromptDefender.load` loads the run's RUAC head by itself
+when the run's config names one (``ruac_checkpoint``).
+
 :class:`RefineResult` is also the result type of the heuristic refiners of
 :mod:`ppd.agents.baselines`.
 """
@@ -39,7 +46,15 @@ import numpy as np
 
 from ppd.data.types import Scene
 from ppd.envs.point_prompt_env import DEFAULT_MAX_STEPS, build_observation, valid_action_mask
-from ppd.envs.world import INACTIVE, NEGATIVE, POSITIVE, ImageRecord, PromptWorld, state_from_prompts
+from ppd.envs.world import (
+    INACTIVE,
+    NEGATIVE,
+    POSITIVE,
+    ImageRecord,
+    PromptWorld,
+    segmenter_gives_uncertainty,
+    state_from_prompts,
+)
 from ppd.models import ASSETS_DIR
 from ppd.segmenter import Segmenter
 
@@ -84,6 +99,8 @@ class RefineResult:
             defender: its node was relabelled; an output point's label is then its input
             label flipped).
         index: (M,) int64 input index of each output point.
+        uncertainty: (H, W) float32 pixel uncertainty in [0, 1] of ``mask`` when the
+            segmenter gives one (RUAC decoder), else None.
     """
 
     point_coords: np.ndarray
@@ -94,6 +111,7 @@ class RefineResult:
     steps: int
     relabeled: np.ndarray = None  # type: ignore[assignment]
     index: np.ndarray = None  # type: ignore[assignment]
+    uncertainty: np.ndarray | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.relabeled is None:
@@ -141,6 +159,7 @@ def make_result(
     steps: int,
     relabeled: np.ndarray | None = None,
     index: np.ndarray | None = None,
+    uncertainty: np.ndarray | None = None,
 ) -> RefineResult:
     """Build a :class:`RefineResult` from the input points and what survived.
 
@@ -150,6 +169,7 @@ def make_result(
         mask, score, steps: SAM's mask and predicted IoU for the output, prompt changes.
         relabeled: (K,) bool, flipped labels (default none).
         index: input indices of the output points (default: every kept point).
+        uncertainty: (H, W) pixel uncertainty of ``mask`` (RUAC decoder), or None.
     """
     kept = np.asarray(kept, bool)
     relabeled = np.zeros(len(kept), bool) if relabeled is None else np.asarray(relabeled, bool) & kept
@@ -164,6 +184,7 @@ def make_result(
         steps=int(steps),
         relabeled=relabeled,
         index=index.astype(np.int64),
+        uncertainty=None if uncertainty is None else np.asarray(uncertainty, np.float32),
     )
 
 
@@ -334,7 +355,8 @@ def greedy_action(model: Any, obs: dict[str, np.ndarray], mask: np.ndarray) -> i
 
 
 def _segmenter_from_config(cfg: dict[str, Any], device: str | None) -> Segmenter:
-    """The segmenter a run was trained with (name / checkpoint in its config), else bundled."""
+    """The segmenter a run was trained with (name / checkpoint and RUAC head in its
+    config), else bundled."""
     from ppd.models import BUNDLED_NAME
     from ppd.segmenter import load_segmenter
 
@@ -342,7 +364,12 @@ def _segmenter_from_config(cfg: dict[str, Any], device: str | None) -> Segmenter
     if not isinstance(name, str):
         name = find_setting(cfg, "model") if isinstance(find_setting(cfg, "model"), str) else BUNDLED_NAME
     ckpt = find_setting(cfg, "checkpoint")
-    return load_segmenter(name, checkpoint=ckpt if isinstance(ckpt, str) and ckpt else None, device=device)
+    ruac = find_setting(cfg, "ruac_checkpoint")
+    kw: dict[str, Any] = {}
+    if isinstance(ruac, str) and ruac:
+        mode = find_setting(cfg, "ruac_uncertainty")
+        kw = dict(decoder="ruac", ruac_checkpoint=ruac, uncertainty=mode if isinstance(mode, str) else "analytic")
+    return load_segmenter(name, checkpoint=ckpt if isinstance(ckpt, str) and ckpt else None, device=device, **kw)
 
 
 # ----------------------------------------------------------------------------- defender
@@ -361,6 +388,13 @@ class PromptDefender(PromptRefiner):
             default budget is ``max(K, 12)``.
         cache_size: images whose graph records are kept (LRU).
         config: the run's configuration (kept as ``self.config`` for reference).
+
+    Whether the observation has the per-node ``uncertainty`` (``node_uncertainty``) is
+    read from the model's observation space: it is what the network was trained on.
+
+    Raises:
+        ValueError: a grid that does not match the model, or a model trained with
+            ``node_uncertainty`` and a segmenter that gives no uncertainty.
     """
 
     def __init__(
@@ -384,6 +418,15 @@ class PromptDefender(PromptRefiner):
         self.relabel = policy_relabel if relabel is None else bool(relabel) and policy_relabel
         self.train_max_steps = int(max_steps) if max_steps else None
         self.config = dict(config or {})
+        self.node_uncertainty = "uncertainty" in (getattr(model.observation_space, "spaces", None) or {})
+        if self.node_uncertainty and not segmenter_gives_uncertainty(segmenter):
+            raise ValueError(
+                "this defender was trained with node_uncertainty=True (its observation has per-node "
+                f"uncertainty), but the segmenter {getattr(segmenter, 'name', type(segmenter).__name__)!r} "
+                f"uses decoder {getattr(segmenter, 'decoder', 'sam2')!r} and gives no uncertainty: pass "
+                'segmenter=ppd.load_segmenter(..., decoder="ruac", ruac_checkpoint=DIR_OR_FILE) '
+                "(ppd refine: --ruac-checkpoint DIR_OR_FILE)"
+            )
         placeholder = [Scene(np.zeros((1, 1, 3), np.uint8), np.zeros((0, 1, 1), bool), domain="user")]
         self.world = PromptWorld(segmenter, placeholder, grid=grid, k_physical=k_physical, k_semantic=k_semantic)
         self.cache_size = cache_size
@@ -403,14 +446,17 @@ class PromptDefender(PromptRefiner):
             path: a run folder holding ``defender.zip`` (and the ``config.yaml`` training
                 wrote), or the ``.zip`` itself; None: the bundled defender.
             segmenter: the segmenter to refine for (default: the one named in the run's
-                config, else the bundled model). Its embedding must match the one the
-                defender was trained on (same node features).
+                config, with its RUAC head if the config names one, else the bundled
+                model). Its embedding must match the one the defender was trained on
+                (same node features); a defender trained with ``node_uncertainty``
+                needs one that gives uncertainty (RUAC decoder).
             device: torch device of the Q-network (default: SB3's "auto"); also the
                 segmenter's device when it is loaded here.
 
         Raises:
             FileNotFoundError: missing folder or ``defender.zip``.
-            ValueError: corrupt run folder, or a model that is not a defender.
+            ValueError: corrupt run folder, a model that is not a defender, or a
+                ``node_uncertainty`` defender with a segmenter that gives no uncertainty.
         """
         if path is None:
             if not (BUNDLED_DEFENDER / "defender.zip").is_file():
@@ -430,6 +476,13 @@ class PromptDefender(PromptRefiner):
         saved_grid = find_setting(cfg, "grid")
         if isinstance(saved_grid, int) and saved_grid != grid:
             raise ValueError(f"corrupt run folder {folder}: config grid {saved_grid} but the model has {n} nodes")
+        has_unc = "uncertainty" in (getattr(model.observation_space, "spaces", None) or {})
+        saved_unc = find_setting(cfg, "node_uncertainty")
+        if isinstance(saved_unc, bool) and saved_unc != has_unc:
+            raise ValueError(
+                f"corrupt run folder {folder}: config node_uncertainty={saved_unc} but the model's observation "
+                f"{'has' if has_unc else 'has no'} per-node uncertainty"
+            )
         k_phys = find_setting(cfg, "k_physical")
         k_sem = find_setting(cfg, "k_semantic")
         if segmenter is None:
@@ -486,7 +539,7 @@ class PromptDefender(PromptRefiner):
                 mask[:n] = False  # never remove the last prompt
             if not mask[:-1].any():
                 break
-            obs = build_observation(rec, st, node_points, out, min(steps, env_steps), env_steps)
+            obs = build_observation(rec, st, node_points, out, min(steps, env_steps), env_steps, self.node_uncertainty)
             a = greedy_action(self.model, obs, mask)
             if a == 2 * n:
                 break
@@ -520,7 +573,8 @@ class PromptDefender(PromptRefiner):
             :class:`RefineResult`: the surviving nodes' points (one per active node:
             its input point, with its possibly relabelled label) in input order, ``kept``
             for every input point (merged points follow their node), and
-            ``segmenter.predict`` of the output points: mask and predicted IoU.
+            ``segmenter.predict`` of the output points: mask and predicted IoU (and,
+            with the RUAC decoder, its pixel ``uncertainty``).
 
         Raises:
             ValueError: empty prompt set, bad shapes / labels, points outside the image,
@@ -548,7 +602,8 @@ class PromptDefender(PromptRefiner):
         # decoder call, since the world pads prompts as in training.
         pred = self.segmenter.predict(rec.embedding, coords[np.sort(index)], out_labels)
         return make_result(
-            coords, labels, kept, pred.masks[0], float(pred.scores[0]), steps, relabeled=flipped[point_node], index=index
+            coords, labels, kept, pred.masks[0], float(pred.scores[0]), steps, relabeled=flipped[point_node], index=index,
+            uncertainty=None if pred.uncertainty is None else pred.uncertainty[0],
         )
 
 
@@ -562,12 +617,19 @@ def add_refine_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="refine_out", help="output folder (default: refine_out)")
     p.add_argument("--model", default=None, help="segmenter name (default: the one the defender was trained with)")
     p.add_argument("--checkpoint", default=None, help="checkpoint file for --model")
+    p.add_argument(
+        "--ruac-checkpoint",
+        default=None,
+        help="RUAC head (ppd train-ruac run folder or ruac_head.pt): decode with the RUAC Bayesian decoder and "
+        "write uncertainty.png (default: the head named in the run's config, if any)",
+    )
     p.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
     p.add_argument("--seed", type=int, default=0, help="unused: refinement is deterministic (kept for a uniform CLI)")
 
 
 def run_refine(args: argparse.Namespace) -> int:
-    """``ppd refine``: writes refined.json, mask.png, overlay.png and input_overlay.png."""
+    """``ppd refine``: writes refined.json, mask.png, overlay.png and input_overlay.png
+    (and uncertainty.png with the RUAC decoder)."""
     from ppd.cli import _parse_points, _read_image, _save_png
     from ppd.io import save_json
     from ppd.viz import overlay
@@ -575,11 +637,13 @@ def run_refine(args: argparse.Namespace) -> int:
     image = _read_image(args.image)
     coords, labels = _parse_points(args.points)
     seg = None
-    if args.model or args.checkpoint:
+    ruac = getattr(args, "ruac_checkpoint", None)
+    if args.model or args.checkpoint or ruac:
         from ppd.models import BUNDLED_NAME
         from ppd.segmenter import load_segmenter
 
-        seg = load_segmenter(args.model or BUNDLED_NAME, checkpoint=args.checkpoint, device=args.device)
+        kw = dict(decoder="ruac", ruac_checkpoint=ruac) if ruac else {}
+        seg = load_segmenter(args.model or BUNDLED_NAME, checkpoint=args.checkpoint, device=args.device, **kw)
     defender = PromptDefender.load(args.run, segmenter=seg, device=args.device)
     defender.record(image)  # encode and build the graph first: the timing is refinement only
     t = time.perf_counter()
@@ -590,6 +654,10 @@ def run_refine(args: argparse.Namespace) -> int:
     _save_png((res.mask * 255).astype(np.uint8), out / "mask.png")
     _save_png(overlay(image, res.mask, res.point_coords, res.point_labels), out / "overlay.png")
     _save_png(overlay(image, before.masks[0], coords, labels), out / "input_overlay.png")
+    written = [out / "refined.json", out / "mask.png", out / "overlay.png", out / "input_overlay.png"]
+    if res.uncertainty is not None:
+        _save_png(np.round(res.uncertainty * 255).astype(np.uint8), out / "uncertainty.png")
+        written.append(out / "uncertainty.png")
     save_json(
         {
             "point_coords": res.point_coords.tolist(),
@@ -600,6 +668,7 @@ def run_refine(args: argparse.Namespace) -> int:
             "input_score": float(before.scores[0]),
             "steps": res.steps,
             "seconds": took,
+            **({} if res.uncertainty is None else {"mean_uncertainty": float(res.uncertainty.mean())}),
         },
         out / "refined.json",
     )
@@ -607,5 +676,5 @@ def run_refine(args: argparse.Namespace) -> int:
         f"kept {int(res.kept.sum())}/{len(res.kept)} points, relabelled {int(res.relabeled.sum())}, "
         f"{res.steps} steps in {took * 1000:.0f} ms; predicted IoU {float(before.scores[0]):.3f} -> {res.score:.3f}"
     )
-    print(f"wrote {out / 'refined.json'}, {out / 'mask.png'}, {out / 'overlay.png'}, {out / 'input_overlay.png'}")
+    print("wrote " + ", ".join(str(f) for f in written))
     return 0

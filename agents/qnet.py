@@ -9,7 +9,12 @@ features from SAM2's embedding, physical and semantic edges) is looked up in
 Network (per node i, hidden width H):
 
 * input: ``LayerNorm(Linear(x_i)) + Linear([onehot(state_i), coverage_i, offset_i,
-  pos_i, step_frac, score])``, then ReLU;
+  pos_i, step_frac, score])``, then ReLU; when the observation has the optional
+  ``uncertainty`` key (env ``node_uncertainty=True``: the patch's mean pixel uncertainty
+  under the current prompts, RUAC decoder), ``uncertainty_i`` follows ``coverage_i``.
+  The width of these per-node inputs is derived from the observation space
+  (:func:`dynamic_input_dim`), so a saved network rebuilds for the observation it was
+  trained on;
 * ``n_layers`` relational SAGE layers with separate weights per edge relation,
   ``h' = h + ReLU(LayerNorm(W0 h + W_phys mean_phys(h) + W_sem mean_sem(h)))`` (mean
   over the node's neighbours in that relation, as PyG ``SAGEConv``; edges of type
@@ -39,15 +44,25 @@ from ppd.envs.world import INACTIVE
 from ppd.graphs.dual_space import EDGE_PHYSICAL, EDGE_SEMANTIC
 from ppd.graphs.store import GRAPH_STORE
 
-__all__ = ["MASKED_Q", "GraphDQNPolicy", "GraphQNetwork", "obs_action_mask"]
+__all__ = ["MASKED_Q", "OPTIONAL_NODE_KEYS", "GraphDQNPolicy", "GraphQNetwork", "dynamic_input_dim", "obs_action_mask"]
 
 #: Q-value given to invalid actions: far below any real value but finite, so that losses
 #: and targets stay finite (a row always has the valid stop action).
 MASKED_Q = -1e9
 
-#: Number of per-node dynamic inputs: one-hot state (3), coverage, offset (2), pos (2),
-#: step_frac, score.
-_DYN_DIM = 10
+#: Per-node dynamic inputs every observation has: one-hot state (3), coverage, offset
+#: (2), pos (2), step_frac, score.
+_BASE_DYN_DIM = 10
+#: Optional per-node observation keys, in the order they follow ``coverage`` in the
+#: network's input (one channel each).
+OPTIONAL_NODE_KEYS = ("uncertainty",)
+
+
+def dynamic_input_dim(observation_space: spaces.Dict) -> int:
+    """Width of the per-node dynamic inputs for an observation space: the base inputs
+    plus one channel per optional per-node key it has (see :data:`OPTIONAL_NODE_KEYS`)."""
+    keys = getattr(observation_space, "spaces", {}) or {}
+    return _BASE_DYN_DIM + sum(k in keys for k in OPTIONAL_NODE_KEYS)
 
 
 def obs_action_mask(state: np.ndarray | torch.Tensor, role: str, relabel: bool) -> np.ndarray | torch.Tensor:
@@ -202,7 +217,8 @@ class GraphQNetwork(QNetwork):
     """Per-node Q-values from a relational GNN over the image's dual-space graph.
 
     Args:
-        observation_space: the environment's ``Dict`` observation space (``state`` (N,)...).
+        observation_space: the environment's ``Dict`` observation space (``state`` (N,)...;
+            with an ``uncertainty`` (N,) key the network takes it as a node input).
         action_space: ``Discrete(2N + 1)``.
         role: ``"attacker"`` or ``"defender"``: which actions are valid.
         relabel: whether the defender's relabel actions (kind 1) are valid.
@@ -250,7 +266,13 @@ class GraphQNetwork(QNetwork):
         self.features_dim = features_dim
         H = self.hidden_dim
         self.x_proj = nn.Sequential(nn.Linear(self.node_feature_dim, H), nn.LayerNorm(H))
-        self.dyn_proj = nn.Linear(_DYN_DIM, H)
+        # optional per-node keys the observation carries (e.g. "uncertainty")
+        self.node_keys = tuple(k for k in OPTIONAL_NODE_KEYS if k in observation_space.spaces)
+        for k in self.node_keys:
+            if tuple(observation_space[k].shape) != (n,):
+                raise ValueError(f"observation key {k!r} must have shape ({n},), got {observation_space[k].shape}")
+        self.dyn_dim = dynamic_input_dim(observation_space)
+        self.dyn_proj = nn.Linear(self.dyn_dim, H)
         self.layers = nn.ModuleList(_RelationalSAGE(H) for _ in range(self.n_layers))
         # node head: MLP over [h_i, mean h]; its first layer is split so that the graph
         # context is projected once per graph, not once per node
@@ -280,6 +302,8 @@ class GraphQNetwork(QNetwork):
         xh = self.x_proj(torch.stack([g.x for g in graphs]))[inv]  # project unique graphs only
         pos = torch.stack([g.pos for g in graphs])[inv]
         cov = obs["coverage"].to(device).float().unsqueeze(-1) / 255.0
+        if self.node_keys:  # optional per-node channels (uint8 x 255, like coverage)
+            cov = torch.cat([cov, *(obs[k].to(device).float().unsqueeze(-1) / 255.0 for k in self.node_keys)], dim=-1)
         off = obs["offset"].to(device).float().reshape(B, N, 2) / 255.0 - 0.5  # flat (2N,) or (N, 2)
         glob = torch.cat([obs["step_frac"].to(device).float(), obs["score"].to(device).float()], dim=-1)
         dyn = torch.cat(

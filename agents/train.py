@@ -15,6 +15,13 @@ A run folder holds ``config.yaml`` (written first), ``attacker.zip`` / ``defende
 and ``state.json`` (after every round, atomically: ``--resume`` continues from the last
 completed round), ``metrics.json`` and ``examples.png`` (at the end), and TensorBoard
 logs under ``tb/`` (``eval/*`` keys with the defender's env steps as x axis).
+
+With ``ruac_checkpoint`` the segmenter decodes with the RUAC Bayesian decoder, and
+``node_uncertainty`` adds each patch's mean pixel uncertainty of the current mask to both
+agents' observations (the ``uncertainty`` key of
+:class:`~ppd.envs.point_prompt_env.PointPromptEnv`). Both are saved in ``config.yaml``, so
+:meth:`ppd.agents.defender.PromptDefender.load` rebuilds the same segmenter and
+observation.
 """
 
 from __future__ import annotations
@@ -38,7 +45,7 @@ from ppd.agents.dqn import MaskedDQN, make_dqn
 from ppd.data.scenes import TRAIN_DOMAIN, ProceduralScenes
 from ppd.envs.point_prompt_env import DEFAULT_START_MIX, PointPromptEnv
 from ppd.envs.vec_env import PromptVecEnv
-from ppd.envs.world import ImageRecord, PromptWorld, prompts_from_state, state_from_prompts
+from ppd.envs.world import ImageRecord, PromptWorld, prompts_from_state, segmenter_gives_uncertainty, state_from_prompts
 from ppd.models import BUNDLED_NAME
 from ppd.prompts import coarse_prompts, ideal_prompts
 from ppd.segmenter import Segmenter
@@ -74,6 +81,12 @@ class TrainConfig:
     """segmenter name (the bundled sam2-tiny-synthetic or an official SAM2 config)"""
     checkpoint: str = ""
     """segmenter checkpoint file (empty: the bundled model's own)"""
+    ruac_checkpoint: str = ""
+    """RUAC head (a ppd train-ruac run folder or its ruac_head.pt): decode with the RUAC Bayesian decoder (empty: SAM2's decoder)"""
+    ruac_uncertainty: str = "analytic"
+    """RUAC uncertainty mode: analytic (one pass) or mc (sampled); used with --ruac-checkpoint"""
+    node_uncertainty: bool = False
+    """add each patch's mean pixel uncertainty of the current mask to the node inputs (needs --ruac-checkpoint)"""
     n_envs: int = 8
     """parallel environments per agent (decoded in one batch)"""
     rounds: int = 3
@@ -153,6 +166,7 @@ class TrainConfig:
             "buffer_size": self.buffer_size >= self.n_envs,
             "gamma": 0.0 <= self.gamma <= 1.0,
             "exploration_fraction": 0.0 < self.exploration_fraction <= 1.0,
+            "ruac_uncertainty": self.ruac_uncertainty in ("analytic", "mc"),
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
@@ -167,6 +181,7 @@ class TrainConfig:
             relabel=self.relabel,
             coarse_kwargs=dict(self.coarse_kwargs),
             max_ideal_points=self.max_ideal_points,
+            node_uncertainty=self.node_uncertainty,
         )
         if role == "defender":
             kw["start_mix"] = dict(self.start_mix)
@@ -229,12 +244,16 @@ def greedy_rollout(
         max_steps: episode step budget.
         relabel: defender relabel actions allowed (must match the model's training).
 
+    The observation has the per-node ``uncertainty`` when the model was trained with it
+    (read from its observation space).
+
     Returns:
         Per start: ``{"start_quality", "quality", "state", "points", "steps"}``.
     """
+    node_unc = "uncertainty" in (getattr(model.observation_space, "spaces", None) or {})
     envs = []
     for rec, obj, st, pts in starts:
-        env = _ScriptedStartEnv(role, world=world, max_steps=max_steps, relabel=relabel)
+        env = _ScriptedStartEnv(role, world=world, max_steps=max_steps, relabel=relabel, node_uncertainty=node_unc)
         env.next_start = (rec, obj, st, pts, "scripted")
         envs.append(env)
     if not envs:
@@ -344,6 +363,13 @@ def _load_model(path: Path, env, cfg: TrainConfig, device: str) -> MaskedDQN:
     return model
 
 
+def _ruac_kwargs(ruac_checkpoint: str | None, ruac_uncertainty: str | None) -> dict[str, Any]:
+    """``load_segmenter`` arguments for a RUAC head (none without one)."""
+    if not ruac_checkpoint:
+        return {}
+    return dict(decoder="ruac", ruac_checkpoint=ruac_checkpoint, uncertainty=ruac_uncertainty or "analytic")
+
+
 def _config_dict(cfg: TrainConfig) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
@@ -388,7 +414,22 @@ def train(
     if segmenter is None:
         from ppd.segmenter import load_segmenter
 
-        segmenter = load_segmenter(cfg.segmenter, checkpoint=cfg.checkpoint or None, device=None if device == "auto" else device)
+        segmenter = load_segmenter(
+            cfg.segmenter,
+            checkpoint=cfg.checkpoint or None,
+            device=None if device == "auto" else device,
+            **_ruac_kwargs(cfg.ruac_checkpoint, cfg.ruac_uncertainty),
+        )
+    elif segmenter_gives_uncertainty(segmenter) and not cfg.ruac_checkpoint:
+        # record the given RUAC head so that the run (and its defender) can be reloaded
+        head = segmenter.info.get("ruac_checkpoint")
+        if head:
+            cfg = dataclasses.replace(cfg, ruac_checkpoint=str(head), ruac_uncertainty=segmenter.uncertainty_mode)
+    if cfg.node_uncertainty and not segmenter_gives_uncertainty(segmenter):
+        raise ValueError(
+            "node_uncertainty needs a segmenter that gives pixel uncertainty: set ruac_checkpoint "
+            "(--ruac-checkpoint DIR_OR_FILE, a head from `ppd train-ruac`) or pass a RUAC segmenter"
+        )
     graph_kw = dict(grid=cfg.grid or None, k_physical=cfg.k_physical, k_semantic=cfg.k_semantic)
     world = PromptWorld(segmenter, ProceduralScenes(TRAIN_DOMAIN, cfg.scenes, seed=cfg.seed * 1_000_000 + 500_000), **graph_kw)
     eval_world = PromptWorld(segmenter, ProceduralScenes(TRAIN_DOMAIN, cfg.eval_scenes, seed=EVAL_SEED), **graph_kw)

@@ -41,7 +41,13 @@ def valid_action_mask(node_state: np.ndarray, role: str, relabel: bool) -> np.nd
 
 
 def build_observation(
-    rec: ImageRecord, node_state: np.ndarray, node_points: np.ndarray, outcome: Outcome, t: int, max_steps: int
+    rec: ImageRecord,
+    node_state: np.ndarray,
+    node_points: np.ndarray,
+    outcome: Outcome,
+    t: int,
+    max_steps: int,
+    node_uncertainty: bool = False,
 ) -> dict[str, np.ndarray]:
     """The observation of a prompt state (see :class:`PointPromptEnv`, Observation Space).
 
@@ -54,11 +60,17 @@ def build_observation(
         node_points: (N, 2) prompt points (x, y) in pixels.
         outcome: the decoded state (coverage (N,), SAM's predicted IoU).
         t: steps taken so far; ``max_steps``: the episode's step budget.
+        node_uncertainty: add the ``uncertainty`` key (per-node mean pixel uncertainty
+            of the current mask, from ``outcome.uncertainty``).
+
+    Raises:
+        ValueError: ``node_uncertainty`` with an outcome that has no uncertainty (the
+            segmenter gives none).
     """
     patch = np.array([rec.hw[1], rec.hw[0]], np.float32) / rec.grid
     off = (node_points - rec.centres) / patch
     off = np.where((node_state != INACTIVE)[:, None], off, 0.0)
-    return {
+    obs = {
         "state": node_state.copy(),
         "coverage": np.round(outcome.coverage * 255).astype(np.uint8),
         # flat (2N,), node i at [2i, 2i + 1]: SB3 expects 1-D (or image) Boxes
@@ -67,6 +79,14 @@ def build_observation(
         "score": np.array([np.clip(outcome.score, 0.0, 1.5)], np.float32),
         "image_id": np.array([rec.graph_id], np.float32),
     }
+    if node_uncertainty:
+        if outcome.uncertainty is None:
+            raise ValueError(
+                "node_uncertainty needs the per-node uncertainty of the decoded mask, but this outcome "
+                "has none: the segmenter gives no uncertainty (use the RUAC decoder)"
+            )
+        obs["uncertainty"] = np.round(np.clip(outcome.uncertainty, 0.0, 1.0) * 255).astype(np.uint8)
+    return obs
 
 
 class PointPromptEnv(gym.Env):
@@ -102,15 +122,22 @@ class PointPromptEnv(gym.Env):
     NOT in the observation: ``image_id`` names the image's graph in
     ``ppd.graphs.store.GRAPH_STORE``.
 
-    | key        | shape  | dtype   | meaning                                                   |
-    |------------|--------|---------|-----------------------------------------------------------|
-    | state      | (N,)   | uint8   | 0 inactive, 1 positive, 2 negative                        |
-    | coverage   | (N,)   | uint8   | fraction of the patch inside the current mask, x 255      |
-    | offset     | (2N,)  | uint8   | prompt point - patch centre, in patch sizes, (o + 0.5) x 255; |
-    |            |        |         | node i's (x, y) at [2i, 2i + 1] (``reshape(N, 2)``)         |
-    | step_frac  | (1,)   | float32 | step / max_steps                                          |
-    | score      | (1,)   | float32 | SAM's predicted IoU of the current mask                   |
-    | image_id   | (1,)   | float32 | graph id (an integer < 2**24)                             |
+    | key         | shape  | dtype   | meaning                                                    |
+    |-------------|--------|---------|------------------------------------------------------------|
+    | state       | (N,)   | uint8   | 0 inactive, 1 positive, 2 negative                         |
+    | coverage    | (N,)   | uint8   | fraction of the patch inside the current mask, x 255       |
+    | offset      | (2N,)  | uint8   | prompt point - patch centre, in patch sizes, (o + 0.5) x 255; |
+    |             |        |         | node i's (x, y) at [2i, 2i + 1] (``reshape(N, 2)``)          |
+    | step_frac   | (1,)   | float32 | step / max_steps                                           |
+    | score       | (1,)   | float32 | SAM's predicted IoU of the current mask                    |
+    | image_id    | (1,)   | float32 | graph id (an integer < 2**24)                              |
+    | uncertainty | (N,)   | uint8   | only with ``node_uncertainty=True``: mean of the           |
+    |             |        |         | segmenter's pixel uncertainty over the patch for the       |
+    |             |        |         | current mask (0 with no prompt), x 255                     |
+
+    ``coverage`` and ``uncertainty`` describe the mask of the current prompt set: both
+    are patch means (:func:`ppd.graphs.dual_space.patch_mean`) of what the one decoder
+    call of the step returns, so they change with every step and cost no extra decode.
 
     ## Rewards
     ``r_t = s * (Q(M_t) - Q(M_{t-1}))`` with Q the IoU (or Dice) of SAM2's mask
@@ -132,10 +159,15 @@ class PointPromptEnv(gym.Env):
     the previous two), ``grid``, ``k_physical``, ``k_semantic``, ``max_steps``,
     ``quality`` ("iou" | "dice"), ``relabel`` (defender may relabel, default True),
     ``start_mix`` (defender start distribution), ``coarse_kwargs`` (passed to
-    ``coarse_prompts``), ``max_ideal_points`` (per label, attacker start).
+    ``coarse_prompts``), ``max_ideal_points`` (per label, attacker start),
+    ``node_uncertainty`` (default False: add the ``uncertainty`` observation key; needs a
+    segmenter that gives uncertainty, i.e. the RUAC decoder
+    ``ppd.load_segmenter(..., decoder="ruac", ruac_checkpoint=...)``, else ValueError).
 
     ## Version History
     * v0: initial version.
+    * v0 (same id): optional ``node_uncertainty`` argument adding the ``uncertainty``
+      key; off by default, and the observation without it is unchanged.
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 2}
@@ -156,6 +188,7 @@ class PointPromptEnv(gym.Env):
         coarse_kwargs: dict[str, Any] | None = None,
         max_ideal_points: int = 6,
         render_mode: str | None = None,
+        node_uncertainty: bool = False,
     ) -> None:
         if role not in ROLES:
             raise ValueError(f"role must be 'attacker' or 'defender', got {role!r}")
@@ -173,19 +206,29 @@ class PointPromptEnv(gym.Env):
         self.coarse_kwargs = dict(coarse_kwargs or {})
         self.max_ideal_points = max_ideal_points
         self.render_mode = render_mode
+        self.node_uncertainty = bool(node_uncertainty)
+        if self.node_uncertainty and not self.world.gives_uncertainty:
+            seg = self.world.segmenter
+            raise ValueError(
+                f"node_uncertainty=True needs a segmenter that gives pixel uncertainty, but "
+                f"{getattr(seg, 'name', type(seg).__name__)!r} uses decoder {getattr(seg, 'decoder', 'sam2')!r}: "
+                'load it with ppd.load_segmenter(..., decoder="ruac", ruac_checkpoint=DIR_OR_FILE) '
+                "or pass node_uncertainty=False"
+            )
         n = self.world.num_nodes
         self.num_nodes = n
         self.action_space = spaces.Discrete(2 * n + 1)
-        self.observation_space = spaces.Dict(
-            {
-                "state": spaces.Box(0, 2, (n,), np.uint8),
-                "coverage": spaces.Box(0, 255, (n,), np.uint8),
-                "offset": spaces.Box(0, 255, (2 * n,), np.uint8),
-                "step_frac": spaces.Box(0.0, 1.0, (1,), np.float32),
-                "score": spaces.Box(0.0, 1.5, (1,), np.float32),
-                "image_id": spaces.Box(0.0, float(MAX_ID), (1,), np.float32),
-            }
-        )
+        obs_spaces = {
+            "state": spaces.Box(0, 2, (n,), np.uint8),
+            "coverage": spaces.Box(0, 255, (n,), np.uint8),
+            "offset": spaces.Box(0, 255, (2 * n,), np.uint8),
+            "step_frac": spaces.Box(0.0, 1.0, (1,), np.float32),
+            "score": spaces.Box(0.0, 1.5, (1,), np.float32),
+            "image_id": spaces.Box(0.0, float(MAX_ID), (1,), np.float32),
+        }
+        if self.node_uncertainty:
+            obs_spaces["uncertainty"] = spaces.Box(0, 255, (n,), np.uint8)
+        self.observation_space = spaces.Dict(obs_spaces)
         self._rec: ImageRecord | None = None
         self._obj = 0
         self._state = np.zeros(n, np.uint8)
@@ -283,7 +326,9 @@ class PointPromptEnv(gym.Env):
         return valid_action_mask(self._state, self.role, self.relabel)
 
     def _obs(self) -> dict[str, np.ndarray]:
-        return build_observation(self._rec, self._state, self._points, self._outcome, self._t, self.max_steps)
+        return build_observation(
+            self._rec, self._state, self._points, self._outcome, self._t, self.max_steps, self.node_uncertainty
+        )
 
     def _info(self, invalid: bool) -> dict[str, Any]:
         return {

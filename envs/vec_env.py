@@ -51,7 +51,7 @@ class PromptVecEnv(VecEnv):
         seed: if given, env i is seeded with ``seed + i`` at the first :meth:`reset`.
         **env_kwargs: the other :class:`PointPromptEnv` arguments (``max_steps``,
             ``relabel``, ``start_mix``, ``coarse_kwargs``, ``max_ideal_points``,
-            ``render_mode``).
+            ``render_mode``, ``node_uncertainty``).
 
     Observations are dicts of arrays with a leading M axis; :meth:`action_masks` gives
     the (M, 2N + 1) valid-action masks.

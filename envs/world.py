@@ -10,6 +10,12 @@ any number of prompt states, on any images, in ONE segmenter call; this is what 
 Prompt state lives on graph nodes: ``node_state[i]`` is 0 (inactive), 1 (positive) or
 2 (negative), and ``node_points[i]`` is the pixel (x, y) the prompt of node i sits at
 (the patch centre, or the coarse point mapped to the patch).
+
+Per-step node values come from the decoded mask, pooled onto the graph grid with
+:func:`ppd.graphs.dual_space.patch_mean`: the mask coverage of each patch, and, when the
+segmenter gives a pixel uncertainty map (the RUAC decoder), each patch's mean
+uncertainty. Both are part of the :class:`Outcome` of a prompt state, so they cost no
+extra decoder call.
 """
 
 from __future__ import annotations
@@ -17,14 +23,12 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from ppd.data.types import Scene
-from ppd.graphs.dual_space import build_dual_space_graph, patch_centres, patch_index
+from ppd.graphs.dual_space import build_dual_space_graph, patch_centres, patch_index, patch_mean
 from ppd.graphs.store import GRAPH_STORE
 from ppd.metrics import dice, iou
 from ppd.segmenter import ImageEmbedding, Segmenter
@@ -65,6 +69,9 @@ class Outcome:
     coverage: np.ndarray  # (N,) fraction of each patch covered by the mask
     score: float  # SAM's predicted IoU (0 for an empty prompt set)
     mask: np.ndarray | None = field(default=None, repr=False)  # (H, W) bool, on request
+    # (N,) mean pixel uncertainty of each patch, in [0, 1]; None when the segmenter gives
+    # no uncertainty (SAM2's decoder); zeros for an empty prompt set (nothing decoded)
+    uncertainty: np.ndarray | None = field(default=None, repr=False)
 
 
 def state_key(node_state: np.ndarray, node_points: np.ndarray) -> bytes:
@@ -103,6 +110,12 @@ def state_from_prompts(
         node_state[nodes[k]] = POSITIVE if labels[k] == 1 else NEGATIVE
         node_points[nodes[k]] = coords[k]
     return node_state, node_points, nodes
+
+
+def segmenter_gives_uncertainty(segmenter: Any) -> bool:
+    """Whether ``segmenter``'s predictions carry ``Prediction.uncertainty`` (a
+    :class:`~ppd.segmenter.Segmenter` with a RUAC head: ``uncertainty_mode`` is set)."""
+    return getattr(segmenter, "uncertainty_mode", None) is not None
 
 
 class PromptWorld:
@@ -191,6 +204,12 @@ class PromptWorld:
         """Nodes per graph (all images share the grid)."""
         return self.image(0).num_nodes
 
+    @property
+    def gives_uncertainty(self) -> bool:
+        """Whether the segmenter's predictions carry a pixel uncertainty map (RUAC
+        decoder), so that every :class:`Outcome` has per-node ``uncertainty``."""
+        return segmenter_gives_uncertainty(self.segmenter)
+
     # -- evaluation -----------------------------------------------------------------
     def decoded_prompts(self, node_state: np.ndarray, node_points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The prompts :meth:`evaluate` decodes for a state, padding included.
@@ -229,7 +248,8 @@ class PromptWorld:
                 out[i] = hit
             elif not (st != INACTIVE).any():
                 out[i] = Outcome(0.0 if obj >= 0 else float("nan"), np.zeros(rec.num_nodes, np.float32), 0.0,
-                                 np.zeros(rec.hw, bool) if want_mask else None)
+                                 np.zeros(rec.hw, bool) if want_mask else None,
+                                 np.zeros(rec.num_nodes, np.float32) if self.gives_uncertainty else None)
             else:
                 todo.append(i)
         # One decoder call per prompt width: a single call while every state has at most
@@ -248,10 +268,11 @@ class PromptWorld:
                 rec, obj, st, pts = requests[i]
                 mask = pred.masks[j]
                 q = float(self.quality_fn(mask, rec.scene.masks[obj])) if obj >= 0 else float("nan")
-                cov = F.adaptive_avg_pool2d(torch.from_numpy(mask[None].astype(np.float32)), rec.grid).flatten().numpy()
-                res = Outcome(q, cov, float(pred.scores[j]))
+                cov = patch_mean(mask, rec.grid)
+                unc = None if pred.uncertainty is None else patch_mean(pred.uncertainty[j], rec.grid)
+                res = Outcome(q, cov, float(pred.scores[j]), uncertainty=unc)
                 self._outcomes[(rec.graph_id, obj, state_key(st, pts))] = res
-                out[i] = Outcome(q, cov, res.score, mask) if want_mask else res
+                out[i] = Outcome(q, cov, res.score, mask, unc) if want_mask else res
             while len(self._outcomes) > self.cache_size:
                 self._outcomes.popitem(last=False)
         return out  # type: ignore[return-value]

@@ -12,6 +12,7 @@ from .dual_space import (
     build_dual_space_graph,
     patch_centres,
     patch_index,
+    patch_mean,
     to_networkx,
 )
 
@@ -22,5 +23,6 @@ __all__ = [
     "build_dual_space_graph",
     "patch_centres",
     "patch_index",
+    "patch_mean",
     "to_networkx",
 ]

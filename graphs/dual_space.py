@@ -41,6 +41,7 @@ __all__ = [
     "build_dual_space_graph",
     "patch_centres",
     "patch_index",
+    "patch_mean",
     "to_networkx",
 ]
 
@@ -240,6 +241,31 @@ def patch_index(point_coords: np.ndarray, grid: int, height: int, width: int) ->
     c = np.minimum(np.floor(xs * G / W), G - 1).astype(np.int64)
     r = np.minimum(np.floor(ys * G / H), G - 1).astype(np.int64)
     return r * G + c
+
+
+def patch_mean(pixel_map: np.ndarray, grid: int) -> np.ndarray:
+    """Mean of a pixel map over each patch of the graph grid: per-node values.
+
+    The pooling is ``adaptive_avg_pool2d`` to ``G x G``, the one used for the node
+    features, so node ``i`` (row-major) gets the mean of the pixels its patch covers
+    (adaptive pooling widens a bin by a pixel where ``H`` or ``W`` is not a multiple of
+    ``G``). Used for the per-step node inputs of :mod:`ppd.envs`: the mask coverage (a
+    bool mask) and the segmenter's pixel uncertainty (the RUAC decoder).
+
+    Args:
+        pixel_map: (H, W) map at image size (bool or float), or (B, H, W) maps.
+        grid: side ``G`` of the patch grid, ``1 <= G <= min(H, W)``.
+
+    Returns:
+        (G * G,) float32 patch means ((B, G * G) for a batch), in node order.
+    """
+    G = _check_int(grid, "grid", lo=1)
+    arr = np.asarray(pixel_map)
+    if arr.ndim not in (2, 3) or min(arr.shape[-2:]) < G:
+        raise ValueError(f"pixel_map must be (H, W) or (B, H, W) with H, W >= grid = {G}, got {arr.shape}")
+    t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
+    pooled = F.adaptive_avg_pool2d(t[None] if arr.ndim == 2 else t[:, None], G)
+    return pooled.reshape(*arr.shape[:-2], G * G).numpy()
 
 
 def to_networkx(data: Data) -> nx.Graph:
