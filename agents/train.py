@@ -87,13 +87,16 @@ class TrainConfig:
     """RUAC uncertainty mode: analytic (one pass) or mc (sampled); used with --ruac-checkpoint"""
     node_uncertainty: bool = False
     """add each patch's mean pixel uncertainty of the current mask to the node inputs (needs --ruac-checkpoint)"""
+    defender_step_cost: float = 0.005
+    """reward subtracted per defender change (beyond the paper): a removal or relabel
+    must raise IoU by more than this to pay, so the defender learns to stop"""
     n_envs: int = 8
     """parallel environments per agent (decoded in one batch)"""
-    rounds: int = 3
+    rounds: int = 2
     """adversarial rounds (attacker phase + defender phase)"""
-    attacker_steps: int = 3000
+    attacker_steps: int = 2500
     """attacker env steps per round"""
-    defender_steps: int = 10000
+    defender_steps: int = 7500
     """defender env steps per round"""
     scenes: int = 200
     """training scenes (procedural, training domain)"""
@@ -161,6 +164,7 @@ class TrainConfig:
             "eval_every": self.eval_every >= 0,
             "attacker_max_steps": self.attacker_max_steps >= 1,
             "defender_max_steps": self.defender_max_steps >= 1,
+            "defender_step_cost": self.defender_step_cost >= 0,
             "grid": self.grid >= 0,
             "batch_size": self.batch_size >= 1,
             "buffer_size": self.buffer_size >= self.n_envs,
@@ -185,6 +189,7 @@ class TrainConfig:
         )
         if role == "defender":
             kw["start_mix"] = dict(self.start_mix)
+            kw["step_cost"] = self.defender_step_cost
         return kw
 
     def dqn_kwargs(self) -> dict[str, Any]:

@@ -143,6 +143,9 @@ class PointPromptEnv(gym.Env):
     ``r_t = s * (Q(M_t) - Q(M_{t-1}))`` with Q the IoU (or Dice) of SAM2's mask
     against the ground truth, s = -1 for the attacker and +1 for the defender. No
     prompt at all gives an empty mask (Q = 0). Stop and invalid actions give 0.
+    With ``step_cost`` c > 0 every valid non-stop action earns ``r_t - c`` (beyond the
+    paper): a change must raise the quality by more than c to pay, which teaches the
+    agent to stop instead of making changes whose value is within its estimation noise.
 
     ## Starting State
     A random scene of the dataset and a random object in it. Attacker: ideal prompts.
@@ -162,12 +165,14 @@ class PointPromptEnv(gym.Env):
     ``coarse_prompts``), ``max_ideal_points`` (per label, attacker start),
     ``node_uncertainty`` (default False: add the ``uncertainty`` observation key; needs a
     segmenter that gives uncertainty, i.e. the RUAC decoder
-    ``ppd.load_segmenter(..., decoder="ruac", ruac_checkpoint=...)``, else ValueError).
+    ``ppd.load_segmenter(..., decoder="ruac", ruac_checkpoint=...)``, else ValueError),
+    ``step_cost`` (default 0: the paper's reward; see Rewards).
 
     ## Version History
     * v0: initial version.
     * v0 (same id): optional ``node_uncertainty`` argument adding the ``uncertainty``
       key; off by default, and the observation without it is unchanged.
+    * v0 (same id): optional ``step_cost`` (default 0, the reward is unchanged).
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 2}
@@ -189,6 +194,7 @@ class PointPromptEnv(gym.Env):
         max_ideal_points: int = 6,
         render_mode: str | None = None,
         node_uncertainty: bool = False,
+        step_cost: float = 0.0,
     ) -> None:
         if role not in ROLES:
             raise ValueError(f"role must be 'attacker' or 'defender', got {role!r}")
@@ -207,6 +213,9 @@ class PointPromptEnv(gym.Env):
         self.max_ideal_points = max_ideal_points
         self.render_mode = render_mode
         self.node_uncertainty = bool(node_uncertainty)
+        if not (np.isfinite(step_cost) and step_cost >= 0):
+            raise ValueError(f"step_cost must be a finite number >= 0, got {step_cost!r}")
+        self.step_cost = float(step_cost)
         if self.node_uncertainty and not self.world.gives_uncertainty:
             seg = self.world.segmenter
             raise ValueError(
@@ -304,7 +313,7 @@ class PointPromptEnv(gym.Env):
         prev = self._outcome.quality
         self._outcome = outcome
         delta = outcome.quality - prev
-        reward = 0.0 if (self._invalid or self._stopped) else float(delta if self.role == "defender" else -delta)
+        reward = 0.0 if (self._invalid or self._stopped) else float(delta if self.role == "defender" else -delta) - self.step_cost
         no_action = not self.action_masks()[:-1].any()
         terminated = bool(self._stopped or no_action)
         truncated = bool(not terminated and self._t >= self.max_steps)

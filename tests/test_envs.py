@@ -381,3 +381,22 @@ def test_vec_env_truncation_and_api(world):
     with pytest.raises(ValueError, match="3 actions"):
         venv.step(np.zeros(2, int))
     venv.close()
+
+
+def test_step_cost_is_charged_per_change_not_on_stop(world):
+    """step_cost c: a valid change earns (quality change - c), stop and invalid earn 0."""
+    plain = PointPromptEnv("defender", world=world, max_steps=50)
+    costly = PointPromptEnv("defender", world=world, max_steps=50, step_cost=0.01)
+    plain.reset(seed=5)
+    costly.reset(seed=5)
+    rng = np.random.default_rng(1)
+    for _ in range(2):
+        a = random_valid(plain.action_masks(), rng, allow_stop=False)
+        _, r0, *_ = plain.step(a)
+        _, r1, *_ = costly.step(a)
+        assert r1 == pytest.approx(r0 - 0.01, abs=1e-9)
+    stop = len(costly.action_masks()) - 1
+    _, r_stop, terminated, _, _ = costly.step(stop)
+    assert r_stop == 0.0 and terminated
+    with pytest.raises(ValueError, match="step_cost"):
+        PointPromptEnv("defender", world=world, step_cost=-0.1)
