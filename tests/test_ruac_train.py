@@ -157,6 +157,9 @@ def test_attackers_get_reversed_gradient_only_in_the_adversarial_phase(trainer_a
         return [None if p.grad is None else p.grad.clone() for p in params]
 
     assert all(g is None for g in grads(0))  # phase 1: the attackers are not used
+    # phase 1 scores the analytic mean: the Weibull-shape networks get no gradient yet
+    _, shape_params = trainer.head_parameter_groups()
+    assert all(p.grad is None or not p.grad.any() for p in shape_params)
     g = grads(3)
     assert trainer.cfg.phase(3) == 3
     assert trainer.style.mlp[-1].weight.grad.abs().sum() > 0

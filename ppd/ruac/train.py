@@ -12,10 +12,15 @@ One step (``batch_size`` images, ``objects_per_image`` objects each, seeded):
    output, several random clicks, or a box; then ``rounds - 1`` corrective clicks from the
    head's own mean prediction) or RUAC's protocol (``"protocol"``: a random GT pixel,
    then error-region clicks, :func:`ppd.ruac.evaluation.protocol_click`);
-2. clean branch: every round is decoded by the head in ``"sample"`` mode (one Weibull
-   draw, the reparameterised path), loss = ``focal_weight`` x focal + ``dice_weight`` x
-   dice on the sampled logits at the decoder's low resolution (multimask rows: the best of
-   the three masks, as SAM), mean over rows and rounds, + the head's KL term;
+2. clean branch: every round is decoded by the head; loss = ``focal_weight`` x focal +
+   ``dice_weight`` x dice at the decoder's low resolution (multimask rows: the best of
+   the three masks, as SAM), mean over rows and rounds. Curriculum phase 1 (the paper's
+   "standard SAM segmentation loss") scores the analytic mean logits (``phase1_mean``);
+   from phase 2 on the head runs in ``"sample"`` mode (one Weibull draw, the
+   reparameterised path), the loss scores the sampled logits and the head's KL term is
+   added. The head's mean path (initialised from SAM2's decoder) learns at
+   ``lr_head_mean``, far below its new Weibull-shape networks (``lr_head``), as RUAC
+   fine-tunes the pretrained decoder far slower than its new parts;
 3. adversarial branch (phase 3 of the curriculum, skipped with ``aue=False``): the style
    attacker restyles every object of each image (AdaIN, GCN-coordinated) and the
    deformation attacker warps image and masks with one field; the attacked image is
@@ -107,11 +112,13 @@ _POOL_SEED_OFFSET = 500_000
 class RuacTrainConfig:
     """Configuration of ``ppd train-ruac`` (field docs are the CLI help).
 
-    Default run: 1200 steps. Measured on the 2-core CPU at 1 thread (bundled model,
-    batch 8 x 2 objects, 2 rounds, the other core busy): ~0.55 s per clean step (phases
-    1-2) and ~1.9 s per adversarial step (phase 3), so ~0.35 x 1200 x 0.55 + 0.65 x 1200 x
-    1.9 = ~1710 s of steps, + ~60 s pool, ~200 s pool refreshes and ~30 s evaluation:
-    ~33 min at 1 thread; a little less at 2 threads. ``--no-aue`` runs take ~12 min.
+    Default run: 2000 steps. Measured on the 2-core development CPU, bundled model, batch
+    8 images x 2 objects, 3 protocol rounds, 4 attacked images, 1 torch thread: process
+    CPU time 0.43-0.55 s per clean step (phases 1-2) and 0.89-0.99 s per adversarial step
+    (phase 3), pool refreshes included, so 0.35 x 2000 x 0.5 + 0.65 x 2000 x 0.95 = ~1590
+    s of steps + ~30 s to encode the pool + ~20 s of evaluation: ~28 min on one free
+    core, less with 2 threads. With the machine shared (3-4 busy processes on 2 cores)
+    wall time was 1.5x the CPU time (~40 min). ``--no-aue`` runs: ~17 min.
     """
 
     model: str = BUNDLED_NAME
@@ -124,15 +131,15 @@ class RuacTrainConfig:
     """random seed (scenes, prompts, head and attacker initialisation, Weibull draws)"""
     threads: int = 0
     """torch CPU threads (0: leave torch's default)"""
-    steps: int = 1200
+    steps: int = 2000
     """optimiser steps (the curriculum phases are fractions of it)"""
     batch_size: int = 8
     """images per step"""
     objects_per_image: int = 2
     """objects (prompted mask rows) per image per step"""
-    rounds: int = 2
+    rounds: int = 3
     """prompt rounds per step: the initial prompt, then corrective clicks"""
-    prompt_mode: str = "mixed"
+    prompt_mode: str = "protocol"
     """mixed: ppd pretrain's prompts (1 click multimask / several clicks / box, then
     corrective clicks); protocol: RUAC's 3-click protocol (random GT pixel, then
     error-region clicks)"""
@@ -146,10 +153,17 @@ class RuacTrainConfig:
     """mixed prompts: probability that a corrective click follows the SAM/RITM rule
     (else a random interior point of the larger error region)"""
     lr_head: float = 1e-3
-    """peak learning rate of the Bayesian head (RUAC: 1e-4 on a pretrained SAM2; the
-    head's Weibull shapes start untrained, and 1e-3 moved them within this budget)"""
+    """peak learning rate of the head's Weibull-shape networks (pixel kappa CNN, token
+    shape MLP), the new parameters (RUAC: 1e-4 for its Bayesian head on a pretrained
+    SAM2; 3e-3 moved the shapes within 60 steps here, 1e-3 suits a 2000-step run)"""
+    lr_head_mean: float = 1e-5
+    """peak learning rate of the head's mean path (evidence 1x1 conv, per-token weight
+    MLPs), initialised from SAM2's decoder (RUAC fine-tunes its decoder at 1e-6). Measured
+    on the bundled model, 150 steps: 1e-3 took held-out 3-click IoU from 0.25 to 0.07,
+    1e-4 to 0.13, 1e-5 kept 0.24"""
     lr_attackers: float = 1e-3
-    """peak learning rate of the style and deformation attackers (RUAC: 1e-3)"""
+    """peak learning rate of the style and deformation attackers (RUAC: 1e-3; after 60
+    phase-3 steps the mean style shift was 6 percent of its bound at 1e-3, 75 percent at 1e-2)"""
     weight_decay: float = 0.01
     """AdamW weight decay"""
     warmup_steps: int = 50
@@ -167,6 +181,11 @@ class RuacTrainConfig:
     """focal loss focusing exponent"""
     dice_weight: float = 1.0
     """weight of the dice term"""
+    phase1_mean: bool = True
+    """curriculum phase 1 (the paper's "standard SAM segmentation loss") trains the mean
+    path on the analytic mean logits; Weibull sampling starts with the KL in phase 2.
+    Sampled logits without the KL drive every Weibull shape to kappa_max, where the
+    clamp stops their gradient for the rest of the run (measured)"""
     aue: bool = True
     """adversarial uncertainty estimation (attackers + calibration loss); --no-aue is the
     Bayes-only ablation (segmentation + KL)"""
@@ -230,6 +249,7 @@ class RuacTrainConfig:
             "checkpoint_every": self.checkpoint_every >= 1,
             "log_every": self.log_every >= 1,
             "lr_head": self.lr_head > 0,
+            "lr_head_mean": self.lr_head_mean >= 0,
             "lr_attackers": self.lr_attackers > 0,
             "max_clicks": self.max_clicks >= 2,
             "warmup_steps": self.warmup_steps >= 0,
@@ -445,7 +465,8 @@ class RuacTrainer:
     Attributes:
         head: the :class:`BayesianMaskDecoder` on ``model.sam_mask_decoder``.
         style, deform: the attackers.
-        opt: AdamW with the groups ``head`` (``lr_head``) and ``attackers`` (``lr_attackers``).
+        opt: AdamW with the groups ``head_mean`` (``lr_head_mean``), ``head_shape``
+            (``lr_head``) and ``attackers`` (``lr_attackers``).
         rng: numpy generator of the prompts; gen: torch generator of the Weibull draws.
     """
 
@@ -460,9 +481,12 @@ class RuacTrainer:
                                    grl_scale=cfg.grl_scale).to(device)
         self.deform = DeformationAttacker(feature_dim=c, max_displacement=cfg.deform_max_displacement,
                                           grl_scale=cfg.grl_scale).to(device)
+        mean_p, shape_p = self.head_parameter_groups()
+        self.peak_lr = {"head_mean": cfg.lr_head_mean, "head_shape": cfg.lr_head, "attackers": cfg.lr_attackers}
         self.opt = torch.optim.AdamW(
             [
-                {"params": self.head.head_parameters(), "lr": cfg.lr_head, "name": "head"},
+                {"params": mean_p, "lr": cfg.lr_head_mean, "name": "head_mean"},
+                {"params": shape_p, "lr": cfg.lr_head, "name": "head_shape"},
                 {"params": self.attacker_parameters(), "lr": cfg.lr_attackers, "name": "attackers"},
             ],
             weight_decay=cfg.weight_decay,
@@ -472,6 +496,16 @@ class RuacTrainer:
         self.size = int(model.image_size)
         self.pe = None
         self.train_mode()
+
+    def head_parameter_groups(self) -> tuple[list[torch.nn.Parameter], list[torch.nn.Parameter]]:
+        """``(mean path, shape networks)``: the head's parameters initialised from SAM2's
+        decoder (evidence conv, per-token weight MLPs) and its new Weibull-shape ones."""
+        mean_p, shape_p = [], []
+        for n, p in self.head.named_parameters():
+            if n.startswith("base."):
+                continue
+            (mean_p if n.startswith(("evidence.", "token_mean.")) else shape_p).append(p)
+        return mean_p, shape_p
 
     def attacker_parameters(self) -> list[torch.nn.Parameter]:
         return [*self.style.parameters(), *self.deform.parameters()]
@@ -576,9 +610,13 @@ class RuacTrainer:
         return rounds
 
     # -- losses -------------------------------------------------------------------------
-    def clean_losses(self, batch: RuacBatch, rounds: list[_Round], with_kl: bool) -> dict[str, torch.Tensor]:
-        """Segmentation loss on sampled logits and KL, mean over rows and rounds."""
+    def clean_losses(
+        self, batch: RuacBatch, rounds: list[_Round], with_kl: bool, mode: str = "sample"
+    ) -> dict[str, torch.Tensor]:
+        """Segmentation loss on sampled (``mode="sample"``) or mean (``"analytic"``) logits
+        and the KL, mean over rows and rounds."""
         seg_sum = torch.zeros((), device=self.device)
+        unc_sum = torch.zeros((), device=self.device)
         kl_sum = torch.zeros((), device=self.device)
         hits = torch.zeros((), device=self.device)
         r_total = 0
@@ -589,7 +627,7 @@ class RuacTrainer:
                     continue
                 own = batch.owner[idx]
                 out = self.decode(batch.embed[own], [h[own] for h in batch.high], rnd.coords[idx], rnd.labels[idx],
-                                  mm, "sample", with_kl)
+                                  mm, mode, with_kl)
                 tgt = batch.target[idx]
                 per = self._row_losses(out.logits, tgt)
                 best = per.detach().argmin(1)
@@ -598,8 +636,9 @@ class RuacTrainer:
                 kl_sum = kl_sum + out.kl * len(idx)
                 with torch.no_grad():
                     hits = hits + _hard_iou(out.logits[rows, best], tgt).sum()
+                    unc_sum = unc_sum + out.uncertainty[rows, best].mean((1, 2)).sum()
             r_total += len(rnd.multi)
-        return {"seg": seg_sum / r_total, "kl": kl_sum / r_total, "iou_sample": hits / r_total}
+        return {"seg": seg_sum / r_total, "kl": kl_sum / r_total, "iou_sample": hits / r_total, "unc": unc_sum / r_total}
 
     def adversarial_losses(
         self, batch: RuacBatch, rnd: _Round, with_kl: bool, keep_outputs: bool = False
@@ -638,9 +677,10 @@ class RuacTrainer:
     def losses(self, batch: RuacBatch, rounds: list[_Round], step: int) -> dict[str, Any]:
         """All loss terms of a step and their weighted total (module docstring, step 4)."""
         w = self.cfg.weights(step)
-        clean = self.clean_losses(batch, rounds, with_kl=w["kl"] > 0)
+        mode = "analytic" if self.cfg.phase1_mean and self.cfg.phase(step) == 1 else "sample"
+        clean = self.clean_losses(batch, rounds, with_kl=w["kl"] > 0, mode=mode)
         total = w["seg"] * clean["seg"] + w["kl"] * clean["kl"]
-        parts: dict[str, Any] = {"seg": clean["seg"], "kl": clean["kl"], "iou_sample": clean["iou_sample"]}
+        parts: dict[str, Any] = dict(clean)
         if w["adv"] > 0:
             sub, rows = batch.subset(self.cfg.adv_images)
             last = rounds[-1]
@@ -657,7 +697,7 @@ class RuacTrainer:
         cfg = self.cfg
         f = cfg.lr_factor(step)
         for g in self.opt.param_groups:
-            g["lr"] = (cfg.lr_head if g["name"] == "head" else cfg.lr_attackers) * f
+            g["lr"] = self.peak_lr[g["name"]] * f
         rounds = self.make_prompts(batch)
         parts = self.losses(batch, rounds, step)
         self.opt.zero_grad(set_to_none=True)
@@ -672,7 +712,7 @@ class RuacTrainer:
             if isinstance(v, torch.Tensor):
                 stats[k] = float(v.detach())
         stats["phase"] = float(cfg.phase(step))
-        stats["lr_head"] = self.opt.param_groups[0]["lr"]
+        stats["lr_head"] = self.peak_lr["head_shape"] * f
         return stats
 
 
