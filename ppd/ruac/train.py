@@ -114,13 +114,14 @@ _POOL_SEED_OFFSET = 500_000
 class RuacTrainConfig:
     """Configuration of ``ppd train-ruac`` (field docs are the CLI help).
 
-    Default run: 2000 steps. Measured on the 2-core development CPU, bundled model, batch
-    8 images x 2 objects, 3 protocol rounds, 4 attacked images, 1 torch thread: process
-    CPU time 0.43-0.55 s per clean step (phases 1-2) and 0.89-0.99 s per adversarial step
-    (phase 3), pool refreshes included, so 0.35 x 2000 x 0.5 + 0.65 x 2000 x 0.95 = ~1590
-    s of steps + ~30 s to encode the pool + ~20 s of evaluation: ~28 min on one free
-    core, less with 2 threads. With the machine shared (3-4 busy processes on 2 cores)
-    wall time was 1.5x the CPU time (~40 min). ``--no-aue`` runs: ~17 min.
+    Default run: 2000 steps. Measured on the 2-core development CPU with 1 torch thread
+    and the other core free (bundled model, batch 8 images x 2 objects, 3 protocol rounds,
+    4 attacked images, pool refreshes included; ``ppd train-ruac --steps 60``): 0.51 s
+    per phase-1 step, 0.84 s per phase-2 step (sampling + KL), 0.99 s per phase-3 step
+    (adversarial branch), so 500 x 0.51 + 200 x 0.84 + 1300 x 0.99 = ~1710 s of steps,
+    + ~25 s to encode the pool + ~15 s of evaluation: ~29 min at 1 thread, less at 2.
+    With the machine shared (3-4 busy processes on 2 cores) wall time was up to 1.5x
+    the CPU time. ``--no-aue``: ~17 min at 1 thread.
     """
 
     model: str = BUNDLED_NAME
