@@ -58,7 +58,8 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, skip: tuple[s
         if typ not in (int, float, str, bool):
             continue
         flag = "--" + f.name.replace("_", "-")
-        help_ = f"{docs.get(f.name, '')} (default: {default})"
+        # argparse %-formats help strings: escape literal percent signs in docstrings
+        help_ = f"{docs.get(f.name, '')} (default: {default})".replace("%", "%%")
         if typ is bool:
             group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_)
         else:
