@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -41,3 +42,14 @@ def save_text(text: str, path: str | os.PathLike) -> Path:
 
 def save_json(obj: Any, path: str | os.PathLike) -> Path:
     return save_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", path)
+
+
+def json_safe(x: Any) -> Any:
+    """nan/inf -> None, recursively through dicts, lists and tuples (strict JSON)."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [json_safe(v) for v in x]
+    return x

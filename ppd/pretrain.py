@@ -37,7 +37,8 @@ from ppd.data.scenes import DOMAINS, TRAIN_DOMAIN, ProceduralScenes, make_scene
 from ppd.metrics import iou as iou_metric
 from ppd.models import BUNDLED_NAME, new_tiny_model, tiny_model_config
 from ppd.prompts import corrective_click, farthest_click
-from ppd.segmenter import Segmenter, image_features
+from ppd.ruac.losses import dice_loss, focal_loss
+from ppd.segmenter import IMAGENET_MEAN, IMAGENET_STD, Segmenter, image_features
 
 logger = logging.getLogger(__name__)
 
@@ -116,25 +117,9 @@ EVAL_SEED = 10_000_000
 
 
 # ----------------------------------------------------------------------------- losses
-def focal_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float = 0.25, gamma: float = 2.0) -> torch.Tensor:
-    """Per-row sigmoid focal loss, mean over pixels. logits/target (B, H, W) -> (B,)."""
-    p = torch.sigmoid(logits)
-    ce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
-    p_t = p * target + (1 - p) * (1 - target)
-    loss = ce * (1 - p_t) ** gamma if gamma else ce
-    if alpha >= 0:
-        loss = (alpha * target + (1 - alpha) * (1 - target)) * loss
-    return loss.flatten(1).mean(1)
-
-
-def dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per-row soft dice loss. (B, H, W) -> (B,)."""
-    p = torch.sigmoid(logits).flatten(1)
-    t = target.flatten(1)
-    return 1 - (2 * (p * t).sum(1) + 1) / (p.sum(1) + t.sum(1) + 1)
-
-
 def hard_iou(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """(B, h, w) logits vs (soft) targets -> (B,) IoU of ``logits > 0`` vs ``target > 0.5``
+    (1 when both are empty)."""
     pred = logits > 0
     t = target > 0.5
     inter = (pred & t).flatten(1).sum(1).float()
@@ -255,8 +240,8 @@ def lr_at(step: int, cfg: PretrainConfig) -> float:
 
 def _normalise(imgs: np.ndarray) -> torch.Tensor:
     x = torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 255.0
-    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     return (x - mean) / std
 
 

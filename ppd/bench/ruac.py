@@ -249,18 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         io.save_text(md, args.out)
     if args.json:
-        io.save_json(_json_safe(results), args.json)
+        io.save_json(io.json_safe(results), args.json)
     return 0
-
-
-def _json_safe(x: Any) -> Any:
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, dict):
-        return {k: _json_safe(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_json_safe(v) for v in x]
-    return x
 
 
 if __name__ == "__main__":

@@ -73,7 +73,7 @@ import yaml
 from ppd import io
 from ppd.data.scenes import DOMAINS, TRAIN_DOMAIN, ProceduralScenes, make_scene
 from ppd.models import BUNDLED_NAME
-from ppd.pretrain import _error_click, _initial_prompt, _normalise, _pad
+from ppd.pretrain import _error_click, _initial_prompt, _normalise, _pad, hard_iou
 from ppd.ruac.adversaries import DeformationAttacker, StyleAttacker
 from ppd.ruac.decoder import HEAD_FILENAME, BayesianMaskDecoder, RuacDecoderOutput, RuacHeadConfig, save_head
 from ppd.ruac.evaluation import (
@@ -641,7 +641,7 @@ class RuacTrainer:
                 seg_sum = seg_sum + per[rows, best].sum()
                 kl_sum = kl_sum + out.kl * len(idx)
                 with torch.no_grad():
-                    hits = hits + _hard_iou(out.logits[rows, best], tgt).sum()
+                    hits = hits + hard_iou(out.logits[rows, best], tgt).sum()
                     unc_sum = unc_sum + out.uncertainty[rows, best].mean((1, 2)).sum()
             r_total += len(rnd.multi)
         return {"seg": seg_sum / r_total, "kl": kl_sum / r_total, "iou_sample": hits / r_total, "unc": unc_sum / r_total}
@@ -670,7 +670,7 @@ class RuacTrainer:
         cal = calibration_loss(torch.sigmoid(logits), target, out.sampled_entropy[:, 0], out.uncertainty[:, 0])
         res: dict[str, Any] = {"seg": seg, "kl": out.kl, "cal": cal}
         with torch.no_grad():
-            res["iou_sample_adv"] = _hard_iou(logits, target).mean()
+            res["iou_sample_adv"] = hard_iou(logits, target).mean()
             res["unc_adv"] = out.uncertainty.mean()
             res["style_shift"] = sdiag["mean_abs_shift"]
             res["style_scale"] = sdiag["mean_abs_scale_delta"]
@@ -720,14 +720,6 @@ class RuacTrainer:
         stats["phase"] = float(cfg.phase(step))
         stats["lr_head"] = self.peak_lr["head_shape"] * f
         return stats
-
-
-def _hard_iou(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """(B, h, w) logits vs soft targets -> (B,) IoU of ``logits > 0`` vs ``target > 0.5``."""
-    p, t = logits > 0, target > 0.5
-    inter = (p & t).flatten(1).sum(1).float()
-    union = (p | t).flatten(1).sum(1).float()
-    return torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(inter))
 
 
 # ----------------------------------------------------------------------------- run folder
@@ -898,16 +890,5 @@ def train_ruac(
         "eval_seed": EVAL_SEED,
     }
     save_head(out / HEAD_FILENAME, trainer.head, meta={**meta, "steps": step, "partial": False, "eval": final})
-    io.save_json(_json_safe(metrics), out / METRICS_FILENAME)
+    io.save_json(io.json_safe(metrics), out / METRICS_FILENAME)
     return metrics
-
-
-def _json_safe(x: Any) -> Any:
-    """nan/inf -> None, recursively (strict JSON)."""
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, dict):
-        return {k: _json_safe(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_json_safe(v) for v in x]
-    return x
