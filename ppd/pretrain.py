@@ -238,11 +238,16 @@ def lr_at(step: int, cfg: PretrainConfig) -> float:
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
 
 
-def _normalise(imgs: np.ndarray) -> torch.Tensor:
-    x = torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 255.0
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    return (x - mean) / std
+def model_input(imgs: np.ndarray, size: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """(N, H, W, 3) uint8 batch -> (N, 3, size, size) normalised model input, with the
+    ops of :func:`ppd.segmenter.preprocess` (ImageNet mean/std, antialiased bilinear resize)."""
+    x = torch.from_numpy(np.ascontiguousarray(imgs)).permute(0, 3, 1, 2).float().to(device) / 255.0
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+    x = (x - mean) / std
+    if x.shape[-1] != size:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return x
 
 
 def train_step(
@@ -251,9 +256,7 @@ def train_step(
     """One optimiser step: encode the images once, decode ``cfg.rounds`` prompt rounds
     for every mask row (row r lies on image ``owner[r]``)."""
     S = model.image_size
-    x = _normalise(imgs)
-    if x.shape[-1] != S:
-        x = F.interpolate(x, size=(S, S), mode="bilinear", align_corners=False, antialias=True)
+    x = model_input(imgs, S)
     target = torch.from_numpy(masks).float()
     if cfg.loss_size and cfg.loss_size != target.shape[-1]:
         target = F.interpolate(target[:, None], size=(cfg.loss_size, cfg.loss_size), mode="area")[:, 0]

@@ -73,7 +73,7 @@ import yaml
 from ppd import io
 from ppd.data.scenes import DOMAINS, TRAIN_DOMAIN, ProceduralScenes, make_scene
 from ppd.models import BUNDLED_NAME
-from ppd.pretrain import _error_click, _initial_prompt, _normalise, _pad, hard_iou
+from ppd.pretrain import _error_click, _initial_prompt, _pad, hard_iou, model_input
 from ppd.ruac.adversaries import DeformationAttacker, StyleAttacker
 from ppd.ruac.decoder import HEAD_FILENAME, BayesianMaskDecoder, RuacDecoderOutput, RuacHeadConfig, save_head
 from ppd.ruac.evaluation import (
@@ -349,13 +349,6 @@ class RuacBatch:
         return sub, rows
 
 
-def _model_input(images: np.ndarray, size: int, device: torch.device) -> torch.Tensor:
-    x = _normalise(images).to(device)
-    if x.shape[-1] != size:
-        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    return x
-
-
 def _resize_masks(m: torch.Tensor, size: int, mode: str) -> torch.Tensor:
     """(K, H, W) float masks -> (K, size, size); ``area`` gives soft targets."""
     if m.shape[-1] == size:
@@ -413,7 +406,7 @@ class EmbeddedScenePool:
             img, m = img[:, ::-1], m[:, :, ::-1]
         img = np.ascontiguousarray(img[..., list(perm)])
         m = np.ascontiguousarray(m)
-        embed, high = image_features(self.model, _model_input(img[None], self.size, self.device))
+        embed, high = image_features(self.model, model_input(img[None], self.size, self.device))
         return _Entry(tuple(spec), img, m, embed[0], [h[0] for h in high])
 
     def refresh(self) -> None:
@@ -441,7 +434,7 @@ class EmbeddedScenePool:
         target = _resize_masks(torch.from_numpy(gt).float().to(dev), s // 4, "area")
         return RuacBatch(
             images=images,
-            x=_model_input(images, s, dev),
+            x=model_input(images, s, dev),
             embed=torch.stack([e.embed for e in entries]),
             high=[torch.stack([e.high[i] for e in entries]) for i in range(len(entries[0].high))],
             image_masks=[_resize_masks(torch.from_numpy(e.masks).float().to(dev), s, "nearest") for e in entries],
