@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from ppd import io
-from ppd.data.scenes import DOMAINS, TRAIN_DOMAIN, ProceduralScenes, make_scene
+from ppd.data.scenes import CURRICULUM_DOMAIN, DOMAINS, TRAIN_DOMAIN, ProceduralScenes, make_scene
 from ppd.metrics import iou as iou_metric
 from ppd.models import BUNDLED_NAME, new_tiny_model, tiny_model_config
 from ppd.prompts import corrective_click, farthest_click
@@ -95,6 +95,9 @@ class PretrainConfig:
     1-click mIoU 0.146 at step 1000 against 0.197 for the shipped recipe"""
     domain: str = TRAIN_DOMAIN
     """training domain"""
+    curriculum_steps: int = 0
+    """curriculum: the share of images drawn from the 'simple' generator (flat, untextured,
+    well-contrasted objects) falls linearly from 1 at step 0 to 0 at this step (0: none)"""
     eval_every: int = 1000
     """evaluate on held-out scenes every N steps (0: only at the end)"""
     eval_scenes: int = 48
@@ -190,32 +193,76 @@ def _pad(points: list[np.ndarray], labels: list[np.ndarray]) -> tuple[torch.Tens
 
 # ----------------------------------------------------------------------------- data
 class ScenePool:
-    """Training examples (image, one object's mask) drawn from a refreshed pool of scenes."""
+    """Training examples (image, object masks) drawn from refreshed pools of scenes.
 
-    def __init__(self, cfg: PretrainConfig, rng: np.random.Generator, progress: Callable[[str, int, int], None] | None = None):
+    The main pool holds ``pool_size`` scenes of ``cfg.domain``; with a curriculum a second
+    pool of ``pool_size // 3`` scenes of the simple generator serves the share of images
+    that :func:`simple_share` gives. Each pool replaces one random scene per
+    :meth:`refresh` (the simple pool only while it is still used).
+    """
+
+    def __init__(
+        self,
+        cfg: PretrainConfig,
+        rng: np.random.Generator,
+        progress: Callable[[str, int, int], None] | None = None,
+        state: dict | None = None,
+    ):
+        """``state`` (from :meth:`state_dict`) rebuilds a pool exactly: scenes are pure
+        functions of their seeds, so the seeds are all that is saved."""
         self.cfg, self.rng = cfg, rng
         self.next_seed = cfg.seed * 1_000_000
-        self.scenes = []
-        for i in range(cfg.pool_size):
-            self.scenes.append(self._new())
-            if progress and (i % 50 == 0 or i == cfg.pool_size - 1):
-                progress("pool", i + 1, cfg.pool_size)
+        self.next_simple_seed = cfg.seed * 1_000_000
+        n_simple = max(1, cfg.pool_size // 3) if cfg.curriculum_steps > 0 else 0
+        if state is not None:
+            self.rng, self.next_seed, self.next_simple_seed = state["rng"], state["next_seed"], state["next_simple_seed"]
+        seeds = state["seeds"] if state else range(self.next_seed, self.next_seed + cfg.pool_size)
+        simple_seeds = state["simple_seeds"] if state else range(self.next_simple_seed, self.next_simple_seed + n_simple)
+        if state is None:
+            self.next_seed += len(seeds)
+            self.next_simple_seed += len(simple_seeds)
+        todo = [(cfg.domain, s) for s in seeds] + [(CURRICULUM_DOMAIN, s) for s in simple_seeds]
+        self.scenes, self.simple = [], []
+        for i, (domain, seed) in enumerate(todo):
+            (self.scenes if i < len(seeds) else self.simple).append(
+                make_scene(int(seed), domain, cfg.scene_size)
+            )
+            if progress and (i % 50 == 0 or i == len(todo) - 1):
+                progress("pool", i + 1, len(todo))
+
+    def state_dict(self) -> dict:
+        return {
+            "rng": self.rng,
+            "next_seed": self.next_seed,
+            "next_simple_seed": self.next_simple_seed,
+            "seeds": [s.seed for s in self.scenes],
+            "simple_seeds": [s.seed for s in self.simple],
+        }
 
     def _new(self):
         s = make_scene(self.next_seed, self.cfg.domain, self.cfg.scene_size)
         self.next_seed += 1
         return s
 
-    def refresh(self) -> None:
-        self.scenes[int(self.rng.integers(len(self.scenes)))] = self._new()
+    def _new_simple(self):
+        s = make_scene(self.next_simple_seed, CURRICULUM_DOMAIN, self.cfg.scene_size)
+        self.next_simple_seed += 1
+        return s
 
-    def sample(self, n: int, objects: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def refresh(self, simple: bool = False) -> None:
+        self.scenes[int(self.rng.integers(len(self.scenes)))] = self._new()
+        if simple and self.simple:
+            self.simple[int(self.rng.integers(len(self.simple)))] = self._new_simple()
+
+    def sample(self, n: int, objects: int = 1, p_simple: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """n images, randomly rotated/flipped/channel-permuted, and up to ``objects``
         object masks of each: ``(n, S, S, 3) uint8, (R, S, S) bool, owner (R,) int``
-        where ``owner[r]`` is the image of mask row r."""
+        where ``owner[r]`` is the image of mask row r. Each image comes from the simple
+        pool with probability ``p_simple``."""
         imgs, masks, owner = [], [], []
-        for b, j in enumerate(self.rng.integers(0, len(self.scenes), n)):
-            s = self.scenes[j]
+        for b in range(n):
+            pool = self.simple if self.simple and self.rng.random() < p_simple else self.scenes
+            s = pool[int(self.rng.integers(len(pool)))]
             pick = self.rng.permutation(s.num_objects)[:objects]
             img, m = s.image, s.masks[pick]
             k = int(self.rng.integers(4))
@@ -228,6 +275,13 @@ class ScenePool:
             masks.extend(np.ascontiguousarray(m))
             owner.extend([b] * len(pick))
         return np.stack(imgs), np.stack(masks), np.asarray(owner)
+
+
+def simple_share(step: int, cfg: PretrainConfig) -> float:
+    """Share of training images from the simple generator at ``step`` (curriculum)."""
+    if cfg.curriculum_steps <= 0:
+        return 0.0
+    return max(0.0, 1.0 - step / cfg.curriculum_steps)
 
 
 # ----------------------------------------------------------------------------- training
@@ -364,10 +418,10 @@ def pretrain(
     progress: Callable[[str, int, int, dict], None] | None = None,
 ) -> dict:
     """Train the tiny model; returns the final metrics. See the module docstring."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     if cfg.domain not in DOMAINS:
         raise ValueError(f"unknown domain {cfg.domain!r}; known: {', '.join(DOMAINS)}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     io.save_json(cfg.to_dict(), out / "config.json")
@@ -383,23 +437,25 @@ def pretrain(
         step, history, elapsed = state["step"], state["history"], state["elapsed"]
         rng = state["rng"]
         logger.info("resumed from %s at step %d", last, step)
-    pool = ScenePool(cfg, np.random.default_rng([cfg.seed, 1]), (lambda w, i, n: progress(w, i, n, {})) if progress else None)
-    if resume and last.is_file():
-        pool.rng = state["pool_rng"]
-        pool.next_seed = state["pool_next_seed"]
+    pool = ScenePool(
+        cfg,
+        np.random.default_rng([cfg.seed, 1]),
+        (lambda w, i, n: progress(w, i, n, {})) if progress else None,
+        state=state["pool"] if resume and last.is_file() else None,
+    )
     eval_scenes = ProceduralScenes(cfg.domain, cfg.eval_scenes, seed=EVAL_SEED, size=cfg.scene_size)
     t0 = time.time() - elapsed
     model.train()
     while step < cfg.steps:
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg)
-        imgs, masks, owner = pool.sample(cfg.batch_size, cfg.objects_per_image)
+        p_simple = simple_share(step, cfg)
+        imgs, masks, owner = pool.sample(cfg.batch_size, cfg.objects_per_image, p_simple)
         stats = train_step(model, opt, imgs, masks, owner, cfg, rng)
-        pool.refresh()
+        pool.refresh(simple=p_simple > 0)
         step += 1
         stats["lr"] = opt.param_groups[0]["lr"]
-        if progress:
-            progress("train", step, cfg.steps, stats)
+        stats["simple_share"] = p_simple
         if step % 50 == 0:
             history.append({"step": step, "time": time.time() - t0, **stats})
         if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
@@ -417,13 +473,14 @@ def pretrain(
                     "history": history,
                     "elapsed": time.time() - t0,
                     "rng": rng,
-                    "pool_rng": pool.rng,
-                    "pool_next_seed": pool.next_seed,
+                    "pool": pool.state_dict(),
                 },
                 last,
             )
             # keep a usable fp16 model next to the resumable state at every checkpoint
             export_checkpoint(model, cfg, out / "model.pt", {"steps": step, "partial": step < cfg.steps})
+        if progress:  # after the checkpoint: a run killed here resumes from this step
+            progress("train", step, cfg.steps, stats)
     wall = time.time() - t0
     model.eval()
     seg = Segmenter(model, BUNDLED_NAME, device="cpu", cache_size=0)

@@ -18,6 +18,11 @@ alt        drawn differently from the training generator (for held-out checks):
            superformula and star shapes, radial-gradient fills, patchwork backgrounds.
 ========== ==============================================================================
 
+One more generator, ``simple`` (:data:`CURRICULUM_DOMAIN`), is not a benchmark domain and
+is not in :data:`DOMAINS`: 1-3 flat-coloured, untextured, well-contrasted objects on
+smooth backgrounds. ``ppd pretrain`` starts on it (a curriculum) because a model trained
+from scratch learns which object a click selects much sooner on it.
+
 Objects are painted back to front; an instance mask is the visible part of its object.
 Instances whose visible area is below ``min_area`` pixels are left in the image but not
 returned as instances (they act as clutter).
@@ -39,10 +44,12 @@ TRAIN_DOMAIN = "train"
 SHIFTED_DOMAINS = ("texture", "clutter", "lowcontrast", "thin")
 HELDOUT_DOMAIN = "alt"
 DOMAINS = (TRAIN_DOMAIN, *SHIFTED_DOMAINS, HELDOUT_DOMAIN)
+#: the pretraining curriculum's first-stage generator (not a benchmark domain)
+CURRICULUM_DOMAIN = "simple"
 
 # Domain name -> small integer mixed into the seed, so that seed 0 in two domains
 # gives unrelated scenes.
-_DOMAIN_SALT = {d: i for i, d in enumerate(DOMAINS)}
+_DOMAIN_SALT = {d: i for i, d in enumerate((*DOMAINS, CURRICULUM_DOMAIN))}
 
 
 # ----------------------------------------------------------------------------- fields
@@ -200,6 +207,7 @@ DOMAIN_SPECS: dict[str, DomainSpec] = {
         0.25,
         0.1,
     ),
+    CURRICULUM_DOMAIN: DomainSpec((1, 3), (0.12, 0.3), _TRAIN_SHAPES[:4], (0.4, 0.9), (0.0, 0.02), (0.0, 0.5), 0.0, 0.0),
     "alt": DomainSpec(
         (1, 5),
         (0.1, 0.28),
@@ -266,7 +274,7 @@ def make_scene(seed: int, domain: str = TRAIN_DOMAIN, size: int = 256, min_area:
 
     Args:
         seed: any non-negative integer; with ``domain`` and ``size`` it fixes the scene.
-        domain: one of :data:`DOMAINS`.
+        domain: one of :data:`DOMAINS` (or :data:`CURRICULUM_DOMAIN`).
         size: side of the square image in pixels.
         min_area: instances with fewer visible pixels are not returned.
 
