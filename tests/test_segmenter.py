@@ -122,7 +122,13 @@ def test_grey_equals_rgb_with_equal_channels(tiny_segmenter, random_image, grey_
     np.testing.assert_array_equal(image_to_float(img), image_to_float(rgb))
     a, b = tiny_segmenter.encode(img), tiny_segmenter.encode(rgb)
     assert a.orig_hw == (H, W)
-    assert torch.equal(a.image_embed, b.image_embed)
+    _same_features(a.image_embed, b.image_embed)
+
+
+def _same_features(a, b):
+    """Equal up to float rounding: the same input encoded twice is not always bit-equal on
+    these CPUs (oneDNN may take a different vectorised path for another buffer address)."""
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_rgba_drops_alpha(tiny_segmenter, tiny_embedding, random_image):
@@ -131,16 +137,16 @@ def test_rgba_drops_alpha(tiny_segmenter, tiny_embedding, random_image):
     np.testing.assert_array_equal(image_to_float(rgba), image_to_float(random_image))
     emb = tiny_segmenter.encode(rgba)
     assert emb.key != tiny_embedding.key
-    assert torch.equal(emb.image_embed, tiny_embedding.image_embed)
+    _same_features(emb.image_embed, tiny_embedding.image_embed)
 
 
 def test_float_image_equals_uint8_over_255(tiny_segmenter, tiny_embedding, random_image):
     as_float = random_image.astype(np.float32) / 255
     np.testing.assert_array_equal(image_to_float(as_float), as_float)
     emb = tiny_segmenter.encode(as_float)
-    assert torch.equal(emb.image_embed, tiny_embedding.image_embed)
+    _same_features(emb.image_embed, tiny_embedding.image_embed)
     for a, b in zip(emb.high_res_feats, tiny_embedding.high_res_feats):
-        assert torch.equal(a, b)
+        _same_features(a, b)
     # float64 input goes through float32
     np.testing.assert_allclose(image_to_float(random_image / 255.0), as_float, atol=1e-7)
 
@@ -151,7 +157,7 @@ def test_uint16_is_value_over_65535(tiny_segmenter, tiny_embedding, random_image
     # v * 257 / 65535 == v / 255 exactly, and both divisions round correctly in float32.
     wide = random_image.astype(np.uint16) * 257
     np.testing.assert_array_equal(image_to_float(wide), image_to_float(random_image))
-    assert torch.equal(tiny_segmenter.encode(wide).image_embed, tiny_embedding.image_embed)
+    _same_features(tiny_segmenter.encode(wide).image_embed, tiny_embedding.image_embed)
 
 
 @pytest.mark.parametrize(
