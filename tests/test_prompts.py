@@ -245,3 +245,23 @@ def test_box_from_mask_tight_and_jittered():
     assert 1.0 < np.abs(boxes - [15, 10, 35, 30]).mean() < 4.0  # ~0.8 * 0.1 * 21 px
     with pytest.raises(ValueError, match="rng is required"):
         box_from_mask(mask, jitter=0.1)
+
+
+def test_distance_cache_matches_the_transform_and_stays_bounded():
+    from ppd.prompts import _DistanceCache, _inner_distance, _outer_distance
+
+    rng = np.random.default_rng(0)
+    masks = [rng.random((40, 50)) < 0.3 for _ in range(6)]
+    one = 40 * 50 * 8  # float64 bytes of one map
+    cache = _DistanceCache(max_bytes=3 * one)
+    for m in masks:
+        a, b = cache.get("inner", m), cache.get("outer", m)
+        np.testing.assert_array_equal(a, _inner_distance(m))
+        np.testing.assert_array_equal(b, _outer_distance(m))
+        assert not a.flags.writeable
+        assert cache.get("inner", m.copy()) is a  # keyed by content, not identity
+        assert cache.bytes <= 3 * one
+    assert cache.get("inner", masks[0]) is not a  # evicted long ago: recomputed
+    # same bits, other shape: another entry
+    flat = masks[1].reshape(50, 40)
+    np.testing.assert_array_equal(cache.get("outer", flat), _outer_distance(flat))
