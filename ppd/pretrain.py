@@ -247,20 +247,15 @@ class ScenePool:
             "simple_seeds": [s.seed for s in self.simple],
         }
 
-    def _new(self):
-        s = make_scene(self.next_seed, self.cfg.domain, self.cfg.scene_size)
-        self.next_seed += 1
-        return s
-
-    def _new_simple(self):
-        s = make_scene(self.next_simple_seed, CURRICULUM_DOMAIN, self.cfg.scene_size)
-        self.next_simple_seed += 1
-        return s
-
     def refresh(self, simple: bool = False) -> None:
-        self.scenes[int(self.rng.integers(len(self.scenes)))] = self._new()
+        """Replace one random scene of the main pool (and of the simple pool if ``simple``)."""
+        self.scenes[int(self.rng.integers(len(self.scenes)))] = make_scene(self.next_seed, self.cfg.domain, self.cfg.scene_size)
+        self.next_seed += 1
         if simple and self.simple:
-            self.simple[int(self.rng.integers(len(self.simple)))] = self._new_simple()
+            self.simple[int(self.rng.integers(len(self.simple)))] = make_scene(
+                self.next_simple_seed, CURRICULUM_DOMAIN, self.cfg.scene_size
+            )
+            self.next_simple_seed += 1
 
     def sample(self, n: int, objects: int = 1, p_simple: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """n images, randomly rotated/flipped/channel-permuted, and up to ``objects``

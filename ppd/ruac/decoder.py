@@ -744,30 +744,24 @@ def load_head(
     known = {f.name for f in fields(RuacHeadConfig)}
     config = RuacHeadConfig(**{k: v for k, v in ckpt["config"].items() if k in known})
     head = BayesianMaskDecoder(mask_decoder, config)
-    own = head.head_state_dict()
     state = ckpt["state"]
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    bad = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or bad:
-        raise ValueError(
-            f"RUAC head {p} does not match the head architecture: missing {missing[:5]}, "
-            f"unexpected {unexpected[:5]}, wrong shape {bad[:5]}"
-        )
+    _check_state_fits(head.head_state_dict(), state, f"RUAC head {p} does not match the head architecture")
     head.load_state_dict(state, strict=False)
     head.meta = dict(ckpt.get("meta") or {})
     logger.info("loaded RUAC head from %s", p)
     return head.eval()
 
 
-def _load_base_state(mask_decoder: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
-    own = mask_decoder.state_dict()
+def _check_state_fits(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor], what: str) -> None:
+    """ValueError ``"{what}: missing [..], unexpected [..], wrong shape [..]"`` (first five
+    keys of each) unless ``state`` has exactly the keys and shapes of ``own``."""
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     bad = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
     if missing or unexpected or bad:
-        raise ValueError(
-            f"the base decoder weights stored in {path} do not fit this mask decoder: "
-            f"missing {missing[:5]}, unexpected {unexpected[:5]}, wrong shape {bad[:5]}"
-        )
+        raise ValueError(f"{what}: missing {missing[:5]}, unexpected {unexpected[:5]}, wrong shape {bad[:5]}")
+
+
+def _load_base_state(mask_decoder: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    _check_state_fits(mask_decoder.state_dict(), state, f"the base decoder weights stored in {path} do not fit this mask decoder")
     mask_decoder.load_state_dict(state)

@@ -53,6 +53,7 @@ from scipy import ndimage
 from ppd import io
 from ppd.data.types import Scene
 from ppd.metrics import aurc, e_aurc, ece, iou, j_and_f, pavpu, uncertainty_auroc, uncertainty_error_pearson
+from ppd.ruac.decoder import _binary_entropy_from_logit
 from ppd.segmenter import ImageEmbedding, Segmenter, decode, decode_bayesian
 
 logger = logging.getLogger(__name__)
@@ -243,12 +244,6 @@ def load_clicks(path: str | os.PathLike) -> tuple[list[ObjectClicks], dict]:
 
 
 # ----------------------------------------------------------------------------- predictions
-def _entropy_from_logit(t: torch.Tensor) -> torch.Tensor:
-    """Normalised binary entropy of ``sigmoid(t)``, stable for any logit."""
-    h = (torch.sigmoid(t) * F.softplus(-t) + torch.sigmoid(-t) * F.softplus(t)) / math.log(2.0)
-    return h.clamp(0.0, 1.0)
-
-
 def _low_res_outputs(
     seg: Segmenter,
     head: torch.nn.Module | None,
@@ -265,7 +260,7 @@ def _low_res_outputs(
         if mode == "base":
             low, _ = decode(seg.model, emb.image_embed, emb.high_res_feats, coords_t, labels_t, multimask=False)
             low = low[:, 0].float()
-            return low, torch.zeros_like(low), _entropy_from_logit(low)
+            return low, torch.zeros_like(low), _binary_entropy_from_logit(low)
         if head is None:
             raise ValueError(f"mode {mode!r} needs a RUAC head")
         out = decode_bayesian(
