@@ -99,6 +99,16 @@ class PretrainConfig:
     shipped model's). 64 = the decoder's low-res logits with area-downsampled soft
     targets: ~25% less time per step here, but with 5 objects x 3 rounds it reached
     1-click mIoU 0.146 at step 1000 against 0.197 for the shipped recipe"""
+    embed_rms_weight: float = 0.0
+    """weight of a penalty on image-embedding channels whose RMS exceeds ``embed_rms_max``"""
+    embed_rms_max: float = 1.0
+    """RMS per embedding channel above which the penalty applies"""
+    instance_weight: float = 0.0
+    """weight of an auxiliary dense instance-discrimination loss on the image encoder's
+    features (every pixel's feature is classified against its image's per-instance mean
+    features, cosine / ``instance_temperature``); training only, nothing is added to the model"""
+    instance_temperature: float = 0.1
+    """temperature of the instance-discrimination loss"""
     domain: str = TRAIN_DOMAIN
     """training domain"""
     curriculum_steps: int = 0
@@ -257,27 +267,38 @@ class ScenePool:
             )
             self.next_simple_seed += 1
 
-    def sample(self, n: int, objects: int = 1, p_simple: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def sample(
+        self, n: int, objects: int = 1, p_simple: float = 0.0, labels: bool = False
+    ) -> tuple[np.ndarray, ...]:
         """n images, randomly rotated/flipped/channel-permuted, and up to ``objects``
         object masks of each: ``(n, S, S, 3) uint8, (R, S, S) bool, owner (R,) int``
         where ``owner[r]`` is the image of mask row r. Each image comes from the simple
-        pool with probability ``p_simple``."""
-        imgs, masks, owner = [], [], []
+        pool with probability ``p_simple``. With ``labels``, a fourth array ``(n, S, S)``
+        int16 gives every pixel's instance (0 background, k: the scene's k-th instance)."""
+        imgs, masks, owner, lab = [], [], [], []
         for b in range(n):
             pool = self.simple if self.simple and self.rng.random() < p_simple else self.scenes
             s = pool[int(self.rng.integers(len(pool)))]
             pick = self.rng.permutation(s.num_objects)[:objects]
             img, m = s.image, s.masks[pick]
+            inst = (s.masks * np.arange(1, s.num_objects + 1)[:, None, None]).max(0) if labels else None
             k = int(self.rng.integers(4))
             img, m = np.rot90(img, k), np.rot90(m, k, axes=(1, 2))
             if self.rng.random() < 0.5:
                 img, m = img[:, ::-1], m[:, :, ::-1]
+                if labels:
+                    inst = np.rot90(inst, k)[:, ::-1]
+            elif labels:
+                inst = np.rot90(inst, k)
             if self.rng.random() < 0.5:  # colour augmentation: permute channels
                 img = img[..., self.rng.permutation(3)]
             imgs.append(np.ascontiguousarray(img))
             masks.extend(np.ascontiguousarray(m))
             owner.extend([b] * len(pick))
-        return np.stack(imgs), np.stack(masks), np.asarray(owner)
+            if labels:
+                lab.append(np.ascontiguousarray(inst).astype(np.int16))
+        out = (np.stack(imgs), np.stack(masks), np.asarray(owner))
+        return (*out, np.stack(lab)) if labels else out
 
 
 def simple_share(step: int, cfg: PretrainConfig) -> float:
@@ -307,11 +328,47 @@ def model_input(imgs: np.ndarray, size: int, device: torch.device | str = "cpu")
     return x
 
 
+def instance_loss(feat: torch.Tensor, inst: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Dense instance discrimination: (N, C, h, w) features, (N, H, W) instance ids.
+
+    Each feature cell takes the majority instance of its pixels (cells with no majority
+    over 60% are skipped); per image, the L2-normalised mean feature of each instance
+    is its prototype, and every cell is classified among its image's prototypes by
+    cosine similarity / ``temperature`` (cross-entropy). It asks the encoder for what
+    SAM's decoder needs to bind a click to an object: features that are alike within an
+    object and unlike across objects and the background.
+    """
+    N, C, h, w = feat.shape
+    K = int(inst.max()) + 1
+    onehot = F.one_hot(inst.long(), K).permute(0, 3, 1, 2).float()
+    frac = F.adaptive_avg_pool2d(onehot, (h, w))  # (N, K, h, w) share of each instance
+    share, label = frac.max(1)
+    valid = share > 0.6
+    f = F.normalize(feat, dim=1)
+    w_k = frac * valid[:, None]  # prototypes from confidently labelled cells
+    proto = F.normalize(torch.einsum("nkhw,nchw->nkc", w_k, f), dim=-1)  # (N, K, C)
+    present = w_k.flatten(2).sum(-1) > 0  # (N, K)
+    logits = torch.einsum("nchw,nkc->nhwk", f, proto) / temperature
+    logits = logits.masked_fill(~present[:, None, None, :], float("-inf"))
+    keep = valid & (present.sum(1) > 1)[:, None, None]
+    if not bool(keep.any()):
+        return feat.sum() * 0.0
+    return F.cross_entropy(logits[keep], label[keep])
+
+
 def train_step(
-    model, opt, imgs: np.ndarray, masks: np.ndarray, owner: np.ndarray, cfg: PretrainConfig, rng: np.random.Generator
+    model,
+    opt,
+    imgs: np.ndarray,
+    masks: np.ndarray,
+    owner: np.ndarray,
+    cfg: PretrainConfig,
+    rng: np.random.Generator,
+    inst: np.ndarray | None = None,
 ) -> dict:
     """One optimiser step: encode the images once, decode ``cfg.rounds`` prompt rounds
-    for every mask row (row r lies on image ``owner[r]``)."""
+    for every mask row (row r lies on image ``owner[r]``). ``inst`` (N, S, S) instance
+    ids feed the auxiliary instance loss when ``cfg.instance_weight`` > 0."""
     S = model.image_size
     x = model_input(imgs, S)
     target = torch.from_numpy(masks).float()
@@ -319,6 +376,16 @@ def train_step(
         target = F.interpolate(target[:, None], size=(cfg.loss_size, cfg.loss_size), mode="area")[:, 0]
     scale = S / masks.shape[-1]
     embed, high = image_features(model, x)
+    total = torch.zeros(())
+    if cfg.embed_rms_weight:
+        rms = embed.pow(2).mean(1).sqrt()
+        total = total + cfg.embed_rms_weight * F.relu(rms - cfg.embed_rms_max).pow(2).mean()
+    stats = {}
+    if cfg.instance_weight and inst is not None:
+        t_inst = torch.from_numpy(inst)
+        aux = sum(instance_loss(f, t_inst, cfg.instance_temperature) for f in (embed, high[1]))
+        total = total + cfg.instance_weight * aux
+        stats["instance_loss"] = float(aux.detach())
     idx = torch.from_numpy(owner).long()
     embed, high = embed[idx], [h[idx] for h in high]
     dec = model.sam_mask_decoder
@@ -328,8 +395,6 @@ def train_step(
     points = [p for p, _, _ in prompts]
     labels = [l for _, l, _ in prompts]
     multi = torch.tensor([mm for _, _, mm in prompts])
-    total = torch.zeros(())
-    stats = {}
     for r in range(cfg.rounds):
         P, L = _pad(points, labels)
         sparse, dense = model.sam_prompt_encoder(points=(P * scale, L), boxes=None, masks=None)
