@@ -63,6 +63,8 @@ class PretrainConfig:
     """prompt rounds decoded per encoded batch (1 initial + corrective clicks)"""
     lr: float = 6e-4
     """peak learning rate (AdamW)"""
+    decoder_lr_scale: float = 1.0
+    """learning rate of the prompt encoder and mask decoder as a multiple of ``lr``"""
     warmup_steps: int = 200
     """linear warm-up steps"""
     min_lr_ratio: float = 0.05
@@ -440,9 +442,19 @@ def train_step(
 
 def trainable_parameters(model) -> list[torch.nn.Parameter]:
     """Image encoder, prompt encoder, mask decoder and ``no_mem_embed`` (the image path)."""
-    params = [*model.image_encoder.parameters(), *model.sam_prompt_encoder.parameters(), *model.sam_mask_decoder.parameters()]
-    params.append(model.no_mem_embed)
-    return params
+    return [p for g in parameter_groups(model) for p in g["params"]]
+
+
+def parameter_groups(model, decoder_lr_scale: float = 1.0) -> list[dict]:
+    """Optimiser groups: the image path (encoder, ``no_mem_embed``) and the prompt path
+    (prompt encoder, mask decoder), whose learning rate is ``lr_scale`` times the base."""
+    return [
+        {"params": [*model.image_encoder.parameters(), model.no_mem_embed], "lr_scale": 1.0},
+        {
+            "params": [*model.sam_prompt_encoder.parameters(), *model.sam_mask_decoder.parameters()],
+            "lr_scale": decoder_lr_scale,
+        },
+    ]
 
 
 def export_checkpoint(model, cfg: PretrainConfig, path: Path, meta: dict) -> Path:
@@ -495,7 +507,7 @@ def pretrain(
     io.save_json(cfg.to_dict(), out / "config.json")
     rng = np.random.default_rng(cfg.seed)
     model = new_tiny_model(cfg.model, seed=cfg.seed)
-    opt = torch.optim.AdamW(trainable_parameters(model), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(parameter_groups(model, cfg.decoder_lr_scale), lr=cfg.lr, weight_decay=cfg.weight_decay)
     step, history, elapsed = 0, [], 0.0
     last = out / "last.pt"
     if resume and last.is_file():
@@ -516,10 +528,10 @@ def pretrain(
     model.train()
     while step < cfg.steps:
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, cfg)
+            g["lr"] = lr_at(step, cfg) * g.get("lr_scale", 1.0)
         p_simple = simple_share(step, cfg)
-        imgs, masks, owner = pool.sample(cfg.batch_size, cfg.objects_per_image, p_simple)
-        stats = train_step(model, opt, imgs, masks, owner, cfg, rng)
+        batch = pool.sample(cfg.batch_size, cfg.objects_per_image, p_simple, labels=cfg.instance_weight > 0)
+        stats = train_step(model, opt, *batch[:3], cfg, rng, batch[3] if len(batch) > 3 else None)
         pool.refresh(simple=p_simple > 0)
         step += 1
         stats["lr"] = opt.param_groups[0]["lr"]
