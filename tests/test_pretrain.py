@@ -7,7 +7,18 @@ import pytest
 import torch
 
 from ppd.data.scenes import CURRICULUM_DOMAIN, DOMAINS, make_scene
-from ppd.pretrain import PretrainConfig, ScenePool, _initial_prompt, lr_at, pretrain, simple_share
+from ppd.models import new_tiny_model
+from ppd.pretrain import (
+    PretrainConfig,
+    ScenePool,
+    _initial_prompt,
+    instance_loss,
+    lr_at,
+    parameter_groups,
+    pretrain,
+    simple_share,
+    trainable_parameters,
+)
 from ppd.segmenter import load_segmenter
 
 
@@ -67,6 +78,44 @@ def test_pool_serves_the_simple_share():
     assert not ScenePool(tiny_cfg(), np.random.default_rng(0)).simple  # no curriculum, no pool
 
 
+def test_instance_labels_follow_the_augmentation_of_their_masks():
+    pool = ScenePool(tiny_cfg(pool_size=4), np.random.default_rng(0))
+    for _ in range(5):
+        imgs, masks, owner, inst = pool.sample(6, 3, labels=True)
+        assert inst.shape == imgs.shape[:3] and inst.dtype == np.int16
+        for m, o in zip(masks, owner):
+            ids = np.unique(inst[o][m])
+            assert len(ids) == 1 and ids[0] > 0  # every object row is exactly one instance id
+            np.testing.assert_array_equal(inst[o] == ids[0], m)
+
+
+def test_instance_loss_is_low_for_separable_features_and_high_for_uninformative_ones():
+    inst = torch.zeros(1, 64, 64, dtype=torch.int16)
+    inst[0, 8:40, 8:40] = 1
+    inst[0, 40:60, 30:62] = 2
+    onehot = torch.nn.functional.one_hot(inst.long(), 3).permute(0, 3, 1, 2).float()
+    feat = torch.nn.functional.adaptive_avg_pool2d(onehot, (16, 16))  # instance indicator features
+    good = instance_loss(feat * 10, inst, 0.1)
+    rand = instance_loss(torch.randn(1, 8, 16, 16, generator=torch.Generator().manual_seed(0)), inst, 0.1)
+    assert float(good) < 0.05 < 0.5 < float(rand)
+    # a single instance per image gives nothing to discriminate: zero loss, still differentiable
+    one = torch.randn(1, 8, 16, 16, requires_grad=True)
+    loss = instance_loss(one, torch.zeros(1, 64, 64, dtype=torch.int16), 0.1)
+    loss.backward()
+    assert float(loss.detach()) == 0.0 and one.grad is not None
+
+
+def test_parameter_groups_cover_the_image_and_prompt_paths_once():
+    model = new_tiny_model()
+    groups = parameter_groups(model, decoder_lr_scale=3.0)
+    assert [g["lr_scale"] for g in groups] == [1.0, 3.0]
+    ids = [id(p) for g in groups for p in g["params"]]
+    assert len(ids) == len(set(ids)) == len(trainable_parameters(model))
+    decoder = {id(p) for p in model.sam_mask_decoder.parameters()}
+    assert decoder <= {id(p) for p in groups[1]["params"]}
+    assert id(model.no_mem_embed) in {id(p) for p in groups[0]["params"]}
+
+
 def test_initial_prompts_are_inside_the_object_or_a_box_around_it():
     mask = np.zeros((64, 64), bool)
     mask[10:30, 20:50] = True
@@ -96,7 +145,7 @@ def test_unknown_domain_is_a_clear_error(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("pretrain") / "a"
-    final = pretrain(tiny_cfg(curriculum_steps=2), out)
+    final = pretrain(tiny_cfg(curriculum_steps=2, instance_weight=1.0, decoder_lr_scale=2.0), out)
     return out, final
 
 
@@ -124,9 +173,9 @@ def test_resume_continues_a_killed_run_to_the_same_weights(tiny_run, tmp_path):
 
     out_b = tmp_path / "b"
     with pytest.raises(_Interrupt):
-        pretrain(tiny_cfg(curriculum_steps=2), out_b, progress=stop_at_1)
+        pretrain(tiny_cfg(curriculum_steps=2, instance_weight=1.0, decoder_lr_scale=2.0), out_b, progress=stop_at_1)
     assert torch.load(out_b / "last.pt", weights_only=False)["step"] == 1
-    pretrain(tiny_cfg(curriculum_steps=2), out_b, resume=True)
+    pretrain(tiny_cfg(curriculum_steps=2, instance_weight=1.0, decoder_lr_scale=2.0), out_b, resume=True)
     a = torch.load(out_a / "last.pt", weights_only=False)["model"]
     b = torch.load(out_b / "last.pt", weights_only=False)["model"]
     # the resumed run rebuilds its scene pool from the seeds, then replays the saved
