@@ -21,7 +21,7 @@ A SAM-style interactive recipe on procedural scenes (:mod:`ppd.data.scenes`):
   images from the ``simple`` generator (flat, untextured, well-contrasted objects). It
   helps early (after 600 steps, 1-click mIoU on 24 held-out training-domain scenes 0.189
   with simple scenes only, 0.154 without) but not later (a 4800-step run with a 1500-step
-  curriculum scored 0.209 at step 2400, the shipped recipe 0.231 at step 2000), so it is
+  curriculum scored 0.209 at step 2400, the previous recipe, without the instance loss, 0.231 at step 2000), so it is
   off by default.
 
 Everything is seeded; a run folder holds ``config.json``, ``last.pt`` (resumable),
@@ -108,7 +108,7 @@ class PretrainConfig:
     """side at which the mask losses are computed (0: image size, SAM's choice and the
     shipped model's). 64 = the decoder's low-res logits with area-downsampled soft
     targets: ~25% less time per step here, but with 5 objects x 3 rounds it reached
-    1-click mIoU 0.146 at step 1000 against 0.197 for the shipped recipe"""
+    1-click mIoU 0.146 at step 1000 against 0.197 for the previous recipe (no instance loss)"""
     embed_rms_weight: float = 0.0
     """weight of a penalty on image-embedding channels whose RMS exceeds ``embed_rms_max``
     (tried against the click-ignoring failure: 1-click mIoU 0.135 vs 0.081 at step 300,
@@ -127,7 +127,7 @@ class PretrainConfig:
     curriculum_steps: int = 0
     """curriculum: the share of images drawn from the 'simple' generator (flat, untextured,
     well-contrasted objects) falls linearly from 1 at step 0 to 0 at this step (0: none,
-    the shipped model). 1500 (with 4800 steps, lr 8e-4) gave held-out 1-click mIoU 0.187
+    the shipped model). 1500 (with 4800 steps, lr 8e-4, before the instance loss) gave held-out 1-click mIoU 0.187
     at step 1200 and 0.209 at step 2400, no better than without"""
     eval_every: int = 1000
     """evaluate on held-out scenes every N steps (0: only at the end)"""
