@@ -45,7 +45,15 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from ppd import io
-from ppd.data.scenes import CURRICULUM_DOMAIN, DOMAINS, TRAIN_DOMAIN, ProceduralScenes, make_scene
+from ppd.data.scenes import (
+    CURRICULUM_DOMAIN,
+    DOMAINS,
+    TRAIN_DOMAIN,
+    ProceduralScenes,
+    augment,
+    draw_augmentation,
+    make_scene,
+)
 from ppd.metrics import iou as iou_metric
 from ppd.models import BUNDLED_NAME, new_tiny_model, tiny_model_config
 from ppd.prompts import corrective_click, farthest_click
@@ -109,12 +117,6 @@ class PretrainConfig:
     shipped model's). 64 = the decoder's low-res logits with area-downsampled soft
     targets: ~25% less time per step here, but with 5 objects x 3 rounds it reached
     1-click mIoU 0.146 at step 1000 against 0.197 for the previous recipe (no instance loss)"""
-    embed_rms_weight: float = 0.0
-    """weight of a penalty on image-embedding channels whose RMS exceeds ``embed_rms_max``
-    (tried against the click-ignoring failure: 1-click mIoU 0.135 vs 0.081 at step 300,
-    but no better binding; off)"""
-    embed_rms_max: float = 1.0
-    """RMS per embedding channel above which the penalty applies"""
     instance_weight: float = 1.0
     """weight of an auxiliary dense instance-discrimination loss on the image encoder's
     features (every pixel's feature is classified against its image's per-instance mean
@@ -293,23 +295,12 @@ class ScenePool:
             pool = self.simple if self.simple and self.rng.random() < p_simple else self.scenes
             s = pool[int(self.rng.integers(len(pool)))]
             pick = self.rng.permutation(s.num_objects)[:objects]
-            img, m = s.image, s.masks[pick]
-            inst = (s.masks * np.arange(1, s.num_objects + 1)[:, None, None]).max(0) if labels else None
-            k = int(self.rng.integers(4))
-            img, m = np.rot90(img, k), np.rot90(m, k, axes=(1, 2))
-            if self.rng.random() < 0.5:
-                img, m = img[:, ::-1], m[:, :, ::-1]
-                if labels:
-                    inst = np.rot90(inst, k)[:, ::-1]
-            elif labels:
-                inst = np.rot90(inst, k)
-            if self.rng.random() < 0.5:  # colour augmentation: permute channels
-                img = img[..., self.rng.permutation(3)]
-            imgs.append(np.ascontiguousarray(img))
-            masks.extend(np.ascontiguousarray(m))
+            img, m = augment(s.image, s.masks, draw_augmentation(self.rng))
+            imgs.append(img)
+            masks.extend(m[pick])
             owner.extend([b] * len(pick))
             if labels:
-                lab.append(np.ascontiguousarray(inst).astype(np.int16))
+                lab.append((m * np.arange(1, s.num_objects + 1, dtype=np.int16)[:, None, None]).max(0))
         out = (np.stack(imgs), np.stack(masks), np.asarray(owner))
         return (*out, np.stack(lab)) if labels else out
 
@@ -390,9 +381,6 @@ def train_step(
     scale = S / masks.shape[-1]
     embed, high = image_features(model, x)
     total = torch.zeros(())
-    if cfg.embed_rms_weight:
-        rms = embed.pow(2).mean(1).sqrt()
-        total = total + cfg.embed_rms_weight * F.relu(rms - cfg.embed_rms_max).pow(2).mean()
     stats = {}
     if cfg.instance_weight and inst is not None:
         t_inst = torch.from_numpy(inst)
@@ -541,8 +529,8 @@ def pretrain(
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg) * g.get("lr_scale", 1.0)
         p_simple = simple_share(step, cfg)
-        batch = pool.sample(cfg.batch_size, cfg.objects_per_image, p_simple, labels=cfg.instance_weight > 0)
-        stats = train_step(model, opt, *batch[:3], cfg, rng, batch[3] if len(batch) > 3 else None)
+        imgs, masks, owner, *inst = pool.sample(cfg.batch_size, cfg.objects_per_image, p_simple, labels=cfg.instance_weight > 0)
+        stats = train_step(model, opt, imgs, masks, owner, cfg, rng, inst[0] if inst else None)
         pool.refresh(simple=p_simple > 0)
         step += 1
         stats["lr"] = opt.param_groups[0]["lr"]

@@ -269,6 +269,28 @@ def _draw_object(rng, spec: DomainSpec, size: int, x, y) -> tuple[np.ndarray, Ca
     return fn(rng, x, y, cx, cy, r), (cx, cy, r)
 
 
+#: a training augmentation: (quarter turns k, horizontal flip, channel order)
+Augmentation = tuple[int, bool, tuple[int, int, int]]
+
+
+def draw_augmentation(rng: np.random.Generator) -> Augmentation:
+    """A random rotation by k quarter turns, a flip half of the time and a channel
+    permutation half of the time (what ``ppd pretrain`` and ``ppd train-ruac`` use)."""
+    k = int(rng.integers(4))
+    flip = bool(rng.random() < 0.5)
+    perm = tuple(int(c) for c in rng.permutation(3)) if rng.random() < 0.5 else (0, 1, 2)
+    return k, flip, perm  # type: ignore[return-value]
+
+
+def augment(image: np.ndarray, masks: np.ndarray, aug: Augmentation) -> tuple[np.ndarray, np.ndarray]:
+    """Apply ``aug`` to an (H, W, 3) image and its (N, H, W) masks (contiguous copies)."""
+    k, flip, perm = aug
+    img, m = np.rot90(image, k), np.rot90(masks, k, axes=(1, 2))
+    if flip:
+        img, m = img[:, ::-1], m[:, :, ::-1]
+    return np.ascontiguousarray(img[..., list(perm)]), np.ascontiguousarray(m)
+
+
 def make_scene(seed: int, domain: str = TRAIN_DOMAIN, size: int = 256, min_area: int = 48) -> Scene:
     """Generate one scene.
 

@@ -71,7 +71,7 @@ import torch.nn.functional as F
 import yaml
 
 from ppd import io
-from ppd.data.scenes import DOMAINS, TRAIN_DOMAIN, ProceduralScenes, make_scene
+from ppd.data.scenes import DOMAINS, TRAIN_DOMAIN, ProceduralScenes, augment, draw_augmentation, make_scene
 from ppd.models import BUNDLED_NAME
 from ppd.pretrain import _error_click, _initial_prompt, _pad, hard_iou, model_input
 from ppd.ruac.adversaries import DeformationAttacker, StyleAttacker
@@ -392,20 +392,15 @@ class EmbeddedScenePool:
                 progress(i + 1, len(specs))
 
     def _draw_spec(self) -> tuple[int, int, bool, tuple[int, int, int]]:
-        spec = (self.next_seed, int(self.rng.integers(4)), bool(self.rng.random() < 0.5),
-                tuple(int(c) for c in (self.rng.permutation(3) if self.rng.random() < 0.5 else range(3))))
+        spec = (self.next_seed, *draw_augmentation(self.rng))
         self.next_seed += 1
         return spec  # type: ignore[return-value]
 
     @torch.no_grad()
     def _make(self, spec) -> _Entry:
-        seed, k, flip, perm = spec
+        seed, *aug = spec
         s = make_scene(seed, self.cfg.domain, self.cfg.scene_size)
-        img, m = np.rot90(s.image, k), np.rot90(s.masks, k, axes=(1, 2))
-        if flip:
-            img, m = img[:, ::-1], m[:, :, ::-1]
-        img = np.ascontiguousarray(img[..., list(perm)])
-        m = np.ascontiguousarray(m)
+        img, m = augment(s.image, s.masks, tuple(aug))
         embed, high = image_features(self.model, model_input(img[None], self.size, self.device))
         return _Entry(tuple(spec), img, m, embed[0], [h[0] for h in high])
 
