@@ -418,7 +418,10 @@ class PromptDefender(PromptRefiner):
         self.relabel = policy_relabel if relabel is None else bool(relabel) and policy_relabel
         self.train_max_steps = int(max_steps) if max_steps else None
         self.config = dict(config or {})
-        self.node_uncertainty = "uncertainty" in (getattr(model.observation_space, "spaces", None) or {})
+        obs_keys = getattr(model.observation_space, "spaces", None) or {}
+        self.node_uncertainty = "uncertainty" in obs_keys
+        # removal probes (PointPromptEnv probe=True): decoded with every state, as in training
+        self.probe = "probe_score" in obs_keys
         if self.node_uncertainty and not segmenter_gives_uncertainty(segmenter):
             raise ValueError(
                 "this defender was trained with node_uncertainty=True (its observation has per-node "
@@ -531,7 +534,7 @@ class PromptDefender(PromptRefiner):
         n = self.num_nodes
         env_steps = self.train_max_steps or max_steps or 1
         st = node_state.copy()
-        out = self.world.evaluate([(rec, -1, st, node_points)])[0]
+        out = self.world.evaluate([(rec, -1, st, node_points)], probe=self.probe)[0]
         steps = 0
         while steps < max_steps:
             mask = valid_action_mask(st, "defender", self.relabel)
@@ -539,7 +542,9 @@ class PromptDefender(PromptRefiner):
                 mask[:n] = False  # never remove the last prompt
             if not mask[:-1].any():
                 break
-            obs = build_observation(rec, st, node_points, out, min(steps, env_steps), env_steps, self.node_uncertainty)
+            obs = build_observation(
+                rec, st, node_points, out, min(steps, env_steps), env_steps, self.node_uncertainty, self.probe
+            )
             a = greedy_action(self.model, obs, mask)
             if a == 2 * n:
                 break
@@ -550,7 +555,7 @@ class PromptDefender(PromptRefiner):
             else:
                 st[node] = NEGATIVE if st[node] == POSITIVE else POSITIVE
             steps += 1
-            out = self.world.evaluate([(rec, -1, st, node_points)])[0]
+            out = self.world.evaluate([(rec, -1, st, node_points)], probe=self.probe)[0]
         return st, out, steps
 
     def refine(

@@ -11,7 +11,8 @@ Network (per node i, hidden width H):
 * input: ``LayerNorm(Linear(x_i)) + Linear([onehot(state_i), coverage_i, offset_i,
   pos_i, step_frac, score])``, then ReLU; when the observation has the optional
   ``uncertainty`` key (env ``node_uncertainty=True``: the patch's mean pixel uncertainty
-  under the current prompts, RUAC decoder), ``uncertainty_i`` follows ``coverage_i``.
+  under the current prompts, RUAC decoder), ``uncertainty_i`` follows ``coverage_i``;
+  so do the removal probes ``probe_score_i`` and ``probe_change_i`` (env ``probe=True``).
   The width of these per-node inputs is derived from the observation space
   (:func:`dynamic_input_dim`), so a saved network rebuilds for the observation it was
   trained on;
@@ -55,7 +56,7 @@ MASKED_Q = -1e9
 _BASE_DYN_DIM = 10
 #: Optional per-node observation keys, in the order they follow ``coverage`` in the
 #: network's input (one channel each).
-OPTIONAL_NODE_KEYS = ("uncertainty",)
+OPTIONAL_NODE_KEYS = ("uncertainty", "probe_score", "probe_change")
 
 
 def dynamic_input_dim(observation_space: spaces.Dict) -> int:

@@ -87,6 +87,10 @@ class TrainConfig:
     """RUAC uncertainty mode: analytic (one pass) or mc (sampled); used with --ruac-checkpoint"""
     node_uncertainty: bool = False
     """add each patch's mean pixel uncertainty of the current mask to the node inputs (needs --ruac-checkpoint)"""
+    probe: bool = True
+    """defender observes removal probes (beyond the paper): for each prompt, SAM's
+    predicted IoU and the mask without it, decoded in the same call (K + 1 prompt sets per
+    step); --no-probe gives the paper's observation"""
     defender_step_cost: float = 0.005
     """reward subtracted per defender change (beyond the paper): a removal or relabel
     must raise IoU by more than this to pay, so the defender learns to stop"""
@@ -190,6 +194,7 @@ class TrainConfig:
         if role == "defender":
             kw["start_mix"] = dict(self.start_mix)
             kw["step_cost"] = self.defender_step_cost
+            kw["probe"] = self.probe
         return kw
 
     def dqn_kwargs(self) -> dict[str, Any]:
@@ -249,21 +254,24 @@ def greedy_rollout(
         max_steps: episode step budget.
         relabel: defender relabel actions allowed (must match the model's training).
 
-    The observation has the per-node ``uncertainty`` when the model was trained with it
-    (read from its observation space).
+    The observation has the per-node ``uncertainty`` and the removal probes when the
+    model was trained with them (read from its observation space).
 
     Returns:
         Per start: ``{"start_quality", "quality", "state", "points", "steps"}``.
     """
-    node_unc = "uncertainty" in (getattr(model.observation_space, "spaces", None) or {})
+    keys = getattr(model.observation_space, "spaces", None) or {}
+    node_unc, probe = "uncertainty" in keys, "probe_score" in keys
     envs = []
     for rec, obj, st, pts in starts:
-        env = _ScriptedStartEnv(role, world=world, max_steps=max_steps, relabel=relabel, node_uncertainty=node_unc)
+        env = _ScriptedStartEnv(
+            role, world=world, max_steps=max_steps, relabel=relabel, node_uncertainty=node_unc, probe=probe
+        )
         env.next_start = (rec, obj, st, pts, "scripted")
         envs.append(env)
     if not envs:
         return []
-    outcomes = world.evaluate([env.prepare_reset(seed=0) for env in envs])
+    outcomes = world.evaluate([env.prepare_reset(seed=0) for env in envs], probe=probe)
     obs, results = [], []
     for env, out in zip(envs, outcomes):
         o, info = env.complete_reset(out)
@@ -273,7 +281,9 @@ def greedy_rollout(
     while running:
         batch = {k: np.stack([obs[i][k] for i in running]) for k in obs[0]}
         actions, _ = model.predict(batch, deterministic=True)
-        outcomes = world.evaluate([envs[i].prepare_step(int(a)) for i, a in zip(running, np.asarray(actions).reshape(-1))])
+        outcomes = world.evaluate(
+            [envs[i].prepare_step(int(a)) for i, a in zip(running, np.asarray(actions).reshape(-1))], probe=probe
+        )
         still = []
         for i, out in zip(running, outcomes):
             o, _, terminated, truncated, info = envs[i].complete_step(out)

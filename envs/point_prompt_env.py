@@ -48,6 +48,7 @@ def build_observation(
     t: int,
     max_steps: int,
     node_uncertainty: bool = False,
+    probe: bool = False,
 ) -> dict[str, np.ndarray]:
     """The observation of a prompt state (see :class:`PointPromptEnv`, Observation Space).
 
@@ -62,10 +63,12 @@ def build_observation(
         t: steps taken so far; ``max_steps``: the episode's step budget.
         node_uncertainty: add the ``uncertainty`` key (per-node mean pixel uncertainty
             of the current mask, from ``outcome.uncertainty``).
+        probe: add the removal-probe keys ``probe_score`` and ``probe_change`` (from an
+            outcome of ``PromptWorld.evaluate(..., probe=True)``).
 
     Raises:
         ValueError: ``node_uncertainty`` with an outcome that has no uncertainty (the
-            segmenter gives none).
+            segmenter gives none), or ``probe`` with an outcome that was not probed.
     """
     patch = np.array([rec.hw[1], rec.hw[0]], np.float32) / rec.grid
     off = (node_points - rec.centres) / patch
@@ -86,7 +89,22 @@ def build_observation(
                 "has none: the segmenter gives no uncertainty (use the RUAC decoder)"
             )
         obs["uncertainty"] = np.round(np.clip(outcome.uncertainty, 0.0, 1.0) * 255).astype(np.uint8)
+    if probe:
+        if outcome.probe_score is None or outcome.probe_change is None:
+            raise ValueError("probe=True needs an outcome decoded with PromptWorld.evaluate(..., probe=True)")
+        obs["probe_score"] = encode_probe_score(outcome.probe_score)
+        obs["probe_change"] = np.round(np.clip(outcome.probe_change, 0.0, 1.0) * 255).astype(np.uint8)
     return obs
+
+
+#: Score differences of removal probes are stored as ``0.5 + PROBE_SCORE_GAIN * d``, x 255:
+#: differences of +-0.125 span the uint8 range (0.001 per level); larger ones saturate.
+PROBE_SCORE_GAIN = 4.0
+
+
+def encode_probe_score(delta: np.ndarray) -> np.ndarray:
+    """Removal-probe score differences (N,) -> the uint8 ``probe_score`` observation."""
+    return np.round(np.clip(0.5 + PROBE_SCORE_GAIN * np.asarray(delta, np.float32), 0.0, 1.0) * 255).astype(np.uint8)
 
 
 class PointPromptEnv(gym.Env):
@@ -134,10 +152,21 @@ class PointPromptEnv(gym.Env):
     | uncertainty | (N,)   | uint8   | only with ``node_uncertainty=True``: mean of the           |
     |             |        |         | segmenter's pixel uncertainty over the patch for the       |
     |             |        |         | current mask (0 with no prompt), x 255                     |
+    | probe_score | (N,)   | uint8   | only with ``probe=True``: SAM's predicted IoU without the  |
+    |             |        |         | node's prompt minus with it, d, as (0.5 + 4 d) x 255       |
+    |             |        |         | (clipped; 0.5 x 255 at inactive nodes)                     |
+    | probe_change| (N,)   | uint8   | only with ``probe=True``: how much the mask changes without|
+    |             |        |         | the node's prompt (1 - IoU of the patch coverages), x 255  |
 
     ``coverage`` and ``uncertainty`` describe the mask of the current prompt set: both
     are patch means (:func:`ppd.graphs.dual_space.patch_mean`) of what the one decoder
     call of the step returns, so they change with every step and cost no extra decode.
+    The removal probes (beyond the paper) tell the agent, without ground truth, what
+    removing each prompt would do to the mask and to SAM's own quality estimate: the K
+    leave-one-out prompt sets of a state with K prompts are decoded in the same decoder
+    call as the state (K + 1 prompt sets per environment and step instead of 1); they
+    are what :class:`~ppd.agents.baselines.GreedyScoreFilter` ranks by, given to the
+    network as inputs it may weigh against everything else it sees.
 
     ## Rewards
     ``r_t = s * (Q(M_t) - Q(M_{t-1}))`` with Q the IoU (or Dice) of SAM2's mask
@@ -166,13 +195,15 @@ class PointPromptEnv(gym.Env):
     ``node_uncertainty`` (default False: add the ``uncertainty`` observation key; needs a
     segmenter that gives uncertainty, i.e. the RUAC decoder
     ``ppd.load_segmenter(..., decoder="ruac", ruac_checkpoint=...)``, else ValueError),
-    ``step_cost`` (default 0: the paper's reward; see Rewards).
+    ``step_cost`` (default 0: the paper's reward; see Rewards), ``probe`` (default
+    False: add the removal-probe keys; defender only).
 
     ## Version History
     * v0: initial version.
     * v0 (same id): optional ``node_uncertainty`` argument adding the ``uncertainty``
       key; off by default, and the observation without it is unchanged.
     * v0 (same id): optional ``step_cost`` (default 0, the reward is unchanged).
+    * v0 (same id): optional ``probe`` (default False, the observation is unchanged).
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 2}
@@ -195,6 +226,7 @@ class PointPromptEnv(gym.Env):
         render_mode: str | None = None,
         node_uncertainty: bool = False,
         step_cost: float = 0.0,
+        probe: bool = False,
     ) -> None:
         if role not in ROLES:
             raise ValueError(f"role must be 'attacker' or 'defender', got {role!r}")
@@ -216,6 +248,9 @@ class PointPromptEnv(gym.Env):
         if not (np.isfinite(step_cost) and step_cost >= 0):
             raise ValueError(f"step_cost must be a finite number >= 0, got {step_cost!r}")
         self.step_cost = float(step_cost)
+        if probe and role != "defender":
+            raise ValueError("probe=True (removal probes) is for the defender role only")
+        self.probe = bool(probe)
         if self.node_uncertainty and not self.world.gives_uncertainty:
             seg = self.world.segmenter
             raise ValueError(
@@ -237,6 +272,9 @@ class PointPromptEnv(gym.Env):
         }
         if self.node_uncertainty:
             obs_spaces["uncertainty"] = spaces.Box(0, 255, (n,), np.uint8)
+        if self.probe:
+            obs_spaces["probe_score"] = spaces.Box(0, 255, (n,), np.uint8)
+            obs_spaces["probe_change"] = spaces.Box(0, 255, (n,), np.uint8)
         self.observation_space = spaces.Dict(obs_spaces)
         self._rec: ImageRecord | None = None
         self._obj = 0
@@ -324,11 +362,11 @@ class PointPromptEnv(gym.Env):
     # -- gymnasium API -----------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         req = self.prepare_reset(seed)
-        return self.complete_reset(self.world.evaluate([req])[0])
+        return self.complete_reset(self.world.evaluate([req], probe=self.probe)[0])
 
     def step(self, action):
         req = self.prepare_step(action)
-        return self.complete_step(self.world.evaluate([req])[0])
+        return self.complete_step(self.world.evaluate([req], probe=self.probe)[0])
 
     def action_masks(self) -> np.ndarray:
         """(2N + 1,) bool: which actions are valid now."""
@@ -336,7 +374,8 @@ class PointPromptEnv(gym.Env):
 
     def _obs(self) -> dict[str, np.ndarray]:
         return build_observation(
-            self._rec, self._state, self._points, self._outcome, self._t, self.max_steps, self.node_uncertainty
+            self._rec, self._state, self._points, self._outcome, self._t, self.max_steps, self.node_uncertainty,
+            self.probe,
         )
 
     def _info(self, invalid: bool) -> dict[str, Any]:

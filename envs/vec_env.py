@@ -76,6 +76,7 @@ class PromptVecEnv(VecEnv):
         self.role = role
         self.envs = [PointPromptEnv(role, world=world, **env_kwargs) for _ in range(int(n_envs))]
         env = self.envs[0]
+        self.probe = env.probe
         super().__init__(len(self.envs), env.observation_space, env.action_space)
         self.num_nodes = env.num_nodes
         self._stop = 2 * env.num_nodes
@@ -88,7 +89,7 @@ class PromptVecEnv(VecEnv):
     def reset(self) -> VecEnvObs:
         """Reset every env (seeded once by :meth:`seed`); one decoder call for all."""
         requests = [env.prepare_reset(seed) for env, seed in zip(self.envs, self._seeds)]
-        outcomes = self.world.evaluate(requests)
+        outcomes = self.world.evaluate(requests, probe=self.probe)
         for i, (env, out) in enumerate(zip(self.envs, outcomes)):
             obs, self.reset_infos[i] = env.complete_reset(out)
             self._save_obs(i, obs)
@@ -112,7 +113,7 @@ class PromptVecEnv(VecEnv):
         # state is decoded in the same call as the step states.
         ahead = {i: self._draw_reset_ahead(self.envs[i]) for i in range(n) if self._ends(i, actions[i], requests[i][2])}
         order = list(ahead)
-        outcomes = self.world.evaluate(requests + [ahead[i][0] for i in order])
+        outcomes = self.world.evaluate(requests + [ahead[i][0] for i in order], probe=self.probe)
         reset_outcome = {i: outcomes[n + j] for j, i in enumerate(order)}
 
         rewards = np.zeros(n, np.float32)
@@ -136,7 +137,7 @@ class PromptVecEnv(VecEnv):
             self._save_obs(i, obs)
         if late:  # only if PointPromptEnv's episode-end rule and _ends() disagree
             logger.debug("envs %s ended unpredicted: resetting them in a second decoder call", late)
-            outs = self.world.evaluate([self.envs[i].prepare_reset() for i in late])
+            outs = self.world.evaluate([self.envs[i].prepare_reset() for i in late], probe=self.probe)
             for i, out in zip(late, outs):
                 obs, self.reset_infos[i] = self.envs[i].complete_reset(out)
                 self._save_obs(i, obs)

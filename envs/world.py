@@ -72,12 +72,35 @@ class Outcome:
     # (N,) mean pixel uncertainty of each patch, in [0, 1]; None when the segmenter gives
     # no uncertainty (SAM2's decoder); zeros for an empty prompt set (nothing decoded)
     uncertainty: np.ndarray | None = field(default=None, repr=False)
+    # Removal probes (``PromptWorld.evaluate(..., probe=True)``), (N,) each, 0 at inactive
+    # nodes: SAM's predicted IoU without node i's prompt minus with it, and how much the
+    # mask changes without it (1 - IoU of the two masks' patch coverages). None: not probed.
+    probe_score: np.ndarray | None = field(default=None, repr=False)
+    probe_change: np.ndarray | None = field(default=None, repr=False)
 
 
 def state_key(node_state: np.ndarray, node_points: np.ndarray) -> bytes:
     """Cache key of a prompt state: the states and the points of active nodes."""
     active = node_state != INACTIVE
     return node_state.tobytes() + np.round(node_points[active], 2).astype(np.float32).tobytes()
+
+
+def removal_probes(node_state: np.ndarray) -> list[tuple[int, np.ndarray]]:
+    """Leave-one-out states of a prompt state: ``(node, state without node's prompt)`` for
+    every active node, in node order."""
+    out = []
+    for i in np.flatnonzero(node_state != INACTIVE):
+        st = node_state.copy()
+        st[i] = INACTIVE
+        out.append((int(i), st))
+    return out
+
+
+def coverage_change(a: np.ndarray, b: np.ndarray) -> float:
+    """1 - soft IoU of two per-patch coverages (N,) in [0, 1]: 0 same mask, 1 disjoint
+    (0 when both are empty)."""
+    union = float(np.maximum(a, b).sum())
+    return 0.0 if union <= 0 else 1.0 - float(np.minimum(a, b).sum()) / union
 
 
 def prompts_from_state(node_state: np.ndarray, node_points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -231,13 +254,56 @@ class PromptWorld:
         self,
         requests: Sequence[tuple[ImageRecord, int, np.ndarray, np.ndarray]],
         want_mask: bool = False,
+        probe: bool = False,
     ) -> list[Outcome]:
         """Decode prompt states ``(image, object index, node_state, node_points)``.
 
         All uncached, non-empty states go through ONE ``Segmenter.predict_batch`` call
         (one per prompt width, see ``prompt_pad``: one while no state has more than
         ``prompt_pad`` points). The object index selects the ground-truth mask (-1: no ground truth, quality nan).
+
+        With ``probe=True`` every outcome also carries its removal probes
+        (``Outcome.probe_score`` / ``probe_change``): the K leave-one-out states of a
+        state with K prompts are decoded in the same call (and cached: they are exactly
+        the states that the removal actions lead to).
         """
+        if not probe:
+            return self._evaluate(requests, want_mask)
+        need = []
+        for i, (rec, obj, st, pts) in enumerate(requests):
+            hit = self._outcomes.get((rec.graph_id, obj, state_key(st, pts)))
+            if want_mask or hit is None or hit.probe_score is None:
+                need.append(i)
+        loo: list[tuple[ImageRecord, int, np.ndarray, np.ndarray]] = []
+        spans = []
+        for i in need:
+            rec, obj, st, pts = requests[i]
+            probes = removal_probes(st)
+            spans.append((i, len(requests) + len(loo), probes))
+            loo.extend((rec, obj, s, pts) for _, s in probes)
+        # The states and their leave-one-out states in ONE decoder call (the latter are
+        # cached: they are exactly the states the removal actions lead to).
+        outs = self._evaluate(list(requests) + loo, want_mask)
+        for i, start, probes in spans:
+            o = outs[i]
+            n = len(o.coverage)
+            ps, pc = np.zeros(n, np.float32), np.zeros(n, np.float32)
+            for j, (node, _) in enumerate(probes):
+                lo = outs[start + j]
+                ps[node] = lo.score - o.score
+                pc[node] = coverage_change(o.coverage, lo.coverage)
+            outs[i] = Outcome(o.quality, o.coverage, o.score, o.mask, o.uncertainty, ps, pc)
+            rec, obj, st, pts = requests[i]
+            key = (rec.graph_id, obj, state_key(st, pts))
+            if key in self._outcomes:
+                self._outcomes[key] = Outcome(o.quality, o.coverage, o.score, None, o.uncertainty, ps, pc)
+        return outs[: len(requests)]
+
+    def _evaluate(
+        self,
+        requests: Sequence[tuple[ImageRecord, int, np.ndarray, np.ndarray]],
+        want_mask: bool = False,
+    ) -> list[Outcome]:
         out: list[Outcome | None] = [None] * len(requests)
         todo: list[int] = []
         for i, (rec, obj, st, pts) in enumerate(requests):

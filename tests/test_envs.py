@@ -400,3 +400,76 @@ def test_step_cost_is_charged_per_change_not_on_stop(world):
     assert r_stop == 0.0 and terminated
     with pytest.raises(ValueError, match="step_cost"):
         PointPromptEnv("defender", world=world, step_cost=-0.1)
+
+
+# -- removal probes --------------------------------------------------------------------
+def test_removal_probes_are_the_leave_one_out_decodes(make_world):
+    """probe_score[i] = SAM's score without node i's prompt - with it; probe_change[i] =
+    1 - soft IoU of the two coverages; one decoder call for the state and its probes."""
+    world = make_world()
+    env = PointPromptEnv("defender", world=world, probe=True, start_mix={"coarse": 1.0})
+    calls = world.decode_calls
+    obs, _ = env.reset(seed=3)
+    assert world.decode_calls == calls + 1
+    assert env.observation_space.contains(obs)
+    state, points = env.prompt_state
+    rec = world.image(env._rec.index)
+    base = world.evaluate([(rec, env._obj, state, points)])[0]
+    active = np.flatnonzero(state != INACTIVE)
+    assert len(active) >= 3
+    for i in active:
+        without = state.copy()
+        without[i] = INACTIVE
+        coords, labels = world.decoded_prompts(without, points)
+        pred = world.segmenter.predict(rec.embedding, coords, labels)
+        cov = pred.masks[0].reshape(rec.grid, rec.hw[0] // rec.grid, rec.grid, -1).mean(axis=(1, 3))
+        d = float(pred.scores[0]) - base.score
+        expected = np.round(np.clip(0.5 + 4.0 * d, 0, 1) * 255)
+        assert abs(int(obs["probe_score"][i]) - expected) <= 1
+        union = np.maximum(cov.ravel(), base.coverage).sum()
+        change = 1 - np.minimum(cov.ravel(), base.coverage).sum() / union
+        assert abs(int(obs["probe_change"][i]) - round(change * 255)) <= 1
+    inactive = state == INACTIVE
+    assert (obs["probe_score"][inactive] == 128).all() and (obs["probe_change"][inactive] == 0).all()
+    # the removal action leads to a probed (cached) state: no new decode of that state
+    a = int(active[0])
+    rows = world.decode_calls
+    env.step(a)
+    assert world.decode_calls == rows + 1  # one call: the new state's own probes
+
+
+def test_probes_are_defender_only_and_keep_replay_small(world):
+    with pytest.raises(ValueError, match="defender role only"):
+        PointPromptEnv("attacker", world=world, probe=True)
+    env = PointPromptEnv("defender", world=world, probe=True)
+    assert {"probe_score", "probe_change"} <= set(env.observation_space.spaces)
+    obs, _ = env.reset(seed=0)
+    per_transition = 2 * sum(v.nbytes for v in obs.values()) + 8 + 4 + 1
+    assert per_transition <= 8 * 1024, per_transition
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        gym_check_env(gym.make(ENV_IDS["defender"], world=world, probe=True).unwrapped)
+        sb3_check_env(PointPromptEnv("defender", world=world, probe=True), warn=True)
+    caught = [w for w in caught if not issubclass(w.category, DeprecationWarning)]
+    assert not caught, [f"{w.category.__name__}: {w.message}" for w in caught]
+
+
+def test_vec_env_with_probes_matches_single_envs(make_world):
+    n, seed = 2, 4
+    venv = PromptVecEnv(n, "defender", world=make_world(), seed=seed, probe=True)
+    singles = [PointPromptEnv("defender", world=make_world(), probe=True) for _ in range(n)]
+    obs = venv.reset()
+    for i, env in enumerate(singles):
+        o, _ = env.reset(seed=seed + i)
+        assert np.abs(o["probe_score"].astype(int) - obs["probe_score"][i].astype(int)).max() <= 1
+    rng = np.random.default_rng(0)
+    for _ in range(4):
+        actions = np.array([random_valid(m, rng) for m in venv.action_masks()])
+        calls = venv.world.decode_calls
+        obs, _, dones, _ = venv.step(actions)
+        assert venv.world.decode_calls <= calls + 1
+        for i, env in enumerate(singles):
+            o, *_ , term, trunc, _ = env.step(actions[i])
+            if term or trunc:
+                o, _ = env.reset()
+            assert np.abs(o["probe_change"].astype(int) - obs["probe_change"][i].astype(int)).max() <= 1
