@@ -45,7 +45,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ppd.data.types import Scene
-from ppd.envs.point_prompt_env import DEFAULT_MAX_STEPS, build_observation, valid_action_mask
+from ppd.envs.point_prompt_env import DEFAULT_MAX_STEPS, build_observation, rollout_action_mask
 from ppd.envs.world import (
     INACTIVE,
     NEGATIVE,
@@ -335,23 +335,21 @@ def load_agent(path: str | os.PathLike, name: str = "defender.zip", device: str 
     return model, cfg, folder
 
 
-def greedy_action(model: Any, obs: dict[str, np.ndarray], mask: np.ndarray) -> int:
-    """The greedy action of ``model`` for one observation, among the valid ones.
-
-    ``model.predict(obs, deterministic=True)`` first (the network masks by its own
-    role / relabel rule). If that action is not allowed by ``mask`` (which may be
-    stricter, e.g. "keep the last prompt"), the masked argmax of the Q-values is taken.
-    """
-    action, _ = model.predict(obs, deterministic=True)
-    a = int(np.asarray(action).reshape(-1)[0])
-    if 0 <= a < len(mask) and mask[a]:
-        return a
+def greedy_actions(model: Any, obs: dict[str, np.ndarray], masks: np.ndarray) -> np.ndarray:
+    """Greedy actions of ``model`` for a batch of observations (leading axis B), each the
+    argmax of the Q-values over the actions ``masks`` (B, A) allows (it may be stricter
+    than the network's own role / relabel rule, see :func:`rollout_action_mask`)."""
     import torch
 
     obs_t, _ = model.policy.obs_to_tensor(obs)
     with torch.no_grad():
-        q = model.policy.q_net(obs_t)[0].float().cpu().numpy()
-    return int(np.argmax(np.where(mask, q, -np.inf)))
+        q = model.policy.q_net(obs_t).float().cpu().numpy()
+    return np.argmax(np.where(np.asarray(masks, bool).reshape(q.shape), q, -np.inf), axis=1)
+
+
+def greedy_action(model: Any, obs: dict[str, np.ndarray], mask: np.ndarray) -> int:
+    """:func:`greedy_actions` for one (unbatched) observation."""
+    return int(greedy_actions(model, obs, mask[None])[0])
 
 
 def _segmenter_from_config(cfg: dict[str, Any], device: str | None) -> Segmenter:
@@ -526,7 +524,8 @@ class PromptDefender(PromptRefiner):
 
         States are decoded by ``self.world`` exactly as in training (same prompt padding,
         see :class:`~ppd.envs.world.PromptWorld`), so the observations match the ones the
-        agent learned on.
+        agent learned on. Actions follow :func:`~ppd.envs.point_prompt_env.rollout_action_mask`
+        (a prompt is relabelled at most once; the last prompt stays).
 
         Returns:
             ``(final node_state (N,), its Outcome (no mask), prompt changes made)``.
@@ -536,10 +535,9 @@ class PromptDefender(PromptRefiner):
         st = node_state.copy()
         out = self.world.evaluate([(rec, -1, st, node_points)], probe=self.probe)[0]
         steps = 0
+        relabelled = np.zeros(n, bool)
         while steps < max_steps:
-            mask = valid_action_mask(st, "defender", self.relabel)
-            if (st != INACTIVE).sum() <= 1:
-                mask[:n] = False  # never remove the last prompt
+            mask = rollout_action_mask(st, relabelled, self.relabel)
             if not mask[:-1].any():
                 break
             obs = build_observation(
@@ -554,6 +552,7 @@ class PromptDefender(PromptRefiner):
                 st[node] = INACTIVE
             else:
                 st[node] = NEGATIVE if st[node] == POSITIVE else POSITIVE
+                relabelled[node] = True
             steps += 1
             out = self.world.evaluate([(rec, -1, st, node_points)], probe=self.probe)[0]
         return st, out, steps

@@ -50,6 +50,8 @@ __all__ = ["MASKED_Q", "OPTIONAL_NODE_KEYS", "GraphDQNPolicy", "GraphQNetwork", 
 #: Q-value given to invalid actions: far below any real value but finite, so that losses
 #: and targets stay finite (a row always has the valid stop action).
 MASKED_Q = -1e9
+#: Node-feature normalisations of :class:`GraphQNetwork` (``node_norm``).
+NODE_NORMS = ("none", "instance")
 
 #: Per-node dynamic inputs every observation has: one-hot state (3), coverage, offset
 #: (2), pos (2), step_frac, score.
@@ -226,6 +228,11 @@ class GraphQNetwork(QNetwork):
         node_feature_dim: channels C of the graphs' node features ``x`` (N, C).
         hidden_dim: width H of the GNN.
         n_layers: message-passing layers.
+        node_norm: ``"none"`` or ``"instance"``: standardise each graph's node features
+            per channel over its nodes before the input projection (zero mean, unit
+            variance within the image; beyond the paper). The network then sees how a
+            patch differs from the rest of its image, not the image's overall appearance,
+            which is what shifts between domains (texture, contrast).
         features_extractor, features_dim, net_arch, activation_fn, normalize_images:
             accepted for SB3 compatibility, unused.
 
@@ -241,6 +248,7 @@ class GraphQNetwork(QNetwork):
         node_feature_dim: int = 64,
         hidden_dim: int = 32,
         n_layers: int = 2,
+        node_norm: str = "none",
         features_extractor: Any = None,
         features_dim: int = 0,
         net_arch: list[int] | None = None,
@@ -256,6 +264,9 @@ class GraphQNetwork(QNetwork):
         n = int(observation_space["state"].shape[0])
         if int(action_space.n) != 2 * n + 1:
             raise ValueError(f"action space Discrete({action_space.n}) does not match 2N + 1 = {2 * n + 1}")
+        if node_norm not in NODE_NORMS:
+            raise ValueError(f"node_norm must be one of {NODE_NORMS}, got {node_norm!r}")
+        self.node_norm = node_norm
         self.num_nodes = n
         self.role = role
         self.relabel = bool(relabel)
@@ -300,7 +311,10 @@ class GraphQNetwork(QNetwork):
                 f"({N}, {self.node_feature_dim}) (node_feature_dim must match the segmenter's embedding)"
             )
         inv = inv.to(device)
-        xh = self.x_proj(torch.stack([g.x for g in graphs]))[inv]  # project unique graphs only
+        x = torch.stack([g.x for g in graphs])
+        if self.node_norm == "instance":
+            x = (x - x.mean(dim=1, keepdim=True)) / (x.std(dim=1, keepdim=True) + 1e-5)
+        xh = self.x_proj(x)[inv]  # project unique graphs only
         pos = torch.stack([g.pos for g in graphs])[inv]
         cov = obs["coverage"].to(device).float().unsqueeze(-1) / 255.0
         if self.node_keys:  # optional per-node channels (uint8 x 255, like coverage)
@@ -342,6 +356,7 @@ class GraphQNetwork(QNetwork):
             node_feature_dim=self.node_feature_dim,
             hidden_dim=self.hidden_dim,
             n_layers=self.n_layers,
+            node_norm=self.node_norm,
         )
         return data
 
@@ -350,7 +365,7 @@ class GraphDQNPolicy(DQNPolicy):
     """:class:`DQNPolicy` whose online and target networks are :class:`GraphQNetwork` s.
 
     Extra keyword arguments (give them through ``policy_kwargs``): ``role``,
-    ``relabel``, ``node_feature_dim``, ``hidden_dim``, ``n_layers``.
+    ``relabel``, ``node_feature_dim``, ``hidden_dim``, ``n_layers``, ``node_norm``.
     """
 
     q_net: GraphQNetwork
@@ -366,11 +381,14 @@ class GraphDQNPolicy(DQNPolicy):
         node_feature_dim: int = 64,
         hidden_dim: int = 32,
         n_layers: int = 2,
+        node_norm: str = "none",
         **kwargs: Any,
     ) -> None:
-        # Read by make_q_net(), which DQNPolicy.__init__ calls.
+        # Read by make_q_net(), which DQNPolicy.__init__ calls. node_norm defaults to
+        # "none" so that networks saved before it existed load unchanged.
         self._graph_kwargs = dict(
-            role=role, relabel=bool(relabel), node_feature_dim=int(node_feature_dim), hidden_dim=int(hidden_dim), n_layers=int(n_layers)
+            role=role, relabel=bool(relabel), node_feature_dim=int(node_feature_dim), hidden_dim=int(hidden_dim),
+            n_layers=int(n_layers), node_norm=str(node_norm),
         )
         kwargs.setdefault("normalize_images", False)
         super().__init__(observation_space, action_space, lr_schedule, **kwargs)

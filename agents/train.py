@@ -42,8 +42,10 @@ from stable_baselines3.common.vec_env import VecMonitor
 
 from ppd import io
 from ppd.agents.dqn import MaskedDQN, make_dqn
+from ppd.agents.qnet import NODE_NORMS
 from ppd.data.scenes import TRAIN_DOMAIN, ProceduralScenes
-from ppd.envs.point_prompt_env import DEFAULT_START_MIX, PointPromptEnv
+from ppd.agents.defender import greedy_actions
+from ppd.envs.point_prompt_env import DEFAULT_START_MIX, PointPromptEnv, rollout_action_mask
 from ppd.envs.vec_env import PromptVecEnv
 from ppd.envs.world import ImageRecord, PromptWorld, prompts_from_state, segmenter_gives_uncertainty, state_from_prompts
 from ppd.models import BUNDLED_NAME
@@ -130,6 +132,9 @@ class TrainConfig:
     """GNN width"""
     n_layers: int = 2
     """GNN message-passing layers"""
+    node_norm: str = "instance"
+    """node-feature normalisation in the Q-networks: instance (standardise each image's
+    node features over its nodes; beyond the paper) or none"""
     learning_rate: float = 5e-4
     """Adam learning rate"""
     buffer_size: int = 30_000
@@ -175,6 +180,7 @@ class TrainConfig:
             "gamma": 0.0 <= self.gamma <= 1.0,
             "exploration_fraction": 0.0 < self.exploration_fraction <= 1.0,
             "ruac_uncertainty": self.ruac_uncertainty in ("analytic", "mc"),
+            "node_norm": self.node_norm in NODE_NORMS,
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
@@ -212,6 +218,7 @@ class TrainConfig:
             double_q=self.double_q,
             hidden_dim=self.hidden_dim,
             n_layers=self.n_layers,
+            node_norm=self.node_norm,
         )
 
     @property
@@ -255,7 +262,9 @@ def greedy_rollout(
         relabel: defender relabel actions allowed (must match the model's training).
 
     The observation has the per-node ``uncertainty`` and the removal probes when the
-    model was trained with them (read from its observation space).
+    model was trained with them (read from its observation space). The defender's
+    actions follow :func:`~ppd.envs.point_prompt_env.rollout_action_mask`, as in
+    :meth:`~ppd.agents.defender.PromptDefender.refine`.
 
     Returns:
         Per start: ``{"start_quality", "quality", "state", "points", "steps"}``.
@@ -278,9 +287,18 @@ def greedy_rollout(
         obs.append(o)
         results.append({"start_quality": info["quality"], "quality": info["quality"], "steps": 0})
     running = [i for i, env in enumerate(envs) if env.action_masks()[:-1].any()]
+    n = envs[0].num_nodes
+    relabelled = [np.zeros(n, bool) for _ in envs]
     while running:
         batch = {k: np.stack([obs[i][k] for i in running]) for k in obs[0]}
-        actions, _ = model.predict(batch, deterministic=True)
+        if role == "defender":
+            masks = np.stack([rollout_action_mask(envs[i].prompt_state[0], relabelled[i], relabel) for i in running])
+            actions = greedy_actions(model, batch, masks)
+            for i, a in zip(running, actions):
+                if n <= a < 2 * n:
+                    relabelled[i][a - n] = True
+        else:
+            actions, _ = model.predict(batch, deterministic=True)
         outcomes = world.evaluate(
             [envs[i].prepare_step(int(a)) for i, a in zip(running, np.asarray(actions).reshape(-1))], probe=probe
         )

@@ -40,6 +40,23 @@ def valid_action_mask(node_state: np.ndarray, role: str, relabel: bool) -> np.nd
     )
 
 
+def rollout_action_mask(node_state: np.ndarray, relabelled: np.ndarray, relabel: bool) -> np.ndarray:
+    """(2N + 1,) bool: the defender's valid actions in a greedy rollout (refinement and
+    evaluation, not training): :func:`valid_action_mask`, and also
+
+    * a prompt is relabelled at most once (``relabelled`` (N,) bool: nodes relabelled so
+      far in this rollout): relabelling it back would only undo a step, and a greedy
+      policy that does so is in a cycle until its step budget ends;
+    * the last active prompt is never removed (no prompt gives no mask).
+    """
+    mask = valid_action_mask(node_state, "defender", relabel)
+    n = node_state.shape[-1]
+    mask[n:2 * n] &= ~np.asarray(relabelled, bool)
+    if (node_state != INACTIVE).sum() <= 1:
+        mask[:n] = False
+    return mask
+
+
 def build_observation(
     rec: ImageRecord,
     node_state: np.ndarray,

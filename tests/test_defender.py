@@ -74,16 +74,21 @@ def defender(run_dir, tiny_segmenter) -> PromptDefender:
 
 
 class ScriptedModel:
-    """Stand-in for the defender DQN: ``rule(obs) -> action``; Q-values prefer stop."""
+    """Stand-in for the defender DQN: ``rule(obs) -> action``. Its Q-values put the rule's
+    action first and stop second, so a rollout that forbids the rule's action stops."""
 
     def __init__(self, rule, relabel: bool = True) -> None:
         self.observation_space = spaces.Dict({"state": spaces.Box(0, 2, (N,), np.uint8)})
         self.action_space = spaces.Discrete(2 * N + 1)
         self.rule = rule
-        q = -torch.ones(1, 2 * N + 1)
-        q[0, -1] = 0.0
+        def q_net(obs):
+            q = -torch.ones(1, 2 * N + 1)
+            q[0, -1] = 0.0
+            q[0, int(rule(obs))] = 1.0
+            return q
+
         self.policy = SimpleNamespace(
-            relabel=relabel, role="defender", obs_to_tensor=lambda obs: (obs, False), q_net=lambda obs: q
+            relabel=relabel, role="defender", obs_to_tensor=lambda obs: (obs, False), q_net=q_net
         )
 
     def predict(self, obs, state=None, episode_start=None, deterministic=False):
@@ -190,9 +195,9 @@ def test_refine_uses_no_ground_truth(defender, random_image, monkeypatch):
     seen = []
     evaluate = defender.world.evaluate
 
-    def spy(requests, want_mask=False):
+    def spy(requests, want_mask=False, probe=False):
         seen.extend(obj for _, obj, _, _ in requests)
-        return evaluate(requests, want_mask)
+        return evaluate(requests, want_mask, probe)
 
     def no_quality(*_):
         raise AssertionError("ground truth used")
@@ -266,6 +271,15 @@ def test_relabel_flips_the_node(tiny_segmenter, random_image):
     np.testing.assert_array_equal(res.relabeled, [True, True, False])
     np.testing.assert_array_equal(res.point_labels, [0, 1])  # point 1 (was 1) flipped
     _check_result(res, MERGED, MERGED_LABELS)
+
+
+def test_a_prompt_is_relabelled_at_most_once(tiny_segmenter, random_image):
+    """A policy that keeps relabelling one node (a cycle) flips it once, then stops."""
+    always = _scripted(tiny_segmenter, lambda obs: N + PATCH_NODE)
+    res = always.refine(random_image, MERGED, MERGED_LABELS, max_steps=10)
+    assert res.steps == 1
+    np.testing.assert_array_equal(res.relabeled, [True, True, False])
+    np.testing.assert_array_equal(res.point_labels, [0, 1])
 
 
 def test_never_removes_the_last_prompt(tiny_segmenter, random_image):

@@ -62,17 +62,18 @@ def replay_bytes_per_transition(observation_space: Any) -> dict[str, int]:
     return {"observation_bytes": obs, "transition_bytes": 2 * obs + 8 + 3 * 4}
 
 
-def env_throughput(seg: Any, n_envs: int = 16, steps: int = 50) -> dict[str, Any]:
+def env_throughput(seg: Any, n_envs: int = 16, steps: int = 50, probe: bool = False) -> dict[str, Any]:
     """Defender env steps/s, ``n_envs`` batched envs vs as many stepped one by one
-    (:func:`ppd.bench.envs.run`, random valid actions); skipped if that module is absent."""
+    (:func:`ppd.bench.envs.run`, random valid actions; ``probe``: with removal probes, as
+    the benchmarked defender was trained); skipped if that module is absent."""
     if steps <= 0:
         return {"skipped": "not measured (--env-steps 0)"}
     try:
         from ppd.bench.envs import run as run_envs
     except ImportError:
         return {"skipped": "ppd.bench.envs is not available"}
-    stats = run_envs(seg, n_envs=n_envs, steps=steps, role="defender", n_scenes=16, rounds=2)
-    out: dict[str, Any] = {"n_envs": n_envs, "vector_steps": steps}
+    stats = run_envs(seg, n_envs=n_envs, steps=steps, role="defender", n_scenes=16, rounds=2, probe=probe)
+    out: dict[str, Any] = {"n_envs": n_envs, "vector_steps": steps, "probe": probe}
     for side, st in stats.items():
         out[f"{side}_steps_per_s"] = round(float(st.steps_per_s), 1)
     if out.get("sequential_steps_per_s"):
@@ -200,7 +201,7 @@ def run_benchmark(
         "attacker": attacker is not None,
         "domains": rows,
         "refine_ms_median": float(statistics.median(times)) if times else None,
-        "env_throughput": env_throughput(defender.segmenter, steps=env_steps),
+        "env_throughput": env_throughput(defender.segmenter, steps=env_steps, probe=defender.probe),
         "replay": replay_bytes_per_transition(defender.model.observation_space),
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
         f"device {defender.segmenter.device}",
@@ -251,7 +252,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"env steps/s: skipped, {thr['skipped']}")
     else:
         print(
-            f"env steps/s ({thr['n_envs']} defender envs): batched {thr['batched_steps_per_s']}, "
+            f"env steps/s ({thr['n_envs']} defender envs{', removal probes' if thr.get('probe') else ''}): "
+            f"batched {thr['batched_steps_per_s']}, "
             f"sequential {thr['sequential_steps_per_s']} ({thr.get('batched_speedup', float('nan'))}x)"
         )
     rep = results["replay"]

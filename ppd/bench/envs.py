@@ -1,6 +1,6 @@
 """Env throughput: M batched envs (one decoder call per step) vs M envs stepped one by one.
 
-    python -m ppd.bench.envs [--n-envs 16] [--steps 200] [--role defender] [--checkpoint FILE]
+    python -m ppd.bench.envs [--n-envs 16] [--steps 200] [--role defender] [--probe] [--checkpoint FILE]
 
 Both sides take random valid actions and auto-reset ended episodes. The batched side is
 one :class:`~ppd.envs.PromptVecEnv`; the sequential side is M
@@ -10,7 +10,8 @@ the other's cached outcomes) and its own seeds; images are encoded and graphs bu
 before timing. The two sides alternate in ``--rounds`` rounds so that a changing machine
 load hits both alike. Reported: env steps/s, decoder calls and rows, and the share of
 prompt states answered without decoding (outcome cache hits, e.g. after invalid or stop
-actions, and empty prompt sets).
+actions, and empty prompt sets). ``--probe`` gives the defender envs removal probes (each
+state's K leave-one-out prompt sets are decoded with it, as ``ppd train`` does by default).
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ def _pick(masks: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def run(
     seg: Segmenter, n_envs: int = 16, steps: int = 200, role: str = "defender", n_scenes: int = 32,
-    rounds: int = 4, seed: int = 0, prompt_pad: int | None = PROMPT_PAD,
+    rounds: int = 4, seed: int = 0, prompt_pad: int | None = PROMPT_PAD, probe: bool = False,
 ) -> dict[str, SideStats]:
     """Time ``steps`` vector steps (``n_envs * steps`` env steps) on each side."""
     scenes = ProceduralScenes("train", n_scenes, seed=seed)
@@ -97,8 +98,9 @@ def run(
     for side, world in worlds.items():
         _count(world, stats[side])
 
-    venv = PromptVecEnv(n_envs, role, world=worlds["batched"], seed=seed)
-    singles = [PointPromptEnv(role, world=worlds["sequential"]) for _ in range(n_envs)]
+    kw = {"probe": True} if probe else {}
+    venv = PromptVecEnv(n_envs, role, world=worlds["batched"], seed=seed, **kw)
+    singles = [PointPromptEnv(role, world=worlds["sequential"], **kw) for _ in range(n_envs)]
     venv.reset()
     for i, env in enumerate(singles):
         env.reset(seed=seed + 1000 + i)
@@ -133,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n-envs", type=int, default=16, help="environments per side (default 16)")
     p.add_argument("--steps", type=int, default=200, help="vector steps per side (default 200)")
     p.add_argument("--role", default="defender", choices=["attacker", "defender"])
+    p.add_argument("--probe", action="store_true", help="defender envs with removal probes (as ppd train's default)")
     p.add_argument("--model", default=BUNDLED_NAME)
     p.add_argument("--checkpoint", default=None, help="checkpoint file (default: the bundled model)")
     p.add_argument("--device", default=None)
@@ -148,10 +151,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     seg = load_segmenter(args.model, checkpoint=args.checkpoint, device=args.device)
-    stats = run(seg, args.n_envs, args.steps, args.role, args.scenes, max(1, args.rounds), args.seed, args.prompt_pad or None)
+    if args.probe and args.role != "defender":
+        p.error("--probe is for --role defender")
+    stats = run(seg, args.n_envs, args.steps, args.role, args.scenes, max(1, args.rounds), args.seed,
+                args.prompt_pad or None, args.probe)
     print(f"{args.n_envs} {args.role} envs, {args.steps} steps each; model {seg.name} "
           f"({seg.info.get('checkpoint')}), device {seg.device}, {torch.get_num_threads()} torch threads, "
-          f"{platform.processor() or platform.machine()}; prompt_pad {args.prompt_pad or None}")
+          f"{platform.processor() or platform.machine()}; prompt_pad {args.prompt_pad or None}"
+          f"{'; removal probes' if args.probe else ''}")
     print(f"{'side':12s} {'env steps':>9s} {'seconds':>8s} {'steps/s':>8s} {'episodes':>8s} "
           f"{'dec calls':>9s} {'rows':>6s} {'rows/call':>9s} {'no-decode':>9s}")
     for side, s in stats.items():
