@@ -52,6 +52,8 @@ __all__ = ["MASKED_Q", "OPTIONAL_NODE_KEYS", "GraphDQNPolicy", "GraphQNetwork", 
 MASKED_Q = -1e9
 #: Node-feature normalisations of :class:`GraphQNetwork` (``node_norm``).
 NODE_NORMS = ("none", "instance")
+#: Stop-action Q-values of :class:`GraphQNetwork` (``stop_q``).
+STOP_QS = ("learned", "zero")
 
 #: Per-node dynamic inputs every observation has: one-hot state (3), coverage, offset
 #: (2), pos (2), step_frac, score.
@@ -233,6 +235,11 @@ class GraphQNetwork(QNetwork):
             variance within the image; beyond the paper). The network then sees how a
             patch differs from the rest of its image, not the image's overall appearance,
             which is what shifts between domains (texture, contrast).
+        stop_q: ``"learned"`` (the stop head over pooled graph features) or ``"zero"``:
+            the stop action's Q-value is the constant 0, which is its exact value in
+            these environments (stop ends the episode with reward 0). The agent then
+            changes a prompt only when it expects a positive return from the change, and
+            no learned head can drift on images unlike the training ones.
         features_extractor, features_dim, net_arch, activation_fn, normalize_images:
             accepted for SB3 compatibility, unused.
 
@@ -249,6 +256,7 @@ class GraphQNetwork(QNetwork):
         hidden_dim: int = 32,
         n_layers: int = 2,
         node_norm: str = "none",
+        stop_q: str = "learned",
         features_extractor: Any = None,
         features_dim: int = 0,
         net_arch: list[int] | None = None,
@@ -267,6 +275,9 @@ class GraphQNetwork(QNetwork):
         if node_norm not in NODE_NORMS:
             raise ValueError(f"node_norm must be one of {NODE_NORMS}, got {node_norm!r}")
         self.node_norm = node_norm
+        if stop_q not in STOP_QS:
+            raise ValueError(f"stop_q must be one of {STOP_QS}, got {stop_q!r}")
+        self.stop_q = stop_q
         self.num_nodes = n
         self.role = role
         self.relabel = bool(relabel)
@@ -342,7 +353,10 @@ class GraphQNetwork(QNetwork):
         mean, mx = h.mean(dim=1), h.amax(dim=1)
         hidden = torch.relu(self.node_head_h(h) + self.node_head_ctx(mean)[:, None, :])
         q_nodes = self.node_head_out(hidden)  # (B, N, 2)
-        q_stop = self.stop_head(torch.cat([mean, mx], dim=-1))  # (B, 1)
+        if self.stop_q == "zero":
+            q_stop = hidden.new_zeros(B, 1)
+        else:
+            q_stop = self.stop_head(torch.cat([mean, mx], dim=-1))  # (B, 1)
         q = torch.cat([q_nodes.transpose(1, 2).reshape(B, 2 * N), q_stop], dim=1)
         if not masked:
             return q
@@ -357,6 +371,7 @@ class GraphQNetwork(QNetwork):
             hidden_dim=self.hidden_dim,
             n_layers=self.n_layers,
             node_norm=self.node_norm,
+            stop_q=self.stop_q,
         )
         return data
 
@@ -365,7 +380,8 @@ class GraphDQNPolicy(DQNPolicy):
     """:class:`DQNPolicy` whose online and target networks are :class:`GraphQNetwork` s.
 
     Extra keyword arguments (give them through ``policy_kwargs``): ``role``,
-    ``relabel``, ``node_feature_dim``, ``hidden_dim``, ``n_layers``, ``node_norm``.
+    ``relabel``, ``node_feature_dim``, ``hidden_dim``, ``n_layers``, ``node_norm``,
+    ``stop_q``.
     """
 
     q_net: GraphQNetwork
@@ -382,13 +398,15 @@ class GraphDQNPolicy(DQNPolicy):
         hidden_dim: int = 32,
         n_layers: int = 2,
         node_norm: str = "none",
+        stop_q: str = "learned",
         **kwargs: Any,
     ) -> None:
-        # Read by make_q_net(), which DQNPolicy.__init__ calls. node_norm defaults to
-        # "none" so that networks saved before it existed load unchanged.
+        # Read by make_q_net(), which DQNPolicy.__init__ calls. node_norm and stop_q
+        # default to the original network so that networks saved before they existed
+        # load unchanged.
         self._graph_kwargs = dict(
             role=role, relabel=bool(relabel), node_feature_dim=int(node_feature_dim), hidden_dim=int(hidden_dim),
-            n_layers=int(n_layers), node_norm=str(node_norm),
+            n_layers=int(n_layers), node_norm=str(node_norm), stop_q=str(stop_q),
         )
         kwargs.setdefault("normalize_images", False)
         super().__init__(observation_space, action_space, lr_schedule, **kwargs)

@@ -42,7 +42,7 @@ from stable_baselines3.common.vec_env import VecMonitor
 
 from ppd import io
 from ppd.agents.dqn import MaskedDQN, make_dqn
-from ppd.agents.qnet import NODE_NORMS
+from ppd.agents.qnet import NODE_NORMS, STOP_QS
 from ppd.data.scenes import TRAIN_DOMAIN, ProceduralScenes
 from ppd.agents.defender import greedy_actions
 from ppd.envs.point_prompt_env import DEFAULT_START_MIX, PointPromptEnv, rollout_action_mask
@@ -135,6 +135,10 @@ class TrainConfig:
     node_norm: str = "instance"
     """node-feature normalisation in the Q-networks: instance (standardise each image's
     node features over its nodes; beyond the paper) or none"""
+    stop_q: str = "zero"
+    """stop-action Q-value: zero (its exact value: stop ends the episode with reward 0;
+    an agent acts only when it expects a gain) or learned (a head over pooled graph
+    features, as before)"""
     learning_rate: float = 5e-4
     """Adam learning rate"""
     buffer_size: int = 30_000
@@ -181,6 +185,7 @@ class TrainConfig:
             "exploration_fraction": 0.0 < self.exploration_fraction <= 1.0,
             "ruac_uncertainty": self.ruac_uncertainty in ("analytic", "mc"),
             "node_norm": self.node_norm in NODE_NORMS,
+            "stop_q": self.stop_q in STOP_QS,
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
@@ -219,6 +224,7 @@ class TrainConfig:
             hidden_dim=self.hidden_dim,
             n_layers=self.n_layers,
             node_norm=self.node_norm,
+            stop_q=self.stop_q,
         )
 
     @property
