@@ -76,6 +76,40 @@ def test_qnet_batch_equals_single(world):
             torch.testing.assert_close(q_batch[i : i + 1], q_i, rtol=1e-4, atol=1e-4)
 
 
+def test_zero_stop_q_and_instance_norm(world):
+    """stop_q='zero': the stop Q-value is exactly 0. node_norm='instance': Q-values do not
+    change when an image's node features are scaled and shifted per channel (what a
+    global change of appearance does to them), while node_norm='none' does change."""
+    vec = PromptVecEnv(2, "defender", world=world, seed=0)
+    obs = _random_obs(vec, np.random.default_rng(1), 4)
+    dim = GRAPH_STORE.get(vec.world.image(0).graph_id).x.shape[1]
+    nets = {}
+    for norm in ("instance", "none"):
+        torch.manual_seed(0)
+        nets[norm] = GraphQNetwork(vec.observation_space, vec.action_space, role="defender",
+                                   node_feature_dim=dim, node_norm=norm, stop_q="zero")
+    gid = int(obs["image_id"][0, 0])
+    g = GRAPH_STORE.get(gid)
+    shifted = g.clone()
+    gen = torch.Generator().manual_seed(0)
+    shifted.x = g.x * (0.5 + torch.rand(dim, generator=gen)) + torch.randn(dim, generator=gen)
+    new_id = GRAPH_STORE.register(f"test-shifted-{gid}", shifted)
+    obs2 = {k: v.copy() for k, v in obs.items()}
+    obs2["image_id"][:] = new_id
+    obs1 = {k: v.copy() for k, v in obs.items()}
+    obs1["image_id"][:] = gid
+    with torch.no_grad():
+        q = {norm: (net(net.obs_to_tensor(obs1)[0]), net(net.obs_to_tensor(obs2)[0])) for norm, net in nets.items()}
+    for a, b in q.values():
+        assert (a[:, -1] == 0).all() and (b[:, -1] == 0).all()
+    torch.testing.assert_close(q["instance"][0], q["instance"][1], rtol=1e-4, atol=1e-4)
+    assert (q["none"][0] - q["none"][1]).abs().max() > 1e-2
+    with pytest.raises(ValueError, match="node_norm"):
+        GraphQNetwork(vec.observation_space, vec.action_space, role="defender", node_feature_dim=dim, node_norm="batch")
+    with pytest.raises(ValueError, match="stop_q"):
+        GraphQNetwork(vec.observation_space, vec.action_space, role="defender", node_feature_dim=dim, stop_q="one")
+
+
 def test_adjacency_is_mean_over_each_relation(world):
     """adj @ h = per-relation neighbour mean (PyG SAGEConv aggr='mean'), both-type edges in both."""
     gid = world.image(1).graph_id
