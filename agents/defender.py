@@ -45,7 +45,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ppd.data.types import Scene
-from ppd.envs.point_prompt_env import DEFAULT_MAX_STEPS, build_observation, rollout_action_mask
+from ppd.envs.point_prompt_env import DEFAULT_MAX_STEPS, build_observation, observation_options, rollout_action_mask
 from ppd.envs.world import (
     INACTIVE,
     NEGATIVE,
@@ -416,10 +416,9 @@ class PromptDefender(PromptRefiner):
         self.relabel = policy_relabel if relabel is None else bool(relabel) and policy_relabel
         self.train_max_steps = int(max_steps) if max_steps else None
         self.config = dict(config or {})
-        obs_keys = getattr(model.observation_space, "spaces", None) or {}
-        self.node_uncertainty = "uncertainty" in obs_keys
-        # removal probes (PointPromptEnv probe=True): decoded with every state, as in training
-        self.probe = "probe_score" in obs_keys
+        # per-node uncertainty and removal probes: whatever the network was trained on
+        opts = observation_options(model.observation_space)
+        self.node_uncertainty, self.probe = opts["node_uncertainty"], opts["probe"]
         if self.node_uncertainty and not segmenter_gives_uncertainty(segmenter):
             raise ValueError(
                 "this defender was trained with node_uncertainty=True (its observation has per-node "
@@ -535,9 +534,8 @@ class PromptDefender(PromptRefiner):
         st = node_state.copy()
         out = self.world.evaluate([(rec, -1, st, node_points)], probe=self.probe)[0]
         steps = 0
-        relabelled = np.zeros(n, bool)
         while steps < max_steps:
-            mask = rollout_action_mask(st, relabelled, self.relabel)
+            mask = rollout_action_mask(st, node_state, self.relabel)
             if not mask[:-1].any():
                 break
             obs = build_observation(
@@ -552,7 +550,6 @@ class PromptDefender(PromptRefiner):
                 st[node] = INACTIVE
             else:
                 st[node] = NEGATIVE if st[node] == POSITIVE else POSITIVE
-                relabelled[node] = True
             steps += 1
             out = self.world.evaluate([(rec, -1, st, node_points)], probe=self.probe)[0]
         return st, out, steps

@@ -45,7 +45,7 @@ from ppd.agents.dqn import MaskedDQN, make_dqn
 from ppd.agents.qnet import NODE_NORMS, STOP_QS
 from ppd.data.scenes import TRAIN_DOMAIN, ProceduralScenes
 from ppd.agents.defender import greedy_actions
-from ppd.envs.point_prompt_env import DEFAULT_START_MIX, PointPromptEnv, rollout_action_mask
+from ppd.envs.point_prompt_env import DEFAULT_START_MIX, PointPromptEnv, observation_options, rollout_action_mask
 from ppd.envs.vec_env import PromptVecEnv
 from ppd.envs.world import ImageRecord, PromptWorld, prompts_from_state, segmenter_gives_uncertainty, state_from_prompts
 from ppd.models import BUNDLED_NAME
@@ -275,13 +275,11 @@ def greedy_rollout(
     Returns:
         Per start: ``{"start_quality", "quality", "state", "points", "steps"}``.
     """
-    keys = getattr(model.observation_space, "spaces", None) or {}
-    node_unc, probe = "uncertainty" in keys, "probe_score" in keys
+    opts = observation_options(model.observation_space)
+    probe = opts["probe"]
     envs = []
     for rec, obj, st, pts in starts:
-        env = _ScriptedStartEnv(
-            role, world=world, max_steps=max_steps, relabel=relabel, node_uncertainty=node_unc, probe=probe
-        )
+        env = _ScriptedStartEnv(role, world=world, max_steps=max_steps, relabel=relabel, **opts)
         env.next_start = (rec, obj, st, pts, "scripted")
         envs.append(env)
     if not envs:
@@ -293,16 +291,11 @@ def greedy_rollout(
         obs.append(o)
         results.append({"start_quality": info["quality"], "quality": info["quality"], "steps": 0})
     running = [i for i, env in enumerate(envs) if env.action_masks()[:-1].any()]
-    n = envs[0].num_nodes
-    relabelled = [np.zeros(n, bool) for _ in envs]
     while running:
         batch = {k: np.stack([obs[i][k] for i in running]) for k in obs[0]}
         if role == "defender":
-            masks = np.stack([rollout_action_mask(envs[i].prompt_state[0], relabelled[i], relabel) for i in running])
+            masks = np.stack([rollout_action_mask(envs[i].prompt_state[0], starts[i][2], relabel) for i in running])
             actions = greedy_actions(model, batch, masks)
-            for i, a in zip(running, actions):
-                if n <= a < 2 * n:
-                    relabelled[i][a - n] = True
         else:
             actions, _ = model.predict(batch, deterministic=True)
         outcomes = world.evaluate(

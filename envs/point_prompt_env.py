@@ -40,18 +40,19 @@ def valid_action_mask(node_state: np.ndarray, role: str, relabel: bool) -> np.nd
     )
 
 
-def rollout_action_mask(node_state: np.ndarray, relabelled: np.ndarray, relabel: bool) -> np.ndarray:
+def rollout_action_mask(node_state: np.ndarray, start_state: np.ndarray, relabel: bool) -> np.ndarray:
     """(2N + 1,) bool: the defender's valid actions in a greedy rollout (refinement and
-    evaluation, not training): :func:`valid_action_mask`, and also
+    evaluation, not training) from ``start_state``: :func:`valid_action_mask`, and also
 
-    * a prompt is relabelled at most once (``relabelled`` (N,) bool: nodes relabelled so
-      far in this rollout): relabelling it back would only undo a step, and a greedy
-      policy that does so is in a cycle until its step budget ends;
+    * a prompt is relabelled at most once: relabelling it back would only undo a step,
+      and a greedy policy that does so is in a cycle until its step budget ends. Under
+      this rule the relabelled prompts are exactly the active nodes whose state differs
+      from ``start_state``, so no history is needed;
     * the last active prompt is never removed (no prompt gives no mask).
     """
     mask = valid_action_mask(node_state, "defender", relabel)
     n = node_state.shape[-1]
-    mask[n:2 * n] &= ~np.asarray(relabelled, bool)
+    mask[n:2 * n] &= node_state == start_state
     if (node_state != INACTIVE).sum() <= 1:
         mask[:n] = False
     return mask
@@ -92,7 +93,7 @@ def build_observation(
     off = np.where((node_state != INACTIVE)[:, None], off, 0.0)
     obs = {
         "state": node_state.copy(),
-        "coverage": np.round(outcome.coverage * 255).astype(np.uint8),
+        "coverage": _unit_to_u8(outcome.coverage),
         # flat (2N,), node i at [2i, 2i + 1]: SB3 expects 1-D (or image) Boxes
         "offset": np.round((np.clip(off, -0.5, 0.5) + 0.5) * 255).astype(np.uint8).reshape(-1),
         "step_frac": np.array([t / max_steps], np.float32),
@@ -105,13 +106,26 @@ def build_observation(
                 "node_uncertainty needs the per-node uncertainty of the decoded mask, but this outcome "
                 "has none: the segmenter gives no uncertainty (use the RUAC decoder)"
             )
-        obs["uncertainty"] = np.round(np.clip(outcome.uncertainty, 0.0, 1.0) * 255).astype(np.uint8)
+        obs["uncertainty"] = _unit_to_u8(outcome.uncertainty)
     if probe:
         if outcome.probe_score is None or outcome.probe_change is None:
             raise ValueError("probe=True needs an outcome decoded with PromptWorld.evaluate(..., probe=True)")
         obs["probe_score"] = encode_probe_score(outcome.probe_score)
-        obs["probe_change"] = np.round(np.clip(outcome.probe_change, 0.0, 1.0) * 255).astype(np.uint8)
+        obs["probe_change"] = _unit_to_u8(outcome.probe_change)
     return obs
+
+
+def _unit_to_u8(x: np.ndarray) -> np.ndarray:
+    """Values in [0, 1] (clipped) -> uint8 x 255, the per-node observation encoding."""
+    return np.round(np.clip(x, 0.0, 1.0) * 255).astype(np.uint8)
+
+
+def observation_options(observation_space: Any) -> dict[str, bool]:
+    """The optional observation parts an agent's observation space has, as
+    :class:`PointPromptEnv` / :func:`build_observation` arguments: ``node_uncertainty``
+    and ``probe``. A saved agent is rolled out with what it was trained on."""
+    keys = getattr(observation_space, "spaces", None) or {}
+    return {"node_uncertainty": "uncertainty" in keys, "probe": "probe_score" in keys}
 
 
 #: Score differences of removal probes are stored as ``0.5 + PROBE_SCORE_GAIN * d``, x 255:
@@ -121,7 +135,7 @@ PROBE_SCORE_GAIN = 4.0
 
 def encode_probe_score(delta: np.ndarray) -> np.ndarray:
     """Removal-probe score differences (N,) -> the uint8 ``probe_score`` observation."""
-    return np.round(np.clip(0.5 + PROBE_SCORE_GAIN * np.asarray(delta, np.float32), 0.0, 1.0) * 255).astype(np.uint8)
+    return _unit_to_u8(0.5 + PROBE_SCORE_GAIN * np.asarray(delta, np.float32))
 
 
 class PointPromptEnv(gym.Env):

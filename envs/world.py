@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
 import numpy as np
@@ -292,11 +292,11 @@ class PromptWorld:
                 lo = outs[start + j]
                 ps[node] = lo.score - o.score
                 pc[node] = coverage_change(o.coverage, lo.coverage)
-            outs[i] = Outcome(o.quality, o.coverage, o.score, o.mask, o.uncertainty, ps, pc)
+            outs[i] = replace(o, probe_score=ps, probe_change=pc)
             rec, obj, st, pts = requests[i]
             key = (rec.graph_id, obj, state_key(st, pts))
-            if key in self._outcomes:
-                self._outcomes[key] = Outcome(o.quality, o.coverage, o.score, None, o.uncertainty, ps, pc)
+            if key in self._outcomes:  # cached outcomes hold no mask
+                self._outcomes[key] = replace(outs[i], mask=None)
         return outs[: len(requests)]
 
     def _evaluate(

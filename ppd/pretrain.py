@@ -332,8 +332,14 @@ def model_input(imgs: np.ndarray, size: int, device: torch.device | str = "cpu")
     return x
 
 
+def instance_onehot(inst: torch.Tensor) -> torch.Tensor:
+    """(N, H, W) instance ids -> (N, K, H, W) float one-hot, K = max id + 1."""
+    return F.one_hot(inst.long(), int(inst.max()) + 1).permute(0, 3, 1, 2).float()
+
+
 def instance_loss(feat: torch.Tensor, inst: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Dense instance discrimination: (N, C, h, w) features, (N, H, W) instance ids.
+    """Dense instance discrimination: (N, C, h, w) features, (N, H, W) instance ids (or
+    their :func:`instance_onehot`, (N, K, H, W) float, to share it between feature maps).
 
     Each feature cell takes the majority instance of its pixels (cells with no majority
     over 60% are skipped); per image, the L2-normalised mean feature of each instance
@@ -343,8 +349,7 @@ def instance_loss(feat: torch.Tensor, inst: torch.Tensor, temperature: float) ->
     object and unlike across objects and the background.
     """
     N, C, h, w = feat.shape
-    K = int(inst.max()) + 1
-    onehot = F.one_hot(inst.long(), K).permute(0, 3, 1, 2).float()
+    onehot = inst if inst.dim() == 4 else instance_onehot(inst)
     frac = F.adaptive_avg_pool2d(onehot, (h, w))  # (N, K, h, w) share of each instance
     share, label = frac.max(1)
     valid = share > 0.6
@@ -383,8 +388,8 @@ def train_step(
     total = torch.zeros(())
     stats = {}
     if cfg.instance_weight and inst is not None:
-        t_inst = torch.from_numpy(inst)
-        aux = sum(instance_loss(f, t_inst, cfg.instance_temperature) for f in (embed, high[1]))
+        onehot = instance_onehot(torch.from_numpy(inst))  # once for both feature maps
+        aux = sum(instance_loss(f, onehot, cfg.instance_temperature) for f in (embed, high[1]))
         total = total + cfg.instance_weight * aux
         stats["instance_loss"] = float(aux.detach())
     idx = torch.from_numpy(owner).long()

@@ -98,9 +98,8 @@ def run(
     for side, world in worlds.items():
         _count(world, stats[side])
 
-    kw = {"probe": True} if probe else {}
-    venv = PromptVecEnv(n_envs, role, world=worlds["batched"], seed=seed, **kw)
-    singles = [PointPromptEnv(role, world=worlds["sequential"], **kw) for _ in range(n_envs)]
+    venv = PromptVecEnv(n_envs, role, world=worlds["batched"], seed=seed, probe=probe)
+    singles = [PointPromptEnv(role, world=worlds["sequential"], probe=probe) for _ in range(n_envs)]
     venv.reset()
     for i, env in enumerate(singles):
         env.reset(seed=seed + 1000 + i)
