@@ -9,7 +9,9 @@ features from SAM2's embedding, physical and semantic edges) is looked up in
 Network (per node i, hidden width H):
 
 * input: ``LayerNorm(Linear(x_i)) + Linear([onehot(state_i), coverage_i, offset_i,
-  pos_i, step_frac, score])``, then ReLU; when the observation has the optional
+  pos_i, step_frac, score])``, then ReLU (with ``node_features="relative"`` the first
+  term is dropped and the node's four prompt-relative similarities,
+  :func:`relative_features`, join the second; ``"both"`` keeps both); when the observation has the optional
   ``uncertainty`` key (env ``node_uncertainty=True``: the patch's mean pixel uncertainty
   under the current prompts, RUAC decoder), ``uncertainty_i`` follows ``coverage_i``;
   so do the removal probes ``probe_score_i`` and ``probe_change_i`` (env ``probe=True``).
@@ -41,11 +43,11 @@ from gymnasium import spaces
 from stable_baselines3.dqn.policies import DQNPolicy, QNetwork
 
 from ppd.envs.point_prompt_env import ROLES, valid_action_mask
-from ppd.envs.world import INACTIVE
+from ppd.envs.world import INACTIVE, NEGATIVE, POSITIVE
 from ppd.graphs.dual_space import EDGE_PHYSICAL, EDGE_SEMANTIC
 from ppd.graphs.store import GRAPH_STORE
 
-__all__ = ["MASKED_Q", "OPTIONAL_NODE_KEYS", "GraphDQNPolicy", "GraphQNetwork", "dynamic_input_dim", "obs_action_mask"]
+__all__ = ["MASKED_Q", "NODE_FEATURES", "OPTIONAL_NODE_KEYS", "relative_features", "GraphDQNPolicy", "GraphQNetwork", "dynamic_input_dim", "obs_action_mask"]
 
 #: Q-value given to invalid actions: far below any real value but finite, so that losses
 #: and targets stay finite (a row always has the valid stop action).
@@ -54,6 +56,10 @@ MASKED_Q = -1e9
 NODE_NORMS = ("none", "instance")
 #: Stop-action Q-values of :class:`GraphQNetwork` (``stop_q``).
 STOP_QS = ("learned", "zero")
+#: Node-feature inputs of :class:`GraphQNetwork` (``node_features``).
+NODE_FEATURES = ("embedding", "relative", "both")
+#: Channels of the prompt-relative semantic features (see :func:`relative_features`).
+RELATIVE_DIM = 4
 
 #: Per-node dynamic inputs every observation has: one-hot state (3), coverage, offset
 #: (2), pos (2), step_frac, score.
@@ -89,6 +95,44 @@ def obs_action_mask(state: np.ndarray | torch.Tensor, role: str, relabel: bool) 
         kinds = [active, active & bool(relabel)]
     stop = torch.ones(*state.shape[:-1], 1, dtype=torch.bool, device=state.device)
     return torch.cat([*kinds, stop], dim=-1)
+
+
+def relative_features(x: torch.Tensor, state: torch.Tensor, coverage: torch.Tensor) -> torch.Tensor:
+    """Prompt-relative semantic features ``(B, N, 4)`` of each node (beyond the paper).
+
+    With ``u_i`` node i's feature scaled to unit length, the channels are the dot
+    products of ``u_i`` with four prototypes of the same image, each a weighted mean of
+    unit vectors (so a cosine similarity scaled by how much the prototype's members agree):
+
+    0. the current mask: the coverage-weighted mean of ``u`` (``coverage`` in [0, 1]);
+    1. the background: the mean of ``u`` weighted by ``1 - coverage``;
+    2. the positive prompts: the mean of ``u`` over positive nodes other than i;
+    3. the negative prompts: the same over negative nodes other than i.
+
+    A prototype with no weight (no other prompt of that label, an empty mask) is the zero
+    vector, so its channel is 0. These values say how well a prompt agrees with the rest
+    of its image ("this positive looks like the background"), not what the image looks
+    like, so they shift much less between domains than the raw features do (the source
+    of the defender's poor transfer measured in session 5).
+
+    Args:
+        x: (B, N, C) node features; state: (B, N) long prompt state; coverage: (B, N).
+    """
+    u = nn.functional.normalize(x, dim=-1)
+    cov = coverage.clamp(0.0, 1.0)
+
+    def proto(w: torch.Tensor) -> torch.Tensor:  # (B, N) weights -> (B, C) weighted mean
+        return (w[..., None] * u).sum(1) / w.sum(1, keepdim=True).clamp(min=1e-6)
+
+    fg, bg = proto(cov), proto(1.0 - cov)
+    out = [(u * fg[:, None]).sum(-1), (u * bg[:, None]).sum(-1)]
+    for label in (POSITIVE, NEGATIVE):
+        w = (state == label).to(u.dtype)
+        total, count = (w[..., None] * u).sum(1, keepdim=True), w.sum(1, keepdim=True)
+        # leave node i out of its own label's prototype
+        others = (total - w[..., None] * u) / (count - w).clamp(min=1.0)[..., None]
+        out.append((u * others).sum(-1))
+    return torch.stack(out, dim=-1)
 
 
 class _GraphTensors:
@@ -235,6 +279,10 @@ class GraphQNetwork(QNetwork):
             variance within the image; beyond the paper). The network then sees how a
             patch differs from the rest of its image, not the image's overall appearance,
             which is what shifts between domains (texture, contrast).
+        node_features: which image features enter the node inputs: ``"embedding"``
+            (the graph's pooled SAM2 embedding ``x``, projected), ``"relative"`` (only the
+            four prompt-relative similarities of :func:`relative_features`, appended to
+            the dynamic inputs; the raw embedding is not used) or ``"both"``.
         stop_q: ``"learned"`` (the stop head over pooled graph features) or ``"zero"``:
             the stop action's Q-value is the constant 0, which is its exact value in
             these environments (stop ends the episode with reward 0). The agent then
@@ -257,6 +305,7 @@ class GraphQNetwork(QNetwork):
         n_layers: int = 2,
         node_norm: str = "none",
         stop_q: str = "learned",
+        node_features: str = "embedding",
         features_extractor: Any = None,
         features_dim: int = 0,
         net_arch: list[int] | None = None,
@@ -278,6 +327,9 @@ class GraphQNetwork(QNetwork):
         if stop_q not in STOP_QS:
             raise ValueError(f"stop_q must be one of {STOP_QS}, got {stop_q!r}")
         self.stop_q = stop_q
+        if node_features not in NODE_FEATURES:
+            raise ValueError(f"node_features must be one of {NODE_FEATURES}, got {node_features!r}")
+        self.node_features = node_features
         self.num_nodes = n
         self.role = role
         self.relabel = bool(relabel)
@@ -288,13 +340,14 @@ class GraphQNetwork(QNetwork):
         self.activation_fn = activation_fn
         self.features_dim = features_dim
         H = self.hidden_dim
-        self.x_proj = nn.Sequential(nn.Linear(self.node_feature_dim, H), nn.LayerNorm(H))
+        if node_features != "relative":
+            self.x_proj = nn.Sequential(nn.Linear(self.node_feature_dim, H), nn.LayerNorm(H))
         # optional per-node keys the observation carries (e.g. "uncertainty")
         self.node_keys = tuple(k for k in OPTIONAL_NODE_KEYS if k in observation_space.spaces)
         for k in self.node_keys:
             if tuple(observation_space[k].shape) != (n,):
                 raise ValueError(f"observation key {k!r} must have shape ({n},), got {observation_space[k].shape}")
-        self.dyn_dim = dynamic_input_dim(observation_space)
+        self.dyn_dim = dynamic_input_dim(observation_space) + (RELATIVE_DIM if node_features != "embedding" else 0)
         self.dyn_proj = nn.Linear(self.dyn_dim, H)
         self.layers = nn.ModuleList(_RelationalSAGE(H) for _ in range(self.n_layers))
         # node head: MLP over [h_i, mean h]; its first layer is split so that the graph
@@ -307,7 +360,7 @@ class GraphQNetwork(QNetwork):
     # -- inputs -----------------------------------------------------------------------
     def _node_inputs(self, obs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """(B, N, H) initial node states, (B, N) long prompt state, batched adjacency."""
-        device = self.x_proj[0].weight.device
+        device = self.dyn_proj.weight.device
         state = obs["state"].to(device)
         B, N = state.shape
         if N != self.num_nodes:
@@ -325,18 +378,21 @@ class GraphQNetwork(QNetwork):
         x = torch.stack([g.x for g in graphs])
         if self.node_norm == "instance":
             x = (x - x.mean(dim=1, keepdim=True)) / (x.std(dim=1, keepdim=True) + 1e-5)
-        xh = self.x_proj(x)[inv]  # project unique graphs only
         pos = torch.stack([g.pos for g in graphs])[inv]
         cov = obs["coverage"].to(device).float().unsqueeze(-1) / 255.0
+        extra = [relative_features(x[inv], state, cov[..., 0])] if self.node_features != "embedding" else []
         if self.node_keys:  # optional per-node channels (uint8 x 255, like coverage)
             cov = torch.cat([cov, *(obs[k].to(device).float().unsqueeze(-1) / 255.0 for k in self.node_keys)], dim=-1)
         off = obs["offset"].to(device).float().reshape(B, N, 2) / 255.0 - 0.5  # flat (2N,) or (N, 2)
         glob = torch.cat([obs["step_frac"].to(device).float(), obs["score"].to(device).float()], dim=-1)
         dyn = torch.cat(
-            [nn.functional.one_hot(state.clamp(0, 2), 3).float(), cov, off, pos, glob[:, None, :].expand(B, N, 2)],
+            [nn.functional.one_hot(state.clamp(0, 2), 3).float(), cov, off, pos, glob[:, None, :].expand(B, N, 2), *extra],
             dim=-1,
         )
-        h = torch.relu(xh + self.dyn_proj(dyn))
+        h = self.dyn_proj(dyn)
+        if self.node_features != "relative":
+            h = h + self.x_proj(x)[inv]  # project unique graphs only
+        h = torch.relu(h)
         return h, state, _batched_adjacency(graphs, inv, N)
 
     # -- forward ----------------------------------------------------------------------
@@ -372,6 +428,7 @@ class GraphQNetwork(QNetwork):
             n_layers=self.n_layers,
             node_norm=self.node_norm,
             stop_q=self.stop_q,
+            node_features=self.node_features,
         )
         return data
 
@@ -381,7 +438,7 @@ class GraphDQNPolicy(DQNPolicy):
 
     Extra keyword arguments (give them through ``policy_kwargs``): ``role``,
     ``relabel``, ``node_feature_dim``, ``hidden_dim``, ``n_layers``, ``node_norm``,
-    ``stop_q``.
+    ``stop_q``, ``node_features``.
     """
 
     q_net: GraphQNetwork
@@ -399,14 +456,15 @@ class GraphDQNPolicy(DQNPolicy):
         n_layers: int = 2,
         node_norm: str = "none",
         stop_q: str = "learned",
+        node_features: str = "embedding",
         **kwargs: Any,
     ) -> None:
-        # Read by make_q_net(), which DQNPolicy.__init__ calls. node_norm and stop_q
-        # default to the original network so that networks saved before they existed
+        # Read by make_q_net(), which DQNPolicy.__init__ calls. node_norm, stop_q and
+        # node_features default to the original network so that networks saved before they existed
         # load unchanged.
         self._graph_kwargs = dict(
             role=role, relabel=bool(relabel), node_feature_dim=int(node_feature_dim), hidden_dim=int(hidden_dim),
-            n_layers=int(n_layers), node_norm=str(node_norm), stop_q=str(stop_q),
+            n_layers=int(n_layers), node_norm=str(node_norm), stop_q=str(stop_q), node_features=str(node_features),
         )
         kwargs.setdefault("normalize_images", False)
         super().__init__(observation_space, action_space, lr_schedule, **kwargs)

@@ -42,7 +42,7 @@ from stable_baselines3.common.vec_env import VecMonitor
 
 from ppd import io
 from ppd.agents.dqn import MaskedDQN, make_dqn
-from ppd.agents.qnet import NODE_NORMS, STOP_QS
+from ppd.agents.qnet import NODE_FEATURES, NODE_NORMS, STOP_QS
 from ppd.data.scenes import TRAIN_DOMAIN, ProceduralScenes
 from ppd.agents.defender import greedy_actions
 from ppd.envs.point_prompt_env import DEFAULT_START_MIX, PointPromptEnv, observation_options, rollout_action_mask
@@ -135,6 +135,10 @@ class TrainConfig:
     node_norm: str = "instance"
     """node-feature normalisation in the Q-networks: instance (standardise each image's
     node features over its nodes; beyond the paper) or none"""
+    node_features: str = "embedding"
+    """image features of the Q-networks' nodes: embedding (pooled SAM2 embedding),
+    relative (only each node's similarity to the mask, background, positive and negative
+    prompt prototypes; beyond the paper) or both"""
     stop_q: str = "zero"
     """stop-action Q-value: zero (its exact value: stop ends the episode with reward 0;
     an agent acts only when it expects a gain) or learned (a head over pooled graph
@@ -186,6 +190,7 @@ class TrainConfig:
             "ruac_uncertainty": self.ruac_uncertainty in ("analytic", "mc"),
             "node_norm": self.node_norm in NODE_NORMS,
             "stop_q": self.stop_q in STOP_QS,
+            "node_features": self.node_features in NODE_FEATURES,
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
@@ -225,6 +230,7 @@ class TrainConfig:
             n_layers=self.n_layers,
             node_norm=self.node_norm,
             stop_q=self.stop_q,
+            node_features=self.node_features,
         )
 
     @property

@@ -12,7 +12,9 @@ from stable_baselines3.common.buffers import DictReplayBuffer
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 from ppd.agents.dqn import MaskedDQN, make_dqn, sample_valid_actions
-from ppd.agents.qnet import MASKED_Q, GraphQNetwork, _batched_adjacency, _graph_tensors, obs_action_mask
+from ppd.agents.qnet import (
+    MASKED_Q, GraphQNetwork, _batched_adjacency, _graph_tensors, obs_action_mask, relative_features,
+)
 from ppd.agents.train import TrainConfig, greedy_rollout, train
 from ppd.data.scenes import ProceduralScenes
 from ppd.data.types import Scene
@@ -108,6 +110,67 @@ def test_zero_stop_q_and_instance_norm(world):
         GraphQNetwork(vec.observation_space, vec.action_space, role="defender", node_feature_dim=dim, node_norm="batch")
     with pytest.raises(ValueError, match="stop_q"):
         GraphQNetwork(vec.observation_space, vec.action_space, role="defender", node_feature_dim=dim, stop_q="one")
+
+
+def test_relative_features_match_direct_cosines():
+    """Each channel is the cosine of a node's feature to a prototype: the coverage- and
+    (1 - coverage)-weighted means, and the mean over the OTHER prompts of each label (0
+    when there is none)."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 7, 5, generator=gen)
+    state = torch.tensor([[1, 1, 2, 0, 0, 1, 0], [1, 0, 0, 0, 0, 0, 0]])
+    cov = torch.rand(2, 7, generator=gen)
+    r = relative_features(x, state, cov)
+    assert r.shape == (2, 7, 4)
+    u = torch.nn.functional.normalize(x, dim=-1)
+    cos = torch.nn.functional.cosine_similarity
+    b, i = 0, 0  # a positive node: its positive prototype is the other two positives
+    fg = (cov[b, :, None] * u[b]).sum(0) / cov[b].sum()
+    bg = ((1 - cov[b])[:, None] * u[b]).sum(0) / (1 - cov[b]).sum()
+    pos_others = (u[b, 1] + u[b, 5]) / 2
+    neg = u[b, 2]
+    want = torch.stack([cos(u[b, i], fg, 0), cos(u[b, i], bg, 0), cos(u[b, i], pos_others, 0), cos(u[b, i], neg, 0)])
+    want = want * torch.stack([fg.norm(), bg.norm(), pos_others.norm(), neg.norm()])  # cosine x prototype length
+    torch.testing.assert_close(r[b, i], want)
+    # an inactive node sees all three positives; the lone negative sees no other negative
+    torch.testing.assert_close(r[b, 3, 2], (u[b, 3] * (u[b, 0] + u[b, 1] + u[b, 5]) / 3).sum())
+    assert r[b, 2, 3] == 0
+    # the only positive of image 1 has no other positive, and image 1 has no negative
+    assert r[1, 0, 2] == 0 and (r[1, :, 3] == 0).all()
+    # invariant to each node's feature scale
+    scale = 0.1 + torch.rand(2, 7, 1, generator=gen)
+    torch.testing.assert_close(relative_features(x * scale, state, cov), r)
+
+
+def test_relative_node_features_network(world):
+    """node_features='relative': the network does not read the raw embedding (Q-values
+    are unchanged when each node's feature is rescaled) and has no embedding projection;
+    'embedding' does change; unknown values are rejected."""
+    vec = PromptVecEnv(2, "defender", world=world, seed=0)
+    obs = _random_obs(vec, np.random.default_rng(2), 4)
+    dim = GRAPH_STORE.get(vec.world.image(0).graph_id).x.shape[1]
+    nets = {}
+    for kind in ("relative", "embedding", "both"):
+        torch.manual_seed(0)
+        nets[kind] = GraphQNetwork(vec.observation_space, vec.action_space, role="defender", node_feature_dim=dim,
+                                   node_features=kind)
+    assert not hasattr(nets["relative"], "x_proj") and hasattr(nets["both"], "x_proj")
+    assert nets["both"].dyn_dim == nets["embedding"].dyn_dim + 4
+    gid = int(obs["image_id"][0, 0])
+    g = GRAPH_STORE.get(gid)
+    scaled = g.clone()
+    scaled.x = g.x * (0.5 + torch.rand(g.x.shape[0], 1, generator=torch.Generator().manual_seed(1)))
+    new_id = GRAPH_STORE.register(f"test-scaled-{gid}", scaled)
+    obs1 = {k: v.copy() for k, v in obs.items()}
+    obs1["image_id"][:] = gid
+    obs2 = {k: v.copy() for k, v in obs.items()}
+    obs2["image_id"][:] = new_id
+    with torch.no_grad():
+        q = {k: (n(n.obs_to_tensor(obs1)[0]), n(n.obs_to_tensor(obs2)[0])) for k, n in nets.items()}
+    torch.testing.assert_close(q["relative"][0], q["relative"][1], rtol=1e-4, atol=1e-4)
+    assert (q["embedding"][0] - q["embedding"][1]).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="node_features"):
+        GraphQNetwork(vec.observation_space, vec.action_space, role="defender", node_feature_dim=dim, node_features="raw")
 
 
 def test_adjacency_is_mean_over_each_relation(world):
