@@ -43,7 +43,7 @@ from stable_baselines3.common.vec_env import VecMonitor
 from ppd import io
 from ppd.agents.dqn import MaskedDQN, make_dqn
 from ppd.agents.qnet import NODE_FEATURES, NODE_NORMS, STOP_QS
-from ppd.data.scenes import TRAIN_DOMAIN, ProceduralScenes
+from ppd.data.scenes import TRAIN_DOMAIN, JitteredScenes, ProceduralScenes
 from ppd.agents.defender import greedy_actions
 from ppd.envs.point_prompt_env import DEFAULT_START_MIX, PointPromptEnv, observation_options, rollout_action_mask
 from ppd.envs.vec_env import PromptVecEnv
@@ -106,6 +106,9 @@ class TrainConfig:
     """defender env steps per round"""
     scenes: int = 200
     """training scenes (procedural, training domain)"""
+    jitter: float = 0.0
+    """photometric jitter of half of the training scenes (contrast, colour, blur,
+    noise; see ppd.data.scenes.photometric_jitter): its strength, 0 for none"""
     eval_scenes: int = 48
     """held-out evaluation scenes"""
     eval_every: int = 1
@@ -177,6 +180,7 @@ class TrainConfig:
             "attacker_steps": self.attacker_steps >= 0,
             "defender_steps": self.defender_steps >= 1,
             "scenes": self.scenes >= 1,
+            "jitter": self.jitter >= 0,
             "eval_scenes": self.eval_scenes >= 1,
             "eval_every": self.eval_every >= 0,
             "attacker_max_steps": self.attacker_max_steps >= 1,
@@ -469,7 +473,10 @@ def train(
             "(--ruac-checkpoint DIR_OR_FILE, a head from `ppd train-ruac`) or pass a RUAC segmenter"
         )
     graph_kw = dict(grid=cfg.grid or None, k_physical=cfg.k_physical, k_semantic=cfg.k_semantic)
-    world = PromptWorld(segmenter, ProceduralScenes(TRAIN_DOMAIN, cfg.scenes, seed=cfg.seed * 1_000_000 + 500_000), **graph_kw)
+    scenes = ProceduralScenes(TRAIN_DOMAIN, cfg.scenes, seed=cfg.seed * 1_000_000 + 500_000)
+    if cfg.jitter > 0:
+        scenes = JitteredScenes(scenes, strength=cfg.jitter, seed=cfg.seed)
+    world = PromptWorld(segmenter, scenes, **graph_kw)
     eval_world = PromptWorld(segmenter, ProceduralScenes(TRAIN_DOMAIN, cfg.eval_scenes, seed=EVAL_SEED), **graph_kw)
     cfg = dataclasses.replace(cfg, grid=world.image(0).grid)  # save the resolved grid
     # (re)written on --resume too: it describes the run as last continued (e.g. more rounds)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from ppd.data.scenes import DOMAINS, ProceduralScenes, make_scene
+from ppd.data.scenes import DOMAINS, JitteredScenes, ProceduralScenes, make_scene, photometric_jitter
 from ppd.data.types import Scene
 
 
@@ -156,3 +156,33 @@ def test_lowcontrast_objects_blend_in(train_stats):
 def test_texture_domain_has_more_fine_detail(train_stats):
     tex = _domain_stats("texture")
     assert tex["detail"] > 2 * train_stats["detail"]
+
+
+def test_jittered_scenes_are_fixed_per_index_and_keep_masks():
+    base = ProceduralScenes("train", 8, seed=5)
+    jit = JitteredScenes(base, strength=1.0, p=0.5, seed=2)
+    assert len(jit) == 8
+    changed = []
+    for i in range(8):
+        a, b, ref = jit[i], jit[i], base[i]
+        np.testing.assert_array_equal(a.image, b.image)  # the same image on every access
+        np.testing.assert_array_equal(a.masks, ref.masks)
+        assert a.image.dtype == np.uint8 and a.image.shape == ref.image.shape
+        changed.append(bool((a.image != ref.image).any()))
+    assert 0 < sum(changed) < 8  # about half are jittered
+    other = JitteredScenes(base, strength=1.0, p=0.5, seed=3)
+    assert any((other[i].image != jit[i].image).any() for i in range(8))
+    none = JitteredScenes(base, strength=1.0, p=0.0)
+    assert all((none[i].image == base[i].image).all() for i in range(8))
+    with pytest.raises(ValueError, match="p must be"):
+        JitteredScenes(base, p=1.5)
+
+
+def test_photometric_jitter_lowers_contrast_and_zero_strength_is_identity():
+    img = make_scene(4).image
+    rng = np.random.default_rng(0)
+    np.testing.assert_array_equal(photometric_jitter(img, rng, 0.0), img)
+    stds = [photometric_jitter(img, np.random.default_rng(s), 1.0).astype(float).std() for s in range(20)]
+    assert np.mean(stds) < img.astype(float).std()  # contrast is only ever reduced, blur smooths
+    with pytest.raises(ValueError, match="strength"):
+        photometric_jitter(img, rng, -1.0)

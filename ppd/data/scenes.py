@@ -30,6 +30,7 @@ returned as instances (they act as clutter).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
@@ -390,4 +391,55 @@ class ProceduralScenes(Sequence[Scene]):
 
     def __iter__(self) -> Iterator[Scene]:
         for i in range(self.n):
+            yield self[i]
+
+
+def photometric_jitter(image: np.ndarray, rng: np.random.Generator, strength: float = 1.0) -> np.ndarray:
+    """A random global change of appearance of an (H, W, 3) uint8 image (masks unchanged).
+
+    In this order, with ``s = strength``: contrast scaled toward the image mean by a
+    factor uniform in [1 - 0.6 s, 1]; a per-channel gain uniform in 1 +- 0.2 s and a
+    brightness shift uniform in +-0.1 s; a Gaussian blur of sigma uniform in [0, 1.2 s]
+    px; Gaussian noise of std uniform in [0, 0.06 s]. Generic photometric augmentation
+    (as in any detection or segmentation pipeline), not a copy of one benchmark domain.
+    """
+    if strength < 0:
+        raise ValueError(f"strength must be >= 0, got {strength}")
+    img = image.astype(np.float32) / 255.0
+    mean = img.mean(axis=(0, 1), keepdims=True)
+    img = mean + (img - mean) * rng.uniform(1 - 0.6 * strength, 1)
+    img = img * rng.uniform(1 - 0.2 * strength, 1 + 0.2 * strength, 3) + rng.uniform(-0.1, 0.1) * strength
+    sigma = rng.uniform(0, 1.2 * strength)
+    if sigma > 0.05:
+        img = ndimage.gaussian_filter(img, (sigma, sigma, 0))
+    img = img + rng.normal(0, rng.uniform(0, 0.06 * strength), img.shape).astype(np.float32)
+    return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+class JitteredScenes(Sequence[Scene]):
+    """Scenes of ``base`` with :func:`photometric_jitter` applied to a fraction ``p`` of
+    them. Scene i's jitter is drawn from ``default_rng([seed, i])``, so scene i is the
+    same image on every access (an environment encodes it once)."""
+
+    def __init__(self, base: Sequence[Scene], strength: float = 1.0, p: float = 0.5, seed: int = 0) -> None:
+        if not 0 <= p <= 1:
+            raise ValueError(f"p must be in [0, 1], got {p}")
+        if strength < 0:
+            raise ValueError(f"strength must be >= 0, got {strength}")
+        self.base, self.strength, self.p, self.seed = base, float(strength), float(p), int(seed)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        scene = self.base[i]
+        rng = np.random.default_rng([self.seed, i % len(self)])
+        if rng.random() >= self.p:
+            return scene
+        return dataclasses.replace(scene, image=photometric_jitter(scene.image, rng, self.strength))
+
+    def __iter__(self) -> Iterator[Scene]:
+        for i in range(len(self)):
             yield self[i]
