@@ -93,7 +93,7 @@ class TrainConfig:
     """defender observes removal probes (beyond the paper): for each prompt, SAM's
     predicted IoU and the mask without it, decoded in the same call (K + 1 prompt sets per
     step); --no-probe gives the paper's observation"""
-    defender_step_cost: float = 0.005
+    defender_step_cost: float = 0.02
     """reward subtracted per defender change (beyond the paper): a removal or relabel
     must raise IoU by more than this to pay, so the defender learns to stop"""
     n_envs: int = 8
@@ -135,17 +135,17 @@ class TrainConfig:
     """GNN width"""
     n_layers: int = 2
     """GNN message-passing layers"""
-    node_norm: str = "instance"
+    node_norm: str = "none"
     """node-feature normalisation in the Q-networks: instance (standardise each image's
     node features over its nodes; beyond the paper) or none"""
     node_features: str = "embedding"
     """image features of the Q-networks' nodes: embedding (pooled SAM2 embedding),
     relative (only each node's similarity to the mask, background, positive and negative
     prompt prototypes; beyond the paper) or both"""
-    stop_q: str = "zero"
+    stop_q: str = "learned"
     """stop-action Q-value: zero (its exact value: stop ends the episode with reward 0;
     an agent acts only when it expects a gain) or learned (a head over pooled graph
-    features, as before)"""
+    features)"""
     learning_rate: float = 5e-4
     """Adam learning rate"""
     buffer_size: int = 30_000
