@@ -112,8 +112,9 @@ def relative_features(x: torch.Tensor, state: torch.Tensor, coverage: torch.Tens
     A prototype with no weight (no other prompt of that label, an empty mask) is the zero
     vector, so its channel is 0. These values say how well a prompt agrees with the rest
     of its image ("this positive looks like the background"), not what the image looks
-    like, so they shift much less between domains than the raw features do (the source
-    of the defender's poor transfer measured in session 5).
+    like. Measured in session 6, a defender trained on them transferred no better to
+    the shifted domains than one on the raw embedding (README), so the default stays
+    ``"embedding"``.
 
     Args:
         x: (B, N, C) node features; state: (B, N) long prompt state; coverage: (B, N).
