@@ -48,6 +48,22 @@ def _net(vec: PromptVecEnv, role: str, relabel: bool = True) -> GraphQNetwork:
     return GraphQNetwork(vec.observation_space, vec.action_space, role=role, relabel=relabel, node_feature_dim=dim)
 
 
+def _q_on_transformed_graph(nets: dict, obs: dict, transform, tag: str) -> dict:
+    """For each net: (Q-values with every observation on image ``obs``'s first graph,
+    Q-values on a registered copy of that graph whose node features are ``transform(x)``)."""
+    gid = int(obs["image_id"][0, 0])
+    g = GRAPH_STORE.get(gid)
+    changed = g.clone()
+    changed.x = transform(g.x)
+    new_id = GRAPH_STORE.register(f"test-{tag}-{gid}", changed)
+    obs1 = {k: v.copy() for k, v in obs.items()}
+    obs1["image_id"][:] = gid
+    obs2 = {k: v.copy() for k, v in obs.items()}
+    obs2["image_id"][:] = new_id
+    with torch.no_grad():
+        return {k: (n(n.obs_to_tensor(obs1)[0]), n(n.obs_to_tensor(obs2)[0])) for k, n in nets.items()}
+
+
 # ----------------------------------------------------------------------------- Q-network
 @pytest.mark.parametrize("role,relabel", [("attacker", True), ("defender", True), ("defender", False)])
 def test_qnet_shape_and_exact_mask(world, role, relabel):
@@ -90,18 +106,10 @@ def test_zero_stop_q_and_instance_norm(world):
         torch.manual_seed(0)
         nets[norm] = GraphQNetwork(vec.observation_space, vec.action_space, role="defender",
                                    node_feature_dim=dim, node_norm=norm, stop_q="zero")
-    gid = int(obs["image_id"][0, 0])
-    g = GRAPH_STORE.get(gid)
-    shifted = g.clone()
     gen = torch.Generator().manual_seed(0)
-    shifted.x = g.x * (0.5 + torch.rand(dim, generator=gen)) + torch.randn(dim, generator=gen)
-    new_id = GRAPH_STORE.register(f"test-shifted-{gid}", shifted)
-    obs2 = {k: v.copy() for k, v in obs.items()}
-    obs2["image_id"][:] = new_id
-    obs1 = {k: v.copy() for k, v in obs.items()}
-    obs1["image_id"][:] = gid
-    with torch.no_grad():
-        q = {norm: (net(net.obs_to_tensor(obs1)[0]), net(net.obs_to_tensor(obs2)[0])) for norm, net in nets.items()}
+    q = _q_on_transformed_graph(
+        nets, obs, lambda x: x * (0.5 + torch.rand(dim, generator=gen)) + torch.randn(dim, generator=gen), "shifted"
+    )
     for a, b in q.values():
         assert (a[:, -1] == 0).all() and (b[:, -1] == 0).all()
     torch.testing.assert_close(q["instance"][0], q["instance"][1], rtol=1e-4, atol=1e-4)
@@ -156,17 +164,8 @@ def test_relative_node_features_network(world):
                                    node_features=kind)
     assert not hasattr(nets["relative"], "x_proj") and hasattr(nets["both"], "x_proj")
     assert nets["both"].dyn_dim == nets["embedding"].dyn_dim + 4
-    gid = int(obs["image_id"][0, 0])
-    g = GRAPH_STORE.get(gid)
-    scaled = g.clone()
-    scaled.x = g.x * (0.5 + torch.rand(g.x.shape[0], 1, generator=torch.Generator().manual_seed(1)))
-    new_id = GRAPH_STORE.register(f"test-scaled-{gid}", scaled)
-    obs1 = {k: v.copy() for k, v in obs.items()}
-    obs1["image_id"][:] = gid
-    obs2 = {k: v.copy() for k, v in obs.items()}
-    obs2["image_id"][:] = new_id
-    with torch.no_grad():
-        q = {k: (n(n.obs_to_tensor(obs1)[0]), n(n.obs_to_tensor(obs2)[0])) for k, n in nets.items()}
+    gen = torch.Generator().manual_seed(1)
+    q = _q_on_transformed_graph(nets, obs, lambda x: x * (0.5 + torch.rand(x.shape[0], 1, generator=gen)), "scaled")
     torch.testing.assert_close(q["relative"][0], q["relative"][1], rtol=1e-4, atol=1e-4)
     assert (q["embedding"][0] - q["embedding"][1]).abs().max() > 1e-3
     with pytest.raises(ValueError, match="node_features"):

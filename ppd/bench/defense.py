@@ -36,6 +36,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ppd.bench import add_threads_argument, apply_threads
 from ppd.agents.baselines import GreedyScoreFilter, NoRefine, RandomDrop
 from ppd.agents.defender import PromptDefender, find_setting, load_agent, role_max_steps
 from ppd.agents.train import greedy_rollout
@@ -227,14 +228,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
     p.add_argument("--env-steps", type=int, default=50, help="vector steps per side for env steps/s (default 50; 0: skip)")
     p.add_argument("--out", default=None, help="also write the results as JSON here")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    add_threads_argument(p)
     args = p.parse_args(argv)
-    if args.threads < 0:
-        p.error(f"--threads must be >= 0, got {args.threads}")
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    apply_threads(p, args)
     domains = [d for part in args.domains for d in part.split(",") if d]
     unknown = set(domains) - set(DOMAINS)
     if unknown:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ppd.bench import add_threads_argument, apply_threads
 from ppd.data.scenes import ProceduralScenes
 from ppd.envs import PointPromptEnv, PromptVecEnv, PromptWorld
 from ppd.envs.world import PROMPT_PAD
@@ -140,15 +141,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default=None)
     p.add_argument("--scenes", type=int, default=32, help="procedural training scenes (default 32)")
     p.add_argument("--rounds", type=int, default=4, help="alternations between the two sides (default 4)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    add_threads_argument(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--prompt-pad", type=int, default=PROMPT_PAD,
                    help=f"PromptWorld prompt_pad (default {PROMPT_PAD}; 0: none, exact SAM, one call per prompt count)")
     args = p.parse_args(argv)
+    apply_threads(p, args)
     import torch
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     seg = load_segmenter(args.model, checkpoint=args.checkpoint, device=args.device)
     if args.probe and args.role != "defender":
         p.error("--probe is for --role defender")

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from ppd.bench import add_threads_argument, apply_threads
 from ppd.data.scenes import DOMAINS, SHIFTED_DOMAINS, ProceduralScenes
 
 logger = logging.getLogger(__name__)
@@ -206,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0, help="scene offset and click seed (default 0)")
     p.add_argument("--clicks", default=None, help="JSON file of the protocol clicks: reused if it exists, else written")
     p.add_argument("--latency-repeats", type=int, default=20, help="timed calls per latency number (default 20)")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    add_threads_argument(p)
     p.add_argument("--out", default=None, help="also write the markdown here")
     p.add_argument("--json", default=None, help="also write the results as JSON here")
     args = p.parse_args(argv)
@@ -223,8 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     from ppd import io, load_segmenter
     from ppd.ruac.decoder import load_head
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(p, args)
     seg = load_segmenter(args.model, checkpoint=args.checkpoint, device=args.device)
     heads = {}
     for name, path in (("bayes", args.bayes), ("ruac", args.ruac)):

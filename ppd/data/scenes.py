@@ -439,7 +439,3 @@ class JitteredScenes(Sequence[Scene]):
         if rng.random() >= self.p:
             return scene
         return dataclasses.replace(scene, image=photometric_jitter(scene.image, rng, self.strength))
-
-    def __iter__(self) -> Iterator[Scene]:
-        for i in range(len(self)):
-            yield self[i]
