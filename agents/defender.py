@@ -65,6 +65,7 @@ __all__ = [
     "PromptDefender",
     "PromptRefiner",
     "RefineResult",
+    "SELECT_RULES",
     "check_prompts",
     "find_setting",
     "greedy_action",
@@ -77,6 +78,11 @@ __all__ = [
 #: Folder of the defender shipped with the package (``defender.zip`` + ``config.yaml``),
 #: used when no run is given.
 BUNDLED_DEFENDER = ASSETS_DIR / "defender"
+
+#: How :meth:`PromptDefender.refine` picks its output among the prompt states of the
+#: greedy rollout: ``"last"``, the state where the defender stopped; ``"score"``, the
+#: visited state (input included) with SAM's highest predicted IoU.
+SELECT_RULES = ("last", "score")
 
 #: Observation keys the defender's network must have been trained on.
 OBS_KEYS = ("state", "coverage", "offset", "step_frac", "score", "image_id")
@@ -386,6 +392,11 @@ class PromptDefender(PromptRefiner):
             default budget is ``max(K, 12)``.
         cache_size: images whose graph records are kept (LRU).
         config: the run's configuration (kept as ``self.config`` for reference).
+        select: which visited state :meth:`refine` returns (:data:`SELECT_RULES`):
+            ``"last"``, where the defender stopped; ``"score"``, the state with SAM's
+            highest predicted IoU along the rollout (the input state included; the
+            earliest on ties). Every visited state is decoded for the observations
+            anyway, so ``"score"`` costs nothing extra and still uses no ground truth.
 
     Whether the observation has the per-node ``uncertainty`` (``node_uncertainty``) is
     read from the model's observation space: it is what the network was trained on.
@@ -406,7 +417,11 @@ class PromptDefender(PromptRefiner):
         max_steps: int | None = None,
         cache_size: int = 64,
         config: dict[str, Any] | None = None,
+        select: str = "last",
     ) -> None:
+        if select not in SELECT_RULES:
+            raise ValueError(f"select must be one of {SELECT_RULES}, got {select!r}")
+        self.select = select
         self.model = model
         self.segmenter = segmenter
         self.num_nodes = int(model.observation_space["state"].shape[0])
@@ -439,6 +454,7 @@ class PromptDefender(PromptRefiner):
         path: str | os.PathLike | None = None,
         segmenter: Segmenter | None = None,
         device: str | None = None,
+        select: str = "last",
     ) -> PromptDefender:
         """Load the defender of a training run.
 
@@ -452,6 +468,7 @@ class PromptDefender(PromptRefiner):
                 needs one that gives uncertainty (RUAC decoder).
             device: torch device of the Q-network (default: SB3's "auto"); also the
                 segmenter's device when it is loaded here.
+            select: output rule, see the class docstring (:data:`SELECT_RULES`).
 
         Raises:
             FileNotFoundError: missing folder or ``defender.zip``.
@@ -495,6 +512,7 @@ class PromptDefender(PromptRefiner):
             k_semantic=int(k_sem) if isinstance(k_sem, int) else 8,
             max_steps=role_max_steps(cfg, "defender"),
             config=cfg,
+            select=select,
         )
 
     # -- images -------------------------------------------------------------------------
@@ -524,17 +542,20 @@ class PromptDefender(PromptRefiner):
         States are decoded by ``self.world`` exactly as in training (same prompt padding,
         see :class:`~ppd.envs.world.PromptWorld`), so the observations match the ones the
         agent learned on. Actions follow :func:`~ppd.envs.point_prompt_env.rollout_action_mask`
-        (a prompt is relabelled at most once; the last prompt stays).
+        (a prompt is relabelled at most once; the last prompt stays). The output state is
+        picked among the visited ones by ``self.select``.
 
         Returns:
-            ``(final node_state (N,), its Outcome (no mask), prompt changes made)``.
+            ``(output node_state (N,), its Outcome (no mask), prompt changes from the
+            input to it)``.
         """
         n = self.num_nodes
         env_steps = self.train_max_steps or max_steps or 1
         st = node_state.copy()
         out = self.world.evaluate([(rec, -1, st, node_points)], probe=self.probe)[0]
-        steps = 0
-        while steps < max_steps:
+        visited = [(st, out)]
+        while len(visited) - 1 < max_steps:
+            steps = len(visited) - 1
             mask = rollout_action_mask(st, node_state, self.relabel)
             if not mask[:-1].any():
                 break
@@ -550,9 +571,11 @@ class PromptDefender(PromptRefiner):
                 st[node] = INACTIVE
             else:
                 st[node] = NEGATIVE if st[node] == POSITIVE else POSITIVE
-            steps += 1
             out = self.world.evaluate([(rec, -1, st, node_points)], probe=self.probe)[0]
-        return st, out, steps
+            visited.append((st, out))
+        # Each step changes one prompt, so the i-th visited state is i changes away.
+        pick = len(visited) - 1 if self.select == "last" else int(np.argmax([o.score for _, o in visited]))
+        return visited[pick][0], visited[pick][1], pick
 
     def refine(
         self,
@@ -615,6 +638,13 @@ def add_refine_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image", required=True, help="image file (PNG/JPEG...)")
     p.add_argument("--points", required=True, help="prompts as 'x,y,label;x,y,label' in pixels (label 1 fg, 0 bg)")
     p.add_argument("--max-steps", type=int, default=None, help="step budget (default: the training budget, or max(K, 12))")
+    p.add_argument(
+        "--select",
+        choices=SELECT_RULES,
+        default="last",
+        help="output: 'last', the prompts where the defender stopped (default); 'score', the visited prompt set "
+        "with SAM's highest predicted IoU along the rollout (input included)",
+    )
     p.add_argument("--out", default="refine_out", help="output folder (default: refine_out)")
     p.add_argument("--model", default=None, help="segmenter name (default: the one the defender was trained with)")
     p.add_argument("--checkpoint", default=None, help="checkpoint file for --model")
@@ -645,7 +675,7 @@ def run_refine(args: argparse.Namespace) -> int:
 
         kw = dict(decoder="ruac", ruac_checkpoint=ruac) if ruac else {}
         seg = load_segmenter(args.model or BUNDLED_NAME, checkpoint=args.checkpoint, device=args.device, **kw)
-    defender = PromptDefender.load(args.run, segmenter=seg, device=args.device)
+    defender = PromptDefender.load(args.run, segmenter=seg, device=args.device, select=args.select)
     defender.record(image)  # encode and build the graph first: the timing is refinement only
     t = time.perf_counter()
     res = defender.refine(image, coords, labels, max_steps=args.max_steps)

@@ -296,6 +296,38 @@ def test_never_removes_the_last_prompt(tiny_segmenter, random_image):
     assert res.steps == 0 and res.kept.all()
 
 
+def test_select_score_returns_the_best_scored_visited_state(tiny_segmenter, random_image):
+    def remove_first(obs):
+        return int(np.flatnonzero(obs["state"])[0])
+
+    last = _scripted(tiny_segmenter, remove_first)
+    best = PromptDefender(last.model, tiny_segmenter, grid=GRID, max_steps=12, select="score")
+    # the rollout removes the active nodes in ascending order: state i lacks the i first
+    rec = best.record(random_image)
+    from ppd.envs.world import state_from_prompts
+
+    st0, pts, node = state_from_prompts(POINTS, LABELS, rec.grid, rec.hw, rec.centres)
+    order = np.sort(node)
+    assert len(set(node.tolist())) == len(POINTS)
+    scores = []
+    for i in range(len(POINTS)):
+        st = st0.copy()
+        st[order[:i]] = 0
+        scores.append(best.world.evaluate([(rec, -1, st, pts)])[0].score)
+    pick = int(np.argmax(scores))
+    assert 0 < pick < len(POINTS) - 1  # neither the input nor where "last" stops
+    res = best.refine(random_image, POINTS, LABELS, max_steps=20)
+    assert res.steps == pick
+    np.testing.assert_array_equal(res.kept, ~np.isin(node, order[:pick]))
+    _check_result(res, POINTS, LABELS)
+    # the same rollout with "last" returns where it stopped; a budget bounds both
+    assert last.refine(random_image, POINTS, LABELS, max_steps=20).steps == len(POINTS) - 1
+    short = best.refine(random_image, POINTS, LABELS, max_steps=1)
+    assert short.steps == int(np.argmax(scores[:2]))
+    with pytest.raises(ValueError, match="select must be one of"):
+        PromptDefender(last.model, tiny_segmenter, grid=GRID, select="best")
+
+
 # ----------------------------------------------------------------------------- baselines
 class FakeSegmenter:
     """Predicted IoU = 0.5 + the sum of a weight per point (looked up by its x).
@@ -409,16 +441,17 @@ def test_random_drop_is_seeded_and_keeps_one(tiny_segmenter, random_image):
 
 # ----------------------------------------------------------------------------- benchmark
 def test_defense_bench_smoke(run_dir):
-    from ppd.bench.defense import COLUMNS, format_table, run_benchmark
+    from ppd.bench.defense import COLUMNS, column_name, format_table, run_benchmark
 
     ticks = []
     res = run_benchmark(
         str(run_dir), n_scenes=1, domains=("train",), device="cpu", progress=lambda n: lambda: ticks.append(n), env_steps=0
     )
     row = res["domains"]["train"]
-    assert ticks == [1] and res["attacker"]
+    assert ticks == [1] and res["attacker"] and res["select"] == "last"
     for c in COLUMNS:
-        assert 0.0 <= row[c] <= 1.0, c
+        assert 0.0 <= row[column_name(c, "last")] <= 1.0, c
+    assert "coarse+ppd[score]" in row and "defended[score]" in row
     assert row["refine_ms_median"] > 0
     # state (N) + coverage (N) + offset (2N) uint8 + 3 float32, twice, + action/reward/done/timeout
     obs = 4 * N + 3 * 4

@@ -14,6 +14,9 @@ SAM2's mask for:
 * ``defended``: the attacked set refined by the defender (no ground truth);
 * ``coarse``: ``coarse_prompts`` with their default noise (seeded per scene);
 * ``coarse+ppd``: the coarse set refined by the defender;
+* ``defended[R]``, ``coarse+ppd[R]``: the same with the defender's other output rule R
+  (``PromptDefender(select=...)``: ``last``, where it stopped, or ``score``, the visited
+  state with SAM's highest predicted IoU); ``--select`` picks the main one;
 * ``random_drop``, ``greedy_score``: the baselines of :mod:`ppd.agents.baselines` on the
   coarse set.
 
@@ -38,7 +41,7 @@ import numpy as np
 
 from ppd.bench import add_threads_argument, apply_threads
 from ppd.agents.baselines import GreedyScoreFilter, NoRefine, RandomDrop
-from ppd.agents.defender import PromptDefender, find_setting, load_agent, role_max_steps
+from ppd.agents.defender import SELECT_RULES, PromptDefender, find_setting, load_agent, role_max_steps
 from ppd.agents.train import greedy_rollout
 from ppd.data.scenes import DOMAINS, ProceduralScenes
 from ppd.envs.point_prompt_env import DEFAULT_MAX_STEPS
@@ -51,8 +54,31 @@ logger = logging.getLogger(__name__)
 #: Seed of the first held-out benchmark scene of every domain.
 DEFENSE_SEED = 10_000_000 + 9000
 
-#: Columns of the IoU table, in order.
-COLUMNS = ("ideal", "attacked", "defended", "coarse", "coarse+ppd", "random_drop", "greedy_score")
+#: Columns of the IoU table, in order (``[other]``: the defender's other output rule).
+COLUMNS = (
+    "ideal", "attacked", "defended", "defended[other]", "coarse", "coarse+ppd", "coarse+ppd[other]",
+    "random_drop", "greedy_score",
+)
+
+
+def other_rule(select: str) -> str:
+    """The output rule of :data:`SELECT_RULES` that is not ``select``."""
+    return next(r for r in SELECT_RULES if r != select)
+
+
+def column_name(column: str, select: str) -> str:
+    """A column's name in results: ``[other]`` spelled out as the other rule."""
+    return column.replace("[other]", f"[{other_rule(select)}]")
+
+
+def _refine_with(defender: PromptDefender, select: str, *args: Any) -> Any:
+    """``defender.refine(*args)`` with output rule ``select`` (the rollout's states are
+    cached by the defender's world, so the second rule costs Q-network calls only)."""
+    main, defender.select = defender.select, select
+    try:
+        return defender.refine(*args)
+    finally:
+        defender.select = main
 
 
 def replay_bytes_per_transition(observation_space: Any) -> dict[str, int]:
@@ -120,6 +146,7 @@ def bench_domain(
         st, pts, _ = state_from_prompts(ideal.point_coords, ideal.point_labels, rec.grid, rec.hw, rec.centres)
         items.append((rec, obj, st, pts, coarse_prompts(gt, rng).prompts))
 
+    other = other_rule(defender.select)
     vals: dict[str, list[float]] = {c: [] for c in COLUMNS}
     vals["ideal"] = [state_iou(seg, rec, st, pts, rec.scene.masks[obj]) for rec, obj, st, pts, _ in items]
     attacked: list[dict[str, Any] | None] = [None] * n_scenes
@@ -139,19 +166,22 @@ def bench_domain(
         if att is not None:
             coords, labels = prompts_from_state(att["state"], att["points"])
             vals["defended"].append(float(iou(defender.refine(image, coords, labels).mask, gt)))
+            vals["defended[other]"].append(float(iou(_refine_with(defender, other, image, coords, labels).mask, gt)))
         defender.record(image)  # encoded and registered before timing
         vals["coarse"].append(float(iou(no_refine.refine(image, cp.point_coords, cp.point_labels).mask, gt)))
         t = time.perf_counter()
         res = defender.refine(image, cp.point_coords, cp.point_labels)
         times.append(time.perf_counter() - t)
         vals["coarse+ppd"].append(float(iou(res.mask, gt)))
+        alt = _refine_with(defender, other, image, cp.point_coords, cp.point_labels)
+        vals["coarse+ppd[other]"].append(float(iou(alt.mask, gt)))
         kept.append(float(res.kept.mean()))
         steps_taken.append(res.steps)
         for name, b in baselines.items():
             vals[name].append(float(iou(b.refine(image, cp.point_coords, cp.point_labels).mask, gt)))
         if progress is not None:
             progress()
-    row: dict[str, Any] = {c: (float(np.mean(v)) if v else None) for c, v in vals.items()}
+    row: dict[str, Any] = {column_name(c, defender.select): (float(np.mean(v)) if v else None) for c, v in vals.items()}
     row.update(
         scenes=n_scenes,
         refine_ms_median=round(1000 * statistics.median(times), 2) if times else None,
@@ -169,6 +199,7 @@ def run_benchmark(
     device: str | None = None,
     progress: Callable[[int], Callable] | None = None,
     env_steps: int = 50,
+    select: str = "last",
 ) -> dict[str, Any]:
     """The whole table as a dict (see the module docstring).
 
@@ -180,10 +211,12 @@ def run_benchmark(
         device: torch device of the agents and the segmenter.
         progress: ``progress(total) -> tick()`` factory (the CLI passes a tqdm bar).
         env_steps: vector steps per side of the env-throughput measurement (0: skip).
+        select: the defender's output rule for the main columns (:data:`SELECT_RULES`);
+            the other rule fills the ``[other]`` columns.
     """
     import torch
 
-    defender = PromptDefender.load(run, device=device)
+    defender = PromptDefender.load(run, device=device, select=select)
     try:
         attacker, _, _ = load_agent(run, "attacker.zip", device=device)
     except FileNotFoundError:
@@ -200,6 +233,7 @@ def run_benchmark(
         "seed": seed,
         "scenes_per_domain": n_scenes,
         "attacker": attacker is not None,
+        "select": select,
         "domains": rows,
         "refine_ms_median": float(statistics.median(times)) if times else None,
         "env_throughput": env_throughput(defender.segmenter, steps=env_steps, probe=defender.probe),
@@ -211,10 +245,12 @@ def run_benchmark(
 
 def format_table(results: dict[str, Any]) -> str:
     """The IoU table as aligned text, one row per domain."""
-    head = f"{'domain':12s} " + " ".join(f"{c:>12s}" for c in COLUMNS) + f" {'refine ms':>10s}"
+    cols = [column_name(c, results.get("select", "last")) for c in COLUMNS]
+    width = max(12, *(len(c) for c in cols))
+    head = f"{'domain':12s} " + " ".join(f"{c:>{width}s}" for c in cols) + f" {'refine ms':>10s}"
     lines = [head]
     for d, r in results["domains"].items():
-        cells = " ".join(f"{r[c]:12.3f}" if r[c] is not None else f"{'-':>12s}" for c in COLUMNS)
+        cells = " ".join(f"{r[c]:{width}.3f}" if r.get(c) is not None else f"{'-':>{width}s}" for c in cols)
         lines.append(f"{d:12s} {cells} {r['refine_ms_median']:10.1f}")
     return "\n".join(lines)
 
@@ -227,6 +263,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0, help="coarse-prompt noise and random-baseline seed (default 0)")
     p.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
     p.add_argument("--env-steps", type=int, default=50, help="vector steps per side for env steps/s (default 50; 0: skip)")
+    p.add_argument(
+        "--select",
+        choices=SELECT_RULES,
+        default="last",
+        help="the defender's output rule in the main columns (default: last; the other rule fills the [..] columns)",
+    )
     p.add_argument("--out", default=None, help="also write the results as JSON here")
     add_threads_argument(p)
     args = p.parse_args(argv)
@@ -243,7 +285,9 @@ def main(argv: list[str] | None = None) -> int:
         bar.append(tqdm(total=total, desc="scenes", unit="scene", dynamic_ncols=True))
         return lambda: bar[0].update(1)
 
-    results = run_benchmark(args.run, args.scenes, tuple(domains), args.seed, args.device, progress, args.env_steps)
+    results = run_benchmark(
+        args.run, args.scenes, tuple(domains), args.seed, args.device, progress, args.env_steps, args.select
+    )
     if bar:
         bar[0].close()
     print(format_table(results))
