@@ -15,6 +15,10 @@ into the node: they are kept, dropped or relabelled with it, and only the node's
 point is given to SAM. The defender then acts greedily: at each step it removes (or,
 if trained with relabelling, relabels) one prompt, until it picks stop, no valid action
 remains, or the step budget is spent. It never removes the last prompt (SAM needs one).
+The output is the prompt state along that rollout (the input included) with SAM's
+highest predicted IoU (``select="score"``, the default; ``select="last"`` returns where
+the defender stopped). Every visited state is decoded for the observations anyway, so
+the choice costs nothing and uses no ground truth.
 
 With the RUAC decoder (``ppd.load_segmenter(..., decoder="ruac", ruac_checkpoint=...)``
 passed as ``segmenter``), masks come from the Bayesian decoder and
@@ -65,6 +69,7 @@ __all__ = [
     "PromptDefender",
     "PromptRefiner",
     "RefineResult",
+    "DEFAULT_SELECT",
     "SELECT_RULES",
     "check_prompts",
     "find_setting",
@@ -83,6 +88,10 @@ BUNDLED_DEFENDER = ASSETS_DIR / "defender"
 #: greedy rollout: ``"last"``, the state where the defender stopped; ``"score"``, the
 #: visited state (input included) with SAM's highest predicted IoU.
 SELECT_RULES = ("last", "score")
+
+#: The default rule: measured better than ``"last"`` in-domain for both trained seeds
+#: and on most shifted domains (README, PPD section).
+DEFAULT_SELECT = "score"
 
 #: Observation keys the defender's network must have been trained on.
 OBS_KEYS = ("state", "coverage", "offset", "step_frac", "score", "image_id")
@@ -417,7 +426,7 @@ class PromptDefender(PromptRefiner):
         max_steps: int | None = None,
         cache_size: int = 64,
         config: dict[str, Any] | None = None,
-        select: str = "last",
+        select: str = DEFAULT_SELECT,
     ) -> None:
         if select not in SELECT_RULES:
             raise ValueError(f"select must be one of {SELECT_RULES}, got {select!r}")
@@ -454,7 +463,7 @@ class PromptDefender(PromptRefiner):
         path: str | os.PathLike | None = None,
         segmenter: Segmenter | None = None,
         device: str | None = None,
-        select: str = "last",
+        select: str = DEFAULT_SELECT,
     ) -> PromptDefender:
         """Load the defender of a training run.
 
@@ -641,9 +650,9 @@ def add_refine_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--select",
         choices=SELECT_RULES,
-        default="last",
-        help="output: 'last', the prompts where the defender stopped (default); 'score', the visited prompt set "
-        "with SAM's highest predicted IoU along the rollout (input included)",
+        default=DEFAULT_SELECT,
+        help="output: 'score', the visited prompt set with SAM's highest predicted IoU along the rollout, input "
+        f"included; 'last', the prompts where the defender stopped (default: {DEFAULT_SELECT})",
     )
     p.add_argument("--out", default="refine_out", help="output folder (default: refine_out)")
     p.add_argument("--model", default=None, help="segmenter name (default: the one the defender was trained with)")

@@ -68,7 +68,10 @@ __all__ = [
 #: First seed of the held-out evaluation scenes (far from every training seed).
 EVAL_SEED = 10_000_000 + 5000
 #: Evaluation metrics (mean IoU over the held-out scenes), in table order.
-EVAL_KEYS = ("ideal_iou", "attacked_iou", "defended_attacked_iou", "coarse_iou", "defended_coarse_iou")
+EVAL_KEYS = (
+    "ideal_iou", "attacked_iou", "defended_attacked_iou", "coarse_iou", "defended_coarse_iou",
+    "defended_attacked_iou_last", "defended_coarse_iou_last",
+)
 
 
 @dataclass
@@ -283,7 +286,10 @@ def greedy_rollout(
     :meth:`~ppd.agents.defender.PromptDefender.refine`.
 
     Returns:
-        Per start: ``{"start_quality", "quality", "state", "points", "steps"}``.
+        Per start: ``{"start_quality", "quality", "state", "points", "steps"}`` of the
+        state where the rollout ended, plus ``"score_quality"``, ``"score_state"`` and
+        ``"score_steps"`` of the visited state (start included, earliest on ties) with
+        SAM's highest predicted IoU: the output of ``PromptDefender(select="score")``.
     """
     opts = observation_options(model.observation_space)
     probe = opts["probe"]
@@ -300,6 +306,8 @@ def greedy_rollout(
         o, info = env.complete_reset(out)
         obs.append(o)
         results.append({"start_quality": info["quality"], "quality": info["quality"], "steps": 0})
+        results[-1].update(score_quality=info["quality"], score_state=env.prompt_state[0].copy(), score_steps=0)
+    best_score = [out.score for out in outcomes]
     running = [i for i, env in enumerate(envs) if env.action_masks()[:-1].any()]
     while running:
         batch = {k: np.stack([obs[i][k] for i in running]) for k in obs[0]}
@@ -317,6 +325,11 @@ def greedy_rollout(
             obs[i] = o
             results[i]["quality"] = info["quality"]
             results[i]["steps"] += 1
+            if out.score > best_score[i]:
+                best_score[i] = out.score
+                results[i].update(
+                    score_quality=info["quality"], score_state=envs[i].prompt_state[0].copy(), score_steps=results[i]["steps"]
+                )
             if not (terminated or truncated):
                 still.append(i)
         running = still
@@ -346,7 +359,9 @@ def evaluate_agents(
     """Mean IoU (or the world's quality) on ``world``'s scenes; see :data:`EVAL_KEYS`.
 
     ``attacked``: the greedy attacker's final set from the ideal prompts;
-    ``defended_*``: the greedy defender's final set from the attacked / coarse set.
+    ``defended_*``: the greedy defender's output from the attacked / coarse set, picked
+    as ``PromptDefender.refine`` does by default (``select="score"``: the visited set with
+    SAM's highest predicted IoU); ``defended_*_last``: where the defender stopped.
     """
     items = _eval_items(world, cfg)
     ideal = [(rec, obj, *s_ideal) for rec, obj, s_ideal, _ in items]
@@ -358,9 +373,11 @@ def evaluate_agents(
     metrics = {
         "ideal_iou": float(np.mean([r["start_quality"] for r in att])),
         "attacked_iou": float(np.mean([r["quality"] for r in att])),
-        "defended_attacked_iou": float(np.mean([r["quality"] for r in def_att])),
+        "defended_attacked_iou": float(np.mean([r["score_quality"] for r in def_att])),
         "coarse_iou": float(np.mean([r["start_quality"] for r in def_coarse])),
-        "defended_coarse_iou": float(np.mean([r["quality"] for r in def_coarse])),
+        "defended_coarse_iou": float(np.mean([r["score_quality"] for r in def_coarse])),
+        "defended_attacked_iou_last": float(np.mean([r["quality"] for r in def_att])),
+        "defended_coarse_iou_last": float(np.mean([r["quality"] for r in def_coarse])),
         "attacker_steps": float(np.mean([r["steps"] for r in att])),
         "defender_coarse_steps": float(np.mean([r["steps"] for r in def_coarse])),
     }
@@ -377,7 +394,7 @@ def _examples_image(world: PromptWorld, rollouts: dict[str, list], n: int) -> np
     for (rec, obj, st, pts), res in list(zip(rollouts["coarse"], rollouts["defended_coarse"]))[:n]:
         img = rec.scene.image
         tiles.append(overlay(img, rec.scene.masks[obj], color=(40, 200, 40)))
-        for state, points in ((st, pts), (res["state"], res["points"])):
+        for state, points in ((st, pts), (res["score_state"], res["points"])):
             out = world.evaluate([(rec, obj, state, points)], want_mask=True)[0]
             coords, labels = prompts_from_state(state, points)
             tiles.append(overlay(img, out.mask, coords, labels))
@@ -600,8 +617,10 @@ def run_train(args: argparse.Namespace) -> int:
         ("attacked, defended", final["defended_attacked_iou"]),
         ("coarse prompts", final["coarse_iou"]),
         ("coarse, defended", final["defended_coarse_iou"]),
+        ("attacked, defended, where it stopped", final.get("defended_attacked_iou_last", float("nan"))),
+        ("coarse, defended, where it stopped", final.get("defended_coarse_iou_last", float("nan"))),
     ]
     for name, v in rows:
-        print(f"  {name:20s} {v:.3f}")
+        print(f"  {name:36s} {v:.3f}")
     print(f"files: {out / 'defender.zip'}, {out / 'attacker.zip'}, {out / 'metrics.json'}, {out / 'examples.png'}")
     return 0

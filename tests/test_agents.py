@@ -389,6 +389,34 @@ def test_defender_learns_to_fix_a_wrong_point():
     assert trained >= 0.9 * best, (trained, best, random_return)
 
 
+def test_greedy_rollout_reports_the_best_scored_state(world):
+    from ppd.envs.world import state_from_prompts
+    from ppd.prompts import coarse_prompts
+
+    env = DummyVecEnv([lambda: PointPromptEnv("defender", world=world)])
+    model = make_dqn(env, "defender", hidden_dim=16, n_layers=1, seed=0, device="cpu", buffer_size=64)
+    with torch.no_grad():  # a random net that never stops: long rollouts
+        model.policy.q_net.stop_head[-1].bias.fill_(-1e3)
+    starts = []
+    for i in range(3):
+        rec = world.image(i)
+        cp = coarse_prompts(rec.scene.masks[0], np.random.default_rng(i)).prompts
+        starts.append((rec, 0, *state_from_prompts(cp.point_coords, cp.point_labels, rec.grid, rec.hw, rec.centres)[:2]))
+    results = greedy_rollout(model, world, "defender", starts, 6)
+    picked_inside = 0
+    for (rec, obj, st, pts), r in zip(starts, results):
+        def outcome(state):
+            return world.evaluate([(rec, obj, state, pts)])[0]
+
+        assert r["steps"] == 6 and 0 <= r["score_steps"] <= r["steps"]
+        best = outcome(r["score_state"])
+        assert best.quality == pytest.approx(r["score_quality"])
+        assert best.score >= outcome(st).score and best.score >= outcome(r["state"]).score
+        assert int((r["score_state"] != st).sum()) == r["score_steps"]  # one prompt change per step
+        picked_inside += 0 < r["score_steps"] < r["steps"]
+    assert picked_inside >= 1  # the rule is not just "start" or "end"
+
+
 # ----------------------------------------------------------------------------- training loop
 def _tiny_config(tiny_checkpoint, **kw) -> TrainConfig:
     base = dict(

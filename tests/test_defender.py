@@ -96,7 +96,7 @@ class ScriptedModel:
 
 
 def _scripted(tiny_segmenter, rule, relabel: bool = True) -> PromptDefender:
-    return PromptDefender(ScriptedModel(rule, relabel), tiny_segmenter, grid=GRID, max_steps=12)
+    return PromptDefender(ScriptedModel(rule, relabel), tiny_segmenter, grid=GRID, max_steps=12, select="last")
 
 
 def _check_result(res: RefineResult, coords: np.ndarray, labels: np.ndarray) -> None:
@@ -448,10 +448,10 @@ def test_defense_bench_smoke(run_dir):
         str(run_dir), n_scenes=1, domains=("train",), device="cpu", progress=lambda n: lambda: ticks.append(n), env_steps=0
     )
     row = res["domains"]["train"]
-    assert ticks == [1] and res["attacker"] and res["select"] == "last"
+    assert ticks == [1] and res["attacker"] and res["select"] == "score"
     for c in COLUMNS:
-        assert 0.0 <= row[column_name(c, "last")] <= 1.0, c
-    assert "coarse+ppd[score]" in row and "defended[score]" in row
+        assert 0.0 <= row[column_name(c, "score")] <= 1.0, c
+    assert "coarse+ppd[last]" in row and "defended[last]" in row
     assert row["refine_ms_median"] > 0
     # state (N) + coverage (N) + offset (2N) uint8 + 3 float32, twice, + action/reward/done/timeout
     obs = 4 * N + 3 * 4

@@ -41,7 +41,7 @@ import numpy as np
 
 from ppd.bench import add_threads_argument, apply_threads
 from ppd.agents.baselines import GreedyScoreFilter, NoRefine, RandomDrop
-from ppd.agents.defender import SELECT_RULES, PromptDefender, find_setting, load_agent, role_max_steps
+from ppd.agents.defender import DEFAULT_SELECT, SELECT_RULES, PromptDefender, find_setting, load_agent, role_max_steps
 from ppd.agents.train import greedy_rollout
 from ppd.data.scenes import DOMAINS, ProceduralScenes
 from ppd.envs.point_prompt_env import DEFAULT_MAX_STEPS
@@ -199,7 +199,7 @@ def run_benchmark(
     device: str | None = None,
     progress: Callable[[int], Callable] | None = None,
     env_steps: int = 50,
-    select: str = "last",
+    select: str = DEFAULT_SELECT,
 ) -> dict[str, Any]:
     """The whole table as a dict (see the module docstring).
 
@@ -245,7 +245,7 @@ def run_benchmark(
 
 def format_table(results: dict[str, Any]) -> str:
     """The IoU table as aligned text, one row per domain."""
-    cols = [column_name(c, results.get("select", "last")) for c in COLUMNS]
+    cols = [column_name(c, results.get("select", DEFAULT_SELECT)) for c in COLUMNS]
     width = max(12, *(len(c) for c in cols))
     head = f"{'domain':12s} " + " ".join(f"{c:>{width}s}" for c in cols) + f" {'refine ms':>10s}"
     lines = [head]
@@ -266,8 +266,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--select",
         choices=SELECT_RULES,
-        default="last",
-        help="the defender's output rule in the main columns (default: last; the other rule fills the [..] columns)",
+        default=DEFAULT_SELECT,
+        help=f"the defender's output rule in the main columns (default: {DEFAULT_SELECT}; the other rule fills "
+        "the [..] columns)",
     )
     p.add_argument("--out", default=None, help="also write the results as JSON here")
     add_threads_argument(p)
