@@ -70,7 +70,8 @@ def run_dir(tmp_path_factory, tiny_segmenter, tiny_checkpoint):
 
 @pytest.fixture(scope="module")
 def defender(run_dir, tiny_segmenter) -> PromptDefender:
-    return PromptDefender.load(run_dir, segmenter=tiny_segmenter, device="cpu")
+    """The random-weight defender, returning where it stopped (rollout mechanics)."""
+    return PromptDefender.load(run_dir, segmenter=tiny_segmenter, device="cpu", select="last")
 
 
 class ScriptedModel:
@@ -118,6 +119,8 @@ def _check_result(res: RefineResult, coords: np.ndarray, labels: np.ndarray) -> 
 # ----------------------------------------------------------------------------- loading
 def test_load_from_folder_and_file(run_dir, tiny_segmenter, random_image, defender):
     from_file = PromptDefender.load(run_dir / "defender.zip", segmenter=tiny_segmenter, device="cpu")
+    assert from_file.select == "score"  # the default output rule
+    from_file.select = "last"
     for d in (defender, from_file):
         assert d.num_nodes == N and d.relabel is True
         assert d.train_max_steps == TRAIN_MAX_STEPS and d.default_steps(3) == TRAIN_MAX_STEPS
