@@ -643,7 +643,13 @@ class PromptDefender(PromptRefiner):
 # ----------------------------------------------------------------------------- CLI
 def add_refine_arguments(p: argparse.ArgumentParser) -> None:
     """Flags of ``ppd refine``."""
-    p.add_argument("--run", default=None, help="training run folder (with defender.zip) or the defender .zip (default: the bundled defender)")
+    p.add_argument(
+        "--defender",
+        "--run",
+        dest="run",
+        default=None,
+        help="training run folder (with defender.zip) or the defender .zip (default: the bundled defender)",
+    )
     p.add_argument("--image", required=True, help="image file (PNG/JPEG...)")
     p.add_argument("--points", required=True, help="prompts as 'x,y,label;x,y,label' in pixels (label 1 fg, 0 bg)")
     p.add_argument("--max-steps", type=int, default=None, help="step budget (default: the training budget, or max(K, 12))")

@@ -10,6 +10,7 @@ a known function of the points.
 from __future__ import annotations
 
 import dataclasses
+import json
 import zipfile
 from types import SimpleNamespace
 
@@ -329,6 +330,24 @@ def test_select_score_returns_the_best_scored_visited_state(tiny_segmenter, rand
     assert short.steps == int(np.argmax(scores[:2]))
     with pytest.raises(ValueError, match="select must be one of"):
         PromptDefender(last.model, tiny_segmenter, grid=GRID, select="best")
+
+
+def test_refine_cli_writes_its_files(run_dir, random_image, tmp_path, capsys):
+    from ppd.cli import _save_png, main
+
+    _save_png(random_image, tmp_path / "img.png")
+    points = ";".join(f"{x:g},{y:g},{lab}" for (x, y), lab in zip(POINTS, LABELS))
+    out = tmp_path / "out"
+    argv = ["refine", "--defender", str(run_dir), "--image", str(tmp_path / "img.png"), "--points", points]
+    assert main(argv + ["--out", str(out), "--select", "last", "--max-steps", "2", "--device", "cpu"]) == 0
+    res = json.loads((out / "refined.json").read_text())
+    assert res["steps"] == 2 and len(res["kept"]) == len(POINTS) and sum(res["kept"]) >= len(POINTS) - 2
+    assert len(res["point_coords"]) == len(res["point_labels"]) >= 1
+    for f in ("mask.png", "overlay.png", "input_overlay.png"):
+        assert (out / f).stat().st_size > 0
+    assert "kept" in capsys.readouterr().out
+    with pytest.raises(SystemExit):  # an unknown output rule is a usage error
+        main(argv + ["--out", str(out), "--select", "best"])
 
 
 # ----------------------------------------------------------------------------- baselines
