@@ -11,6 +11,13 @@ shared by an attacker and a defender :class:`~ppd.envs.vec_env.PromptVecEnv`. Ea
    on held-out scenes: mean IoU of ideal prompts, ideal after the attack, the attacked
    set after the defence, coarse prompts, and coarse after the defence.
 
+With ``defender_evals`` > 0 (the default) the defender's phase is split into that many
+parts, each followed by a greedy evaluation of the defender on the held-out coarse
+prompt sets; ``defender.zip`` is the best defender seen (model selection on held-out
+in-domain scenes: DQN's greedy policy can get worse between evaluations) and
+``defender_last.zip`` the latest, which training (and ``--resume``) continues from. The
+final metrics describe ``defender.zip``.
+
 A run folder holds ``config.yaml`` (written first), ``attacker.zip`` / ``defender.zip``
 and ``state.json`` (after every round, atomically: ``--resume`` continues from the last
 completed round), ``metrics.json`` and ``examples.png`` (at the end), and TensorBoard
@@ -116,6 +123,11 @@ class TrainConfig:
     """held-out evaluation scenes"""
     eval_every: int = 1
     """evaluate every N rounds (and always after the last; 0: only after the last)"""
+    defender_evals: int = 3
+    """evaluations of the defender per round on the held-out coarse prompt sets (its
+    phase is split into as many parts); defender.zip is then the best defender seen
+    (mean IoU of its output, refine's default rule) and defender_last.zip the latest,
+    which --resume continues; 0: no selection, defender.zip is the latest"""
     attacker_max_steps: int = 4
     """step budget of an attacker episode (prompts it may add)"""
     defender_max_steps: int = 12
@@ -186,6 +198,7 @@ class TrainConfig:
             "jitter": self.jitter >= 0,
             "eval_scenes": self.eval_scenes >= 1,
             "eval_every": self.eval_every >= 0,
+            "defender_evals": 0 <= self.defender_evals <= self.defender_steps,
             "attacker_max_steps": self.attacker_max_steps >= 1,
             "defender_max_steps": self.defender_max_steps >= 1,
             "defender_step_cost": self.defender_step_cost >= 0,
@@ -429,6 +442,19 @@ def _ruac_kwargs(ruac_checkpoint: str | None, ruac_uncertainty: str | None) -> d
     return dict(decoder="ruac", ruac_checkpoint=ruac_checkpoint, uncertainty=ruac_uncertainty or "analytic")
 
 
+def defended_coarse_iou(defender: MaskedDQN, world: PromptWorld, cfg: TrainConfig, coarse: list) -> float:
+    """Mean quality of the defender's output (``score_quality``: refine's default rule)
+    from held-out coarse prompt states ``(rec, obj, node_state, node_points)``."""
+    res = greedy_rollout(defender, world, "defender", coarse, cfg.defender_max_steps, cfg.relabel)
+    return float(np.mean([r["score_quality"] for r in res]))
+
+
+def _parts(total: int, n: int) -> list[int]:
+    """``total`` steps in ``max(n, 1)`` near-equal parts."""
+    n = max(n, 1)
+    return [total // n + (i < total % n) for i in range(n)]
+
+
 def _config_dict(cfg: TrainConfig) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
@@ -465,7 +491,7 @@ def train(
             state = json.loads(state_file.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
             raise ValueError(f"corrupt run folder {out}: cannot parse state.json: {exc}") from None
-        for name in ("attacker.zip", "defender.zip"):
+        for name in ("attacker.zip", "defender_last.zip" if cfg.defender_evals else "defender.zip"):
             if not (out / name).is_file():
                 raise ValueError(f"corrupt run folder {out}: state.json says round {state.get('round')} but {name} is missing")
 
@@ -506,7 +532,7 @@ def train(
     tb = str(out / "tb")
     if resume:
         attacker = _load_model(out / "attacker.zip", att_env, cfg, device)
-        defender = _load_model(out / "defender.zip", def_env, cfg, device)
+        defender = _load_model(out / ("defender_last.zip" if cfg.defender_evals else "defender.zip"), def_env, cfg, device)
     else:
         hyper = cfg.dqn_kwargs()
         attacker = make_dqn(att_env, "attacker", relabel=cfg.relabel, seed=cfg.seed, device=device, tensorboard_log=tb, **hyper)
@@ -520,16 +546,30 @@ def train(
     t_start = time.time()
     last_eval: dict[str, float] | None = None
     rollouts: dict[str, list] | None = None
+    coarse_items = [(rec, obj, *s_coarse) for rec, obj, _, s_coarse in _eval_items(eval_world, cfg)]
+    best = dict(state.get("best_defender") or {"defended_coarse_iou": -1.0})
     for rnd in range(start_round, cfg.rounds):
         if cfg.attacker_steps:
             attacker.learn(cfg.attacker_steps, callback=callback, reset_num_timesteps=False, tb_log_name="attacker")
-        defender.learn(cfg.defender_steps, callback=callback, reset_num_timesteps=False, tb_log_name="defender")
+        selection = []
+        for part in _parts(cfg.defender_steps, cfg.defender_evals):
+            defender.learn(part, callback=callback, reset_num_timesteps=False, tb_log_name="defender")
+            if cfg.defender_evals:
+                value = defended_coarse_iou(defender, eval_world, cfg, coarse_items)
+                point = {"defender_timesteps": int(defender.num_timesteps), "defended_coarse_iou": value}
+                selection.append(point)
+                defender.logger.record("eval/selection_defended_coarse_iou", value)
+                if value > best["defended_coarse_iou"]:
+                    best = point
+                    _save_model(defender, out / "defender.zip", False)
         entry: dict[str, Any] = {
             "round": rnd + 1,
             "attacker_timesteps": int(attacker.num_timesteps),
             "defender_timesteps": int(defender.num_timesteps),
             "time_s": round(time.time() - t0, 1),
         }
+        if selection:
+            entry["defender_selection"] = selection
         last = rnd + 1 == cfg.rounds
         if last or (cfg.eval_every and (rnd + 1) % cfg.eval_every == 0):
             last_eval, rollouts = evaluate_agents(attacker, defender, eval_world, cfg, return_rollouts=True)  # type: ignore[misc]
@@ -540,12 +580,19 @@ def train(
             logger.info("round %d/%d eval: %s", rnd + 1, cfg.rounds, ", ".join(f"{k} {v:.3f}" for k, v in last_eval.items()))
         history.append(entry)
         _save_model(attacker, out / "attacker.zip", cfg.save_replay_buffer)
-        _save_model(defender, out / "defender.zip", cfg.save_replay_buffer)
-        io.save_json({"round": rnd + 1, "history": history, "wall_time_s": time.time() - t0}, state_file)
+        _save_model(defender, out / ("defender_last.zip" if cfg.defender_evals else "defender.zip"), cfg.save_replay_buffer)
+        saved = {"round": rnd + 1, "history": history, "wall_time_s": time.time() - t0}
+        if cfg.defender_evals:
+            saved["best_defender"] = best
+        io.save_json(saved, state_file)
 
     wall = time.time() - t0
     steps_now = cfg.total_steps - steps_before
-    if last_eval is None or rollouts is None:  # resumed a run whose rounds were all done
+    if cfg.defender_evals:  # the final metrics describe the selected defender.zip
+        chosen = MaskedDQN.load(str(out / "defender.zip"), device=device)
+        last_eval, rollouts = evaluate_agents(attacker, chosen, eval_world, cfg, return_rollouts=True)  # type: ignore[misc]
+        logger.info("selected defender: %s", best)
+    elif last_eval is None or rollouts is None:  # resumed a run whose rounds were all done
         last_eval, rollouts = evaluate_agents(attacker, defender, eval_world, cfg, return_rollouts=True)  # type: ignore[misc]
     from PIL import Image
 
@@ -553,6 +600,7 @@ def train(
     io.atomic_write(out / "examples.png", lambda tmp: Image.fromarray(img).save(tmp, format="PNG"))
     metrics = {
         "final": last_eval,
+        "selected_defender": best if cfg.defender_evals else None,
         "history": history,
         "rounds": cfg.rounds,
         "env_steps": cfg.total_steps,

@@ -443,6 +443,15 @@ def test_train_writes_run_files_and_resumes(tiny_segmenter, tiny_checkpoint, tmp
         assert 0.0 <= final[k] <= 1.0
     assert json.loads((out / "metrics.json").read_text())["final"] == final
     assert [h["round"] for h in metrics["history"]] == [1, 2]
+    # defender selection (defender_evals=3 by default): defender.zip is the best of the
+    # 3 evaluations per round, defender_last.zip the latest; final metrics describe the best
+    assert (out / "defender_last.zip").is_file()
+    points = [p for h in metrics["history"] for p in h["defender_selection"]]
+    assert [p["defender_timesteps"] for p in points] == sorted({p["defender_timesteps"] for p in points})
+    assert len(points) == 6
+    best = max(points, key=lambda p: p["defended_coarse_iou"])
+    assert metrics["selected_defender"] == best
+    assert final["defended_coarse_iou"] == pytest.approx(best["defended_coarse_iou"])
 
     # --resume continues from the last completed round with the saved agents
     metrics3 = train(_tiny_config(tiny_checkpoint, rounds=3), out, resume=True, segmenter=tiny_segmenter)
@@ -451,6 +460,25 @@ def test_train_writes_run_files_and_resumes(tiny_segmenter, tiny_checkpoint, tmp
     assert hist[2]["defender_timesteps"] >= hist[1]["defender_timesteps"] + 24
     assert hist[2]["attacker_timesteps"] >= hist[1]["attacker_timesteps"] + 16
     assert json.loads((out / "state.json").read_text())["round"] == 3
+    points3 = [p for h in hist for p in h["defender_selection"]]
+    assert len(points3) == 9 and points3[:6] == points
+    assert metrics3["selected_defender"] == max(points3, key=lambda p: p["defended_coarse_iou"])
+
+
+def test_defender_phase_parts():
+    from ppd.agents.train import _parts
+
+    assert _parts(7500, 3) == [2500, 2500, 2500]
+    assert _parts(10, 3) == [4, 3, 3] and _parts(10, 0) == [10]
+
+
+def test_train_without_selection_keeps_the_latest_defender(tiny_segmenter, tiny_checkpoint, tmp_path):
+    out = tmp_path / "run"
+    metrics = train(_tiny_config(tiny_checkpoint, rounds=1, defender_evals=0), out, segmenter=tiny_segmenter)
+    assert (out / "defender.zip").is_file() and not (out / "defender_last.zip").exists()
+    assert metrics["selected_defender"] is None and "defender_selection" not in metrics["history"][0]
+    with pytest.raises(ValueError, match="defender_evals"):
+        _tiny_config(tiny_checkpoint, defender_evals=-1)
 
 
 def test_train_cli_and_resume_errors(tiny_checkpoint, tmp_path):
