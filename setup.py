@@ -13,7 +13,7 @@ setup(
     # the ppd namespace, so nothing with a generic name lands in site-packages.
     packages=["ppd", "ppd.data", "ppd.bench", "ppd.ruac", "ppd.graphs", "ppd.envs", "ppd.agents"],
     package_dir={"ppd": "ppd", "ppd.graphs": "graphs", "ppd.envs": "envs", "ppd.agents": "agents"},
-    package_data={"ppd": ["assets/*.pt", "assets/*.md"]},
+    package_data={"ppd": ["assets/*.pt", "assets/*.md", "assets/defender/*"]},
     include_package_data=True,
     install_requires=[
         # torch stays loose so GPU users keep their CUDA build (constraints.txt pins the

@@ -430,7 +430,7 @@ def _tiny_config(tiny_checkpoint, **kw) -> TrainConfig:
 
 def test_train_writes_run_files_and_resumes(tiny_segmenter, tiny_checkpoint, tmp_path):
     out = tmp_path / "run"
-    cfg = _tiny_config(tiny_checkpoint)
+    cfg = _tiny_config(tiny_checkpoint, defender_evals=3)
     metrics = train(cfg, out, segmenter=tiny_segmenter)
     for name in ("config.yaml", "attacker.zip", "defender.zip", "state.json", "metrics.json", "examples.png"):
         assert (out / name).is_file(), name
@@ -443,7 +443,7 @@ def test_train_writes_run_files_and_resumes(tiny_segmenter, tiny_checkpoint, tmp
         assert 0.0 <= final[k] <= 1.0
     assert json.loads((out / "metrics.json").read_text())["final"] == final
     assert [h["round"] for h in metrics["history"]] == [1, 2]
-    # defender selection (defender_evals=3 by default): defender.zip is the best of the
+    # defender selection (defender_evals=3): defender.zip is the best of the
     # 3 evaluations per round, defender_last.zip the latest; final metrics describe the best
     assert (out / "defender_last.zip").is_file()
     points = [p for h in metrics["history"] for p in h["defender_selection"]]
@@ -454,7 +454,7 @@ def test_train_writes_run_files_and_resumes(tiny_segmenter, tiny_checkpoint, tmp
     assert final["defended_coarse_iou"] == pytest.approx(best["defended_coarse_iou"])
 
     # --resume continues from the last completed round with the saved agents
-    metrics3 = train(_tiny_config(tiny_checkpoint, rounds=3), out, resume=True, segmenter=tiny_segmenter)
+    metrics3 = train(_tiny_config(tiny_checkpoint, rounds=3, defender_evals=3), out, resume=True, segmenter=tiny_segmenter)
     hist = metrics3["history"]
     assert [h["round"] for h in hist] == [1, 2, 3]
     assert hist[2]["defender_timesteps"] >= hist[1]["defender_timesteps"] + 24
@@ -474,7 +474,7 @@ def test_defender_phase_parts():
 
 def test_train_without_selection_keeps_the_latest_defender(tiny_segmenter, tiny_checkpoint, tmp_path):
     out = tmp_path / "run"
-    metrics = train(_tiny_config(tiny_checkpoint, rounds=1, defender_evals=0), out, segmenter=tiny_segmenter)
+    metrics = train(_tiny_config(tiny_checkpoint, rounds=1), out, segmenter=tiny_segmenter)  # defender_evals=0
     assert (out / "defender.zip").is_file() and not (out / "defender_last.zip").exists()
     assert metrics["selected_defender"] is None and "defender_selection" not in metrics["history"][0]
     with pytest.raises(ValueError, match="defender_evals"):

@@ -332,6 +332,24 @@ def test_select_score_returns_the_best_scored_visited_state(tiny_segmenter, rand
         PromptDefender(last.model, tiny_segmenter, grid=GRID, select="best")
 
 
+def test_bundled_defender_refines_coarse_prompts():
+    from ppd.agents.defender import BUNDLED_DEFENDER
+    from ppd.prompts import coarse_prompts
+
+    d = PromptDefender.load(device="cpu")  # no path: the defender shipped in the package
+    assert d.select == "score" and d.num_nodes == 256 and d.probe
+    assert (BUNDLED_DEFENDER / "MODEL_CARD.md").is_file()
+    scene = ProceduralScenes("train", 1, seed=123)[0]
+    cp = coarse_prompts(scene.masks[0], np.random.default_rng(0)).prompts
+    res = d.refine(scene.image, cp.point_coords, cp.point_labels)
+    assert res.mask.shape == scene.image.shape[:2] and 1 <= res.kept.sum() <= len(cp.point_coords)
+    assert res.steps <= d.default_steps(len(cp.point_coords))
+    # the mask is SAM's for the output points
+    pred = d.segmenter.predict(scene.image, res.point_coords, res.point_labels)
+    np.testing.assert_array_equal(pred.masks[0], res.mask)
+    assert res.score == pytest.approx(float(pred.scores[0]), abs=1e-6)
+
+
 def test_refine_cli_writes_its_files(run_dir, random_image, tmp_path, capsys):
     from ppd.cli import _save_png, main
 
