@@ -450,6 +450,13 @@ def defended_coarse_iou(defender: MaskedDQN, world: PromptWorld, cfg: TrainConfi
     return float(np.mean([r["score_quality"] for r in res]))
 
 
+def latest_defender_file(cfg: TrainConfig) -> str:
+    """Run-folder file of the latest defender (the one training and ``--resume``
+    continue): ``defender_last.zip`` with ``defender_evals`` (``defender.zip`` is then the
+    selected one), else ``defender.zip``."""
+    return "defender_last.zip" if cfg.defender_evals else "defender.zip"
+
+
 def _parts(total: int, n: int) -> list[int]:
     """``total`` steps in ``max(n, 1)`` near-equal parts."""
     n = max(n, 1)
@@ -492,7 +499,7 @@ def train(
             state = json.loads(state_file.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
             raise ValueError(f"corrupt run folder {out}: cannot parse state.json: {exc}") from None
-        for name in ("attacker.zip", "defender_last.zip" if cfg.defender_evals else "defender.zip"):
+        for name in ("attacker.zip", latest_defender_file(cfg)):
             if not (out / name).is_file():
                 raise ValueError(f"corrupt run folder {out}: state.json says round {state.get('round')} but {name} is missing")
 
@@ -533,7 +540,7 @@ def train(
     tb = str(out / "tb")
     if resume:
         attacker = _load_model(out / "attacker.zip", att_env, cfg, device)
-        defender = _load_model(out / ("defender_last.zip" if cfg.defender_evals else "defender.zip"), def_env, cfg, device)
+        defender = _load_model(out / latest_defender_file(cfg), def_env, cfg, device)
     else:
         hyper = cfg.dqn_kwargs()
         attacker = make_dqn(att_env, "attacker", relabel=cfg.relabel, seed=cfg.seed, device=device, tensorboard_log=tb, **hyper)
@@ -547,7 +554,9 @@ def train(
     t_start = time.time()
     last_eval: dict[str, float] | None = None
     rollouts: dict[str, list] | None = None
-    coarse_items = [(rec, obj, *s_coarse) for rec, obj, _, s_coarse in _eval_items(eval_world, cfg)]
+    coarse_items = []  # held-out coarse starts of the defender selection
+    if cfg.defender_evals:
+        coarse_items = [(rec, obj, *s_coarse) for rec, obj, _, s_coarse in _eval_items(eval_world, cfg)]
     best = dict(state.get("best_defender") or {"defended_coarse_iou": -1.0})
     for rnd in range(start_round, cfg.rounds):
         if cfg.attacker_steps:
@@ -581,7 +590,7 @@ def train(
             logger.info("round %d/%d eval: %s", rnd + 1, cfg.rounds, ", ".join(f"{k} {v:.3f}" for k, v in last_eval.items()))
         history.append(entry)
         _save_model(attacker, out / "attacker.zip", cfg.save_replay_buffer)
-        _save_model(defender, out / ("defender_last.zip" if cfg.defender_evals else "defender.zip"), cfg.save_replay_buffer)
+        _save_model(defender, out / latest_defender_file(cfg), cfg.save_replay_buffer)
         saved = {"round": rnd + 1, "history": history, "wall_time_s": time.time() - t0}
         if cfg.defender_evals:
             saved["best_defender"] = best
