@@ -47,7 +47,10 @@ from ppd.envs.world import INACTIVE, NEGATIVE, POSITIVE
 from ppd.graphs.dual_space import EDGE_PHYSICAL, EDGE_SEMANTIC
 from ppd.graphs.store import GRAPH_STORE
 
-__all__ = ["MASKED_Q", "NODE_FEATURES", "OPTIONAL_NODE_KEYS", "relative_features", "GraphDQNPolicy", "GraphQNetwork", "dynamic_input_dim", "obs_action_mask"]
+__all__ = [
+    "MASKED_Q", "NODE_FEATURES", "NODE_NORMS", "OPTIONAL_NODE_KEYS", "RELATIVE_DIM", "STOP_QS", "GraphDQNPolicy",
+    "GraphQNetwork", "dynamic_input_dim", "obs_action_mask", "relative_features",
+]
 
 #: Q-value given to invalid actions: far below any real value but finite, so that losses
 #: and targets stay finite (a row always has the valid stop action).

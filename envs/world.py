@@ -269,9 +269,10 @@ class PromptWorld:
         """
         if not probe:
             return self._evaluate(requests, want_mask)
+        keys = [self._key(r) for r in requests]  # once per request, for both cache passes
         need = []
-        for i, (rec, obj, st, pts) in enumerate(requests):
-            hit = self._outcomes.get((rec.graph_id, obj, state_key(st, pts)))
+        for i, key in enumerate(keys):
+            hit = self._outcomes.get(key)
             if want_mask or hit is None or hit.probe_score is None:
                 need.append(i)
         loo: list[tuple[ImageRecord, int, np.ndarray, np.ndarray]] = []
@@ -283,7 +284,7 @@ class PromptWorld:
             loo.extend((rec, obj, s, pts) for _, s in probes)
         # The states and their leave-one-out states in ONE decoder call (the latter are
         # cached: they are exactly the states the removal actions lead to).
-        outs = self._evaluate(list(requests) + loo, want_mask)
+        outs = self._evaluate(list(requests) + loo, want_mask, keys + [self._key(r) for r in loo])
         for i, start, probes in spans:
             o = outs[i]
             n = len(o.coverage)
@@ -293,21 +294,29 @@ class PromptWorld:
                 ps[node] = lo.score - o.score
                 pc[node] = coverage_change(o.coverage, lo.coverage)
             outs[i] = replace(o, probe_score=ps, probe_change=pc)
-            rec, obj, st, pts = requests[i]
-            key = (rec.graph_id, obj, state_key(st, pts))
-            if key in self._outcomes:  # cached outcomes hold no mask
-                self._outcomes[key] = replace(outs[i], mask=None)
+            if keys[i] in self._outcomes:  # cached outcomes hold no mask
+                self._outcomes[keys[i]] = replace(outs[i], mask=None)
         return outs[: len(requests)]
+
+    @staticmethod
+    def _key(request: tuple[ImageRecord, int, np.ndarray, np.ndarray]) -> tuple[int, int, bytes]:
+        """Outcome-cache key of a request: (graph, object, prompt state)."""
+        rec, obj, st, pts = request
+        return (rec.graph_id, obj, state_key(st, pts))
 
     def _evaluate(
         self,
         requests: Sequence[tuple[ImageRecord, int, np.ndarray, np.ndarray]],
         want_mask: bool = False,
+        keys: Sequence[tuple[int, int, bytes]] | None = None,
     ) -> list[Outcome]:
+        """:meth:`evaluate` without probes; ``keys``: the requests' cache keys when the
+        caller has them already."""
+        keys = [self._key(r) for r in requests] if keys is None else keys
         out: list[Outcome | None] = [None] * len(requests)
         todo: list[int] = []
         for i, (rec, obj, st, pts) in enumerate(requests):
-            key = (rec.graph_id, obj, state_key(st, pts))
+            key = keys[i]
             hit = None if want_mask else self._outcomes.get(key)
             if hit is not None:
                 self._outcomes.move_to_end(key)
@@ -337,7 +346,7 @@ class PromptWorld:
                 cov = patch_mean(mask, rec.grid)
                 unc = None if pred.uncertainty is None else patch_mean(pred.uncertainty[j], rec.grid)
                 res = Outcome(q, cov, float(pred.scores[j]), uncertainty=unc)
-                self._outcomes[(rec.graph_id, obj, state_key(st, pts))] = res
+                self._outcomes[keys[i]] = res
                 out[i] = Outcome(q, cov, res.score, mask, unc) if want_mask else res
             while len(self._outcomes) > self.cache_size:
                 self._outcomes.popitem(last=False)
