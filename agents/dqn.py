@@ -228,6 +228,7 @@ def make_dqn(
     node_norm: str = "none",
     stop_q: str = "learned",
     node_features: str = "embedding",
+    q_prior: str = "none",
     seed: int | None = None,
     device: str = "auto",
     tensorboard_log: str | None = None,
@@ -246,8 +247,8 @@ def make_dqn(
         node_feature_dim: channels of the graphs' node features (default: read from the
             env's world).
         hidden_dim, n_layers: GNN width and depth.
-        node_norm, stop_q, node_features: node-feature normalisation, stop Q-value and
-            node-feature inputs of the network
+        node_norm, stop_q, node_features, q_prior: node-feature normalisation, stop
+            Q-value, node-feature inputs and removal Q-value prior of the network
             (see :class:`~ppd.agents.qnet.GraphQNetwork`).
         seed, device, tensorboard_log, verbose: as in SB3.
         exploration_horizon: env steps over which epsilon anneals across ``learn`` calls.
@@ -259,7 +260,7 @@ def make_dqn(
     kwargs = {**DEFAULT_DQN_KWARGS, **hyper}
     policy_kwargs = dict(
         role=role, relabel=relabel, node_feature_dim=node_feature_dim, hidden_dim=hidden_dim, n_layers=n_layers,
-        node_norm=node_norm, stop_q=stop_q, node_features=node_features,
+        node_norm=node_norm, stop_q=stop_q, node_features=node_features, q_prior=q_prior,
     )
     policy_kwargs.update(kwargs.pop("policy_kwargs", None) or {})
     return MaskedDQN(

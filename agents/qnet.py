@@ -23,7 +23,12 @@ Network (per node i, hidden width H):
   over the node's neighbours in that relation, as PyG ``SAGEConv``; edges of type
   "both" belong to both relations);
 * heads: a per-node MLP over ``[h_i, mean_j h_j]`` gives the node's two Q-values
-  (kind 0 and kind 1); an MLP over ``[mean h, max h]`` gives the stop Q-value.
+  (kind 0 and kind 1); an MLP over ``[mean h, max h]`` gives the stop Q-value;
+* with ``q_prior="probe"`` (defender with removal probes; beyond the paper) the removal
+  Q-value of node i is the head's output plus ``w * probe_score_i``, SAM's predicted-IoU
+  gain of removing the prompt, with a learned scalar ``w`` that starts at 1. The
+  untrained greedy policy is then close to :class:`~ppd.agents.baselines.GreedyScoreFilter`
+  and the network learns the residual (residual policy learning).
 
 Output: ``(B, 2N + 1)`` Q-values in the environment's action order (``kind * N + node``,
 stop last). Invalid actions (see :func:`obs_action_mask`) are set to :data:`MASKED_Q`
@@ -42,13 +47,13 @@ import torch.nn as nn
 from gymnasium import spaces
 from stable_baselines3.dqn.policies import DQNPolicy, QNetwork
 
-from ppd.envs.point_prompt_env import ROLES, valid_action_mask
+from ppd.envs.point_prompt_env import PROBE_SCORE_GAIN, ROLES, valid_action_mask
 from ppd.envs.world import INACTIVE, NEGATIVE, POSITIVE
 from ppd.graphs.dual_space import EDGE_PHYSICAL, EDGE_SEMANTIC
 from ppd.graphs.store import GRAPH_STORE
 
 __all__ = [
-    "MASKED_Q", "NODE_FEATURES", "NODE_NORMS", "OPTIONAL_NODE_KEYS", "RELATIVE_DIM", "STOP_QS", "GraphDQNPolicy",
+    "MASKED_Q", "NODE_FEATURES", "NODE_NORMS", "OPTIONAL_NODE_KEYS", "Q_PRIORS", "RELATIVE_DIM", "STOP_QS", "GraphDQNPolicy",
     "GraphQNetwork", "dynamic_input_dim", "obs_action_mask", "relative_features",
 ]
 
@@ -59,6 +64,8 @@ MASKED_Q = -1e9
 NODE_NORMS = ("none", "instance")
 #: Stop-action Q-values of :class:`GraphQNetwork` (``stop_q``).
 STOP_QS = ("learned", "zero")
+#: Removal Q-value priors of :class:`GraphQNetwork` (``q_prior``).
+Q_PRIORS = ("none", "probe")
 #: Node-feature inputs of :class:`GraphQNetwork` (``node_features``).
 NODE_FEATURES = ("embedding", "relative", "both")
 #: Channels of the prompt-relative semantic features (see :func:`relative_features`).
@@ -292,6 +299,9 @@ class GraphQNetwork(QNetwork):
             these environments (stop ends the episode with reward 0). The agent then
             changes a prompt only when it expects a positive return from the change, and
             no learned head can drift on images unlike the training ones.
+        q_prior: ``"none"`` or ``"probe"``: add ``w * probe_score_i`` (learned ``w``,
+            initially 1) to node i's removal Q-value; needs the ``probe_score`` key
+            (defender env with ``probe=True``).
         features_extractor, features_dim, net_arch, activation_fn, normalize_images:
             accepted for SB3 compatibility, unused.
 
@@ -310,6 +320,7 @@ class GraphQNetwork(QNetwork):
         node_norm: str = "none",
         stop_q: str = "learned",
         node_features: str = "embedding",
+        q_prior: str = "none",
         features_extractor: Any = None,
         features_dim: int = 0,
         net_arch: list[int] | None = None,
@@ -334,6 +345,11 @@ class GraphQNetwork(QNetwork):
         if node_features not in NODE_FEATURES:
             raise ValueError(f"node_features must be one of {NODE_FEATURES}, got {node_features!r}")
         self.node_features = node_features
+        if q_prior not in Q_PRIORS:
+            raise ValueError(f"q_prior must be one of {Q_PRIORS}, got {q_prior!r}")
+        if q_prior == "probe" and "probe_score" not in observation_space.spaces:
+            raise ValueError("q_prior='probe' needs removal probes in the observation (a defender env with probe=True)")
+        self.q_prior = q_prior
         self.num_nodes = n
         self.role = role
         self.relabel = bool(relabel)
@@ -360,6 +376,8 @@ class GraphQNetwork(QNetwork):
         self.node_head_ctx = nn.Linear(H, H, bias=False)
         self.node_head_out = nn.Linear(H, 2)
         self.stop_head = nn.Sequential(nn.Linear(2 * H, H), nn.ReLU(), nn.Linear(H, 1))
+        if q_prior == "probe":
+            self.prior_weight = nn.Parameter(torch.tensor(1.0))
 
     # -- inputs -----------------------------------------------------------------------
     def _node_inputs(self, obs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
@@ -413,6 +431,9 @@ class GraphQNetwork(QNetwork):
         mean, mx = h.mean(dim=1), h.amax(dim=1)
         hidden = torch.relu(self.node_head_h(h) + self.node_head_ctx(mean)[:, None, :])
         q_nodes = self.node_head_out(hidden)  # (B, N, 2)
+        if self.q_prior == "probe":  # decode the uint8 observation back to score gains
+            gain = (obs["probe_score"].to(h.device).float() / 255.0 - 0.5) / PROBE_SCORE_GAIN
+            q_nodes = torch.stack([q_nodes[..., 0] + self.prior_weight * gain, q_nodes[..., 1]], dim=-1)
         if self.stop_q == "zero":
             q_stop = hidden.new_zeros(B, 1)
         else:
@@ -433,6 +454,7 @@ class GraphQNetwork(QNetwork):
             node_norm=self.node_norm,
             stop_q=self.stop_q,
             node_features=self.node_features,
+            q_prior=self.q_prior,
         )
         return data
 
@@ -442,7 +464,7 @@ class GraphDQNPolicy(DQNPolicy):
 
     Extra keyword arguments (give them through ``policy_kwargs``): ``role``,
     ``relabel``, ``node_feature_dim``, ``hidden_dim``, ``n_layers``, ``node_norm``,
-    ``stop_q``, ``node_features``.
+    ``stop_q``, ``node_features``, ``q_prior``.
     """
 
     q_net: GraphQNetwork
@@ -461,14 +483,16 @@ class GraphDQNPolicy(DQNPolicy):
         node_norm: str = "none",
         stop_q: str = "learned",
         node_features: str = "embedding",
+        q_prior: str = "none",
         **kwargs: Any,
     ) -> None:
-        # Read by make_q_net(), which DQNPolicy.__init__ calls. node_norm, stop_q and
-        # node_features default to the original network so that networks saved before they existed
-        # load unchanged.
+        # Read by make_q_net(), which DQNPolicy.__init__ calls. node_norm, stop_q,
+        # node_features and q_prior default to the original network so that networks saved
+        # before they existed load unchanged.
         self._graph_kwargs = dict(
             role=role, relabel=bool(relabel), node_feature_dim=int(node_feature_dim), hidden_dim=int(hidden_dim),
             n_layers=int(n_layers), node_norm=str(node_norm), stop_q=str(stop_q), node_features=str(node_features),
+            q_prior=str(q_prior),
         )
         kwargs.setdefault("normalize_images", False)
         super().__init__(observation_space, action_space, lr_schedule, **kwargs)

@@ -49,7 +49,7 @@ from stable_baselines3.common.vec_env import VecMonitor
 
 from ppd import io
 from ppd.agents.dqn import MaskedDQN, make_dqn
-from ppd.agents.qnet import NODE_FEATURES, NODE_NORMS, STOP_QS
+from ppd.agents.qnet import NODE_FEATURES, NODE_NORMS, Q_PRIORS, STOP_QS
 from ppd.data.scenes import TRAIN_DOMAIN, JitteredScenes, ProceduralScenes
 from ppd.agents.defender import greedy_actions
 from ppd.envs.point_prompt_env import DEFAULT_START_MIX, PointPromptEnv, observation_options, rollout_action_mask
@@ -162,6 +162,10 @@ class TrainConfig:
     """stop-action Q-value: zero (its exact value: stop ends the episode with reward 0;
     an agent acts only when it expects a gain) or learned (a head over pooled graph
     features)"""
+    q_prior: str = "none"
+    """defender removal Q-value prior (beyond the paper): probe (add a learned multiple,
+    initially 1, of SAM's predicted-IoU gain of each removal, so that training starts
+    from a GreedyScoreFilter-like policy; needs probes) or none"""
     learning_rate: float = 5e-4
     """Adam learning rate"""
     buffer_size: int = 30_000
@@ -212,6 +216,7 @@ class TrainConfig:
             "node_norm": self.node_norm in NODE_NORMS,
             "stop_q": self.stop_q in STOP_QS,
             "node_features": self.node_features in NODE_FEATURES,
+            "q_prior": self.q_prior in Q_PRIORS and (self.q_prior == "none" or self.probe),
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
@@ -252,6 +257,7 @@ class TrainConfig:
             node_norm=self.node_norm,
             stop_q=self.stop_q,
             node_features=self.node_features,
+            q_prior=self.q_prior,
         )
 
     @property
@@ -543,7 +549,11 @@ def train(
         defender = _load_model(out / latest_defender_file(cfg), def_env, cfg, device)
     else:
         hyper = cfg.dqn_kwargs()
-        attacker = make_dqn(att_env, "attacker", relabel=cfg.relabel, seed=cfg.seed, device=device, tensorboard_log=tb, **hyper)
+        # the removal prior reads the defender's probes; the attacker has none
+        attacker = make_dqn(
+            att_env, "attacker", relabel=cfg.relabel, seed=cfg.seed, device=device, tensorboard_log=tb,
+            **{**hyper, "q_prior": "none"},
+        )
         defender = make_dqn(def_env, "defender", relabel=cfg.relabel, seed=cfg.seed + 1, device=device, tensorboard_log=tb, **hyper)
     attacker.exploration_horizon = max(cfg.rounds * cfg.attacker_steps, 1)
     defender.exploration_horizon = cfg.rounds * cfg.defender_steps

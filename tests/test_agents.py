@@ -120,6 +120,47 @@ def test_zero_stop_q_and_instance_norm(world):
         GraphQNetwork(vec.observation_space, vec.action_space, role="defender", node_feature_dim=dim, stop_q="one")
 
 
+def test_probe_q_prior_adds_weighted_score_gain(world, tmp_path):
+    """q_prior='probe': a node's removal Q-value is the head's output plus w times SAM's
+    predicted-IoU gain of removing it (decoded from the uint8 observation), w learned
+    from 1; relabel and stop Q-values are untouched; it survives save/load; without
+    probes in the observation it is refused."""
+    vec = PromptVecEnv(2, "defender", world=world, seed=0, probe=True)
+    obs = _random_obs(vec, np.random.default_rng(2), 4)
+    rng = np.random.default_rng(3)
+    obs["probe_score"] = rng.integers(0, 256, obs["probe_score"].shape).astype(np.uint8)
+    dim = GRAPH_STORE.get(vec.world.image(0).graph_id).x.shape[1]
+    torch.manual_seed(0)
+    net = GraphQNetwork(vec.observation_space, vec.action_space, role="defender", node_feature_dim=dim, q_prior="probe")
+    assert net.prior_weight.item() == 1.0 and any(p is net.prior_weight for p in net.parameters())
+    t = net.obs_to_tensor(obs)[0]
+    with torch.no_grad():
+        q1 = net(t)
+        net.prior_weight.fill_(0.0)
+        q0 = net(t)
+    n = vec.num_nodes
+    gain = (obs["probe_score"].astype(np.float64) / 255.0 - 0.5) / 4.0  # PROBE_SCORE_GAIN
+    valid = valid_action_mask(obs["state"], "defender", True)
+    diff = (q1 - q0).numpy()
+    np.testing.assert_allclose(diff[:, :n][valid[:, :n]], gain[valid[:, :n]], atol=1e-5)
+    assert np.abs(gain[valid[:, :n]]).max() > 0.05  # the check is not vacuous
+    assert (diff[:, n:] == 0).all()  # relabel, stop and masked entries unchanged
+    assert (q1.numpy()[~valid] == MASKED_Q).all()
+    # through make_dqn: saved with the policy, loaded back with its learned weight
+    model = make_dqn(vec, "defender", hidden_dim=8, seed=0, q_prior="probe", learning_starts=0)
+    model.q_net.prior_weight.data.fill_(0.7)
+    model.save(tmp_path / "d.zip")
+    loaded = MaskedDQN.load(tmp_path / "d.zip", env=vec)
+    assert loaded.q_net.q_prior == "probe" and loaded.q_net.prior_weight.item() == pytest.approx(0.7)
+    plain = PromptVecEnv(2, "defender", world=world, seed=0)
+    with pytest.raises(ValueError, match="q_prior='probe' needs removal probes"):
+        GraphQNetwork(plain.observation_space, plain.action_space, role="defender", node_feature_dim=dim, q_prior="probe")
+    with pytest.raises(ValueError, match="q_prior must be one of"):
+        GraphQNetwork(vec.observation_space, vec.action_space, role="defender", node_feature_dim=dim, q_prior="greedy")
+    with pytest.raises(ValueError, match="q_prior"):
+        TrainConfig(q_prior="probe", probe=False)
+
+
 def test_relative_features_match_direct_cosines():
     """Each channel is the cosine of a node's feature to a prototype: the coverage- and
     (1 - coverage)-weighted means, and the mean over the OTHER prompts of each label (0
