@@ -240,7 +240,7 @@ def _resolve_file(path: str | os.PathLike, name: str) -> tuple[Path, Path]:
         f = p / name
         if not f.is_file():
             raise FileNotFoundError(
-                f"{p} is not a training run folder with a {name}: the file is missing "
+                f"{p} is not a training run folder with {name}: the file is missing "
                 f"(train one with `ppd train --out {p}`, or pass the .zip file itself)"
             )
         return f, p

@@ -12,6 +12,8 @@ SAM2's mask for:
   attacker envs whose world holds the eval scenes (:func:`ppd.agents.train.greedy_rollout`,
   all scenes batched);
 * ``defended``: the attacked set refined by the defender (no ground truth);
+* ``attacked+greedy_score``: the attacked set refined by the ``GreedyScoreFilter``
+  baseline instead (what recovery is to be compared with);
 * ``coarse``: ``coarse_prompts`` with their default noise (seeded per scene);
 * ``coarse+ppd``: the coarse set refined by the defender;
 * ``defended[R]``, ``coarse+ppd[R]``: the same with the defender's other output rule R
@@ -56,7 +58,7 @@ DEFENSE_SEED = 10_000_000 + 9000
 
 #: Columns of the IoU table, in order (``[other]``: the defender's other output rule).
 COLUMNS = (
-    "ideal", "attacked", "defended", "defended[other]", "coarse", "coarse+ppd", "coarse+ppd[other]",
+    "ideal", "attacked", "defended", "defended[other]", "attacked+greedy_score", "coarse", "coarse+ppd", "coarse+ppd[other]",
     "random_drop", "greedy_score",
 )
 
@@ -167,6 +169,7 @@ def bench_domain(
             coords, labels = prompts_from_state(att["state"], att["points"])
             vals["defended"].append(float(iou(defender.refine(image, coords, labels).mask, gt)))
             vals["defended[other]"].append(float(iou(_refine_with(defender, other, image, coords, labels).mask, gt)))
+            vals["attacked+greedy_score"].append(float(iou(baselines["greedy_score"].refine(image, coords, labels).mask, gt)))
         defender.record(image)  # encoded and registered before timing
         vals["coarse"].append(float(iou(no_refine.refine(image, cp.point_coords, cp.point_labels).mask, gt)))
         t = time.perf_counter()
