@@ -558,6 +558,12 @@ def train(
     if resume:
         attacker = _load_model(out / "attacker.zip", att_env, cfg, device)
         defender = _load_model(out / latest_defender_file(cfg), def_env, cfg, device)
+        saved_prior = defender.q_net.q_prior
+        if saved_prior != cfg.resolved_q_prior:  # e.g. a run from before q_prior existed
+            logger.warning("resuming a defender built with q_prior=%r (config: %r): the saved network's is kept",
+                           saved_prior, cfg.q_prior)
+            cfg = dataclasses.replace(cfg, q_prior=saved_prior)
+            io.save_text(yaml.safe_dump(_config_dict(cfg), sort_keys=False), out / "config.yaml")
     else:
         hyper = cfg.dqn_kwargs()
         # the removal prior reads the defender's probes; the attacker has none

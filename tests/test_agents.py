@@ -499,8 +499,13 @@ def test_train_writes_run_files_and_resumes(tiny_segmenter, tiny_checkpoint, tmp
     assert metrics["selected_defender"] == best
     assert final["defended_coarse_iou"] == pytest.approx(best["defended_coarse_iou"])
 
-    # --resume continues from the last completed round with the saved agents
-    metrics3 = train(_tiny_config(tiny_checkpoint, rounds=3, defender_evals=3), out, resume=True, segmenter=tiny_segmenter)
+    # --resume continues from the last completed round with the saved agents; a config
+    # whose q_prior disagrees with the saved defender's (a run from before the prior
+    # existed reads as the default) keeps and records the saved network's
+    assert saved["q_prior"] == "auto"
+    metrics3 = train(_tiny_config(tiny_checkpoint, rounds=3, defender_evals=3, q_prior="none"), out, resume=True,
+                     segmenter=tiny_segmenter)
+    assert yaml.safe_load((out / "config.yaml").read_text())["q_prior"] == "probe"
     hist = metrics3["history"]
     assert [h["round"] for h in hist] == [1, 2, 3]
     assert hist[2]["defender_timesteps"] >= hist[1]["defender_timesteps"] + 24
