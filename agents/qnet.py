@@ -47,7 +47,7 @@ import torch.nn as nn
 from gymnasium import spaces
 from stable_baselines3.dqn.policies import DQNPolicy, QNetwork
 
-from ppd.envs.point_prompt_env import PROBE_SCORE_GAIN, ROLES, valid_action_mask
+from ppd.envs.point_prompt_env import ROLES, decode_probe_score, valid_action_mask
 from ppd.envs.world import INACTIVE, NEGATIVE, POSITIVE
 from ppd.graphs.dual_space import EDGE_PHYSICAL, EDGE_SEMANTIC
 from ppd.graphs.store import GRAPH_STORE
@@ -431,8 +431,8 @@ class GraphQNetwork(QNetwork):
         mean, mx = h.mean(dim=1), h.amax(dim=1)
         hidden = torch.relu(self.node_head_h(h) + self.node_head_ctx(mean)[:, None, :])
         q_nodes = self.node_head_out(hidden)  # (B, N, 2)
-        if self.q_prior == "probe":  # decode the uint8 observation back to score gains
-            gain = (obs["probe_score"].to(h.device).float() / 255.0 - 0.5) / PROBE_SCORE_GAIN
+        if self.q_prior == "probe":
+            gain = decode_probe_score(obs["probe_score"].to(h.device).float())
             q_nodes = torch.stack([q_nodes[..., 0] + self.prior_weight * gain, q_nodes[..., 1]], dim=-1)
         if self.stop_q == "zero":
             q_stop = hidden.new_zeros(B, 1)

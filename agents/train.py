@@ -18,7 +18,7 @@ in-domain scenes: DQN's greedy policy can get worse between evaluations) and
 ``defender_last.zip`` the latest, which training (and ``--resume``) continues from. The
 final metrics describe ``defender.zip``.
 
-A run folder holds ``config.yaml`` (written first), ``attacker.zip`` / ``defender.zip``
+A run folder holds ``config.yaml`` (written before training starts), ``attacker.zip`` / ``defender.zip``
 and ``state.json`` (after every round, atomically: ``--resume`` continues from the last
 completed round), ``metrics.json`` and ``examples.png`` (at the end), and TensorBoard
 logs under ``tb/`` (``eval/*`` keys with the defender's env steps as x axis).
@@ -243,7 +243,9 @@ class TrainConfig:
             kw["probe"] = self.probe
         return kw
 
-    def dqn_kwargs(self) -> dict[str, Any]:
+    def dqn_kwargs(self, role: str = "defender") -> dict[str, Any]:
+        """:func:`make_dqn` keyword arguments of one agent (the removal prior reads the
+        defender's probes, so the attacker never has one)."""
         return dict(
             learning_rate=self.learning_rate,
             buffer_size=self.buffer_size,
@@ -261,7 +263,7 @@ class TrainConfig:
             node_norm=self.node_norm,
             stop_q=self.stop_q,
             node_features=self.node_features,
-            q_prior=self.resolved_q_prior,
+            q_prior=self.resolved_q_prior if role == "defender" else "none",
         )
 
     @property
@@ -547,8 +549,6 @@ def train(
     world = PromptWorld(segmenter, scenes, **graph_kw)
     eval_world = PromptWorld(segmenter, ProceduralScenes(TRAIN_DOMAIN, cfg.eval_scenes, seed=EVAL_SEED), **graph_kw)
     cfg = dataclasses.replace(cfg, grid=world.image(0).grid)  # save the resolved grid
-    # (re)written on --resume too: it describes the run as last continued (e.g. more rounds)
-    io.save_text(yaml.safe_dump(_config_dict(cfg), sort_keys=False), out / "config.yaml")
 
     start_round = int(state["round"])
     env_seed = cfg.seed * 10_000 + start_round * 100
@@ -563,15 +563,18 @@ def train(
             logger.warning("resuming a defender built with q_prior=%r (config: %r): the saved network's is kept",
                            saved_prior, cfg.q_prior)
             cfg = dataclasses.replace(cfg, q_prior=saved_prior)
-            io.save_text(yaml.safe_dump(_config_dict(cfg), sort_keys=False), out / "config.yaml")
     else:
-        hyper = cfg.dqn_kwargs()
-        # the removal prior reads the defender's probes; the attacker has none
         attacker = make_dqn(
             att_env, "attacker", relabel=cfg.relabel, seed=cfg.seed, device=device, tensorboard_log=tb,
-            **{**hyper, "q_prior": "none"},
+            **cfg.dqn_kwargs("attacker"),
         )
-        defender = make_dqn(def_env, "defender", relabel=cfg.relabel, seed=cfg.seed + 1, device=device, tensorboard_log=tb, **hyper)
+        defender = make_dqn(
+            def_env, "defender", relabel=cfg.relabel, seed=cfg.seed + 1, device=device, tensorboard_log=tb,
+            **cfg.dqn_kwargs("defender"),
+        )
+    # written before any training, and again on --resume: it describes the run as last
+    # continued (more rounds, the saved networks' settings)
+    io.save_text(yaml.safe_dump(_config_dict(cfg), sort_keys=False), out / "config.yaml")
     attacker.exploration_horizon = max(cfg.rounds * cfg.attacker_steps, 1)
     defender.exploration_horizon = cfg.rounds * cfg.defender_steps
 

@@ -138,6 +138,12 @@ def encode_probe_score(delta: np.ndarray) -> np.ndarray:
     return _unit_to_u8(0.5 + PROBE_SCORE_GAIN * np.asarray(delta, np.float32))
 
 
+def decode_probe_score(obs: Any) -> Any:
+    """Inverse of :func:`encode_probe_score` (up to its rounding and clipping): the
+    ``probe_score`` observation (uint8 values, numpy or float torch) -> score differences."""
+    return (obs / 255.0 - 0.5) / PROBE_SCORE_GAIN
+
+
 class PointPromptEnv(gym.Env):
     """Attack or defend the point prompts of a SAM2 segmentation.
 
