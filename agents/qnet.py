@@ -28,7 +28,13 @@ Network (per node i, hidden width H):
   Q-value of node i is the head's output plus ``w * probe_score_i``, SAM's predicted-IoU
   gain of removing the prompt, with a learned scalar ``w`` that starts at 1. The
   untrained greedy policy is then close to :class:`~ppd.agents.baselines.GreedyScoreFilter`
-  and the network learns the residual (residual policy learning).
+  and the network learns the residual (residual policy learning);
+* with ``q_prior="consistency"`` (defender; beyond the paper) the removal and the relabel
+  Q-values of node i get ``w_remove * d_i`` and ``w_relabel * d_i``, where ``d_i`` is the
+  prompt's label disagreement with the image (:func:`label_disagreement`: how much more
+  its patch looks like the prompts of the other label than like those of its own), with
+  learned scalars that start at :data:`CONSISTENCY_PRIOR_INIT`.
+  ``"probe+consistency"`` adds both priors.
 
 Output: ``(B, 2N + 1)`` Q-values in the environment's action order (``kind * N + node``,
 stop last). Invalid actions (see :func:`obs_action_mask`) are set to :data:`MASKED_Q`
@@ -53,8 +59,9 @@ from ppd.graphs.dual_space import EDGE_PHYSICAL, EDGE_SEMANTIC
 from ppd.graphs.store import GRAPH_STORE
 
 __all__ = [
-    "MASKED_Q", "NODE_FEATURES", "NODE_NORMS", "OPTIONAL_NODE_KEYS", "Q_PRIORS", "RELATIVE_DIM", "STOP_QS", "GraphDQNPolicy",
-    "GraphQNetwork", "dynamic_input_dim", "obs_action_mask", "relative_features",
+    "CONSISTENCY_PRIOR_INIT", "MASKED_Q", "NODE_FEATURES", "NODE_NORMS", "OPTIONAL_NODE_KEYS", "Q_PRIORS", "RELATIVE_DIM",
+    "STOP_QS", "GraphDQNPolicy", "GraphQNetwork", "dynamic_input_dim", "label_disagreement", "obs_action_mask",
+    "relative_features",
 ]
 
 #: Q-value given to invalid actions: far below any real value but finite, so that losses
@@ -64,8 +71,12 @@ MASKED_Q = -1e9
 NODE_NORMS = ("none", "instance")
 #: Stop-action Q-values of :class:`GraphQNetwork` (``stop_q``).
 STOP_QS = ("learned", "zero")
-#: Removal Q-value priors of :class:`GraphQNetwork` (``q_prior``).
-Q_PRIORS = ("none", "probe")
+#: Q-value priors of :class:`GraphQNetwork` (``q_prior``): terms joined by ``+``.
+Q_PRIORS = ("none", "probe", "consistency", "probe+consistency")
+#: Initial weights (removal, relabel) of the ``consistency`` prior: a clearly wrong
+#: prompt (disagreement ~0.5) starts ~0.1 above a consistent one (~-0.5 -> -0.1 below),
+#: the size of the IoU changes the Q-values estimate.
+CONSISTENCY_PRIOR_INIT = (0.2, 0.2)
 #: Node-feature inputs of :class:`GraphQNetwork` (``node_features``).
 NODE_FEATURES = ("embedding", "relative", "both")
 #: Channels of the prompt-relative semantic features (see :func:`relative_features`).
@@ -136,14 +147,41 @@ def relative_features(x: torch.Tensor, state: torch.Tensor, coverage: torch.Tens
         return (w[..., None] * u).sum(1) / w.sum(1, keepdim=True).clamp(min=1e-6)
 
     fg, bg = proto(cov), proto(1.0 - cov)
-    out = [(u * fg[:, None]).sum(-1), (u * bg[:, None]).sum(-1)]
+    out = [(u * fg[:, None]).sum(-1), (u * bg[:, None]).sum(-1), *_prompt_similarities(u, state)]
+    return torch.stack(out, dim=-1)
+
+
+def _prompt_similarities(u: torch.Tensor, state: torch.Tensor) -> list[torch.Tensor]:
+    """[positive, negative] (B, N) each: the dot product of unit feature ``u_i`` with the
+    mean of ``u`` over the nodes of that label other than i (0 when there are none)."""
+    out = []
     for label in (POSITIVE, NEGATIVE):
         w = (state == label).to(u.dtype)
         total, count = (w[..., None] * u).sum(1, keepdim=True), w.sum(1, keepdim=True)
         # leave node i out of its own label's prototype
         others = (total - w[..., None] * u) / (count - w).clamp(min=1.0)[..., None]
         out.append((u * others).sum(-1))
-    return torch.stack(out, dim=-1)
+    return out
+
+
+def label_disagreement(x: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+    """How much each prompt's label disagrees with the image's other prompts, ``(B, N)``.
+
+    With :func:`relative_features`' prototypes of the positive and the negative prompts
+    (node i left out of its own), ``d_i = s_other_i - s_own_i``: the similarity of node
+    i's feature to the prompts of the other label minus that to the prompts of its own
+    label. A positive prompt on background looks like the negatives: ``d > 0``. Inactive
+    nodes get 0. It needs no ground truth and no decoder call: measured on attacked
+    prompt sets of four trained attackers (20 held-out in-domain scenes), it ranks wrong-
+    label prompts above right ones with ROC AUC 0.80-0.91 (clutter 0.66-0.74), where
+    SAM's predicted-IoU gain of removing them reaches 0.63-0.69.
+
+    Args:
+        x: (B, N, C) node features; state: (B, N) long prompt state.
+    """
+    sim_pos, sim_neg = _prompt_similarities(nn.functional.normalize(x, dim=-1), state)
+    d = torch.where(state == POSITIVE, sim_neg - sim_pos, sim_pos - sim_neg)
+    return torch.where(state == INACTIVE, torch.zeros_like(d), d)
 
 
 class _GraphTensors:
@@ -299,9 +337,11 @@ class GraphQNetwork(QNetwork):
             these environments (stop ends the episode with reward 0). The agent then
             changes a prompt only when it expects a positive return from the change, and
             no learned head can drift on images unlike the training ones.
-        q_prior: ``"none"`` or ``"probe"``: add ``w * probe_score_i`` (learned ``w``,
-            initially 1) to node i's removal Q-value; needs the ``probe_score`` key
-            (defender env with ``probe=True``).
+        q_prior: ``"none"``, ``"probe"``: add ``w * probe_score_i`` (learned ``w``,
+            initially 1) to node i's removal Q-value, needs the ``probe_score`` key
+            (defender env with ``probe=True``); ``"consistency"``: add learned multiples
+            of :func:`label_disagreement` to node i's removal and relabel Q-values
+            (defender); ``"probe+consistency"``: both.
         features_extractor, features_dim, net_arch, activation_fn, normalize_images:
             accepted for SB3 compatibility, unused.
 
@@ -347,9 +387,13 @@ class GraphQNetwork(QNetwork):
         self.node_features = node_features
         if q_prior not in Q_PRIORS:
             raise ValueError(f"q_prior must be one of {Q_PRIORS}, got {q_prior!r}")
-        if q_prior == "probe" and "probe_score" not in observation_space.spaces:
-            raise ValueError("q_prior='probe' needs removal probes in the observation (a defender env with probe=True)")
+        terms = set(q_prior.split("+")) - {"none"}
+        if "probe" in terms and "probe_score" not in observation_space.spaces:
+            raise ValueError(f"q_prior={q_prior!r} needs removal probes in the observation (a defender env with probe=True)")
+        if terms and role != "defender":
+            raise ValueError(f"q_prior={q_prior!r} is a defender prior; the {role} takes q_prior='none'")
         self.q_prior = q_prior
+        self._prior_terms = terms
         self.num_nodes = n
         self.role = role
         self.relabel = bool(relabel)
@@ -376,12 +420,17 @@ class GraphQNetwork(QNetwork):
         self.node_head_ctx = nn.Linear(H, H, bias=False)
         self.node_head_out = nn.Linear(H, 2)
         self.stop_head = nn.Sequential(nn.Linear(2 * H, H), nn.ReLU(), nn.Linear(H, 1))
-        if q_prior == "probe":
+        if "probe" in terms:
             self.prior_weight = nn.Parameter(torch.tensor(1.0))
+        if "consistency" in terms:
+            self.consistency_weight = nn.Parameter(torch.tensor(CONSISTENCY_PRIOR_INIT))
 
     # -- inputs -----------------------------------------------------------------------
-    def _node_inputs(self, obs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        """(B, N, H) initial node states, (B, N) long prompt state, batched adjacency."""
+    def _node_inputs(
+        self, obs: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor], torch.Tensor | None]:
+        """(B, N, H) initial node states, (B, N) long prompt state, batched adjacency, and
+        each node's :func:`label_disagreement` (B, N) when the consistency prior needs it."""
         device = self.dyn_proj.weight.device
         state = obs["state"].to(device)
         B, N = state.shape
@@ -403,6 +452,7 @@ class GraphQNetwork(QNetwork):
         pos = torch.stack([g.pos for g in graphs])[inv]
         cov = obs["coverage"].to(device).float().unsqueeze(-1) / 255.0
         extra = [relative_features(x[inv], state, cov[..., 0])] if self.node_features != "embedding" else []
+        disagree = label_disagreement(x[inv], state) if "consistency" in self._prior_terms else None
         if self.node_keys:  # optional per-node channels (uint8 x 255, like coverage)
             cov = torch.cat([cov, *(obs[k].to(device).float().unsqueeze(-1) / 255.0 for k in self.node_keys)], dim=-1)
         off = obs["offset"].to(device).float().reshape(B, N, 2) / 255.0 - 0.5  # flat (2N,) or (N, 2)
@@ -415,7 +465,7 @@ class GraphQNetwork(QNetwork):
         if self.node_features != "relative":
             h = h + self.x_proj(x)[inv]  # project unique graphs only
         h = torch.relu(h)
-        return h, state, _batched_adjacency(graphs, inv, N)
+        return h, state, _batched_adjacency(graphs, inv, N), disagree
 
     # -- forward ----------------------------------------------------------------------
     def forward(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -424,16 +474,18 @@ class GraphQNetwork(QNetwork):
 
     def q_values(self, obs: dict[str, torch.Tensor], masked: bool = True) -> torch.Tensor:
         """Q-values ``(B, 2N + 1)``; with ``masked``, invalid actions hold :data:`MASKED_Q`."""
-        h, state, adj = self._node_inputs(obs)
+        h, state, adj, disagree = self._node_inputs(obs)
         B, N, H = h.shape
         for layer in self.layers:
             h = layer(h, adj)
         mean, mx = h.mean(dim=1), h.amax(dim=1)
         hidden = torch.relu(self.node_head_h(h) + self.node_head_ctx(mean)[:, None, :])
         q_nodes = self.node_head_out(hidden)  # (B, N, 2)
-        if self.q_prior == "probe":
+        if "probe" in self._prior_terms:
             gain = decode_probe_score(obs["probe_score"].to(h.device).float())
             q_nodes = torch.stack([q_nodes[..., 0] + self.prior_weight * gain, q_nodes[..., 1]], dim=-1)
+        if disagree is not None:
+            q_nodes = q_nodes + disagree[..., None] * self.consistency_weight
         if self.stop_q == "zero":
             q_stop = hidden.new_zeros(B, 1)
         else:

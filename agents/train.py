@@ -163,10 +163,12 @@ class TrainConfig:
     an agent acts only when it expects a gain) or learned (a head over pooled graph
     features)"""
     q_prior: str = "auto"
-    """defender removal Q-value prior (beyond the paper): probe (add a learned multiple,
+    """defender Q-value prior (beyond the paper): probe (add a learned multiple,
     initially 1, of SAM's predicted-IoU gain of each removal, so that training starts
-    from a GreedyScoreFilter-like policy; needs probes), none, or auto (default: probe
-    with probes, none without). Measured over 4 seeds: mean recovery from attacked
+    from a GreedyScoreFilter-like policy; needs probes), consistency (add learned
+    multiples of each prompt's label disagreement with the image's other prompts to its
+    removal and relabel Q-values), probe+consistency, none, or auto (default: probe with
+    probes, none without). probe, measured over 4 seeds: mean recovery from attacked
     prompts 0.646 -> 0.725 in-domain, refined coarse prompts better on 5 of 6 domains"""
     learning_rate: float = 5e-4
     """Adam learning rate"""
@@ -223,8 +225,10 @@ class TrainConfig:
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
             raise ValueError("invalid TrainConfig value(s): " + ", ".join(f"{k}={getattr(self, k)!r}" for k in bad))
-        if self.q_prior == "probe" and not self.probe:
-            raise ValueError("q_prior='probe' reads the removal probes: use it with probe on, or q_prior none/auto")
+        if "probe" in self.q_prior.split("+") and not self.probe:
+            raise ValueError(
+                f"q_prior={self.q_prior!r} reads the removal probes: use it with probe on, or q_prior none/consistency/auto"
+            )
         unknown = set(self.start_mix) - set(DEFAULT_START_MIX)
         if unknown:
             raise ValueError(f"start_mix keys must be among {sorted(DEFAULT_START_MIX)}, got {sorted(unknown)}")

@@ -13,7 +13,8 @@ from stable_baselines3.common.vec_env import DummyVecEnv
 
 from ppd.agents.dqn import MaskedDQN, make_dqn, sample_valid_actions
 from ppd.agents.qnet import (
-    MASKED_Q, GraphQNetwork, _batched_adjacency, _graph_tensors, obs_action_mask, relative_features,
+    CONSISTENCY_PRIOR_INIT, MASKED_Q, GraphQNetwork, _batched_adjacency, _graph_tensors, label_disagreement,
+    obs_action_mask, relative_features,
 )
 from ppd.agents.train import TrainConfig, greedy_rollout, train
 from ppd.data.scenes import ProceduralScenes
@@ -153,7 +154,7 @@ def test_probe_q_prior_adds_weighted_score_gain(world, tmp_path):
     loaded = MaskedDQN.load(tmp_path / "d.zip", env=vec)
     assert loaded.q_net.q_prior == "probe" and loaded.q_net.prior_weight.item() == pytest.approx(0.7)
     plain = PromptVecEnv(2, "defender", world=world, seed=0)
-    with pytest.raises(ValueError, match="q_prior='probe' needs removal probes"):
+    with pytest.raises(ValueError, match="q_prior=.probe. needs removal probes"):
         GraphQNetwork(plain.observation_space, plain.action_space, role="defender", node_feature_dim=dim, q_prior="probe")
     with pytest.raises(ValueError, match="q_prior must be one of"):
         GraphQNetwork(vec.observation_space, vec.action_space, role="defender", node_feature_dim=dim, q_prior="greedy")
@@ -164,6 +165,63 @@ def test_probe_q_prior_adds_weighted_score_gain(world, tmp_path):
     # the default resolves by the observation: the prior with probes, none without
     assert TrainConfig().dqn_kwargs()["q_prior"] == "probe"
     assert TrainConfig(probe=False).dqn_kwargs()["q_prior"] == "none"
+
+
+def test_label_disagreement_on_a_hand_made_case():
+    """d_i = similarity to the other label's prompts - similarity to its own label's (node
+    i left out); 0 for inactive nodes and for a label with no other prompt."""
+    e1, e2 = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 3.0])  # unit length is taken
+    x = torch.stack([e1, e1, e2, e2, e1])[None]
+    state = torch.tensor([[POSITIVE, NEGATIVE, NEGATIVE, NEGATIVE, 0]])
+    d = label_disagreement(x, state)[0]
+    # node 0 (+, looks like e1): no other positive (0), negatives mean (e1 + 2 e2) / 3 -> 1/3
+    # node 1 (-, e1): positive e1 -> 1; other negatives e2 -> 0: d = 1 (a wrong label)
+    # nodes 2, 3 (-, e2): positive e1 -> 0; other negatives (e1 + e2) / 2 -> 1/2: d = -1/2
+    torch.testing.assert_close(d, torch.tensor([1 / 3, 1.0, -0.5, -0.5, 0.0]))
+
+
+def test_consistency_q_prior_adds_weighted_disagreement(world, tmp_path):
+    """q_prior='consistency': removal and relabel Q-values of node i get w_remove * d_i and
+    w_relabel * d_i (d: label_disagreement of the graph's node features); stop and masked
+    entries are untouched; the weights are learned and saved; attackers are refused;
+    'probe+consistency' adds both priors."""
+    vec = PromptVecEnv(2, "defender", world=world, seed=0, probe=True)
+    obs = _random_obs(vec, np.random.default_rng(4), 4)
+    dim = GRAPH_STORE.get(vec.world.image(0).graph_id).x.shape[1]
+    n = vec.num_nodes
+    valid = valid_action_mask(obs["state"], "defender", True)
+    x = torch.stack([GRAPH_STORE.get(int(g)).x.float() for g in obs["image_id"][:, 0]])
+    d = label_disagreement(x, torch.as_tensor(obs["state"]).long()).numpy()
+    assert np.abs(d[obs["state"] != 0]).max() > 0.05 and (d[obs["state"] == 0] == 0).all()
+    for prior in ("consistency", "probe+consistency"):
+        torch.manual_seed(0)
+        net = GraphQNetwork(vec.observation_space, vec.action_space, role="defender", node_feature_dim=dim, q_prior=prior)
+        assert tuple(net.consistency_weight.tolist()) == pytest.approx(CONSISTENCY_PRIOR_INIT)
+        assert hasattr(net, "prior_weight") == (prior == "probe+consistency")
+        t = net.obs_to_tensor(obs)[0]
+        with torch.no_grad():
+            net.consistency_weight.copy_(torch.tensor([0.3, -0.2]))
+            q1 = net(t)
+            net.consistency_weight.zero_()
+            q0 = net(t)
+        diff = (q1 - q0).numpy()
+        np.testing.assert_allclose(diff[:, :n][valid[:, :n]], 0.3 * d[valid[:, :n]], atol=1e-5)
+        np.testing.assert_allclose(diff[:, n:2 * n][valid[:, n:2 * n]], -0.2 * d[valid[:, n:2 * n]], atol=1e-5)
+        assert (diff[:, -1] == 0).all() and (q1.numpy()[~valid] == MASKED_Q).all()
+    model = make_dqn(vec, "defender", hidden_dim=8, seed=0, q_prior="consistency", learning_starts=0)
+    model.q_net.consistency_weight.data.copy_(torch.tensor([0.5, 0.1]))
+    model.save(tmp_path / "d.zip")
+    loaded = MaskedDQN.load(tmp_path / "d.zip", env=vec)
+    assert loaded.q_net.q_prior == "consistency"
+    assert loaded.q_net.consistency_weight.tolist() == pytest.approx([0.5, 0.1])
+    att = PromptVecEnv(2, "attacker", world=world, seed=0)
+    with pytest.raises(ValueError, match="is a defender prior"):
+        GraphQNetwork(att.observation_space, att.action_space, role="attacker", node_feature_dim=dim, q_prior="consistency")
+    # consistency needs no probes; probe+consistency does
+    assert TrainConfig(q_prior="consistency", probe=False).dqn_kwargs()["q_prior"] == "consistency"
+    assert TrainConfig(q_prior="consistency").dqn_kwargs("attacker")["q_prior"] == "none"
+    with pytest.raises(ValueError, match="reads the removal probes"):
+        TrainConfig(q_prior="probe+consistency", probe=False)
 
 
 def test_relative_features_match_direct_cosines():
