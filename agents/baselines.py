@@ -8,6 +8,9 @@ All share :class:`~ppd.agents.defender.PromptDefender`'s interface
 * :class:`RandomDrop`: drops each point with probability ``p`` (seeded), keeps >= 1.
 * :class:`GreedyScoreFilter`: drops, one at a time, the point whose removal raises SAM's
   own predicted IoU the most, while a removal raises it.
+* :class:`ConsistencyFilter`: drops, one at a time, the point whose label disagrees most
+  with how its image feature compares to the other points', while one disagrees
+  (the signal of the defender's ``consistency`` prior, with no learning).
 
 Unlike the defender, the baselines give SAM every input point (no patch merging).
 """
@@ -15,11 +18,13 @@ Unlike the defender, the baselines give SAM every input point (no patch merging)
 from __future__ import annotations
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 from ppd.agents.defender import PromptRefiner, RefineResult, check_prompts, make_result
 from ppd.segmenter import Segmenter
 
-__all__ = ["BASELINES", "GreedyScoreFilter", "NoRefine", "RandomDrop"]
+__all__ = ["BASELINES", "ConsistencyFilter", "GreedyScoreFilter", "NoRefine", "RandomDrop"]
 
 
 def _budget(max_steps: int | None) -> int | None:
@@ -130,5 +135,63 @@ class GreedyScoreFilter(PromptRefiner):
         return make_result(coords, labels, kept, mask, score, steps, uncertainty=unc)
 
 
+def point_features(emb, coords: np.ndarray) -> torch.Tensor:
+    """(K, C) image features at K points (x, y) in image pixels: SAM2's image embedding
+    (its lowest-resolution map, what the decoder attends to) interpolated bilinearly at
+    each point (SAM2 resizes the whole image to its input square, so a point's position
+    relative to the image size is its position on the embedding grid)."""
+    h, w = emb.orig_hw
+    xy = torch.as_tensor(np.asarray(coords, np.float32) / np.array([w, h], np.float32) * 2.0 - 1.0)
+    feats = F.grid_sample(emb.image_embed.float(), xy.to(emb.image_embed.device)[None, None], align_corners=False)
+    return feats[0, :, 0].T.cpu()  # (1, C, 1, K) -> (K, C)
+
+
+class ConsistencyFilter(PromptRefiner):
+    """Drops the points whose label disagrees with the image's other points (no decoder
+    call until the end, no ground truth, no learning).
+
+    Each point's feature is SAM2's image embedding at the point
+    (:func:`point_features`). Its disagreement is
+    :func:`~ppd.agents.qnet.label_disagreement`: the cosine similarity of its feature to
+    the mean of the other label's points minus that to the mean of its own label's other
+    points, so a positive point on background (it looks like the negatives) scores > 0.
+    Each round drops the point with the highest disagreement, if it is above
+    ``min_disagreement``, and recomputes; it stops when none is, when one point is left
+    or after ``max_steps`` drops. One decoder call gives the final mask.
+
+    Args:
+        segmenter: the SAM2 segmenter.
+        min_disagreement: least disagreement a dropped point has.
+    """
+
+    def __init__(self, segmenter: Segmenter, min_disagreement: float = 0.0) -> None:
+        self.segmenter = segmenter
+        self.min_disagreement = float(min_disagreement)
+
+    def refine(self, image, point_coords, point_labels, max_steps=None) -> RefineResult:
+        from ppd.agents.qnet import label_disagreement
+        from ppd.envs.world import NEGATIVE, POSITIVE
+
+        coords, labels = check_prompts(point_coords, point_labels)
+        budget = _budget(max_steps)
+        feats = point_features(self.segmenter.encode(image), coords)[None]
+        state = torch.as_tensor(np.where(labels == 1, POSITIVE, NEGATIVE))[None]
+        kept = np.ones(len(coords), bool)
+        steps = 0
+        while kept.sum() > 1 and (budget is None or steps < budget):
+            d = label_disagreement(feats, state)[0].numpy()  # dropped points are inactive: 0
+            d[~kept] = -np.inf
+            best = int(np.argmax(d))
+            if not d[best] > self.min_disagreement:
+                break
+            kept[best] = False
+            state[0, best] = 0
+            steps += 1
+        mask, score, unc = _decode(self.segmenter, image, coords, labels, kept)
+        return make_result(coords, labels, kept, mask, score, steps, uncertainty=unc)
+
+
 #: name -> class, for benchmarks.
-BASELINES = {"no_refine": NoRefine, "random_drop": RandomDrop, "greedy_score": GreedyScoreFilter}
+BASELINES = {
+    "no_refine": NoRefine, "random_drop": RandomDrop, "greedy_score": GreedyScoreFilter, "consistency": ConsistencyFilter,
+}

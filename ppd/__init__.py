@@ -16,6 +16,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ImageEmbedding", "Prediction", "PromptSet", "Segmenter", "load_segmenter", "__version__",
     "PromptDefender", "RefineResult", "NoRefine", "RandomDrop", "GreedyScoreFilter",
+    "ConsistencyFilter",
 ]
 
 # The agents pull in stable-baselines3 and torch-geometric: load them on first use only.
@@ -25,6 +26,7 @@ _LAZY = {
     "NoRefine": "ppd.agents.baselines",
     "RandomDrop": "ppd.agents.baselines",
     "GreedyScoreFilter": "ppd.agents.baselines",
+    "ConsistencyFilter": "ppd.agents.baselines",
 }
 
 

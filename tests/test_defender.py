@@ -21,7 +21,7 @@ import yaml
 from gymnasium import spaces
 from stable_baselines3.common.vec_env import DummyVecEnv
 
-from ppd.agents.baselines import GreedyScoreFilter, NoRefine, RandomDrop
+from ppd.agents.baselines import ConsistencyFilter, GreedyScoreFilter, NoRefine, RandomDrop, point_features
 from ppd.agents.defender import PromptDefender, RefineResult, greedy_action, load_agent
 from ppd.agents.dqn import make_dqn
 from ppd.agents.train import TrainConfig
@@ -445,6 +445,40 @@ def test_greedy_score_filter_on_sam(tiny_checkpoint, tiny_segmenter, random_imag
     k = len(POINTS)
     for r, shape in enumerate(calls[1:]):  # round r: k - r leave-one-out sets at once
         assert shape == (k - r, k - r - 1, 2)
+
+
+class TwoRegionSegmenter(FakeSegmenter):
+    """A FakeSegmenter whose embedding is feature e1 on the image's left half and e2 on
+    its right half (a 4 x 8 grid over a 32 x 64 image)."""
+
+    def encode(self, image):
+        emb = torch.zeros(1, 2, 4, 8)
+        emb[0, 0, :, :4] = 1.0
+        emb[0, 1, :, 4:] = 2.0
+        return SimpleNamespace(orig_hw=tuple(image.shape[:2]), key="fake", image_embed=emb)
+
+
+def test_consistency_filter_drops_the_points_that_look_like_the_other_label():
+    # positives at x = 4, 12, 20 (left, e1) and 52 (right: looks like the negatives);
+    # negatives at x = 44, 60 (right, e2) and 8 (left: looks like the positives)
+    xs = [4, 12, 20, 52, 44, 60, 8]
+    seg = TwoRegionSegmenter({x: 0.0 for x in xs})
+    coords = np.array([[x, 16] for x in xs], np.float32)
+    labels = np.array([1, 1, 1, 1, 0, 0, 0])
+    image = np.zeros((32, 64, 3), np.uint8)
+    feats = point_features(seg.encode(image), coords)
+    np.testing.assert_allclose(feats[:3], [[1.0, 0.0]] * 3)  # cell features at the points
+    res = ConsistencyFilter(seg).refine(image, coords, labels)
+    np.testing.assert_array_equal(res.kept, [True, True, True, False, True, True, False])
+    assert res.steps == 2 and seg.calls == [1]  # one decoder call, for the final set
+    assert res.mask.sum() == 5
+    res = ConsistencyFilter(seg).refine(image, coords, labels, max_steps=1)
+    assert res.steps == 1 and res.kept.sum() == 6 and not res.kept[[3, 6]].all()
+    # consistent prompts are left alone, and the last point is never dropped
+    res = ConsistencyFilter(seg).refine(image, coords[[0, 1, 4]], labels[[0, 1, 4]])
+    assert res.kept.all() and res.steps == 0
+    res = ConsistencyFilter(seg).refine(image, coords[[0, 6]], labels[[0, 6]])
+    assert res.kept.sum() == 1 and res.steps == 1
 
 
 def test_no_refine_is_identity(tiny_segmenter, random_image):

@@ -12,15 +12,16 @@ SAM2's mask for:
   attacker envs whose world holds the eval scenes (:func:`ppd.agents.train.greedy_rollout`,
   all scenes batched);
 * ``defended``: the attacked set refined by the defender (no ground truth);
-* ``attacked+greedy_score``: the attacked set refined by the ``GreedyScoreFilter``
-  baseline instead (what recovery is to be compared with);
+* ``attacked+greedy_score``, ``attacked+consistency``: the attacked set refined by the
+  ``GreedyScoreFilter`` or the ``ConsistencyFilter`` baseline instead (what recovery is
+  to be compared with);
 * ``coarse``: ``coarse_prompts`` with their default noise (seeded per scene);
 * ``coarse+ppd``: the coarse set refined by the defender;
 * ``defended[R]``, ``coarse+ppd[R]``: the same with the defender's other output rule R
   (``PromptDefender(select=...)``: ``last``, where it stopped, or ``score``, the visited
   state with SAM's highest predicted IoU); ``--select`` picks the main one;
-* ``random_drop``, ``greedy_score``: the baselines of :mod:`ppd.agents.baselines` on the
-  coarse set.
+* ``random_drop``, ``greedy_score``, ``consistency``: the baselines of
+  :mod:`ppd.agents.baselines` on the coarse set.
 
 Every IoU is that of ``segmenter.predict`` on the column's final points (no padding: the
 mask a user of the refined points gets), against the scene's object mask.
@@ -42,7 +43,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ppd.bench import add_threads_argument, apply_threads
-from ppd.agents.baselines import GreedyScoreFilter, NoRefine, RandomDrop
+from ppd.agents.baselines import ConsistencyFilter, GreedyScoreFilter, NoRefine, RandomDrop
 from ppd.agents.defender import DEFAULT_SELECT, SELECT_RULES, PromptDefender, find_setting, load_agent, role_max_steps
 from ppd.agents.train import greedy_rollout
 from ppd.data.scenes import DOMAINS, ProceduralScenes
@@ -58,8 +59,8 @@ DEFENSE_SEED = 10_000_000 + 9000
 
 #: Columns of the IoU table, in order (``[other]``: the defender's other output rule).
 COLUMNS = (
-    "ideal", "attacked", "defended", "defended[other]", "attacked+greedy_score", "coarse", "coarse+ppd", "coarse+ppd[other]",
-    "random_drop", "greedy_score",
+    "ideal", "attacked", "defended", "defended[other]", "attacked+greedy_score", "attacked+consistency", "coarse",
+    "coarse+ppd", "coarse+ppd[other]", "random_drop", "greedy_score", "consistency",
 )
 
 
@@ -160,7 +161,9 @@ def bench_domain(
         vals["attacked"] = [
             state_iou(seg, rec, r["state"], r["points"], rec.scene.masks[obj]) for (rec, obj, *_), r in zip(items, attacked)
         ]
-    baselines = {"random_drop": RandomDrop(seg, seed=seed), "greedy_score": GreedyScoreFilter(seg)}
+    baselines = {
+        "random_drop": RandomDrop(seg, seed=seed), "greedy_score": GreedyScoreFilter(seg), "consistency": ConsistencyFilter(seg),
+    }
     no_refine = NoRefine(seg)
     kept, steps_taken, times = [], [], []
     for (rec, obj, _, _, cp), att in zip(items, attacked):
@@ -169,7 +172,8 @@ def bench_domain(
             coords, labels = prompts_from_state(att["state"], att["points"])
             vals["defended"].append(float(iou(defender.refine(image, coords, labels).mask, gt)))
             vals["defended[other]"].append(float(iou(_refine_with(defender, other, image, coords, labels).mask, gt)))
-            vals["attacked+greedy_score"].append(float(iou(baselines["greedy_score"].refine(image, coords, labels).mask, gt)))
+            for name in ("greedy_score", "consistency"):
+                vals[f"attacked+{name}"].append(float(iou(baselines[name].refine(image, coords, labels).mask, gt)))
         defender.record(image)  # encoded and registered before timing
         vals["coarse"].append(float(iou(no_refine.refine(image, cp.point_coords, cp.point_labels).mask, gt)))
         t = time.perf_counter()
