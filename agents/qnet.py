@@ -30,10 +30,12 @@ Network (per node i, hidden width H):
   untrained greedy policy is then close to :class:`~ppd.agents.baselines.GreedyScoreFilter`
   and the network learns the residual (residual policy learning);
 * with ``q_prior="consistency"`` (defender; beyond the paper) the removal and the relabel
-  Q-values of node i get ``w_remove * d_i`` and ``w_relabel * d_i``, where ``d_i`` is the
-  prompt's label disagreement with the image (:func:`label_disagreement`: how much more
-  its patch looks like the prompts of the other label than like those of its own), with
-  learned scalars that start at :data:`CONSISTENCY_PRIOR_INIT`.
+  Q-values of node i get ``w_remove * max(d_i, 0)`` and ``w_relabel * max(d_i, 0)``, where
+  ``d_i`` is the prompt's label disagreement with the image (:func:`label_disagreement`:
+  how much more its patch looks like the prompts of the other label than like those of
+  its own), with learned scalars that start at :data:`CONSISTENCY_PRIOR_INIT`. Only
+  disagreeing prompts get a prior: with the signed ``d`` the weights were fitted on the
+  many consistent prompts, whose returns ``d`` does not predict, and trained to ~0.
   ``"probe+consistency"`` adds both priors.
 
 Output: ``(B, 2N + 1)`` Q-values in the environment's action order (``kind * N + node``,
@@ -74,9 +76,9 @@ STOP_QS = ("learned", "zero")
 #: Q-value priors of :class:`GraphQNetwork` (``q_prior``): terms joined by ``+``.
 Q_PRIORS = ("none", "probe", "consistency", "probe+consistency")
 #: Initial weights (removal, relabel) of the ``consistency`` prior: a clearly wrong
-#: prompt (disagreement ~0.5) starts ~0.1 above a consistent one (~-0.5 -> -0.1 below),
-#: the size of the IoU changes the Q-values estimate.
-CONSISTENCY_PRIOR_INIT = (0.2, 0.2)
+#: prompt (disagreement ~0.5) starts ~0.25 above a consistent one (0), the size of the
+#: IoU gain of fixing one.
+CONSISTENCY_PRIOR_INIT = (0.5, 0.5)
 #: Node-feature inputs of :class:`GraphQNetwork` (``node_features``).
 NODE_FEATURES = ("embedding", "relative", "both")
 #: Channels of the prompt-relative semantic features (see :func:`relative_features`).
@@ -340,7 +342,7 @@ class GraphQNetwork(QNetwork):
         q_prior: ``"none"``, ``"probe"``: add ``w * probe_score_i`` (learned ``w``,
             initially 1) to node i's removal Q-value, needs the ``probe_score`` key
             (defender env with ``probe=True``); ``"consistency"``: add learned multiples
-            of :func:`label_disagreement` to node i's removal and relabel Q-values
+            of ``max(d_i, 0)`` (:func:`label_disagreement`) to node i's removal and relabel Q-values
             (defender); ``"probe+consistency"``: both.
         features_extractor, features_dim, net_arch, activation_fn, normalize_images:
             accepted for SB3 compatibility, unused.
@@ -430,7 +432,8 @@ class GraphQNetwork(QNetwork):
         self, obs: dict[str, torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor], torch.Tensor | None]:
         """(B, N, H) initial node states, (B, N) long prompt state, batched adjacency, and
-        each node's :func:`label_disagreement` (B, N) when the consistency prior needs it."""
+        each node's positive part of :func:`label_disagreement` (B, N) when the
+        consistency prior needs it."""
         device = self.dyn_proj.weight.device
         state = obs["state"].to(device)
         B, N = state.shape
@@ -452,7 +455,7 @@ class GraphQNetwork(QNetwork):
         pos = torch.stack([g.pos for g in graphs])[inv]
         cov = obs["coverage"].to(device).float().unsqueeze(-1) / 255.0
         extra = [relative_features(x[inv], state, cov[..., 0])] if self.node_features != "embedding" else []
-        disagree = label_disagreement(x[inv], state) if "consistency" in self._prior_terms else None
+        disagree = label_disagreement(x[inv], state).clamp(min=0.0) if "consistency" in self._prior_terms else None
         if self.node_keys:  # optional per-node channels (uint8 x 255, like coverage)
             cov = torch.cat([cov, *(obs[k].to(device).float().unsqueeze(-1) / 255.0 for k in self.node_keys)], dim=-1)
         off = obs["offset"].to(device).float().reshape(B, N, 2) / 255.0 - 0.5  # flat (2N,) or (N, 2)
