@@ -173,10 +173,10 @@ def label_disagreement(x: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
     (node i left out of its own), ``d_i = s_other_i - s_own_i``: the similarity of node
     i's feature to the prompts of the other label minus that to the prompts of its own
     label. A positive prompt on background looks like the negatives: ``d > 0``. Inactive
-    nodes get 0. It needs no ground truth and no decoder call: measured on attacked
-    prompt sets of four trained attackers (20 held-out in-domain scenes), it ranks wrong-
-    label prompts above right ones with ROC AUC 0.80-0.91 (clutter 0.66-0.74), where
-    SAM's predicted-IoU gain of removing them reaches 0.63-0.69.
+    nodes get 0. It needs no ground truth and no decoder call: measured on the attacked
+    prompt sets of two trained attackers (20 held-out scenes), it ranks wrong-label
+    prompts above right ones with ROC AUC 0.80 and 0.91 in-domain (clutter 0.66 and
+    0.74), where SAM's predicted-IoU gain of removing them reaches 0.57-0.69.
 
     Args:
         x: (B, N, C) node features; state: (B, N) long prompt state.
