@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from ppd.agents.defender import PromptRefiner, RefineResult, check_prompts, make_result
+from ppd.agents.qnet import label_disagreement
+from ppd.envs.world import INACTIVE, NEGATIVE, POSITIVE
 from ppd.segmenter import Segmenter
 
 __all__ = ["BASELINES", "ConsistencyFilter", "GreedyScoreFilter", "NoRefine", "RandomDrop"]
@@ -169,9 +171,6 @@ class ConsistencyFilter(PromptRefiner):
         self.min_disagreement = float(min_disagreement)
 
     def refine(self, image, point_coords, point_labels, max_steps=None) -> RefineResult:
-        from ppd.agents.qnet import label_disagreement
-        from ppd.envs.world import NEGATIVE, POSITIVE
-
         coords, labels = check_prompts(point_coords, point_labels)
         budget = _budget(max_steps)
         feats = point_features(self.segmenter.encode(image), coords)[None]
@@ -185,7 +184,7 @@ class ConsistencyFilter(PromptRefiner):
             if not d[best] > self.min_disagreement:
                 break
             kept[best] = False
-            state[0, best] = 0
+            state[0, best] = INACTIVE
             steps += 1
         mask, score, unc = _decode(self.segmenter, image, coords, labels, kept)
         return make_result(coords, labels, kept, mask, score, steps, uncertainty=unc)
