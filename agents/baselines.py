@@ -17,6 +17,8 @@ Unlike the defender, the baselines give SAM every input point (no patch merging)
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -35,9 +37,10 @@ def _budget(max_steps: int | None) -> int | None:
     return None if max_steps is None else int(max_steps)
 
 
-def _decode(segmenter: Segmenter, image: np.ndarray, coords: np.ndarray, labels: np.ndarray, kept: np.ndarray):
-    """SAM's mask and predicted IoU for the kept points (one decoder call)."""
-    pred = segmenter.predict(segmenter.encode(image), coords[kept], labels[kept])
+def _decode(segmenter: Segmenter, emb_or_image: Any, coords: np.ndarray, labels: np.ndarray, kept: np.ndarray):
+    """SAM's mask and predicted IoU for the kept points (one decoder call); the image or
+    its embedding when the caller has it already."""
+    pred = segmenter.predict(emb_or_image, coords[kept], labels[kept])
     return pred.masks[0], float(pred.scores[0]), None if pred.uncertainty is None else pred.uncertainty[0]
 
 
@@ -173,7 +176,8 @@ class ConsistencyFilter(PromptRefiner):
     def refine(self, image, point_coords, point_labels, max_steps=None) -> RefineResult:
         coords, labels = check_prompts(point_coords, point_labels)
         budget = _budget(max_steps)
-        feats = point_features(self.segmenter.encode(image), coords)[None]
+        emb = self.segmenter.encode(image)
+        feats = point_features(emb, coords)[None]
         state = torch.as_tensor(np.where(labels == 1, POSITIVE, NEGATIVE))[None]
         kept = np.ones(len(coords), bool)
         steps = 0
@@ -186,7 +190,7 @@ class ConsistencyFilter(PromptRefiner):
             kept[best] = False
             state[0, best] = INACTIVE
             steps += 1
-        mask, score, unc = _decode(self.segmenter, image, coords, labels, kept)
+        mask, score, unc = _decode(self.segmenter, emb, coords, labels, kept)
         return make_result(coords, labels, kept, mask, score, steps, uncertainty=unc)
 
 

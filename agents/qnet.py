@@ -63,7 +63,7 @@ from ppd.graphs.store import GRAPH_STORE
 __all__ = [
     "CONSISTENCY_PRIOR_INIT", "MASKED_Q", "NODE_FEATURES", "NODE_NORMS", "OPTIONAL_NODE_KEYS", "Q_PRIORS", "RELATIVE_DIM",
     "STOP_QS", "GraphDQNPolicy", "GraphQNetwork", "dynamic_input_dim", "label_disagreement", "obs_action_mask",
-    "relative_features",
+    "prior_terms", "relative_features",
 ]
 
 #: Q-value given to invalid actions: far below any real value but finite, so that losses
@@ -75,6 +75,13 @@ NODE_NORMS = ("none", "instance")
 STOP_QS = ("learned", "zero")
 #: Q-value priors of :class:`GraphQNetwork` (``q_prior``): terms joined by ``+``.
 Q_PRIORS = ("none", "probe", "consistency", "probe+consistency")
+
+
+def prior_terms(q_prior: str) -> set[str]:
+    """The priors a ``q_prior`` value adds: a subset of {"probe", "consistency"}."""
+    return set(q_prior.split("+")) - {"none"}
+
+
 #: Initial weights (removal, relabel) of the ``consistency`` prior: a clearly wrong
 #: prompt (disagreement ~0.5) starts ~0.25 above a consistent one (0), the size of the
 #: IoU gain of fixing one.
@@ -389,7 +396,7 @@ class GraphQNetwork(QNetwork):
         self.node_features = node_features
         if q_prior not in Q_PRIORS:
             raise ValueError(f"q_prior must be one of {Q_PRIORS}, got {q_prior!r}")
-        terms = set(q_prior.split("+")) - {"none"}
+        terms = prior_terms(q_prior)
         if "probe" in terms and "probe_score" not in observation_space.spaces:
             raise ValueError(f"q_prior={q_prior!r} needs removal probes in the observation (a defender env with probe=True)")
         if terms and role != "defender":
@@ -454,8 +461,9 @@ class GraphQNetwork(QNetwork):
             x = (x - x.mean(dim=1, keepdim=True)) / (x.std(dim=1, keepdim=True) + 1e-5)
         pos = torch.stack([g.pos for g in graphs])[inv]
         cov = obs["coverage"].to(device).float().unsqueeze(-1) / 255.0
-        extra = [relative_features(x[inv], state, cov[..., 0])] if self.node_features != "embedding" else []
-        disagree = label_disagreement(x[inv], state).clamp(min=0.0) if "consistency" in self._prior_terms else None
+        x_b = x[inv] if self.node_features != "embedding" or "consistency" in self._prior_terms else None
+        extra = [relative_features(x_b, state, cov[..., 0])] if self.node_features != "embedding" else []
+        disagree = label_disagreement(x_b, state).clamp(min=0.0) if "consistency" in self._prior_terms else None
         if self.node_keys:  # optional per-node channels (uint8 x 255, like coverage)
             cov = torch.cat([cov, *(obs[k].to(device).float().unsqueeze(-1) / 255.0 for k in self.node_keys)], dim=-1)
         off = obs["offset"].to(device).float().reshape(B, N, 2) / 255.0 - 0.5  # flat (2N,) or (N, 2)

@@ -49,7 +49,7 @@ from stable_baselines3.common.vec_env import VecMonitor
 
 from ppd import io
 from ppd.agents.dqn import MaskedDQN, make_dqn
-from ppd.agents.qnet import NODE_FEATURES, NODE_NORMS, Q_PRIORS, STOP_QS
+from ppd.agents.qnet import NODE_FEATURES, NODE_NORMS, Q_PRIORS, STOP_QS, prior_terms
 from ppd.data.scenes import TRAIN_DOMAIN, JitteredScenes, ProceduralScenes
 from ppd.agents.defender import greedy_actions
 from ppd.envs.point_prompt_env import DEFAULT_START_MIX, PointPromptEnv, observation_options, rollout_action_mask
@@ -227,7 +227,7 @@ class TrainConfig:
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
             raise ValueError("invalid TrainConfig value(s): " + ", ".join(f"{k}={getattr(self, k)!r}" for k in bad))
-        if "probe" in self.q_prior.split("+") and not self.probe:
+        if "probe" in prior_terms(self.q_prior) and not self.probe:
             raise ValueError(
                 f"q_prior={self.q_prior!r} reads the removal probes: use it with probe on, or q_prior none/consistency/auto"
             )
