@@ -302,6 +302,10 @@ class Segmenter:
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
+        if self.device.type == "cpu":
+            from ppd.runtime import tune_cpu_allocator
+
+            tune_cpu_allocator()  # no page faults in large decoder batches, see ppd.runtime
         self.model = model.to(self.device).eval()
         if uncertainty not in UNCERTAINTY_MODES:
             raise ValueError(f"uncertainty must be one of {UNCERTAINTY_MODES}, got {uncertainty!r}")
