@@ -443,6 +443,9 @@ class PromptDefender(PromptRefiner):
         # per-node uncertainty and removal probes: whatever the network was trained on
         opts = observation_options(model.observation_space)
         self.node_uncertainty, self.probe = opts["node_uncertainty"], opts["probe"]
+        # a defender trained with the auxiliary label loss has the (target-only) key:
+        # filled with "unknown", no ground truth here, and never read by the Q-values
+        self.label_target = opts["label_target"]
         if self.node_uncertainty and not segmenter_gives_uncertainty(segmenter):
             raise ValueError(
                 "this defender was trained with node_uncertainty=True (its observation has per-node "
@@ -569,7 +572,8 @@ class PromptDefender(PromptRefiner):
             if not mask[:-1].any():
                 break
             obs = build_observation(
-                rec, st, node_points, out, min(steps, env_steps), env_steps, self.node_uncertainty, self.probe
+                rec, st, node_points, out, min(steps, env_steps), env_steps, self.node_uncertainty, self.probe,
+                self.label_target,
             )
             a = greedy_action(self.model, obs, mask)
             if a == 2 * n:

@@ -24,6 +24,13 @@ Two additions to SB3's DQN:
 * ``exploration_horizon``: SB3 anneals epsilon over each ``learn`` call, which restarts
   with every adversarial round; with it set, epsilon follows
   ``num_timesteps / exploration_horizon`` across all calls.
+* ``label_aux_weight`` (default 0, off): with a network that has the auxiliary label head
+  (``label_aux``) and observations that carry ``label_target``, each gradient step adds
+  this weight times the binary cross-entropy of the head's logits against the
+  ground-truth wrong-label targets of the sampled observations' active prompts. Every
+  active prompt of every sampled transition is a labelled example (the TD loss has one
+  action per transition), so the shared node features learn to tell wrong clicks from
+  right ones; the Q-values never read the targets.
 """
 
 from __future__ import annotations
@@ -76,14 +83,25 @@ class MaskedDQN(DQN):
 
     policy: GraphDQNPolicy
 
-    def __init__(self, *args: Any, exploration_horizon: int | None = None, double_q: bool = True, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, exploration_horizon: int | None = None, double_q: bool = True,
+        label_aux_weight: float = 0.0, **kwargs: Any,
+    ) -> None:
+        if not (np.isfinite(label_aux_weight) and label_aux_weight >= 0):
+            raise ValueError(f"label_aux_weight must be a finite number >= 0, got {label_aux_weight!r}")
         self.exploration_horizon = exploration_horizon
         self.double_q = double_q
+        self.label_aux_weight = float(label_aux_weight)
         super().__init__(*args, **kwargs)
 
     def _setup_model(self) -> None:
         super()._setup_model()
         self._mask_rng = np.random.default_rng(self.seed)
+        if self.label_aux_weight > 0:
+            if not getattr(self.q_net, "label_aux", False):
+                raise ValueError("label_aux_weight > 0 needs a network with the label head (policy_kwargs label_aux=True)")
+            if "label_target" not in getattr(self.observation_space, "spaces", {}):
+                raise ValueError("label_aux_weight > 0 needs observations with 'label_target' (env label_target=True)")
 
     # -- masks ------------------------------------------------------------------------
     def action_masks(self, observation: dict[str, np.ndarray]) -> np.ndarray:
@@ -161,14 +179,24 @@ class MaskedDQN(DQN):
         """SB3 2.9's ``DQN.train`` with the target of :meth:`td_target`."""
         self.policy.set_training_mode(True)
         self._update_learning_rate(self.policy.optimizer)
-        losses = []
+        losses, label_losses, label_accs = [], [], []
         for _ in range(gradient_steps):
             data = self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)  # type: ignore[union-attr]
             discounts = data.discounts if data.discounts is not None else self.gamma
             target = self.td_target(data.rewards, data.next_observations, data.dones, discounts)
-            current = torch.gather(self.q_net(data.observations), dim=1, index=data.actions.long())
+            if self.label_aux_weight > 0:
+                q, logits = self.q_net.q_and_label_logits(data.observations)
+            else:
+                q, logits = self.q_net(data.observations), None
+            current = torch.gather(q, dim=1, index=data.actions.long())
             loss = F.smooth_l1_loss(current, target)
             losses.append(loss.item())
+            if logits is not None:
+                label_loss, acc = label_aux_loss(logits, data.observations["label_target"])
+                if label_loss is not None:
+                    loss = loss + self.label_aux_weight * label_loss
+                    label_losses.append(label_loss.item())
+                    label_accs.append(acc)
             self.policy.optimizer.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
@@ -176,6 +204,23 @@ class MaskedDQN(DQN):
         self._n_updates += gradient_steps
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
         self.logger.record("train/loss", np.mean(losses))
+        if label_losses:
+            self.logger.record("train/label_loss", np.mean(label_losses))
+            self.logger.record("train/label_accuracy", np.mean(label_accs))
+
+
+def label_aux_loss(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor | None, float]:
+    """Mean binary cross-entropy of (B, N) wrong-label logits against ``label_target``
+    (B, N) (0 right, 1 wrong, 2 unknown: left out), and the accuracy of ``logit > 0``;
+    ``(None, nan)`` when no target is known."""
+    targets = targets.to(logits.device).round().long()
+    known = targets < 2
+    if not bool(known.any()):
+        return None, float("nan")
+    y = targets[known].float()
+    z = logits[known]
+    acc = float(((z > 0).float() == y).float().mean())
+    return F.binary_cross_entropy_with_logits(z, y), acc
 
 
 #: Defaults of :func:`make_dqn`: sized for short episodes (4-12 steps) on a CPU. Small,
@@ -235,6 +280,7 @@ def make_dqn(
     verbose: int = 0,
     exploration_horizon: int | None = None,
     double_q: bool = True,
+    label_aux: float = 0.0,
     **hyper: Any,
 ) -> MaskedDQN:
     """A :class:`MaskedDQN` with a :class:`GraphDQNPolicy` for a point-prompt env.
@@ -253,6 +299,8 @@ def make_dqn(
         seed, device, tensorboard_log, verbose: as in SB3.
         exploration_horizon: env steps over which epsilon anneals across ``learn`` calls.
         double_q: Double DQN target (see :class:`MaskedDQN`).
+        label_aux: weight of the auxiliary wrong-label loss (0: off); > 0 builds the
+            network's label head (defender; the env needs ``label_target=True``).
         **hyper: DQN hyperparameters overriding :data:`DEFAULT_DQN_KWARGS`.
     """
     if node_feature_dim is None:
@@ -261,6 +309,7 @@ def make_dqn(
     policy_kwargs = dict(
         role=role, relabel=relabel, node_feature_dim=node_feature_dim, hidden_dim=hidden_dim, n_layers=n_layers,
         node_norm=node_norm, stop_q=stop_q, node_features=node_features, q_prior=q_prior,
+        label_aux=label_aux > 0,
     )
     policy_kwargs.update(kwargs.pop("policy_kwargs", None) or {})
     return MaskedDQN(
@@ -273,5 +322,6 @@ def make_dqn(
         verbose=verbose,
         exploration_horizon=exploration_horizon,
         double_q=double_q,
+        label_aux_weight=label_aux,
         **kwargs,
     )

@@ -351,6 +351,12 @@ class GraphQNetwork(QNetwork):
             (defender env with ``probe=True``); ``"consistency"``: add learned multiples
             of ``max(d_i, 0)`` (:func:`label_disagreement`) to node i's removal and relabel Q-values
             (defender); ``"probe+consistency"``: both.
+        label_aux: add the auxiliary label head (defender; beyond the paper): a logit per
+            node that its prompt's label is wrong, from the same hidden node features as
+            the Q-values (:meth:`label_logits`), trained by
+            :class:`~ppd.agents.dqn.MaskedDQN` against the observation's
+            ``label_target`` (ground truth, training only). It shapes the shared
+            features; the Q-values never read ``label_target``.
         features_extractor, features_dim, net_arch, activation_fn, normalize_images:
             accepted for SB3 compatibility, unused.
 
@@ -370,6 +376,7 @@ class GraphQNetwork(QNetwork):
         stop_q: str = "learned",
         node_features: str = "embedding",
         q_prior: str = "none",
+        label_aux: bool = False,
         features_extractor: Any = None,
         features_dim: int = 0,
         net_arch: list[int] | None = None,
@@ -401,6 +408,9 @@ class GraphQNetwork(QNetwork):
             raise ValueError(f"q_prior={q_prior!r} needs removal probes in the observation (a defender env with probe=True)")
         if terms and role != "defender":
             raise ValueError(f"q_prior={q_prior!r} is a defender prior; the {role} takes q_prior='none'")
+        if label_aux and role != "defender":
+            raise ValueError(f"label_aux is for the defender; the {role} takes label_aux=False")
+        self.label_aux = bool(label_aux)
         self.q_prior = q_prior
         self._prior_terms = terms
         self.num_nodes = n
@@ -433,6 +443,8 @@ class GraphQNetwork(QNetwork):
             self.prior_weight = nn.Parameter(torch.tensor(1.0))
         if "consistency" in terms:
             self.consistency_weight = nn.Parameter(torch.tensor(CONSISTENCY_PRIOR_INIT))
+        if self.label_aux:
+            self.label_head = nn.Linear(H, 1)
 
     # -- inputs -----------------------------------------------------------------------
     def _node_inputs(
@@ -485,6 +497,21 @@ class GraphQNetwork(QNetwork):
 
     def q_values(self, obs: dict[str, torch.Tensor], masked: bool = True) -> torch.Tensor:
         """Q-values ``(B, 2N + 1)``; with ``masked``, invalid actions hold :data:`MASKED_Q`."""
+        return self.q_and_label_logits(obs, masked)[0]
+
+    def label_logits(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, N) logits that each node's prompt has the wrong label (``label_aux``
+        networks; meaningful at active nodes only)."""
+        logits = self.q_and_label_logits(obs)[1]
+        if logits is None:
+            raise ValueError("this network has no label head (built with label_aux=False)")
+        return logits
+
+    def q_and_label_logits(
+        self, obs: dict[str, torch.Tensor], masked: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Q-values as :meth:`q_values` and, with ``label_aux``, the (B, N) label logits
+        of :meth:`label_logits`, from one pass (else None)."""
         h, state, adj, disagree = self._node_inputs(obs)
         B, N, H = h.shape
         for layer in self.layers:
@@ -502,9 +529,10 @@ class GraphQNetwork(QNetwork):
         else:
             q_stop = self.stop_head(torch.cat([mean, mx], dim=-1))  # (B, 1)
         q = torch.cat([q_nodes.transpose(1, 2).reshape(B, 2 * N), q_stop], dim=1)
-        if not masked:
-            return q
-        return q.masked_fill(~obs_action_mask(state, self.role, self.relabel), MASKED_Q)
+        logits = self.label_head(hidden)[..., 0] if self.label_aux else None
+        if masked:
+            q = q.masked_fill(~obs_action_mask(state, self.role, self.relabel), MASKED_Q)
+        return q, logits
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super(QNetwork, self)._get_constructor_parameters()
@@ -518,6 +546,7 @@ class GraphQNetwork(QNetwork):
             stop_q=self.stop_q,
             node_features=self.node_features,
             q_prior=self.q_prior,
+            label_aux=self.label_aux,
         )
         return data
 
@@ -527,7 +556,7 @@ class GraphDQNPolicy(DQNPolicy):
 
     Extra keyword arguments (give them through ``policy_kwargs``): ``role``,
     ``relabel``, ``node_feature_dim``, ``hidden_dim``, ``n_layers``, ``node_norm``,
-    ``stop_q``, ``node_features``, ``q_prior``.
+    ``stop_q``, ``node_features``, ``q_prior``, ``label_aux``.
     """
 
     q_net: GraphQNetwork
@@ -547,6 +576,7 @@ class GraphDQNPolicy(DQNPolicy):
         stop_q: str = "learned",
         node_features: str = "embedding",
         q_prior: str = "none",
+        label_aux: bool = False,
         **kwargs: Any,
     ) -> None:
         # Read by make_q_net(), which DQNPolicy.__init__ calls. node_norm, stop_q,
@@ -555,7 +585,7 @@ class GraphDQNPolicy(DQNPolicy):
         self._graph_kwargs = dict(
             role=role, relabel=bool(relabel), node_feature_dim=int(node_feature_dim), hidden_dim=int(hidden_dim),
             n_layers=int(n_layers), node_norm=str(node_norm), stop_q=str(stop_q), node_features=str(node_features),
-            q_prior=str(q_prior),
+            q_prior=str(q_prior), label_aux=bool(label_aux),
         )
         kwargs.setdefault("normalize_images", False)
         super().__init__(observation_space, action_space, lr_schedule, **kwargs)

@@ -172,6 +172,12 @@ class TrainConfig:
     seeds: mean recovery from attacked prompts 0.646 -> 0.725 in-domain, refined coarse
     prompts better on 5 of 6 domains. consistency: its weights trained to ~0 in 2 of 2
     runs (README)"""
+    label_aux: float = 0.0
+    """weight of the defender's auxiliary wrong-label loss (beyond the paper; 0: off): a
+    head on the Q-network's node features predicts, for every prompt of every replayed
+    state, whether its label is wrong by the ground truth (binary cross-entropy, added to
+    the TD loss). Training only: the Q-values never read the target, refine needs no
+    ground truth"""
     learning_rate: float = 5e-4
     """Adam learning rate"""
     buffer_size: int = 30_000
@@ -223,6 +229,7 @@ class TrainConfig:
             "stop_q": self.stop_q in STOP_QS,
             "node_features": self.node_features in NODE_FEATURES,
             "q_prior": self.q_prior in (*Q_PRIORS, "auto"),
+            "label_aux": self.label_aux >= 0,
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
@@ -247,6 +254,7 @@ class TrainConfig:
             kw["start_mix"] = dict(self.start_mix)
             kw["step_cost"] = self.defender_step_cost
             kw["probe"] = self.probe
+            kw["label_target"] = self.label_aux > 0
         return kw
 
     def dqn_kwargs(self, role: str = "defender") -> dict[str, Any]:
@@ -270,6 +278,7 @@ class TrainConfig:
             stop_q=self.stop_q,
             node_features=self.node_features,
             q_prior=self.resolved_q_prior if role == "defender" else "none",
+            label_aux=self.label_aux if role == "defender" else 0.0,
         )
 
     @property

@@ -67,6 +67,8 @@ def build_observation(
     max_steps: int,
     node_uncertainty: bool = False,
     probe: bool = False,
+    label_target: bool = False,
+    gt_mask: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """The observation of a prompt state (see :class:`PointPromptEnv`, Observation Space).
 
@@ -83,6 +85,9 @@ def build_observation(
             of the current mask, from ``outcome.uncertainty``).
         probe: add the removal-probe keys ``probe_score`` and ``probe_change`` (from an
             outcome of ``PromptWorld.evaluate(..., probe=True)``).
+        label_target: add the ``label_target`` key (training target of the auxiliary
+            label head, never a network input): :func:`label_targets` of ``gt_mask``,
+            or all :data:`UNKNOWN_LABEL` without it (inference has no ground truth).
 
     Raises:
         ValueError: ``node_uncertainty`` with an outcome that has no uncertainty (the
@@ -112,7 +117,31 @@ def build_observation(
             raise ValueError("probe=True needs an outcome decoded with PromptWorld.evaluate(..., probe=True)")
         obs["probe_score"] = encode_probe_score(outcome.probe_score)
         obs["probe_change"] = _unit_to_u8(outcome.probe_change)
+    if label_target:
+        obs["label_target"] = (
+            np.full(len(node_state), UNKNOWN_LABEL, np.uint8) if gt_mask is None
+            else label_targets(node_state, node_points, gt_mask)
+        )
     return obs
+
+
+#: ``label_target`` values: the prompt's label is right (0) or wrong (1) by the ground
+#: truth at its point; UNKNOWN_LABEL at inactive nodes and without ground truth.
+RIGHT_LABEL, WRONG_LABEL, UNKNOWN_LABEL = 0, 1, 2
+
+
+def label_targets(node_state: np.ndarray, node_points: np.ndarray, gt_mask: np.ndarray) -> np.ndarray:
+    """(N,) uint8: for each active node, whether its label disagrees with the ground
+    truth at its point (:data:`WRONG_LABEL`: a positive outside the object or a negative
+    inside it; :data:`RIGHT_LABEL` otherwise); :data:`UNKNOWN_LABEL` at inactive nodes."""
+    out = np.full(len(node_state), UNKNOWN_LABEL, np.uint8)
+    active = np.flatnonzero(node_state != INACTIVE)
+    if len(active):
+        h, w = gt_mask.shape
+        xy = np.round(node_points[active]).astype(np.int64)
+        inside = gt_mask[np.clip(xy[:, 1], 0, h - 1), np.clip(xy[:, 0], 0, w - 1)].astype(bool)
+        out[active] = np.where((node_state[active] == POSITIVE) != inside, WRONG_LABEL, RIGHT_LABEL)
+    return out
 
 
 def _unit_to_u8(x: np.ndarray) -> np.ndarray:
@@ -122,10 +151,10 @@ def _unit_to_u8(x: np.ndarray) -> np.ndarray:
 
 def observation_options(observation_space: Any) -> dict[str, bool]:
     """The optional observation parts an agent's observation space has, as
-    :class:`PointPromptEnv` / :func:`build_observation` arguments: ``node_uncertainty``
-    and ``probe``. A saved agent is rolled out with what it was trained on."""
+    :class:`PointPromptEnv` / :func:`build_observation` arguments: ``node_uncertainty``,
+    ``probe`` and ``label_target``. A saved agent is rolled out with what it was trained on."""
     keys = getattr(observation_space, "spaces", None) or {}
-    return {"node_uncertainty": "uncertainty" in keys, "probe": "probe_score" in keys}
+    return {"node_uncertainty": "uncertainty" in keys, "probe": "probe_score" in keys, "label_target": "label_target" in keys}
 
 
 #: Score differences of removal probes are stored as ``0.5 + PROBE_SCORE_GAIN * d``, x 255:
@@ -194,6 +223,11 @@ class PointPromptEnv(gym.Env):
     |             |        |         | (clipped; 0.5 x 255 at inactive nodes)                     |
     | probe_change| (N,)   | uint8   | only with ``probe=True``: how much the mask changes without|
     |             |        |         | the node's prompt (1 - IoU of the patch coverages), x 255  |
+    | label_target| (N,)   | uint8   | only with ``label_target=True``: 1 where the prompt's label|
+    |             |        |         | is wrong by the ground truth at its point, 0 where right,  |
+    |             |        |         | 2 at inactive nodes. A training target of the auxiliary    |
+    |             |        |         | label head (``ppd train --label-aux``), never read by the  |
+    |             |        |         | Q-network; all 2 at inference (no ground truth)            |
 
     ``coverage`` and ``uncertainty`` describe the mask of the current prompt set: both
     are patch means (:func:`ppd.graphs.dual_space.patch_mean`) of what the one decoder
@@ -233,7 +267,8 @@ class PointPromptEnv(gym.Env):
     segmenter that gives uncertainty, i.e. the RUAC decoder
     ``ppd.load_segmenter(..., decoder="ruac", ruac_checkpoint=...)``, else ValueError),
     ``step_cost`` (default 0: the paper's reward; see Rewards), ``probe`` (default
-    False: add the removal-probe keys; defender only).
+    False: add the removal-probe keys; defender only), ``label_target`` (default False:
+    add the ``label_target`` key; defender only).
 
     ## Version History
     * v0: initial version.
@@ -241,6 +276,7 @@ class PointPromptEnv(gym.Env):
       key; off by default, and the observation without it is unchanged.
     * v0 (same id): optional ``step_cost`` (default 0, the reward is unchanged).
     * v0 (same id): optional ``probe`` (default False, the observation is unchanged).
+    * v0 (same id): optional ``label_target`` (default False, the observation is unchanged).
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 2}
@@ -264,6 +300,7 @@ class PointPromptEnv(gym.Env):
         node_uncertainty: bool = False,
         step_cost: float = 0.0,
         probe: bool = False,
+        label_target: bool = False,
     ) -> None:
         if role not in ROLES:
             raise ValueError(f"role must be 'attacker' or 'defender', got {role!r}")
@@ -288,6 +325,9 @@ class PointPromptEnv(gym.Env):
         if probe and role != "defender":
             raise ValueError("probe=True (removal probes) is for the defender role only")
         self.probe = bool(probe)
+        if label_target and role != "defender":
+            raise ValueError("label_target=True (the auxiliary label target) is for the defender role only")
+        self.label_target = bool(label_target)
         if self.node_uncertainty and not self.world.gives_uncertainty:
             seg = self.world.segmenter
             raise ValueError(
@@ -312,6 +352,8 @@ class PointPromptEnv(gym.Env):
         if self.probe:
             obs_spaces["probe_score"] = spaces.Box(0, 255, (n,), np.uint8)
             obs_spaces["probe_change"] = spaces.Box(0, 255, (n,), np.uint8)
+        if self.label_target:
+            obs_spaces["label_target"] = spaces.Box(0, UNKNOWN_LABEL, (n,), np.uint8)
         self.observation_space = spaces.Dict(obs_spaces)
         self._rec: ImageRecord | None = None
         self._obj = 0
@@ -412,7 +454,7 @@ class PointPromptEnv(gym.Env):
     def _obs(self) -> dict[str, np.ndarray]:
         return build_observation(
             self._rec, self._state, self._points, self._outcome, self._t, self.max_steps, self.node_uncertainty,
-            self.probe,
+            self.probe, self.label_target, self._rec.scene.masks[self._obj] if self.label_target else None,
         )
 
     def _info(self, invalid: bool) -> dict[str, Any]:

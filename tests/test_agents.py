@@ -11,7 +11,7 @@ import yaml
 from stable_baselines3.common.buffers import DictReplayBuffer
 from stable_baselines3.common.vec_env import DummyVecEnv
 
-from ppd.agents.dqn import MaskedDQN, make_dqn, sample_valid_actions
+from ppd.agents.dqn import MaskedDQN, label_aux_loss, make_dqn, sample_valid_actions
 from ppd.agents.qnet import (
     CONSISTENCY_PRIOR_INIT, MASKED_Q, GraphQNetwork, _batched_adjacency, _graph_tensors, label_disagreement,
     obs_action_mask, relative_features,
@@ -19,7 +19,9 @@ from ppd.agents.qnet import (
 from ppd.agents.train import TrainConfig, greedy_rollout, train
 from ppd.data.scenes import ProceduralScenes
 from ppd.data.types import Scene
-from ppd.envs.point_prompt_env import PointPromptEnv, valid_action_mask
+from ppd.envs.point_prompt_env import (
+    RIGHT_LABEL, UNKNOWN_LABEL, WRONG_LABEL, PointPromptEnv, label_targets, valid_action_mask,
+)
 from ppd.envs.vec_env import PromptVecEnv
 from ppd.envs.world import NEGATIVE, POSITIVE, PromptWorld
 from ppd.graphs.store import GRAPH_STORE
@@ -223,6 +225,80 @@ def test_consistency_q_prior_adds_weighted_disagreement(world, tmp_path):
     assert TrainConfig(q_prior="consistency").dqn_kwargs("attacker")["q_prior"] == "none"
     with pytest.raises(ValueError, match="reads the removal probes"):
         TrainConfig(q_prior="probe+consistency", probe=False)
+
+
+def test_label_targets_on_a_hand_made_case():
+    """label_target: 1 for a positive outside / a negative inside the object, 0 for the
+    right labels, 2 at inactive nodes; points outside the image are clipped to it."""
+    gt = np.zeros((10, 10), bool)
+    gt[:5] = True  # object: rows 0-4
+    state = np.array([1, 1, 2, 2, 0, 1], np.uint8)
+    points = np.array([[2, 2], [2, 8], [3, 1], [3, 9], [2, 2], [50, -3]], np.float32)
+    np.testing.assert_array_equal(label_targets(state, points, gt), [RIGHT_LABEL, WRONG_LABEL, WRONG_LABEL, RIGHT_LABEL,
+                                                                     UNKNOWN_LABEL, RIGHT_LABEL])
+
+
+def test_label_aux_head_trains_and_never_feeds_the_q_values(world, tmp_path):
+    """label_aux: the env's label_target is the ground truth of its state; the Q-values do
+    not depend on it (the head is a training signal only); learn() trains the head;
+    save/load keeps it; misuse is refused."""
+    vec = PromptVecEnv(4, "defender", world=world, seed=0, probe=True, label_target=True)
+    obs = vec.reset()
+    for i, env in enumerate(vec.envs):
+        st, pts = env.prompt_state
+        info = env._info(False)
+        gt = world.dataset[info["scene_index"]].masks[info["object_index"]]
+        np.testing.assert_array_equal(obs["label_target"][i], label_targets(st, pts, gt))
+    assert (obs["label_target"][obs["state"] == 0] == UNKNOWN_LABEL).all()
+    with pytest.raises(ValueError, match="defender role only"):
+        PointPromptEnv("attacker", world=world, label_target=True)
+
+    dim = GRAPH_STORE.get(world.image(0).graph_id).x.shape[1]
+    torch.manual_seed(0)
+    net = GraphQNetwork(vec.observation_space, vec.action_space, role="defender", node_feature_dim=dim,
+                        q_prior="probe", label_aux=True)
+    batch = _random_obs(vec, np.random.default_rng(3), 6)
+    other = {**batch, "label_target": np.random.default_rng(4).integers(0, 3, batch["label_target"].shape).astype(np.uint8)}
+    with torch.no_grad():
+        q, logits = net.q_and_label_logits(net.obs_to_tensor(batch)[0])
+        q2, _ = net.q_and_label_logits(net.obs_to_tensor(other)[0])
+    assert logits.shape == (6, vec.num_nodes)
+    torch.testing.assert_close(q, q2, rtol=0, atol=0)
+    torch.testing.assert_close(net.label_logits(net.obs_to_tensor(other)[0]), logits)
+    with pytest.raises(ValueError, match="no label head"):
+        _net(vec, "defender").label_logits(net.obs_to_tensor(batch)[0])
+    att = PromptVecEnv(2, "attacker", world=world, seed=0)
+    with pytest.raises(ValueError, match="label_aux is for the defender"):
+        GraphQNetwork(att.observation_space, att.action_space, role="attacker", node_feature_dim=dim, label_aux=True)
+
+    model = make_dqn(vec, "defender", hidden_dim=8, seed=0, label_aux=0.5, learning_starts=32, batch_size=16)
+    head0 = model.q_net.label_head.weight.detach().clone()
+    model.learn(160)
+    assert model._n_updates > 0 and not torch.equal(model.q_net.label_head.weight, head0)
+    model.save(tmp_path / "d.zip")
+    loaded = MaskedDQN.load(tmp_path / "d.zip", env=vec)
+    assert loaded.label_aux_weight == 0.5 and loaded.q_net.label_aux
+    torch.testing.assert_close(loaded.q_net.label_head.weight, model.q_net.label_head.weight)
+    plain = PromptVecEnv(2, "defender", world=world, seed=0, probe=True)
+    with pytest.raises(ValueError, match="label_target"):
+        make_dqn(plain, "defender", hidden_dim=8, seed=0, label_aux=0.5)
+    with pytest.raises(ValueError, match="label_aux_weight"):
+        make_dqn(vec, "defender", hidden_dim=8, seed=0, label_aux=float("nan"))
+    assert TrainConfig(label_aux=0.3).env_kwargs("defender")["label_target"]
+    assert TrainConfig(label_aux=0.3).dqn_kwargs("attacker")["label_aux"] == 0.0
+    with pytest.raises(ValueError, match="label_aux"):
+        TrainConfig(label_aux=-1.0)
+
+
+def test_label_aux_loss_is_the_bce_of_known_targets():
+    logits = torch.tensor([[2.0, -1.0, 0.5], [-3.0, 0.0, 4.0]])
+    targets = torch.tensor([[1, 0, 2], [1, 2, 2]], dtype=torch.uint8)
+    loss, acc = label_aux_loss(logits, targets)
+    z, y = torch.tensor([2.0, -1.0, -3.0]), torch.tensor([1.0, 0.0, 1.0])
+    expected = -(y * torch.log(torch.sigmoid(z)) + (1 - y) * torch.log(1 - torch.sigmoid(z))).mean()
+    assert float(loss) == pytest.approx(float(expected), rel=1e-5)
+    assert acc == pytest.approx(2 / 3)
+    assert label_aux_loss(logits, torch.full((2, 3), 2, dtype=torch.uint8))[0] is None
 
 
 def test_relative_features_match_direct_cosines():
