@@ -406,6 +406,12 @@ class PromptDefender(PromptRefiner):
             highest predicted IoU along the rollout (the input state included; the
             earliest on ties). Every visited state is decoded for the observations
             anyway, so ``"score"`` costs nothing extra and still uses no ground truth.
+        patience: with ``select="score"``, end the rollout once this many steps in a
+            row have not raised SAM's predicted IoU above the best so far (None: run
+            until the defender stops or the budget ends). The output is the same
+            whenever the best-scored state comes before such a run of steps; each step
+            saved is one decoder call of K + 1 prompt sets (with probes) and one
+            Q-network pass.
 
     Whether the observation has the per-node ``uncertainty`` (``node_uncertainty``) is
     read from the model's observation space: it is what the network was trained on.
@@ -427,10 +433,16 @@ class PromptDefender(PromptRefiner):
         cache_size: int = 64,
         config: dict[str, Any] | None = None,
         select: str = DEFAULT_SELECT,
+        patience: int | None = None,
     ) -> None:
         if select not in SELECT_RULES:
             raise ValueError(f"select must be one of {SELECT_RULES}, got {select!r}")
         self.select = select
+        if patience is not None and (isinstance(patience, bool) or int(patience) != patience or patience < 1):
+            raise ValueError(f"patience must be an integer >= 1 or None, got {patience!r}")
+        if patience is not None and select != "score":
+            raise ValueError(f'patience counts steps without a better score: it needs select="score", got {select!r}')
+        self.patience = None if patience is None else int(patience)
         self.model = model
         self.segmenter = segmenter
         self.num_nodes = int(model.observation_space["state"].shape[0])
@@ -467,6 +479,7 @@ class PromptDefender(PromptRefiner):
         segmenter: Segmenter | None = None,
         device: str | None = None,
         select: str = DEFAULT_SELECT,
+        patience: int | None = None,
     ) -> PromptDefender:
         """Load the defender of a training run.
 
@@ -481,6 +494,7 @@ class PromptDefender(PromptRefiner):
             device: torch device of the Q-network (default: SB3's "auto"); also the
                 segmenter's device when it is loaded here.
             select: output rule, see the class docstring (:data:`SELECT_RULES`).
+            patience: early end of ``select="score"`` rollouts, see the class docstring.
 
         Raises:
             FileNotFoundError: missing folder or ``defender.zip``.
@@ -525,6 +539,7 @@ class PromptDefender(PromptRefiner):
             max_steps=role_max_steps(cfg, "defender"),
             config=cfg,
             select=select,
+            patience=patience,
         )
 
     # -- images -------------------------------------------------------------------------
@@ -566,8 +581,11 @@ class PromptDefender(PromptRefiner):
         st = node_state.copy()
         out = self.world.evaluate([(rec, -1, st, node_points)], probe=self.probe)[0]
         visited = [(st, out)]
+        best = 0  # index of the best-scored visited state (earliest on ties)
         while len(visited) - 1 < max_steps:
             steps = len(visited) - 1
+            if self.patience is not None and self.select == "score" and steps - best >= self.patience:
+                break
             mask = rollout_action_mask(st, node_state, self.relabel)
             if not mask[:-1].any():
                 break
@@ -586,8 +604,10 @@ class PromptDefender(PromptRefiner):
                 st[node] = NEGATIVE if st[node] == POSITIVE else POSITIVE
             out = self.world.evaluate([(rec, -1, st, node_points)], probe=self.probe)[0]
             visited.append((st, out))
+            if out.score > visited[best][1].score:
+                best = len(visited) - 1
         # Each step changes one prompt, so the i-th visited state is i changes away.
-        pick = len(visited) - 1 if self.select == "last" else int(np.argmax([o.score for _, o in visited]))
+        pick = len(visited) - 1 if self.select == "last" else best
         return visited[pick][0], visited[pick][1], pick
 
     def refine(
@@ -664,6 +684,13 @@ def add_refine_arguments(p: argparse.ArgumentParser) -> None:
         help="output: 'score', the visited prompt set with SAM's highest predicted IoU along the rollout, input "
         f"included; 'last', the prompts where the defender stopped (default: {DEFAULT_SELECT})",
     )
+    p.add_argument(
+        "--patience",
+        type=int,
+        default=None,
+        help="with --select score: end the rollout after this many steps in a row without a better predicted IoU "
+        "(faster; default: none, run until the defender stops)",
+    )
     p.add_argument("--out", default="refine_out", help="output folder (default: refine_out)")
     p.add_argument("--model", default=None, help="segmenter name (default: the one the defender was trained with)")
     p.add_argument("--checkpoint", default=None, help="checkpoint file for --model")
@@ -694,7 +721,9 @@ def run_refine(args: argparse.Namespace) -> int:
 
         kw = dict(decoder="ruac", ruac_checkpoint=ruac) if ruac else {}
         seg = load_segmenter(args.model or BUNDLED_NAME, checkpoint=args.checkpoint, device=args.device, **kw)
-    defender = PromptDefender.load(args.run, segmenter=seg, device=args.device, select=args.select)
+    defender = PromptDefender.load(
+        args.run, segmenter=seg, device=args.device, select=args.select, patience=getattr(args, "patience", None)
+    )
     defender.record(image)  # encode and build the graph first: the timing is refinement only
     t = time.perf_counter()
     res = defender.refine(image, coords, labels, max_steps=args.max_steps)

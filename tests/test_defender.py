@@ -330,6 +330,28 @@ def test_select_score_returns_the_best_scored_visited_state(tiny_segmenter, rand
     assert short.steps == int(np.argmax(scores[:2]))
     with pytest.raises(ValueError, match="select must be one of"):
         PromptDefender(last.model, tiny_segmenter, grid=GRID, select="best")
+    # patience p: the rollout ends once p steps in a row found no better score
+    visited = {}
+    for p in (1, 2, 3):
+        seen, best_i, t = 1, 0, 0  # expected: visited states and the best one
+        while t < len(POINTS) - 1 and t - best_i < p:
+            t += 1
+            seen += 1
+            if scores[t] > scores[best_i]:
+                best_i = t
+        impatient = PromptDefender(last.model, tiny_segmenter, grid=GRID, max_steps=12, select="score", patience=p)
+        calls = []
+        evaluate = impatient.world.evaluate
+        impatient.world.evaluate = lambda reqs, **kw: calls.append(len(reqs)) or evaluate(reqs, **kw)
+        res = impatient.refine(random_image, POINTS, LABELS, max_steps=20)
+        assert res.steps == best_i and len(calls) == seen, (p, res.steps, best_i, len(calls), seen)
+        visited[p] = seen
+    assert visited[1] <= visited[2] <= visited[3] <= len(POINTS) and visited[1] < len(POINTS), visited
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="patience must be an integer"):
+            PromptDefender(last.model, tiny_segmenter, grid=GRID, patience=bad)
+    with pytest.raises(ValueError, match='needs select="score"'):
+        PromptDefender(last.model, tiny_segmenter, grid=GRID, select="last", patience=2)
 
 
 def test_bundled_defender_refines_coarse_prompts():

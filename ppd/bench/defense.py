@@ -207,6 +207,7 @@ def run_benchmark(
     progress: Callable[[int], Callable] | None = None,
     env_steps: int = 50,
     select: str = DEFAULT_SELECT,
+    patience: int | None = None,
 ) -> dict[str, Any]:
     """The whole table as a dict (see the module docstring).
 
@@ -220,10 +221,11 @@ def run_benchmark(
         env_steps: vector steps per side of the env-throughput measurement (0: skip).
         select: the defender's output rule for the main columns (:data:`SELECT_RULES`);
             the other rule fills the ``[other]`` columns.
+        patience: the defender's early end of ``select="score"`` rollouts (None: none).
     """
     import torch
 
-    defender = PromptDefender.load(run, device=device, select=select)
+    defender = PromptDefender.load(run, device=device, select=select, patience=patience)
     try:
         attacker, _, _ = load_agent(run, "attacker.zip", device=device)
     except FileNotFoundError:
@@ -241,6 +243,7 @@ def run_benchmark(
         "scenes_per_domain": n_scenes,
         "attacker": attacker is not None,
         "select": select,
+        "patience": patience,
         "domains": rows,
         "refine_ms_median": float(statistics.median(times)) if times else None,
         "env_throughput": env_throughput(defender.segmenter, steps=env_steps, probe=defender.probe),
@@ -277,10 +280,14 @@ def main(argv: list[str] | None = None) -> int:
         help=f"the defender's output rule in the main columns (default: {DEFAULT_SELECT}; the other rule fills "
         "the [..] columns)",
     )
+    p.add_argument("--patience", type=int, default=None,
+                   help="with --select score: end a rollout after this many steps without a better predicted IoU")
     p.add_argument("--out", default=None, help="also write the results as JSON here")
     add_threads_argument(p)
     args = p.parse_args(argv)
     apply_threads(p, args)
+    if args.patience is not None and (args.patience < 1 or args.select != "score"):
+        p.error(f"--patience must be >= 1 and goes with --select score, got {args.patience} with --select {args.select}")
     domains = [d for part in args.domains for d in part.split(",") if d]
     unknown = set(domains) - set(DOMAINS)
     if unknown:
@@ -294,7 +301,8 @@ def main(argv: list[str] | None = None) -> int:
         return lambda: bar[0].update(1)
 
     results = run_benchmark(
-        args.run, args.scenes, tuple(domains), args.seed, args.device, progress, args.env_steps, args.select
+        args.run, args.scenes, tuple(domains), args.seed, args.device, progress, args.env_steps, args.select,
+        args.patience,
     )
     if bar:
         bar[0].close()
