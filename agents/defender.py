@@ -610,6 +610,36 @@ class PromptDefender(PromptRefiner):
         pick = len(visited) - 1 if self.select == "last" else best
         return visited[pick][0], visited[pick][1], pick
 
+    @property
+    def has_label_head(self) -> bool:
+        """Whether the defender was trained with the auxiliary wrong-label head
+        (``ppd train --label-aux``), which :meth:`wrong_label_probability` reads."""
+        return bool(getattr(self.model.policy.q_net, "label_aux", False))
+
+    def wrong_label_probability(self, image: np.ndarray, point_coords: np.ndarray, point_labels: np.ndarray) -> np.ndarray:
+        """Per input point, the label head's probability that its label is wrong (no
+        ground truth; one decoder call for the observation, no refinement step).
+
+        Points merged into one node (see ``state_from_prompts``) share its value.
+
+        Raises:
+            ValueError: a defender without the label head, or bad prompts (as :meth:`refine`).
+        """
+        import torch
+
+        if not self.has_label_head:
+            raise ValueError("this defender has no wrong-label head: train one with `ppd train --label-aux WEIGHT`")
+        coords, labels = check_prompts(point_coords, point_labels)
+        rec = self.record(image)
+        st, pts, point_node = state_from_prompts(coords, labels, rec.grid, rec.hw, rec.centres)
+        out = self.world.evaluate([(rec, -1, st, pts)], probe=self.probe)[0]
+        steps = self.train_max_steps or 1
+        obs = build_observation(rec, st, pts, out, 0, steps, self.node_uncertainty, self.probe, self.label_target)
+        obs_t, _ = self.model.policy.obs_to_tensor({k: v[None] for k, v in obs.items()})
+        with torch.no_grad():
+            logits = self.model.policy.q_net.label_logits(obs_t)[0].float().cpu().numpy()
+        return (1.0 / (1.0 + np.exp(-logits[point_node]))).astype(np.float32)
+
     def refine(
         self,
         image: np.ndarray,

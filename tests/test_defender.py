@@ -553,3 +553,36 @@ def test_defense_bench_smoke(run_dir):
     obs = 4 * N + 3 * 4
     assert res["replay"] == {"observation_bytes": obs, "transition_bytes": 2 * obs + 20}
     assert "train" in format_table(res)
+
+
+def test_wrong_label_probability_reads_the_label_head(tiny_segmenter, random_image):
+    """A defender with the label head gives, per input point, sigmoid of the head's logit
+    at its node (merged points share it), computed without ground truth; refine still
+    works on it; a defender without the head refuses."""
+    world = PromptWorld(tiny_segmenter, ProceduralScenes("train", 2, seed=0))
+    env = DummyVecEnv([lambda: PointPromptEnv("defender", world=world, probe=True, label_target=True)])
+    model = make_dqn(env, "defender", hidden_dim=16, n_layers=1, seed=0, device="cpu", buffer_size=64, label_aux=0.5)
+    with torch.no_grad():
+        model.policy.q_net.label_head.bias.fill_(0.3)
+    d = PromptDefender(model, tiny_segmenter, grid=GRID, max_steps=TRAIN_MAX_STEPS)
+    assert d.has_label_head and d.label_target
+    p = d.wrong_label_probability(random_image, MERGED, MERGED_LABELS)
+    assert p.shape == (3,) and p.dtype == np.float32 and ((p > 0) & (p < 1)).all()
+    assert p[0] == p[1]  # points 0 and 1 share node 35
+    # the same value from the network directly, on the observation with unknown targets
+    from ppd.envs.point_prompt_env import UNKNOWN_LABEL, build_observation
+    from ppd.envs.world import state_from_prompts
+
+    rec = d.record(random_image)
+    st, pts, node = state_from_prompts(MERGED, MERGED_LABELS, rec.grid, rec.hw, rec.centres)
+    out = d.world.evaluate([(rec, -1, st, pts)], probe=True)[0]
+    obs = build_observation(rec, st, pts, out, 0, TRAIN_MAX_STEPS, probe=True, label_target=True)
+    assert (obs["label_target"] == UNKNOWN_LABEL).all()
+    with torch.no_grad():
+        logits = model.policy.q_net.label_logits(model.policy.obs_to_tensor({k: v[None] for k, v in obs.items()})[0])[0]
+    np.testing.assert_allclose(p, torch.sigmoid(logits[node]).numpy(), rtol=1e-5)
+    _check_result(d.refine(random_image, POINTS, LABELS), POINTS, LABELS)
+    plain = PromptDefender(_make_model(world, "defender"), tiny_segmenter, grid=GRID)
+    assert not plain.has_label_head
+    with pytest.raises(ValueError, match="no wrong-label head"):
+        plain.wrong_label_probability(random_image, POINTS, LABELS)
