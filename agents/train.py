@@ -177,7 +177,9 @@ class TrainConfig:
     head on the Q-network's node features predicts, for every prompt of every replayed
     state, whether its label is wrong by the ground truth (binary cross-entropy, added to
     the TD loss). Training only: the Q-values never read the target, refine needs no
-    ground truth"""
+    ground truth. Measured at 0.3 over 4 seeds: refined coarse prompts 0.768 -> 0.800
+    in-domain, recovery from attacked ones 0.725 -> 0.684 (README); the head's ROC AUC
+    for wrong labels 0.74-0.92 (PromptDefender.wrong_label_probability)"""
     learning_rate: float = 5e-4
     """Adam learning rate"""
     buffer_size: int = 30_000
