@@ -589,10 +589,7 @@ class PromptDefender(PromptRefiner):
             mask = rollout_action_mask(st, node_state, self.relabel)
             if not mask[:-1].any():
                 break
-            obs = build_observation(
-                rec, st, node_points, out, min(steps, env_steps), env_steps, self.node_uncertainty, self.probe,
-                self.label_target,
-            )
+            obs = self._observation(rec, st, node_points, out, min(steps, env_steps), env_steps)
             a = greedy_action(self.model, obs, mask)
             if a == 2 * n:
                 break
@@ -609,6 +606,13 @@ class PromptDefender(PromptRefiner):
         # Each step changes one prompt, so the i-th visited state is i changes away.
         pick = len(visited) - 1 if self.select == "last" else best
         return visited[pick][0], visited[pick][1], pick
+
+    def _observation(
+        self, rec: ImageRecord, st: np.ndarray, pts: np.ndarray, out: Any, t: int, env_steps: int
+    ) -> dict[str, np.ndarray]:
+        """:func:`build_observation` with the parts this defender's network was trained
+        on (no ground truth: a ``label_target`` key is all unknown)."""
+        return build_observation(rec, st, pts, out, t, env_steps, self.node_uncertainty, self.probe, self.label_target)
 
     @property
     def has_label_head(self) -> bool:
@@ -633,12 +637,11 @@ class PromptDefender(PromptRefiner):
         rec = self.record(image)
         st, pts, point_node = state_from_prompts(coords, labels, rec.grid, rec.hw, rec.centres)
         out = self.world.evaluate([(rec, -1, st, pts)], probe=self.probe)[0]
-        steps = self.train_max_steps or 1
-        obs = build_observation(rec, st, pts, out, 0, steps, self.node_uncertainty, self.probe, self.label_target)
+        obs = self._observation(rec, st, pts, out, 0, self.train_max_steps or 1)
         obs_t, _ = self.model.policy.obs_to_tensor({k: v[None] for k, v in obs.items()})
         with torch.no_grad():
-            logits = self.model.policy.q_net.label_logits(obs_t)[0].float().cpu().numpy()
-        return (1.0 / (1.0 + np.exp(-logits[point_node]))).astype(np.float32)
+            prob = torch.sigmoid(self.model.policy.q_net.label_logits(obs_t)[0].float()).cpu().numpy()
+        return prob[point_node].astype(np.float32)
 
     def refine(
         self,
@@ -752,7 +755,7 @@ def run_refine(args: argparse.Namespace) -> int:
         kw = dict(decoder="ruac", ruac_checkpoint=ruac) if ruac else {}
         seg = load_segmenter(args.model or BUNDLED_NAME, checkpoint=args.checkpoint, device=args.device, **kw)
     defender = PromptDefender.load(
-        args.run, segmenter=seg, device=args.device, select=args.select, patience=getattr(args, "patience", None)
+        args.run, segmenter=seg, device=args.device, select=args.select, patience=args.patience
     )
     defender.record(image)  # encode and build the graph first: the timing is refinement only
     t = time.perf_counter()

@@ -45,6 +45,7 @@ from stable_baselines3 import DQN
 from stable_baselines3.common.vec_env import VecEnv
 
 from ppd.agents.qnet import GraphDQNPolicy, obs_action_mask
+from ppd.envs.point_prompt_env import UNKNOWN_LABEL, WRONG_LABEL
 
 logger = logging.getLogger(__name__)
 
@@ -214,10 +215,10 @@ def label_aux_loss(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.T
     (B, N) (0 right, 1 wrong, 2 unknown: left out), and the accuracy of ``logit > 0``;
     ``(None, nan)`` when no target is known."""
     targets = targets.to(logits.device).round().long()
-    known = targets < 2
+    known = targets != UNKNOWN_LABEL
     if not bool(known.any()):
         return None, float("nan")
-    y = targets[known].float()
+    y = (targets[known] == WRONG_LABEL).float()
     z = logits[known]
     acc = float(((z > 0).float() == y).float().mean())
     return F.binary_cross_entropy_with_logits(z, y), acc
