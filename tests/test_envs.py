@@ -473,3 +473,29 @@ def test_vec_env_with_probes_matches_single_envs(make_world):
             if term or trunc:
                 o, _ = env.reset()
             assert np.abs(o["probe_change"].astype(int) - obs["probe_change"][i].astype(int)).max() <= 1
+
+
+# ----------------------------------------------------------------------------- bench
+def test_decoder_ceiling_times_one_row_calls_against_one_batched_call(tiny_segmenter, random_image):
+    """ppd.bench.envs' decoder-only ceiling: per round, M one-row calls (row i on image i)
+    and one M-row call, prompts padded to the envs' width; warm-up round untimed."""
+    from ppd.bench.envs import decoder_ceiling
+    from ppd.segmenter import Segmenter
+
+    seg = Segmenter(tiny_segmenter.model, tiny_segmenter.name, device="cpu")
+    calls = []
+    predict_batch = seg.predict_batch
+
+    def recorded(embeddings, coords, labels, **kw):
+        calls.append((len(embeddings), coords.shape, int((labels >= 0).sum(axis=1).max())))
+        return predict_batch(embeddings, coords, labels, **kw)
+
+    seg.predict_batch = recorded
+    images = [np.roll(random_image, 7 * i, axis=1) for i in range(3)]
+    rows_s, batch_s = decoder_ceiling(seg, images, n_points=5, prompt_pad=4, rounds=2)
+    assert rows_s > 0 and batch_s > 0
+    one_round = [(1, (1, 8, 2), 5)] * 3 + [(3, (3, 8, 2), 5)]  # 5 points padded to width 8
+    assert calls == one_round * 3  # warm-up + 2 timed rounds
+    calls.clear()
+    decoder_ceiling(seg, images[:2], n_points=5, prompt_pad=None, rounds=1)
+    assert calls == ([(1, (1, 5, 2), 5)] * 2 + [(2, (2, 5, 2), 5)]) * 2

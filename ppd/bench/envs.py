@@ -12,6 +12,10 @@ load hits both alike. Reported: env steps/s, decoder calls and rows, and the sha
 prompt states answered without decoding (outcome cache hits, e.g. after invalid or stop
 actions, and empty prompt sets). ``--probe`` gives the defender envs removal probes (each
 state's K leave-one-out prompt sets are decoded with it, as ``ppd train`` does by default).
+
+Also reported: the **decoder's own batching gain**, M one-row decoder calls (one per image)
+against one M-row call, with no env work at all. The env ratio cannot exceed it: the
+batched side saves decoder calls, not per-row decoder work or env bookkeeping.
 """
 
 from __future__ import annotations
@@ -83,6 +87,42 @@ class _SegmenterView:
 
 def _pick(masks: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.array([rng.choice(np.flatnonzero(m)) for m in masks])
+
+
+def decoder_ceiling(
+    seg: Segmenter, images: list[np.ndarray], n_points: int = 8, prompt_pad: int | None = PROMPT_PAD,
+    rounds: int = 9, seed: int = 0,
+) -> tuple[float, float]:
+    """Median seconds of M one-row ``predict_batch`` calls (row i on ``images[i]``) and of
+    one M-row call with the same prompts: ``n_points`` random points per row, padded to
+    the prompt width the envs decode with (``prompt_pad``). The two alternate ``rounds``
+    times after an untimed warm-up round."""
+    rng = np.random.default_rng(seed)
+    embs = [seg.encode(image) for image in images]
+    n_rows = len(embs)
+    width = n_points if prompt_pad is None else prompt_pad * max(1, -(-n_points // prompt_pad))
+    coords = np.zeros((n_rows, width, 2), np.float32)
+    labels = np.full((n_rows, width), -1, np.int64)
+    for i, image in enumerate(images):
+        h, w = image.shape[:2]
+        coords[i, :n_points] = rng.uniform((0, 0), (w - 1, h - 1), (n_points, 2))
+        labels[i, :n_points] = rng.integers(0, 2, n_points)
+
+    def one_row_calls() -> None:
+        for i in range(n_rows):
+            seg.predict_batch(embs[i : i + 1], coords[i : i + 1], labels[i : i + 1])
+
+    def one_call() -> None:
+        seg.predict_batch(embs, coords, labels)
+
+    times: dict[str, list[float]] = {"rows": [], "batch": []}
+    for r in range(rounds + 1):
+        for name, fn in (("rows", one_row_calls), ("batch", one_call)):
+            t = time.perf_counter()
+            fn()
+            if r:  # the first round warms up
+                times[name].append(time.perf_counter() - t)
+    return float(np.median(times["rows"])), float(np.median(times["batch"]))
 
 
 def run(
@@ -165,6 +205,11 @@ def main(argv: list[str] | None = None) -> int:
               f"{s.decoder_calls:9d} {s.rows:6d} {s.rows / max(1, s.decoder_calls):9.1f} {100 * s.cache_share:8.1f}%")
     ratio = stats["batched"].steps_per_s / stats["sequential"].steps_per_s
     print(f"batched / sequential: {ratio:.2f}x")
+    scenes = ProceduralScenes("train", args.n_envs, seed=args.seed)
+    images = [scenes[i].image for i in range(args.n_envs)]
+    rows_s, batch_s = decoder_ceiling(seg, images, prompt_pad=args.prompt_pad or None, seed=args.seed)
+    print(f"decoder alone (no env work, 8 points per row): {args.n_envs} one-row calls {1000 * rows_s:.1f} ms, "
+          f"one {args.n_envs}-row call {1000 * batch_s:.1f} ms: {rows_s / batch_s:.2f}x, the ceiling of the ratio above")
     return 0
 
 
