@@ -477,8 +477,9 @@ def test_vec_env_with_probes_matches_single_envs(make_world):
 
 # ----------------------------------------------------------------------------- bench
 def test_decoder_ceiling_times_one_row_calls_against_one_batched_call(tiny_segmenter, random_image):
-    """ppd.bench.envs' decoder-only ceiling: per round, M one-row calls (row i on image i)
-    and one M-row call, prompts padded to the envs' width; warm-up round untimed."""
+    """ppd.bench.envs' decoder-only ceiling: per round, M calls of r rows (call i on
+    image i) and one call of all M r rows, prompts padded to the envs' width; warm-up
+    round untimed."""
     from ppd.bench.envs import decoder_ceiling
     from ppd.segmenter import Segmenter
 
@@ -499,3 +500,6 @@ def test_decoder_ceiling_times_one_row_calls_against_one_batched_call(tiny_segme
     calls.clear()
     decoder_ceiling(seg, images[:2], n_points=5, prompt_pad=None, rounds=1)
     assert calls == ([(1, (1, 5, 2), 5)] * 2 + [(2, (2, 5, 2), 5)]) * 2
+    calls.clear()  # K + 1 rows per env, as with removal probes
+    decoder_ceiling(seg, images[:2], n_points=5, prompt_pad=None, rows_per_image=3, rounds=1)
+    assert calls == ([(3, (3, 5, 2), 5)] * 2 + [(6, (6, 5, 2), 5)]) * 2

@@ -43,7 +43,7 @@ class SideStats:
     seconds: float = 0.0
     episodes: int = 0
     decoder_calls: int = 0
-    requests: int = 0  # prompt states asked for (steps + resets)
+    requests: int = 0  # prompt states asked for (steps + resets, and their probes)
     rows: int = 0  # prompt states actually decoded
 
     @property
@@ -56,8 +56,11 @@ class SideStats:
 
 
 def _count(world: PromptWorld, stats: SideStats) -> None:
-    """Count requests and decoded rows of ``world`` into ``stats`` (instance wrappers)."""
-    evaluate, predict_batch = world.evaluate, world.segmenter.predict_batch
+    """Count requests and decoded rows of ``world`` into ``stats`` (instance wrappers).
+
+    Requests are counted where the world decodes, so a state's removal probes count as
+    requests of their own (and the no-decode share stays in [0, 1] with probes)."""
+    evaluate, predict_batch = world._evaluate, world.segmenter.predict_batch
 
     def counted_evaluate(requests, *args, **kwargs):
         stats.requests += len(requests)
@@ -71,7 +74,7 @@ def _count(world: PromptWorld, stats: SideStats) -> None:
         stats.rows += len(embeddings)
         return predict_batch(embeddings, *args, **kwargs)
 
-    world.evaluate = counted_evaluate  # type: ignore[method-assign]
+    world._evaluate = counted_evaluate  # type: ignore[method-assign]
     world.segmenter = _SegmenterView(world.segmenter, counted_predict_batch)
 
 
@@ -91,36 +94,38 @@ def _pick(masks: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def decoder_ceiling(
     seg: Segmenter, images: list[np.ndarray], n_points: int = 8, prompt_pad: int | None = PROMPT_PAD,
-    rounds: int = 9, seed: int = 0,
+    rows_per_image: int = 1, rounds: int = 9, seed: int = 0,
 ) -> tuple[float, float]:
-    """Median seconds of M one-row ``predict_batch`` calls (row i on ``images[i]``) and of
-    one M-row call with the same prompts: ``n_points`` random points per row, padded to
-    the prompt width the envs decode with (``prompt_pad``). The two alternate ``rounds``
-    times after an untimed warm-up round."""
+    """Median seconds of M ``predict_batch`` calls of ``rows_per_image`` rows each (call i
+    on ``images[i]``, as M sequential envs decode) and of one call of all their rows (as
+    the batched envs do), same prompts: ``n_points`` random points per row, padded to the
+    prompt width the envs decode with (``prompt_pad``). The two alternate ``rounds`` times
+    after an untimed warm-up round."""
     rng = np.random.default_rng(seed)
-    embs = [seg.encode(image) for image in images]
+    r = max(1, int(rows_per_image))
+    embs = [e for image in images for e in [seg.encode(image)] * r]  # row j on image j // r
     n_rows = len(embs)
     width = n_points if prompt_pad is None else prompt_pad * max(1, -(-n_points // prompt_pad))
     coords = np.zeros((n_rows, width, 2), np.float32)
     labels = np.full((n_rows, width), -1, np.int64)
-    for i, image in enumerate(images):
-        h, w = image.shape[:2]
+    for i in range(n_rows):
+        h, w = embs[i].orig_hw
         coords[i, :n_points] = rng.uniform((0, 0), (w - 1, h - 1), (n_points, 2))
         labels[i, :n_points] = rng.integers(0, 2, n_points)
 
-    def one_row_calls() -> None:
-        for i in range(n_rows):
-            seg.predict_batch(embs[i : i + 1], coords[i : i + 1], labels[i : i + 1])
+    def per_image_calls() -> None:
+        for i in range(0, n_rows, r):
+            seg.predict_batch(embs[i : i + r], coords[i : i + r], labels[i : i + r])
 
     def one_call() -> None:
         seg.predict_batch(embs, coords, labels)
 
     times: dict[str, list[float]] = {"rows": [], "batch": []}
-    for r in range(rounds + 1):
-        for name, fn in (("rows", one_row_calls), ("batch", one_call)):
+    for round_ in range(rounds + 1):
+        for name, fn in (("rows", per_image_calls), ("batch", one_call)):
             t = time.perf_counter()
             fn()
-            if r:  # the first round warms up
+            if round_:  # the first round warms up
                 times[name].append(time.perf_counter() - t)
     return float(np.median(times["rows"])), float(np.median(times["batch"]))
 
@@ -207,9 +212,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"batched / sequential: {ratio:.2f}x")
     scenes = ProceduralScenes("train", args.n_envs, seed=args.seed)
     images = [scenes[i].image for i in range(args.n_envs)]
-    rows_s, batch_s = decoder_ceiling(seg, images, prompt_pad=args.prompt_pad or None, seed=args.seed)
-    print(f"decoder alone (no env work, 8 points per row): {args.n_envs} one-row calls {1000 * rows_s:.1f} ms, "
-          f"one {args.n_envs}-row call {1000 * batch_s:.1f} ms: {rows_s / batch_s:.2f}x, the ceiling of the ratio above")
+    seq = stats["sequential"]
+    per_env = max(1, round(seq.rows / max(1, seq.decoder_calls)))  # K + 1 with probes
+    rows_s, batch_s = decoder_ceiling(seg, images, prompt_pad=args.prompt_pad or None, rows_per_image=per_env, seed=args.seed)
+    print(f"decoder alone (no env work, 8 points per row): {args.n_envs} calls of {per_env} row(s) {1000 * rows_s:.1f} ms, "
+          f"one call of {args.n_envs * per_env} rows {1000 * batch_s:.1f} ms: {rows_s / batch_s:.2f}x, "
+          "the ceiling of the ratio above")
     return 0
 
 
