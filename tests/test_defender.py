@@ -27,7 +27,7 @@ from ppd.agents.dqn import make_dqn
 from ppd.agents.train import TrainConfig
 from ppd.data.scenes import ProceduralScenes
 from ppd.envs.point_prompt_env import PointPromptEnv
-from ppd.envs.world import PromptWorld
+from ppd.envs.world import INACTIVE, NEGATIVE, POSITIVE, PromptWorld
 from ppd.models import BUNDLED_NAME
 from ppd.segmenter import Prediction, Segmenter
 
@@ -553,6 +553,20 @@ def test_defense_bench_smoke(run_dir):
     obs = 4 * N + 3 * 4
     assert res["replay"] == {"observation_bytes": obs, "transition_bytes": 2 * obs + 20}
     assert "train" in format_table(res)
+
+
+def test_oracle_state_removes_exactly_the_wrong_label_prompts():
+    from ppd.bench.defense import oracle_state
+
+    gt = np.zeros((20, 20), bool)
+    gt[5:15, 5:15] = True
+    pts = np.array([[10, 10], [2, 2], [12, 8], [18, 3], [7, 7]], np.float32)  # (x, y)
+    st = np.array([POSITIVE, POSITIVE, NEGATIVE, NEGATIVE, INACTIVE], np.int8)
+    # in & positive: right; out & positive: wrong; in & negative: wrong; out & negative: right
+    assert oracle_state(st, pts, gt).tolist() == [POSITIVE, INACTIVE, INACTIVE, NEGATIVE, INACTIVE]
+    all_wrong = np.array([INACTIVE, POSITIVE, NEGATIVE, INACTIVE, INACTIVE], np.int8)
+    assert oracle_state(all_wrong, pts, gt).tolist() == [INACTIVE, POSITIVE, INACTIVE, INACTIVE, INACTIVE]
+    assert all_wrong.tolist() == [INACTIVE, POSITIVE, NEGATIVE, INACTIVE, INACTIVE]  # input untouched
 
 
 def test_wrong_label_probability_reads_the_label_head(tiny_segmenter, random_image):

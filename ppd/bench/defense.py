@@ -12,6 +12,10 @@ SAM2's mask for:
   attacker envs whose world holds the eval scenes (:func:`ppd.agents.train.greedy_rollout`,
   all scenes batched);
 * ``defended``: the attacked set refined by the defender (no ground truth);
+* ``attacked+oracle``: the attacked set without its wrong-label prompts, by the ground
+  truth at each point (a positive outside the object, a negative inside it; the last
+  prompt is kept): what a defender that removes exactly those could reach, a reference
+  for ``defended``, not a method;
 * ``attacked+greedy_score``, ``attacked+consistency``: the attacked set refined by the
   ``GreedyScoreFilter`` or the ``ConsistencyFilter`` baseline instead (what recovery is
   to be compared with);
@@ -47,8 +51,8 @@ from ppd.agents.baselines import ConsistencyFilter, GreedyScoreFilter, NoRefine,
 from ppd.agents.defender import DEFAULT_SELECT, SELECT_RULES, PromptDefender, find_setting, load_agent, role_max_steps
 from ppd.agents.train import greedy_rollout
 from ppd.data.scenes import DOMAINS, ProceduralScenes
-from ppd.envs.point_prompt_env import DEFAULT_MAX_STEPS
-from ppd.envs.world import PromptWorld, prompts_from_state, state_from_prompts
+from ppd.envs.point_prompt_env import DEFAULT_MAX_STEPS, WRONG_LABEL, label_targets
+from ppd.envs.world import INACTIVE, PromptWorld, prompts_from_state, state_from_prompts
 from ppd.metrics import iou
 from ppd.prompts import coarse_prompts, ideal_prompts
 
@@ -59,7 +63,7 @@ DEFENSE_SEED = 10_000_000 + 9000
 
 #: Columns of the IoU table, in order (``[other]``: the defender's other output rule).
 COLUMNS = (
-    "ideal", "attacked", "defended", "defended[other]", "attacked+greedy_score", "attacked+consistency", "coarse",
+    "ideal", "attacked", "defended", "defended[other]", "attacked+oracle", "attacked+greedy_score", "attacked+consistency", "coarse",
     "coarse+ppd", "coarse+ppd[other]", "random_drop", "greedy_score", "consistency",
 )
 
@@ -118,6 +122,17 @@ def state_iou(seg: Any, rec: Any, node_state: np.ndarray, node_points: np.ndarra
     return float(iou(seg.predict(rec.embedding, coords, labels).masks[0], gt))
 
 
+def oracle_state(node_state: np.ndarray, node_points: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    """``node_state`` without its wrong-label prompts (:func:`label_targets`), keeping
+    one (the first active node) when all are wrong, as refiners never return none."""
+    out = node_state.copy()
+    out[label_targets(node_state, node_points, gt) == WRONG_LABEL] = INACTIVE
+    if not (out != INACTIVE).any():
+        first = int(np.flatnonzero(node_state != INACTIVE)[0])
+        out[first] = node_state[first]
+    return out
+
+
 def bench_domain(
     defender: PromptDefender,
     attacker: Any | None,
@@ -172,6 +187,7 @@ def bench_domain(
             coords, labels = prompts_from_state(att["state"], att["points"])
             vals["defended"].append(float(iou(defender.refine(image, coords, labels).mask, gt)))
             vals["defended[other]"].append(float(iou(_refine_with(defender, other, image, coords, labels).mask, gt)))
+            vals["attacked+oracle"].append(state_iou(seg, rec, oracle_state(att["state"], att["points"], gt), att["points"], gt))
             for name in ("greedy_score", "consistency"):
                 vals[f"attacked+{name}"].append(float(iou(baselines[name].refine(image, coords, labels).mask, gt)))
         defender.record(image)  # encoded and registered before timing
