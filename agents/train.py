@@ -54,7 +54,7 @@ from ppd.data.scenes import TRAIN_DOMAIN, JitteredScenes, ProceduralScenes
 from ppd.agents.defender import greedy_actions
 from ppd.envs.point_prompt_env import DEFAULT_START_MIX, PointPromptEnv, observation_options, rollout_action_mask
 from ppd.envs.vec_env import PromptVecEnv
-from ppd.envs.world import ImageRecord, PromptWorld, prompts_from_state, segmenter_gives_uncertainty, state_from_prompts
+from ppd.envs.world import INACTIVE, ImageRecord, PromptWorld, prompts_from_state, segmenter_gives_uncertainty, state_from_prompts
 from ppd.models import BUNDLED_NAME
 from ppd.prompts import coarse_prompts, ideal_prompts
 from ppd.segmenter import Segmenter
@@ -437,17 +437,25 @@ def evaluate_agents(
 
 
 def _examples_image(world: PromptWorld, rollouts: dict[str, list], n: int) -> np.ndarray:
-    """Rows: ground truth | coarse prompts + mask | defender-refined prompts + mask."""
-    from ppd.viz import grid, overlay
+    """Rows: ground truth | coarse prompts + mask | defender-refined prompts + mask, each
+    tile captioned: prompt count, the refinement's removals / relabels, and the mask's
+    quality against the ground truth (the world's measure, IoU by default)."""
+    from ppd.viz import caption, grid, overlay
 
+    measure = {"iou": "IoU", "dice": "Dice"}.get(world.quality_name, world.quality_name)
     tiles = []
     for (rec, obj, st, pts), res in list(zip(rollouts["coarse"], rollouts["defended_coarse"]))[:n]:
         img = rec.scene.image
-        tiles.append(overlay(img, rec.scene.masks[obj], color=(40, 200, 40)))
-        for state, points in ((st, pts), (res["score_state"], res["points"])):
+        tiles.append(caption(overlay(img, rec.scene.masks[obj], color=(40, 200, 40)), f"ground truth ({rec.scene.domain})"))
+        for title, state, points in (("coarse", st, pts), ("refined", res["score_state"], res["points"])):
             out = world.evaluate([(rec, obj, state, points)], want_mask=True)[0]
             coords, labels = prompts_from_state(state, points)
-            tiles.append(overlay(img, out.mask, coords, labels))
+            text = f"{title}: {len(labels)} pts"
+            if title == "refined":
+                dropped = int(((st != INACTIVE) & (state == INACTIVE)).sum())
+                flipped = int(((st != INACTIVE) & (state != INACTIVE) & (state != st)).sum())
+                text += f": {dropped} removed, {flipped} relabelled"
+            tiles.append(caption(overlay(img, out.mask, coords, labels), f"{text}\n{measure} {out.quality:.2f}"))
     return grid(tiles, cols=3)
 
 

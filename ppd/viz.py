@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 POSITIVE = (40, 220, 60)
 NEGATIVE = (235, 40, 40)
@@ -57,3 +57,16 @@ def grid(images: list[np.ndarray], cols: int, pad: int = 2) -> np.ndarray:
         r, c = divmod(i, cols)
         out[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + c * (w + pad) : pad + c * (w + pad) + w] = im
     return out
+
+
+def caption(image: np.ndarray, text: str) -> np.ndarray:
+    """A copy of an (H, W, 3) uint8 image with ``text`` in white on a dark box at its top
+    left (PIL's built-in font; lines split on ``\\n``). The size does not change, so
+    captioned tiles still fit :func:`grid`."""
+    img = Image.fromarray(np.ascontiguousarray(image[..., :3]).astype(np.uint8))
+    draw = ImageDraw.Draw(img)
+    font = ImageFont.load_default()
+    left, top, right, bottom = draw.multiline_textbbox((3, 2), text, font=font, spacing=1)
+    draw.rectangle([0, 0, right + 3, bottom + 2], fill=(20, 20, 20))
+    draw.multiline_text((3, 2), text, fill=(255, 255, 255), font=font, spacing=1)
+    return np.asarray(img)
