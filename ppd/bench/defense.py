@@ -13,9 +13,9 @@ SAM2's mask for:
   all scenes batched);
 * ``defended``: the attacked set refined by the defender (no ground truth);
 * ``attacked+oracle``: the attacked set without its wrong-label prompts, by the ground
-  truth at each point (a positive outside the object, a negative inside it; the last
-  prompt is kept): what a defender that removes exactly those could reach, a reference
-  for ``defended``, not a method;
+  truth at each point (a positive outside the object, a negative inside it; one prompt
+  stays when all are wrong): what a defender that removes exactly those could reach, a
+  reference for ``defended``, not a method;
 * ``attacked+greedy_score``, ``attacked+consistency``: the attacked set refined by the
   ``GreedyScoreFilter`` or the ``ConsistencyFilter`` baseline instead (what recovery is
   to be compared with);

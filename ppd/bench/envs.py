@@ -13,8 +13,9 @@ prompt states answered without decoding (outcome cache hits, e.g. after invalid 
 actions, and empty prompt sets). ``--probe`` gives the defender envs removal probes (each
 state's K leave-one-out prompt sets are decoded with it, as ``ppd train`` does by default).
 
-Also reported: the **decoder's own batching gain**, M one-row decoder calls (one per image)
-against one M-row call, with no env work at all. The env ratio cannot exceed it: the
+Also reported: the **decoder's own batching gain**, with no env work at all: M decoder
+calls of as many rows as a sequential env decodes per step (1, or K + 1 with probes), one
+per image, against one call of all their rows. The env ratio cannot exceed it: the
 batched side saves decoder calls, not per-row decoder work or env bookkeeping.
 """
 
