@@ -735,5 +735,8 @@ def run_train(args: argparse.Namespace) -> int:
     ]
     for name, v in rows:
         print(f"  {name:36s} {v:.3f}")
+    if final["ideal_iou"] > 0:
+        print(f"the attack costs {final['ideal_iou'] - final['attacked_iou']:.3f} IoU; the defender recovers "
+              f"{100 * final['defended_attacked_iou'] / final['ideal_iou']:.0f}% of the ideal IoU")
     print(f"files: {out / 'defender.zip'}, {out / 'attacker.zip'}, {out / 'metrics.json'}, {out / 'examples.png'}")
     return 0

@@ -667,7 +667,7 @@ def test_train_without_selection_keeps_the_latest_defender(tiny_segmenter, tiny_
         _tiny_config(tiny_checkpoint, defender_evals=-1)
 
 
-def test_train_cli_and_resume_errors(tiny_checkpoint, tmp_path):
+def test_train_cli_and_resume_errors(tiny_checkpoint, tmp_path, capsys):
     from ppd.cli import main
 
     cfg_file = tmp_path / "cfg.yaml"
@@ -677,6 +677,12 @@ def test_train_cli_and_resume_errors(tiny_checkpoint, tmp_path):
              "--eval-scenes", "1", "--learning-starts", "4", "--buffer-size", "64", "--batch-size", "4",
              "--hidden-dim", "8", "--n-examples", "1", "--device", "cpu", "--seed", "3"]
     assert main(["train", "--config", str(cfg_file), "--out", str(out), *flags]) == 0
+    final = json.loads((out / "metrics.json").read_text())["final"]
+    printed = capsys.readouterr().out
+    assert f"  {'attacked, defended':36s} {final['defended_attacked_iou']:.3f}" in printed
+    assert final["ideal_iou"] > 0  # seeded: the tiny random model covers some of the object
+    pct = 100 * final["defended_attacked_iou"] / final["ideal_iou"]  # the summary's recovery line
+    assert f"the defender recovers {pct:.0f}% of the ideal IoU" in printed
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["seed"] == 3 and saved["start_mix"] == {"coarse": 1.0} and saved["hidden_dim"] == 8
     with pytest.raises(FileNotFoundError, match="state.json"):
