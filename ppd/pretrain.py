@@ -141,6 +141,8 @@ class PretrainConfig:
     """random seed (scenes, clicks, initialisation)"""
     threads: int = 0
     """torch CPU threads (0: leave torch's default)"""
+    device: str = "auto"
+    """torch device: auto (cuda when available), cpu, cuda, cuda:N"""
     model: dict = field(default_factory=tiny_model_config)
     """model config (sam2 schema)"""
 
@@ -379,20 +381,21 @@ def train_step(
     for every mask row (row r lies on image ``owner[r]``). ``inst`` (N, S, S) instance
     ids feed the auxiliary instance loss when ``cfg.instance_weight`` > 0."""
     S = model.image_size
-    x = model_input(imgs, S)
-    target = torch.from_numpy(masks).float()
+    dev = next(model.parameters()).device
+    x = model_input(imgs, S, dev)
+    target = torch.from_numpy(masks).float().to(dev)
     if cfg.loss_size and cfg.loss_size != target.shape[-1]:
         target = F.interpolate(target[:, None], size=(cfg.loss_size, cfg.loss_size), mode="area")[:, 0]
     scale = S / masks.shape[-1]
     embed, high = image_features(model, x)
-    total = torch.zeros(())
+    total = torch.zeros((), device=dev)
     stats = {}
     if cfg.instance_weight and inst is not None:
-        onehot = instance_onehot(torch.from_numpy(inst))  # once for both feature maps
+        onehot = instance_onehot(torch.from_numpy(inst).to(dev))  # once for both feature maps
         aux = sum(instance_loss(f, onehot, cfg.instance_temperature) for f in (embed, high[1]))
         total = total + cfg.instance_weight * aux
         stats["instance_loss"] = float(aux.detach())
-    idx = torch.from_numpy(owner).long()
+    idx = torch.from_numpy(owner).long().to(dev)
     embed, high = embed[idx], [h[idx] for h in high]
     dec = model.sam_mask_decoder
     pe = model.sam_prompt_encoder.get_dense_pe()
@@ -400,9 +403,9 @@ def train_step(
     prompts = [_initial_prompt(m, rng, cfg) for m in masks]
     points = [p for p, _, _ in prompts]
     labels = [l for _, l, _ in prompts]
-    multi = torch.tensor([mm for _, _, mm in prompts])
+    multi = torch.tensor([mm for _, _, mm in prompts], device=dev)
     for r in range(cfg.rounds):
-        P, L = _pad(points, labels)
+        P, L = (t.to(dev) for t in _pad(points, labels))
         sparse, dense = model.sam_prompt_encoder(points=(P * scale, L), boxes=None, masks=None)
         # predict_masks returns all four masks: index 0 single-mask, 1..3 multimask
         logits, iou_pred, _, _ = dec.predict_masks(embed, pe, sparse, dense, repeat_image=False, high_res_features=high)
@@ -416,10 +419,10 @@ def train_step(
         )
         per = per.view(B, 4)
         true_iou = hard_iou(up.flatten(0, 1).detach(), tgt.flatten(0, 1)).view(B, 4)
-        use_multi = multi if r == 0 else torch.zeros(B, dtype=torch.bool)
+        use_multi = multi if r == 0 else torch.zeros(B, dtype=torch.bool, device=dev)
         best = per[:, 1:].detach().argmin(1) + 1
         idx = torch.where(use_multi, best, torch.zeros_like(best))
-        rows = torch.arange(B)
+        rows = torch.arange(B, device=dev)
         mask_loss = per[rows, idx]
         # IoU head: supervise all three multimask outputs on multimask rows, mask 0 otherwise
         iou_err = (iou_pred - true_iou) ** 2
@@ -429,7 +432,7 @@ def train_step(
         if r + 1 < cfg.rounds:
             with torch.no_grad():
                 chosen = logits[rows, idx][:, None]
-                pred = (F.interpolate(chosen, size=masks.shape[-2:], mode="bilinear", align_corners=False)[:, 0] > 0).numpy()
+                pred = (F.interpolate(chosen, size=masks.shape[-2:], mode="bilinear", align_corners=False)[:, 0] > 0).cpu().numpy()
             for i in range(B):
                 c = _error_click(pred[i], masks[i], rng, cfg.p_rule_click)
                 if c is not None:
@@ -463,7 +466,7 @@ def parameter_groups(model, decoder_lr_scale: float = 1.0) -> list[dict]:
 
 def export_checkpoint(model, cfg: PretrainConfig, path: Path, meta: dict) -> Path:
     """The shippable checkpoint: ``{"model": fp16 state_dict, "config", "meta"}``."""
-    state = {k: (v.half() if v.is_floating_point() else v) for k, v in model.state_dict().items()}
+    state = {k: (v.half() if v.is_floating_point() else v).cpu() for k, v in model.state_dict().items()}
     return io.save_torch({"model": state, "config": cfg.model, "meta": meta}, path)
 
 
@@ -495,6 +498,23 @@ def evaluate_clicks(seg: Segmenter, scenes, n_clicks: int = 3, max_objects: int 
     return out
 
 
+def resolve_device(name: str) -> torch.device:
+    """``PretrainConfig.device`` as a torch device (``auto``: CUDA when available).
+
+    Raises:
+        ValueError: an unknown device, or CUDA asked for where torch has none.
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise ValueError(f"unknown device {name!r} (auto, cpu, cuda, cuda:N): {e}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for, but torch sees no CUDA device here (use cpu or auto)")
+    return device
+
+
 def pretrain(
     cfg: PretrainConfig,
     out: str | Path,
@@ -504,13 +524,15 @@ def pretrain(
     """Train the tiny model; returns the final metrics. See the module docstring."""
     if cfg.domain not in DOMAINS:
         raise ValueError(f"unknown domain {cfg.domain!r}; known: {', '.join(DOMAINS)}")
+    resolve_device(cfg.device)  # a bad device fails before anything is written
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     io.save_json(cfg.to_dict(), out / "config.json")
     rng = np.random.default_rng(cfg.seed)
-    model = new_tiny_model(cfg.model, seed=cfg.seed)
+    device = resolve_device(cfg.device)
+    model = new_tiny_model(cfg.model, seed=cfg.seed).to(device)
     opt = torch.optim.AdamW(parameter_groups(model, cfg.decoder_lr_scale), lr=cfg.lr, weight_decay=cfg.weight_decay)
     step, history, elapsed = 0, [], 0.0
     last = out / "last.pt"
@@ -544,7 +566,7 @@ def pretrain(
             history.append({"step": step, "time": time.time() - t0, **stats})
         if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
             model.eval()
-            ev = evaluate_clicks(Segmenter(model, BUNDLED_NAME, device="cpu", cache_size=0), eval_scenes)
+            ev = evaluate_clicks(Segmenter(model, BUNDLED_NAME, device=str(device), cache_size=0), eval_scenes)
             model.train()
             history.append({"step": step, "time": time.time() - t0, "eval": ev})
             logger.info("step %d eval %s", step, ev)
@@ -567,13 +589,14 @@ def pretrain(
             progress("train", step, cfg.steps, stats)
     wall = time.time() - t0
     model.eval()
-    seg = Segmenter(model, BUNDLED_NAME, device="cpu", cache_size=0)
+    seg = Segmenter(model, BUNDLED_NAME, device=str(device), cache_size=0)
     final = evaluate_clicks(seg, eval_scenes)
     meta = {
         "steps": cfg.steps,
         "batch_size": cfg.batch_size,
         "wall_clock_s": round(wall, 1),
         "torch_threads": torch.get_num_threads(),
+        "device": str(device),
         "eval_in_domain": final,
         "seed": cfg.seed,
     }

@@ -16,6 +16,7 @@ from ppd.pretrain import (
     lr_at,
     parameter_groups,
     pretrain,
+    resolve_device,
     simple_share,
     trainable_parameters,
 )
@@ -142,6 +143,17 @@ def test_unknown_domain_is_a_clear_error(tmp_path):
         pretrain(tiny_cfg(domain="moon"), tmp_path)
 
 
+def test_device_is_resolved_and_bad_devices_are_clear_errors(tmp_path):
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError, match="unknown device 'gpu0'"):
+        pretrain(tiny_cfg(device="gpu0"), tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()  # nothing written
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA device"):
+            pretrain(tiny_cfg(device="cuda"), tmp_path / "bad")
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("pretrain") / "a"
@@ -159,7 +171,7 @@ def test_tiny_run_writes_a_loadable_model_and_metrics(tiny_run):
     pred = seg.predict(scene.image, np.array([[100.0, 100.0]]), np.array([1]))
     assert pred.masks.shape == (1, 256, 256)
     meta = torch.load(out / "model.pt", weights_only=False)["meta"]
-    assert meta["steps"] == 2 and meta["eval_in_domain"] == final
+    assert meta["steps"] == 2 and meta["eval_in_domain"] == final and meta["device"] == str(resolve_device("auto"))
     state = torch.load(out / "last.pt", weights_only=False)
     assert state["step"] == 2 and state["history"] == [] and len(state["pool"]["simple_seeds"]) == 1
 

@@ -73,7 +73,7 @@ import yaml
 from ppd import io
 from ppd.data.scenes import DOMAINS, TRAIN_DOMAIN, ProceduralScenes, augment, draw_augmentation, make_scene
 from ppd.models import BUNDLED_NAME
-from ppd.pretrain import _error_click, _initial_prompt, _pad, hard_iou, model_input
+from ppd.pretrain import _error_click, _initial_prompt, _pad, hard_iou, model_input, resolve_device
 from ppd.ruac.adversaries import DeformationAttacker, StyleAttacker
 from ppd.ruac.decoder import HEAD_FILENAME, BayesianMaskDecoder, RuacDecoderOutput, RuacHeadConfig, save_head
 from ppd.ruac.evaluation import (
@@ -722,12 +722,6 @@ def config_differences(saved: dict, cfg: RuacTrainConfig) -> list[str]:
     return [f"{k}: run folder {saved.get(k)!r} vs now {now.get(k)!r}" for k in keys if saved.get(k) != now.get(k)]
 
 
-def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def evaluate_heldout(
     seg: Segmenter, head: BayesianMaskDecoder, cfg: RuacTrainConfig, mc_samples: int = 20
 ) -> dict[str, dict[str, float]]:
@@ -798,7 +792,7 @@ def train_ruac(
 
     from ppd.segmenter import load_segmenter
 
-    device = _resolve_device(cfg.device)
+    device = resolve_device(cfg.device)
     seg = load_segmenter(cfg.model, checkpoint=cfg.checkpoint or None, device=device, cache_size=0)
     trainer = RuacTrainer(cfg, seg.model, device)
     step, history, elapsed = 0, [], 0.0
