@@ -625,6 +625,8 @@ class PromptDefender(PromptRefiner):
         ground truth; one decoder call for the observation, no refinement step).
 
         Points merged into one node (see ``state_from_prompts``) share its value.
+        It is a diagnostic, not a refiner: dropping the points above a threshold did
+        worse than :meth:`refine` on held-out scenes (see the model card).
 
         Raises:
             ValueError: a defender without the label head, or bad prompts (as :meth:`refine`).
