@@ -499,7 +499,8 @@ def evaluate_clicks(seg: Segmenter, scenes, n_clicks: int = 3, max_objects: int 
 
 
 def resolve_device(name: str) -> torch.device:
-    """``PretrainConfig.device`` as a torch device (``auto``: CUDA when available).
+    """A training config's ``device`` (``ppd pretrain``, ``ppd train-ruac``) as a torch
+    device; ``auto``: CUDA when available.
 
     Raises:
         ValueError: an unknown device, or CUDA asked for where torch has none.
@@ -524,14 +525,13 @@ def pretrain(
     """Train the tiny model; returns the final metrics. See the module docstring."""
     if cfg.domain not in DOMAINS:
         raise ValueError(f"unknown domain {cfg.domain!r}; known: {', '.join(DOMAINS)}")
-    resolve_device(cfg.device)  # a bad device fails before anything is written
+    device = resolve_device(cfg.device)  # a bad device fails before anything is written
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     io.save_json(cfg.to_dict(), out / "config.json")
     rng = np.random.default_rng(cfg.seed)
-    device = resolve_device(cfg.device)
     model = new_tiny_model(cfg.model, seed=cfg.seed).to(device)
     opt = torch.optim.AdamW(parameter_groups(model, cfg.decoder_lr_scale), lr=cfg.lr, weight_decay=cfg.weight_decay)
     step, history, elapsed = 0, [], 0.0
