@@ -134,6 +134,9 @@ def test_resume_refuses_another_config_or_a_missing_checkpoint(run_dir, tmp_path
         train_ruac(tiny_cfg(steps=5), out, resume=True)
     with pytest.raises(FileNotFoundError, match="last.pt"):
         train_ruac(tiny_cfg(), tmp_path / "empty", resume=True)
+    with pytest.raises(ValueError, match="unknown device 'gpu0'"):
+        train_ruac(tiny_cfg(device="gpu0"), tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()  # nothing written
 
 
 def test_config_validation():

@@ -765,8 +765,9 @@ def train_ruac(
     Raises:
         FileNotFoundError: ``resume`` without ``out/last.pt``.
         ValueError: ``resume`` with a config that differs from the folder's, a corrupt
-            ``last.pt``, or a head/model mismatch.
+            ``last.pt``, a head/model mismatch, or a bad ``device``.
     """
+    device = resolve_device(cfg.device)  # a bad device fails before anything is written
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
@@ -792,7 +793,6 @@ def train_ruac(
 
     from ppd.segmenter import load_segmenter
 
-    device = resolve_device(cfg.device)
     seg = load_segmenter(cfg.model, checkpoint=cfg.checkpoint or None, device=device, cache_size=0)
     trainer = RuacTrainer(cfg, seg.model, device)
     step, history, elapsed = 0, [], 0.0
