@@ -145,7 +145,8 @@ def sweep(defender: Any, supervised: Any, attacker: Any, n_scenes: int) -> dict[
     """Mean IoU on ``n_scenes`` selection scenes (coarse and attacked sets): the run's
     ``refine`` and, per threshold, dropping or relabelling the prompts whose supervised
     wrong-label probability exceeds it (one decoder call; the least suspect prompt
-    stays if all exceed it). Keys ``"{coarse|attacked}:{refine|drop@t|relabel@t}"``."""
+    stays if all exceed it). Keys ``"{coarse|attacked}:{refine|drop@t|relabel@t}"``, and
+    ``"ideal"``: the ideal prompts the attacks started from (recovery's reference)."""
     from ppd.agents.defender import PromptDefender
     from ppd.envs.world import prompts_from_state
     from ppd.metrics import iou
@@ -157,8 +158,10 @@ def sweep(defender: Any, supervised: Any, attacker: Any, n_scenes: int) -> dict[
     seg = defender.segmenter
     vals: dict[str, list[float]] = {}
     rng = np.random.default_rng([SWEEP_SEED, 1])
-    for (rec, obj, _, _), res in attacked:
+    for (rec, obj, ideal_state, ideal_points), res in attacked:
         gt, image = rec.scene.masks[obj], rec.scene.image
+        coords, labels = prompts_from_state(ideal_state, ideal_points)
+        vals.setdefault("ideal", []).append(float(iou(seg.predict(rec.embedding, coords, labels).masks[0], gt)))
         cp = coarse_prompts(gt, rng).prompts
         sets = {"coarse": (cp.point_coords, cp.point_labels), "attacked": prompts_from_state(res["state"], res["points"])}
         for name, (coords, labels) in sets.items():
@@ -231,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
           f"supervised head {res['auc_supervised']:.3f} (on its training data {res['auc_supervised_train']:.3f})")
     if args.sweep_scenes:
         res["sweep"] = sweep(defender, model, attacker, args.sweep_scenes)
-        print(f"mean IoU on {args.sweep_scenes} selection scenes (seed {SWEEP_SEED}):")
+        print(f"mean IoU on {args.sweep_scenes} selection scenes (seed {SWEEP_SEED}); ideal prompts {res['sweep']['ideal']:.3f}:")
         print(f"{'set':9s} {'refine':>7s} " + " ".join(f"{f'drop@{t}':>8s}" for t in THRESHOLDS) + " "
               + " ".join(f"{f'relab@{t}':>9s}" for t in THRESHOLDS))
         for name in ("coarse", "attacked"):
