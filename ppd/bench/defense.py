@@ -133,6 +133,31 @@ def oracle_state(node_state: np.ndarray, node_points: np.ndarray, gt: np.ndarray
     return out
 
 
+def defender_world(defender: PromptDefender, scenes: Any) -> PromptWorld:
+    """A :class:`PromptWorld` over ``scenes`` whose graphs are built as the defender's
+    (grid, k-NN sizes), so that its agents see the observations they were trained on."""
+    w = defender.world
+    return PromptWorld(defender.segmenter, scenes, grid=w.grid, k_physical=w.k_physical, k_semantic=w.k_semantic)
+
+
+def ideal_start(rec: Any, obj: int, cfg: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """The attacker's start on object ``obj`` of ``rec``: ``ideal_prompts`` with the
+    run's ``max_ideal_points`` per label (6 if unset), as ``(node_state, node_points)``."""
+    max_ideal = find_setting(cfg, "max_ideal_points")
+    max_ideal = int(max_ideal) if isinstance(max_ideal, int) else 6
+    ideal = ideal_prompts(rec.scene.masks[obj], n_pos=max_ideal, n_neg=max_ideal)
+    st, pts, _ = state_from_prompts(ideal.point_coords, ideal.point_labels, rec.grid, rec.hw, rec.centres)
+    return st, pts
+
+
+def attack(attacker: Any, world: PromptWorld, cfg: dict[str, Any], starts: list) -> list[dict[str, Any]]:
+    """The run's attacker acting greedily from ``starts`` ``(rec, obj, node_state,
+    node_points)`` with its training step budget, all starts at once (one decoder call
+    per attacker step, in a world that decodes as in training)."""
+    steps = role_max_steps(cfg, "attacker") or DEFAULT_MAX_STEPS["attacker"]
+    return greedy_rollout(attacker, world, "attacker", starts, steps)
+
+
 def bench_domain(
     defender: PromptDefender,
     attacker: Any | None,
@@ -148,31 +173,21 @@ def bench_domain(
     (the object uniformly, as the environments draw it).
     """
     seg = defender.segmenter
-    scenes = ProceduralScenes(domain, n_scenes, seed=DEFENSE_SEED)
-    world = PromptWorld(
-        seg, scenes, grid=defender.world.grid, k_physical=defender.world.k_physical, k_semantic=defender.world.k_semantic
-    )
-    max_ideal = find_setting(cfg, "max_ideal_points")
-    max_ideal = int(max_ideal) if isinstance(max_ideal, int) else 6
+    world = defender_world(defender, ProceduralScenes(domain, n_scenes, seed=DEFENSE_SEED))
     items = []
     for i in range(n_scenes):
         rec = world.image(i)
         rng = np.random.default_rng([DEFENSE_SEED, seed, i])
         obj = int(rng.integers(rec.scene.num_objects))
-        gt = rec.scene.masks[obj]
-        ideal = ideal_prompts(gt, n_pos=max_ideal, n_neg=max_ideal)
-        st, pts, _ = state_from_prompts(ideal.point_coords, ideal.point_labels, rec.grid, rec.hw, rec.centres)
-        items.append((rec, obj, st, pts, coarse_prompts(gt, rng).prompts))
+        st, pts = ideal_start(rec, obj, cfg)
+        items.append((rec, obj, st, pts, coarse_prompts(rec.scene.masks[obj], rng).prompts))
 
     other = other_rule(defender.select)
     vals: dict[str, list[float]] = {c: [] for c in COLUMNS}
     vals["ideal"] = [state_iou(seg, rec, st, pts, rec.scene.masks[obj]) for rec, obj, st, pts, _ in items]
     attacked: list[dict[str, Any] | None] = [None] * n_scenes
     if attacker is not None:
-        # All scenes at once: one decoder call per attacker step, in a world that decodes
-        # as in training (the attacker's observations match).
-        steps = role_max_steps(cfg, "attacker") or DEFAULT_MAX_STEPS["attacker"]
-        attacked = greedy_rollout(attacker, world, "attacker", [it[:4] for it in items], steps)
+        attacked = attack(attacker, world, cfg, [it[:4] for it in items])
         vals["attacked"] = [
             state_iou(seg, rec, r["state"], r["points"], rec.scene.masks[obj]) for (rec, obj, *_), r in zip(items, attacked)
         ]

@@ -48,28 +48,17 @@ def attacked_world(defender: Any, attacker: Any, n_scenes: int, seed: int) -> tu
     holds the attacker's greedy result on each scene's ideal prompts (one object per
     scene, drawn from ``default_rng(seed)``); returns it and the ``(rec, obj, ideal
     state, points)`` starts with the attacked results."""
-    from ppd.agents.defender import find_setting, role_max_steps
-    from ppd.agents.train import greedy_rollout
+    from ppd.bench.defense import attack, defender_world, ideal_start
     from ppd.data.scenes import ProceduralScenes
-    from ppd.envs.point_prompt_env import DEFAULT_MAX_STEPS
-    from ppd.envs.world import PromptWorld, state_from_prompts
-    from ppd.prompts import ideal_prompts
 
-    w = defender.world
-    world = PromptWorld(defender.segmenter, ProceduralScenes("train", n_scenes, seed=seed), grid=w.grid,
-                        k_physical=w.k_physical, k_semantic=w.k_semantic)
-    max_ideal = find_setting(defender.config, "max_ideal_points")
-    max_ideal = int(max_ideal) if isinstance(max_ideal, int) else 6
+    world = defender_world(defender, ProceduralScenes("train", n_scenes, seed=seed))
     rng = np.random.default_rng(seed)
     starts = []
     for i in range(n_scenes):
         rec = world.image(i)
         obj = int(rng.integers(rec.scene.num_objects))
-        ideal = ideal_prompts(rec.scene.masks[obj], n_pos=max_ideal, n_neg=max_ideal)
-        st, pts, _ = state_from_prompts(ideal.point_coords, ideal.point_labels, rec.grid, rec.hw, rec.centres)
-        starts.append((rec, obj, st, pts))
-    steps = role_max_steps(defender.config, "attacker") or DEFAULT_MAX_STEPS["attacker"]
-    results = greedy_rollout(attacker, world, "attacker", starts, steps)
+        starts.append((rec, obj, *ideal_start(rec, obj, defender.config)))
+    results = attack(attacker, world, defender.config, starts)
     for (rec, obj, _, _), r in zip(starts, results):
         world.add_attacked(rec.index, obj, r["state"], r["points"])
     return world, list(zip(starts, results))
@@ -148,6 +137,7 @@ def sweep(defender: Any, supervised: Any, attacker: Any, n_scenes: int) -> dict[
     stays if all exceed it). Keys ``"{coarse|attacked}:{refine|drop@t|relabel@t}"``, and
     ``"ideal"``: the ideal prompts the attacks started from (recovery's reference)."""
     from ppd.agents.defender import PromptDefender
+    from ppd.bench.defense import state_iou
     from ppd.envs.world import prompts_from_state
     from ppd.metrics import iou
     from ppd.prompts import coarse_prompts
@@ -160,8 +150,7 @@ def sweep(defender: Any, supervised: Any, attacker: Any, n_scenes: int) -> dict[
     rng = np.random.default_rng([SWEEP_SEED, 1])
     for (rec, obj, ideal_state, ideal_points), res in attacked:
         gt, image = rec.scene.masks[obj], rec.scene.image
-        coords, labels = prompts_from_state(ideal_state, ideal_points)
-        vals.setdefault("ideal", []).append(float(iou(seg.predict(rec.embedding, coords, labels).masks[0], gt)))
+        vals.setdefault("ideal", []).append(state_iou(seg, rec, ideal_state, ideal_points, gt))
         cp = coarse_prompts(gt, rng).prompts
         sets = {"coarse": (cp.point_coords, cp.point_labels), "attacked": prompts_from_state(res["state"], res["points"])}
         for name, (coords, labels) in sets.items():
