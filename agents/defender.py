@@ -20,6 +20,12 @@ highest predicted IoU (``select="score"``, the default; ``select="last"`` return
 the defender stopped). Every visited state is decoded for the observations anyway, so
 the choice costs nothing and uses no ground truth.
 
+A run trained with the label filter stage (``ppd train``'s default; ``label_filter.zip``)
+first removes the prompts that its supervised wrong-label network flags above the
+threshold selected in training, then the defender acts on the rest (see
+:mod:`ppd.agents.label_filter`; ``PromptDefender.load(..., use_filter=False)`` /
+``ppd refine --no-filter`` turn it off).
+
 With the RUAC decoder (``ppd.load_segmenter(..., decoder="ruac", ruac_checkpoint=...)``
 passed as ``segmenter``), masks come from the Bayesian decoder and
 :attr:`RefineResult.uncertainty` holds its pixel uncertainty map of the final mask. A
@@ -412,6 +418,12 @@ class PromptDefender(PromptRefiner):
             whenever the best-scored state comes before such a run of steps; each step
             saved is one decoder call of K + 1 prompt sets (with probes) and one
             Q-network pass.
+        label_filter: ``(network, threshold)``, the run's wrong-label filter
+            (:mod:`ppd.agents.label_filter`; None: none). :meth:`refine` first removes
+            every prompt whose wrong-label probability exceeds the threshold (the least
+            suspect one stays), then the defender acts on the rest. A threshold of 1.0
+            removes nothing. Its cost: one Q-network pass, and one decoder call when it
+            removes something (otherwise its observation is the rollout's first).
 
     Whether the observation has the per-node ``uncertainty`` (``node_uncertainty``) is
     read from the model's observation space: it is what the network was trained on.
@@ -434,6 +446,7 @@ class PromptDefender(PromptRefiner):
         config: dict[str, Any] | None = None,
         select: str = DEFAULT_SELECT,
         patience: int | None = None,
+        label_filter: tuple[Any, float] | None = None,
     ) -> None:
         if select not in SELECT_RULES:
             raise ValueError(f"select must be one of {SELECT_RULES}, got {select!r}")
@@ -470,6 +483,14 @@ class PromptDefender(PromptRefiner):
         self.world = PromptWorld(segmenter, placeholder, grid=grid, k_physical=k_physical, k_semantic=k_semantic)
         self.cache_size = cache_size
         self._records: OrderedDict[str, ImageRecord] = OrderedDict()
+        self.label_filter = None
+        if label_filter is not None:
+            net, threshold = label_filter
+            if not 0.0 < float(threshold) <= 1.0:
+                raise ValueError(f"the label filter's threshold must be in (0, 1], got {threshold}")
+            if net.observation_space["state"].shape != model.observation_space["state"].shape:
+                raise ValueError("the label filter was built for another graph size than the defender")
+            self.label_filter = (net, float(threshold))
 
     # -- construction -------------------------------------------------------------------
     @classmethod
@@ -480,6 +501,8 @@ class PromptDefender(PromptRefiner):
         device: str | None = None,
         select: str = DEFAULT_SELECT,
         patience: int | None = None,
+        use_filter: bool = True,
+        filter_threshold: float | None = None,
     ) -> PromptDefender:
         """Load the defender of a training run.
 
@@ -495,6 +518,10 @@ class PromptDefender(PromptRefiner):
                 segmenter's device when it is loaded here.
             select: output rule, see the class docstring (:data:`SELECT_RULES`).
             patience: early end of ``select="score"`` rollouts, see the class docstring.
+            use_filter: apply the run's wrong-label filter (``label_filter.zip``, from
+                ``ppd train``'s last stage) when it has one; False: the defender alone.
+            filter_threshold: the filter's threshold instead of the selected one (in
+                (0, 1]; 1.0 removes nothing).
 
         Raises:
             FileNotFoundError: missing folder or ``defender.zip``.
@@ -528,6 +555,13 @@ class PromptDefender(PromptRefiner):
             )
         k_phys = find_setting(cfg, "k_physical")
         k_sem = find_setting(cfg, "k_semantic")
+        label_filter = None
+        if use_filter:
+            from ppd.agents.label_filter import load_label_filter
+
+            loaded = load_label_filter(folder, device)
+            if loaded is not None:
+                label_filter = (loaded[0], float(loaded[1]["threshold"] if filter_threshold is None else filter_threshold))
         if segmenter is None:
             segmenter = _segmenter_from_config(cfg, device)
         return cls(
@@ -540,6 +574,7 @@ class PromptDefender(PromptRefiner):
             config=cfg,
             select=select,
             patience=patience,
+            label_filter=label_filter,
         )
 
     # -- images -------------------------------------------------------------------------
@@ -616,34 +651,40 @@ class PromptDefender(PromptRefiner):
 
     @property
     def has_label_head(self) -> bool:
-        """Whether the defender was trained with the auxiliary wrong-label head
-        (``ppd train --label-aux``), which :meth:`wrong_label_probability` reads."""
-        return bool(getattr(self.model.policy.q_net, "label_aux", False))
+        """Whether :meth:`wrong_label_probability` has a network to read: the run's
+        label filter, or the defender's auxiliary head (``ppd train --label-aux``)."""
+        return self.label_filter is not None or bool(getattr(self.model.policy.q_net, "label_aux", False))
+
+    def _node_probability(self, rec: ImageRecord, st: np.ndarray, pts: np.ndarray) -> np.ndarray:
+        """(N,) wrong-label probability of each node's prompt: the label filter's
+        network if there is one, else the defender's own label head."""
+        from ppd.agents.label_filter import filter_probabilities
+
+        net = self.label_filter[0] if self.label_filter is not None else self.model
+        opts = observation_options(net.observation_space)
+        out = self.world.evaluate([(rec, -1, st, pts)], probe=opts["probe"])[0]
+        obs = build_observation(rec, st, pts, out, 0, self.train_max_steps or 1, opts["node_uncertainty"], opts["probe"],
+                                opts["label_target"])
+        return filter_probabilities(net, {k: v[None] for k, v in obs.items()})[0]
 
     def wrong_label_probability(self, image: np.ndarray, point_coords: np.ndarray, point_labels: np.ndarray) -> np.ndarray:
-        """Per input point, the label head's probability that its label is wrong (no
-        ground truth; one decoder call for the observation, no refinement step).
+        """Per input point, the probability that its label is wrong (no ground truth;
+        one decoder call for the observation, no refinement step): from the run's label
+        filter (:mod:`ppd.agents.label_filter`) when it has one, else from the
+        defender's auxiliary label head.
 
         Points merged into one node (see ``state_from_prompts``) share its value.
-        It is a diagnostic, not a refiner: dropping the points above a threshold did
-        worse than :meth:`refine` on held-out scenes (see the model card).
 
         Raises:
-            ValueError: a defender without the label head, or bad prompts (as :meth:`refine`).
+            ValueError: a defender with neither, or bad prompts (as :meth:`refine`).
         """
-        import torch
-
         if not self.has_label_head:
-            raise ValueError("this defender has no wrong-label head: train one with `ppd train --label-aux WEIGHT`")
+            raise ValueError("this defender has no wrong-label network: train one with `ppd train` "
+                             "(its label filter stage, --filter-scenes) or `--label-aux WEIGHT`")
         coords, labels = check_prompts(point_coords, point_labels)
         rec = self.record(image)
         st, pts, point_node = state_from_prompts(coords, labels, rec.grid, rec.hw, rec.centres)
-        out = self.world.evaluate([(rec, -1, st, pts)], probe=self.probe)[0]
-        obs = self._observation(rec, st, pts, out, 0, self.train_max_steps or 1)
-        obs_t, _ = self.model.policy.obs_to_tensor({k: v[None] for k, v in obs.items()})
-        with torch.no_grad():
-            prob = torch.sigmoid(self.model.policy.q_net.label_logits(obs_t)[0].float()).cpu().numpy()
-        return prob[point_node].astype(np.float32)
+        return self._node_probability(rec, st, pts)[point_node].astype(np.float32)
 
     def refine(
         self,
@@ -658,8 +699,9 @@ class PromptDefender(PromptRefiner):
             image: (H, W, 3) uint8 RGB image (any format the segmenter accepts).
             point_coords: (K, 2) points (x, y) in pixels, K >= 1.
             point_labels: (K,) labels, 1 foreground / 0 background.
-            max_steps: step budget (default: :meth:`default_steps`); 0 decodes the
-                mapped prompts unchanged.
+            max_steps: step budget of the defender (default: :meth:`default_steps`),
+                after the label filter's removals (if it has one); 0 decodes the mapped
+                prompts unchanged (no filter either).
 
         Returns:
             :class:`RefineResult`: the surviving nodes' points (one per active node:
@@ -683,7 +725,13 @@ class PromptDefender(PromptRefiner):
         dist = np.linalg.norm(coords - rec.centres[point_node], axis=1)
         for k in np.argsort(-dist, kind="stable"):
             rep[point_node[k]] = k
-        st, _, steps = self.refine_state(rec, st0, pts, budget)
+        start = st0
+        if self.label_filter is not None and budget > 0:
+            from ppd.agents.label_filter import apply_filter
+
+            start = apply_filter(st0, self._node_probability(rec, st0, pts), self.label_filter[1])
+        st, _, steps = self.refine_state(rec, start, pts, budget)
+        steps += int(((st0 != INACTIVE) & (start == INACTIVE)).sum())  # the filter's removals
         active = st != INACTIVE
         kept = active[point_node]
         flipped = active & (st != st0)
@@ -726,6 +774,19 @@ def add_refine_arguments(p: argparse.ArgumentParser) -> None:
         help="with --select score: end the rollout after this many steps in a row without a better predicted IoU "
         "(faster; default: none, run until the defender stops)",
     )
+    p.add_argument(
+        "--no-filter",
+        dest="use_filter",
+        action="store_false",
+        help="skip the run's wrong-label filter (label_filter.zip), the defender acts on the input as is",
+    )
+    p.add_argument(
+        "--filter-threshold",
+        type=float,
+        default=None,
+        help="the filter's wrong-label probability above which a prompt is removed, in (0, 1] "
+        "(default: the one selected in training, label_filter.json)",
+    )
     p.add_argument("--out", default="refine_out", help="output folder (default: refine_out)")
     p.add_argument("--model", default=None, help="segmenter name (default: the one the defender was trained with)")
     p.add_argument("--checkpoint", default=None, help="checkpoint file for --model")
@@ -756,8 +817,11 @@ def run_refine(args: argparse.Namespace) -> int:
 
         kw = dict(decoder="ruac", ruac_checkpoint=ruac) if ruac else {}
         seg = load_segmenter(args.model or BUNDLED_NAME, checkpoint=args.checkpoint, device=args.device, **kw)
+    if args.filter_threshold is not None and not 0.0 < args.filter_threshold <= 1.0:
+        raise ValueError(f"--filter-threshold must be in (0, 1], got {args.filter_threshold}")
     defender = PromptDefender.load(
-        args.run, segmenter=seg, device=args.device, select=args.select, patience=args.patience
+        args.run, segmenter=seg, device=args.device, select=args.select, patience=args.patience,
+        use_filter=args.use_filter, filter_threshold=args.filter_threshold,
     )
     defender.record(image)  # encode and build the graph first: the timing is refinement only
     t = time.perf_counter()

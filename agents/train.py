@@ -180,6 +180,16 @@ class TrainConfig:
     ground truth. Measured at 0.3 over 4 seeds: refined coarse prompts 0.768 -> 0.800
     in-domain, recovery from attacked ones 0.725 -> 0.684 (README); the head's ROC AUC
     for wrong labels 0.74-0.92 (PromptDefender.wrong_label_probability)"""
+    filter_scenes: int = 600
+    """scenes of the wrong-label filter, the last stage of training (beyond the paper;
+    0: none): a network of the defender's architecture trained by supervision to flag
+    prompts whose label is wrong; refine removes the flagged ones before the defender
+    acts, at a threshold selected on held-out scenes (1.0: off). See
+    ppd.agents.label_filter"""
+    filter_walk: int = 2
+    """random defender steps recorded after each of the filter's start states"""
+    filter_epochs: int = 10
+    """supervised passes over the filter's examples"""
     learning_rate: float = 5e-4
     """Adam learning rate"""
     buffer_size: int = 30_000
@@ -232,6 +242,9 @@ class TrainConfig:
             "node_features": self.node_features in NODE_FEATURES,
             "q_prior": self.q_prior in (*Q_PRIORS, "auto"),
             "label_aux": self.label_aux >= 0,
+            "filter_scenes": self.filter_scenes >= 0,
+            "filter_walk": self.filter_walk >= 0,
+            "filter_epochs": self.filter_epochs >= 1,
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
@@ -404,7 +417,12 @@ def _eval_items(world: PromptWorld, cfg: TrainConfig) -> list[tuple[ImageRecord,
 
 
 def evaluate_agents(
-    attacker: MaskedDQN, defender: MaskedDQN, world: PromptWorld, cfg: TrainConfig, return_rollouts: bool = False
+    attacker: MaskedDQN,
+    defender: MaskedDQN,
+    world: PromptWorld,
+    cfg: TrainConfig,
+    return_rollouts: bool = False,
+    label_filter: tuple[MaskedDQN, float] | None = None,
 ) -> dict[str, float] | tuple[dict[str, float], dict[str, list]]:
     """Mean IoU (or the world's quality) on ``world``'s scenes; see :data:`EVAL_KEYS`.
 
@@ -412,27 +430,44 @@ def evaluate_agents(
     ``defended_*``: the greedy defender's output from the attacked / coarse set, picked
     as ``PromptDefender.refine`` does by default (``select="score"``: the visited set with
     SAM's highest predicted IoU); ``defended_*_last``: where the defender stopped.
+
+    With ``label_filter`` ``(network, threshold)`` (:mod:`ppd.agents.label_filter`), the
+    defender starts from the filtered sets, as ``refine`` does; ``defended_*_nofilter``
+    are then its outputs from the unfiltered ones.
     """
     items = _eval_items(world, cfg)
     ideal = [(rec, obj, *s_ideal) for rec, obj, s_ideal, _ in items]
     coarse = [(rec, obj, *s_coarse) for rec, obj, _, s_coarse in items]
     att = greedy_rollout(attacker, world, "attacker", ideal, cfg.attacker_max_steps, cfg.relabel)
     attacked = [(rec, obj, r["state"], r["points"]) for (rec, obj, _, _), r in zip(items, att)]
+    extra: dict[str, float] = {}
+    coarse_iou = None
+    if label_filter is not None:
+        from ppd.agents.label_filter import filter_starts
+
+        for name, starts in (("attacked", attacked), ("coarse", coarse)):
+            res = greedy_rollout(defender, world, "defender", starts, cfg.defender_max_steps, cfg.relabel)
+            extra[f"defended_{name}_iou_nofilter"] = float(np.mean([r["score_quality"] for r in res]))
+            coarse_iou = float(np.mean([r["start_quality"] for r in res]))  # the unfiltered input (last: coarse)
+        attacked = filter_starts(*label_filter, world, attacked, cfg.defender_max_steps)
+        coarse = filter_starts(*label_filter, world, coarse, cfg.defender_max_steps)
     def_att = greedy_rollout(defender, world, "defender", attacked, cfg.defender_max_steps, cfg.relabel)
     def_coarse = greedy_rollout(defender, world, "defender", coarse, cfg.defender_max_steps, cfg.relabel)
     metrics = {
         "ideal_iou": float(np.mean([r["start_quality"] for r in att])),
         "attacked_iou": float(np.mean([r["quality"] for r in att])),
         "defended_attacked_iou": float(np.mean([r["score_quality"] for r in def_att])),
-        "coarse_iou": float(np.mean([r["start_quality"] for r in def_coarse])),
+        "coarse_iou": coarse_iou if coarse_iou is not None else float(np.mean([r["start_quality"] for r in def_coarse])),
         "defended_coarse_iou": float(np.mean([r["score_quality"] for r in def_coarse])),
         "defended_attacked_iou_last": float(np.mean([r["quality"] for r in def_att])),
         "defended_coarse_iou_last": float(np.mean([r["quality"] for r in def_coarse])),
         "attacker_steps": float(np.mean([r["steps"] for r in att])),
         "defender_coarse_steps": float(np.mean([r["steps"] for r in def_coarse])),
+        **extra,
     }
     if return_rollouts:
-        return metrics, {"items": items, "coarse": coarse, "defended_coarse": def_coarse}
+        coarse_in = [(rec, obj, *s_coarse) for rec, obj, _, s_coarse in items]  # the unfiltered input
+        return metrics, {"items": items, "coarse": coarse_in, "defended_coarse": def_coarse}
     return metrics
 
 
@@ -517,6 +552,7 @@ def train(
     resume: bool = False,
     callback: BaseCallback | None = None,
     segmenter: Segmenter | None = None,
+    progress: Any = None,
 ) -> dict[str, Any]:
     """Adversarial training; writes the run folder ``out`` (see the module docstring).
 
@@ -527,6 +563,8 @@ def train(
         callback: an SB3 callback passed to every ``learn`` call (e.g. a progress bar).
         segmenter: use this segmenter instead of loading ``cfg.segmenter`` /
             ``cfg.checkpoint``.
+        progress: ``progress(description, total) -> tick(n=1)`` for the label filter's
+            stage (the CLI passes tqdm bars).
 
     Returns:
         ``{"final": {eval metrics}, "history": [...], "rounds": int, "env_steps": int,
@@ -576,6 +614,11 @@ def train(
     cfg = dataclasses.replace(cfg, grid=world.image(0).grid)  # save the resolved grid
 
     start_round = int(state["round"])
+    if start_round < cfg.rounds:  # a filter fitted to an earlier defender would be stale
+        from ppd.agents.label_filter import FILTER_FILE, FILTER_META
+
+        for name in (FILTER_FILE, FILTER_META):
+            (out / name).unlink(missing_ok=True)
     env_seed = cfg.seed * 10_000 + start_round * 100
     att_env = VecMonitor(PromptVecEnv(cfg.n_envs, "attacker", world=world, seed=env_seed, **cfg.env_kwargs("attacker")))
     def_env = VecMonitor(PromptVecEnv(cfg.n_envs, "defender", world=world, seed=env_seed + 50, **cfg.env_kwargs("defender")))
@@ -651,11 +694,26 @@ def train(
             saved["best_defender"] = best
         io.save_json(saved, state_file)
 
+    t_rounds = time.time()
+    # the final metrics describe defender.zip (the selected one with defender_evals)
+    final_defender = MaskedDQN.load(str(out / "defender.zip"), device=device) if cfg.defender_evals else defender
+    filter_meta = None
+    if cfg.filter_scenes:
+        from ppd.agents.label_filter import load_label_filter, train_label_filter
+
+        loaded = load_label_filter(out, device)  # present only if this run's rounds were all done before
+        if loaded is None:
+            train_label_filter(cfg, out, segmenter, attacker, final_defender, progress=progress)
+            loaded = load_label_filter(out, device)
+        filter_model, filter_meta = loaded  # type: ignore[misc]
     wall = time.time() - t0
     steps_now = cfg.total_steps - steps_before
-    if cfg.defender_evals:  # the final metrics describe the selected defender.zip
-        chosen = MaskedDQN.load(str(out / "defender.zip"), device=device)
-        last_eval, rollouts = evaluate_agents(attacker, chosen, eval_world, cfg, return_rollouts=True)  # type: ignore[misc]
+    if filter_meta is not None:
+        last_eval, rollouts = evaluate_agents(  # type: ignore[misc]
+            attacker, final_defender, eval_world, cfg, return_rollouts=True, label_filter=(filter_model, filter_meta["threshold"])
+        )
+    elif cfg.defender_evals:
+        last_eval, rollouts = evaluate_agents(attacker, final_defender, eval_world, cfg, return_rollouts=True)  # type: ignore[misc]
         logger.info("selected defender: %s", best)
     elif last_eval is None or rollouts is None:  # resumed a run whose rounds were all done
         last_eval, rollouts = evaluate_agents(attacker, defender, eval_world, cfg, return_rollouts=True)  # type: ignore[misc]
@@ -670,8 +728,9 @@ def train(
         "rounds": cfg.rounds,
         "env_steps": cfg.total_steps,
         "wall_time_s": round(wall, 1),
-        "steps_per_s": round(steps_now / max(time.time() - t_start, 1e-9), 1),
+        "steps_per_s": round(steps_now / max(t_rounds - t_start, 1e-9), 1),
         "decode_calls": world.decode_calls,
+        "label_filter": filter_meta,
     }
     io.save_json(metrics, out / "metrics.json")
     att_env.close()
@@ -719,8 +778,21 @@ def run_train(args: argparse.Namespace) -> int:
     if args.resume and (out / "state.json").is_file():
         done = int(json.loads((out / "state.json").read_text(encoding="utf-8")).get("round", 0))
     per_round = cfg.attacker_steps + cfg.defender_steps
+    stage_bars: list[Any] = []
+
+    def stage_progress(desc: str, total: int) -> Any:
+        """A tqdm bar per step of the label filter's stage (the previous one closed)."""
+        for b in stage_bars:
+            b.close()
+        stage_bars.append(tqdm(total=total, desc=desc, dynamic_ncols=True))
+        return stage_bars[-1].update
+
     with tqdm(total=cfg.total_steps, initial=min(done, cfg.rounds) * per_round, desc="training", unit="step", dynamic_ncols=True) as bar:
-        metrics = train(cfg, out, resume=args.resume, callback=ProgressBarCallback(bar))
+        try:
+            metrics = train(cfg, out, resume=args.resume, callback=ProgressBarCallback(bar), progress=stage_progress)
+        finally:
+            for b in stage_bars:
+                b.close()
     final = metrics["final"]
     print(f"trained {cfg.rounds} rounds, {cfg.total_steps} env steps in {metrics['wall_time_s']:.0f} s -> {out}")
     print(f"held-out mean IoU on {cfg.eval_scenes} scenes:")
@@ -733,10 +805,23 @@ def run_train(args: argparse.Namespace) -> int:
         ("attacked, defended, where it stopped", final.get("defended_attacked_iou_last", float("nan"))),
         ("coarse, defended, where it stopped", final.get("defended_coarse_iou_last", float("nan"))),
     ]
+    filt = metrics.get("label_filter")
+    if filt:
+        rows += [
+            ("attacked, defended without the filter", final.get("defended_attacked_iou_nofilter", float("nan"))),
+            ("coarse, defended without the filter", final.get("defended_coarse_iou_nofilter", float("nan"))),
+        ]
     for name, v in rows:
-        print(f"  {name:36s} {v:.3f}")
+        print(f"  {name:38s} {v:.3f}")
+    if filt:
+        state = "off (it did not help there)" if filt["threshold"] >= 1.0 else f"removes prompts above {filt['threshold']:.1f}"
+        print(f"label filter ({filt['scenes']} scenes, {filt['time_s']:.0f} s): wrong-label ROC AUC {filt['selection_auc']:.3f} "
+              f"on {filt['selection_scenes']} held-out scenes; {state}")
     if final["ideal_iou"] > 0:
         print(f"the attack costs {final['ideal_iou'] - final['attacked_iou']:.3f} IoU; the defender recovers "
               f"{100 * final['defended_attacked_iou'] / final['ideal_iou']:.0f}% of the ideal IoU")
-    print(f"files: {out / 'defender.zip'}, {out / 'attacker.zip'}, {out / 'metrics.json'}, {out / 'examples.png'}")
+    files = [out / "defender.zip", out / "attacker.zip", out / "metrics.json", out / "examples.png"]
+    if filt:
+        files.append(out / "label_filter.zip")
+    print("files: " + ", ".join(str(f) for f in files))
     return 0

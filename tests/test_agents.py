@@ -603,7 +603,7 @@ def _tiny_config(tiny_checkpoint, **kw) -> TrainConfig:
     base = dict(
         seed=0, device="cpu", checkpoint=tiny_checkpoint, n_envs=2, rounds=2, attacker_steps=16, defender_steps=24,
         scenes=3, eval_scenes=2, learning_starts=8, buffer_size=200, batch_size=8, target_update_interval=16,
-        hidden_dim=16, n_examples=2,
+        hidden_dim=16, n_examples=2, filter_scenes=0,
     )
     base.update(kw)
     return TrainConfig(**base)
@@ -675,11 +675,16 @@ def test_train_cli_and_resume_errors(tiny_checkpoint, tmp_path, capsys):
     out = tmp_path / "cli"
     flags = ["--n-envs", "2", "--rounds", "1", "--attacker-steps", "8", "--defender-steps", "8", "--scenes", "2",
              "--eval-scenes", "1", "--learning-starts", "4", "--buffer-size", "64", "--batch-size", "4",
-             "--hidden-dim", "8", "--n-examples", "1", "--device", "cpu", "--seed", "3"]
+             "--hidden-dim", "8", "--n-examples", "1", "--device", "cpu", "--seed", "3", "--filter-scenes", "2",
+             "--filter-epochs", "1"]
     assert main(["train", "--config", str(cfg_file), "--out", str(out), *flags]) == 0
-    final = json.loads((out / "metrics.json").read_text())["final"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    final, filt = metrics["final"], metrics["label_filter"]
     printed = capsys.readouterr().out
-    assert f"  {'attacked, defended':36s} {final['defended_attacked_iou']:.3f}" in printed
+    assert f"  {'attacked, defended':38s} {final['defended_attacked_iou']:.3f}" in printed
+    assert f"  {'coarse, defended without the filter':38s} {final['defended_coarse_iou_nofilter']:.3f}" in printed
+    assert f"label filter (2 scenes, {filt['time_s']:.0f} s): wrong-label ROC AUC" in printed
+    assert str(out / "label_filter.zip") in printed
     assert final["ideal_iou"] > 0  # seeded: the tiny random model covers some of the object
     pct = 100 * final["defended_attacked_iou"] / final["ideal_iou"]  # the summary's recovery line
     assert f"the defender recovers {pct:.0f}% of the ideal IoU" in printed

@@ -598,5 +598,5 @@ def test_wrong_label_probability_reads_the_label_head(tiny_segmenter, random_ima
     _check_result(d.refine(random_image, POINTS, LABELS), POINTS, LABELS)
     plain = PromptDefender(_make_model(world, "defender"), tiny_segmenter, grid=GRID)
     assert not plain.has_label_head
-    with pytest.raises(ValueError, match="no wrong-label head"):
+    with pytest.raises(ValueError, match="no wrong-label network"):
         plain.wrong_label_probability(random_image, POINTS, LABELS)

@@ -213,7 +213,7 @@ def test_train_with_node_uncertainty_then_load(tmp_path, ruac, plain, head_dir, 
     kw = dict(
         seed=0, device="cpu", n_envs=2, rounds=1, attacker_steps=8, defender_steps=16, scenes=2, eval_scenes=2,
         learning_starts=8, buffer_size=64, batch_size=8, hidden_dim=16, n_layers=1, n_examples=1,
-        node_uncertainty=True,
+        node_uncertainty=True, filter_scenes=0,
     )
     with pytest.raises(ValueError, match="--ruac-checkpoint"):
         train(TrainConfig(**kw), tmp_path / "plain", segmenter=plain)

@@ -1,0 +1,379 @@
+"""Wrong-label filter (beyond the paper): the defender's network, trained by supervision.
+
+Removing exactly the prompts whose label is wrong by the ground truth (a positive
+outside the object, a negative inside it) recovers the ideal prompts' IoU from attacked
+sets (the defense bench's ``attacked+oracle`` column), so recovery is a detection
+problem. The DQN defender learns detection from a reward on the few hundred scenes of
+its training; its auxiliary label head (``label_aux``) reaches a ROC AUC of about 0.88
+there and overfits beyond. The same network trained by plain binary cross-entropy on
+more scenes generalises better (AUC 0.90 on 800 scenes, ``python -m ppd.bench.labelhead``).
+
+:func:`train_label_filter` (the last stage of ``ppd train``) builds it:
+
+1. **Data.** ``filter_scenes`` new training-domain scenes, one object each. Starts per
+   scene: the ideal prompts, the trained attacker's greedy result on them, a coarse set
+   with the run's ``coarse_kwargs`` and one with randomly drawn noise (point count, flip,
+   boundary and outlier rates: prompt generators differ), each followed by
+   ``filter_walk`` random valid defender steps (removals, relabels). Every visited state
+   is an example; its target is :func:`~ppd.envs.point_prompt_env.label_targets`.
+2. **Fit.** A fresh network of the defender's architecture (``label_aux`` head) trains
+   on the label loss alone, ``filter_epochs`` passes (Adam 1e-3, batch 64).
+3. **Threshold.** On as many further held-out scenes as training evaluates on
+   (``eval_scenes``; other scenes than those, never trained on),
+   the defender's greedy output (``select="score"``) after removing every prompt whose
+   wrong-label probability exceeds t, for t in :data:`THRESHOLDS`, from coarse and from
+   attacked sets; the threshold with the best mean quality is kept. ``1.0`` removes
+   nothing, so a filter that does not help is switched off by its own selection.
+
+:meth:`ppd.agents.defender.PromptDefender.refine` applies it before the defender's
+rollout (one extra Q-network pass, and one extra decoder call when it removes a prompt). The run folder gets ``label_filter.zip`` (an SB3 DQN file: the network) and
+``label_filter.json`` (threshold, selection table, held-out AUC).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ppd import io
+from ppd.envs.point_prompt_env import (
+    UNKNOWN_LABEL,
+    WRONG_LABEL,
+    build_observation,
+    label_targets,
+    observation_options,
+    rollout_action_mask,
+)
+from ppd.envs.world import INACTIVE, NEGATIVE, POSITIVE, ImageRecord, PromptWorld, state_from_prompts
+from ppd.prompts import coarse_prompts, ideal_prompts
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "FILTER_FILE",
+    "FILTER_META",
+    "THRESHOLDS",
+    "apply_filter",
+    "collect_examples",
+    "filter_starts",
+    "load_label_filter",
+    "filter_probabilities",
+    "fit_label_head",
+    "label_auc",
+    "train_label_filter",
+]
+
+FILTER_FILE = "label_filter.zip"
+FILTER_META = "label_filter.json"
+#: Candidate thresholds; 1.0 removes nothing (the filter off).
+THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+#: Offsets of the filter's scene seeds from ``seed * 1_000_000`` (training scenes use +500_000).
+DATA_SEED_OFFSET, SELECT_SEED_OFFSET = 700_000, 800_000
+#: States decoded per ``PromptWorld.evaluate`` call while collecting.
+CHUNK = 64
+
+
+def random_coarse_kwargs(rng: np.random.Generator) -> dict[str, Any]:
+    """Noise of a coarse prompt set drawn at random (the data should not be one
+    generator's): 3-16 points, flip 0-0.4, boundary 0-0.3, outlier 0-0.2, 30-70% positive."""
+    return dict(
+        n_points=int(rng.integers(3, 17)),
+        p_flip=float(rng.uniform(0.0, 0.4)),
+        p_boundary=float(rng.uniform(0.0, 0.3)),
+        p_outlier=float(rng.uniform(0.0, 0.2)),
+        pos_fraction=float(rng.uniform(0.3, 0.7)),
+    )
+
+
+def scene_starts(
+    world: PromptWorld, attacker: Any, cfg: Any, rng: np.random.Generator
+) -> tuple[list[tuple[ImageRecord, int, np.ndarray, np.ndarray]], list[str]]:
+    """Starts on every scene of ``world`` (object drawn from ``rng``): ideal, attacked
+    (the attacker's greedy rollout from the ideal set, all scenes batched), coarse with
+    ``cfg.coarse_kwargs`` and coarse with :func:`random_coarse_kwargs`; and their kinds."""
+    from ppd.agents.train import greedy_rollout
+
+    ideal, coarse, kinds = [], [], []
+    for i in range(len(world.dataset)):
+        rec = world.image(i)
+        obj = int(rng.integers(rec.scene.num_objects))
+        gt = rec.scene.masks[obj]
+        sets = [ideal_prompts(gt, n_pos=cfg.max_ideal_points, n_neg=cfg.max_ideal_points)]
+        sets += [coarse_prompts(gt, rng, **cfg.coarse_kwargs).prompts, coarse_prompts(gt, rng, **random_coarse_kwargs(rng)).prompts]
+        st = [state_from_prompts(p.point_coords, p.point_labels, rec.grid, rec.hw, rec.centres)[:2] for p in sets]
+        ideal.append((rec, obj, *st[0]))
+        coarse += [(rec, obj, *st[1]), (rec, obj, *st[2])]
+    attacked = []
+    for i in range(0, len(ideal), CHUNK):
+        part = ideal[i : i + CHUNK]
+        res = greedy_rollout(attacker, world, "attacker", part, cfg.attacker_max_steps, cfg.relabel)
+        attacked += [(rec, obj, r["state"], r["points"]) for (rec, obj, _, _), r in zip(part, res)]
+    starts = ideal + attacked + coarse
+    kinds = ["ideal"] * len(ideal) + ["attacked"] * len(attacked) + ["coarse"] * len(coarse)
+    return starts, kinds
+
+
+def random_walk(
+    starts: Sequence[tuple[ImageRecord, int, np.ndarray, np.ndarray]], steps: int, relabel: bool, rng: np.random.Generator
+) -> list[tuple[ImageRecord, int, np.ndarray, np.ndarray]]:
+    """Every start and the states of ``steps`` random valid defender steps from it
+    (:func:`rollout_action_mask`, stop excluded; a walk ends when nothing is valid)."""
+    out = []
+    for rec, obj, st0, pts in starts:
+        st = st0
+        out.append((rec, obj, st, pts))
+        for _ in range(steps):
+            mask = rollout_action_mask(st, st0, relabel)[:-1]
+            if not mask.any():
+                break
+            kind, node = divmod(int(rng.choice(np.flatnonzero(mask))), len(st))
+            st = st.copy()
+            st[node] = INACTIVE if kind == 0 else (NEGATIVE if st[node] == POSITIVE else POSITIVE)
+            out.append((rec, obj, st, pts))
+    return out
+
+
+def collect_examples(
+    world: PromptWorld,
+    states: Sequence[tuple[ImageRecord, int, np.ndarray, np.ndarray]],
+    opts: dict[str, bool],
+    max_steps: int,
+    tick: Callable[[int], Any] | None = None,
+) -> dict[str, np.ndarray]:
+    """Stacked observations (``opts``: :func:`observation_options` of the network; at
+    step 0) of ``states``, with their ``label_target`` from the ground truth."""
+    out: list[dict[str, np.ndarray]] = []
+    for i in range(0, len(states), CHUNK):
+        part = states[i : i + CHUNK]
+        outcomes = world.evaluate(list(part), probe=opts["probe"])
+        for (rec, obj, st, pts), o in zip(part, outcomes):
+            out.append(build_observation(
+                rec, st, pts, o, 0, max_steps, opts["node_uncertainty"], opts["probe"], True, rec.scene.masks[obj],
+            ))
+        if tick:
+            tick(len(part))
+    return {k: np.stack([o[k] for o in out]) for k in out[0]}
+
+
+def fit_label_head(
+    model: Any, data: dict[str, np.ndarray], epochs: int, seed: int, tick: Callable[[], Any] | None = None
+) -> list[float]:
+    """Supervised passes of ``model``'s network over ``data`` (the label loss alone,
+    Adam 1e-3, batch 64, shuffled by ``seed``); mean loss per epoch. The target network
+    is synchronised at the end (the file is one network)."""
+    import torch
+
+    from ppd.agents.dqn import label_aux_loss
+
+    net = model.policy.q_net
+    device = next(net.parameters()).device
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    rng = np.random.default_rng(seed)
+    n, history = len(data["state"]), []
+    net.train()
+    for _ in range(epochs):
+        losses = []
+        perm = rng.permutation(n)
+        for i in range(0, n, 64):
+            idx = perm[i : i + 64]
+            batch = {k: torch.as_tensor(v[idx], device=device) for k, v in data.items()}
+            loss, _ = label_aux_loss(net.label_logits(batch), batch["label_target"])
+            if loss is None:
+                continue
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+        history.append(float(np.mean(losses)) if losses else float("nan"))
+        if tick:
+            tick()
+    net.eval()
+    model.policy.q_net_target.load_state_dict(net.state_dict())
+    return history
+
+
+def filter_probabilities(model: Any, obs: dict[str, np.ndarray]) -> np.ndarray:
+    """(B, N) wrong-label probabilities of ``model``'s label head for stacked
+    observations (meaningful at active nodes only)."""
+    import torch
+
+    net = model.policy.q_net
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(obs["state"]), 256):
+            batch, _ = model.policy.obs_to_tensor({k: v[i : i + 256] for k, v in obs.items()})
+            out.append(torch.sigmoid(net.label_logits(batch).float()).cpu().numpy())
+    return np.concatenate(out)
+
+
+def label_auc(prob: np.ndarray, targets: np.ndarray) -> float:
+    """ROC AUC of probabilities (B, N) for wrong labels, over the nodes whose
+    ``label_target`` (B, N) is known."""
+    from ppd.metrics import uncertainty_auroc
+
+    y = np.asarray(targets).round().astype(np.int64)
+    known = y != UNKNOWN_LABEL
+    return float(uncertainty_auroc(np.asarray(prob)[known], y[known] == WRONG_LABEL))
+
+
+def apply_filter(node_state: np.ndarray, prob: np.ndarray, threshold: float) -> np.ndarray:
+    """``node_state`` without the prompts whose probability exceeds ``threshold``; when
+    that would remove every prompt, the least suspect one stays (no prompt, no mask)."""
+    active = node_state != INACTIVE
+    drop = active & (prob > threshold)
+    if drop.any() and not (active & ~drop).any():
+        drop[np.flatnonzero(active)[np.argmin(prob[active])]] = False
+    out = node_state.copy()
+    out[drop] = INACTIVE
+    return out
+
+
+def filter_starts(
+    model: Any,
+    threshold: float,
+    world: PromptWorld,
+    starts: Sequence[tuple[ImageRecord, int, np.ndarray, np.ndarray]],
+    max_steps: int,
+) -> list[tuple[ImageRecord, int, np.ndarray, np.ndarray]]:
+    """``starts`` after :func:`apply_filter` at ``threshold``. No ground truth is read
+    (the observation has no quality; its ``label_target`` is left unknown); the object
+    index only shares the world's decode cache with the rollouts that follow."""
+    opts = observation_options(model.observation_space)
+    outcomes = world.evaluate(list(starts), probe=opts["probe"])
+    obs = [build_observation(rec, st, pts, o, 0, max_steps, opts["node_uncertainty"], opts["probe"], opts["label_target"])
+           for (rec, _, st, pts), o in zip(starts, outcomes)]
+    prob = filter_probabilities(model, {k: np.stack([o[k] for o in obs]) for k in obs[0]})
+    return [(rec, obj, apply_filter(st, p, threshold), pts) for (rec, obj, st, pts), p in zip(starts, prob)]
+
+
+def select_threshold(
+    defender: Any,
+    model: Any,
+    world: PromptWorld,
+    starts: Sequence[tuple[ImageRecord, int, np.ndarray, np.ndarray]],
+    kinds: Sequence[str],
+    cfg: Any,
+) -> dict[str, Any]:
+    """Mean quality of the defender's greedy output (``score_quality``: refine's default
+    rule) after :func:`apply_filter` at each of :data:`THRESHOLDS`, per start kind
+    (``coarse``, ``attacked``); the chosen threshold maximises the mean of the two kinds
+    (ties: the larger threshold, which removes less). Also the held-out ROC AUC."""
+    from ppd.agents.train import greedy_rollout
+
+    opts = observation_options(model.observation_space)
+    data = collect_examples(world, starts, opts, cfg.defender_max_steps)
+    prob = filter_probabilities(model, data)
+    runs, index = [], {}
+    for i, (rec, obj, st, pts) in enumerate(starts):
+        for t in THRESHOLDS:
+            fs = apply_filter(st, prob[i], t)
+            index[(i, t)] = index.setdefault((i, fs.tobytes()), len(runs))
+            if index[(i, t)] == len(runs):
+                runs.append((rec, obj, fs, pts))
+    res = greedy_rollout(defender, world, "defender", runs, cfg.defender_max_steps, cfg.relabel)
+    table: dict[str, dict[str, float]] = {}
+    for kind in ("coarse", "attacked"):
+        rows = [i for i, k in enumerate(kinds) if k == kind]
+        table[kind] = {str(t): float(np.mean([res[index[(i, t)]]["score_quality"] for i in rows])) for t in THRESHOLDS}
+    mean = {t: (table["coarse"][str(t)] + table["attacked"][str(t)]) / 2 for t in THRESHOLDS}
+    best = max(THRESHOLDS, key=lambda t: (round(mean[t], 6), t))
+    return {"threshold": float(best), "quality": table, "auc": label_auc(prob, data["label_target"])}
+
+
+def train_label_filter(
+    cfg: Any,
+    out: str | Path,
+    segmenter: Any,
+    attacker: Any,
+    defender: Any,
+    progress: Callable[[str, int], Callable[..., Any]] | None = None,
+) -> dict[str, Any]:
+    """Build, fit and select the filter (module docstring); writes ``out/label_filter.zip``
+    and ``out/label_filter.json`` (atomically, the network first) and returns the latter.
+
+    Args:
+        cfg: the run's :class:`~ppd.agents.train.TrainConfig` (``filter_scenes``,
+            ``filter_walk``, ``filter_epochs``, graph and env settings).
+        out: run folder.
+        segmenter: the run's segmenter.
+        attacker, defender: the trained agents (the attacker makes attacked starts; the
+            defender's observation and architecture are the filter's, and its rollouts
+            select the threshold).
+        progress: ``progress(description, total) -> tick(n=1)`` (the CLI passes tqdm bars).
+    """
+    from ppd.agents.dqn import make_dqn
+    from ppd.data.scenes import TRAIN_DOMAIN, ProceduralScenes
+    from ppd.envs.vec_env import PromptVecEnv
+
+    t0 = time.time()
+    out = Path(out)
+    graph_kw = dict(grid=cfg.grid or None, k_physical=cfg.k_physical, k_semantic=cfg.k_semantic)
+    base = cfg.seed * 1_000_000
+    world = PromptWorld(segmenter, ProceduralScenes(TRAIN_DOMAIN, cfg.filter_scenes, seed=base + DATA_SEED_OFFSET), **graph_kw)
+    sel_world = PromptWorld(segmenter, ProceduralScenes(TRAIN_DOMAIN, cfg.eval_scenes, seed=base + SELECT_SEED_OFFSET), **graph_kw)
+    rng = np.random.default_rng([cfg.seed, DATA_SEED_OFFSET])
+    starts, _ = scene_starts(world, attacker, cfg, rng)
+    states = random_walk(starts, cfg.filter_walk, cfg.relabel, rng)
+    opts = observation_options(defender.observation_space)
+    tick = progress("label filter: examples", len(states)) if progress else None
+    data = collect_examples(world, states, opts, cfg.defender_max_steps, tick)
+    venv = PromptVecEnv(1, "defender", world=world, seed=cfg.seed, **{**cfg.env_kwargs("defender"), "label_target": True})
+    kw = {**cfg.dqn_kwargs("defender"), "label_aux": 1.0}
+    model = make_dqn(venv, "defender", relabel=cfg.relabel, seed=cfg.seed + 2, device=defender.device, **kw)
+    tick = progress("label filter: epochs", cfg.filter_epochs) if progress else None
+    losses = fit_label_head(model, data, cfg.filter_epochs, cfg.seed, tick)
+    sel_starts, sel_kinds = scene_starts(sel_world, attacker, cfg, np.random.default_rng([cfg.seed, SELECT_SEED_OFFSET]))
+    keep = [i for i, k in enumerate(sel_kinds) if k != "ideal"]
+    sel = select_threshold(defender, model, sel_world, [sel_starts[i] for i in keep], [sel_kinds[i] for i in keep], cfg)
+    meta = {
+        "threshold": sel["threshold"],
+        "selection_quality": sel["quality"],
+        "selection_auc": round(sel["auc"], 4),
+        "selection_scenes": cfg.eval_scenes,
+        "scenes": cfg.filter_scenes,
+        "examples": int(len(data["state"])),
+        "wrong_label_fraction": float(np.mean(data["label_target"][data["label_target"] != UNKNOWN_LABEL] == WRONG_LABEL)),
+        "epochs": cfg.filter_epochs,
+        "loss": [round(x, 5) for x in losses],
+        "time_s": round(time.time() - t0, 1),
+    }
+    io.atomic_write(out / FILTER_FILE, lambda tmp: model.save(tmp))
+    io.save_json(meta, out / FILTER_META)
+    venv.close()
+    logger.info("label filter: threshold %s, held-out AUC %.3f, %d examples, %.0f s",
+                meta["threshold"], meta["selection_auc"], meta["examples"], meta["time_s"])
+    return meta
+
+
+def load_label_filter(folder: str | Path, device: str | None = None) -> tuple[Any, dict[str, Any]] | None:
+    """The filter network and its ``label_filter.json`` from a run folder, or None when
+    the run has none (trained before the filter existed, or with ``filter_scenes=0``).
+
+    Raises:
+        ValueError: one of the two files without the other, or an unreadable one.
+    """
+    from ppd.agents.dqn import MaskedDQN
+
+    folder = Path(folder)
+    net, meta = folder / FILTER_FILE, folder / FILTER_META
+    if not net.is_file() and not meta.is_file():
+        return None
+    if not (net.is_file() and meta.is_file()):
+        raise ValueError(f"{folder}: {FILTER_FILE} and {FILTER_META} go together, found only "
+                         f"{(net if net.is_file() else meta).name}")
+    try:
+        info = json.loads(meta.read_text(encoding="utf-8"))
+        threshold = float(info["threshold"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{meta}: unreadable label filter metadata ({exc})") from None
+    if not 0.0 < threshold <= 1.0:
+        raise ValueError(f"{meta}: threshold must be in (0, 1], got {threshold}")
+    model = MaskedDQN.load(str(net), device=device or "auto")
+    if not getattr(model.policy.q_net, "label_aux", False):
+        raise ValueError(f"{net}: this network has no label head")
+    return model, info

@@ -1,0 +1,210 @@
+"""The wrong-label filter (``ppd.agents.label_filter``): its pieces, its stage in
+``ppd train``, and how ``PromptDefender`` applies it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from ppd.agents.defender import PromptDefender
+from ppd.agents.label_filter import (
+    FILTER_FILE,
+    FILTER_META,
+    THRESHOLDS,
+    apply_filter,
+    collect_examples,
+    filter_probabilities,
+    fit_label_head,
+    label_auc,
+    load_label_filter,
+    random_walk,
+)
+from ppd.agents.train import TrainConfig, train
+from ppd.data.scenes import ProceduralScenes
+from ppd.envs.point_prompt_env import RIGHT_LABEL, UNKNOWN_LABEL, WRONG_LABEL, label_targets
+from ppd.envs.world import INACTIVE, NEGATIVE, POSITIVE, PromptWorld, state_from_prompts
+from ppd.prompts import coarse_prompts
+
+# four points in four different 8 x 6 px patches of the (96, 128) test image
+POINTS = np.array([[10, 10], [50, 40], [100, 80], [120, 5]], np.float32)
+LABELS = np.array([1, 1, 0, 1])
+
+
+def _config(tiny_checkpoint, **kw) -> TrainConfig:
+    base = dict(
+        seed=0, device="cpu", checkpoint=tiny_checkpoint, n_envs=2, rounds=1, attacker_steps=16, defender_steps=24,
+        scenes=3, eval_scenes=2, learning_starts=8, buffer_size=200, batch_size=8, target_update_interval=16,
+        hidden_dim=16, n_examples=1, filter_scenes=3, filter_walk=1, filter_epochs=2,
+    )
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, tiny_segmenter, tiny_checkpoint):
+    """A tiny trained run with its label filter, and its metrics."""
+    out = tmp_path_factory.mktemp("filtered") / "run"
+    metrics = train(_config(tiny_checkpoint), out, segmenter=tiny_segmenter)
+    return out, metrics
+
+
+# ----------------------------------------------------------------------------- pieces
+def test_apply_filter_removes_above_threshold_and_keeps_one():
+    st = np.array([POSITIVE, NEGATIVE, INACTIVE, POSITIVE], np.uint8)
+    prob = np.array([0.9, 0.2, 0.99, 0.6], np.float32)
+    assert apply_filter(st, prob, 0.5).tolist() == [INACTIVE, NEGATIVE, INACTIVE, INACTIVE]
+    assert apply_filter(st, prob, 1.0).tolist() == st.tolist()  # 1.0: off
+    # every prompt above the threshold: the least suspect active one stays (not the inactive node)
+    assert apply_filter(st, prob, 0.1).tolist() == [INACTIVE, NEGATIVE, INACTIVE, INACTIVE]
+    assert apply_filter(st, prob, 0.1) is not st and st[0] == POSITIVE  # input untouched
+
+
+def test_label_auc_uses_known_nodes_only():
+    targets = np.array([[WRONG_LABEL, RIGHT_LABEL, UNKNOWN_LABEL], [RIGHT_LABEL, WRONG_LABEL, UNKNOWN_LABEL]])
+    good = np.array([[0.9, 0.1, 0.0], [0.2, 0.8, 1.0]])  # the unknown nodes would spoil a ranking
+    assert label_auc(good, targets) == pytest.approx(1.0)
+    assert label_auc(1.0 - good, targets) == pytest.approx(0.0)
+
+
+def test_random_walk_changes_one_prompt_per_step(tiny_segmenter):
+    world = PromptWorld(tiny_segmenter, ProceduralScenes("train", 1, seed=0))
+    rec = world.image(0)
+    st, pts, _ = state_from_prompts(POINTS, LABELS, rec.grid, rec.hw, rec.centres)
+    states = random_walk([(rec, 0, st, pts)], 3, relabel=True, rng=np.random.default_rng(0))
+    assert len(states) == 4 and states[0][2] is st
+    for (_, _, a, _), (_, _, b, _) in zip(states, states[1:]):
+        (node,) = np.flatnonzero(a != b)  # one prompt changes per step
+        assert a[node] != INACTIVE
+        if b[node] != INACTIVE:  # a relabel: of a prompt not relabelled before (rollout rule)
+            assert a[node] == st[node]
+    # without relabelling every step is a removal, and the last prompt is never removed
+    only = random_walk([(rec, 0, st, pts)], 10, relabel=False, rng=np.random.default_rng(1))
+    assert len(only) == 4 and (only[-1][2] != INACTIVE).sum() == 1
+
+
+def test_examples_carry_ground_truth_targets(tiny_segmenter):
+    world = PromptWorld(tiny_segmenter, ProceduralScenes("train", 2, seed=0))
+    rng = np.random.default_rng(0)
+    states = []
+    for i in range(2):
+        rec = world.image(i)
+        cp = coarse_prompts(rec.scene.masks[0], rng).prompts
+        st, pts, _ = state_from_prompts(cp.point_coords, cp.point_labels, rec.grid, rec.hw, rec.centres)
+        states.append((rec, 0, st, pts))
+    opts = {"probe": True, "node_uncertainty": False, "label_target": True}
+    data = collect_examples(world, states, opts, max_steps=12)
+    assert data["state"].shape == (2, world.image(0).num_nodes) and data["probe_score"].shape == data["state"].shape
+    for k, (rec, obj, st, pts) in enumerate(states):
+        assert data["label_target"][k].tolist() == label_targets(st, pts, rec.scene.masks[obj]).tolist()
+        assert data["step_frac"][k, 0] == 0.0
+
+
+def test_fit_label_head_lowers_the_loss(tiny_segmenter, tiny_checkpoint, tmp_path):
+    from ppd.agents.dqn import make_dqn
+    from ppd.envs.vec_env import PromptVecEnv
+
+    cfg = _config(tiny_checkpoint)
+    world = PromptWorld(tiny_segmenter, ProceduralScenes("train", 4, seed=0))
+    rng = np.random.default_rng(0)
+    starts = []
+    for i in range(4):
+        rec = world.image(i)
+        for _ in range(3):
+            cp = coarse_prompts(rec.scene.masks[0], rng, p_flip=0.4).prompts
+            starts.append((rec, 0, *state_from_prompts(cp.point_coords, cp.point_labels, rec.grid, rec.hw, rec.centres)[:2]))
+    venv = PromptVecEnv(1, "defender", world=world, seed=0, **{**cfg.env_kwargs("defender"), "label_target": True})
+    model = make_dqn(venv, "defender", seed=0, device="cpu", **{**cfg.dqn_kwargs("defender"), "label_aux": 1.0})
+    from ppd.envs.point_prompt_env import observation_options
+
+    data = collect_examples(world, random_walk(starts, 2, True, rng), observation_options(model.observation_space), 12)
+    ticks = []
+    losses = fit_label_head(model, data, 120, seed=0, tick=lambda: ticks.append(1))
+    assert len(losses) == len(ticks) == 120
+    assert losses[-1] < 0.5 * losses[0]
+    prob = filter_probabilities(model, data)
+    assert prob.shape == data["state"].shape and ((prob >= 0) & (prob <= 1)).all()
+    assert label_auc(prob, data["label_target"]) > 0.8  # fits its own examples
+
+
+# ----------------------------------------------------------------------------- the stage in ppd train
+def test_train_writes_the_filter_and_its_metrics(run):
+    out, metrics = run
+    meta = json.loads((out / FILTER_META).read_text())
+    assert (out / FILTER_FILE).is_file() and metrics["label_filter"] == meta
+    assert meta["threshold"] in THRESHOLDS and meta["scenes"] == 3 and meta["selection_scenes"] == 2
+    assert len(meta["loss"]) == 2 and meta["examples"] > 3 * 4  # 4 starts per scene, walks after them
+    for kind in ("coarse", "attacked"):
+        table = meta["selection_quality"][kind]
+        assert set(table) == {str(t) for t in THRESHOLDS} and all(0.0 <= v <= 1.0 for v in table.values())
+    mean = {t: (meta["selection_quality"]["coarse"][str(t)] + meta["selection_quality"]["attacked"][str(t)]) / 2
+            for t in THRESHOLDS}
+    assert mean[meta["threshold"]] == pytest.approx(max(mean.values()))
+    final = metrics["final"]
+    for k in ("defended_attacked_iou_nofilter", "defended_coarse_iou_nofilter"):
+        assert 0.0 <= final[k] <= 1.0
+
+
+def test_defender_applies_the_filter(run, tiny_segmenter):
+    out, metrics = run
+    d = PromptDefender.load(out, segmenter=tiny_segmenter, device="cpu")
+    assert d.label_filter is not None and d.label_filter[1] == metrics["label_filter"]["threshold"]
+    assert PromptDefender.load(out, segmenter=tiny_segmenter, device="cpu", use_filter=False).label_filter is None
+    image = ProceduralScenes("train", 1, seed=5)[0].image
+    p = d.wrong_label_probability(image, POINTS, LABELS)
+    assert p.shape == (4,) and ((p >= 0) & (p <= 1)).all()
+    # a threshold below every probability removes all prompts but the least suspect one
+    strict = PromptDefender.load(out, segmenter=tiny_segmenter, device="cpu", filter_threshold=float(p.min()) / 2)
+    res = strict.refine(image, POINTS, LABELS, max_steps=1)
+    assert res.kept.tolist() == (np.arange(4) == np.argmin(p)).tolist()
+    assert res.steps >= 3  # the filter's removals count as changes
+    # max_steps=0: the input decoded as is, no filter either
+    assert strict.refine(image, POINTS, LABELS, max_steps=0).kept.all()
+    with pytest.raises(ValueError, match="threshold"):
+        PromptDefender.load(out, segmenter=tiny_segmenter, device="cpu", filter_threshold=1.5)
+
+
+def test_load_label_filter_errors(run, tmp_path):
+    out, _ = run
+    assert load_label_filter(tmp_path) is None  # a run without a filter
+    half = tmp_path / "half"
+    half.mkdir()
+    shutil.copy(out / FILTER_FILE, half / FILTER_FILE)
+    with pytest.raises(ValueError, match="go together"):
+        load_label_filter(half)
+    shutil.copy(out / FILTER_META, half / FILTER_META)
+    (half / FILTER_META).write_text(json.dumps({"threshold": 0.0}))
+    with pytest.raises(ValueError, match=r"threshold must be in \(0, 1\]"):
+        load_label_filter(half)
+    (half / FILTER_META).write_text("{not json")
+    with pytest.raises(ValueError, match="unreadable"):
+        load_label_filter(half)
+
+
+def test_resume_with_more_rounds_drops_a_stale_filter(tiny_segmenter, tiny_checkpoint, tmp_path):
+    out = tmp_path / "run"
+    train(_config(tiny_checkpoint, filter_scenes=2, filter_epochs=1), out, segmenter=tiny_segmenter)
+    assert (out / FILTER_FILE).is_file()
+    # a further round changes the defender: the old filter goes (and, with filter_scenes=0, no new one)
+    metrics = train(_config(tiny_checkpoint, rounds=2, filter_scenes=0), out, resume=True, segmenter=tiny_segmenter)
+    assert not (out / FILTER_FILE).exists() and not (out / FILTER_META).exists()
+    assert metrics["label_filter"] is None and "defended_coarse_iou_nofilter" not in metrics["final"]
+
+
+def test_refine_cli_filter_flags(run, tmp_path, capsys):
+    from ppd.cli import main
+
+    out, _ = run
+    from PIL import Image
+
+    img = tmp_path / "img.png"
+    Image.fromarray(ProceduralScenes("train", 1, seed=5)[0].image).save(img)
+    pts = ";".join(f"{x:.0f},{y:.0f},{l}" for (x, y), l in zip(POINTS, LABELS))
+    assert main(["refine", "--defender", str(out), "--image", str(img), "--points", pts, "--out", str(tmp_path / "a"),
+                 "--no-filter", "--device", "cpu"]) == 0
+    assert main(["refine", "--defender", str(out), "--image", str(img), "--points", pts, "--out", str(tmp_path / "b"),
+                 "--filter-threshold", "2", "--device", "cpu"]) != 0
+    assert "--filter-threshold must be in (0, 1]" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
