@@ -6,7 +6,8 @@ sets (the defense bench's ``attacked+oracle`` column), so recovery is a detectio
 problem. The DQN defender learns detection from a reward on the few hundred scenes of
 its training; its auxiliary label head (``label_aux``) reaches a ROC AUC of about 0.88
 there and overfits beyond. The same network trained by plain binary cross-entropy on
-more scenes generalises better (AUC 0.90 on 800 scenes, ``python -m ppd.bench.labelhead``).
+more scenes generalises better (held-out AUC 0.90 with 800 scenes, against 0.88 for the
+RL-trained head of the same run; README).
 
 :func:`train_label_filter` (the last stage of ``ppd train``) builds it:
 
@@ -21,9 +22,11 @@ more scenes generalises better (AUC 0.90 on 800 scenes, ``python -m ppd.bench.la
 3. **Threshold.** On as many further held-out scenes as training evaluates on
    (``eval_scenes``; other scenes than those, never trained on),
    the defender's greedy output (``select="score"``) after removing every prompt whose
-   wrong-label probability exceeds t, for t in :data:`THRESHOLDS`, from coarse and from
-   attacked sets; the threshold with the best mean quality is kept. ``1.0`` removes
-   nothing, so a filter that does not help is switched off by its own selection.
+   wrong-label probability exceeds t, for t in :data:`THRESHOLDS`, from coarse sets (the
+   run's ``coarse_kwargs``) and from attacked sets; the threshold with the best mean quality is kept. ``1.0`` removes
+   nothing, so a filter that does not help is switched off by its own selection. The
+   wrong-label ROC AUC on these scenes is reported, and that of the defender's own
+   label head when it has one (``label_aux``).
 
 :meth:`ppd.agents.defender.PromptDefender.refine` applies it before the defender's
 rollout (one extra Q-network pass, and one extra decoder call when it removes a prompt). The run folder gets ``label_filter.zip`` (an SB3 DQN file: the network) and
@@ -95,7 +98,8 @@ def scene_starts(
 ) -> tuple[list[tuple[ImageRecord, int, np.ndarray, np.ndarray]], list[str]]:
     """Starts on every scene of ``world`` (object drawn from ``rng``): ideal, attacked
     (the attacker's greedy rollout from the ideal set, all scenes batched), coarse with
-    ``cfg.coarse_kwargs`` and coarse with :func:`random_coarse_kwargs`; and their kinds."""
+    ``cfg.coarse_kwargs`` and coarse with :func:`random_coarse_kwargs`; and their kinds
+    (``ideal``, ``attacked``, ``coarse``, ``coarse_random``)."""
     from ppd.agents.train import greedy_rollout
 
     ideal, coarse, kinds = [], [], []
@@ -114,7 +118,7 @@ def scene_starts(
         res = greedy_rollout(attacker, world, "attacker", part, cfg.attacker_max_steps, cfg.relabel)
         attacked += [(rec, obj, r["state"], r["points"]) for (rec, obj, _, _), r in zip(part, res)]
     starts = ideal + attacked + coarse
-    kinds = ["ideal"] * len(ideal) + ["attacked"] * len(attacked) + ["coarse"] * len(coarse)
+    kinds = ["ideal"] * len(ideal) + ["attacked"] * len(attacked) + ["coarse", "coarse_random"] * len(ideal)
     return starts, kinds
 
 
@@ -282,7 +286,10 @@ def select_threshold(
         table[kind] = {str(t): float(np.mean([res[index[(i, t)]]["score_quality"] for i in rows])) for t in THRESHOLDS}
     mean = {t: (table["coarse"][str(t)] + table["attacked"][str(t)]) / 2 for t in THRESHOLDS}
     best = max(THRESHOLDS, key=lambda t: (round(mean[t], 6), t))
-    return {"threshold": float(best), "quality": table, "auc": label_auc(prob, data["label_target"])}
+    res = {"threshold": float(best), "quality": table, "auc": label_auc(prob, data["label_target"])}
+    if getattr(defender.policy.q_net, "label_aux", False):  # the defender's own (RL-trained) head, for comparison
+        res["defender_head_auc"] = label_auc(filter_probabilities(defender, data), data["label_target"])
+    return res
 
 
 def train_label_filter(
@@ -322,18 +329,21 @@ def train_label_filter(
     opts = observation_options(defender.observation_space)
     tick = progress("label filter: examples", len(states)) if progress else None
     data = collect_examples(world, states, opts, cfg.defender_max_steps, tick)
+    t_data = time.time()
     venv = PromptVecEnv(1, "defender", world=world, seed=cfg.seed, **{**cfg.env_kwargs("defender"), "label_target": True})
     kw = {**cfg.dqn_kwargs("defender"), "label_aux": 1.0}
     model = make_dqn(venv, "defender", relabel=cfg.relabel, seed=cfg.seed + 2, device=defender.device, **kw)
     tick = progress("label filter: epochs", cfg.filter_epochs) if progress else None
     losses = fit_label_head(model, data, cfg.filter_epochs, cfg.seed, tick)
+    t_fit = time.time()
     sel_starts, sel_kinds = scene_starts(sel_world, attacker, cfg, np.random.default_rng([cfg.seed, SELECT_SEED_OFFSET]))
-    keep = [i for i, k in enumerate(sel_kinds) if k != "ideal"]
+    keep = [i for i, k in enumerate(sel_kinds) if k in ("attacked", "coarse")]
     sel = select_threshold(defender, model, sel_world, [sel_starts[i] for i in keep], [sel_kinds[i] for i in keep], cfg)
     meta = {
         "threshold": sel["threshold"],
         "selection_quality": sel["quality"],
         "selection_auc": round(sel["auc"], 4),
+        "defender_head_auc": round(sel["defender_head_auc"], 4) if "defender_head_auc" in sel else None,
         "selection_scenes": cfg.eval_scenes,
         "scenes": cfg.filter_scenes,
         "examples": int(len(data["state"])),
@@ -341,6 +351,8 @@ def train_label_filter(
         "epochs": cfg.filter_epochs,
         "loss": [round(x, 5) for x in losses],
         "time_s": round(time.time() - t0, 1),
+        "time_split_s": {"examples": round(t_data - t0, 1), "fit": round(t_fit - t_data, 1),
+                         "selection": round(time.time() - t_fit, 1)},
     }
     io.atomic_write(out / FILTER_FILE, lambda tmp: model.save(tmp))
     io.save_json(meta, out / FILTER_META)

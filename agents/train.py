@@ -180,13 +180,13 @@ class TrainConfig:
     ground truth. Measured at 0.3 over 4 seeds: refined coarse prompts 0.768 -> 0.800
     in-domain, recovery from attacked ones 0.725 -> 0.684 (README); the head's ROC AUC
     for wrong labels 0.74-0.92 (PromptDefender.wrong_label_probability)"""
-    filter_scenes: int = 600
+    filter_scenes: int = 400
     """scenes of the wrong-label filter, the last stage of training (beyond the paper;
     0: none): a network of the defender's architecture trained by supervision to flag
     prompts whose label is wrong; refine removes the flagged ones before the defender
     acts, at a threshold selected on held-out scenes (1.0: off). See
     ppd.agents.label_filter"""
-    filter_walk: int = 2
+    filter_walk: int = 1
     """random defender steps recorded after each of the filter's start states"""
     filter_epochs: int = 10
     """supervised passes over the filter's examples"""

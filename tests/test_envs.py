@@ -503,22 +503,3 @@ def test_decoder_ceiling_times_one_row_calls_against_one_batched_call(tiny_segme
     calls.clear()  # K + 1 rows per env, as with removal probes
     decoder_ceiling(seg, images[:2], n_points=5, prompt_pad=None, rows_per_image=3, rounds=1)
     assert calls == ([(3, (3, 5, 2), 5)] * 2 + [(6, (6, 5, 2), 5)]) * 2
-
-
-def test_labelhead_auc_reads_only_the_known_labels():
-    """ppd.bench.labelhead.label_auc: logits that rank every wrong label above every right
-    one give 1, reversed 0; unknown (inactive) nodes are left out."""
-    from types import SimpleNamespace
-
-    from ppd.bench.labelhead import label_auc
-    from ppd.envs.point_prompt_env import RIGHT_LABEL, UNKNOWN_LABEL, WRONG_LABEL
-
-    target = np.full((300, 4), UNKNOWN_LABEL, np.uint8)
-    target[:, 0], target[::3, 1], target[1::3, 1] = WRONG_LABEL, RIGHT_LABEL, WRONG_LABEL
-    data = {"state": np.zeros((300, 4), np.uint8), "label_target": target}
-    wrong = lambda b: (b["label_target"] == WRONG_LABEL).float()  # noqa: E731
-    # unknown nodes get the highest logit: they would spoil the AUC if they were read
-    perfect = SimpleNamespace(label_logits=lambda b: wrong(b) + 5.0 * (b["label_target"] == UNKNOWN_LABEL).float())
-    assert label_auc(perfect, data) == pytest.approx(1.0)
-    reversed_ = SimpleNamespace(label_logits=lambda b: -wrong(b))
-    assert label_auc(reversed_, data) == pytest.approx(0.0)

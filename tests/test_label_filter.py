@@ -208,3 +208,14 @@ def test_refine_cli_filter_flags(run, tmp_path, capsys):
                  "--filter-threshold", "2", "--device", "cpu"]) != 0
     assert "--filter-threshold must be in (0, 1]" in capsys.readouterr().err
     assert not (tmp_path / "b").exists()
+
+
+def test_defense_bench_shows_the_filter_share(run):
+    from ppd.bench.defense import run_benchmark
+
+    out, metrics = run
+    res = run_benchmark(str(out), n_scenes=1, domains=("train",), device="cpu", env_steps=0)
+    row = res["domains"]["train"]
+    assert res["label_filter_threshold"] == metrics["label_filter"]["threshold"]
+    for c in ("defended", "defended[no filter]", "coarse+ppd", "coarse+ppd[no filter]"):
+        assert 0.0 <= row[c] <= 1.0, c

@@ -24,6 +24,9 @@ SAM2's mask for:
 * ``defended[R]``, ``coarse+ppd[R]``: the same with the defender's other output rule R
   (``PromptDefender(select=...)``: ``last``, where it stopped, or ``score``, the visited
   state with SAM's highest predicted IoU); ``--select`` picks the main one;
+* ``defended[no filter]``, ``coarse+ppd[no filter]``: the defender alone, without the
+  run's wrong-label filter (``label_filter.zip``; empty for runs without one), so the
+  filter's share shows;
 * ``random_drop``, ``greedy_score``, ``consistency``: the baselines of
   :mod:`ppd.agents.baselines` on the coarse set.
 
@@ -38,6 +41,7 @@ replay-buffer bytes per transition of the saved defender's observation space.
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
 import platform
 import statistics
@@ -63,8 +67,9 @@ DEFENSE_SEED = 10_000_000 + 9000
 
 #: Columns of the IoU table, in order (``[other]``: the defender's other output rule).
 COLUMNS = (
-    "ideal", "attacked", "defended", "defended[other]", "attacked+oracle", "attacked+greedy_score", "attacked+consistency", "coarse",
-    "coarse+ppd", "coarse+ppd[other]", "random_drop", "greedy_score", "consistency",
+    "ideal", "attacked", "defended", "defended[other]", "defended[no filter]", "attacked+oracle", "attacked+greedy_score",
+    "attacked+consistency", "coarse", "coarse+ppd", "coarse+ppd[other]", "coarse+ppd[no filter]", "random_drop", "greedy_score",
+    "consistency",
 )
 
 
@@ -183,6 +188,10 @@ def bench_domain(
         items.append((rec, obj, st, pts, coarse_prompts(rec.scene.masks[obj], rng).prompts))
 
     other = other_rule(defender.select)
+    plain = None  # the defender without its label filter (caches shared)
+    if defender.label_filter is not None:
+        plain = copy.copy(defender)
+        plain.label_filter = None
     vals: dict[str, list[float]] = {c: [] for c in COLUMNS}
     vals["ideal"] = [state_iou(seg, rec, st, pts, rec.scene.masks[obj]) for rec, obj, st, pts, _ in items]
     attacked: list[dict[str, Any] | None] = [None] * n_scenes
@@ -202,6 +211,8 @@ def bench_domain(
             coords, labels = prompts_from_state(att["state"], att["points"])
             vals["defended"].append(float(iou(defender.refine(image, coords, labels).mask, gt)))
             vals["defended[other]"].append(float(iou(_refine_with(defender, other, image, coords, labels).mask, gt)))
+            if plain is not None:
+                vals["defended[no filter]"].append(float(iou(plain.refine(image, coords, labels).mask, gt)))
             vals["attacked+oracle"].append(state_iou(seg, rec, oracle_state(att["state"], att["points"], gt), att["points"], gt))
             for name in ("greedy_score", "consistency"):
                 vals[f"attacked+{name}"].append(float(iou(baselines[name].refine(image, coords, labels).mask, gt)))
@@ -213,6 +224,8 @@ def bench_domain(
         vals["coarse+ppd"].append(float(iou(res.mask, gt)))
         alt = _refine_with(defender, other, image, cp.point_coords, cp.point_labels)
         vals["coarse+ppd[other]"].append(float(iou(alt.mask, gt)))
+        if plain is not None:
+            vals["coarse+ppd[no filter]"].append(float(iou(plain.refine(image, cp.point_coords, cp.point_labels).mask, gt)))
         kept.append(float(res.kept.mean()))
         steps_taken.append(res.steps)
         for name, b in baselines.items():
@@ -275,6 +288,7 @@ def run_benchmark(
         "attacker": attacker is not None,
         "select": select,
         "patience": patience,
+        "label_filter_threshold": None if defender.label_filter is None else defender.label_filter[1],
         "domains": rows,
         "refine_ms_median": float(statistics.median(times)) if times else None,
         "env_throughput": env_throughput(defender.segmenter, steps=env_steps, probe=defender.probe),
