@@ -102,7 +102,7 @@ def scene_starts(
     (``ideal``, ``attacked``, ``coarse``, ``coarse_random``)."""
     from ppd.agents.train import greedy_rollout
 
-    ideal, coarse, kinds = [], [], []
+    ideal, coarse = [], []
     for i in range(len(world.dataset)):
         rec = world.image(i)
         obj = int(rng.integers(rec.scene.num_objects))
