@@ -55,10 +55,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from ppd.data.types import Scene
-from ppd.envs.point_prompt_env import DEFAULT_MAX_STEPS, build_observation, observation_options, rollout_action_mask
+from ppd.envs.point_prompt_env import DEFAULT_MAX_STEPS, build_observation, defender_step, observation_options, rollout_action_mask
 from ppd.envs.world import (
     INACTIVE,
-    NEGATIVE,
     POSITIVE,
     ImageRecord,
     PromptWorld,
@@ -628,12 +627,7 @@ class PromptDefender(PromptRefiner):
             a = greedy_action(self.model, obs, mask)
             if a == 2 * n:
                 break
-            kind, node = divmod(a, n)
-            st = st.copy()
-            if kind == 0:
-                st[node] = INACTIVE
-            else:
-                st[node] = NEGATIVE if st[node] == POSITIVE else POSITIVE
+            st = defender_step(st, a)
             out = self.world.evaluate([(rec, -1, st, node_points)], probe=self.probe)[0]
             visited.append((st, out))
             if out.score > visited[best][1].score:
@@ -658,14 +652,10 @@ class PromptDefender(PromptRefiner):
     def _node_probability(self, rec: ImageRecord, st: np.ndarray, pts: np.ndarray) -> np.ndarray:
         """(N,) wrong-label probability of each node's prompt: the label filter's
         network if there is one, else the defender's own label head."""
-        from ppd.agents.label_filter import filter_probabilities
+        from ppd.agents.label_filter import node_probabilities
 
         net = self.label_filter[0] if self.label_filter is not None else self.model
-        opts = observation_options(net.observation_space)
-        out = self.world.evaluate([(rec, -1, st, pts)], probe=opts["probe"])[0]
-        obs = build_observation(rec, st, pts, out, 0, self.train_max_steps or 1, opts["node_uncertainty"], opts["probe"],
-                                opts["label_target"])
-        return filter_probabilities(net, {k: v[None] for k, v in obs.items()})[0]
+        return node_probabilities(net, self.world, [(rec, -1, st, pts)], self.train_max_steps or 1)[0]
 
     def wrong_label_probability(self, image: np.ndarray, point_coords: np.ndarray, point_labels: np.ndarray) -> np.ndarray:
         """Per input point, the probability that its label is wrong (no ground truth;

@@ -48,11 +48,11 @@ from ppd.envs.point_prompt_env import (
     UNKNOWN_LABEL,
     WRONG_LABEL,
     build_observation,
-    label_targets,
+    defender_step,
     observation_options,
     rollout_action_mask,
 )
-from ppd.envs.world import INACTIVE, NEGATIVE, POSITIVE, ImageRecord, PromptWorld, state_from_prompts
+from ppd.envs.world import INACTIVE, ImageRecord, PromptWorld, state_from_prompts
 from ppd.prompts import coarse_prompts, ideal_prompts
 
 logger = logging.getLogger(__name__)
@@ -65,6 +65,8 @@ __all__ = [
     "collect_examples",
     "filter_starts",
     "load_label_filter",
+    "node_probabilities",
+    "stacked_observations",
     "filter_probabilities",
     "fit_label_head",
     "label_auc",
@@ -135,11 +137,36 @@ def random_walk(
             mask = rollout_action_mask(st, st0, relabel)[:-1]
             if not mask.any():
                 break
-            kind, node = divmod(int(rng.choice(np.flatnonzero(mask))), len(st))
-            st = st.copy()
-            st[node] = INACTIVE if kind == 0 else (NEGATIVE if st[node] == POSITIVE else POSITIVE)
+            st = defender_step(st, int(rng.choice(np.flatnonzero(mask))))
             out.append((rec, obj, st, pts))
     return out
+
+
+def stacked_observations(
+    world: PromptWorld,
+    states: Sequence[tuple[ImageRecord, int, np.ndarray, np.ndarray]],
+    opts: dict[str, bool],
+    max_steps: int,
+    ground_truth: bool = False,
+    tick: Callable[[int], Any] | None = None,
+) -> dict[str, np.ndarray]:
+    """Stacked observations at step 0 of ``states`` ``(rec, obj, node_state,
+    node_points)`` (``opts``: :func:`observation_options` of the network), decoded
+    :data:`CHUNK` states per ``world.evaluate`` call. ``ground_truth``: fill
+    ``label_target`` from object ``obj``'s mask (training examples); otherwise a
+    ``label_target`` key, if the network has one, is all unknown and ``obj`` only picks
+    the world's decode cache entry (the observation has no quality)."""
+    out: list[dict[str, np.ndarray]] = []
+    target = ground_truth or opts["label_target"]
+    for i in range(0, len(states), CHUNK):
+        part = states[i : i + CHUNK]
+        outcomes = world.evaluate(list(part), probe=opts["probe"])
+        for (rec, obj, st, pts), o in zip(part, outcomes):
+            gt = rec.scene.masks[obj] if ground_truth else None
+            out.append(build_observation(rec, st, pts, o, 0, max_steps, opts["node_uncertainty"], opts["probe"], target, gt))
+        if tick:
+            tick(len(part))
+    return {k: np.stack([o[k] for o in out]) for k in out[0]}
 
 
 def collect_examples(
@@ -149,19 +176,9 @@ def collect_examples(
     max_steps: int,
     tick: Callable[[int], Any] | None = None,
 ) -> dict[str, np.ndarray]:
-    """Stacked observations (``opts``: :func:`observation_options` of the network; at
-    step 0) of ``states``, with their ``label_target`` from the ground truth."""
-    out: list[dict[str, np.ndarray]] = []
-    for i in range(0, len(states), CHUNK):
-        part = states[i : i + CHUNK]
-        outcomes = world.evaluate(list(part), probe=opts["probe"])
-        for (rec, obj, st, pts), o in zip(part, outcomes):
-            out.append(build_observation(
-                rec, st, pts, o, 0, max_steps, opts["node_uncertainty"], opts["probe"], True, rec.scene.masks[obj],
-            ))
-        if tick:
-            tick(len(part))
-    return {k: np.stack([o[k] for o in out]) for k in out[0]}
+    """Training examples: :func:`stacked_observations` of ``states`` with their
+    ``label_target`` from the ground truth."""
+    return stacked_observations(world, states, opts, max_steps, ground_truth=True, tick=tick)
 
 
 def fit_label_head(
@@ -237,6 +254,15 @@ def apply_filter(node_state: np.ndarray, prob: np.ndarray, threshold: float) -> 
     return out
 
 
+def node_probabilities(
+    model: Any, world: PromptWorld, states: Sequence[tuple[ImageRecord, int, np.ndarray, np.ndarray]], max_steps: int
+) -> np.ndarray:
+    """(B, N) wrong-label probabilities of ``model``'s label head for prompt states,
+    without ground truth (:func:`stacked_observations`, then :func:`filter_probabilities`)."""
+    opts = observation_options(model.observation_space)
+    return filter_probabilities(model, stacked_observations(world, states, opts, max_steps))
+
+
 def filter_starts(
     model: Any,
     threshold: float,
@@ -244,14 +270,9 @@ def filter_starts(
     starts: Sequence[tuple[ImageRecord, int, np.ndarray, np.ndarray]],
     max_steps: int,
 ) -> list[tuple[ImageRecord, int, np.ndarray, np.ndarray]]:
-    """``starts`` after :func:`apply_filter` at ``threshold``. No ground truth is read
-    (the observation has no quality; its ``label_target`` is left unknown); the object
-    index only shares the world's decode cache with the rollouts that follow."""
-    opts = observation_options(model.observation_space)
-    outcomes = world.evaluate(list(starts), probe=opts["probe"])
-    obs = [build_observation(rec, st, pts, o, 0, max_steps, opts["node_uncertainty"], opts["probe"], opts["label_target"])
-           for (rec, _, st, pts), o in zip(starts, outcomes)]
-    prob = filter_probabilities(model, {k: np.stack([o[k] for o in obs]) for k in obs[0]})
+    """``starts`` after :func:`apply_filter` at ``threshold`` (no ground truth read; the
+    object index only shares the world's decode cache with the rollouts that follow)."""
+    prob = node_probabilities(model, world, starts, max_steps)
     return [(rec, obj, apply_filter(st, p, threshold), pts) for (rec, obj, st, pts), p in zip(starts, prob)]
 
 
@@ -299,9 +320,10 @@ def train_label_filter(
     attacker: Any,
     defender: Any,
     progress: Callable[[str, int], Callable[..., Any]] | None = None,
-) -> dict[str, Any]:
+) -> tuple[Any, dict[str, Any]]:
     """Build, fit and select the filter (module docstring); writes ``out/label_filter.zip``
-    and ``out/label_filter.json`` (atomically, the network first) and returns the latter.
+    and ``out/label_filter.json`` (atomically, the network first) and returns the network
+    and the latter's contents.
 
     Args:
         cfg: the run's :class:`~ppd.agents.train.TrainConfig` (``filter_scenes``,
@@ -359,7 +381,7 @@ def train_label_filter(
     venv.close()
     logger.info("label filter: threshold %s, held-out AUC %.3f, %d examples, %.0f s",
                 meta["threshold"], meta["selection_auc"], meta["examples"], meta["time_s"])
-    return meta
+    return model, meta
 
 
 def load_label_filter(folder: str | Path, device: str | None = None) -> tuple[Any, dict[str, Any]] | None:

@@ -440,34 +440,31 @@ def evaluate_agents(
     coarse = [(rec, obj, *s_coarse) for rec, obj, _, s_coarse in items]
     att = greedy_rollout(attacker, world, "attacker", ideal, cfg.attacker_max_steps, cfg.relabel)
     attacked = [(rec, obj, r["state"], r["points"]) for (rec, obj, _, _), r in zip(items, att)]
-    extra: dict[str, float] = {}
-    coarse_iou = None
+    def_starts = {"attacked": attacked, "coarse": coarse}
+    unfiltered: dict[str, list[dict[str, Any]]] = {}
     if label_filter is not None:
         from ppd.agents.label_filter import filter_starts
 
-        for name, starts in (("attacked", attacked), ("coarse", coarse)):
-            res = greedy_rollout(defender, world, "defender", starts, cfg.defender_max_steps, cfg.relabel)
-            extra[f"defended_{name}_iou_nofilter"] = float(np.mean([r["score_quality"] for r in res]))
-            coarse_iou = float(np.mean([r["start_quality"] for r in res]))  # the unfiltered input (last: coarse)
-        attacked = filter_starts(*label_filter, world, attacked, cfg.defender_max_steps)
-        coarse = filter_starts(*label_filter, world, coarse, cfg.defender_max_steps)
-    def_att = greedy_rollout(defender, world, "defender", attacked, cfg.defender_max_steps, cfg.relabel)
-    def_coarse = greedy_rollout(defender, world, "defender", coarse, cfg.defender_max_steps, cfg.relabel)
+        for name, starts in def_starts.items():
+            unfiltered[name] = greedy_rollout(defender, world, "defender", starts, cfg.defender_max_steps, cfg.relabel)
+        def_starts = {name: filter_starts(*label_filter, world, s, cfg.defender_max_steps) for name, s in def_starts.items()}
+    def_att = greedy_rollout(defender, world, "defender", def_starts["attacked"], cfg.defender_max_steps, cfg.relabel)
+    def_coarse = greedy_rollout(defender, world, "defender", def_starts["coarse"], cfg.defender_max_steps, cfg.relabel)
     metrics = {
         "ideal_iou": float(np.mean([r["start_quality"] for r in att])),
         "attacked_iou": float(np.mean([r["quality"] for r in att])),
         "defended_attacked_iou": float(np.mean([r["score_quality"] for r in def_att])),
-        "coarse_iou": coarse_iou if coarse_iou is not None else float(np.mean([r["start_quality"] for r in def_coarse])),
+        "coarse_iou": float(np.mean([r["start_quality"] for r in unfiltered.get("coarse", def_coarse)])),
         "defended_coarse_iou": float(np.mean([r["score_quality"] for r in def_coarse])),
         "defended_attacked_iou_last": float(np.mean([r["quality"] for r in def_att])),
         "defended_coarse_iou_last": float(np.mean([r["quality"] for r in def_coarse])),
         "attacker_steps": float(np.mean([r["steps"] for r in att])),
         "defender_coarse_steps": float(np.mean([r["steps"] for r in def_coarse])),
-        **extra,
     }
+    for name, res in unfiltered.items():
+        metrics[f"defended_{name}_iou_nofilter"] = float(np.mean([r["score_quality"] for r in res]))
     if return_rollouts:
-        coarse_in = [(rec, obj, *s_coarse) for rec, obj, _, s_coarse in items]  # the unfiltered input
-        return metrics, {"items": items, "coarse": coarse_in, "defended_coarse": def_coarse}
+        return metrics, {"items": items, "coarse": coarse, "defended_coarse": def_coarse}
     return metrics
 
 
@@ -703,9 +700,8 @@ def train(
 
         loaded = load_label_filter(out, device)  # present only if this run's rounds were all done before
         if loaded is None:
-            train_label_filter(cfg, out, segmenter, attacker, final_defender, progress=progress)
-            loaded = load_label_filter(out, device)
-        filter_model, filter_meta = loaded  # type: ignore[misc]
+            loaded = train_label_filter(cfg, out, segmenter, attacker, final_defender, progress=progress)
+        filter_model, filter_meta = loaded
     wall = time.time() - t0
     steps_now = cfg.total_steps - steps_before
     if filter_meta is not None:

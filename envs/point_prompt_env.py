@@ -58,6 +58,16 @@ def rollout_action_mask(node_state: np.ndarray, start_state: np.ndarray, relabel
     return mask
 
 
+def defender_step(node_state: np.ndarray, action: int) -> np.ndarray:
+    """The state after a (valid, non-stop) defender action on ``node_state`` (N,), as a
+    new array: kind 0 deactivates node i, kind 1 flips its label (``action = kind * N + i``).
+    The environment, refinement and the label filter's random walks all step with it."""
+    kind, node = divmod(int(action), node_state.shape[-1])
+    st = node_state.copy()
+    st[node] = INACTIVE if kind == 0 else (NEGATIVE if st[node] == POSITIVE else POSITIVE)
+    return st
+
+
 def build_observation(
     rec: ImageRecord,
     node_state: np.ndarray,
@@ -412,17 +422,15 @@ class PointPromptEnv(gym.Env):
         self._invalid = not bool(self.action_masks()[a])
         self._stopped = a == 2 * n
         if not self._invalid and not self._stopped:
-            kind, node = divmod(a, n)
-            st = self._state.copy()
             pts = self._points
             if self.role == "attacker":
+                kind, node = divmod(a, n)
+                st = self._state.copy()
                 st[node] = POSITIVE if kind == 0 else NEGATIVE
                 pts = pts.copy()
                 pts[node] = self._rec.centres[node]
-            elif kind == 0:
-                st[node] = INACTIVE
             else:
-                st[node] = NEGATIVE if st[node] == POSITIVE else POSITIVE
+                st = defender_step(self._state, a)
             self._state, self._points = st, pts
         return (self._rec, self._obj, self._state, self._points)
 
