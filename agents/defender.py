@@ -417,12 +417,14 @@ class PromptDefender(PromptRefiner):
             whenever the best-scored state comes before such a run of steps; each step
             saved is one decoder call of K + 1 prompt sets (with probes) and one
             Q-network pass.
-        label_filter: ``(network, threshold)``, the run's wrong-label filter
-            (:mod:`ppd.agents.label_filter`; None: none). :meth:`refine` first removes
-            every prompt whose wrong-label probability exceeds the threshold (the least
-            suspect one stays), then the defender acts on the rest. A threshold of 1.0
-            removes nothing. Its cost: one Q-network pass, and one decoder call when it
-            removes something (otherwise its observation is the rollout's first).
+        label_filter: ``(network, threshold)`` or ``(network, threshold, action)``, the
+            run's wrong-label filter (:mod:`ppd.agents.label_filter`; None: none).
+            :meth:`refine` first removes (``action="remove"``, the default; the least
+            suspect prompt stays) or relabels (``"relabel"``) every prompt whose
+            wrong-label probability exceeds the threshold, then the defender acts on the
+            result. A threshold of 1.0 changes nothing. Its cost: one Q-network pass,
+            and one decoder call when it changes something (otherwise its observation is
+            the rollout's first).
 
     Whether the observation has the per-node ``uncertainty`` (``node_uncertainty``) is
     read from the model's observation space: it is what the network was trained on.
@@ -445,7 +447,7 @@ class PromptDefender(PromptRefiner):
         config: dict[str, Any] | None = None,
         select: str = DEFAULT_SELECT,
         patience: int | None = None,
-        label_filter: tuple[Any, float] | None = None,
+        label_filter: tuple[Any, float] | tuple[Any, float, str] | None = None,
     ) -> None:
         if select not in SELECT_RULES:
             raise ValueError(f"select must be one of {SELECT_RULES}, got {select!r}")
@@ -484,12 +486,16 @@ class PromptDefender(PromptRefiner):
         self._records: OrderedDict[str, ImageRecord] = OrderedDict()
         self.label_filter = None
         if label_filter is not None:
-            net, threshold = label_filter
+            from ppd.agents.label_filter import FILTER_ACTIONS
+
+            net, threshold, action = (*label_filter, "remove") if len(label_filter) == 2 else label_filter
             if not 0.0 < float(threshold) <= 1.0:
                 raise ValueError(f"the label filter's threshold must be in (0, 1], got {threshold}")
+            if action not in FILTER_ACTIONS:
+                raise ValueError(f"the label filter's action must be one of {FILTER_ACTIONS}, got {action!r}")
             if net.observation_space["state"].shape != model.observation_space["state"].shape:
                 raise ValueError("the label filter was built for another graph size than the defender")
-            self.label_filter = (net, float(threshold))
+            self.label_filter: tuple[Any, float, str] | None = (net, float(threshold), str(action))
 
     # -- construction -------------------------------------------------------------------
     @classmethod
@@ -502,6 +508,7 @@ class PromptDefender(PromptRefiner):
         patience: int | None = None,
         use_filter: bool = True,
         filter_threshold: float | None = None,
+        filter_action: str | None = None,
     ) -> PromptDefender:
         """Load the defender of a training run.
 
@@ -520,7 +527,8 @@ class PromptDefender(PromptRefiner):
             use_filter: apply the run's wrong-label filter (``label_filter.zip``, from
                 ``ppd train``'s last stage) when it has one; False: the defender alone.
             filter_threshold: the filter's threshold instead of the selected one (in
-                (0, 1]; 1.0 removes nothing).
+                (0, 1]; 1.0 changes nothing).
+            filter_action: ``"remove"`` or ``"relabel"`` instead of the selected action.
 
         Raises:
             FileNotFoundError: missing folder or ``defender.zip``.
@@ -560,7 +568,11 @@ class PromptDefender(PromptRefiner):
 
             loaded = load_label_filter(folder, device)
             if loaded is not None:
-                label_filter = (loaded[0], float(loaded[1]["threshold"] if filter_threshold is None else filter_threshold))
+                label_filter = (
+                    loaded[0],
+                    float(loaded[1]["threshold"] if filter_threshold is None else filter_threshold),
+                    loaded[1]["action"] if filter_action is None else filter_action,
+                )
         if segmenter is None:
             segmenter = _segmenter_from_config(cfg, device)
         return cls(
@@ -690,7 +702,7 @@ class PromptDefender(PromptRefiner):
             point_coords: (K, 2) points (x, y) in pixels, K >= 1.
             point_labels: (K,) labels, 1 foreground / 0 background.
             max_steps: step budget of the defender (default: :meth:`default_steps`),
-                after the label filter's removals (if it has one); 0 decodes the mapped
+                after the label filter's changes (if it has one); 0 decodes the mapped
                 prompts unchanged (no filter either).
 
         Returns:
@@ -719,9 +731,10 @@ class PromptDefender(PromptRefiner):
         if self.label_filter is not None and budget > 0:
             from ppd.agents.label_filter import apply_filter
 
-            start = apply_filter(st0, self._node_probability(rec, st0, pts), self.label_filter[1])
+            _, threshold, action = self.label_filter
+            start = apply_filter(st0, self._node_probability(rec, st0, pts), threshold, action)
         st, _, steps = self.refine_state(rec, start, pts, budget)
-        steps += int(((st0 != INACTIVE) & (start == INACTIVE)).sum())  # the filter's removals
+        steps += int((st0 != start).sum())  # the filter's removals or relabels
         active = st != INACTIVE
         kept = active[point_node]
         flipped = active & (st != st0)
@@ -774,8 +787,14 @@ def add_refine_arguments(p: argparse.ArgumentParser) -> None:
         "--filter-threshold",
         type=float,
         default=None,
-        help="the filter's wrong-label probability above which a prompt is removed, in (0, 1] "
+        help="the filter's wrong-label probability above which it acts on a prompt, in (0, 1] "
         "(default: the one selected in training, label_filter.json)",
+    )
+    p.add_argument(
+        "--filter-action",
+        choices=("remove", "relabel"),
+        default=None,
+        help="what the filter does to those prompts (default: the action selected in training, label_filter.json)",
     )
     p.add_argument("--out", default="refine_out", help="output folder (default: refine_out)")
     p.add_argument("--model", default=None, help="segmenter name (default: the one the defender was trained with)")
@@ -811,7 +830,7 @@ def run_refine(args: argparse.Namespace) -> int:
         raise ValueError(f"--filter-threshold must be in (0, 1], got {args.filter_threshold}")
     defender = PromptDefender.load(
         args.run, segmenter=seg, device=args.device, select=args.select, patience=args.patience,
-        use_filter=args.use_filter, filter_threshold=args.filter_threshold,
+        use_filter=args.use_filter, filter_threshold=args.filter_threshold, filter_action=args.filter_action,
     )
     defender.record(image)  # encode and build the graph first: the timing is refinement only
     t = time.perf_counter()

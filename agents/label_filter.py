@@ -19,18 +19,27 @@ RL-trained head of the same run; README).
    is an example; its target is :func:`~ppd.envs.point_prompt_env.label_targets`.
 2. **Fit.** A fresh network of the defender's architecture (``label_aux`` head) trains
    on the label loss alone, ``filter_epochs`` passes (Adam 1e-3, batch 64).
-3. **Threshold.** On as many further held-out scenes as training evaluates on
-   (``eval_scenes``; other scenes than those, never trained on),
-   the defender's greedy output (``select="score"``) after removing every prompt whose
-   wrong-label probability exceeds t, for t in :data:`THRESHOLDS`, from coarse sets (the
-   run's ``coarse_kwargs``) and from attacked sets; the threshold with the best mean quality is kept. ``1.0`` removes
-   nothing, so a filter that does not help is switched off by its own selection. The
-   wrong-label ROC AUC on these scenes is reported, and that of the defender's own
-   label head when it has one (``label_aux``).
+3. **Threshold and action.** On as many further held-out scenes as training evaluates
+   on (``eval_scenes``; other scenes than those, never trained on), the defender's
+   greedy output (``select="score"``) after the filter acted on every prompt whose
+   wrong-label probability exceeds t, for t in :data:`THRESHOLDS`, either removing it or
+   relabelling it (:data:`FILTER_ACTIONS`), from coarse sets (the run's
+   ``coarse_kwargs``) and from attacked sets; the pair with the best mean quality is
+   kept. ``1.0`` changes nothing, so a filter that does not help is switched off by its
+   own selection. The wrong-label ROC AUC on these scenes is reported, and that of the
+   defender's own label head when it has one (``label_aux``).
+
+   Why relabelling is a candidate: a wrong-label prompt with its label flipped is a
+   right-label prompt at the same place, so it keeps the click's information; on coarse
+   sets (half of their points corrupted) of three of four seeds, removing the prompts
+   above 0.5 cost the defender's output 0.07-0.14 IoU against no filter, relabelling
+   them at most 0.014 (README, session 13).
+   Which of the two serves a run best differed between seeds, so it is selected.
 
 :meth:`ppd.agents.defender.PromptDefender.refine` applies it before the defender's
-rollout (one extra Q-network pass, and one extra decoder call when it removes a prompt). The run folder gets ``label_filter.zip`` (an SB3 DQN file: the network) and
-``label_filter.json`` (threshold, selection table, held-out AUC).
+rollout (one extra Q-network pass, and one extra decoder call when it changes a prompt). The run folder gets ``label_filter.zip`` (an SB3 DQN file: the network) and
+``label_filter.json`` (threshold, action, selection table, held-out AUC; files
+written before the action existed remove).
 """
 
 from __future__ import annotations
@@ -52,16 +61,18 @@ from ppd.envs.point_prompt_env import (
     observation_options,
     rollout_action_mask,
 )
-from ppd.envs.world import INACTIVE, ImageRecord, PromptWorld, state_from_prompts
+from ppd.envs.world import INACTIVE, NEGATIVE, POSITIVE, ImageRecord, PromptWorld, state_from_prompts
 from ppd.prompts import coarse_prompts, ideal_prompts
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "FILTER_ACTIONS",
     "FILTER_FILE",
     "FILTER_META",
     "THRESHOLDS",
     "apply_filter",
+    "filter_candidates",
     "collect_examples",
     "filter_starts",
     "load_label_filter",
@@ -75,8 +86,10 @@ __all__ = [
 
 FILTER_FILE = "label_filter.zip"
 FILTER_META = "label_filter.json"
-#: Candidate thresholds; 1.0 removes nothing (the filter off).
-THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+#: Candidate thresholds; 1.0 changes nothing (the filter off).
+THRESHOLDS = (0.5, 0.7, 0.9, 1.0)
+#: What the filter does to a prompt above the threshold.
+FILTER_ACTIONS = ("remove", "relabel")
 #: Offsets of the filter's scene seeds from ``seed * 1_000_000`` (training scenes use +500_000).
 DATA_SEED_OFFSET, SELECT_SEED_OFFSET = 700_000, 800_000
 #: States decoded per ``PromptWorld.evaluate`` call while collecting.
@@ -242,16 +255,38 @@ def label_auc(prob: np.ndarray, targets: np.ndarray) -> float:
     return float(uncertainty_auroc(np.asarray(prob)[known], y[known] == WRONG_LABEL))
 
 
-def apply_filter(node_state: np.ndarray, prob: np.ndarray, threshold: float) -> np.ndarray:
-    """``node_state`` without the prompts whose probability exceeds ``threshold``; when
-    that would remove every prompt, the least suspect one stays (no prompt, no mask)."""
+def apply_filter(node_state: np.ndarray, prob: np.ndarray, threshold: float, action: str = "remove") -> np.ndarray:
+    """``node_state`` after the filter acted on the prompts whose probability exceeds
+    ``threshold`` (a new array): ``action="remove"`` deactivates them (when that would
+    remove every prompt, the least suspect one stays: no prompt, no mask);
+    ``"relabel"`` flips their labels.
+
+    Raises:
+        ValueError: an action not in :data:`FILTER_ACTIONS`.
+    """
+    if action not in FILTER_ACTIONS:
+        raise ValueError(f"filter action must be one of {FILTER_ACTIONS}, got {action!r}")
     active = node_state != INACTIVE
-    drop = active & (prob > threshold)
-    if drop.any() and not (active & ~drop).any():
-        drop[np.flatnonzero(active)[np.argmin(prob[active])]] = False
+    flag = active & (prob > threshold)
     out = node_state.copy()
-    out[drop] = INACTIVE
+    if action == "relabel":
+        out[flag] = np.where(node_state[flag] == POSITIVE, NEGATIVE, POSITIVE)
+        return out
+    if flag.any() and not (active & ~flag).any():
+        flag[np.flatnonzero(active)[np.argmin(prob[active])]] = False
+    out[flag] = INACTIVE
     return out
+
+
+def filter_candidates() -> list[tuple[str, float]]:
+    """The ``(action, threshold)`` pairs the selection compares: every action at every
+    threshold below 1.0, and ``("remove", 1.0)``, the filter off."""
+    return [(a, t) for a in FILTER_ACTIONS for t in THRESHOLDS if t < 1.0] + [("remove", 1.0)]
+
+
+def candidate_name(action: str, threshold: float) -> str:
+    """Key of a candidate in the selection table: ``"remove@0.7"``, ``"off"``."""
+    return "off" if threshold >= 1.0 else f"{action}@{threshold:g}"
 
 
 def node_probabilities(
@@ -269,11 +304,13 @@ def filter_starts(
     world: PromptWorld,
     starts: Sequence[tuple[ImageRecord, int, np.ndarray, np.ndarray]],
     max_steps: int,
+    action: str = "remove",
 ) -> list[tuple[ImageRecord, int, np.ndarray, np.ndarray]]:
-    """``starts`` after :func:`apply_filter` at ``threshold`` (no ground truth read; the
-    object index only shares the world's decode cache with the rollouts that follow)."""
+    """``starts`` after :func:`apply_filter` at ``threshold`` with ``action`` (no ground
+    truth read; the object index only shares the world's decode cache with the rollouts
+    that follow)."""
     prob = node_probabilities(model, world, starts, max_steps)
-    return [(rec, obj, apply_filter(st, p, threshold), pts) for (rec, obj, st, pts), p in zip(starts, prob)]
+    return [(rec, obj, apply_filter(st, p, threshold, action), pts) for (rec, obj, st, pts), p in zip(starts, prob)]
 
 
 def select_threshold(
@@ -285,29 +322,31 @@ def select_threshold(
     cfg: Any,
 ) -> dict[str, Any]:
     """Mean quality of the defender's greedy output (``score_quality``: refine's default
-    rule) after :func:`apply_filter` at each of :data:`THRESHOLDS`, per start kind
-    (``coarse``, ``attacked``); the chosen threshold maximises the mean of the two kinds
-    (ties: the larger threshold, which removes less). Also the held-out ROC AUC."""
+    rule) after :func:`apply_filter` with each of :func:`filter_candidates`, per start
+    kind (``coarse``, ``attacked``); the chosen ``(action, threshold)`` maximises the
+    mean of the two kinds (ties: the larger threshold, which changes less, then
+    removal). Also the held-out ROC AUC."""
     from ppd.agents.train import greedy_rollout
 
     opts = observation_options(model.observation_space)
     data = collect_examples(world, starts, opts, cfg.defender_max_steps)
     prob = filter_probabilities(model, data)
+    cands = filter_candidates()
     runs, index = [], {}
     for i, (rec, obj, st, pts) in enumerate(starts):
-        for t in THRESHOLDS:
-            fs = apply_filter(st, prob[i], t)
-            index[(i, t)] = index.setdefault((i, fs.tobytes()), len(runs))
-            if index[(i, t)] == len(runs):
+        for c in cands:
+            fs = apply_filter(st, prob[i], c[1], c[0])  # a filtered state reached twice is rolled out once
+            index[(i, c)] = index.setdefault((i, fs.tobytes()), len(runs))
+            if index[(i, c)] == len(runs):
                 runs.append((rec, obj, fs, pts))
     res = greedy_rollout(defender, world, "defender", runs, cfg.defender_max_steps, cfg.relabel)
     table: dict[str, dict[str, float]] = {}
     for kind in ("coarse", "attacked"):
         rows = [i for i, k in enumerate(kinds) if k == kind]
-        table[kind] = {str(t): float(np.mean([res[index[(i, t)]]["score_quality"] for i in rows])) for t in THRESHOLDS}
-    mean = {t: (table["coarse"][str(t)] + table["attacked"][str(t)]) / 2 for t in THRESHOLDS}
-    best = max(THRESHOLDS, key=lambda t: (round(mean[t], 6), t))
-    res = {"threshold": float(best), "quality": table, "auc": label_auc(prob, data["label_target"])}
+        table[kind] = {candidate_name(*c): float(np.mean([res[index[(i, c)]]["score_quality"] for i in rows])) for c in cands}
+    mean = {c: (table["coarse"][candidate_name(*c)] + table["attacked"][candidate_name(*c)]) / 2 for c in cands}
+    action, best = max(cands, key=lambda c: (round(mean[c], 6), c[1], c[0] == "remove"))
+    res = {"threshold": float(best), "action": action, "quality": table, "auc": label_auc(prob, data["label_target"])}
     if getattr(defender.policy.q_net, "label_aux", False):  # the defender's own (RL-trained) head, for comparison
         res["defender_head_auc"] = label_auc(filter_probabilities(defender, data), data["label_target"])
     return res
@@ -363,6 +402,7 @@ def train_label_filter(
     sel = select_threshold(defender, model, sel_world, [sel_starts[i] for i in keep], [sel_kinds[i] for i in keep], cfg)
     meta = {
         "threshold": sel["threshold"],
+        "action": sel["action"],
         "selection_quality": sel["quality"],
         "selection_auc": round(sel["auc"], 4),
         "defender_head_auc": round(sel["defender_head_auc"], 4) if "defender_head_auc" in sel else None,
@@ -379,8 +419,8 @@ def train_label_filter(
     io.atomic_write(out / FILTER_FILE, lambda tmp: model.save(tmp))
     io.save_json(meta, out / FILTER_META)
     venv.close()
-    logger.info("label filter: threshold %s, held-out AUC %.3f, %d examples, %.0f s",
-                meta["threshold"], meta["selection_auc"], meta["examples"], meta["time_s"])
+    logger.info("label filter: %s above %s, held-out AUC %.3f, %d examples, %.0f s",
+                meta["action"], meta["threshold"], meta["selection_auc"], meta["examples"], meta["time_s"])
     return model, meta
 
 
@@ -407,6 +447,9 @@ def load_label_filter(folder: str | Path, device: str | None = None) -> tuple[An
         raise ValueError(f"{meta}: unreadable label filter metadata ({exc})") from None
     if not 0.0 < threshold <= 1.0:
         raise ValueError(f"{meta}: threshold must be in (0, 1], got {threshold}")
+    info.setdefault("action", "remove")  # written before relabelling was a candidate
+    if info["action"] not in FILTER_ACTIONS:
+        raise ValueError(f"{meta}: action must be one of {FILTER_ACTIONS}, got {info['action']!r}")
     model = MaskedDQN.load(str(net), device=device or "auto")
     if not getattr(model.policy.q_net, "label_aux", False):
         raise ValueError(f"{net}: this network has no label head")

@@ -422,7 +422,7 @@ def evaluate_agents(
     world: PromptWorld,
     cfg: TrainConfig,
     return_rollouts: bool = False,
-    label_filter: tuple[MaskedDQN, float] | None = None,
+    label_filter: tuple[MaskedDQN, float, str] | None = None,
 ) -> dict[str, float] | tuple[dict[str, float], dict[str, list]]:
     """Mean IoU (or the world's quality) on ``world``'s scenes; see :data:`EVAL_KEYS`.
 
@@ -431,7 +431,7 @@ def evaluate_agents(
     as ``PromptDefender.refine`` does by default (``select="score"``: the visited set with
     SAM's highest predicted IoU); ``defended_*_last``: where the defender stopped.
 
-    With ``label_filter`` ``(network, threshold)`` (:mod:`ppd.agents.label_filter`), the
+    With ``label_filter`` ``(network, threshold, action)`` (:mod:`ppd.agents.label_filter`), the
     defender starts from the filtered sets, as ``refine`` does; ``defended_*_nofilter``
     are then its outputs from the unfiltered ones.
     """
@@ -447,7 +447,8 @@ def evaluate_agents(
 
         for name, starts in def_starts.items():
             unfiltered[name] = greedy_rollout(defender, world, "defender", starts, cfg.defender_max_steps, cfg.relabel)
-        def_starts = {name: filter_starts(*label_filter, world, s, cfg.defender_max_steps) for name, s in def_starts.items()}
+        net, threshold, action = label_filter
+        def_starts = {name: filter_starts(net, threshold, world, s, cfg.defender_max_steps, action) for name, s in def_starts.items()}
     def_att = greedy_rollout(defender, world, "defender", def_starts["attacked"], cfg.defender_max_steps, cfg.relabel)
     def_coarse = greedy_rollout(defender, world, "defender", def_starts["coarse"], cfg.defender_max_steps, cfg.relabel)
     metrics = {
@@ -706,7 +707,7 @@ def train(
     steps_now = cfg.total_steps - steps_before
     if filter_meta is not None:
         last_eval, rollouts = evaluate_agents(  # type: ignore[misc]
-            attacker, final_defender, eval_world, cfg, return_rollouts=True, label_filter=(filter_model, filter_meta["threshold"])
+            attacker, final_defender, eval_world, cfg, return_rollouts=True, label_filter=(filter_model, filter_meta["threshold"], filter_meta["action"])
         )
     elif cfg.defender_evals:
         last_eval, rollouts = evaluate_agents(attacker, final_defender, eval_world, cfg, return_rollouts=True)  # type: ignore[misc]
@@ -810,7 +811,8 @@ def run_train(args: argparse.Namespace) -> int:
     for name, v in rows:
         print(f"  {name:38s} {v:.3f}")
     if filt:
-        state = "off (it did not help there)" if filt["threshold"] >= 1.0 else f"removes prompts above {filt['threshold']:.1f}"
+        verb = "relabels" if filt.get("action") == "relabel" else "removes"
+        state = "off (it did not help there)" if filt["threshold"] >= 1.0 else f"{verb} prompts above {filt['threshold']:.1f}"
         print(f"label filter ({filt['scenes']} scenes, {filt['time_s']:.0f} s): wrong-label ROC AUC {filt['selection_auc']:.3f} "
               f"on {filt['selection_scenes']} held-out scenes; {state}")
     if final["ideal_iou"] > 0:

@@ -13,6 +13,7 @@ from ppd.agents.defender import PromptDefender
 from ppd.agents.label_filter import (
     FILTER_FILE,
     FILTER_META,
+    FILTER_ACTIONS,
     THRESHOLDS,
     apply_filter,
     collect_examples,
@@ -60,6 +61,18 @@ def test_apply_filter_removes_above_threshold_and_keeps_one():
     # every prompt above the threshold: the least suspect active one stays (not the inactive node)
     assert apply_filter(st, prob, 0.1).tolist() == [INACTIVE, NEGATIVE, INACTIVE, INACTIVE]
     assert apply_filter(st, prob, 0.1) is not st and st[0] == POSITIVE  # input untouched
+
+
+def test_apply_filter_relabels_above_threshold():
+    st = np.array([POSITIVE, NEGATIVE, INACTIVE, POSITIVE, NEGATIVE], np.uint8)
+    prob = np.array([0.9, 0.2, 0.99, 0.6, 0.8], np.float32)
+    # flagged prompts flip (positive <-> negative); inactive nodes stay inactive; nothing is removed
+    assert apply_filter(st, prob, 0.5, "relabel").tolist() == [NEGATIVE, NEGATIVE, INACTIVE, NEGATIVE, POSITIVE]
+    assert apply_filter(st, prob, 0.1, "relabel").tolist() == [NEGATIVE, POSITIVE, INACTIVE, NEGATIVE, POSITIVE]
+    assert apply_filter(st, prob, 1.0, "relabel").tolist() == st.tolist()
+    assert st[0] == POSITIVE  # input untouched
+    with pytest.raises(ValueError, match="filter action must be one of"):
+        apply_filter(st, prob, 0.5, "drop")
 
 
 def test_label_auc_uses_known_nodes_only():
@@ -134,14 +147,16 @@ def test_train_writes_the_filter_and_its_metrics(run):
     out, metrics = run
     meta = json.loads((out / FILTER_META).read_text())
     assert (out / FILTER_FILE).is_file() and metrics["label_filter"] == meta
-    assert meta["threshold"] in THRESHOLDS and meta["scenes"] == 3 and meta["selection_scenes"] == 2
+    assert meta["threshold"] in THRESHOLDS and meta["action"] in FILTER_ACTIONS
+    assert meta["scenes"] == 3 and meta["selection_scenes"] == 2
     assert len(meta["loss"]) == 2 and meta["examples"] > 3 * 4  # 4 starts per scene, walks after them
+    names = {f"{a}@{t:g}" for a in FILTER_ACTIONS for t in THRESHOLDS if t < 1.0} | {"off"}
     for kind in ("coarse", "attacked"):
         table = meta["selection_quality"][kind]
-        assert set(table) == {str(t) for t in THRESHOLDS} and all(0.0 <= v <= 1.0 for v in table.values())
-    mean = {t: (meta["selection_quality"]["coarse"][str(t)] + meta["selection_quality"]["attacked"][str(t)]) / 2
-            for t in THRESHOLDS}
-    assert mean[meta["threshold"]] == pytest.approx(max(mean.values()))
+        assert set(table) == names and all(0.0 <= v <= 1.0 for v in table.values())
+    mean = {n: (meta["selection_quality"]["coarse"][n] + meta["selection_quality"]["attacked"][n]) / 2 for n in names}
+    chosen = "off" if meta["threshold"] >= 1.0 else f"{meta['action']}@{meta['threshold']:g}"
+    assert mean[chosen] == pytest.approx(max(mean.values()))
     final = metrics["final"]
     for k in ("defended_attacked_iou_nofilter", "defended_coarse_iou_nofilter"):
         assert 0.0 <= final[k] <= 1.0
@@ -150,7 +165,7 @@ def test_train_writes_the_filter_and_its_metrics(run):
 def test_defender_applies_the_filter(run, tiny_segmenter):
     out, metrics = run
     d = PromptDefender.load(out, segmenter=tiny_segmenter, device="cpu")
-    assert d.label_filter is not None and d.label_filter[1] == metrics["label_filter"]["threshold"]
+    assert d.label_filter is not None and d.label_filter[1:] == (metrics["label_filter"]["threshold"], metrics["label_filter"]["action"])
     assert PromptDefender.load(out, segmenter=tiny_segmenter, device="cpu", use_filter=False).label_filter is None
     image = ProceduralScenes("train", 1, seed=5)[0].image
     p = d.wrong_label_probability(image, POINTS, LABELS)
@@ -162,6 +177,15 @@ def test_defender_applies_the_filter(run, tiny_segmenter):
     assert res.steps >= 3  # the filter's removals count as changes
     # max_steps=0: the input decoded as is, no filter either
     assert strict.refine(image, POINTS, LABELS, max_steps=0).kept.all()
+    # relabelling instead: every prompt stays, each with its label flipped (the defender gets no step)
+    flip = PromptDefender.load(out, segmenter=tiny_segmenter, device="cpu", filter_threshold=float(p.min()) / 2,
+                               filter_action="relabel")
+    flip.refine_state = lambda rec, st, pts, budget: (st, None, 0)  # a defender that stops at once
+    res = flip.refine(image, POINTS, LABELS, max_steps=1)
+    assert res.kept.all() and res.point_labels.tolist() == (1 - LABELS).tolist() and res.relabeled.all()
+    assert res.steps == 4  # the filter's relabels count as changes
+    with pytest.raises(ValueError, match="action must be one of"):
+        PromptDefender.load(out, segmenter=tiny_segmenter, device="cpu", filter_action="drop")
     with pytest.raises(ValueError, match="threshold"):
         PromptDefender.load(out, segmenter=tiny_segmenter, device="cpu", filter_threshold=1.5)
 
@@ -178,6 +202,11 @@ def test_load_label_filter_errors(run, tmp_path):
     (half / FILTER_META).write_text(json.dumps({"threshold": 0.0}))
     with pytest.raises(ValueError, match=r"threshold must be in \(0, 1\]"):
         load_label_filter(half)
+    (half / FILTER_META).write_text(json.dumps({"threshold": 0.5, "action": "drop"}))
+    with pytest.raises(ValueError, match="action must be one of"):
+        load_label_filter(half)
+    (half / FILTER_META).write_text(json.dumps({"threshold": 0.5}))  # written before the action existed
+    assert load_label_filter(half)[1]["action"] == "remove"
     (half / FILTER_META).write_text("{not json")
     with pytest.raises(ValueError, match="unreadable"):
         load_label_filter(half)
@@ -217,5 +246,6 @@ def test_defense_bench_shows_the_filter_share(run):
     res = run_benchmark(str(out), n_scenes=1, domains=("train",), device="cpu", env_steps=0)
     row = res["domains"]["train"]
     assert res["label_filter_threshold"] == metrics["label_filter"]["threshold"]
+    assert res["label_filter_action"] == metrics["label_filter"]["action"]
     for c in ("defended", "defended[no filter]", "coarse+ppd", "coarse+ppd[no filter]"):
         assert 0.0 <= row[c] <= 1.0, c

@@ -289,6 +289,7 @@ def run_benchmark(
         "select": select,
         "patience": patience,
         "label_filter_threshold": None if defender.label_filter is None else defender.label_filter[1],
+        "label_filter_action": None if defender.label_filter is None else defender.label_filter[2],
         "domains": rows,
         "refine_ms_median": float(statistics.median(times)) if times else None,
         "env_throughput": env_throughput(defender.segmenter, steps=env_steps, probe=defender.probe),
