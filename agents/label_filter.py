@@ -86,8 +86,9 @@ __all__ = [
 
 FILTER_FILE = "label_filter.zip"
 FILTER_META = "label_filter.json"
-#: Candidate thresholds; 1.0 changes nothing (the filter off).
-THRESHOLDS = (0.5, 0.7, 0.9, 1.0)
+#: Candidate thresholds; 1.0 changes nothing (the filter off). 0.9 was a candidate in
+#: session 13's four runs and never selected (each candidate costs selection rollouts).
+THRESHOLDS = (0.5, 0.7, 1.0)
 #: What the filter does to a prompt above the threshold.
 FILTER_ACTIONS = ("remove", "relabel")
 #: Offsets of the filter's scene seeds from ``seed * 1_000_000`` (training scenes use +500_000).
@@ -278,10 +279,10 @@ def apply_filter(node_state: np.ndarray, prob: np.ndarray, threshold: float, act
     return out
 
 
-def filter_candidates() -> list[tuple[str, float]]:
-    """The ``(action, threshold)`` pairs the selection compares: every action at every
-    threshold below 1.0, and ``("remove", 1.0)``, the filter off."""
-    return [(a, t) for a in FILTER_ACTIONS for t in THRESHOLDS if t < 1.0] + [("remove", 1.0)]
+def filter_candidates(actions: Sequence[str] = FILTER_ACTIONS) -> list[tuple[str, float]]:
+    """The ``(action, threshold)`` pairs the selection compares: every one of ``actions``
+    at every threshold below 1.0, and ``("remove", 1.0)``, the filter off."""
+    return [(a, t) for a in actions for t in THRESHOLDS if t < 1.0] + [("remove", 1.0)]
 
 
 def candidate_name(action: str, threshold: float) -> str:
@@ -322,7 +323,8 @@ def select_threshold(
     cfg: Any,
 ) -> dict[str, Any]:
     """Mean quality of the defender's greedy output (``score_quality``: refine's default
-    rule) after :func:`apply_filter` with each of :func:`filter_candidates`, per start
+    rule) after :func:`apply_filter` with each of :func:`filter_candidates` (of the
+    config's ``filter_actions``), per start
     kind (``coarse``, ``attacked``); the chosen ``(action, threshold)`` maximises the
     mean of the two kinds (ties: the larger threshold, which changes less, then
     removal). Also the held-out ROC AUC."""
@@ -331,7 +333,7 @@ def select_threshold(
     opts = observation_options(model.observation_space)
     data = collect_examples(world, starts, opts, cfg.defender_max_steps)
     prob = filter_probabilities(model, data)
-    cands = filter_candidates()
+    cands = filter_candidates(cfg.filter_action_list)
     runs, index = [], {}
     for i, (rec, obj, st, pts) in enumerate(starts):
         for c in cands:

@@ -183,9 +183,14 @@ class TrainConfig:
     filter_scenes: int = 400
     """scenes of the wrong-label filter, the last stage of training (beyond the paper;
     0: none): a network of the defender's architecture trained by supervision to flag
-    prompts whose label is wrong; refine removes the flagged ones before the defender
-    acts, at a threshold selected on held-out scenes (1.0: off). See
-    ppd.agents.label_filter"""
+    prompts whose label is wrong; refine removes or relabels the flagged ones before the
+    defender acts, with a threshold and action selected on held-out scenes (1.0: off).
+    See ppd.agents.label_filter"""
+    filter_actions: str = "remove,relabel"
+    """the filter actions the selection may pick, comma-separated (remove, relabel).
+    Relabelling keeps refined coarse prompts as good as without the filter, but the
+    defender then acts on more prompts: refine took 1.5x as long where it was picked
+    (README, session 13); "remove" alone is the faster choice"""
     filter_walk: int = 1
     """random defender steps recorded after each of the filter's start states"""
     filter_epochs: int = 10
@@ -245,6 +250,8 @@ class TrainConfig:
             "filter_scenes": self.filter_scenes >= 0,
             "filter_walk": self.filter_walk >= 0,
             "filter_epochs": self.filter_epochs >= 1,
+            "filter_actions": bool(self.filter_action_list)
+            and set(self.filter_action_list) <= {"remove", "relabel"},
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
@@ -256,6 +263,11 @@ class TrainConfig:
         unknown = set(self.start_mix) - set(DEFAULT_START_MIX)
         if unknown:
             raise ValueError(f"start_mix keys must be among {sorted(DEFAULT_START_MIX)}, got {sorted(unknown)}")
+
+    @property
+    def filter_action_list(self) -> tuple[str, ...]:
+        """``filter_actions`` as a tuple of action names."""
+        return tuple(a.strip() for a in str(self.filter_actions).split(",") if a.strip())
 
     def env_kwargs(self, role: str) -> dict[str, Any]:
         kw: dict[str, Any] = dict(

@@ -212,6 +212,20 @@ def test_load_label_filter_errors(run, tmp_path):
         load_label_filter(half)
 
 
+def test_filter_actions_restrict_the_selection(tiny_segmenter, tiny_checkpoint, tmp_path):
+    from ppd.agents.label_filter import filter_candidates
+
+    assert filter_candidates(("remove",)) == [("remove", t) for t in THRESHOLDS]
+    metrics = train(_config(tiny_checkpoint, filter_scenes=2, filter_epochs=1, filter_actions="remove"), tmp_path / "r",
+                    segmenter=tiny_segmenter)
+    meta = metrics["label_filter"]
+    assert meta["action"] == "remove" and set(meta["selection_quality"]["coarse"]) == {
+        f"remove@{t:g}" for t in THRESHOLDS if t < 1.0} | {"off"}
+    for bad in ("", "drop", "remove,flip"):
+        with pytest.raises(ValueError, match="filter_actions"):
+            _config(tiny_checkpoint, filter_actions=bad)
+
+
 def test_resume_with_more_rounds_drops_a_stale_filter(tiny_segmenter, tiny_checkpoint, tmp_path):
     out = tmp_path / "run"
     train(_config(tiny_checkpoint, filter_scenes=2, filter_epochs=1), out, segmenter=tiny_segmenter)
