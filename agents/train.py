@@ -189,7 +189,7 @@ class TrainConfig:
     filter_actions: str = "remove,relabel"
     """the filter actions the selection may pick, comma-separated (remove, relabel).
     Relabelling keeps refined coarse prompts as good as without the filter, but the
-    defender then acts on more prompts: refine took 1.5x as long where it was picked
+    defender then acts on more prompts: refine took 1.4-1.9x as long where it was picked
     (README, session 13); "remove" alone is the faster choice"""
     filter_walk: int = 1
     """random defender steps recorded after each of the filter's start states"""
