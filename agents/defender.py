@@ -21,8 +21,9 @@ the defender stopped). Every visited state is decoded for the observations anywa
 the choice costs nothing and uses no ground truth.
 
 A run trained with the label filter stage (``ppd train``'s default; ``label_filter.zip``)
-first removes the prompts that its supervised wrong-label network flags above the
-threshold selected in training, then the defender acts on the rest (see
+first removes or relabels (the action selected in training with the threshold) the
+prompts that its supervised wrong-label network flags above the threshold, then the
+defender acts on the result (see
 :mod:`ppd.agents.label_filter`; ``PromptDefender.load(..., use_filter=False)`` /
 ``ppd refine --no-filter`` turn it off).
 
@@ -54,6 +55,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ppd.agents.label_filter import FILTER_ACTIONS
 from ppd.data.types import Scene
 from ppd.envs.point_prompt_env import DEFAULT_MAX_STEPS, build_observation, defender_step, observation_options, rollout_action_mask
 from ppd.envs.world import (
@@ -486,8 +488,6 @@ class PromptDefender(PromptRefiner):
         self._records: OrderedDict[str, ImageRecord] = OrderedDict()
         self.label_filter = None
         if label_filter is not None:
-            from ppd.agents.label_filter import FILTER_ACTIONS
-
             net, threshold, action = (*label_filter, "remove") if len(label_filter) == 2 else label_filter
             if not 0.0 < float(threshold) <= 1.0:
                 raise ValueError(f"the label filter's threshold must be in (0, 1], got {threshold}")
@@ -792,7 +792,7 @@ def add_refine_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--filter-action",
-        choices=("remove", "relabel"),
+        choices=FILTER_ACTIONS,
         default=None,
         help="what the filter does to those prompts (default: the action selected in training, label_filter.json)",
     )

@@ -49,6 +49,7 @@ from stable_baselines3.common.vec_env import VecMonitor
 
 from ppd import io
 from ppd.agents.dqn import MaskedDQN, make_dqn
+from ppd.agents.label_filter import FILTER_ACTIONS
 from ppd.agents.qnet import NODE_FEATURES, NODE_NORMS, Q_PRIORS, STOP_QS, prior_terms
 from ppd.data.scenes import TRAIN_DOMAIN, JitteredScenes, ProceduralScenes
 from ppd.agents.defender import greedy_actions
@@ -251,7 +252,7 @@ class TrainConfig:
             "filter_walk": self.filter_walk >= 0,
             "filter_epochs": self.filter_epochs >= 1,
             "filter_actions": bool(self.filter_action_list)
-            and set(self.filter_action_list) <= {"remove", "relabel"},
+            and set(self.filter_action_list) <= set(FILTER_ACTIONS),
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
