@@ -321,17 +321,19 @@ def select_threshold(
     starts: Sequence[tuple[ImageRecord, int, np.ndarray, np.ndarray]],
     kinds: Sequence[str],
     cfg: Any,
+    progress: Callable[[str, int], Callable[..., Any]] | None = None,
 ) -> dict[str, Any]:
     """Mean quality of the defender's greedy output (``score_quality``: refine's default
     rule) after :func:`apply_filter` with each of :func:`filter_candidates` (of the
     config's ``filter_actions``), per start
     kind (``coarse``, ``attacked``); the chosen ``(action, threshold)`` maximises the
     mean of the two kinds (ties: the larger threshold, which changes less, then
-    removal). Also the held-out ROC AUC."""
+    removal). Also the held-out ROC AUC. ``progress`` as in :func:`train_label_filter`."""
     from ppd.agents.train import greedy_rollout
 
     opts = observation_options(model.observation_space)
-    data = collect_examples(world, starts, opts, cfg.defender_max_steps)
+    tick = progress("label filter: selection, observations", len(starts)) if progress else None
+    data = collect_examples(world, starts, opts, cfg.defender_max_steps, tick)
     prob = filter_probabilities(model, data)
     cands = filter_candidates(cfg.filter_action_list)
     runs, index = [], {}
@@ -341,7 +343,8 @@ def select_threshold(
             index[(i, c)] = index.setdefault((i, fs.tobytes()), len(runs))
             if index[(i, c)] == len(runs):
                 runs.append((rec, obj, fs, pts))
-    res = greedy_rollout(defender, world, "defender", runs, cfg.defender_max_steps, cfg.relabel)
+    tick = progress("label filter: selection, rollout steps", cfg.defender_max_steps) if progress else None
+    res = greedy_rollout(defender, world, "defender", runs, cfg.defender_max_steps, cfg.relabel, tick=tick)
     table: dict[str, dict[str, float]] = {}
     for kind in ("coarse", "attacked"):
         rows = [i for i, k in enumerate(kinds) if k == kind]
@@ -401,7 +404,9 @@ def train_label_filter(
     t_fit = time.time()
     sel_starts, sel_kinds = scene_starts(sel_world, attacker, cfg, np.random.default_rng([cfg.seed, SELECT_SEED_OFFSET]))
     keep = [i for i, k in enumerate(sel_kinds) if k in ("attacked", "coarse")]
-    sel = select_threshold(defender, model, sel_world, [sel_starts[i] for i in keep], [sel_kinds[i] for i in keep], cfg)
+    sel = select_threshold(
+        defender, model, sel_world, [sel_starts[i] for i in keep], [sel_kinds[i] for i in keep], cfg, progress
+    )
     meta = {
         "threshold": sel["threshold"],
         "action": sel["action"],

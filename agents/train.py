@@ -40,7 +40,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import yaml
@@ -342,6 +342,7 @@ def greedy_rollout(
     starts: Sequence[tuple[ImageRecord, int, np.ndarray, np.ndarray]],
     max_steps: int,
     relabel: bool = True,
+    tick: Callable[[], Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Run ``model`` greedily from given prompt states, all episodes batched.
 
@@ -355,6 +356,7 @@ def greedy_rollout(
         starts: ``(image record, object index, node_state (N,), node_points (N, 2))``.
         max_steps: episode step budget.
         relabel: defender relabel actions allowed (must match the model's training).
+        tick: called once per batched step (a progress bar's update; at most ``max_steps``).
 
     The observation has the per-node ``uncertainty`` and the removal probes when the
     model was trained with them (read from its observation space). The defender's
@@ -409,6 +411,8 @@ def greedy_rollout(
             if not (terminated or truncated):
                 still.append(i)
         running = still
+        if tick is not None:
+            tick()
     for env, res in zip(envs, results):
         res["state"], res["points"] = env.prompt_state
     return results

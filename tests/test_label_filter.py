@@ -48,7 +48,14 @@ def _config(tiny_checkpoint, **kw) -> TrainConfig:
 def run(tmp_path_factory, tiny_segmenter, tiny_checkpoint):
     """A tiny trained run with its label filter, and its metrics."""
     out = tmp_path_factory.mktemp("filtered") / "run"
-    metrics = train(_config(tiny_checkpoint), out, segmenter=tiny_segmenter)
+    bars: dict[str, list[int]] = {}  # description -> [total, ticks]
+
+    def progress(desc, total):
+        bars[desc] = [total, 0]
+        return lambda n=1: bars[desc].__setitem__(1, bars[desc][1] + n)
+
+    metrics = train(_config(tiny_checkpoint), out, segmenter=tiny_segmenter, progress=progress)
+    metrics["_bars"] = bars
     return out, metrics
 
 
@@ -157,6 +164,12 @@ def test_train_writes_the_filter_and_its_metrics(run):
     mean = {n: (meta["selection_quality"]["coarse"][n] + meta["selection_quality"]["attacked"][n]) / 2 for n in names}
     chosen = "off" if meta["threshold"] >= 1.0 else f"{meta['action']}@{meta['threshold']:g}"
     assert mean[chosen] == pytest.approx(max(mean.values()))
+    # a progress bar per part of the stage, none overrun (the rollout ends when all episodes do)
+    bars = metrics["_bars"]
+    assert list(bars) == ["label filter: examples", "label filter: epochs", "label filter: selection, observations",
+                          "label filter: selection, rollout steps"]
+    assert bars["label filter: examples"] == [meta["examples"]] * 2 and bars["label filter: epochs"] == [2, 2]
+    assert 1 <= bars["label filter: selection, rollout steps"][1] <= bars["label filter: selection, rollout steps"][0]
     final = metrics["final"]
     for k in ("defended_attacked_iou_nofilter", "defended_coarse_iou_nofilter"):
         assert 0.0 <= final[k] <= 1.0
