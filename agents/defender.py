@@ -97,7 +97,7 @@ BUNDLED_DEFENDER = ASSETS_DIR / "defender"
 SELECT_RULES = ("last", "score")
 
 #: The default rule: measured better than ``"last"`` in-domain for each of four seeds, and
-#: on 23 of their 24 (seed, domain) pairs (README, PPD section).
+#: on 23 of their 24 (seed, domain) pairs (docs/ppd_experiments.md).
 DEFAULT_SELECT = "score"
 
 #: Observation keys the defender's network must have been trained on.

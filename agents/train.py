@@ -172,14 +172,14 @@ class TrainConfig:
     none, or auto (default: probe with probes, none without). probe, measured over 4
     seeds: mean recovery from attacked prompts 0.646 -> 0.725 in-domain, refined coarse
     prompts better on 5 of 6 domains. consistency: its weights trained to ~0 in 2 of 2
-    runs (README)"""
+    runs (docs/ppd_experiments.md)"""
     label_aux: float = 0.0
     """weight of the defender's auxiliary wrong-label loss (beyond the paper; 0: off): a
     head on the Q-network's node features predicts, for every prompt of every replayed
     state, whether its label is wrong by the ground truth (binary cross-entropy, added to
     the TD loss). Training only: the Q-values never read the target, refine needs no
     ground truth. Measured at 0.3 over 4 seeds: refined coarse prompts 0.768 -> 0.800
-    in-domain, recovery from attacked ones 0.725 -> 0.684 (README); the head's ROC AUC
+    in-domain, recovery from attacked ones 0.725 -> 0.684 (docs/ppd_experiments.md); the head's ROC AUC
     for wrong labels 0.74-0.92 (PromptDefender.wrong_label_probability)"""
     filter_scenes: int = 400
     """scenes of the wrong-label filter, the last stage of training (beyond the paper;
