@@ -529,6 +529,8 @@ class PromptDefender(PromptRefiner):
             filter_threshold: the filter's threshold instead of the selected one (in
                 (0, 1]; 1.0 changes nothing).
             filter_action: ``"remove"`` or ``"relabel"`` instead of the selected action.
+                Either override on a run without a filter, or with ``use_filter=False``,
+                is an error (it would do nothing).
 
         Raises:
             FileNotFoundError: missing folder or ``defender.zip``.
@@ -563,10 +565,16 @@ class PromptDefender(PromptRefiner):
         k_phys = find_setting(cfg, "k_physical")
         k_sem = find_setting(cfg, "k_semantic")
         label_filter = None
+        overrides = [n for n, v in (("filter_threshold", filter_threshold), ("filter_action", filter_action)) if v is not None]
+        if overrides and not use_filter:
+            raise ValueError(f"{' and '.join(overrides)} set with use_filter=False: the filter is off")
         if use_filter:
             from ppd.agents.label_filter import load_label_filter
 
             loaded = load_label_filter(folder, device)
+            if loaded is None and overrides:
+                raise ValueError(f"{folder} has no label filter (label_filter.zip), so {' and '.join(overrides)} "
+                                 "would do nothing: train one with `ppd train` (its label filter stage)")
             if loaded is not None:
                 label_filter = (
                     loaded[0],
@@ -828,6 +836,8 @@ def run_refine(args: argparse.Namespace) -> int:
         seg = load_segmenter(args.model or BUNDLED_NAME, checkpoint=args.checkpoint, device=args.device, **kw)
     if args.filter_threshold is not None and not 0.0 < args.filter_threshold <= 1.0:
         raise ValueError(f"--filter-threshold must be in (0, 1], got {args.filter_threshold}")
+    if not args.use_filter and (args.filter_threshold is not None or args.filter_action is not None):
+        raise ValueError("--filter-threshold / --filter-action have no effect with --no-filter")
     defender = PromptDefender.load(
         args.run, segmenter=seg, device=args.device, select=args.select, patience=args.patience,
         use_filter=args.use_filter, filter_threshold=args.filter_threshold, filter_action=args.filter_action,

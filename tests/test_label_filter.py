@@ -199,6 +199,8 @@ def test_defender_applies_the_filter(run, tiny_segmenter):
     assert res.steps == 4  # the filter's relabels count as changes
     with pytest.raises(ValueError, match="action must be one of"):
         PromptDefender.load(out, segmenter=tiny_segmenter, device="cpu", filter_action="drop")
+    with pytest.raises(ValueError, match="filter_threshold set with use_filter=False"):
+        PromptDefender.load(out, segmenter=tiny_segmenter, device="cpu", use_filter=False, filter_threshold=0.5)
     with pytest.raises(ValueError, match="threshold"):
         PromptDefender.load(out, segmenter=tiny_segmenter, device="cpu", filter_threshold=1.5)
 
@@ -247,6 +249,10 @@ def test_resume_with_more_rounds_drops_a_stale_filter(tiny_segmenter, tiny_check
     metrics = train(_config(tiny_checkpoint, rounds=2, filter_scenes=0), out, resume=True, segmenter=tiny_segmenter)
     assert not (out / FILTER_FILE).exists() and not (out / FILTER_META).exists()
     assert metrics["label_filter"] is None and "defended_coarse_iou_nofilter" not in metrics["final"]
+    # overriding a filter the run does not have is an error, not a silent no-op
+    assert PromptDefender.load(out, segmenter=tiny_segmenter, device="cpu").label_filter is None
+    with pytest.raises(ValueError, match="has no label filter"):
+        PromptDefender.load(out, segmenter=tiny_segmenter, device="cpu", filter_action="relabel")
 
 
 def test_refine_cli_filter_flags(run, tmp_path, capsys):
@@ -263,6 +269,12 @@ def test_refine_cli_filter_flags(run, tmp_path, capsys):
     assert main(["refine", "--defender", str(out), "--image", str(img), "--points", pts, "--out", str(tmp_path / "b"),
                  "--filter-threshold", "2", "--device", "cpu"]) != 0
     assert "--filter-threshold must be in (0, 1]" in capsys.readouterr().err
+    assert main(["refine", "--defender", str(out), "--image", str(img), "--points", pts, "--out", str(tmp_path / "c"),
+                 "--no-filter", "--filter-action", "relabel", "--device", "cpu"]) != 0
+    assert "no effect with --no-filter" in capsys.readouterr().err
+    assert main(["refine", "--defender", str(out), "--image", str(img), "--points", pts, "--out", str(tmp_path / "d"),
+                 "--filter-action", "relabel", "--device", "cpu"]) == 0
+    assert len(json.loads((tmp_path / "d" / "refined.json").read_text())["kept"]) == 4
     assert not (tmp_path / "b").exists()
 
 
