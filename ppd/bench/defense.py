@@ -83,14 +83,14 @@ def column_name(column: str, select: str) -> str:
     return column.replace("[other]", f"[{other_rule(select)}]")
 
 
-def _refine_with(defender: PromptDefender, select: str, *args: Any) -> Any:
-    """``defender.refine(*args)`` with output rule ``select`` (the rollout's states are
-    cached by the defender's world, so the second rule costs Q-network calls only)."""
-    main, defender.select = defender.select, select
-    try:
-        return defender.refine(*args)
-    finally:
-        defender.select = main
+def _variant(defender: PromptDefender, **attrs: Any) -> PromptDefender:
+    """A shallow copy of ``defender`` with ``attrs`` changed (``select``, ``label_filter``).
+    It shares the network, segmenter and world, so the rollout states the main defender
+    decoded are cache hits: a second output rule costs Q-network calls only."""
+    out = copy.copy(defender)
+    for k, v in attrs.items():
+        setattr(out, k, v)
+    return out
 
 
 def replay_bytes_per_transition(observation_space: Any) -> dict[str, int]:
@@ -187,11 +187,8 @@ def bench_domain(
         st, pts = ideal_start(rec, obj, cfg)
         items.append((rec, obj, st, pts, coarse_prompts(rec.scene.masks[obj], rng).prompts))
 
-    other = other_rule(defender.select)
-    plain = None  # the defender without its label filter (caches shared)
-    if defender.label_filter is not None:
-        plain = copy.copy(defender)
-        plain.label_filter = None
+    other = _variant(defender, select=other_rule(defender.select))
+    plain = None if defender.label_filter is None else _variant(defender, label_filter=None)  # without its filter
     vals: dict[str, list[float]] = {c: [] for c in COLUMNS}
     vals["ideal"] = [state_iou(seg, rec, st, pts, rec.scene.masks[obj]) for rec, obj, st, pts, _ in items]
     attacked: list[dict[str, Any] | None] = [None] * n_scenes
@@ -210,7 +207,7 @@ def bench_domain(
         if att is not None:
             coords, labels = prompts_from_state(att["state"], att["points"])
             vals["defended"].append(float(iou(defender.refine(image, coords, labels).mask, gt)))
-            vals["defended[other]"].append(float(iou(_refine_with(defender, other, image, coords, labels).mask, gt)))
+            vals["defended[other]"].append(float(iou(other.refine(image, coords, labels).mask, gt)))
             if plain is not None:
                 vals["defended[no filter]"].append(float(iou(plain.refine(image, coords, labels).mask, gt)))
             vals["attacked+oracle"].append(state_iou(seg, rec, oracle_state(att["state"], att["points"], gt), att["points"], gt))
@@ -222,7 +219,7 @@ def bench_domain(
         res = defender.refine(image, cp.point_coords, cp.point_labels)
         times.append(time.perf_counter() - t)
         vals["coarse+ppd"].append(float(iou(res.mask, gt)))
-        alt = _refine_with(defender, other, image, cp.point_coords, cp.point_labels)
+        alt = other.refine(image, cp.point_coords, cp.point_labels)
         vals["coarse+ppd[other]"].append(float(iou(alt.mask, gt)))
         if plain is not None:
             vals["coarse+ppd[no filter]"].append(float(iou(plain.refine(image, cp.point_coords, cp.point_labels).mask, gt)))
