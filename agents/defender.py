@@ -618,43 +618,68 @@ class PromptDefender(PromptRefiner):
     def refine_state(
         self, rec: ImageRecord, node_state: np.ndarray, node_points: np.ndarray, max_steps: int
     ) -> tuple[np.ndarray, Any, int]:
-        """Greedy defender rollout on a prompt state (no ground truth).
+        """:meth:`refine_states` for one prompt state."""
+        return self.refine_states([(rec, node_state, node_points, max_steps)])[0]
+
+    def refine_states(
+        self, items: Sequence[tuple[ImageRecord, np.ndarray, np.ndarray, int]]
+    ) -> list[tuple[np.ndarray, Any, int]]:
+        """Greedy defender rollouts on prompt states ``(image record, node_state,
+        node_points, step budget)`` (no ground truth), advanced together: each step
+        decodes the states of every running rollout in one ``world.evaluate`` call and
+        runs the Q-network once on their observations.
 
         States are decoded by ``self.world`` exactly as in training (same prompt padding,
         see :class:`~ppd.envs.world.PromptWorld`), so the observations match the ones the
         agent learned on. Actions follow :func:`~ppd.envs.point_prompt_env.rollout_action_mask`
-        (a prompt is relabelled at most once; the last prompt stays). The output state is
-        picked among the visited ones by ``self.select``.
+        (a prompt is relabelled at most once; the last prompt stays). A rollout ends when
+        the defender picks stop, no valid action remains, its budget is spent, or (with
+        ``patience``) its score has not improved for that many steps. The output state
+        is picked among the visited ones by ``self.select``.
 
         Returns:
-            ``(output node_state (N,), its Outcome (no mask), prompt changes from the
-            input to it)``.
+            Per item: ``(output node_state (N,), its Outcome (no mask), prompt changes
+            from the input to it)``.
         """
         n = self.num_nodes
-        env_steps = self.train_max_steps or max_steps or 1
-        st = node_state.copy()
-        out = self.world.evaluate([(rec, -1, st, node_points)], probe=self.probe)[0]
-        visited = [(st, out)]
-        best = 0  # index of the best-scored visited state (earliest on ties)
-        while len(visited) - 1 < max_steps:
-            steps = len(visited) - 1
-            if self.patience is not None and self.select == "score" and steps - best >= self.patience:
+        states = [st.copy() for _, st, _, _ in items]
+        outs = self.world.evaluate([(rec, -1, st, pts) for st, (rec, _, pts, _) in zip(states, items)], probe=self.probe)
+        visited = [[(st, out)] for st, out in zip(states, outs)]
+        best = [0] * len(items)  # index of the best-scored visited state (earliest on ties)
+        running = list(range(len(items)))
+        while running:
+            acting, obs, masks = [], [], []
+            for i in running:
+                rec, start, pts, budget = items[i]
+                steps = len(visited[i]) - 1
+                if steps >= budget:
+                    continue
+                if self.patience is not None and self.select == "score" and steps - best[i] >= self.patience:
+                    continue
+                st, out = visited[i][-1]
+                mask = rollout_action_mask(st, start, self.relabel)
+                if not mask[:-1].any():
+                    continue
+                env_steps = self.train_max_steps or budget or 1
+                obs.append(self._observation(rec, st, pts, out, min(steps, env_steps), env_steps))
+                masks.append(mask)
+                acting.append(i)
+            if not acting:
                 break
-            mask = rollout_action_mask(st, node_state, self.relabel)
-            if not mask[:-1].any():
+            batch = {k: np.stack([o[k] for o in obs]) for k in obs[0]}
+            actions = greedy_actions(self.model, batch, np.stack(masks))
+            moved = [(i, defender_step(visited[i][-1][0], int(a))) for i, a in zip(acting, actions) if a != 2 * n]
+            if not moved:
                 break
-            obs = self._observation(rec, st, node_points, out, min(steps, env_steps), env_steps)
-            a = greedy_action(self.model, obs, mask)
-            if a == 2 * n:
-                break
-            st = defender_step(st, a)
-            out = self.world.evaluate([(rec, -1, st, node_points)], probe=self.probe)[0]
-            visited.append((st, out))
-            if out.score > visited[best][1].score:
-                best = len(visited) - 1
+            outs = self.world.evaluate([(items[i][0], -1, st, items[i][2]) for i, st in moved], probe=self.probe)
+            for (i, st), out in zip(moved, outs):
+                visited[i].append((st, out))
+                if out.score > visited[i][best[i]][1].score:
+                    best[i] = len(visited[i]) - 1
+            running = [i for i, _ in moved]
         # Each step changes one prompt, so the i-th visited state is i changes away.
-        pick = len(visited) - 1 if self.select == "last" else best
-        return visited[pick][0], visited[pick][1], pick
+        picks = [len(v) - 1 if self.select == "last" else b for v, b in zip(visited, best)]
+        return [(v[p][0], v[p][1], p) for v, p in zip(visited, picks)]
 
     def _observation(
         self, rec: ImageRecord, st: np.ndarray, pts: np.ndarray, out: Any, t: int, env_steps: int
@@ -724,6 +749,49 @@ class PromptDefender(PromptRefiner):
             ValueError: empty prompt set, bad shapes / labels, points outside the image,
                 negative ``max_steps``.
         """
+        return self.refine_many([image], [point_coords], [point_labels], max_steps)[0]
+
+    def refine_many(
+        self,
+        images: Sequence[np.ndarray],
+        coords_list: Sequence[np.ndarray],
+        labels_list: Sequence[np.ndarray],
+        max_steps: int | None = None,
+    ) -> list[RefineResult]:
+        """:meth:`refine` for several prompt sets (on several images, or the same one),
+        batched: the label filter reads all of them in one pass, and the rollouts
+        advance together (:meth:`refine_states`: one decoder call and one Q-network pass
+        per step for all of them). Each result is what :meth:`refine` gives for its set,
+        up to the last bits of the decoder's batched arithmetic.
+
+        Raises:
+            ValueError: lists of different lengths, or a bad prompt set (as :meth:`refine`).
+        """
+        if not len(images) == len(coords_list) == len(labels_list):
+            raise ValueError(
+                f"images, coords_list and labels_list must have the same length, got "
+                f"{len(images)}, {len(coords_list)}, {len(labels_list)}"
+            )
+        preps = [self._prepare(im, c, l, max_steps) for im, c, l in zip(images, coords_list, labels_list)]
+        starts = [p["st0"] for p in preps]
+        filtered = [i for i, p in enumerate(preps) if p["budget"] > 0]
+        if self.label_filter is not None and filtered:
+            from ppd.agents.label_filter import apply_filter, node_probabilities
+
+            net, threshold, action = self.label_filter
+            prob = node_probabilities(
+                net, self.world, [(preps[i]["rec"], -1, preps[i]["st0"], preps[i]["pts"]) for i in filtered],
+                self.train_max_steps or 1,
+            )
+            for i, p in zip(filtered, prob):
+                starts[i] = apply_filter(preps[i]["st0"], p, threshold, action)
+        rolled = self.refine_states([(p["rec"], st, p["pts"], p["budget"]) for p, st in zip(preps, starts)])
+        return [self._finish(p, st, steps + int((p["st0"] != start).sum()))  # plus the filter's changes
+                for p, start, (st, _, steps) in zip(preps, starts, rolled)]
+
+    def _prepare(self, image: np.ndarray, point_coords: np.ndarray, point_labels: np.ndarray,
+                 max_steps: int | None) -> dict[str, Any]:
+        """Checked prompts of one :meth:`refine` call, mapped onto its image's nodes."""
         coords, labels = check_prompts(point_coords, point_labels)
         budget = self.default_steps(len(coords)) if max_steps is None else int(max_steps)
         if budget < 0:
@@ -735,26 +803,23 @@ class PromptDefender(PromptRefiner):
         dist = np.linalg.norm(coords - rec.centres[point_node], axis=1)
         for k in np.argsort(-dist, kind="stable"):
             rep[point_node[k]] = k
-        start = st0
-        if self.label_filter is not None and budget > 0:
-            from ppd.agents.label_filter import apply_filter
+        return dict(coords=coords, labels=labels, budget=budget, rec=rec, st0=st0, pts=pts, point_node=point_node, rep=rep)
 
-            _, threshold, action = self.label_filter
-            start = apply_filter(st0, self._node_probability(rec, st0, pts), threshold, action)
-        st, _, steps = self.refine_state(rec, start, pts, budget)
-        steps += int((st0 != start).sum())  # the filter's removals or relabels
+    def _finish(self, prep: dict[str, Any], st: np.ndarray, steps: int) -> RefineResult:
+        """The :class:`RefineResult` of output state ``st`` for a :meth:`_prepare` d call."""
+        coords, point_node, st0 = prep["coords"], prep["point_node"], prep["st0"]
         active = st != INACTIVE
         kept = active[point_node]
         flipped = active & (st != st0)
         # An output point carries its node's final label: its own label, flipped if relabelled.
-        index = rep[active]
+        index = prep["rep"][active]
         out_labels = (st[point_node[np.sort(index)]] == POSITIVE).astype(np.int64)
         # The mask a user gets from SAM for the output points (no padding): one more
         # decoder call, since the world pads prompts as in training.
-        pred = self.segmenter.predict(rec.embedding, coords[np.sort(index)], out_labels)
+        pred = self.segmenter.predict(prep["rec"].embedding, coords[np.sort(index)], out_labels)
         return make_result(
-            coords, labels, kept, pred.masks[0], float(pred.scores[0]), steps, relabeled=flipped[point_node], index=index,
-            uncertainty=None if pred.uncertainty is None else pred.uncertainty[0],
+            coords, prep["labels"], kept, pred.masks[0], float(pred.scores[0]), steps, relabeled=flipped[point_node],
+            index=index, uncertainty=None if pred.uncertainty is None else pred.uncertainty[0],
         )
 
 

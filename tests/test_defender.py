@@ -83,10 +83,12 @@ class ScriptedModel:
         self.observation_space = spaces.Dict({"state": spaces.Box(0, 2, (N,), np.uint8)})
         self.action_space = spaces.Discrete(2 * N + 1)
         self.rule = rule
-        def q_net(obs):
-            q = -torch.ones(1, 2 * N + 1)
-            q[0, -1] = 0.0
-            q[0, int(rule(obs))] = 1.0
+        def q_net(obs):  # one observation, or a batch (leading axis) of them
+            rows = [obs] if np.ndim(obs["state"]) == 1 else [{k: v[b] for k, v in obs.items()} for b in range(len(obs["state"]))]
+            q = -torch.ones(len(rows), 2 * N + 1)
+            q[:, -1] = 0.0
+            for b, row in enumerate(rows):
+                q[b, int(rule(row))] = 1.0
             return q
 
         self.policy = SimpleNamespace(
@@ -225,13 +227,27 @@ def test_bad_prompts(defender, random_image):
 
 def test_refine_many(defender, random_image):
     other = random_image[::-1].copy()
-    many = defender.refine_many([random_image, other], [POINTS, POINTS[:2]], [LABELS, LABELS[:2]], max_steps=2)
-    one = defender.refine(other, POINTS[:2], LABELS[:2], max_steps=2)
-    assert len(many) == 2 and len(many[1].kept) == 2
-    np.testing.assert_array_equal(many[1].kept, one.kept)
-    np.testing.assert_array_equal(many[1].mask, one.mask)
+    # two images, the first one twice with different prompt sets
+    images, coords, labels = [random_image, other, random_image], [POINTS, POINTS[:2], POINTS[1:]], [LABELS, LABELS[:2], 1 - LABELS[1:]]
+    defender.world._outcomes.clear()
+    calls = defender.world.decode_calls
+    many = defender.refine_many(images, coords, labels, max_steps=2)
+    batched_calls = defender.world.decode_calls - calls
+    defender.world._outcomes.clear()
+    calls = defender.world.decode_calls
+    ones = [defender.refine(im, c, l, max_steps=2) for im, c, l in zip(images, coords, labels)]
+    # the rollouts advance together: one decoder call per step for all sets, not one per set
+    assert batched_calls < defender.world.decode_calls - calls
+    assert [len(r.kept) for r in many] == [len(POINTS), 2, len(POINTS) - 1]
+    for m, o in zip(many, ones):  # the same result as refine, set by set
+        np.testing.assert_array_equal(m.kept, o.kept)
+        np.testing.assert_array_equal(m.point_labels, o.point_labels)
+        np.testing.assert_array_equal(m.mask, o.mask)
+        assert m.steps == o.steps
     with pytest.raises(ValueError, match="same length"):
         defender.refine_many([random_image], [POINTS, POINTS], [LABELS])
+    with pytest.raises(ValueError, match="outside"):  # a bad set fails the call before any work
+        defender.refine_many([random_image, other], [POINTS, [[500.0, 1.0]]], [LABELS, [1]])
 
 
 def test_greedy_action_respects_a_stricter_mask(defender, random_image):

@@ -193,7 +193,7 @@ def test_defender_applies_the_filter(run, tiny_segmenter):
     # relabelling instead: every prompt stays, each with its label flipped (the defender gets no step)
     flip = PromptDefender.load(out, segmenter=tiny_segmenter, device="cpu", filter_threshold=float(p.min()) / 2,
                                filter_action="relabel")
-    flip.refine_state = lambda rec, st, pts, budget: (st, None, 0)  # a defender that stops at once
+    flip.refine_states = lambda items: [(st, None, 0) for _, st, _, _ in items]  # a defender that stops at once
     res = flip.refine(image, POINTS, LABELS, max_steps=1)
     assert res.kept.all() and res.point_labels.tolist() == (1 - LABELS).tolist() and res.relabeled.all()
     assert res.steps == 4  # the filter's relabels count as changes
