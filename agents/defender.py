@@ -231,12 +231,17 @@ class PromptRefiner(abc.ABC):
     ) -> list[RefineResult]:
         """:meth:`refine` for several images, in order (each image is encoded once: the
         segmenter caches embeddings by image content)."""
-        if not len(images) == len(coords_list) == len(labels_list):
-            raise ValueError(
-                f"images, coords_list and labels_list must have the same length, got "
-                f"{len(images)}, {len(coords_list)}, {len(labels_list)}"
-            )
+        _check_lengths(images, coords_list, labels_list)
         return [self.refine(im, c, l, max_steps) for im, c, l in zip(images, coords_list, labels_list)]
+
+
+def _check_lengths(images: Sequence[Any], coords_list: Sequence[Any], labels_list: Sequence[Any]) -> None:
+    """``refine_many``'s lists must be parallel."""
+    if not len(images) == len(coords_list) == len(labels_list):
+        raise ValueError(
+            f"images, coords_list and labels_list must have the same length, got "
+            f"{len(images)}, {len(coords_list)}, {len(labels_list)}"
+        )
 
 
 # ----------------------------------------------------------------------------- loading
@@ -767,11 +772,7 @@ class PromptDefender(PromptRefiner):
         Raises:
             ValueError: lists of different lengths, or a bad prompt set (as :meth:`refine`).
         """
-        if not len(images) == len(coords_list) == len(labels_list):
-            raise ValueError(
-                f"images, coords_list and labels_list must have the same length, got "
-                f"{len(images)}, {len(coords_list)}, {len(labels_list)}"
-            )
+        _check_lengths(images, coords_list, labels_list)
         preps = [self._prepare(im, c, l, max_steps) for im, c, l in zip(images, coords_list, labels_list)]
         starts = [p["st0"] for p in preps]
         filtered = [i for i, p in enumerate(preps) if p["budget"] > 0]
