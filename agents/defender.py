@@ -807,7 +807,7 @@ class PromptDefender(PromptRefiner):
         return dict(coords=coords, labels=labels, budget=budget, rec=rec, st0=st0, pts=pts, point_node=point_node, rep=rep)
 
     def _finish(self, prep: dict[str, Any], st: np.ndarray, steps: int) -> RefineResult:
-        """The :class:`RefineResult` of output state ``st`` for a :meth:`_prepare` d call."""
+        """The :class:`RefineResult` of output state ``st`` for a call prepared by :meth:`_prepare`."""
         coords, point_node, st0 = prep["coords"], prep["point_node"], prep["st0"]
         active = st != INACTIVE
         kept = active[point_node]
