@@ -55,7 +55,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ppd.agents.label_filter import FILTER_ACTIONS
+from ppd.agents.label_filter import FILTER_ACTIONS, LabelFilter, apply_filter, load_label_filter, node_probabilities
 from ppd.data.types import Scene
 from ppd.envs.point_prompt_env import DEFAULT_MAX_STEPS, build_observation, defender_step, observation_options, rollout_action_mask
 from ppd.envs.world import (
@@ -424,8 +424,8 @@ class PromptDefender(PromptRefiner):
             whenever the best-scored state comes before such a run of steps; each step
             saved is one decoder call of K + 1 prompt sets (with probes) and one
             Q-network pass.
-        label_filter: ``(network, threshold)`` or ``(network, threshold, action)``, the
-            run's wrong-label filter (:mod:`ppd.agents.label_filter`; None: none).
+        label_filter: a :class:`~ppd.agents.label_filter.LabelFilter` ``(network,
+            threshold, action)`` (a 2-tuple means ``action="remove"``), the run's wrong-label filter (:mod:`ppd.agents.label_filter`; None: none).
             :meth:`refine` first removes (``action="remove"``, the default; the least
             suspect prompt stays) or relabels (``"relabel"``) every prompt whose
             wrong-label probability exceeds the threshold, then the defender acts on the
@@ -493,14 +493,14 @@ class PromptDefender(PromptRefiner):
         self._records: OrderedDict[str, ImageRecord] = OrderedDict()
         self.label_filter = None
         if label_filter is not None:
-            net, threshold, action = (*label_filter, "remove") if len(label_filter) == 2 else label_filter
+            net, threshold, action = LabelFilter(*label_filter)
             if not 0.0 < float(threshold) <= 1.0:
                 raise ValueError(f"the label filter's threshold must be in (0, 1], got {threshold}")
             if action not in FILTER_ACTIONS:
                 raise ValueError(f"the label filter's action must be one of {FILTER_ACTIONS}, got {action!r}")
             if net.observation_space["state"].shape != model.observation_space["state"].shape:
                 raise ValueError("the label filter was built for another graph size than the defender")
-            self.label_filter: tuple[Any, float, str] | None = (net, float(threshold), str(action))
+            self.label_filter: LabelFilter | None = LabelFilter(net, float(threshold), str(action))
 
     # -- construction -------------------------------------------------------------------
     @classmethod
@@ -574,8 +574,6 @@ class PromptDefender(PromptRefiner):
         if overrides and not use_filter:
             raise ValueError(f"{' and '.join(overrides)} set with use_filter=False: the filter is off")
         if use_filter:
-            from ppd.agents.label_filter import load_label_filter
-
             loaded = load_label_filter(folder, device)
             if loaded is None and overrides:
                 raise ValueError(f"{folder} has no label filter (label_filter.zip), so {' and '.join(overrides)} "
@@ -699,13 +697,12 @@ class PromptDefender(PromptRefiner):
         label filter, or the defender's auxiliary head (``ppd train --label-aux``)."""
         return self.label_filter is not None or bool(getattr(self.model.policy.q_net, "label_aux", False))
 
-    def _node_probability(self, rec: ImageRecord, st: np.ndarray, pts: np.ndarray) -> np.ndarray:
-        """(N,) wrong-label probability of each node's prompt: the label filter's
-        network if there is one, else the defender's own label head."""
-        from ppd.agents.label_filter import node_probabilities
-
-        net = self.label_filter[0] if self.label_filter is not None else self.model
-        return node_probabilities(net, self.world, [(rec, -1, st, pts)], self.train_max_steps or 1)[0]
+    def _node_probabilities(self, states: Sequence[tuple[ImageRecord, np.ndarray, np.ndarray]]) -> np.ndarray:
+        """(B, N) wrong-label probability of each node's prompt in ``states`` ``(record,
+        node_state, node_points)``, all in one pass: the label filter's network if there
+        is one, else the defender's own label head."""
+        net = self.label_filter.network if self.label_filter is not None else self.model
+        return node_probabilities(net, self.world, [(rec, -1, st, pts) for rec, st, pts in states], self.train_max_steps or 1)
 
     def wrong_label_probability(self, image: np.ndarray, point_coords: np.ndarray, point_labels: np.ndarray) -> np.ndarray:
         """Per input point, the probability that its label is wrong (no ground truth;
@@ -724,7 +721,7 @@ class PromptDefender(PromptRefiner):
         coords, labels = check_prompts(point_coords, point_labels)
         rec = self.record(image)
         st, pts, point_node = state_from_prompts(coords, labels, rec.grid, rec.hw, rec.centres)
-        return self._node_probability(rec, st, pts)[point_node].astype(np.float32)
+        return self._node_probabilities([(rec, st, pts)])[0][point_node].astype(np.float32)
 
     def refine(
         self,
@@ -777,15 +774,9 @@ class PromptDefender(PromptRefiner):
         starts = [p["st0"] for p in preps]
         filtered = [i for i, p in enumerate(preps) if p["budget"] > 0]
         if self.label_filter is not None and filtered:
-            from ppd.agents.label_filter import apply_filter, node_probabilities
-
-            net, threshold, action = self.label_filter
-            prob = node_probabilities(
-                net, self.world, [(preps[i]["rec"], -1, preps[i]["st0"], preps[i]["pts"]) for i in filtered],
-                self.train_max_steps or 1,
-            )
+            prob = self._node_probabilities([(preps[i]["rec"], preps[i]["st0"], preps[i]["pts"]) for i in filtered])
             for i, p in zip(filtered, prob):
-                starts[i] = apply_filter(preps[i]["st0"], p, threshold, action)
+                starts[i] = apply_filter(preps[i]["st0"], p, self.label_filter.threshold, self.label_filter.action)
         rolled = self.refine_states([(p["rec"], st, p["pts"], p["budget"]) for p, st in zip(preps, starts)])
         return [self._finish(p, st, steps + int((p["st0"] != start).sum()))  # plus the filter's changes
                 for p, start, (st, _, steps) in zip(preps, starts, rolled)]

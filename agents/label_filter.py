@@ -48,7 +48,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 
@@ -71,6 +71,7 @@ __all__ = [
     "FILTER_FILE",
     "FILTER_META",
     "THRESHOLDS",
+    "LabelFilter",
     "apply_filter",
     "filter_candidates",
     "collect_examples",
@@ -91,6 +92,14 @@ FILTER_META = "label_filter.json"
 THRESHOLDS = (0.5, 0.7, 1.0)
 #: What the filter does to a prompt above the threshold.
 FILTER_ACTIONS = ("remove", "relabel")
+
+
+class LabelFilter(NamedTuple):
+    """A run's filter as refinement applies it: the network, its threshold and action."""
+
+    network: Any
+    threshold: float
+    action: str = "remove"
 #: Offsets of the filter's scene seeds from ``seed * 1_000_000`` (training scenes use +500_000).
 DATA_SEED_OFFSET, SELECT_SEED_OFFSET = 700_000, 800_000
 #: States decoded per ``PromptWorld.evaluate`` call while collecting.

@@ -49,7 +49,15 @@ from stable_baselines3.common.vec_env import VecMonitor
 
 from ppd import io
 from ppd.agents.dqn import MaskedDQN, make_dqn
-from ppd.agents.label_filter import FILTER_ACTIONS
+from ppd.agents.label_filter import (
+    FILTER_ACTIONS,
+    FILTER_FILE,
+    FILTER_META,
+    LabelFilter,
+    filter_starts,
+    load_label_filter,
+    train_label_filter,
+)
 from ppd.agents.qnet import NODE_FEATURES, NODE_NORMS, Q_PRIORS, STOP_QS, prior_terms
 from ppd.data.scenes import TRAIN_DOMAIN, JitteredScenes, ProceduralScenes
 from ppd.agents.defender import greedy_actions
@@ -439,7 +447,7 @@ def evaluate_agents(
     world: PromptWorld,
     cfg: TrainConfig,
     return_rollouts: bool = False,
-    label_filter: tuple[MaskedDQN, float, str] | None = None,
+    label_filter: LabelFilter | None = None,
 ) -> dict[str, float] | tuple[dict[str, float], dict[str, list]]:
     """Mean IoU (or the world's quality) on ``world``'s scenes; see :data:`EVAL_KEYS`.
 
@@ -448,7 +456,7 @@ def evaluate_agents(
     as ``PromptDefender.refine`` does by default (``select="score"``: the visited set with
     SAM's highest predicted IoU); ``defended_*_last``: where the defender stopped.
 
-    With ``label_filter`` ``(network, threshold, action)`` (:mod:`ppd.agents.label_filter`), the
+    With ``label_filter`` (:class:`~ppd.agents.label_filter.LabelFilter`), the
     defender starts from the filtered sets, as ``refine`` does; ``defended_*_nofilter``
     are then its outputs from the unfiltered ones.
     """
@@ -460,8 +468,6 @@ def evaluate_agents(
     def_starts = {"attacked": attacked, "coarse": coarse}
     unfiltered: dict[str, list[dict[str, Any]]] = {}
     if label_filter is not None:
-        from ppd.agents.label_filter import filter_starts
-
         for name, starts in def_starts.items():
             unfiltered[name] = greedy_rollout(defender, world, "defender", starts, cfg.defender_max_steps, cfg.relabel)
         net, threshold, action = label_filter
@@ -630,8 +636,6 @@ def train(
 
     start_round = int(state["round"])
     if start_round < cfg.rounds:  # a filter fitted to an earlier defender would be stale
-        from ppd.agents.label_filter import FILTER_FILE, FILTER_META
-
         for name in (FILTER_FILE, FILTER_META):
             (out / name).unlink(missing_ok=True)
     env_seed = cfg.seed * 10_000 + start_round * 100
@@ -714,8 +718,6 @@ def train(
     final_defender = MaskedDQN.load(str(out / "defender.zip"), device=device) if cfg.defender_evals else defender
     filter_meta = None
     if cfg.filter_scenes:
-        from ppd.agents.label_filter import load_label_filter, train_label_filter
-
         loaded = load_label_filter(out, device)  # present only if this run's rounds were all done before
         if loaded is None:
             loaded = train_label_filter(cfg, out, segmenter, attacker, final_defender, progress=progress)
@@ -724,7 +726,7 @@ def train(
     steps_now = cfg.total_steps - steps_before
     if filter_meta is not None:
         last_eval, rollouts = evaluate_agents(  # type: ignore[misc]
-            attacker, final_defender, eval_world, cfg, return_rollouts=True, label_filter=(filter_model, filter_meta["threshold"], filter_meta["action"])
+            attacker, final_defender, eval_world, cfg, return_rollouts=True, label_filter=LabelFilter(filter_model, filter_meta["threshold"], filter_meta["action"])
         )
     elif cfg.defender_evals:
         last_eval, rollouts = evaluate_agents(attacker, final_defender, eval_world, cfg, return_rollouts=True)  # type: ignore[misc]
