@@ -227,21 +227,33 @@ class PromptRefiner(abc.ABC):
         images: Sequence[np.ndarray],
         coords_list: Sequence[np.ndarray],
         labels_list: Sequence[np.ndarray],
-        max_steps: int | None = None,
+        max_steps: int | None | Sequence[int | None] = None,
     ) -> list[RefineResult]:
         """:meth:`refine` for several images, in order (each image is encoded once: the
-        segmenter caches embeddings by image content)."""
-        _check_lengths(images, coords_list, labels_list)
-        return [self.refine(im, c, l, max_steps) for im, c, l in zip(images, coords_list, labels_list)]
+        segmenter caches embeddings by image content). ``max_steps``: one budget for
+        every set, or one per set (None: that set's default)."""
+        budgets = _check_lengths(images, coords_list, labels_list, max_steps)
+        return [self.refine(im, c, l, b) for im, c, l, b in zip(images, coords_list, labels_list, budgets)]
 
 
-def _check_lengths(images: Sequence[Any], coords_list: Sequence[Any], labels_list: Sequence[Any]) -> None:
-    """``refine_many``'s lists must be parallel."""
+def _check_lengths(
+    images: Sequence[Any], coords_list: Sequence[Any], labels_list: Sequence[Any], max_steps: Any = None
+) -> list[int | None]:
+    """``refine_many``'s lists must be parallel; returns each set's ``max_steps`` (one
+    value for all sets, or a sequence of one per set)."""
     if not len(images) == len(coords_list) == len(labels_list):
         raise ValueError(
             f"images, coords_list and labels_list must have the same length, got "
             f"{len(images)}, {len(coords_list)}, {len(labels_list)}"
         )
+    if max_steps is None or isinstance(max_steps, (int, np.integer)):
+        return [max_steps] * len(images)
+    if isinstance(max_steps, (str, bytes)) or not hasattr(max_steps, "__len__"):
+        raise TypeError(f"max_steps must be an int, None or a sequence of them (one per set), got {max_steps!r}")
+    budgets = list(max_steps)
+    if len(budgets) != len(images):
+        raise ValueError(f"max_steps has {len(budgets)} budgets for {len(images)} prompt sets (give one per set, or one int)")
+    return budgets
 
 
 # ----------------------------------------------------------------------------- loading
@@ -758,19 +770,23 @@ class PromptDefender(PromptRefiner):
         images: Sequence[np.ndarray],
         coords_list: Sequence[np.ndarray],
         labels_list: Sequence[np.ndarray],
-        max_steps: int | None = None,
+        max_steps: int | None | Sequence[int | None] = None,
     ) -> list[RefineResult]:
         """:meth:`refine` for several prompt sets (on several images, or the same one),
         batched: the label filter reads all of them in one pass, and the rollouts
         advance together (:meth:`refine_states`: one decoder call and one Q-network pass
-        per step for all of them). Each result is what :meth:`refine` gives for its set,
-        up to the last bits of the decoder's batched arithmetic.
+        per step for all of them; a set whose rollout ended leaves the batch). Each
+        result is what :meth:`refine` gives for its set, up to the last bits of the
+        decoder's batched arithmetic. ``max_steps``: one budget for every set, or a
+        sequence of one per set (None: that set's default, as :meth:`refine`).
 
         Raises:
-            ValueError: lists of different lengths, or a bad prompt set (as :meth:`refine`).
+            ValueError: lists of different lengths (``max_steps`` included), or a bad
+                prompt set or budget (as :meth:`refine`); nothing is decoded then.
+            TypeError: ``max_steps`` neither an int, None nor a sequence.
         """
-        _check_lengths(images, coords_list, labels_list)
-        preps = [self._prepare(im, c, l, max_steps) for im, c, l in zip(images, coords_list, labels_list)]
+        budgets = _check_lengths(images, coords_list, labels_list, max_steps)
+        preps = [self._prepare(im, c, l, b) for im, c, l, b in zip(images, coords_list, labels_list, budgets)]
         starts = [p["st0"] for p in preps]
         filtered = [i for i, p in enumerate(preps) if p["budget"] > 0]
         if self.label_filter is not None and filtered:

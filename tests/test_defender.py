@@ -246,6 +246,21 @@ def test_refine_many(defender, random_image):
         assert m.steps == o.steps
     with pytest.raises(ValueError, match="same length"):
         defender.refine_many([random_image], [POINTS, POINTS], [LABELS])
+    # one budget per set: each set as refine with its own budget (0: untouched)
+    budgets = [0, 1, None]
+    per_set = defender.refine_many(images, coords, labels, max_steps=budgets)
+    singles = [defender.refine(im, c, l, max_steps=b) for im, c, l, b in zip(images, coords, labels, budgets)]
+    assert per_set[0].steps == 0 and per_set[0].kept.all() and per_set[1].steps <= 1
+    for m, o in zip(per_set, singles):
+        np.testing.assert_array_equal(m.kept, o.kept)
+        np.testing.assert_array_equal(m.point_labels, o.point_labels)
+        assert m.steps == o.steps
+    with pytest.raises(ValueError, match="3 prompt sets"):
+        defender.refine_many(images, coords, labels, max_steps=[1, 2])
+    with pytest.raises(ValueError, match="max_steps must be >= 0"):
+        defender.refine_many(images, coords, labels, max_steps=[1, -1, 2])
+    with pytest.raises(TypeError, match="one per set"):
+        defender.refine_many(images, coords, labels, max_steps="2")
     with pytest.raises(ValueError, match="outside"):  # a bad set fails the call before any work
         defender.refine_many([random_image, other], [POINTS, [[500.0, 1.0]]], [LABELS, [1]])
 
@@ -451,6 +466,13 @@ def test_greedy_score_filter_against_a_known_score():
     assert res.mask.sum() == 2  # the mask of the kept set
     # one call for the input set, then ONE batched call per round (all leave-one-outs)
     assert seg.calls == [1, 5, 4, 3, 2]
+    # the interface's refine_many: one budget per set, as refine with that budget
+    img = np.zeros((32, 64, 3), np.uint8)
+    many = GreedyScoreFilter(seg).refine_many([img, img], [coords, coords], [labels, labels], max_steps=[1, None])
+    assert [r.steps for r in many] == [1, 3]
+    np.testing.assert_array_equal(many[0].kept, [True, True, True, True, False])
+    with pytest.raises(ValueError, match="2 budgets for 1 prompt sets"):
+        GreedyScoreFilter(seg).refine_many([img], [coords], [labels], max_steps=[1, 2])
 
 
 def test_greedy_score_filter_keeps_one_point_and_budget():
