@@ -62,7 +62,7 @@ from ppd.envs.point_prompt_env import (
     rollout_action_mask,
 )
 from ppd.envs.world import INACTIVE, NEGATIVE, POSITIVE, ImageRecord, PromptWorld, state_from_prompts
-from ppd.prompts import coarse_prompts, ideal_prompts
+from ppd.prompts import coarse_prompts, ideal_prompts, random_coarse_kwargs
 
 logger = logging.getLogger(__name__)
 
@@ -104,18 +104,6 @@ class LabelFilter(NamedTuple):
 DATA_SEED_OFFSET, SELECT_SEED_OFFSET = 700_000, 800_000
 #: States decoded per ``PromptWorld.evaluate`` call while collecting.
 CHUNK = 64
-
-
-def random_coarse_kwargs(rng: np.random.Generator) -> dict[str, Any]:
-    """Noise of a coarse prompt set drawn at random (the data should not be one
-    generator's): 3-16 points, flip 0-0.4, boundary 0-0.3, outlier 0-0.2, 30-70% positive."""
-    return dict(
-        n_points=int(rng.integers(3, 17)),
-        p_flip=float(rng.uniform(0.0, 0.4)),
-        p_boundary=float(rng.uniform(0.0, 0.3)),
-        p_outlier=float(rng.uniform(0.0, 0.2)),
-        pos_fraction=float(rng.uniform(0.3, 0.7)),
-    )
 
 
 def scene_starts(

@@ -61,7 +61,7 @@ from ppd.agents.label_filter import (
 from ppd.agents.qnet import NODE_FEATURES, NODE_NORMS, Q_PRIORS, STOP_QS, prior_terms
 from ppd.data.scenes import TRAIN_DOMAIN, JitteredScenes, ProceduralScenes
 from ppd.agents.defender import greedy_actions
-from ppd.envs.point_prompt_env import DEFAULT_START_MIX, PointPromptEnv, observation_options, rollout_action_mask
+from ppd.envs.point_prompt_env import COARSE_NOISE, DEFAULT_START_MIX, PointPromptEnv, observation_options, rollout_action_mask
 from ppd.envs.vec_env import PromptVecEnv
 from ppd.envs.world import INACTIVE, ImageRecord, PromptWorld, prompts_from_state, segmenter_gives_uncertainty, state_from_prompts
 from ppd.models import BUNDLED_NAME
@@ -148,6 +148,11 @@ class TrainConfig:
     """defender start-state distribution: weights of 'attacked', 'coarse', 'ideal' (file only)"""
     coarse_kwargs: dict = field(default_factory=dict)
     """arguments of ppd.prompts.coarse_prompts for coarse start states and evaluation (file only)"""
+    coarse_noise: str = "fixed"
+    """noise of the defender's coarse start sets: fixed (coarse_kwargs, the evaluation's
+    generator) or random (each set's settings drawn: 3-16 points, flip 0-0.4, boundary
+    0-0.3, outlier 0-0.2, a quarter of the sets clean; beyond the paper: prompt
+    generators differ, and good clicks should be left alone)"""
     max_ideal_points: int = 6
     """ideal prompts per label (attacker start states)"""
     grid: int = 0
@@ -259,6 +264,7 @@ class TrainConfig:
             "filter_scenes": self.filter_scenes >= 0,
             "filter_walk": self.filter_walk >= 0,
             "filter_epochs": self.filter_epochs >= 1,
+            "coarse_noise": self.coarse_noise in COARSE_NOISE,
             "filter_actions": bool(self.filter_action_list)
             and set(self.filter_action_list) <= set(FILTER_ACTIONS),
         }
@@ -283,6 +289,7 @@ class TrainConfig:
             max_steps=self.attacker_max_steps if role == "attacker" else self.defender_max_steps,
             relabel=self.relabel,
             coarse_kwargs=dict(self.coarse_kwargs),
+            coarse_noise=self.coarse_noise,
             max_ideal_points=self.max_ideal_points,
             node_uncertainty=self.node_uncertainty,
         )

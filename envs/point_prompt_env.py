@@ -12,7 +12,7 @@ from gymnasium import spaces
 from ppd.data.types import Scene
 from ppd.envs.world import INACTIVE, NEGATIVE, POSITIVE, ImageRecord, Outcome, PromptWorld, state_from_prompts
 from ppd.graphs.store import MAX_ID
-from ppd.prompts import coarse_prompts, ideal_prompts
+from ppd.prompts import coarse_prompts, ideal_prompts, random_coarse_kwargs
 from ppd.segmenter import Segmenter
 
 logger = logging.getLogger(__name__)
@@ -20,6 +20,10 @@ logger = logging.getLogger(__name__)
 ROLES = ("attacker", "defender")
 DEFAULT_MAX_STEPS = {"attacker": 4, "defender": 12}
 DEFAULT_START_MIX = {"attacked": 0.4, "coarse": 0.4, "ideal": 0.2}
+#: How coarse start sets get their noise settings (see ``PointPromptEnv``'s arguments).
+COARSE_NOISE = ("fixed", "random")
+#: Share of clean coarse starts with ``coarse_noise="random"``.
+RANDOM_NOISE_P_CLEAN = 0.25
 
 
 def valid_action_mask(node_state: np.ndarray, role: str, relabel: bool) -> np.ndarray:
@@ -272,7 +276,9 @@ class PointPromptEnv(gym.Env):
     the previous two), ``grid``, ``k_physical``, ``k_semantic``, ``max_steps``,
     ``quality`` ("iou" | "dice"), ``relabel`` (defender may relabel, default True),
     ``start_mix`` (defender start distribution), ``coarse_kwargs`` (passed to
-    ``coarse_prompts``), ``max_ideal_points`` (per label, attacker start),
+    ``coarse_prompts``), ``coarse_noise`` ("fixed": every coarse start with
+    ``coarse_kwargs``; "random": each with noise settings drawn by
+    ``ppd.prompts.random_coarse_kwargs``, a quarter of them clean), ``max_ideal_points`` (per label, attacker start),
     ``node_uncertainty`` (default False: add the ``uncertainty`` observation key; needs a
     segmenter that gives uncertainty, i.e. the RUAC decoder
     ``ppd.load_segmenter(..., decoder="ruac", ruac_checkpoint=...)``, else ValueError),
@@ -287,6 +293,7 @@ class PointPromptEnv(gym.Env):
     * v0 (same id): optional ``step_cost`` (default 0, the reward is unchanged).
     * v0 (same id): optional ``probe`` (default False, the observation is unchanged).
     * v0 (same id): optional ``label_target`` (default False, the observation is unchanged).
+    * v0 (same id): optional ``coarse_noise`` (default "fixed", the starts are unchanged).
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 2}
@@ -305,6 +312,7 @@ class PointPromptEnv(gym.Env):
         relabel: bool = True,
         start_mix: dict[str, float] | None = None,
         coarse_kwargs: dict[str, Any] | None = None,
+        coarse_noise: str = "fixed",
         max_ideal_points: int = 6,
         render_mode: str | None = None,
         node_uncertainty: bool = False,
@@ -326,6 +334,9 @@ class PointPromptEnv(gym.Env):
             raise ValueError(f"start_mix must map some of {sorted(DEFAULT_START_MIX)} to non-negative weights, got {mix}")
         self.start_mix = mix
         self.coarse_kwargs = dict(coarse_kwargs or {})
+        if coarse_noise not in COARSE_NOISE:
+            raise ValueError(f"coarse_noise must be one of {COARSE_NOISE}, got {coarse_noise!r}")
+        self.coarse_noise = coarse_noise
         self.max_ideal_points = max_ideal_points
         self.render_mode = render_mode
         self.node_uncertainty = bool(node_uncertainty)
@@ -392,7 +403,10 @@ class PointPromptEnv(gym.Env):
         obj = int(rng.integers(rec.scene.num_objects))
         gt = rec.scene.masks[obj]
         if kind == "coarse":
-            ps = coarse_prompts(gt, rng, **self.coarse_kwargs).prompts
+            kw = self.coarse_kwargs
+            if self.coarse_noise == "random":  # the run's other settings (boundary_px, ...) stay
+                kw = {**kw, **random_coarse_kwargs(rng, p_clean=RANDOM_NOISE_P_CLEAN)}
+            ps = coarse_prompts(gt, rng, **kw).prompts
         else:
             ps = ideal_prompts(gt, n_pos=self.max_ideal_points, n_neg=self.max_ideal_points)
         st, pts, _ = state_from_prompts(ps.point_coords, ps.point_labels, rec.grid, rec.hw, rec.centres)

@@ -17,7 +17,7 @@ import hashlib
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -397,6 +397,31 @@ def _inner_distance(mask: np.ndarray) -> np.ndarray:
 def _outer_distance(mask: np.ndarray) -> np.ndarray:
     """(H, W) distance of each pixel to the nearest mask pixel; 0 on the mask."""
     return ndimage.distance_transform_edt(~mask)
+
+
+def random_coarse_kwargs(rng: np.random.Generator, p_clean: float = 0.0) -> dict[str, Any]:
+    """Keyword arguments of :func:`coarse_prompts` drawn at random, for training data that
+    is not one generator's (prompt generators differ): 3-16 points, flip 0-0.4,
+    boundary 0-0.3, outlier 0-0.2, 30-70% positive.
+
+    Args:
+        rng: random generator.
+        p_clean: probability that the set is clean (all three noise rates 0): an agent
+            should learn to leave good clicks alone. With 0 (the default) no extra draw
+            is taken from ``rng``.
+    """
+    kw = dict(
+        n_points=int(rng.integers(3, 17)),
+        p_flip=float(rng.uniform(0.0, 0.4)),
+        p_boundary=float(rng.uniform(0.0, 0.3)),
+        p_outlier=float(rng.uniform(0.0, 0.2)),
+        pos_fraction=float(rng.uniform(0.3, 0.7)),
+    )
+    if not 0.0 <= p_clean <= 1.0:
+        raise ValueError(f"p_clean must be in [0, 1], got {p_clean}")
+    if p_clean > 0 and rng.random() < p_clean:
+        kw.update(p_flip=0.0, p_boundary=0.0, p_outlier=0.0)
+    return kw
 
 
 class _DistanceCache:

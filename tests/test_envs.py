@@ -277,6 +277,28 @@ def test_attacked_states_seed_defender_episodes(make_world):
         )
 
 
+def test_random_coarse_noise_starts(make_world):
+    world = make_world()
+
+    def starts(noise, seed):
+        env = PointPromptEnv("defender", world=world, start_mix={"coarse": 1.0}, coarse_noise=noise, label_target=True)
+        out = []
+        for s in range(40):
+            obs, info = env.reset(seed=seed + s)
+            active = obs["state"] > 0
+            out.append((int(active.sum()), int((obs["label_target"][active] == 1).sum())))
+        return out
+
+    fixed, rand = starts("fixed", 0), starts("random", 0)
+    assert rand == starts("random", 0)  # deterministic by seed
+    assert max(n for n, _ in fixed) <= 8  # coarse_prompts' default: 8 points
+    assert max(n for n, _ in rand) > 8 and min(n for n, _ in rand) < 6  # 3-16 points
+    # clean sets (no wrong label) are far more common than with the fixed noise
+    assert sum(w == 0 for _, w in rand) > sum(w == 0 for _, w in fixed)
+    with pytest.raises(ValueError, match="coarse_noise"):
+        PointPromptEnv("defender", world=world, coarse_noise="gaussian")
+
+
 def test_state_from_prompts_several_points_in_one_patch():
     grid, hw = 4, (96, 128)  # patches of 32 x 24 px (w x h); patch 0 centred at (16, 12)
     centres = patch_centres(grid, *hw).astype(np.float32)

@@ -9,6 +9,7 @@ from ppd.prompts import (
     farthest_click,
     ideal_prompts,
     random_clicks,
+    random_coarse_kwargs,
     stack_prompts,
 )
 
@@ -226,6 +227,24 @@ def test_coarse_prompts_reproducible_and_flags_match_wrongness():
     np.testing.assert_array_equal(runs[0].kinds, runs[1].kinds)
     np.testing.assert_array_equal(runs[0].corrupted, label_is_wrong(mask, runs[0]))
     assert 0 < runs[0].corrupted.sum() < 40
+
+
+def test_random_coarse_kwargs_ranges_clean_share_and_draws():
+    draws = [random_coarse_kwargs(np.random.default_rng([5, i]), p_clean=0.25) for i in range(400)]
+    for kw in draws:
+        assert 3 <= kw["n_points"] <= 16 and 0.3 <= kw["pos_fraction"] <= 0.7
+        assert 0 <= kw["p_flip"] <= 0.4 and 0 <= kw["p_boundary"] <= 0.3 and 0 <= kw["p_outlier"] <= 0.2
+        coarse_prompts(disc(), np.random.default_rng(0), **kw)  # valid arguments
+    clean = np.mean([kw["p_flip"] == kw["p_boundary"] == kw["p_outlier"] == 0 for kw in draws])
+    assert 0.18 < clean < 0.32  # about a quarter
+    assert all(random_coarse_kwargs(np.random.default_rng(i), p_clean=1.0)["p_flip"] == 0 for i in range(5))
+    # p_clean=0 takes no extra draw: the generator's stream is what it was without the option
+    a, b = np.random.default_rng(9), np.random.default_rng(9)
+    random_coarse_kwargs(a)
+    b.integers(3, 17), b.uniform(0, 0.4), b.uniform(0, 0.3), b.uniform(0, 0.2), b.uniform(0.3, 0.7)
+    assert a.random() == b.random()
+    with pytest.raises(ValueError, match="p_clean"):
+        random_coarse_kwargs(np.random.default_rng(0), p_clean=1.5)
 
 
 def test_coarse_prompts_checks_probabilities():
