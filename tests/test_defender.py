@@ -641,3 +641,25 @@ def test_wrong_label_probability_reads_the_label_head(tiny_segmenter, random_ima
     assert not plain.has_label_head
     with pytest.raises(ValueError, match="no wrong-label network"):
         plain.wrong_label_probability(random_image, POINTS, LABELS)
+
+
+def test_generator_bench_table(defender):
+    from ppd.bench.generators import GENERATORS, format_table, generator_prompts, run_benchmark
+
+    ticks = []
+    res = run_benchmark(defender, ("train",), 1, ("clean", "flips"), tick=lambda: ticks.append(1))
+    assert list(res) == ["train"] and list(res["train"]) == ["clean", "flips"] and len(ticks) == 1
+    for row in res["train"].values():  # this run has no label filter: no [no filter] column
+        assert set(row) == {"input", "ppd", "greedy_score"} and all(0.0 <= v <= 1.0 for v in row.values())
+    assert "ppd - input" in format_table(res)
+    mask = np.zeros((40, 40), bool)
+    mask[10:30, 10:30] = True
+    clean = generator_prompts("clean", mask, np.random.default_rng(0))
+    inside = mask[clean.point_coords[:, 1].astype(int), clean.point_coords[:, 0].astype(int)]
+    np.testing.assert_array_equal(inside, clean.point_labels == 1)  # every label right
+    assert len(generator_prompts("many", mask, np.random.default_rng(0)).point_labels) == 16
+    ideal = generator_prompts("ideal", mask, np.random.default_rng(0), max_ideal=2)
+    assert (ideal.point_labels == 1).sum() <= 2 and (ideal.point_labels == 0).sum() <= 2
+    assert set(GENERATORS) >= {"default", "clean", "ideal"}
+    with pytest.raises(ValueError, match="unknown generator"):
+        generator_prompts("gaussian", mask, np.random.default_rng(0))
