@@ -152,7 +152,8 @@ class TrainConfig:
     """noise of the defender's coarse start sets: fixed (coarse_kwargs, the evaluation's
     generator) or random (each set's settings drawn: 3-16 points, flip 0-0.4, boundary
     0-0.3, outlier 0-0.2, a quarter of the sets clean; beyond the paper: prompt
-    generators differ, and good clicks should be left alone)"""
+    generators differ). Measured on two seeds: recovery from attacked sets up, refined
+    coarse sets down, clean clicks no better kept (docs/ppd_experiments.md, session 14)"""
     max_ideal_points: int = 6
     """ideal prompts per label (attacker start states)"""
     grid: int = 0
