@@ -30,7 +30,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ppd.agents.baselines import GreedyScoreFilter, NoRefine
-from ppd.agents.defender import PromptDefender, find_setting
+from ppd.agents.defender import DEFAULT_SELECT, SELECT_RULES, PromptDefender, find_setting
 from ppd.bench import add_threads_argument, apply_threads
 from ppd.data.scenes import DOMAINS, ProceduralScenes
 from ppd.metrics import iou
@@ -124,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scenes", type=int, default=30, help="held-out scenes per domain (default 30)")
     p.add_argument("--seed", type=int, default=0, help="object and prompt seed (default 0)")
     p.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
+    p.add_argument("--select", choices=SELECT_RULES, default=DEFAULT_SELECT,
+                   help=f"the defender's output rule (default: {DEFAULT_SELECT}; see PromptDefender)")
     p.add_argument("--out", default=None, help="also write the results as JSON here")
     add_threads_argument(p)
     args = p.parse_args(argv)
@@ -139,16 +141,16 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from tqdm import tqdm
 
-    defender = PromptDefender.load(args.run, device=args.device)
+    defender = PromptDefender.load(args.run, device=args.device, select=args.select)
     with tqdm(total=args.scenes * len(domains), desc="scenes", unit="scene", dynamic_ncols=True) as bar:
         results = run_benchmark(defender, tuple(domains), args.scenes, tuple(gens), args.seed, lambda: bar.update(1))
-    print(f"defender: {args.run or 'bundled'}; {args.scenes} scenes per domain; mean IoU of SAM2's mask")
+    print(f"defender: {args.run or 'bundled'} (select {args.select}); {args.scenes} scenes per domain; mean IoU of SAM2's mask")
     print(format_table(results))
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads")
     if args.out:
         from ppd.io import save_json
 
-        save_json({"run": args.run or "bundled", "scenes_per_domain": args.scenes, "seed": args.seed,
+        save_json({"run": args.run or "bundled", "select": args.select, "scenes_per_domain": args.scenes, "seed": args.seed,
                    "scene_seed": GENERATOR_SEED, "domains": results}, args.out)
         print(f"wrote {args.out}")
     return 0
