@@ -410,6 +410,8 @@ def random_coarse_kwargs(rng: np.random.Generator, p_clean: float = 0.0) -> dict
             should learn to leave good clicks alone. With 0 (the default) no extra draw
             is taken from ``rng``.
     """
+    if not 0.0 <= p_clean <= 1.0:
+        raise ValueError(f"p_clean must be in [0, 1], got {p_clean}")
     kw = dict(
         n_points=int(rng.integers(3, 17)),
         p_flip=float(rng.uniform(0.0, 0.4)),
@@ -417,8 +419,6 @@ def random_coarse_kwargs(rng: np.random.Generator, p_clean: float = 0.0) -> dict
         p_outlier=float(rng.uniform(0.0, 0.2)),
         pos_fraction=float(rng.uniform(0.3, 0.7)),
     )
-    if not 0.0 <= p_clean <= 1.0:
-        raise ValueError(f"p_clean must be in [0, 1], got {p_clean}")
     if p_clean > 0 and rng.random() < p_clean:
         kw.update(p_flip=0.0, p_boundary=0.0, p_outlier=0.0)
     return kw
