@@ -663,3 +663,24 @@ def test_generator_bench_table(defender):
     assert set(GENERATORS) >= {"default", "clean", "ideal"}
     with pytest.raises(ValueError, match="unknown generator"):
         generator_prompts("gaussian", mask, np.random.default_rng(0))
+
+
+def test_min_score_gain_guard(run_dir, tiny_segmenter, random_image):
+    kw = dict(segmenter=tiny_segmenter, device="cpu", select="last")
+    plain = PromptDefender.load(run_dir, **kw)
+    strict = PromptDefender.load(run_dir, min_score_gain=0.99, **kw)
+    zero = PromptDefender.load(run_dir, min_score_gain=0.0, **kw)
+    ref = NoRefine(tiny_segmenter).refine(random_image, POINTS, LABELS)
+    r = plain.refine(random_image, POINTS, LABELS)
+    assert r.steps > 0  # the random defender changes this set
+    g = strict.refine(random_image, POINTS, LABELS)  # no refined set gains 0.99: the input comes back
+    assert g.steps == 0 and g.kept.all() and g.score == pytest.approx(ref.score)
+    np.testing.assert_array_equal(g.point_labels, LABELS)
+    np.testing.assert_array_equal(g.mask, ref.mask)
+    z = zero.refine(random_image, POINTS, LABELS)  # the refined set if it does not lower the score
+    expect = r if r.score >= ref.score else ref
+    assert z.steps == expect.steps and z.score == pytest.approx(expect.score)
+    np.testing.assert_array_equal(z.kept, expect.kept)
+    for bad in (-0.1, 1.5, "0.1"):
+        with pytest.raises(ValueError, match="min_score_gain"):
+            PromptDefender.load(run_dir, min_score_gain=bad, **kw)

@@ -249,6 +249,7 @@ def run_benchmark(
     env_steps: int = 50,
     select: str = DEFAULT_SELECT,
     patience: int | None = None,
+    min_score_gain: float | None = None,
 ) -> dict[str, Any]:
     """The whole table as a dict (see the module docstring).
 
@@ -263,10 +264,12 @@ def run_benchmark(
         select: the defender's output rule for the main columns (:data:`SELECT_RULES`);
             the other rule fills the ``[other]`` columns.
         patience: the defender's early end of ``select="score"`` rollouts (None: none).
+        min_score_gain: the defender's guard for good clicks (None: off; every defender
+            column uses it).
     """
     import torch
 
-    defender = PromptDefender.load(run, device=device, select=select, patience=patience)
+    defender = PromptDefender.load(run, device=device, select=select, patience=patience, min_score_gain=min_score_gain)
     try:
         attacker, _, _ = load_agent(run, "attacker.zip", device=device)
     except FileNotFoundError:
@@ -285,6 +288,7 @@ def run_benchmark(
         "attacker": attacker is not None,
         "select": select,
         "patience": patience,
+        "min_score_gain": min_score_gain,
         "label_filter_threshold": None if defender.label_filter is None else defender.label_filter.threshold,
         "label_filter_action": None if defender.label_filter is None else defender.label_filter.action,
         "domains": rows,
@@ -325,6 +329,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--patience", type=int, default=None,
                    help="with --select score: end a rollout after this many steps without a better predicted IoU")
+    p.add_argument("--min-score-gain", type=float, default=None,
+                   help="the defender's guard for good clicks (PromptDefender min_score_gain; default: off)")
     p.add_argument("--out", default=None, help="also write the results as JSON here")
     add_threads_argument(p)
     args = p.parse_args(argv)
@@ -345,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
 
     results = run_benchmark(
         args.run, args.scenes, tuple(domains), args.seed, args.device, progress, args.env_steps, args.select,
-        args.patience,
+        args.patience, args.min_score_gain,
     )
     if bar:
         bar[0].close()

@@ -126,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
     p.add_argument("--select", choices=SELECT_RULES, default=DEFAULT_SELECT,
                    help=f"the defender's output rule (default: {DEFAULT_SELECT}; see PromptDefender)")
+    p.add_argument("--min-score-gain", type=float, default=None,
+                   help="the defender's guard for good clicks (PromptDefender min_score_gain; default: off)")
     p.add_argument("--out", default=None, help="also write the results as JSON here")
     add_threads_argument(p)
     args = p.parse_args(argv)
@@ -141,16 +143,16 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from tqdm import tqdm
 
-    defender = PromptDefender.load(args.run, device=args.device, select=args.select)
+    defender = PromptDefender.load(args.run, device=args.device, select=args.select, min_score_gain=args.min_score_gain)
     with tqdm(total=args.scenes * len(domains), desc="scenes", unit="scene", dynamic_ncols=True) as bar:
         results = run_benchmark(defender, tuple(domains), args.scenes, tuple(gens), args.seed, lambda: bar.update(1))
-    print(f"defender: {args.run or 'bundled'} (select {args.select}); {args.scenes} scenes per domain; mean IoU of SAM2's mask")
+    print(f"defender: {args.run or 'bundled'} (select {args.select}, min_score_gain {args.min_score_gain}); {args.scenes} scenes per domain; mean IoU of SAM2's mask")
     print(format_table(results))
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads")
     if args.out:
         from ppd.io import save_json
 
-        save_json({"run": args.run or "bundled", "select": args.select, "scenes_per_domain": args.scenes, "seed": args.seed,
+        save_json({"run": args.run or "bundled", "select": args.select, "min_score_gain": args.min_score_gain, "scenes_per_domain": args.scenes, "seed": args.seed,
                    "scene_seed": GENERATOR_SEED, "domains": results}, args.out)
         print(f"wrote {args.out}")
     return 0
