@@ -50,7 +50,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ppd.bench import add_threads_argument, apply_threads
+from ppd.bench import add_min_score_gain_argument, add_threads_argument, apply_threads
 from ppd.agents.baselines import ConsistencyFilter, GreedyScoreFilter, NoRefine, RandomDrop
 from ppd.agents.defender import DEFAULT_SELECT, SELECT_RULES, PromptDefender, find_setting, load_agent, role_max_steps
 from ppd.agents.train import greedy_rollout
@@ -329,8 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--patience", type=int, default=None,
                    help="with --select score: end a rollout after this many steps without a better predicted IoU")
-    p.add_argument("--min-score-gain", type=float, default=None,
-                   help="the defender's guard for good clicks (PromptDefender min_score_gain; default: off)")
+    add_min_score_gain_argument(p)
     p.add_argument("--out", default=None, help="also write the results as JSON here")
     add_threads_argument(p)
     args = p.parse_args(argv)

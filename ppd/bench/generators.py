@@ -31,7 +31,7 @@ import numpy as np
 
 from ppd.agents.baselines import GreedyScoreFilter, NoRefine
 from ppd.agents.defender import DEFAULT_SELECT, SELECT_RULES, PromptDefender, find_setting
-from ppd.bench import add_threads_argument, apply_threads
+from ppd.bench import add_min_score_gain_argument, add_threads_argument, apply_threads
 from ppd.data.scenes import DOMAINS, ProceduralScenes
 from ppd.metrics import iou
 from ppd.prompts import PromptSet, coarse_prompts, ideal_prompts
@@ -126,8 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
     p.add_argument("--select", choices=SELECT_RULES, default=DEFAULT_SELECT,
                    help=f"the defender's output rule (default: {DEFAULT_SELECT}; see PromptDefender)")
-    p.add_argument("--min-score-gain", type=float, default=None,
-                   help="the defender's guard for good clicks (PromptDefender min_score_gain; default: off)")
+    add_min_score_gain_argument(p)
     p.add_argument("--out", default=None, help="also write the results as JSON here")
     add_threads_argument(p)
     args = p.parse_args(argv)
