@@ -681,6 +681,6 @@ def test_min_score_gain_guard(run_dir, tiny_segmenter, random_image):
     expect = r if r.score >= ref.score else ref
     assert z.steps == expect.steps and z.score == pytest.approx(expect.score)
     np.testing.assert_array_equal(z.kept, expect.kept)
-    for bad in (-0.1, 1.5, "0.1"):
+    for bad in (-0.1, 1.5, "0.1", True):
         with pytest.raises(ValueError, match="min_score_gain"):
             PromptDefender.load(run_dir, min_score_gain=bad, **kw)
