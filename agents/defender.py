@@ -233,11 +233,11 @@ class PromptRefiner(abc.ABC):
         """:meth:`refine` for several images, in order (each image is encoded once: the
         segmenter caches embeddings by image content). ``max_steps``: one budget for
         every set, or one per set (None: that set's default)."""
-        budgets = _check_lengths(images, coords_list, labels_list, max_steps)
+        budgets = _per_set_budgets(images, coords_list, labels_list, max_steps)
         return [self.refine(im, c, l, b) for im, c, l, b in zip(images, coords_list, labels_list, budgets)]
 
 
-def _check_lengths(
+def _per_set_budgets(
     images: Sequence[Any], coords_list: Sequence[Any], labels_list: Sequence[Any], max_steps: Any = None
 ) -> list[int | None]:
     """``refine_many``'s lists must be parallel; returns each set's ``max_steps`` (one
@@ -802,7 +802,7 @@ class PromptDefender(PromptRefiner):
                 prompt set or budget (as :meth:`refine`); nothing is decoded then.
             TypeError: ``max_steps`` neither an int, None nor a sequence.
         """
-        budgets = _check_lengths(images, coords_list, labels_list, max_steps)
+        budgets = _per_set_budgets(images, coords_list, labels_list, max_steps)
         preps = [self._prepare(im, c, l, b) for im, c, l, b in zip(images, coords_list, labels_list, budgets)]
         starts = [p["st0"] for p in preps]
         filtered = [i for i, p in enumerate(preps) if p["budget"] > 0]

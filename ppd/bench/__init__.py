@@ -3,11 +3,32 @@
 from __future__ import annotations
 
 import argparse
+import copy
+from typing import Any
 
 
 def add_threads_argument(p: argparse.ArgumentParser) -> None:
     """The benches' shared ``--threads`` option (torch CPU threads)."""
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+
+
+def defender_variant(defender: Any, **attrs: Any) -> Any:
+    """A shallow copy of a ``PromptDefender`` with ``attrs`` changed (``select``,
+    ``label_filter``). It shares the network, segmenter and world, so the rollout states
+    the main defender decoded are cache hits: a second output rule costs Q-network
+    calls only."""
+    out = copy.copy(defender)
+    for k, v in attrs.items():
+        setattr(out, k, v)
+    return out
+
+
+def run_max_ideal_points(cfg: dict[str, Any]) -> int:
+    """The run's ``max_ideal_points`` (ideal prompts per label; 6 if its config has none)."""
+    from ppd.agents.defender import find_setting
+
+    value = find_setting(cfg, "max_ideal_points")
+    return int(value) if isinstance(value, int) else 6
 
 
 def add_min_score_gain_argument(p: argparse.ArgumentParser) -> None:

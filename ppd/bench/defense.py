@@ -41,7 +41,6 @@ replay-buffer bytes per transition of the saved defender's observation space.
 from __future__ import annotations
 
 import argparse
-import copy
 import logging
 import platform
 import statistics
@@ -50,9 +49,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ppd.bench import add_min_score_gain_argument, add_threads_argument, apply_threads
+from ppd.bench import add_min_score_gain_argument, add_threads_argument, apply_threads, defender_variant, run_max_ideal_points
 from ppd.agents.baselines import ConsistencyFilter, GreedyScoreFilter, NoRefine, RandomDrop
-from ppd.agents.defender import DEFAULT_SELECT, SELECT_RULES, PromptDefender, find_setting, load_agent, role_max_steps
+from ppd.agents.defender import DEFAULT_SELECT, SELECT_RULES, PromptDefender, load_agent, role_max_steps
 from ppd.agents.train import greedy_rollout
 from ppd.data.scenes import DOMAINS, ProceduralScenes
 from ppd.envs.point_prompt_env import DEFAULT_MAX_STEPS, WRONG_LABEL, label_targets
@@ -81,16 +80,6 @@ def other_rule(select: str) -> str:
 def column_name(column: str, select: str) -> str:
     """A column's name in results: ``[other]`` spelled out as the other rule."""
     return column.replace("[other]", f"[{other_rule(select)}]")
-
-
-def _variant(defender: PromptDefender, **attrs: Any) -> PromptDefender:
-    """A shallow copy of ``defender`` with ``attrs`` changed (``select``, ``label_filter``).
-    It shares the network, segmenter and world, so the rollout states the main defender
-    decoded are cache hits: a second output rule costs Q-network calls only."""
-    out = copy.copy(defender)
-    for k, v in attrs.items():
-        setattr(out, k, v)
-    return out
 
 
 def replay_bytes_per_transition(observation_space: Any) -> dict[str, int]:
@@ -148,8 +137,7 @@ def defender_world(defender: PromptDefender, scenes: Any) -> PromptWorld:
 def ideal_start(rec: Any, obj: int, cfg: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     """The attacker's start on object ``obj`` of ``rec``: ``ideal_prompts`` with the
     run's ``max_ideal_points`` per label (6 if unset), as ``(node_state, node_points)``."""
-    max_ideal = find_setting(cfg, "max_ideal_points")
-    max_ideal = int(max_ideal) if isinstance(max_ideal, int) else 6
+    max_ideal = run_max_ideal_points(cfg)
     ideal = ideal_prompts(rec.scene.masks[obj], n_pos=max_ideal, n_neg=max_ideal)
     st, pts, _ = state_from_prompts(ideal.point_coords, ideal.point_labels, rec.grid, rec.hw, rec.centres)
     return st, pts
@@ -187,8 +175,8 @@ def bench_domain(
         st, pts = ideal_start(rec, obj, cfg)
         items.append((rec, obj, st, pts, coarse_prompts(rec.scene.masks[obj], rng).prompts))
 
-    other = _variant(defender, select=other_rule(defender.select))
-    plain = None if defender.label_filter is None else _variant(defender, label_filter=None)  # without its filter
+    other = defender_variant(defender, select=other_rule(defender.select))
+    plain = None if defender.label_filter is None else defender_variant(defender, label_filter=None)  # without its filter
     vals: dict[str, list[float]] = {c: [] for c in COLUMNS}
     vals["ideal"] = [state_iou(seg, rec, st, pts, rec.scene.masks[obj]) for rec, obj, st, pts, _ in items]
     attacked: list[dict[str, Any] | None] = [None] * n_scenes

@@ -30,8 +30,8 @@ from typing import Any, Callable
 import numpy as np
 
 from ppd.agents.baselines import GreedyScoreFilter, NoRefine
-from ppd.agents.defender import DEFAULT_SELECT, SELECT_RULES, PromptDefender, find_setting
-from ppd.bench import add_min_score_gain_argument, add_threads_argument, apply_threads
+from ppd.agents.defender import DEFAULT_SELECT, SELECT_RULES, PromptDefender
+from ppd.bench import add_min_score_gain_argument, add_threads_argument, apply_threads, defender_variant, run_max_ideal_points
 from ppd.data.scenes import DOMAINS, ProceduralScenes
 from ppd.metrics import iou
 from ppd.prompts import PromptSet, coarse_prompts, ideal_prompts
@@ -74,17 +74,11 @@ def run_benchmark(
     tick: Callable[[], Any] | None = None,
 ) -> dict[str, dict[str, dict[str, float]]]:
     """``{domain: {generator: {column: mean IoU}}}`` (see the module docstring)."""
-    plain = None
-    if defender.label_filter is not None:
-        import copy
-
-        plain = copy.copy(defender)
-        plain.label_filter = None
+    plain = None if defender.label_filter is None else defender_variant(defender, label_filter=None)
     seg = defender.segmenter
     refiners: dict[str, Any] = {"input": NoRefine(seg), "ppd": defender, "ppd[no filter]": plain,
                                 "greedy_score": GreedyScoreFilter(seg)}
-    max_ideal = find_setting(defender.config, "max_ideal_points")
-    max_ideal = int(max_ideal) if isinstance(max_ideal, int) else 6
+    max_ideal = run_max_ideal_points(defender.config)
     out: dict[str, dict[str, dict[str, float]]] = {}
     for domain in domains:
         scenes = ProceduralScenes(domain, n_scenes, seed=GENERATOR_SEED)
