@@ -392,7 +392,7 @@ def greedy_action(model: Any, obs: dict[str, np.ndarray], mask: np.ndarray) -> i
     return int(greedy_actions(model, obs, mask[None])[0])
 
 
-def _segmenter_from_config(cfg: dict[str, Any], device: str | None) -> Segmenter:
+def _segmenter_from_config(cfg: dict[str, Any], device: str | None, precision: str | None = None) -> Segmenter:
     """The segmenter a run was trained with (name / checkpoint and RUAC head in its
     config), else bundled."""
     from ppd.models import BUNDLED_NAME
@@ -407,7 +407,9 @@ def _segmenter_from_config(cfg: dict[str, Any], device: str | None) -> Segmenter
     if isinstance(ruac, str) and ruac:
         mode = find_setting(cfg, "ruac_uncertainty")
         kw = dict(decoder="ruac", ruac_checkpoint=ruac, uncertainty=mode if isinstance(mode, str) else "analytic")
-    return load_segmenter(name, checkpoint=ckpt if isinstance(ckpt, str) and ckpt else None, device=device, **kw)
+    return load_segmenter(
+        name, checkpoint=ckpt if isinstance(ckpt, str) and ckpt else None, device=device, precision=precision, **kw
+    )
 
 
 # ----------------------------------------------------------------------------- defender
@@ -541,6 +543,7 @@ class PromptDefender(PromptRefiner):
         filter_threshold: float | None = None,
         filter_action: str | None = None,
         min_score_gain: float | None = None,
+        precision: str | None = None,
     ) -> PromptDefender:
         """Load the defender of a training run.
 
@@ -564,12 +567,18 @@ class PromptDefender(PromptRefiner):
                 Either override on a run without a filter, or with ``use_filter=False``,
                 is an error (it would do nothing).
             min_score_gain: the guard for good clicks, see the class docstring.
+            precision: the precision of the segmenter loaded here (see
+                :func:`ppd.segmenter.resolve_precision`; default fp32 for the bundled model).
 
         Raises:
             FileNotFoundError: missing folder or ``defender.zip``.
-            ValueError: corrupt run folder, a model that is not a defender, or a
-                ``node_uncertainty`` defender with a segmenter that gives no uncertainty.
+            ValueError: corrupt run folder, a model that is not a defender, a
+                ``node_uncertainty`` defender with a segmenter that gives no uncertainty,
+                or ``precision`` together with ``segmenter`` (set it on that segmenter).
         """
+        if precision is not None and segmenter is not None:
+            raise ValueError("precision applies to the segmenter loaded here; with segmenter=, "
+                             "pass precision to load_segmenter instead")
         if path is None:
             if not (BUNDLED_DEFENDER / "defender.zip").is_file():
                 raise FileNotFoundError(
@@ -613,7 +622,7 @@ class PromptDefender(PromptRefiner):
                     loaded[1]["action"] if filter_action is None else filter_action,
                 )
         if segmenter is None:
-            segmenter = _segmenter_from_config(cfg, device)
+            segmenter = _segmenter_from_config(cfg, device, precision)
         return cls(
             model,
             segmenter,
@@ -866,6 +875,8 @@ class PromptDefender(PromptRefiner):
 # ----------------------------------------------------------------------------- CLI
 def add_refine_arguments(p: argparse.ArgumentParser) -> None:
     """Flags of ``ppd refine``."""
+    from ppd.cli import add_device_arguments
+
     p.add_argument(
         "--defender",
         "--run",
@@ -925,7 +936,7 @@ def add_refine_arguments(p: argparse.ArgumentParser) -> None:
         help="RUAC head (ppd train-ruac run folder or ruac_head.pt): decode with the RUAC Bayesian decoder and "
         "write uncertainty.png (default: the head named in the run's config, if any)",
     )
-    p.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
+    add_device_arguments(p)
     p.add_argument("--seed", type=int, default=0, help="unused: refinement is deterministic (kept for a uniform CLI)")
 
 
@@ -945,7 +956,9 @@ def run_refine(args: argparse.Namespace) -> int:
         from ppd.segmenter import load_segmenter
 
         kw = dict(decoder="ruac", ruac_checkpoint=ruac) if ruac else {}
-        seg = load_segmenter(args.model or BUNDLED_NAME, checkpoint=args.checkpoint, device=args.device, **kw)
+        seg = load_segmenter(
+            args.model or BUNDLED_NAME, checkpoint=args.checkpoint, device=args.device, precision=args.precision, **kw
+        )
     if args.filter_threshold is not None and not 0.0 < args.filter_threshold <= 1.0:
         raise ValueError(f"--filter-threshold must be in (0, 1], got {args.filter_threshold}")
     if not args.use_filter and (args.filter_threshold is not None or args.filter_action is not None):
@@ -953,7 +966,7 @@ def run_refine(args: argparse.Namespace) -> int:
     defender = PromptDefender.load(
         args.run, segmenter=seg, device=args.device, select=args.select, patience=args.patience,
         use_filter=args.use_filter, filter_threshold=args.filter_threshold, filter_action=args.filter_action,
-        min_score_gain=args.min_score_gain,
+        min_score_gain=args.min_score_gain, precision=None if seg is not None else args.precision,
     )
     defender.record(image)  # encode and build the graph first: the timing is refinement only
     t = time.perf_counter()

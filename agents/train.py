@@ -98,6 +98,8 @@ class TrainConfig:
     """random seed (scenes, networks, exploration)"""
     device: str = "auto"
     """torch device of the Q-networks and the segmenter: auto, cpu, cuda"""
+    precision: str = "auto"
+    """segmenter precision: auto (bf16 autocast on CUDA for official SAM2 models, else fp32), bf16 (CUDA only), fp32"""
     segmenter: str = BUNDLED_NAME
     """segmenter name (the bundled sam2-tiny-synthetic or an official SAM2 config)"""
     checkpoint: str = ""
@@ -257,6 +259,7 @@ class TrainConfig:
             "gamma": 0.0 <= self.gamma <= 1.0,
             "exploration_fraction": 0.0 < self.exploration_fraction <= 1.0,
             "ruac_uncertainty": self.ruac_uncertainty in ("analytic", "mc"),
+            "precision": self.precision in ("auto", "bf16", "fp32"),
             "node_norm": self.node_norm in NODE_NORMS,
             "stop_q": self.stop_q in STOP_QS,
             "node_features": self.node_features in NODE_FEATURES,
@@ -622,6 +625,7 @@ def train(
             cfg.segmenter,
             checkpoint=cfg.checkpoint or None,
             device=None if device == "auto" else device,
+            precision=None if cfg.precision == "auto" else cfg.precision,
             **_ruac_kwargs(cfg.ruac_checkpoint, cfg.ruac_uncertainty),
         )
     elif segmenter_gives_uncertainty(segmenter) and not cfg.ruac_checkpoint:

@@ -51,10 +51,20 @@ def _save_png(array: np.ndarray, path: Path) -> None:
     atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))
 
 
+def add_device_arguments(p: argparse.ArgumentParser) -> None:
+    """``--device`` and ``--precision``, the same in every command that loads a segmenter."""
+    p.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
+    p.add_argument(
+        "--precision", choices=("fp32", "bf16"), default=None,
+        help="segmenter precision: bf16 autocast (CUDA only; the default there for official SAM2 models, as "
+        "SAM2's predictor) or fp32 (CPU, the bundled model; on CUDA it reproduces CPU results)",
+    )
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="sam2-tiny-synthetic", help="segmenter name (default: the bundled sam2-tiny-synthetic)")
     p.add_argument("--checkpoint", default=None, help="checkpoint file for --model (required for official SAM2 names)")
-    p.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
+    add_device_arguments(p)
 
 
 # ----------------------------------------------------------------------------- segment
@@ -69,7 +79,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         box = np.asarray([float(v) for v in args.box.split(",")], np.float32)
         if box.shape != (4,):
             raise ValueError("--box must be 'x0,y0,x1,y1'")
-    seg = load_segmenter(args.model, checkpoint=args.checkpoint, device=args.device)
+    seg = load_segmenter(args.model, checkpoint=args.checkpoint, device=args.device, precision=args.precision)
     multimask = args.multimask if args.multimask is not None else len(coords) == 1 and box is None
     pred = seg.predict(image, coords, labels, boxes=box, multimask=multimask)
     out = Path(args.out)
@@ -166,7 +176,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from ppd.prompts import farthest_click
     from ppd.viz import grid, overlay
 
-    seg = load_segmenter(args.model, checkpoint=args.checkpoint, device=args.device)
+    seg = load_segmenter(args.model, checkpoint=args.checkpoint, device=args.device, precision=args.precision)
     tiles, rows = [], []
     for domain in tqdm(DOMAINS, desc="segmenting", unit="domain"):
         scores = []

@@ -40,6 +40,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DECODERS = ("sam2", "ruac")
 UNCERTAINTY_MODES = ("analytic", "mc")
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass
@@ -298,10 +299,12 @@ class Segmenter:
         ruac_head: torch.nn.Module | None = None,
         uncertainty: str = "analytic",
         mc_samples: int = 20,
+        precision: str | None = None,
     ) -> None:
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
+        self._precision = resolve_precision(precision, self.device, name)
         if self.device.type == "cpu":
             from ppd.runtime import tune_cpu_allocator
 
@@ -339,9 +342,15 @@ class Segmenter:
         """Channels C of :attr:`ImageEmbedding.image_embed`."""
         return int(self.model.hidden_dim)
 
+    @property
+    def precision(self) -> str:
+        """``"bf16"`` (autocast) or ``"fp32"``, see :func:`resolve_precision`; fixed at
+        construction, since cached embeddings were computed with it."""
+        return self._precision
+
     def _autocast(self):
-        if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+        if self._precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return nullcontext()
 
     # -- encoding -----------------------------------------------------------------
@@ -567,6 +576,30 @@ def _uncertainty_to_image(unc: torch.Tensor, sizes: Sequence[tuple[int, int]]) -
     return out
 
 
+def resolve_precision(precision: str | None, device: torch.device | str, name: str | None = None) -> str:
+    """The segmenter's precision on ``device`` for the model ``name``.
+
+    None gives ``"bf16"`` autocast on CUDA for official SAM2 models (SAM2's own predictor
+    runs them so) and ``"fp32"`` otherwise: on CPU, and for the bundled model, which was
+    trained and benchmarked in fp32. Measured on an H100 (session 15, README "On a GPU"):
+    with the bundled model bf16 is slower (refine 109 vs 80 ms: autocast casts weights at
+    every one of several hundred small layers) and changes 5 of 20 refinements, while fp32
+    reproduces CPU results.
+
+    Raises:
+        ValueError: an unknown precision, or ``"bf16"`` on a non-CUDA device (CPU bf16
+            autocast is slower than fp32 on most CPUs and was never measured here).
+    """
+    device = torch.device(device)
+    if precision is None:
+        return "bf16" if device.type == "cuda" and name != BUNDLED_NAME else "fp32"
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS} or None, got {precision!r}")
+    if precision == "bf16" and device.type != "cuda":
+        raise ValueError(f'precision="bf16" needs a CUDA device, got device {str(device)!r}; use "fp32"')
+    return precision
+
+
 def load_segmenter(
     name: str = BUNDLED_NAME,
     checkpoint: str | os.PathLike | None = None,
@@ -576,6 +609,7 @@ def load_segmenter(
     ruac_checkpoint: str | os.PathLike | None = None,
     uncertainty: str = "analytic",
     mc_samples: int = 20,
+    precision: str | None = None,
 ) -> Segmenter:
     """Load a SAM2 segmenter, optionally with the RUAC Bayesian decoder.
 
@@ -584,8 +618,12 @@ def load_segmenter(
             config name: ``sam2.1_hiera_t/s/b+/l``, ``sam2_hiera_t/s/b+/l``.
         checkpoint: local checkpoint file in the official format ``{"model": state_dict}``.
             Required for official names; defaults to the shipped file for the bundled one.
-        device: ``"cuda"``, ``"cpu"``...; default CUDA when available, else CPU. On CUDA
-            the model runs under bf16 autocast.
+        device: ``"cuda"``, ``"cpu"``...; default CUDA when available, else CPU.
+        precision: ``"bf16"`` or ``"fp32"``; default ``"bf16"`` autocast on CUDA for official
+            models (as SAM2's predictor), ``"fp32"`` on CPU and for the bundled model (see
+            :func:`resolve_precision`). ``"fp32"`` on CUDA reproduces CPU results (masks,
+            rewards, refinements; tests/test_cuda.py); bf16 moves boundary pixels and, with
+            the small bundled model, sometimes a whole region.
         cache_size: number of image embeddings kept (LRU by image content); 0 disables.
         decoder: ``"sam2"`` (SAM2's own mask decoder) or ``"ruac"`` (the Bayesian decoder
             of ``ppd.ruac``: masks from its mean logits plus ``Prediction.uncertainty``).
@@ -599,7 +637,7 @@ def load_segmenter(
         ValueError: unknown name (the message lists the known ones), a checkpoint that
             does not fit the config (missing / unexpected keys named), an unknown decoder
             or uncertainty mode, ``decoder="ruac"`` without ``ruac_checkpoint``, a head
-            that does not fit the model.
+            that does not fit the model, an unknown precision or bf16 off CUDA.
         FileNotFoundError: missing checkpoint file (the message says where the official
             checkpoints are published) or missing RUAC head.
     """
@@ -607,6 +645,7 @@ def load_segmenter(
         raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
     if uncertainty not in UNCERTAINTY_MODES:
         raise ValueError(f"uncertainty must be one of {UNCERTAINTY_MODES}, got {uncertainty!r}")
+    resolve_precision(precision, device or ("cuda" if torch.cuda.is_available() else "cpu"), name)  # fail before loading
     head_path = None
     if decoder == "ruac":
         if ruac_checkpoint is None:
@@ -629,5 +668,5 @@ def load_segmenter(
         info = {**info, "ruac_checkpoint": str(head_path), "ruac_meta": head.meta}
     return Segmenter(
         model, name, device=device, cache_size=cache_size, info=info,
-        ruac_head=head, uncertainty=uncertainty, mc_samples=mc_samples,
+        ruac_head=head, uncertainty=uncertainty, mc_samples=mc_samples, precision=precision,
     )

@@ -166,6 +166,8 @@ def test_probe_q_prior_adds_weighted_score_gain(world, tmp_path):
         TrainConfig(q_prior="greedy")
     with pytest.raises(ValueError, match="coarse_noise='gaussian'"):
         TrainConfig(coarse_noise="gaussian")
+    with pytest.raises(ValueError, match="precision='fp16'"):
+        TrainConfig(precision="fp16")
     assert TrainConfig(coarse_noise="random").env_kwargs("defender")["coarse_noise"] == "random"
     # the default resolves by the observation: the prior with probes, none without
     assert TrainConfig().dqn_kwargs()["q_prior"] == "probe"

@@ -167,6 +167,10 @@ def test_load_errors(tmp_path, run_dir, tiny_segmenter):
         PromptDefender.load(bad_cfg, segmenter=tiny_segmenter)
     with pytest.raises(ValueError, match="attacker"):
         PromptDefender.load(run_dir / "attacker.zip", segmenter=tiny_segmenter)
+    with pytest.raises(ValueError, match="pass precision to load_segmenter"):
+        PromptDefender.load(run_dir, segmenter=tiny_segmenter, precision="fp32")
+    with pytest.raises(ValueError, match='precision="bf16" needs a CUDA device'):
+        PromptDefender.load(run_dir, device="cpu", precision="bf16")
 
 
 def test_load_agent_returns_attacker(run_dir):

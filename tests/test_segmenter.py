@@ -488,6 +488,24 @@ def test_negative_cache_size_is_rejected(tiny_segmenter):
         Segmenter(tiny_segmenter.model, "x", device="cpu", cache_size=-1)
 
 
+def test_precision_defaults_and_errors(tiny_segmenter, tiny_checkpoint):
+    from ppd.segmenter import resolve_precision
+
+    assert tiny_segmenter.precision == "fp32"  # CPU default
+    assert resolve_precision(None, "cuda", "sam2.1_hiera_t") == "bf16"  # official models: as SAM2's predictor
+    assert resolve_precision(None, "cuda", "sam2-tiny-synthetic") == "fp32"  # the bundled one: as trained
+    assert resolve_precision("fp32", "cuda") == "fp32" and resolve_precision("bf16", "cuda:0") == "bf16"
+    with pytest.raises(ValueError, match='precision="bf16" needs a CUDA device'):
+        Segmenter(tiny_segmenter.model, "x", device="cpu", precision="bf16")
+    with pytest.raises(ValueError, match="precision must be one of"):
+        load_segmenter("sam2-tiny-synthetic", checkpoint=tiny_checkpoint, device="cpu", precision="fp16")
+    # fp32 on CPU is the default: the same masks as a segmenter built without it
+    image = np.random.default_rng(0).integers(0, 256, (64, 80, 3), dtype=np.uint8)
+    explicit = Segmenter(tiny_segmenter.model, "x", device="cpu", precision="fp32")
+    pts, lab = np.array([[20.0, 30.0]]), np.array([1])
+    np.testing.assert_array_equal(explicit.predict(image, pts, lab).masks, tiny_segmenter.predict(image, pts, lab).masks)
+
+
 def test_load_segmenter_passes_cache_size(tiny_checkpoint):
     seg = load_segmenter("sam2-tiny-synthetic", checkpoint=tiny_checkpoint, device="cpu", cache_size=3)
     assert seg.cache_info == {"size": 0, "max_size": 3}

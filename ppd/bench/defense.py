@@ -53,6 +53,7 @@ from ppd.bench import add_min_score_gain_argument, add_threads_argument, apply_t
 from ppd.agents.baselines import ConsistencyFilter, GreedyScoreFilter, NoRefine, RandomDrop
 from ppd.agents.defender import DEFAULT_SELECT, SELECT_RULES, PromptDefender, load_agent, role_max_steps
 from ppd.agents.train import greedy_rollout
+from ppd.cli import add_device_arguments
 from ppd.data.scenes import DOMAINS, ProceduralScenes
 from ppd.envs.point_prompt_env import DEFAULT_MAX_STEPS, WRONG_LABEL, label_targets
 from ppd.envs.world import INACTIVE, PromptWorld, prompts_from_state, state_from_prompts
@@ -238,6 +239,7 @@ def run_benchmark(
     select: str = DEFAULT_SELECT,
     patience: int | None = None,
     min_score_gain: float | None = None,
+    precision: str | None = None,
 ) -> dict[str, Any]:
     """The whole table as a dict (see the module docstring).
 
@@ -254,10 +256,13 @@ def run_benchmark(
         patience: the defender's early end of ``select="score"`` rollouts (None: none).
         min_score_gain: the defender's guard for good clicks (None: off; every defender
             column uses it).
+        precision: the segmenter's precision (None: see ``ppd.segmenter.resolve_precision``).
     """
     import torch
 
-    defender = PromptDefender.load(run, device=device, select=select, patience=patience, min_score_gain=min_score_gain)
+    defender = PromptDefender.load(
+        run, device=device, select=select, patience=patience, min_score_gain=min_score_gain, precision=precision
+    )
     try:
         attacker, _, _ = load_agent(run, "attacker.zip", device=device)
     except FileNotFoundError:
@@ -284,7 +289,7 @@ def run_benchmark(
         "env_throughput": env_throughput(defender.segmenter, steps=env_steps, probe=defender.probe),
         "replay": replay_bytes_per_transition(defender.model.observation_space),
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
-        f"device {defender.segmenter.device}",
+        f"device {defender.segmenter.device} ({defender.segmenter.precision})",
     }
 
 
@@ -306,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scenes", type=int, default=50, help="held-out scenes per domain (default 50)")
     p.add_argument("--domains", nargs="+", default=list(DOMAINS), help=f"domains (default: {' '.join(DOMAINS)})")
     p.add_argument("--seed", type=int, default=0, help="coarse-prompt noise and random-baseline seed (default 0)")
-    p.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
+    add_device_arguments(p)
     p.add_argument("--env-steps", type=int, default=50, help="vector steps per side for env steps/s (default 50; 0: skip)")
     p.add_argument(
         "--select",
@@ -338,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
 
     results = run_benchmark(
         args.run, args.scenes, tuple(domains), args.seed, args.device, progress, args.env_steps, args.select,
-        args.patience, args.min_score_gain,
+        args.patience, args.min_score_gain, args.precision,
     )
     if bar:
         bar[0].close()

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ppd.bench import add_threads_argument, apply_threads
+from ppd.cli import add_device_arguments
 from ppd.data.scenes import ProceduralScenes
 from ppd.envs import PointPromptEnv, PromptVecEnv, PromptWorld
 from ppd.envs.world import PROMPT_PAD
@@ -184,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--probe", action="store_true", help="defender envs with removal probes (as ppd train's default)")
     p.add_argument("--model", default=BUNDLED_NAME)
     p.add_argument("--checkpoint", default=None, help="checkpoint file (default: the bundled model)")
-    p.add_argument("--device", default=None)
+    add_device_arguments(p)
     p.add_argument("--scenes", type=int, default=32, help="procedural training scenes (default 32)")
     p.add_argument("--rounds", type=int, default=4, help="alternations between the two sides (default 4)")
     add_threads_argument(p)
@@ -195,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     apply_threads(p, args)
     import torch
 
-    seg = load_segmenter(args.model, checkpoint=args.checkpoint, device=args.device)
+    seg = load_segmenter(args.model, checkpoint=args.checkpoint, device=args.device, precision=args.precision)
     if args.probe and args.role != "defender":
         p.error("--probe is for --role defender")
     stats = run(seg, args.n_envs, args.steps, args.role, args.scenes, max(1, args.rounds), args.seed,

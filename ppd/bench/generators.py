@@ -31,6 +31,7 @@ import numpy as np
 
 from ppd.agents.baselines import GreedyScoreFilter, NoRefine
 from ppd.agents.defender import DEFAULT_SELECT, SELECT_RULES, PromptDefender
+from ppd.cli import add_device_arguments
 from ppd.bench import add_min_score_gain_argument, add_threads_argument, apply_threads, defender_variant, run_max_ideal_points
 from ppd.data.scenes import DOMAINS, ProceduralScenes
 from ppd.metrics import iou
@@ -117,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--generators", nargs="+", default=list(GENERATORS), help=f"generators (default: all: {' '.join(GENERATORS)})")
     p.add_argument("--scenes", type=int, default=30, help="held-out scenes per domain (default 30)")
     p.add_argument("--seed", type=int, default=0, help="object and prompt seed (default 0)")
-    p.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
+    add_device_arguments(p)
     p.add_argument("--select", choices=SELECT_RULES, default=DEFAULT_SELECT,
                    help=f"the defender's output rule (default: {DEFAULT_SELECT}; see PromptDefender)")
     add_min_score_gain_argument(p)
@@ -136,7 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from tqdm import tqdm
 
-    defender = PromptDefender.load(args.run, device=args.device, select=args.select, min_score_gain=args.min_score_gain)
+    defender = PromptDefender.load(
+        args.run, device=args.device, select=args.select, min_score_gain=args.min_score_gain, precision=args.precision
+    )
     with tqdm(total=args.scenes * len(domains), desc="scenes", unit="scene", dynamic_ncols=True) as bar:
         results = run_benchmark(defender, tuple(domains), args.scenes, tuple(gens), args.seed, lambda: bar.update(1))
     print(f"defender: {args.run or 'bundled'} (select {args.select}, min_score_gain {args.min_score_gain}); {args.scenes} scenes per domain; mean IoU of SAM2's mask")

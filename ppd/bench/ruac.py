@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from ppd.bench import add_threads_argument, apply_threads
+from ppd.cli import add_device_arguments
 from ppd.data.scenes import DOMAINS, SHIFTED_DOMAINS, ProceduralScenes
 
 logger = logging.getLogger(__name__)
@@ -199,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bayes", default=None, help="run folder of a `ppd train-ruac --no-aue` run (Bayes-only ablation)")
     p.add_argument("--model", default="sam2-tiny-synthetic", help="segmenter the heads were trained on")
     p.add_argument("--checkpoint", default=None, help="checkpoint file of --model")
-    p.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
+    add_device_arguments(p)
     p.add_argument("--scenes", type=int, default=20, help="held-out scenes per domain (default 20)")
     p.add_argument("--objects", type=int, default=3, help="objects per scene (default 3)")
     p.add_argument("--domains", default=",".join(DOMAINS), help="comma-separated domains (default: all)")
@@ -225,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     from ppd.ruac.decoder import load_head
 
     apply_threads(p, args)
-    seg = load_segmenter(args.model, checkpoint=args.checkpoint, device=args.device)
+    seg = load_segmenter(args.model, checkpoint=args.checkpoint, device=args.device, precision=args.precision)
     heads = {}
     for name, path in (("bayes", args.bayes), ("ruac", args.ruac)):
         if path:

@@ -26,6 +26,7 @@ import numpy as np
 from scipy import ndimage
 
 from ppd import load_segmenter
+from ppd.cli import add_device_arguments
 from ppd.data.scenes import DOMAINS, ProceduralScenes
 from ppd.metrics import iou
 from ppd.pretrain import EVAL_SEED, evaluate_clicks
@@ -105,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="sam2-tiny-synthetic")
     p.add_argument("--checkpoint", default=None)
-    p.add_argument("--device", default=None)
+    add_device_arguments(p)
     p.add_argument("--scenes", type=int, default=100, help="held-out scenes per domain (default 100)")
     p.add_argument("--domains", default=",".join(DOMAINS), help="comma-separated domains")
     p.add_argument("--out", default=None, help="also write the results as JSON here")
@@ -113,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from tqdm import tqdm
 
-    seg = load_segmenter(args.model, checkpoint=args.checkpoint, device=args.device)
+    seg = load_segmenter(args.model, checkpoint=args.checkpoint, device=args.device, precision=args.precision)
     results: dict = {"model": seg.name, "checkpoint": seg.info.get("checkpoint"), "scenes_per_domain": args.scenes}
     results["machine"] = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, device {seg.device}"
     rows = {}

@@ -849,7 +849,7 @@ def train_ruac(
     if cfg.eval_scenes:
         if progress:
             progress("eval", 0, 1, {})
-        eval_seg = Segmenter(seg.model, cfg.model, device=device, cache_size=0)
+        eval_seg = Segmenter(seg.model, cfg.model, device=device, cache_size=0, precision=seg.precision)
         final = evaluate_heldout(eval_seg, trainer.head, cfg)
         trainer.train_mode()
         for method, res in final.items():
