@@ -42,6 +42,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from stable_baselines3 import DQN
+from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.vec_env import VecEnv
 
 from ppd.agents.qnet import GraphDQNPolicy, obs_action_mask
@@ -158,7 +159,20 @@ class MaskedDQN(DQN):
             self.logger.record("rollout/exploration_rate", self.exploration_rate)
 
     def _excluded_save_params(self) -> list[str]:
-        return [*super()._excluded_save_params(), "_mask_rng"]
+        return [*super()._excluded_save_params(), "_mask_rng", "_quiet_logger"]
+
+    def _setup_learn(self, *args: Any, **kwargs: Any):
+        # With no TensorBoard folder and verbose=0, SB3's learn() builds a logger that
+        # writes nothing but still creates an empty /tmp/SB3-<time> folder, one per call
+        # (hundreds per test run). A logger without outputs creates none; it is replaced
+        # by SB3's own again once tensorboard_log or verbose is set.
+        quiet = self.tensorboard_log is None and self.verbose == 0
+        if quiet and not self._custom_logger:
+            self.set_logger(Logger(folder=None, output_formats=[]))
+            self._quiet_logger = True
+        elif not quiet and getattr(self, "_quiet_logger", False):
+            self._custom_logger = self._quiet_logger = False
+        return super()._setup_learn(*args, **kwargs)
 
     # -- learning ---------------------------------------------------------------------
     def td_target(self, rewards: torch.Tensor, next_observations: Any, dones: torch.Tensor, discounts: Any) -> torch.Tensor:

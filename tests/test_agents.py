@@ -451,7 +451,12 @@ def test_replay_bytes_per_transition_small(world):
 
 
 @pytest.mark.parametrize("role", ["attacker", "defender"])
-def test_learn_smoke_and_save_load_roundtrip(world, role, tmp_path):
+def test_learn_smoke_and_save_load_roundtrip(world, role, tmp_path, monkeypatch):
+    import tempfile
+
+    scratch = tmp_path / "tmpdir"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # where SB3 puts logger folders
     vec = PromptVecEnv(4, role, world=world, seed=1)
     model = make_dqn(vec, role, seed=1, learning_starts=64, buffer_size=1000, batch_size=16)
     model.learn(200)
@@ -467,6 +472,10 @@ def test_learn_smoke_and_save_load_roundtrip(world, role, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(loaded.q_net(loaded.policy.obs_to_tensor(obs)[0]), q_before)
     loaded.learn(16, reset_num_timesteps=False)  # trains on after loading
+    assert list(scratch.iterdir()) == []  # no empty /tmp/SB3-* folder per learn() call
+    loaded.tensorboard_log = str(tmp_path / "tb")  # logging asked for: SB3's logger again
+    loaded.learn(8, reset_num_timesteps=False)
+    assert any((tmp_path / "tb").rglob("events.out.tfevents.*"))
 
 
 # ----------------------------------------------------------------------------- learnability
