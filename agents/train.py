@@ -384,9 +384,10 @@ def greedy_rollout(
 
     Returns:
         Per start: ``{"start_quality", "quality", "state", "points", "steps"}`` of the
-        state where the rollout ended, plus ``"score_quality"``, ``"score_state"`` and
-        ``"score_steps"`` of the visited state (start included, earliest on ties) with
-        SAM's highest predicted IoU: the output of ``PromptDefender(select="score")``.
+        state where the rollout ended, plus ``"score"`` (SAM's predicted IoU),
+        ``"score_quality"``, ``"score_state"`` and ``"score_steps"`` of the visited state
+        (start included, earliest on ties) with SAM's highest predicted IoU: the output of
+        ``PromptDefender(select="score")``.
     """
     opts = observation_options(model.observation_space)
     probe = opts["probe"]
@@ -405,6 +406,8 @@ def greedy_rollout(
         results.append({"start_quality": info["quality"], "quality": info["quality"], "steps": 0})
         results[-1].update(score_quality=info["quality"], score_state=env.prompt_state[0].copy(), score_steps=0)
     best_score = [out.score for out in outcomes]
+    for res, s in zip(results, best_score):
+        res["score"] = float(s)
     running = [i for i, env in enumerate(envs) if env.action_masks()[:-1].any()]
     while running:
         batch = {k: np.stack([obs[i][k] for i in running]) for k in obs[0]}
@@ -425,7 +428,8 @@ def greedy_rollout(
             if out.score > best_score[i]:
                 best_score[i] = out.score
                 results[i].update(
-                    score_quality=info["quality"], score_state=envs[i].prompt_state[0].copy(), score_steps=results[i]["steps"]
+                    score=float(out.score), score_quality=info["quality"], score_state=envs[i].prompt_state[0].copy(),
+                    score_steps=results[i]["steps"],
                 )
             if not (terminated or truncated):
                 still.append(i)

@@ -605,7 +605,7 @@ def test_greedy_rollout_reports_the_best_scored_state(world):
 
         assert r["steps"] == 6 and 0 <= r["score_steps"] <= r["steps"]
         best = outcome(r["score_state"])
-        assert best.quality == pytest.approx(r["score_quality"])
+        assert best.quality == pytest.approx(r["score_quality"]) and best.score == pytest.approx(r["score"])
         assert best.score >= outcome(st).score and best.score >= outcome(r["state"]).score
         assert int((r["score_state"] != st).sum()) == r["score_steps"]  # one prompt change per step
         picked_inside += 0 < r["score_steps"] < r["steps"]
