@@ -276,10 +276,13 @@ def apply_filter(node_state: np.ndarray, prob: np.ndarray, threshold: float, act
     return out
 
 
-def filter_candidates(actions: Sequence[str] = FILTER_ACTIONS) -> list[tuple[str, float]]:
+def filter_candidates(
+    actions: Sequence[str] = FILTER_ACTIONS, thresholds: Sequence[float] = THRESHOLDS
+) -> list[tuple[str, float]]:
     """The ``(action, threshold)`` pairs the selection compares: every one of ``actions``
-    at every threshold below 1.0, and ``("remove", 1.0)``, the filter off."""
-    return [(a, t) for a in actions for t in THRESHOLDS if t < 1.0] + [("remove", 1.0)]
+    at every one of ``thresholds`` below 1.0, and ``("remove", 1.0)``, the filter off."""
+    ts = sorted({float(t) for t in thresholds if t < 1.0})
+    return [(a, t) for a in actions for t in ts] + [("remove", 1.0)]
 
 
 def candidate_name(action: str, threshold: float) -> str:
@@ -322,7 +325,7 @@ def select_threshold(
 ) -> dict[str, Any]:
     """Mean quality of the defender's greedy output (``score_quality``: refine's default
     rule) after :func:`apply_filter` with each of :func:`filter_candidates` (of the
-    config's ``filter_actions``), per start
+    config's ``filter_actions`` and ``filter_thresholds``), per start
     kind (``coarse``, ``attacked``); the chosen ``(action, threshold)`` maximises the
     mean of the two kinds (ties: the larger threshold, which changes less, then
     removal). Also the held-out ROC AUC. ``progress`` as in :func:`train_label_filter`."""
@@ -332,7 +335,7 @@ def select_threshold(
     tick = progress("label filter: selection, observations", len(starts)) if progress else None
     data = collect_examples(world, starts, opts, cfg.defender_max_steps, tick)
     prob = filter_probabilities(model, data)
-    cands = filter_candidates(cfg.filter_action_list)
+    cands = filter_candidates(cfg.filter_action_list, cfg.filter_threshold_list)
     runs, index = [], {}
     for i, (rec, obj, st, pts) in enumerate(starts):
         for c in cands:

@@ -90,6 +90,15 @@ EVAL_KEYS = (
 )
 
 
+def _valid_thresholds(text: str) -> bool:
+    """Whether ``text`` is a comma-separated list of at least one number in (0, 1)."""
+    try:
+        values = [float(t) for t in str(text).split(",") if t.strip()]
+    except ValueError:
+        return False
+    return bool(values) and all(0.0 < v < 1.0 for v in values)
+
+
 @dataclass
 class TrainConfig:
     """Configuration of ``ppd train`` (field docs are the CLI help)."""
@@ -208,6 +217,9 @@ class TrainConfig:
     Relabelling keeps refined coarse prompts as good as without the filter, but the
     defender then acts on more prompts: refine took 1.4-1.9x as long where it was picked
     (README, session 13); "remove" alone is the faster choice"""
+    filter_thresholds: str = "0.5,0.7"
+    """the filter thresholds the selection may pick, comma-separated, each in (0, 1); the
+    filter off (1.0) is always a candidate"""
     filter_walk: int = 1
     """random defender steps recorded after each of the filter's start states"""
     filter_epochs: int = 10
@@ -271,6 +283,7 @@ class TrainConfig:
             "coarse_noise": self.coarse_noise in COARSE_NOISE,
             "filter_actions": bool(self.filter_action_list)
             and set(self.filter_action_list) <= set(FILTER_ACTIONS),
+            "filter_thresholds": _valid_thresholds(self.filter_thresholds),
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
@@ -282,6 +295,11 @@ class TrainConfig:
         unknown = set(self.start_mix) - set(DEFAULT_START_MIX)
         if unknown:
             raise ValueError(f"start_mix keys must be among {sorted(DEFAULT_START_MIX)}, got {sorted(unknown)}")
+
+    @property
+    def filter_threshold_list(self) -> tuple[float, ...]:
+        """``filter_thresholds`` as a tuple of floats."""
+        return tuple(float(t) for t in str(self.filter_thresholds).split(",") if t.strip())
 
     @property
     def filter_action_list(self) -> tuple[str, ...]:

@@ -231,14 +231,19 @@ def test_filter_actions_restrict_the_selection(tiny_segmenter, tiny_checkpoint, 
     from ppd.agents.label_filter import filter_candidates
 
     assert filter_candidates(("remove",)) == [("remove", t) for t in THRESHOLDS]
-    metrics = train(_config(tiny_checkpoint, filter_scenes=2, filter_epochs=1, filter_actions="remove"), tmp_path / "r",
-                    segmenter=tiny_segmenter)
+    cfg = _config(tiny_checkpoint, filter_scenes=2, filter_epochs=1, filter_actions="remove", filter_thresholds="0.5")
+    metrics = train(cfg, tmp_path / "r", segmenter=tiny_segmenter)
     meta = metrics["label_filter"]
-    assert meta["action"] == "remove" and set(meta["selection_quality"]["coarse"]) == {
-        f"remove@{t:g}" for t in THRESHOLDS if t < 1.0} | {"off"}
+    assert meta["action"] == "remove" and meta["threshold"] in (0.5, 1.0)
+    assert set(meta["selection_quality"]["coarse"]) == set(meta["selection_quality"]["attacked"]) == {"remove@0.5", "off"}
     for bad in ("", "drop", "remove,flip"):
         with pytest.raises(ValueError, match="filter_actions"):
             _config(tiny_checkpoint, filter_actions=bad)
+    assert filter_candidates(("relabel",), (0.5,)) == [("relabel", 0.5), ("remove", 1.0)]
+    assert _config(tiny_checkpoint, filter_thresholds="0.7, 0.5").filter_threshold_list == (0.7, 0.5)
+    for bad in ("", "1.0", "0", "0.5,x", "1.5"):
+        with pytest.raises(ValueError, match="filter_thresholds"):
+            _config(tiny_checkpoint, filter_thresholds=bad)
 
 
 def test_resume_with_more_rounds_drops_a_stale_filter(tiny_segmenter, tiny_checkpoint, tmp_path):

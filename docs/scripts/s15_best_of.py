@@ -8,7 +8,10 @@ candidate and after two per-set choices that read no ground truth:
 
 - ``best@t``: of the rollouts from ``remove@t`` and ``relabel@t``, the one whose output
   has the higher predicted IoU;
-- ``best+off@t``: the same over ``off``, ``remove@t`` and ``relabel@t``.
+- ``best+off@t``: the same over ``off``, ``remove@t`` and ``relabel@t``;
+
+and two hybrids by the filter's confidence: ``relabel>0.7,remove>0.5`` flips the prompts
+above 0.7 and removes those between 0.5 and 0.7; ``remove>0.7,relabel>0.5`` the reverse.
 
     python docs/scripts/s15_best_of.py runs/ppd_a0h [runs/ppd_a1h ...] --scenes 40 --out FILE.json
 """
@@ -32,11 +35,23 @@ from ppd.envs.world import PromptWorld
 from ppd.segmenter import load_segmenter
 
 SEED_OFFSET = 950_000  # not DATA (700k), SELECT (800k) or the eval seeds
-CANDS = [("remove", 1.0), ("remove", 0.5), ("relabel", 0.5), ("remove", 0.7), ("relabel", 0.7)]
+CANDS = [("remove", 1.0), ("remove", 0.5), ("relabel", 0.5), ("remove", 0.7), ("relabel", 0.7),
+         ("relabel>0.7,remove", 0.5), ("remove>0.7,relabel", 0.5)]
+
+
+def filtered(st, p, c):
+    """``st`` after candidate ``c``: a plain (action, threshold), or a hybrid whose
+    first action acts above 0.7 and second between the threshold and 0.7."""
+    if ">" not in c[0]:
+        return apply_filter(st, p, c[1], c[0])
+    hi, lo = c[0].split(">0.7,")
+    return apply_filter(apply_filter(st, p, 0.7, hi), np.where(p > 0.7, 0.0, p), c[1], lo)
 KINDS = ("ideal", "attacked", "coarse", "coarse_random")
 
 
 def name(c):
+    if ">" in c[0]:
+        return f"{c[0]}>{c[1]:g}"
     return "off" if c[1] >= 1.0 else f"{c[0]}@{c[1]:g}"
 
 
@@ -54,7 +69,7 @@ def run_one(run: Path, n_scenes: int, seg) -> dict:
     runs, index = [], {}
     for i, (rec, obj, st, pts) in enumerate(starts):
         for c in CANDS:
-            fs = apply_filter(st, prob[i], c[1], c[0])
+            fs = filtered(st, prob[i], c)
             key = (i, fs.tobytes())
             if key not in index:
                 index[key] = len(runs)
