@@ -78,6 +78,14 @@ def test_apply_filter_relabels_above_threshold():
     assert apply_filter(st, prob, 0.1, "relabel").tolist() == [NEGATIVE, POSITIVE, INACTIVE, NEGATIVE, POSITIVE]
     assert apply_filter(st, prob, 1.0, "relabel").tolist() == st.tolist()
     assert st[0] == POSITIVE  # input untouched
+    # flipping would leave no positive (both flagged, no flagged negative): the least
+    # suspect positive (node 3, 0.6) keeps its label
+    st2 = np.array([POSITIVE, NEGATIVE, INACTIVE, POSITIVE], np.uint8)
+    prob2 = np.array([0.9, 0.2, 0.99, 0.6], np.float32)
+    assert apply_filter(st2, prob2, 0.5, "relabel").tolist() == [NEGATIVE, NEGATIVE, INACTIVE, POSITIVE]
+    # a set of negatives only is relabelled as flagged (there was no positive to keep)
+    neg = np.array([NEGATIVE, NEGATIVE], np.uint8)
+    assert apply_filter(neg, np.array([0.9, 0.1], np.float32), 0.5, "relabel").tolist() == [POSITIVE, NEGATIVE]
     with pytest.raises(ValueError, match="filter action must be one of"):
         apply_filter(st, prob, 0.5, "drop")
 

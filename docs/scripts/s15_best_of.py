@@ -55,7 +55,7 @@ def name(c):
     return "off" if c[1] >= 1.0 else f"{c[0]}@{c[1]:g}"
 
 
-def run_one(run: Path, n_scenes: int, seg) -> dict:
+def run_one(run: Path, n_scenes: int, seg, cands=CANDS) -> dict:
     raw = yaml.safe_load((run / "config.yaml").read_text())
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     cfg = TrainConfig(**{k: v for k, v in raw.items() if k in fields})
@@ -68,7 +68,7 @@ def run_one(run: Path, n_scenes: int, seg) -> dict:
     prob = node_probabilities(filt, world, starts, cfg.defender_max_steps)
     runs, index = [], {}
     for i, (rec, obj, st, pts) in enumerate(starts):
-        for c in CANDS:
+        for c in cands:
             fs = filtered(st, prob[i], c)
             key = (i, fs.tobytes())
             if key not in index:
@@ -79,10 +79,12 @@ def run_one(run: Path, n_scenes: int, seg) -> dict:
     table = {}
     for kind in KINDS:
         rows = [i for i, k in enumerate(kinds) if k == kind]
-        t = {name(c): float(np.mean([res[index[(i, c)]]["score_quality"] for i in rows])) for c in CANDS}
+        t = {name(c): float(np.mean([res[index[(i, c)]]["score_quality"] for i in rows])) for c in cands}
         for th in (0.5, 0.7):
             for label, group in ((f"best@{th:g}", [("remove", th), ("relabel", th)]),
                                  (f"best+off@{th:g}", [("remove", 1.0), ("remove", th), ("relabel", th)])):
+                if not set(group) <= set(cands):
+                    continue
                 picks = [max((res[index[(i, c)]] for c in group), key=lambda r: r["score"]) for i in rows]
                 t[label] = float(np.mean([r["score_quality"] for r in picks]))
         table[kind] = t
@@ -94,12 +96,14 @@ def main() -> None:
     p.add_argument("runs", nargs="+")
     p.add_argument("--scenes", type=int, default=40)
     p.add_argument("--out", required=True)
+    p.add_argument("--cands", default=None, help="comma-separated candidate names (default: all)")
     args = p.parse_args()
+    cands = CANDS if args.cands is None else [c for c in CANDS if name(c) in args.cands.split(",")]
     seg = load_segmenter(device="cpu")
     out = {}
     for run in args.runs:
         t0 = time.time()
-        out[run] = r = run_one(Path(run), args.scenes, seg)
+        out[run] = r = run_one(Path(run), args.scenes, seg, cands)
         r["time_s"] = round(time.time() - t0, 1)
         cols = list(r["quality"]["coarse"])
         print(f"{run} (selected {r['selected']}, {r['time_s']} s)")
