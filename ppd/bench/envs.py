@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     stats = run(seg, args.n_envs, args.steps, args.role, args.scenes, max(1, args.rounds), args.seed,
                 args.prompt_pad or None, args.probe)
     print(f"{args.n_envs} {args.role} envs, {args.steps} steps each; model {seg.name} "
-          f"({seg.info.get('checkpoint')}), device {seg.device}, {torch.get_num_threads()} torch threads, "
+          f"({seg.info.get('checkpoint')}), device {seg.device} ({seg.precision}), {torch.get_num_threads()} torch threads, "
           f"{platform.processor() or platform.machine()}; prompt_pad {args.prompt_pad or None}"
           f"{'; removal probes' if args.probe else ''}")
     print(f"{'side':12s} {'env steps':>9s} {'seconds':>8s} {'steps/s':>8s} {'episodes':>8s} "

@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         "model": f"{seg.name} ({seg.info.get('checkpoint')})",
         "heads": ", ".join(f"{k}: {v}" for k, v in (("bayes", args.bayes), ("ruac", args.ruac)) if v) or "none",
         "data": f"{args.scenes} held-out scenes per domain, up to {args.objects} objects each, seed {args.seed}",
-        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, device {seg.device}",
+        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, device {seg.device} ({seg.precision})",
     }
     results["header"] = header
     md = to_markdown(results, header)

@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
 
     seg = load_segmenter(args.model, checkpoint=args.checkpoint, device=args.device, precision=args.precision)
     results: dict = {"model": seg.name, "checkpoint": seg.info.get("checkpoint"), "scenes_per_domain": args.scenes}
-    results["machine"] = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, device {seg.device}"
+    results["machine"] = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, device {seg.device} ({seg.precision})"
     rows = {}
     for d in tqdm(args.domains.split(","), desc="domains"):
         scenes = ProceduralScenes(d, args.scenes, seed=EVAL_SEED + 1000)
