@@ -144,7 +144,9 @@ def main(argv: list[str] | None = None) -> int:
         results = run_benchmark(defender, tuple(domains), args.scenes, tuple(gens), args.seed, lambda: bar.update(1))
     print(f"defender: {args.run or 'bundled'} (select {args.select}, min_score_gain {args.min_score_gain}); {args.scenes} scenes per domain; mean IoU of SAM2's mask")
     print(format_table(results))
-    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads")
+    seg = defender.segmenter
+    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
+          f"device {seg.device} ({seg.precision})")
     if args.out:
         from ppd.io import save_json
 
