@@ -270,10 +270,10 @@ def apply_filter(node_state: np.ndarray, prob: np.ndarray, threshold: float, act
     flag = active & (prob > threshold)
     out = node_state.copy()
     if action == "relabel":
-        pos = node_state == POSITIVE
-        if pos.any() and not (pos & ~flag).any() and not (flag & (node_state == NEGATIVE)).any():
-            flag[np.flatnonzero(pos)[np.argmin(prob[pos])]] = False
         out[flag] = np.where(node_state[flag] == POSITIVE, NEGATIVE, POSITIVE)
+        pos = node_state == POSITIVE
+        if pos.any() and not (out == POSITIVE).any():
+            out[np.flatnonzero(pos)[np.argmin(prob[pos])]] = POSITIVE
         return out
     if flag.any() and not (active & ~flag).any():
         flag[np.flatnonzero(active)[np.argmin(prob[active])]] = False

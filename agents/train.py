@@ -66,7 +66,7 @@ from ppd.envs.vec_env import PromptVecEnv
 from ppd.envs.world import INACTIVE, ImageRecord, PromptWorld, prompts_from_state, segmenter_gives_uncertainty, state_from_prompts
 from ppd.models import BUNDLED_NAME
 from ppd.prompts import coarse_prompts, ideal_prompts
-from ppd.segmenter import Segmenter
+from ppd.segmenter import PRECISIONS, Segmenter
 
 logger = logging.getLogger(__name__)
 
@@ -90,10 +90,15 @@ EVAL_KEYS = (
 )
 
 
+def _thresholds(text: str) -> tuple[float, ...]:
+    """A comma-separated list of numbers (``filter_thresholds``) as floats."""
+    return tuple(float(t) for t in str(text).split(",") if t.strip())
+
+
 def _valid_thresholds(text: str) -> bool:
     """Whether ``text`` is a comma-separated list of at least one number in (0, 1)."""
     try:
-        values = [float(t) for t in str(text).split(",") if t.strip()]
+        values = _thresholds(text)
     except ValueError:
         return False
     return bool(values) and all(0.0 < v < 1.0 for v in values)
@@ -271,7 +276,7 @@ class TrainConfig:
             "gamma": 0.0 <= self.gamma <= 1.0,
             "exploration_fraction": 0.0 < self.exploration_fraction <= 1.0,
             "ruac_uncertainty": self.ruac_uncertainty in ("analytic", "mc"),
-            "precision": self.precision in ("auto", "bf16", "fp32"),
+            "precision": self.precision in ("auto", *PRECISIONS),
             "node_norm": self.node_norm in NODE_NORMS,
             "stop_q": self.stop_q in STOP_QS,
             "node_features": self.node_features in NODE_FEATURES,
@@ -299,7 +304,7 @@ class TrainConfig:
     @property
     def filter_threshold_list(self) -> tuple[float, ...]:
         """``filter_thresholds`` as a tuple of floats."""
-        return tuple(float(t) for t in str(self.filter_thresholds).split(",") if t.strip())
+        return _thresholds(self.filter_thresholds)
 
     @property
     def filter_action_list(self) -> tuple[str, ...]:

@@ -53,9 +53,11 @@ def _save_png(array: np.ndarray, path: Path) -> None:
 
 def add_device_arguments(p: argparse.ArgumentParser) -> None:
     """``--device`` and ``--precision``, the same in every command that loads a segmenter."""
+    from ppd.segmenter import PRECISIONS  # torch is loaded by then: building the parser imports the agents
+
     p.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
     p.add_argument(
-        "--precision", choices=("fp32", "bf16"), default=None,
+        "--precision", choices=PRECISIONS, default=None,
         help="segmenter precision: bf16 autocast (CUDA only; the default there for official SAM2 models, as "
         "SAM2's predictor) or fp32 (CPU, the bundled model; on CUDA it reproduces CPU results)",
     )

@@ -25,11 +25,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from ppd.agents.defender import load_agent
 from ppd.agents.label_filter import apply_filter, load_label_filter, node_probabilities, scene_starts
 from ppd.agents.train import TrainConfig, greedy_rollout
+from ppd.config import load_config_file
 from ppd.data.scenes import TRAIN_DOMAIN, ProceduralScenes
 from ppd.envs.world import PromptWorld
 from ppd.segmenter import load_segmenter
@@ -56,7 +56,7 @@ def name(c):
 
 
 def run_one(run: Path, n_scenes: int, seg, cands=CANDS) -> dict:
-    raw = yaml.safe_load((run / "config.yaml").read_text())
+    raw = load_config_file(run / "config.yaml")
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     cfg = TrainConfig(**{k: v for k, v in raw.items() if k in fields})
     defender, _, _ = load_agent(run, "defender.zip", device="cpu")
