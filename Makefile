@@ -27,8 +27,9 @@ test: install
 test-slow: install
 	$(PY) -m pytest -q -m slow
 
-# The main job: adversarial attacker/defender training on the bundled model (~7 min on
-# 2 CPU cores), then one-click segmentation overlays of every domain. demo_out/ is replaced.
+# The main job: adversarial attacker/defender training on the bundled model, then one-click
+# segmentation overlays of every domain (11-15 min in all on 2 idle CPU cores, install
+# included; README). demo_out/ is replaced.
 demo: install
 	rm -rf demo_out
 	$(VENV)/bin/ppd train --out demo_out/ppd
