@@ -56,7 +56,14 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ppd.agents.label_filter import FILTER_ACTIONS, LabelFilter, apply_filter, load_label_filter, node_probabilities
+from ppd.agents.label_filter import (
+    FILTER_ACTIONS,
+    LabelFilter,
+    apply_filter,
+    load_label_filter,
+    node_probabilities,
+    relabel_gate_mask,
+)
 from ppd.data.types import Scene
 from ppd.envs.point_prompt_env import DEFAULT_MAX_STEPS, build_observation, defender_step, observation_options, rollout_action_mask
 from ppd.envs.world import (
@@ -440,11 +447,13 @@ class PromptDefender(PromptRefiner):
             saved is one decoder call of K + 1 prompt sets (with probes) and one
             Q-network pass.
         label_filter: a :class:`~ppd.agents.label_filter.LabelFilter` ``(network,
-            threshold, action)`` (a 2-tuple means ``action="remove"``), the run's wrong-label filter (:mod:`ppd.agents.label_filter`; None: none).
+            threshold, action, relabel_gate)`` (a 2-tuple means ``action="remove"``, no
+            gate), the run's wrong-label filter (:mod:`ppd.agents.label_filter`; None: none).
             :meth:`refine` first removes (``action="remove"``, the default; the least
             suspect prompt stays) or relabels (``"relabel"``) every prompt whose
             wrong-label probability exceeds the threshold, then the defender acts on the
-            result. A threshold of 1.0 changes nothing. Its cost: one Q-network pass,
+            result, relabelling only prompts whose probability exceeds ``relabel_gate``
+            (0.0: any). A threshold of 1.0 changes nothing. Its cost: one Q-network pass,
             and one decoder call when it changes something (otherwise its observation is
             the rollout's first).
         min_score_gain: a guard for good clicks (beyond the paper; None: off). The
@@ -521,14 +530,16 @@ class PromptDefender(PromptRefiner):
         self._records: OrderedDict[str, ImageRecord] = OrderedDict()
         self.label_filter = None
         if label_filter is not None:
-            net, threshold, action = LabelFilter(*label_filter)
+            net, threshold, action, gate = LabelFilter(*label_filter)
             if not 0.0 < float(threshold) <= 1.0:
                 raise ValueError(f"the label filter's threshold must be in (0, 1], got {threshold}")
             if action not in FILTER_ACTIONS:
                 raise ValueError(f"the label filter's action must be one of {FILTER_ACTIONS}, got {action!r}")
+            if not 0.0 <= float(gate) < 1.0:
+                raise ValueError(f"the label filter's relabel gate must be in [0, 1), got {gate}")
             if net.observation_space["state"].shape != model.observation_space["state"].shape:
                 raise ValueError("the label filter was built for another graph size than the defender")
-            self.label_filter: LabelFilter | None = LabelFilter(net, float(threshold), str(action))
+            self.label_filter: LabelFilter | None = LabelFilter(net, float(threshold), str(action), float(gate))
 
     # -- construction -------------------------------------------------------------------
     @classmethod
@@ -544,6 +555,7 @@ class PromptDefender(PromptRefiner):
         filter_action: str | None = None,
         min_score_gain: float | None = None,
         precision: str | None = None,
+        filter_relabel_gate: float | None = None,
     ) -> PromptDefender:
         """Load the defender of a training run.
 
@@ -564,8 +576,10 @@ class PromptDefender(PromptRefiner):
             filter_threshold: the filter's threshold instead of the selected one (in
                 (0, 1]; 1.0 changes nothing).
             filter_action: ``"remove"`` or ``"relabel"`` instead of the selected action.
-                Either override on a run without a filter, or with ``use_filter=False``,
-                is an error (it would do nothing).
+            filter_relabel_gate: the relabel gate instead of the selected one (in [0, 1);
+                0 lets the rollout relabel any prompt). Any filter override on a run
+                without a filter, or with ``use_filter=False``, is an error (it would do
+                nothing).
             min_score_gain: the guard for good clicks, see the class docstring.
             precision: the precision of the segmenter loaded here (see
                 :func:`ppd.segmenter.resolve_precision`; default fp32 for the bundled model).
@@ -607,7 +621,8 @@ class PromptDefender(PromptRefiner):
         k_phys = find_setting(cfg, "k_physical")
         k_sem = find_setting(cfg, "k_semantic")
         label_filter = None
-        overrides = [n for n, v in (("filter_threshold", filter_threshold), ("filter_action", filter_action)) if v is not None]
+        overrides = [n for n, v in (("filter_threshold", filter_threshold), ("filter_action", filter_action),
+                                    ("filter_relabel_gate", filter_relabel_gate)) if v is not None]
         if overrides and not use_filter:
             raise ValueError(f"{' and '.join(overrides)} set with use_filter=False: the filter is off")
         if use_filter:
@@ -620,6 +635,7 @@ class PromptDefender(PromptRefiner):
                     loaded[0],
                     float(loaded[1]["threshold"] if filter_threshold is None else filter_threshold),
                     loaded[1]["action"] if filter_action is None else filter_action,
+                    float(loaded[1]["relabel_gate"] if filter_relabel_gate is None else filter_relabel_gate),
                 )
         if segmenter is None:
             segmenter = _segmenter_from_config(cfg, device, precision)
@@ -663,7 +679,8 @@ class PromptDefender(PromptRefiner):
         return self.refine_states([(rec, node_state, node_points, max_steps)])[0]
 
     def refine_states(
-        self, items: Sequence[tuple[ImageRecord, np.ndarray, np.ndarray, int]]
+        self, items: Sequence[tuple[ImageRecord, np.ndarray, np.ndarray, int]],
+        relabel_ok: Sequence[np.ndarray | None] | None = None,
     ) -> list[tuple[np.ndarray, Any, int]]:
         """Greedy defender rollouts on prompt states ``(image record, node_state,
         node_points, step budget)`` (no ground truth), advanced together: each step
@@ -673,7 +690,9 @@ class PromptDefender(PromptRefiner):
         States are decoded by ``self.world`` exactly as in training (same prompt padding,
         see :class:`~ppd.envs.world.PromptWorld`), so the observations match the ones the
         agent learned on. Actions follow :func:`~ppd.envs.point_prompt_env.rollout_action_mask`
-        (a prompt is relabelled at most once; the last prompt stays). A rollout ends when
+        (a prompt is relabelled at most once; the last prompt stays; with ``relabel_ok``,
+        per item an (N,) bool or None, only those nodes may be relabelled: the label
+        filter's relabel gate). A rollout ends when
         the defender picks stop, no valid action remains, its budget is spent, or (with
         ``patience``) its score has not improved for that many steps. The output state
         is picked among the visited ones by ``self.select``.
@@ -698,7 +717,7 @@ class PromptDefender(PromptRefiner):
                 if self.patience is not None and self.select == "score" and steps - best[i] >= self.patience:
                     continue
                 st, out = visited[i][-1]
-                mask = rollout_action_mask(st, start, self.relabel)
+                mask = rollout_action_mask(st, start, self.relabel, None if relabel_ok is None else relabel_ok[i])
                 if not mask[:-1].any():
                     continue
                 env_steps = self.train_max_steps or budget or 1
@@ -814,12 +833,14 @@ class PromptDefender(PromptRefiner):
         budgets = _per_set_budgets(images, coords_list, labels_list, max_steps)
         preps = [self._prepare(im, c, l, b) for im, c, l, b in zip(images, coords_list, labels_list, budgets)]
         starts = [p["st0"] for p in preps]
+        gates: list[np.ndarray | None] = [None] * len(preps)
         filtered = [i for i, p in enumerate(preps) if p["budget"] > 0]
         if self.label_filter is not None and filtered:
             prob = self._node_probabilities([(preps[i]["rec"], preps[i]["st0"], preps[i]["pts"]) for i in filtered])
             for i, p in zip(filtered, prob):
                 starts[i] = apply_filter(preps[i]["st0"], p, self.label_filter.threshold, self.label_filter.action)
-        rolled = self.refine_states([(p["rec"], st, p["pts"], p["budget"]) for p, st in zip(preps, starts)])
+                gates[i] = relabel_gate_mask(p, self.label_filter.relabel_gate)
+        rolled = self.refine_states([(p["rec"], st, p["pts"], p["budget"]) for p, st in zip(preps, starts)], gates)
         results = [self._finish(p, st, steps + int((p["st0"] != start).sum()))  # plus the filter's changes
                    for p, start, (st, _, steps) in zip(preps, starts, rolled)]
         if self.min_score_gain is not None:
@@ -927,6 +948,14 @@ def add_refine_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="what the filter does to those prompts (default: the action selected in training, label_filter.json)",
     )
+    p.add_argument(
+        "--filter-relabel-gate",
+        type=float,
+        default=None,
+        help="after the filter, the defender relabels only prompts whose wrong-label probability exceeds this, in "
+        "[0, 1); 0 lets it relabel any (default: the gate selected in training, label_filter.json; 0 for runs "
+        "trained before session 16)",
+    )
     p.add_argument("--out", default="refine_out", help="output folder (default: refine_out)")
     p.add_argument("--model", default=None, help="segmenter name (default: the one the defender was trained with)")
     p.add_argument("--checkpoint", default=None, help="checkpoint file for --model")
@@ -961,12 +990,15 @@ def run_refine(args: argparse.Namespace) -> int:
         )
     if args.filter_threshold is not None and not 0.0 < args.filter_threshold <= 1.0:
         raise ValueError(f"--filter-threshold must be in (0, 1], got {args.filter_threshold}")
-    if not args.use_filter and (args.filter_threshold is not None or args.filter_action is not None):
-        raise ValueError("--filter-threshold / --filter-action have no effect with --no-filter")
+    if args.filter_relabel_gate is not None and not 0.0 <= args.filter_relabel_gate < 1.0:
+        raise ValueError(f"--filter-relabel-gate must be in [0, 1), got {args.filter_relabel_gate}")
+    if not args.use_filter and (args.filter_threshold is not None or args.filter_action is not None
+                                or args.filter_relabel_gate is not None):
+        raise ValueError("--filter-threshold / --filter-action / --filter-relabel-gate have no effect with --no-filter")
     defender = PromptDefender.load(
         args.run, segmenter=seg, device=args.device, select=args.select, patience=args.patience,
         use_filter=args.use_filter, filter_threshold=args.filter_threshold, filter_action=args.filter_action,
-        min_score_gain=args.min_score_gain, precision=None if seg is not None else args.precision,
+        filter_relabel_gate=args.filter_relabel_gate, min_score_gain=args.min_score_gain, precision=None if seg is not None else args.precision,
     )
     defender.record(image)  # encode and build the graph first: the timing is refinement only
     t = time.perf_counter()

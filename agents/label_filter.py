@@ -70,12 +70,13 @@ __all__ = [
     "FILTER_ACTIONS",
     "FILTER_FILE",
     "FILTER_META",
+    "RELABEL_GATES",
     "THRESHOLDS",
     "LabelFilter",
     "apply_filter",
     "filter_candidates",
+    "relabel_gate_mask",
     "collect_examples",
-    "filter_starts",
     "load_label_filter",
     "node_probabilities",
     "stacked_observations",
@@ -94,12 +95,25 @@ THRESHOLDS = (0.5, 0.7, 1.0)
 FILTER_ACTIONS = ("remove", "relabel")
 
 
+#: Candidate relabel gates: 0.0 lets the defender's rollout relabel any prompt.
+RELABEL_GATES = (0.0, 0.5)
+
+
 class LabelFilter(NamedTuple):
-    """A run's filter as refinement applies it: the network, its threshold and action."""
+    """A run's filter as refinement applies it: the network, its threshold and action,
+    and the relabel gate: after the filter, the defender's rollout may relabel only the
+    prompts whose wrong-label probability (on the input set) exceeds it (0.0: any).
+
+    Why the gate (session 16): on attacked sets the rollout relabelled right-label
+    prompts, adding wrong labels after the filter had removed most of them (in-domain,
+    two runs: 1.5 -> 2.1 wrong-label prompts per set); with the gate at 0.5 the output
+    kept 1.3 and its IoU rose 0.658 -> 0.708 and 0.778 -> 0.828 (docs/ppd_experiments.md).
+    """
 
     network: Any
     threshold: float
     action: str = "remove"
+    relabel_gate: float = 0.0
 #: Offsets of the filter's scene seeds from ``seed * 1_000_000`` (training scenes use +500_000).
 DATA_SEED_OFFSET, SELECT_SEED_OFFSET = 700_000, 800_000
 #: States decoded per ``PromptWorld.evaluate`` call while collecting.
@@ -282,17 +296,28 @@ def apply_filter(node_state: np.ndarray, prob: np.ndarray, threshold: float, act
 
 
 def filter_candidates(
-    actions: Sequence[str] = FILTER_ACTIONS, thresholds: Sequence[float] = THRESHOLDS
-) -> list[tuple[str, float]]:
-    """The ``(action, threshold)`` pairs the selection compares: every one of ``actions``
-    at every one of ``thresholds`` below 1.0, and ``("remove", 1.0)``, the filter off."""
+    actions: Sequence[str] = FILTER_ACTIONS, thresholds: Sequence[float] = THRESHOLDS,
+    gates: Sequence[float] = (0.0,),
+) -> list[tuple[str, float, float]]:
+    """The ``(action, threshold, relabel_gate)`` triples the selection compares: every
+    one of ``actions`` at every one of ``thresholds`` below 1.0, and ``("remove", 1.0)``,
+    the filter off; each with every one of ``gates``."""
     ts = sorted({float(t) for t in thresholds if t < 1.0})
-    return [(a, t) for a in actions for t in ts] + [("remove", 1.0)]
+    gs = sorted({float(g) for g in gates})
+    return [(a, t, g) for g in gs for a in actions for t in ts] + [("remove", 1.0, g) for g in gs]
 
 
-def candidate_name(action: str, threshold: float) -> str:
-    """Key of a candidate in the selection table: ``"remove@0.7"``, ``"off"``."""
-    return "off" if threshold >= 1.0 else f"{action}@{threshold:g}"
+def relabel_gate_mask(prob: np.ndarray, relabel_gate: float) -> np.ndarray | None:
+    """(N,) bool: the nodes a rollout may relabel under ``relabel_gate`` (wrong-label
+    probability above it), or None when the gate is 0 (no restriction)."""
+    return None if relabel_gate <= 0.0 else np.asarray(prob) > relabel_gate
+
+
+def candidate_name(action: str, threshold: float, relabel_gate: float = 0.0) -> str:
+    """Key of a candidate in the selection table: ``"remove@0.7"``, ``"off"``,
+    ``"relabel@0.5+gate0.5"``."""
+    name = "off" if threshold >= 1.0 else f"{action}@{threshold:g}"
+    return name if relabel_gate <= 0.0 else f"{name}+gate{relabel_gate:g}"
 
 
 def node_probabilities(
@@ -302,21 +327,6 @@ def node_probabilities(
     without ground truth (:func:`stacked_observations`, then :func:`filter_probabilities`)."""
     opts = observation_options(model.observation_space)
     return filter_probabilities(model, stacked_observations(world, states, opts, max_steps))
-
-
-def filter_starts(
-    model: Any,
-    threshold: float,
-    world: PromptWorld,
-    starts: Sequence[tuple[ImageRecord, int, np.ndarray, np.ndarray]],
-    max_steps: int,
-    action: str = "remove",
-) -> list[tuple[ImageRecord, int, np.ndarray, np.ndarray]]:
-    """``starts`` after :func:`apply_filter` at ``threshold`` with ``action`` (no ground
-    truth read; the object index only shares the world's decode cache with the rollouts
-    that follow)."""
-    prob = node_probabilities(model, world, starts, max_steps)
-    return [(rec, obj, apply_filter(st, p, threshold, action), pts) for (rec, obj, st, pts), p in zip(starts, prob)]
 
 
 def select_threshold(
@@ -330,33 +340,39 @@ def select_threshold(
 ) -> dict[str, Any]:
     """Mean quality of the defender's greedy output (``score_quality``: refine's default
     rule) after :func:`apply_filter` with each of :func:`filter_candidates` (of the
-    config's ``filter_actions`` and ``filter_thresholds``), per start
-    kind (``coarse``, ``attacked``); the chosen ``(action, threshold)`` maximises the
-    mean of the two kinds (ties: the larger threshold, which changes less, then
-    removal). Also the held-out ROC AUC. ``progress`` as in :func:`train_label_filter`."""
+    config's ``filter_actions``, ``filter_thresholds`` and ``filter_relabel_gates``),
+    per start kind (``coarse``, ``attacked``); the chosen ``(action, threshold,
+    relabel_gate)`` maximises the mean of the two kinds (ties: the larger threshold,
+    which changes less, then removal, then the smaller gate). Also the held-out ROC
+    AUC. ``progress`` as in :func:`train_label_filter`."""
     from ppd.agents.train import greedy_rollout
 
     opts = observation_options(model.observation_space)
     tick = progress("label filter: selection, observations", len(starts)) if progress else None
     data = collect_examples(world, starts, opts, cfg.defender_max_steps, tick)
     prob = filter_probabilities(model, data)
-    cands = filter_candidates(cfg.filter_action_list, cfg.filter_threshold_list)
-    runs, index = [], {}
+    cands = filter_candidates(cfg.filter_action_list, cfg.filter_threshold_list, cfg.filter_relabel_gate_list)
+    runs, gates, index = [], [], {}
     for i, (rec, obj, st, pts) in enumerate(starts):
         for c in cands:
-            fs = apply_filter(st, prob[i], c[1], c[0])  # a filtered state reached twice is rolled out once
-            index[(i, c)] = index.setdefault((i, fs.tobytes()), len(runs))
+            fs = apply_filter(st, prob[i], c[1], c[0])
+            ok = relabel_gate_mask(prob[i], c[2])
+            # a filtered state reached twice (under the same gate) is rolled out once
+            key = (i, fs.tobytes(), None if ok is None else ok.tobytes())
+            index[(i, c)] = index.setdefault(key, len(runs))
             if index[(i, c)] == len(runs):
                 runs.append((rec, obj, fs, pts))
+                gates.append(ok)
     tick = progress("label filter: selection, rollout steps", cfg.defender_max_steps) if progress else None
-    res = greedy_rollout(defender, world, "defender", runs, cfg.defender_max_steps, cfg.relabel, tick=tick)
+    res = greedy_rollout(defender, world, "defender", runs, cfg.defender_max_steps, cfg.relabel, tick=tick, relabel_ok=gates)
     table: dict[str, dict[str, float]] = {}
     for kind in ("coarse", "attacked"):
         rows = [i for i, k in enumerate(kinds) if k == kind]
         table[kind] = {candidate_name(*c): float(np.mean([res[index[(i, c)]]["score_quality"] for i in rows])) for c in cands}
     mean = {c: (table["coarse"][candidate_name(*c)] + table["attacked"][candidate_name(*c)]) / 2 for c in cands}
-    action, best = max(cands, key=lambda c: (round(mean[c], 6), c[1], c[0] == "remove"))
-    res = {"threshold": float(best), "action": action, "quality": table, "auc": label_auc(prob, data["label_target"])}
+    action, best, gate = max(cands, key=lambda c: (round(mean[c], 6), c[1], c[0] == "remove", -c[2]))
+    res = {"threshold": float(best), "action": action, "relabel_gate": float(gate), "quality": table,
+           "auc": label_auc(prob, data["label_target"])}
     if getattr(defender.policy.q_net, "label_aux", False):  # the defender's own (RL-trained) head, for comparison
         res["defender_head_auc"] = label_auc(filter_probabilities(defender, data), data["label_target"])
     return res
@@ -415,6 +431,7 @@ def train_label_filter(
     meta = {
         "threshold": sel["threshold"],
         "action": sel["action"],
+        "relabel_gate": sel["relabel_gate"],
         "selection_quality": sel["quality"],
         "selection_auc": round(sel["auc"], 4),
         "defender_head_auc": round(sel["defender_head_auc"], 4) if "defender_head_auc" in sel else None,
@@ -431,8 +448,8 @@ def train_label_filter(
     io.atomic_write(out / FILTER_FILE, lambda tmp: model.save(tmp))
     io.save_json(meta, out / FILTER_META)
     venv.close()
-    logger.info("label filter: %s above %s, held-out AUC %.3f, %d examples, %.0f s",
-                meta["action"], meta["threshold"], meta["selection_auc"], meta["examples"], meta["time_s"])
+    logger.info("label filter: %s above %s (relabel gate %s), held-out AUC %.3f, %d examples, %.0f s",
+                meta["action"], meta["threshold"], meta["relabel_gate"], meta["selection_auc"], meta["examples"], meta["time_s"])
     return model, meta
 
 
@@ -462,6 +479,13 @@ def load_label_filter(folder: str | Path, device: str | None = None) -> tuple[An
     info.setdefault("action", "remove")  # written before relabelling was a candidate
     if info["action"] not in FILTER_ACTIONS:
         raise ValueError(f"{meta}: action must be one of {FILTER_ACTIONS}, got {info['action']!r}")
+    info.setdefault("relabel_gate", 0.0)  # written before the gate existed: no gate
+    try:
+        gate = float(info["relabel_gate"])
+    except (ValueError, TypeError):
+        gate = float("nan")
+    if not 0.0 <= gate < 1.0:
+        raise ValueError(f"{meta}: relabel_gate must be in [0, 1), got {info['relabel_gate']!r}")
     model = MaskedDQN.load(str(net), device=device or "auto")
     if not getattr(model.policy.q_net, "label_aux", False):
         raise ValueError(f"{net}: this network has no label head")

@@ -54,8 +54,10 @@ from ppd.agents.label_filter import (
     FILTER_FILE,
     FILTER_META,
     LabelFilter,
-    filter_starts,
+    apply_filter,
     load_label_filter,
+    node_probabilities,
+    relabel_gate_mask,
     train_label_filter,
 )
 from ppd.agents.qnet import NODE_FEATURES, NODE_NORMS, Q_PRIORS, STOP_QS, prior_terms
@@ -95,13 +97,14 @@ def _thresholds(text: str) -> tuple[float, ...]:
     return tuple(float(t) for t in str(text).split(",") if t.strip())
 
 
-def _valid_thresholds(text: str) -> bool:
-    """Whether ``text`` is a comma-separated list of at least one number in (0, 1)."""
+def _valid_thresholds(text: str, low: float = 0.0, low_inclusive: bool = False) -> bool:
+    """Whether ``text`` is a comma-separated list of at least one number in (low, 1)
+    (``[low, 1)`` with ``low_inclusive``)."""
     try:
         values = _thresholds(text)
     except ValueError:
         return False
-    return bool(values) and all(0.0 < v < 1.0 for v in values)
+    return bool(values) and all((low <= v if low_inclusive else low < v) and v < 1.0 for v in values)
 
 
 @dataclass
@@ -225,6 +228,12 @@ class TrainConfig:
     filter_thresholds: str = "0.5,0.7"
     """the filter thresholds the selection may pick, comma-separated, each in (0, 1); the
     filter off (1.0) is always a candidate"""
+    filter_relabel_gates: str = "0,0.5"
+    """relabel gates the selection may pick, comma-separated, each in [0, 1): after the
+    filter, the defender's rollout may relabel only prompts whose wrong-label
+    probability exceeds the gate (0: any prompt). Session 16: the gate raised in-domain
+    recovery from attacked prompts (two runs, 40 scenes: 0.658 -> 0.708, 0.778 -> 0.828)
+    and moved refined coarse prompts by -0.04 to +0.01"""
     filter_walk: int = 1
     """random defender steps recorded after each of the filter's start states"""
     filter_epochs: int = 10
@@ -289,6 +298,7 @@ class TrainConfig:
             "filter_actions": bool(self.filter_action_list)
             and set(self.filter_action_list) <= set(FILTER_ACTIONS),
             "filter_thresholds": _valid_thresholds(self.filter_thresholds),
+            "filter_relabel_gates": _valid_thresholds(self.filter_relabel_gates, low_inclusive=True),
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
@@ -305,6 +315,11 @@ class TrainConfig:
     def filter_threshold_list(self) -> tuple[float, ...]:
         """``filter_thresholds`` as a tuple of floats."""
         return _thresholds(self.filter_thresholds)
+
+    @property
+    def filter_relabel_gate_list(self) -> tuple[float, ...]:
+        """``filter_relabel_gates`` as a tuple of floats."""
+        return _thresholds(self.filter_relabel_gates)
 
     @property
     def filter_action_list(self) -> tuple[str, ...]:
@@ -385,6 +400,7 @@ def greedy_rollout(
     max_steps: int,
     relabel: bool = True,
     tick: Callable[[], Any] | None = None,
+    relabel_ok: Sequence[np.ndarray | None] | None = None,
 ) -> list[dict[str, Any]]:
     """Run ``model`` greedily from given prompt states, all episodes batched.
 
@@ -399,6 +415,8 @@ def greedy_rollout(
         max_steps: episode step budget.
         relabel: defender relabel actions allowed (must match the model's training).
         tick: called once per batched step (a progress bar's update; at most ``max_steps``).
+        relabel_ok: per start, the (N,) bool nodes the defender may relabel, or None
+            (no restriction; see :func:`~ppd.envs.point_prompt_env.rollout_action_mask`).
 
     The observation has the per-node ``uncertainty`` and the removal probes when the
     model was trained with them (read from its observation space). The defender's
@@ -435,7 +453,10 @@ def greedy_rollout(
     while running:
         batch = {k: np.stack([obs[i][k] for i in running]) for k in obs[0]}
         if role == "defender":
-            masks = np.stack([rollout_action_mask(envs[i].prompt_state[0], starts[i][2], relabel) for i in running])
+            masks = np.stack([
+                rollout_action_mask(envs[i].prompt_state[0], starts[i][2], relabel, None if relabel_ok is None else relabel_ok[i])
+                for i in running
+            ])
             actions = greedy_actions(model, batch, masks)
         else:
             actions, _ = model.predict(batch, deterministic=True)
@@ -505,13 +526,19 @@ def evaluate_agents(
     attacked = [(rec, obj, r["state"], r["points"]) for (rec, obj, _, _), r in zip(items, att)]
     def_starts = {"attacked": attacked, "coarse": coarse}
     unfiltered: dict[str, list[dict[str, Any]]] = {}
+    gates: dict[str, list[np.ndarray | None]] = {}
     if label_filter is not None:
         for name, starts in def_starts.items():
             unfiltered[name] = greedy_rollout(defender, world, "defender", starts, cfg.defender_max_steps, cfg.relabel)
-        net, threshold, action = label_filter
-        def_starts = {name: filter_starts(net, threshold, world, s, cfg.defender_max_steps, action) for name, s in def_starts.items()}
-    def_att = greedy_rollout(defender, world, "defender", def_starts["attacked"], cfg.defender_max_steps, cfg.relabel)
-    def_coarse = greedy_rollout(defender, world, "defender", def_starts["coarse"], cfg.defender_max_steps, cfg.relabel)
+        net, threshold, action, gate = LabelFilter(*label_filter)
+        for name, starts in list(def_starts.items()):
+            prob = node_probabilities(net, world, starts, cfg.defender_max_steps)
+            gates[name] = [relabel_gate_mask(p, gate) for p in prob]
+            def_starts[name] = [(rec, obj, apply_filter(st, p, threshold, action), pts) for (rec, obj, st, pts), p in zip(starts, prob)]
+    def_att = greedy_rollout(defender, world, "defender", def_starts["attacked"], cfg.defender_max_steps, cfg.relabel,
+                             relabel_ok=gates.get("attacked"))
+    def_coarse = greedy_rollout(defender, world, "defender", def_starts["coarse"], cfg.defender_max_steps, cfg.relabel,
+                                relabel_ok=gates.get("coarse"))
     metrics = {
         "ideal_iou": float(np.mean([r["start_quality"] for r in att])),
         "attacked_iou": float(np.mean([r["quality"] for r in att])),
@@ -765,7 +792,8 @@ def train(
     steps_now = cfg.total_steps - steps_before
     if filter_meta is not None:
         last_eval, rollouts = evaluate_agents(  # type: ignore[misc]
-            attacker, final_defender, eval_world, cfg, return_rollouts=True, label_filter=LabelFilter(filter_model, filter_meta["threshold"], filter_meta["action"])
+            attacker, final_defender, eval_world, cfg, return_rollouts=True, label_filter=LabelFilter(
+                filter_model, filter_meta["threshold"], filter_meta["action"], filter_meta.get("relabel_gate", 0.0))
         )
     elif cfg.defender_evals:
         last_eval, rollouts = evaluate_agents(attacker, final_defender, eval_world, cfg, return_rollouts=True)  # type: ignore[misc]
@@ -871,6 +899,8 @@ def run_train(args: argparse.Namespace) -> int:
     if filt:
         verb = "relabels" if filt.get("action") == "relabel" else "removes"
         state = "off (it did not help there)" if filt["threshold"] >= 1.0 else f"{verb} prompts above {filt['threshold']:.1f}"
+        if filt.get("relabel_gate", 0.0) > 0.0:
+            state += f"; the defender relabels only prompts above {filt['relabel_gate']:.1f}"
         print(f"label filter ({filt['scenes']} scenes, {filt['time_s']:.0f} s): wrong-label ROC AUC {filt['selection_auc']:.3f} "
               f"on {filt['selection_scenes']} held-out scenes; {state}")
     if final["ideal_iou"] > 0:

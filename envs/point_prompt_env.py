@@ -44,7 +44,9 @@ def valid_action_mask(node_state: np.ndarray, role: str, relabel: bool) -> np.nd
     )
 
 
-def rollout_action_mask(node_state: np.ndarray, start_state: np.ndarray, relabel: bool) -> np.ndarray:
+def rollout_action_mask(
+    node_state: np.ndarray, start_state: np.ndarray, relabel: bool, relabel_ok: np.ndarray | None = None
+) -> np.ndarray:
     """(2N + 1,) bool: the defender's valid actions in a greedy rollout (refinement and
     evaluation, not training) from ``start_state``: :func:`valid_action_mask`, and also
 
@@ -52,11 +54,15 @@ def rollout_action_mask(node_state: np.ndarray, start_state: np.ndarray, relabel
       and a greedy policy that does so is in a cycle until its step budget ends. Under
       this rule the relabelled prompts are exactly the active nodes whose state differs
       from ``start_state``, so no history is needed;
-    * the last active prompt is never removed (no prompt gives no mask).
+    * the last active prompt is never removed (no prompt gives no mask);
+    * with ``relabel_ok`` ((N,) bool), only those nodes may be relabelled (the label
+      filter's relabel gate, :class:`~ppd.agents.label_filter.LabelFilter`).
     """
     mask = valid_action_mask(node_state, "defender", relabel)
     n = node_state.shape[-1]
     mask[n:2 * n] &= node_state == start_state
+    if relabel_ok is not None:
+        mask[n:2 * n] &= relabel_ok
     if (node_state != INACTIVE).sum() <= 1:
         mask[:n] = False
     return mask

@@ -14,14 +14,17 @@ from ppd.agents.label_filter import (
     FILTER_FILE,
     FILTER_META,
     FILTER_ACTIONS,
+    RELABEL_GATES,
     THRESHOLDS,
     apply_filter,
+    candidate_name,
     collect_examples,
     filter_probabilities,
     fit_label_head,
     label_auc,
     load_label_filter,
     random_walk,
+    relabel_gate_mask,
 )
 from ppd.agents.train import TrainConfig, train
 from ppd.data.scenes import ProceduralScenes
@@ -165,12 +168,14 @@ def test_train_writes_the_filter_and_its_metrics(run):
     assert meta["threshold"] in THRESHOLDS and meta["action"] in FILTER_ACTIONS
     assert meta["scenes"] == 3 and meta["selection_scenes"] == 2
     assert len(meta["loss"]) == 2 and meta["examples"] > 3 * 4  # 4 starts per scene, walks after them
-    names = {f"{a}@{t:g}" for a in FILTER_ACTIONS for t in THRESHOLDS if t < 1.0} | {"off"}
+    base = {f"{a}@{t:g}" for a in FILTER_ACTIONS for t in THRESHOLDS if t < 1.0} | {"off"}
+    names = base | {f"{n}+gate0.5" for n in base}  # the default gates: 0 (none) and 0.5
+    assert meta["relabel_gate"] in RELABEL_GATES
     for kind in ("coarse", "attacked"):
         table = meta["selection_quality"][kind]
         assert set(table) == names and all(0.0 <= v <= 1.0 for v in table.values())
     mean = {n: (meta["selection_quality"]["coarse"][n] + meta["selection_quality"]["attacked"][n]) / 2 for n in names}
-    chosen = "off" if meta["threshold"] >= 1.0 else f"{meta['action']}@{meta['threshold']:g}"
+    chosen = candidate_name(meta["action"], meta["threshold"], meta["relabel_gate"])
     assert mean[chosen] == pytest.approx(max(mean.values()))
     # a progress bar per part of the stage, none overrun (the rollout ends when all episodes do)
     bars = metrics["_bars"]
@@ -186,7 +191,8 @@ def test_train_writes_the_filter_and_its_metrics(run):
 def test_defender_applies_the_filter(run, tiny_segmenter):
     out, metrics = run
     d = PromptDefender.load(out, segmenter=tiny_segmenter, device="cpu")
-    assert d.label_filter is not None and d.label_filter[1:] == (metrics["label_filter"]["threshold"], metrics["label_filter"]["action"])
+    meta = metrics["label_filter"]
+    assert d.label_filter is not None and d.label_filter[1:] == (meta["threshold"], meta["action"], meta["relabel_gate"])
     assert PromptDefender.load(out, segmenter=tiny_segmenter, device="cpu", use_filter=False).label_filter is None
     image = ProceduralScenes("train", 1, seed=5)[0].image
     p = d.wrong_label_probability(image, POINTS, LABELS)
@@ -201,7 +207,7 @@ def test_defender_applies_the_filter(run, tiny_segmenter):
     # relabelling instead: every prompt stays, each with its label flipped (the defender gets no step)
     flip = PromptDefender.load(out, segmenter=tiny_segmenter, device="cpu", filter_threshold=float(p.min()) / 2,
                                filter_action="relabel")
-    flip.refine_states = lambda items: [(st, None, 0) for _, st, _, _ in items]  # a defender that stops at once
+    flip.refine_states = lambda items, *_: [(st, None, 0) for _, st, _, _ in items]  # a defender that stops at once
     res = flip.refine(image, POINTS, LABELS, max_steps=1)
     assert res.kept.all() and res.point_labels.tolist() == (1 - LABELS).tolist() and res.relabeled.all()
     assert res.steps == 4  # the filter's relabels count as changes
@@ -228,8 +234,12 @@ def test_load_label_filter_errors(run, tmp_path):
     (half / FILTER_META).write_text(json.dumps({"threshold": 0.5, "action": "drop"}))
     with pytest.raises(ValueError, match="action must be one of"):
         load_label_filter(half)
-    (half / FILTER_META).write_text(json.dumps({"threshold": 0.5}))  # written before the action existed
-    assert load_label_filter(half)[1]["action"] == "remove"
+    (half / FILTER_META).write_text(json.dumps({"threshold": 0.5}))  # written before the action and the gate existed
+    assert load_label_filter(half)[1]["action"] == "remove" and load_label_filter(half)[1]["relabel_gate"] == 0.0
+    for bad in (1.0, -0.1, "x"):
+        (half / FILTER_META).write_text(json.dumps({"threshold": 0.5, "relabel_gate": bad}))
+        with pytest.raises(ValueError, match=r"relabel_gate must be in \[0, 1\)"):
+            load_label_filter(half)
     (half / FILTER_META).write_text("{not json")
     with pytest.raises(ValueError, match="unreadable"):
         load_label_filter(half)
@@ -238,8 +248,9 @@ def test_load_label_filter_errors(run, tmp_path):
 def test_filter_actions_restrict_the_selection(tiny_segmenter, tiny_checkpoint, tmp_path):
     from ppd.agents.label_filter import filter_candidates
 
-    assert filter_candidates(("remove",)) == [("remove", t) for t in THRESHOLDS]
-    cfg = _config(tiny_checkpoint, filter_scenes=2, filter_epochs=1, filter_actions="remove", filter_thresholds="0.5")
+    assert filter_candidates(("remove",)) == [("remove", t, 0.0) for t in THRESHOLDS]
+    cfg = _config(tiny_checkpoint, filter_scenes=2, filter_epochs=1, filter_actions="remove", filter_thresholds="0.5",
+                  filter_relabel_gates="0")
     metrics = train(cfg, tmp_path / "r", segmenter=tiny_segmenter)
     meta = metrics["label_filter"]
     assert meta["action"] == "remove" and meta["threshold"] in (0.5, 1.0)
@@ -247,11 +258,53 @@ def test_filter_actions_restrict_the_selection(tiny_segmenter, tiny_checkpoint, 
     for bad in ("", "drop", "remove,flip"):
         with pytest.raises(ValueError, match="filter_actions"):
             _config(tiny_checkpoint, filter_actions=bad)
-    assert filter_candidates(("relabel",), (0.5,)) == [("relabel", 0.5), ("remove", 1.0)]
+    assert filter_candidates(("relabel",), (0.5,)) == [("relabel", 0.5, 0.0), ("remove", 1.0, 0.0)]
+    assert filter_candidates(("relabel",), (0.5,), (0.5, 0.0)) == [
+        ("relabel", 0.5, 0.0), ("relabel", 0.5, 0.5), ("remove", 1.0, 0.0), ("remove", 1.0, 0.5)]
     assert _config(tiny_checkpoint, filter_thresholds="0.7, 0.5").filter_threshold_list == (0.7, 0.5)
     for bad in ("", "1.0", "0", "0.5,x", "1.5"):
         with pytest.raises(ValueError, match="filter_thresholds"):
             _config(tiny_checkpoint, filter_thresholds=bad)
+    assert _config(tiny_checkpoint, filter_relabel_gates="0, 0.3").filter_relabel_gate_list == (0.0, 0.3)
+    for bad in ("", "1.0", "-0.1", "0.5,x"):
+        with pytest.raises(ValueError, match="filter_relabel_gates"):
+            _config(tiny_checkpoint, filter_relabel_gates=bad)
+
+
+def test_rollout_action_mask_relabel_gate():
+    from ppd.envs.point_prompt_env import rollout_action_mask
+
+    st = np.array([POSITIVE, NEGATIVE, INACTIVE, POSITIVE], np.int8)
+    free = rollout_action_mask(st, st, relabel=True)
+    gated = rollout_action_mask(st, st, relabel=True, relabel_ok=np.array([True, False, True, False]))
+    n = len(st)
+    assert free[n:2 * n].tolist() == [True, True, False, True]
+    assert gated[n:2 * n].tolist() == [True, False, False, False]  # only allowed and active nodes
+    assert (gated[:n] == free[:n]).all() and gated[-1] == free[-1]  # removals and stop untouched
+    assert relabel_gate_mask(np.array([0.2, 0.6]), 0.0) is None
+    assert relabel_gate_mask(np.array([0.2, 0.6]), 0.5).tolist() == [False, True]
+
+
+def test_defender_relabel_gate_reaches_the_rollout(run, tiny_segmenter, monkeypatch):
+    import ppd.agents.defender as dmod
+
+    out, _ = run
+    seen = []
+    real = dmod.rollout_action_mask
+    monkeypatch.setattr(dmod, "rollout_action_mask", lambda *a: seen.append(a[3]) or real(*a))
+    image = ProceduralScenes("train", 1, seed=5)[0].image
+    # filter off (threshold 1.0) and a gate above every probability: no relabel is valid
+    d = PromptDefender.load(out, segmenter=tiny_segmenter, device="cpu", filter_threshold=1.0, filter_relabel_gate=0.999)
+    p = d.wrong_label_probability(image, POINTS, LABELS)
+    assert (p <= 0.999).all()
+    res = d.refine(image, POINTS, LABELS, max_steps=4)
+    assert seen and all(ok is not None and not ok.any() for ok in seen)
+    assert not res.relabeled.any()
+    seen.clear()
+    PromptDefender.load(out, segmenter=tiny_segmenter, device="cpu", filter_relabel_gate=0.0).refine(image, POINTS, LABELS)
+    assert seen and all(ok is None for ok in seen)
+    with pytest.raises(ValueError, match="relabel gate must be in"):
+        PromptDefender.load(out, segmenter=tiny_segmenter, device="cpu", filter_relabel_gate=1.0)
 
 
 def test_resume_with_more_rounds_drops_a_stale_filter(tiny_segmenter, tiny_checkpoint, tmp_path):
