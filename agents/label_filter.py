@@ -23,8 +23,10 @@ RL-trained head of the same run; docs/ppd_experiments.md).
    on (``eval_scenes``; other scenes than those, never trained on), the defender's
    greedy output (``select="score"``) after the filter acted on every prompt whose
    wrong-label probability exceeds t, for t in :data:`THRESHOLDS`, either removing it or
-   relabelling it (:data:`FILTER_ACTIONS`), from coarse sets (the run's
-   ``coarse_kwargs``) and from attacked sets; the pair with the best mean quality is
+   relabelling it (:data:`FILTER_ACTIONS`), each with every relabel gate g of the
+   config (:data:`RELABEL_GATES` by default: the rollout that follows may relabel only
+   prompts with probability above g; 0: any), from coarse sets (the run's
+   ``coarse_kwargs``) and from attacked sets; the triple with the best mean quality is
    kept. ``1.0`` changes nothing, so a filter that does not help is switched off by its
    own selection. The wrong-label ROC AUC on these scenes is reported, and that of the
    defender's own label head when it has one (``label_aux``).
