@@ -97,7 +97,8 @@ THRESHOLDS = (0.5, 0.7, 1.0)
 FILTER_ACTIONS = ("remove", "relabel")
 
 
-#: Candidate relabel gates: 0.0 lets the defender's rollout relabel any prompt.
+#: Relabel gates the selection can try (``ppd train --filter-relabel-gates 0,0.5``; the
+#: default tries 0.0 only, which lets the defender's rollout relabel any prompt).
 RELABEL_GATES = (0.0, 0.5)
 
 

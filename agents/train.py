@@ -228,12 +228,15 @@ class TrainConfig:
     filter_thresholds: str = "0.5,0.7"
     """the filter thresholds the selection may pick, comma-separated, each in (0, 1); the
     filter off (1.0) is always a candidate"""
-    filter_relabel_gates: str = "0,0.5"
+    filter_relabel_gates: str = "0"
     """relabel gates the selection may pick, comma-separated, each in [0, 1): after the
     filter, the defender's rollout may relabel only prompts whose wrong-label
-    probability exceeds the gate (0: any prompt). Session 16: the gate raised in-domain
-    recovery from attacked prompts (two runs, 40 scenes: 0.658 -> 0.708, 0.778 -> 0.828)
-    and moved refined coarse prompts by -0.04 to +0.01"""
+    probability exceeds the gate (0: any prompt; "0,0.5" lets the selection choose).
+    Session 16: the gate raised recovery from attacked prompts (two runs, 40 in-domain
+    scenes: 0.658 -> 0.708, 0.778 -> 0.828), but with it the selection of seed 2 switched
+    to removal and its refined coarse prompts fell 0.847 -> 0.689 in-domain on the
+    defense bench (recovery rose on all six domains): off by default
+    (docs/ppd_experiments.md)"""
     filter_walk: int = 1
     """random defender steps recorded after each of the filter's start states"""
     filter_epochs: int = 10

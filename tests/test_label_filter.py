@@ -168,9 +168,8 @@ def test_train_writes_the_filter_and_its_metrics(run):
     assert meta["threshold"] in THRESHOLDS and meta["action"] in FILTER_ACTIONS
     assert meta["scenes"] == 3 and meta["selection_scenes"] == 2
     assert len(meta["loss"]) == 2 and meta["examples"] > 3 * 4  # 4 starts per scene, walks after them
-    base = {f"{a}@{t:g}" for a in FILTER_ACTIONS for t in THRESHOLDS if t < 1.0} | {"off"}
-    names = base | {f"{n}+gate0.5" for n in base}  # the default gates: 0 (none) and 0.5
-    assert meta["relabel_gate"] in RELABEL_GATES
+    names = {f"{a}@{t:g}" for a in FILTER_ACTIONS for t in THRESHOLDS if t < 1.0} | {"off"}
+    assert meta["relabel_gate"] == 0.0  # the default: no gate
     for kind in ("coarse", "attacked"):
         table = meta["selection_quality"][kind]
         assert set(table) == names and all(0.0 <= v <= 1.0 for v in table.values())
@@ -250,11 +249,12 @@ def test_filter_actions_restrict_the_selection(tiny_segmenter, tiny_checkpoint, 
 
     assert filter_candidates(("remove",)) == [("remove", t, 0.0) for t in THRESHOLDS]
     cfg = _config(tiny_checkpoint, filter_scenes=2, filter_epochs=1, filter_actions="remove", filter_thresholds="0.5",
-                  filter_relabel_gates="0")
+                  filter_relabel_gates="0,0.5")
     metrics = train(cfg, tmp_path / "r", segmenter=tiny_segmenter)
     meta = metrics["label_filter"]
-    assert meta["action"] == "remove" and meta["threshold"] in (0.5, 1.0)
-    assert set(meta["selection_quality"]["coarse"]) == set(meta["selection_quality"]["attacked"]) == {"remove@0.5", "off"}
+    assert meta["action"] == "remove" and meta["threshold"] in (0.5, 1.0) and meta["relabel_gate"] in RELABEL_GATES
+    names = {"remove@0.5", "off", "remove@0.5+gate0.5", "off+gate0.5"}
+    assert set(meta["selection_quality"]["coarse"]) == set(meta["selection_quality"]["attacked"]) == names
     for bad in ("", "drop", "remove,flip"):
         with pytest.raises(ValueError, match="filter_actions"):
             _config(tiny_checkpoint, filter_actions=bad)
