@@ -109,8 +109,11 @@ class LabelFilter(NamedTuple):
 
     Why the gate (session 16): on attacked sets the rollout relabelled right-label
     prompts, adding wrong labels after the filter had removed most of them (in-domain,
-    two runs: 1.5 -> 2.1 wrong-label prompts per set); with the gate at 0.5 the output
-    kept 1.3 and its IoU rose 0.658 -> 0.708 and 0.778 -> 0.828 (docs/ppd_experiments.md).
+    two runs: 1.5 -> 2.1 wrong-label prompts per set); after removal with the gate at
+    0.5, 1.3 were left and IoU rose 0.658 -> 0.708 and 0.778 -> 0.828. On coarse sets,
+    whose noise includes flipped labels, the rollout's relabels help, so training
+    selects no gate by default (``TrainConfig.filter_relabel_gates``;
+    docs/ppd_experiments.md, session 16).
     """
 
     network: Any
