@@ -56,14 +56,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ppd.agents.label_filter import (
-    FILTER_ACTIONS,
-    LabelFilter,
-    apply_filter,
-    load_label_filter,
-    node_probabilities,
-    relabel_gate_mask,
-)
+from ppd.agents.label_filter import FILTER_ACTIONS, LabelFilter, load_label_filter, node_probabilities
 from ppd.data.types import Scene
 from ppd.envs.point_prompt_env import DEFAULT_MAX_STEPS, build_observation, defender_step, observation_options, rollout_action_mask
 from ppd.envs.world import (
@@ -838,8 +831,7 @@ class PromptDefender(PromptRefiner):
         if self.label_filter is not None and filtered:
             prob = self._node_probabilities([(preps[i]["rec"], preps[i]["st0"], preps[i]["pts"]) for i in filtered])
             for i, p in zip(filtered, prob):
-                starts[i] = apply_filter(preps[i]["st0"], p, self.label_filter.threshold, self.label_filter.action)
-                gates[i] = relabel_gate_mask(p, self.label_filter.relabel_gate)
+                starts[i], gates[i] = self.label_filter.apply(preps[i]["st0"], p)
         rolled = self.refine_states([(p["rec"], st, p["pts"], p["budget"]) for p, st in zip(preps, starts)], gates)
         results = [self._finish(p, st, steps + int((p["st0"] != start).sum()))  # plus the filter's changes
                    for p, start, (st, _, steps) in zip(preps, starts, rolled)]

@@ -120,6 +120,12 @@ class LabelFilter(NamedTuple):
     threshold: float
     action: str = "remove"
     relabel_gate: float = 0.0
+
+    def apply(self, node_state: np.ndarray, prob: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """One prompt state after the filter (:func:`apply_filter`) and the nodes the
+        rollout that follows may relabel (:func:`relabel_gate_mask`), from the state's
+        wrong-label probabilities ``prob`` (N,)."""
+        return apply_filter(node_state, prob, self.threshold, self.action), relabel_gate_mask(prob, self.relabel_gate)
 #: Offsets of the filter's scene seeds from ``seed * 1_000_000`` (training scenes use +500_000).
 DATA_SEED_OFFSET, SELECT_SEED_OFFSET = 700_000, 800_000
 #: States decoded per ``PromptWorld.evaluate`` call while collecting.
@@ -361,8 +367,7 @@ def select_threshold(
     runs, gates, index = [], [], {}
     for i, (rec, obj, st, pts) in enumerate(starts):
         for c in cands:
-            fs = apply_filter(st, prob[i], c[1], c[0])
-            ok = relabel_gate_mask(prob[i], c[2])
+            fs, ok = LabelFilter(None, c[1], c[0], c[2]).apply(st, prob[i])
             # a filtered state reached twice (under the same gate) is rolled out once
             key = (i, fs.tobytes(), None if ok is None else ok.tobytes())
             index[(i, c)] = index.setdefault(key, len(runs))

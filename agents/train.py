@@ -54,10 +54,8 @@ from ppd.agents.label_filter import (
     FILTER_FILE,
     FILTER_META,
     LabelFilter,
-    apply_filter,
     load_label_filter,
     node_probabilities,
-    relabel_gate_mask,
     train_label_filter,
 )
 from ppd.agents.qnet import NODE_FEATURES, NODE_NORMS, Q_PRIORS, STOP_QS, prior_terms
@@ -97,14 +95,14 @@ def _thresholds(text: str) -> tuple[float, ...]:
     return tuple(float(t) for t in str(text).split(",") if t.strip())
 
 
-def _valid_thresholds(text: str, low: float = 0.0, low_inclusive: bool = False) -> bool:
-    """Whether ``text`` is a comma-separated list of at least one number in (low, 1)
-    (``[low, 1)`` with ``low_inclusive``)."""
+def _valid_thresholds(text: str, allow_zero: bool = False) -> bool:
+    """Whether ``text`` is a comma-separated list of at least one number in (0, 1)
+    (``[0, 1)`` with ``allow_zero``)."""
     try:
         values = _thresholds(text)
     except ValueError:
         return False
-    return bool(values) and all((low <= v if low_inclusive else low < v) and v < 1.0 for v in values)
+    return bool(values) and all((0.0 <= v if allow_zero else 0.0 < v) and v < 1.0 for v in values)
 
 
 @dataclass
@@ -301,7 +299,7 @@ class TrainConfig:
             "filter_actions": bool(self.filter_action_list)
             and set(self.filter_action_list) <= set(FILTER_ACTIONS),
             "filter_thresholds": _valid_thresholds(self.filter_thresholds),
-            "filter_relabel_gates": _valid_thresholds(self.filter_relabel_gates, low_inclusive=True),
+            "filter_relabel_gates": _valid_thresholds(self.filter_relabel_gates, allow_zero=True),
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
@@ -533,11 +531,12 @@ def evaluate_agents(
     if label_filter is not None:
         for name, starts in def_starts.items():
             unfiltered[name] = greedy_rollout(defender, world, "defender", starts, cfg.defender_max_steps, cfg.relabel)
-        net, threshold, action, gate = LabelFilter(*label_filter)
+        lf = LabelFilter(*label_filter)
         for name, starts in list(def_starts.items()):
-            prob = node_probabilities(net, world, starts, cfg.defender_max_steps)
-            gates[name] = [relabel_gate_mask(p, gate) for p in prob]
-            def_starts[name] = [(rec, obj, apply_filter(st, p, threshold, action), pts) for (rec, obj, st, pts), p in zip(starts, prob)]
+            prob = node_probabilities(lf.network, world, starts, cfg.defender_max_steps)
+            applied = [lf.apply(st, p) for (_, _, st, _), p in zip(starts, prob)]
+            gates[name] = [ok for _, ok in applied]
+            def_starts[name] = [(rec, obj, fs, pts) for (rec, obj, _, pts), (fs, _) in zip(starts, applied)]
     def_att = greedy_rollout(defender, world, "defender", def_starts["attacked"], cfg.defender_max_steps, cfg.relabel,
                              relabel_ok=gates.get("attacked"))
     def_coarse = greedy_rollout(defender, world, "defender", def_starts["coarse"], cfg.defender_max_steps, cfg.relabel,
@@ -796,7 +795,7 @@ def train(
     if filter_meta is not None:
         last_eval, rollouts = evaluate_agents(  # type: ignore[misc]
             attacker, final_defender, eval_world, cfg, return_rollouts=True, label_filter=LabelFilter(
-                filter_model, filter_meta["threshold"], filter_meta["action"], filter_meta.get("relabel_gate", 0.0))
+                filter_model, filter_meta["threshold"], filter_meta["action"], filter_meta["relabel_gate"])
         )
     elif cfg.defender_evals:
         last_eval, rollouts = evaluate_agents(attacker, final_defender, eval_world, cfg, return_rollouts=True)  # type: ignore[misc]
