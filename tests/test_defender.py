@@ -600,6 +600,33 @@ def test_defense_bench_smoke(run_dir):
     assert "train" in format_table(res)
 
 
+def test_defense_bench_cross_play_attacker(run_dir, tiny_segmenter, tmp_path):
+    """--attacker: another run's attacker makes the attacked sets (the same file as the
+    run's own gives the same column); a missing one, or one on another graph size, is an
+    AttackerError naming it, before any scene is benched."""
+    from ppd.bench.defense import AttackerError, main, run_benchmark
+
+    kw = dict(n_scenes=1, domains=("train",), device="cpu", env_steps=0)
+    own = run_benchmark(str(run_dir), **kw)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "attacker.zip").write_bytes((run_dir / "attacker.zip").read_bytes())
+    cross = run_benchmark(str(run_dir), attacker=str(other), **kw)
+    assert cross["attacker_source"] == str(other) and own["attacker_source"] == str(run_dir)
+    for col in ("attacked", "defended", "coarse+ppd"):
+        assert cross["domains"]["train"][col] == pytest.approx(own["domains"]["train"][col]), col
+    with pytest.raises(AttackerError, match="not found"):
+        run_benchmark(str(run_dir), attacker=str(tmp_path / "missing"), **kw)
+    small = tmp_path / "small"
+    small.mkdir()
+    world8 = PromptWorld(tiny_segmenter, ProceduralScenes("train", 1, seed=0), grid=8)
+    _make_model(world8, "attacker").save(small / "attacker.zip")
+    with pytest.raises(AttackerError, match="64 graph nodes.*256"):
+        run_benchmark(str(run_dir), attacker=str(small), **kw)
+    with pytest.raises(SystemExit):
+        main(["--run", str(run_dir), "--attacker", str(small), "--scenes", "1", "--env-steps", "0"])
+
+
 def test_oracle_state_removes_exactly_the_wrong_label_prompts():
     from ppd.bench.defense import oracle_state
 

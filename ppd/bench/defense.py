@@ -1,6 +1,6 @@
 """Defense benchmark: what the trained attacker breaks and the defender repairs.
 
-    python -m ppd.bench.defense --run DIR [--scenes 50] [--domains train,texture,...] [--out FILE.json]
+    python -m ppd.bench.defense --run DIR [--scenes 50] [--domains train,texture,...] [--attacker RUN] [--out FILE.json]
 
 On held-out procedural scenes (``ProceduralScenes(domain, n, seed=10_000_000 + 9000)``,
 one object per scene), in-domain (``train``) and per shifted domain, mean IoU of
@@ -10,7 +10,9 @@ SAM2's mask for:
   ``max_ideal_points`` per label);
 * ``attacked``: after the run's attacker (``attacker.zip``) acted greedily on them in
   attacker envs whose world holds the eval scenes (:func:`ppd.agents.train.greedy_rollout`,
-  all scenes batched);
+  all scenes batched); ``--attacker RUN`` uses another run's attacker instead
+  (cross-play: a run's own attacker is a random draw of strength, so defenders of two
+  runs compare fairly only against the same attacker);
 * ``defended``: the attacked set refined by the defender (no ground truth);
 * ``attacked+oracle``: the attacked set without its wrong-label prompts, by the ground
   truth at each point (a positive outside the object, a negative inside it; one prompt
@@ -108,6 +110,10 @@ def env_throughput(seg: Any, n_envs: int = 16, steps: int = 50, probe: bool = Fa
     if out.get("sequential_steps_per_s"):
         out["batched_speedup"] = round(out["batched_steps_per_s"] / out["sequential_steps_per_s"], 2)
     return out
+
+
+class AttackerError(ValueError):
+    """The attacker given to :func:`run_benchmark` cannot attack for its defender."""
 
 
 def state_iou(seg: Any, rec: Any, node_state: np.ndarray, node_points: np.ndarray, gt: np.ndarray) -> float:
@@ -240,6 +246,7 @@ def run_benchmark(
     patience: int | None = None,
     min_score_gain: float | None = None,
     precision: str | None = None,
+    attacker: str | None = None,
 ) -> dict[str, Any]:
     """The whole table as a dict (see the module docstring).
 
@@ -257,19 +264,37 @@ def run_benchmark(
         min_score_gain: the defender's guard for good clicks (None: off; every defender
             column uses it).
         precision: the segmenter's precision (None: see ``ppd.segmenter.resolve_precision``).
+        attacker: another run folder or attacker ``.zip`` whose attacker makes the
+            attacked sets (None: the run's own ``attacker.zip``, if any).
+
+    Raises:
+        AttackerError: ``attacker`` names no readable attacker, or one whose graph has
+            another node count than the defender's.
     """
     import torch
 
     defender = PromptDefender.load(
         run, device=device, select=select, patience=patience, min_score_gain=min_score_gain, precision=precision
     )
+    attacker_source = attacker or run
     try:
-        attacker, _, _ = load_agent(run, "attacker.zip", device=device)
-    except FileNotFoundError:
-        attacker = None
+        attacker_model, _, _ = load_agent(attacker_source, "attacker.zip", device=device)
+    except FileNotFoundError as exc:
+        if attacker is not None:
+            raise AttackerError(str(exc)) from exc
+        attacker_model = None
+    except ValueError as exc:
+        raise (AttackerError(str(exc)) if attacker is not None else exc) from exc
+    if attacker_model is not None:
+        nodes = (attacker_model.observation_space["state"].shape[0], defender.model.observation_space["state"].shape[0])
+        if nodes[0] != nodes[1]:
+            raise AttackerError(
+                f"the attacker of {attacker_source} acts on {nodes[0]} graph nodes, the defender of {run} on {nodes[1]}: "
+                "cross-play needs runs with the same grid"
+            )
     cfg = defender.config
     tick = progress(n_scenes * len(domains)) if progress else None
-    rows = {d: bench_domain(defender, attacker, cfg, d, n_scenes, seed, tick) for d in domains}
+    rows = {d: bench_domain(defender, attacker_model, cfg, d, n_scenes, seed, tick) for d in domains}
     times = [r["refine_ms_median"] for r in rows.values() if r["refine_ms_median"] is not None]
     return {
         "run": str(run),
@@ -278,7 +303,8 @@ def run_benchmark(
         "scene_seed": DEFENSE_SEED,
         "seed": seed,
         "scenes_per_domain": n_scenes,
-        "attacker": attacker is not None,
+        "attacker": attacker_model is not None,
+        "attacker_source": str(attacker_source) if attacker_model is not None else None,
         "select": select,
         "patience": patience,
         "min_score_gain": min_score_gain,
@@ -312,6 +338,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--domains", nargs="+", default=list(DOMAINS), help=f"domains (default: {' '.join(DOMAINS)})")
     p.add_argument("--seed", type=int, default=0, help="coarse-prompt noise and random-baseline seed (default 0)")
     add_device_arguments(p)
+    p.add_argument(
+        "--attacker",
+        default=None,
+        help="another run folder (or its attacker.zip) whose attacker makes the attacked sets (default: the run's own); "
+        "to compare defenders of several runs against one attacker",
+    )
     p.add_argument("--env-steps", type=int, default=50, help="vector steps per side for env steps/s (default 50; 0: skip)")
     p.add_argument(
         "--select",
@@ -341,15 +373,20 @@ def main(argv: list[str] | None = None) -> int:
         bar.append(tqdm(total=total, desc="scenes", unit="scene", dynamic_ncols=True))
         return lambda: bar[0].update(1)
 
-    results = run_benchmark(
-        args.run, args.scenes, tuple(domains), args.seed, args.device, progress, args.env_steps, args.select,
-        args.patience, args.min_score_gain, args.precision,
-    )
+    try:
+        results = run_benchmark(
+            args.run, args.scenes, tuple(domains), args.seed, args.device, progress, args.env_steps, args.select,
+            args.patience, args.min_score_gain, args.precision, args.attacker,
+        )
+    except AttackerError as exc:
+        p.error(f"--attacker {args.attacker}: {exc}")
     if bar:
         bar[0].close()
     print(format_table(results))
     if not results["attacker"]:
         print("no attacker.zip in the run: attacked / defended columns left empty")
+    elif args.attacker:
+        print(f"attacked sets by the attacker of {results['attacker_source']}")
     print(f"refinement time per image (median, image encoded): {results['refine_ms_median']:.1f} ms")
     thr = results["env_throughput"]
     if "skipped" in thr:
