@@ -116,6 +116,28 @@ class AttackerError(ValueError):
     """The attacker given to :func:`run_benchmark` cannot attack for its defender."""
 
 
+def bench_attacker(run: str, attacker: str | None, defender: PromptDefender, device: str | None) -> Any | None:
+    """The attacker that makes the attacked sets: ``attacker`` (another run folder or its
+    ``attacker.zip``; :class:`AttackerError` if unreadable or on another graph size than
+    ``defender``), else the run's own (None when the run has none)."""
+    if attacker is None:
+        try:
+            return load_agent(run, "attacker.zip", device=device)[0]
+        except FileNotFoundError:
+            return None
+    try:
+        model = load_agent(attacker, "attacker.zip", device=device)[0]
+    except (FileNotFoundError, ValueError) as exc:
+        raise AttackerError(str(exc)) from exc
+    nodes = model.observation_space["state"].shape[0], defender.model.observation_space["state"].shape[0]
+    if nodes[0] != nodes[1]:
+        raise AttackerError(
+            f"the attacker of {attacker} acts on {nodes[0]} graph nodes, the defender of {run} on {nodes[1]}: "
+            "cross-play needs runs with the same grid"
+        )
+    return model
+
+
 def state_iou(seg: Any, rec: Any, node_state: np.ndarray, node_points: np.ndarray, gt: np.ndarray) -> float:
     """IoU of ``segmenter.predict`` on a prompt state's points (no padding; the mask a
     user gets, as for every other column)."""
@@ -277,21 +299,7 @@ def run_benchmark(
         run, device=device, select=select, patience=patience, min_score_gain=min_score_gain, precision=precision
     )
     attacker_source = attacker or run
-    try:
-        attacker_model, _, _ = load_agent(attacker_source, "attacker.zip", device=device)
-    except FileNotFoundError as exc:
-        if attacker is not None:
-            raise AttackerError(str(exc)) from exc
-        attacker_model = None
-    except ValueError as exc:
-        raise (AttackerError(str(exc)) if attacker is not None else exc) from exc
-    if attacker_model is not None:
-        nodes = (attacker_model.observation_space["state"].shape[0], defender.model.observation_space["state"].shape[0])
-        if nodes[0] != nodes[1]:
-            raise AttackerError(
-                f"the attacker of {attacker_source} acts on {nodes[0]} graph nodes, the defender of {run} on {nodes[1]}: "
-                "cross-play needs runs with the same grid"
-            )
+    attacker_model = bench_attacker(run, attacker, defender, device)
     cfg = defender.config
     tick = progress(n_scenes * len(domains)) if progress else None
     rows = {d: bench_domain(defender, attacker_model, cfg, d, n_scenes, seed, tick) for d in domains}
