@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Session 17: does the defender's recovery from attacked prompts grow with training?
 # Trains 4 seeds of the default recipe and 4 with twice the defender steps, all at once
-# on one lent GPU (fp32: CUDA reproduces CPU results to rounding, session 15).
+# on one lent GPU (fp32). Measured: the eight together ran at 1.45x the env steps/s of one
+# run alone, too slow to finish inside a session's 30 device minutes (experiment log).
 # Usage (on the device, ppd importable):
 #   bash docs/scripts/s17_gpu_sweep.sh launch RUNS_DIR   # start the runs detached
 #   bash docs/scripts/s17_gpu_sweep.sh wait RUNS_DIR SECONDS   # poll until done or SECONDS
 set -u
 mode=${1:?launch|wait}
-runs=${2:?RUNS_DIR}
+runs=$(realpath -m "${2:?RUNS_DIR}")
 mkdir -p "$runs"
 if [ "$mode" = launch ]; then
     for seed in 0 1 2 3; do
