@@ -367,7 +367,7 @@ def select_threshold(
     runs, gates, index = [], [], {}
     for i, (rec, obj, st, pts) in enumerate(starts):
         for c in cands:
-            fs, ok = LabelFilter(None, c[1], c[0], c[2]).apply(st, prob[i])
+            fs, ok = LabelFilter(model, c[1], c[0], c[2]).apply(st, prob[i])
             # a filtered state reached twice (under the same gate) is rolled out once
             key = (i, fs.tobytes(), None if ok is None else ok.tobytes())
             index[(i, c)] = index.setdefault(key, len(runs))

@@ -899,9 +899,9 @@ def run_train(args: argparse.Namespace) -> int:
     for name, v in rows:
         print(f"  {name:38s} {v:.3f}")
     if filt:
-        verb = "relabels" if filt.get("action") == "relabel" else "removes"
+        verb = "relabels" if filt["action"] == "relabel" else "removes"
         state = "off (it did not help there)" if filt["threshold"] >= 1.0 else f"{verb} prompts above {filt['threshold']:.1f}"
-        if filt.get("relabel_gate", 0.0) > 0.0:
+        if filt["relabel_gate"] > 0.0:  # both writers of the metadata set it (0 for older runs)
             state += f"; the defender relabels only prompts above {filt['relabel_gate']:.1f}"
         print(f"label filter ({filt['scenes']} scenes, {filt['time_s']:.0f} s): wrong-label ROC AUC {filt['selection_auc']:.3f} "
               f"on {filt['selection_scenes']} held-out scenes; {state}")
