@@ -715,3 +715,45 @@ def test_min_score_gain_guard(run_dir, tiny_segmenter, random_image):
     for bad in (-0.1, 1.5, "0.1", True):
         with pytest.raises(ValueError, match="min_score_gain"):
             PromptDefender.load(run_dir, min_score_gain=bad, **kw)
+
+
+def test_polish_is_a_greedy_score_filter_from_the_output(tiny_segmenter, random_image):
+    """polish=True: from the rollout's output, drop the prompt whose removal raises the
+    rollout's predicted IoU most while one does (checked against the world's scores of
+    every leave-one-out state, not its probes), within the step budget."""
+    stop = _scripted(tiny_segmenter, lambda obs: 2 * N)  # stops at once: polish alone acts
+    polished = PromptDefender(stop.model, tiny_segmenter, grid=GRID, max_steps=12, select="last", polish=True)
+    rec = polished.record(random_image)
+    from ppd.envs.world import state_from_prompts
+
+    st, pts, node = state_from_prompts(POINTS, LABELS, rec.grid, rec.hw, rec.centres)
+
+    def score(s):
+        return polished.world.evaluate([(rec, -1, s, pts)])[0].score
+
+    removed = []
+    while (st != 0).sum() > 1:
+        cur = score(st)
+        gains = {int(i): score(np.where(np.arange(N) == i, 0, st)) - cur for i in np.flatnonzero(st)}
+        i = max(gains, key=gains.get)
+        if not gains[i] > 0:
+            break
+        st = np.where(np.arange(N) == i, 0, st)
+        removed.append(i)
+    assert removed, "the test set should have a removal that raises the score"
+    assert stop.refine(random_image, POINTS, LABELS).steps == 0  # without polish: the input
+    res = polished.refine(random_image, POINTS, LABELS)
+    assert res.steps == len(removed)
+    np.testing.assert_array_equal(res.kept, ~np.isin(node, removed))
+    _check_result(res, POINTS, LABELS)
+    # the removals count against the budget; 0 leaves the input as it is
+    assert polished.refine(random_image, POINTS, LABELS, max_steps=1).steps == 1
+    np.testing.assert_array_equal(polished.refine(random_image, POINTS, LABELS, max_steps=1).kept, node != removed[0])
+    assert polished.refine(random_image, POINTS, LABELS, max_steps=0).kept.all()
+    # refine_many polishes each set as refine does
+    many = polished.refine_many([random_image] * 2, [POINTS, POINTS[:3]], [LABELS, LABELS[:3]])
+    np.testing.assert_array_equal(many[0].kept, res.kept)
+    np.testing.assert_array_equal(many[1].kept, polished.refine(random_image, POINTS[:3], LABELS[:3]).kept)
+    for bad in (1, "yes", None):
+        with pytest.raises(ValueError, match="polish must be True or False"):
+            PromptDefender(stop.model, tiny_segmenter, grid=GRID, polish=bad)

@@ -51,9 +51,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ppd.bench import add_min_score_gain_argument, add_threads_argument, apply_threads, defender_variant, run_max_ideal_points
+from ppd.bench import add_min_score_gain_argument, add_polish_argument, add_threads_argument, apply_threads, defender_variant, run_max_ideal_points
 from ppd.agents.baselines import ConsistencyFilter, GreedyScoreFilter, NoRefine, RandomDrop
-from ppd.agents.defender import DEFAULT_SELECT, SELECT_RULES, PromptDefender, load_agent, role_max_steps
+from ppd.agents.defender import DEFAULT_POLISH, DEFAULT_SELECT, SELECT_RULES, PromptDefender, load_agent, role_max_steps
 from ppd.agents.train import greedy_rollout
 from ppd.cli import add_device_arguments
 from ppd.data.scenes import DOMAINS, ProceduralScenes
@@ -269,6 +269,7 @@ def run_benchmark(
     min_score_gain: float | None = None,
     precision: str | None = None,
     attacker: str | None = None,
+    polish: bool = DEFAULT_POLISH,
 ) -> dict[str, Any]:
     """The whole table as a dict (see the module docstring).
 
@@ -288,6 +289,7 @@ def run_benchmark(
         precision: the segmenter's precision (None: see ``ppd.segmenter.resolve_precision``).
         attacker: another run folder or attacker ``.zip`` whose attacker makes the
             attacked sets (None: the run's own ``attacker.zip``, if any).
+        polish: the defender's ``polish`` (every defender column uses it).
 
     Raises:
         AttackerError: ``attacker`` names no readable attacker, or one whose graph has
@@ -296,7 +298,8 @@ def run_benchmark(
     import torch
 
     defender = PromptDefender.load(
-        run, device=device, select=select, patience=patience, min_score_gain=min_score_gain, precision=precision
+        run, device=device, select=select, patience=patience, min_score_gain=min_score_gain, precision=precision,
+        polish=polish,
     )
     attacker_source = attacker or run
     attacker_model = bench_attacker(run, attacker, defender, device)
@@ -316,6 +319,7 @@ def run_benchmark(
         "select": select,
         "patience": patience,
         "min_score_gain": min_score_gain,
+        "polish": polish,
         "label_filter_threshold": None if defender.label_filter is None else defender.label_filter.threshold,
         "label_filter_action": None if defender.label_filter is None else defender.label_filter.action,
         "domains": rows,
@@ -363,6 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--patience", type=int, default=None,
                    help="with --select score: end a rollout after this many steps without a better predicted IoU")
     add_min_score_gain_argument(p)
+    add_polish_argument(p)
     p.add_argument("--out", default=None, help="also write the results as JSON here")
     add_threads_argument(p)
     args = p.parse_args(argv)
@@ -384,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         results = run_benchmark(
             args.run, args.scenes, tuple(domains), args.seed, args.device, progress, args.env_steps, args.select,
-            args.patience, args.min_score_gain, args.precision, args.attacker,
+            args.patience, args.min_score_gain, args.precision, args.attacker, args.polish,
         )
     except AttackerError as exc:
         p.error(f"--attacker {args.attacker}: {exc}")
