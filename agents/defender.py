@@ -102,7 +102,7 @@ SELECT_RULES = ("last", "score")
 DEFAULT_SELECT = "score"
 
 #: Whether :class:`PromptDefender` polishes its output by default (its ``polish``).
-DEFAULT_POLISH = False
+DEFAULT_POLISH = True
 
 #: Observation keys the defender's network must have been trained on.
 OBS_KEYS = ("state", "coverage", "offset", "step_frac", "score", "image_id")
@@ -393,6 +393,44 @@ def greedy_actions(model: Any, obs: dict[str, np.ndarray], masks: np.ndarray) ->
 def greedy_action(model: Any, obs: dict[str, np.ndarray], mask: np.ndarray) -> int:
     """:func:`greedy_actions` for one (unbatched) observation."""
     return int(greedy_actions(model, obs, mask[None])[0])
+
+
+def polish_states(
+    world: PromptWorld,
+    requests: Sequence[tuple[ImageRecord, int, np.ndarray, np.ndarray]],
+    changes: Sequence[int],
+    budgets: Sequence[int],
+) -> list[tuple[np.ndarray, Any, int]]:
+    """``PromptDefender(polish=True)`` on prompt states ``(image record, object index,
+    node_state, node_points)`` that ``changes`` prompt changes made, with step budgets
+    ``budgets``: each round decodes the running states with their removal probes in one
+    ``world.evaluate`` call (cache hits for states a rollout probed) and drops, per
+    state, the prompt whose removal raises SAM's predicted IoU most, if one does, more
+    than one prompt is left and the budget allows.
+
+    Returns:
+        Per request: ``(node_state, its Outcome, changes)`` after polishing.
+    """
+    out: list[tuple[np.ndarray, Any, int]] = [(st, None, int(c)) for (_, _, st, _), c in zip(requests, changes)]
+    running = list(range(len(out)))
+    while running:
+        evals = world.evaluate([(requests[i][0], requests[i][1], out[i][0], requests[i][3]) for i in running], probe=True)
+        moved = []
+        for i, o in zip(running, evals):
+            st, _, done = out[i]
+            out[i] = (st, o, done)
+            active = st != INACTIVE
+            if done >= budgets[i] or active.sum() <= 1:
+                continue
+            gain = np.where(active, o.probe_score, -np.inf)
+            j = int(np.argmax(gain))
+            if gain[j] > 0.0:
+                st = st.copy()
+                st[j] = INACTIVE
+                out[i] = (st, None, done + 1)
+                moved.append(i)
+        running = moved
+    return out
 
 
 def _segmenter_from_config(cfg: dict[str, Any], device: str | None, precision: str | None = None) -> Segmenter:
@@ -753,36 +791,10 @@ class PromptDefender(PromptRefiner):
         # Each step changes one prompt, so the i-th visited state is i changes away.
         picks = [len(v) - 1 if self.select == "last" else b for v, b in zip(visited, best)]
         picked = [(v[p][0], v[p][1], p) for v, p in zip(visited, picks)]
-        return self._polish(items, picked) if self.polish else picked
-
-    def _polish(
-        self, items: Sequence[tuple[ImageRecord, np.ndarray, np.ndarray, int]], picked: list[tuple[np.ndarray, Any, int]]
-    ) -> list[tuple[np.ndarray, Any, int]]:
-        """``polish`` (class docstring) of the picked ``(node_state, Outcome, changes)``
-        of :meth:`refine_states`: each round decodes the running states with their
-        removal probes in one ``world.evaluate`` call (cache hits for states the rollout
-        probed) and drops, per state, the prompt whose removal raises the predicted IoU
-        most, if one does and the budget allows."""
-        out = list(picked)
-        running = list(range(len(out)))
-        while running:
-            evals = self.world.evaluate([(items[i][0], -1, out[i][0], items[i][2]) for i in running], probe=True)
-            moved = []
-            for i, o in zip(running, evals):
-                st, _, changes = out[i]
-                out[i] = (st, o, changes)
-                active = st != INACTIVE
-                if changes >= items[i][3] or active.sum() <= 1:
-                    continue
-                gain = np.where(active, o.probe_score, -np.inf)
-                j = int(np.argmax(gain))
-                if gain[j] > 0.0:
-                    st = st.copy()
-                    st[j] = INACTIVE
-                    out[i] = (st, None, changes + 1)
-                    moved.append(i)
-            running = moved
-        return out
+        if not self.polish:
+            return picked
+        return polish_states(self.world, [(rec, -1, st, pts) for (st, _, _), (rec, _, pts, _) in zip(picked, items)],
+                             [c for _, _, c in picked], [b for _, _, _, b in items])
 
     def _observation(
         self, rec: ImageRecord, st: np.ndarray, pts: np.ndarray, out: Any, t: int, env_steps: int

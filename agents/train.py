@@ -60,7 +60,7 @@ from ppd.agents.label_filter import (
 )
 from ppd.agents.qnet import NODE_FEATURES, NODE_NORMS, Q_PRIORS, STOP_QS, prior_terms
 from ppd.data.scenes import TRAIN_DOMAIN, JitteredScenes, ProceduralScenes
-from ppd.agents.defender import greedy_actions
+from ppd.agents.defender import DEFAULT_POLISH, greedy_actions, polish_states
 from ppd.envs.point_prompt_env import COARSE_NOISE, DEFAULT_START_MIX, PointPromptEnv, observation_options, rollout_action_mask
 from ppd.envs.vec_env import PromptVecEnv
 from ppd.envs.world import INACTIVE, ImageRecord, PromptWorld, prompts_from_state, segmenter_gives_uncertainty, state_from_prompts
@@ -486,6 +486,16 @@ def greedy_rollout(
     return results
 
 
+def _polish_rollouts(world: PromptWorld, starts: Sequence[tuple], results: list[dict[str, Any]], cfg: TrainConfig) -> None:
+    """Polish (``PromptDefender(polish=True)``, :func:`~ppd.agents.defender.polish_states`)
+    the ``score_*`` output of :func:`greedy_rollout` defender ``results`` from ``starts``,
+    in place."""
+    done = polish_states(world, [(rec, obj, r["score_state"], pts) for (rec, obj, _, pts), r in zip(starts, results)],
+                         [r["score_steps"] for r in results], [cfg.defender_max_steps] * len(results))
+    for r, (st, out, steps) in zip(results, done):
+        r.update(score_state=st, score_quality=out.quality, score_steps=steps)
+
+
 def _eval_items(world: PromptWorld, cfg: TrainConfig) -> list[tuple[ImageRecord, int, Any, Any]]:
     """Fixed (image, object, ideal state, coarse state) per held-out scene."""
     items = []
@@ -508,13 +518,16 @@ def evaluate_agents(
     cfg: TrainConfig,
     return_rollouts: bool = False,
     label_filter: LabelFilter | None = None,
+    polish: bool = DEFAULT_POLISH,
 ) -> dict[str, float] | tuple[dict[str, float], dict[str, list]]:
     """Mean IoU (or the world's quality) on ``world``'s scenes; see :data:`EVAL_KEYS`.
 
     ``attacked``: the greedy attacker's final set from the ideal prompts;
     ``defended_*``: the greedy defender's output from the attacked / coarse set, picked
     as ``PromptDefender.refine`` does by default (``select="score"``: the visited set with
-    SAM's highest predicted IoU); ``defended_*_last``: where the defender stopped.
+    SAM's highest predicted IoU), then with ``polish`` polished as ``refine`` does
+    (:func:`~ppd.agents.defender.polish_states`); ``defended_*_last``: where the
+    defender stopped (not polished).
 
     With ``label_filter`` (:class:`~ppd.agents.label_filter.LabelFilter`), the
     defender starts from the filtered sets, as ``refine`` does; ``defended_*_nofilter``
@@ -541,6 +554,9 @@ def evaluate_agents(
                              relabel_ok=gates.get("attacked"))
     def_coarse = greedy_rollout(defender, world, "defender", def_starts["coarse"], cfg.defender_max_steps, cfg.relabel,
                                 relabel_ok=gates.get("coarse"))
+    if polish:
+        _polish_rollouts(world, def_starts["attacked"], def_att, cfg)
+        _polish_rollouts(world, def_starts["coarse"], def_coarse, cfg)
     metrics = {
         "ideal_iou": float(np.mean([r["start_quality"] for r in att])),
         "attacked_iou": float(np.mean([r["quality"] for r in att])),
@@ -610,10 +626,15 @@ def _ruac_kwargs(ruac_checkpoint: str | None, ruac_uncertainty: str | None) -> d
     return dict(decoder="ruac", ruac_checkpoint=ruac_checkpoint, uncertainty=ruac_uncertainty or "analytic")
 
 
-def defended_coarse_iou(defender: MaskedDQN, world: PromptWorld, cfg: TrainConfig, coarse: list) -> float:
-    """Mean quality of the defender's output (``score_quality``: refine's default rule)
-    from held-out coarse prompt states ``(rec, obj, node_state, node_points)``."""
+def defended_coarse_iou(
+    defender: MaskedDQN, world: PromptWorld, cfg: TrainConfig, coarse: list, polish: bool = DEFAULT_POLISH
+) -> float:
+    """Mean quality of the defender's output (``score_quality``: refine's default
+    output rule, then polished with ``polish``) from held-out coarse prompt states
+    ``(rec, obj, node_state, node_points)``."""
     res = greedy_rollout(defender, world, "defender", coarse, cfg.defender_max_steps, cfg.relabel)
+    if polish:
+        _polish_rollouts(world, coarse, res, cfg)
     return float(np.mean([r["score_quality"] for r in res]))
 
 

@@ -71,8 +71,8 @@ def run_dir(tmp_path_factory, tiny_segmenter, tiny_checkpoint):
 
 @pytest.fixture(scope="module")
 def defender(run_dir, tiny_segmenter) -> PromptDefender:
-    """The random-weight defender, returning where it stopped (rollout mechanics)."""
-    return PromptDefender.load(run_dir, segmenter=tiny_segmenter, device="cpu", select="last")
+    """The random-weight defender, returning where it stopped, unpolished (rollout mechanics)."""
+    return PromptDefender.load(run_dir, segmenter=tiny_segmenter, device="cpu", select="last", polish=False)
 
 
 class ScriptedModel:
@@ -100,7 +100,7 @@ class ScriptedModel:
 
 
 def _scripted(tiny_segmenter, rule, relabel: bool = True) -> PromptDefender:
-    return PromptDefender(ScriptedModel(rule, relabel), tiny_segmenter, grid=GRID, max_steps=12, select="last")
+    return PromptDefender(ScriptedModel(rule, relabel), tiny_segmenter, grid=GRID, max_steps=12, select="last", polish=False)
 
 
 def _check_result(res: RefineResult, coords: np.ndarray, labels: np.ndarray) -> None:
@@ -340,7 +340,7 @@ def test_select_score_returns_the_best_scored_visited_state(tiny_segmenter, rand
         return int(np.flatnonzero(obs["state"])[0])
 
     last = _scripted(tiny_segmenter, remove_first)
-    best = PromptDefender(last.model, tiny_segmenter, grid=GRID, max_steps=12, select="score")
+    best = PromptDefender(last.model, tiny_segmenter, grid=GRID, max_steps=12, select="score", polish=False)
     # the rollout removes the active nodes in ascending order: state i lacks the i first
     rec = best.record(random_image)
     from ppd.envs.world import state_from_prompts
@@ -374,7 +374,7 @@ def test_select_score_returns_the_best_scored_visited_state(tiny_segmenter, rand
             seen += 1
             if scores[t] > scores[best_i]:
                 best_i = t
-        impatient = PromptDefender(last.model, tiny_segmenter, grid=GRID, max_steps=12, select="score", patience=p)
+        impatient = PromptDefender(last.model, tiny_segmenter, grid=GRID, max_steps=12, select="score", patience=p, polish=False)
         calls = []
         evaluate = impatient.world.evaluate
         impatient.world.evaluate = lambda reqs, **kw: calls.append(len(reqs)) or evaluate(reqs, **kw)
