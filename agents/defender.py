@@ -102,7 +102,10 @@ SELECT_RULES = ("last", "score")
 DEFAULT_SELECT = "score"
 
 #: Whether :class:`PromptDefender` polishes its output by default (its ``polish``).
-DEFAULT_POLISH = True
+DEFAULT_POLISH = False
+# Off: on the bundled defender it raised defended IoU over a panel of four attackers from
+# 80% to 84% of ideal and left coarse sets level, but made refine 43% slower (70.6 ->
+# 101.0 ms median, 2 threads; session 18, docs/ppd_experiments.md), past the 100 ms target.
 
 #: Observation keys the defender's network must have been trained on.
 OBS_KEYS = ("state", "coverage", "offset", "step_frac", "score", "image_id")
@@ -504,7 +507,8 @@ class PromptDefender(PromptRefiner):
             reused; the last prompt stays and the removals count against the step
             budget). Each removal costs one decoder call of the set's leave-one-out
             sets. Measured in session 18 (README): it raises defended IoU from attacked
-            sets and leaves refined coarse sets about level.
+            sets and leaves refined coarse sets about level, for about 30 ms more per
+            refine on the bundled model (off by default: :data:`DEFAULT_POLISH`).
 
     Whether the observation has the per-node ``uncertainty`` (``node_uncertainty``) is
     read from the model's observation space: it is what the network was trained on.
