@@ -708,3 +708,32 @@ def test_train_cli_and_resume_errors(tiny_checkpoint, tmp_path, capsys):
         train(_tiny_config(tiny_checkpoint), tmp_path / "empty", resume=True)
     with pytest.raises(ValueError, match="rounds"):
         TrainConfig(rounds=0)
+
+
+def test_evaluate_agents_polish(tiny_segmenter, tiny_checkpoint):
+    """evaluate_agents(polish=True): the defended outputs are the unpolished ones minus
+    removals that each raised the world's predicted IoU, until none does (or one prompt
+    is left, or the budget is spent), and their quality is the polished state's."""
+    from ppd.agents.train import evaluate_agents
+
+    cfg = _tiny_config(tiny_checkpoint, eval_scenes=3, defender_max_steps=12)
+    world = PromptWorld(tiny_segmenter, ProceduralScenes("train", 3, seed=7))
+    models = {}
+    for role in ("attacker", "defender"):
+        env = DummyVecEnv([lambda role=role: PointPromptEnv(role, world=world)])
+        models[role] = make_dqn(env, role, relabel=True, hidden_dim=16, n_layers=1, seed=0, device="cpu", buffer_size=64)
+    plain, r0 = evaluate_agents(models["attacker"], models["defender"], world, cfg, return_rollouts=True, polish=False)
+    polished, r1 = evaluate_agents(models["attacker"], models["defender"], world, cfg, return_rollouts=True, polish=True)
+    removed = 0
+    for (rec, obj, _, pts), a, b in zip(r1["coarse"], r0["defended_coarse"], r1["defended_coarse"]):
+        before, after = a["score_state"], b["score_state"]
+        assert not ((after != 0) & (after != before)).any()  # only removals
+        removed += int(((before != 0) & (after == 0)).sum())
+        assert b["score_steps"] == a["score_steps"] + int(((before != 0) & (after == 0)).sum())
+        out = world.evaluate([(rec, obj, after, pts)], probe=True)[0]
+        assert b["score_quality"] == pytest.approx(out.quality)
+        if (after != 0).sum() > 1 and b["score_steps"] < cfg.defender_max_steps:
+            assert (out.probe_score[after != 0] <= 0).all()
+    assert polished["defended_coarse_iou"] == pytest.approx(np.mean([b["score_quality"] for b in r1["defended_coarse"]]))
+    assert plain["ideal_iou"] == polished["ideal_iou"] and plain["attacked_iou"] == polished["attacked_iou"]
+    assert removed > 0, "the random defender's outputs should leave a removal that raises the score"
