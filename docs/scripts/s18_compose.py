@@ -13,11 +13,10 @@ import torch
 
 from ppd.agents.baselines import ConsistencyFilter, GreedyScoreFilter
 from ppd.agents.defender import PromptDefender
-from ppd.bench.defense import DEFENSE_SEED, attack, bench_attacker, defender_world, ideal_start
+from ppd.bench.defense import DEFENSE_SEED, attack, bench_attacker, bench_items, defender_world
 from ppd.data.scenes import ProceduralScenes
 from ppd.envs.world import prompts_from_state
 from ppd.metrics import iou
-from ppd.prompts import coarse_prompts
 
 
 def variants(d, g, c, image, coords, labels):
@@ -46,13 +45,7 @@ def main():
     res = {}
     for domain in a.domains.split(","):
         world = defender_world(d, ProceduralScenes(domain, a.scenes, seed=DEFENSE_SEED))
-        items = []
-        for i in range(a.scenes):
-            rec = world.image(i)
-            rng = np.random.default_rng([DEFENSE_SEED, 0, i])
-            obj = int(rng.integers(rec.scene.num_objects))
-            st, pts = ideal_start(rec, obj, cfg)
-            items.append((rec, obj, st, pts, coarse_prompts(rec.scene.masks[obj], rng).prompts))
+        items = bench_items(world, cfg, a.scenes)
         sets = {"coarse": [(it[0], it[1], it[4].point_coords, it[4].point_labels) for it in items]}
         if domain == "train":
             for att in a.attackers:

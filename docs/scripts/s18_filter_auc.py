@@ -11,18 +11,10 @@ import argparse, json
 import numpy as np, torch
 
 from ppd.agents.defender import PromptDefender
-from ppd.bench.defense import DEFENSE_SEED, attack, bench_attacker, defender_world, ideal_start
+from ppd.bench.defense import DEFENSE_SEED, attack, bench_attacker, bench_items, defender_world
 from ppd.data.scenes import ProceduralScenes
 from ppd.envs.world import prompts_from_state
-from ppd.metrics import iou
-
-
-def auc(p, y):
-    """ROC AUC by the Mann-Whitney statistic (ties count half)."""
-    pos, neg = p[y], p[~y]
-    if len(pos) == 0 or len(neg) == 0:
-        return float("nan")
-    return float(((pos[:, None] > neg[None]).sum() + 0.5 * (pos[:, None] == neg[None]).sum()) / (len(pos) * len(neg)))
+from ppd.metrics import iou, uncertainty_auroc
 
 
 def main():
@@ -34,13 +26,7 @@ def main():
     d = PromptDefender.load(a.run)
     seg = d.segmenter
     world = defender_world(d, ProceduralScenes("train", a.scenes, seed=DEFENSE_SEED))
-    items = []
-    for i in range(a.scenes):
-        rec = world.image(i)
-        rng = np.random.default_rng([DEFENSE_SEED, 0, i])
-        obj = int(rng.integers(rec.scene.num_objects))
-        st, pts = ideal_start(rec, obj, d.config)
-        items.append((rec, obj, st, pts))
+    items = [it[:4] for it in bench_items(world, d.config, a.scenes)]
     res = {}
     for att in a.attackers:
         rolled = attack(bench_attacker(a.run, att, d, None), world, d.config, items)
@@ -71,7 +57,7 @@ def main():
             rows.setdefault("n_wrong", []).append(int(wrong.sum())); rows.setdefault("n", []).append(len(p))
         P, Y = np.concatenate(P), np.concatenate(Y)
         name = att.rstrip("/").split("/")[-1]
-        res[name] = {"auc": auc(P, Y), **{k: float(np.mean(v)) for k, v in rows.items()}}
+        res[name] = {"auc": uncertainty_auroc(P, Y), **{k: float(np.mean(v)) for k, v in rows.items()}}
         print(name, json.dumps({k: round(v, 3) for k, v in res[name].items()}), flush=True)
     json.dump(res, open(a.out, "w"), indent=1)
 

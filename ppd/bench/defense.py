@@ -172,6 +172,21 @@ def ideal_start(rec: Any, obj: int, cfg: dict[str, Any]) -> tuple[np.ndarray, np
     return st, pts
 
 
+def bench_items(world: PromptWorld, cfg: dict[str, Any], n_scenes: int, seed: int = 0) -> list[tuple]:
+    """The bench's sets on ``world``'s first ``n_scenes`` scenes: per scene ``(record,
+    object, ideal node_state, node_points, coarse PromptSet)``, scene i's object and
+    coarse prompts from ``default_rng([DEFENSE_SEED, seed, i])`` (the object uniformly,
+    as the environments draw it)."""
+    items = []
+    for i in range(n_scenes):
+        rec = world.image(i)
+        rng = np.random.default_rng([DEFENSE_SEED, seed, i])
+        obj = int(rng.integers(rec.scene.num_objects))
+        st, pts = ideal_start(rec, obj, cfg)
+        items.append((rec, obj, st, pts, coarse_prompts(rec.scene.masks[obj], rng).prompts))
+    return items
+
+
 def attack(attacker: Any, world: PromptWorld, cfg: dict[str, Any], starts: list) -> list[dict[str, Any]]:
     """The run's attacker acting greedily from ``starts`` ``(rec, obj, node_state,
     node_points)`` with its training step budget, all starts at once (one decoder call
@@ -191,18 +206,11 @@ def bench_domain(
 ) -> dict[str, Any]:
     """One row of the table: mean IoUs on ``n_scenes`` held-out scenes of ``domain``.
 
-    Scene i's object and coarse prompts come from ``default_rng([DEFENSE_SEED, seed, i])``
-    (the object uniformly, as the environments draw it).
+    Scenes, objects and prompt sets: :func:`bench_items`.
     """
     seg = defender.segmenter
     world = defender_world(defender, ProceduralScenes(domain, n_scenes, seed=DEFENSE_SEED))
-    items = []
-    for i in range(n_scenes):
-        rec = world.image(i)
-        rng = np.random.default_rng([DEFENSE_SEED, seed, i])
-        obj = int(rng.integers(rec.scene.num_objects))
-        st, pts = ideal_start(rec, obj, cfg)
-        items.append((rec, obj, st, pts, coarse_prompts(rec.scene.masks[obj], rng).prompts))
+    items = bench_items(world, cfg, n_scenes, seed)
 
     other = defender_variant(defender, select=other_rule(defender.select))
     plain = None if defender.label_filter is None else defender_variant(defender, label_filter=None)  # without its filter
