@@ -11,6 +11,8 @@ All share :class:`~ppd.agents.defender.PromptDefender`'s interface
 * :class:`ConsistencyFilter`: drops, one at a time, the point whose label disagrees most
   with how its image feature compares to the other points', while one disagrees
   (the signal of the defender's ``consistency`` prior, with no learning).
+* :class:`MaskConsensusFilter`: RANSAC over SAM's own one-click masks: the mask that
+  agrees with the most points wins, and the points that disagree with it are dropped.
 
 Unlike the defender, the baselines give SAM every input point (no patch merging).
 """
@@ -28,7 +30,7 @@ from ppd.agents.qnet import label_disagreement
 from ppd.envs.world import INACTIVE, NEGATIVE, POSITIVE
 from ppd.segmenter import Segmenter
 
-__all__ = ["BASELINES", "ConsistencyFilter", "GreedyScoreFilter", "NoRefine", "RandomDrop"]
+__all__ = ["BASELINES", "ConsistencyFilter", "GreedyScoreFilter", "MaskConsensusFilter", "NoRefine", "RandomDrop"]
 
 
 def _budget(max_steps: int | None) -> int | None:
@@ -194,7 +196,81 @@ class ConsistencyFilter(PromptRefiner):
         return make_result(coords, labels, kept, mask, score, steps, uncertainty=unc)
 
 
+def mask_agreement(masks: np.ndarray, coords: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """(M, K) bool: whether point k's label agrees with mask m (a positive inside it, a
+    negative outside it), for masks (M, H, W) and points (x, y) in their pixels (rounded
+    and clipped to the image)."""
+    h, w = masks.shape[-2:]
+    xy = np.clip(np.round(np.asarray(coords)).astype(np.int64), 0, [w - 1, h - 1])
+    return masks[:, xy[:, 1], xy[:, 0]] == (np.asarray(labels) == 1)[None]
+
+
+class MaskConsensusFilter(PromptRefiner):
+    """RANSAC over SAM's own one-click masks (no ground truth, no learning).
+
+    Hypotheses: the three multimask outputs of each positive point alone (one decoder
+    call with one row per positive). A point agrees with a hypothesis when it is a
+    positive inside the mask or a negative outside it (:func:`mask_agreement`). The
+    hypothesis with the most agreeing points wins (ties: SAM's predicted IoU, then input
+    order), and the points that disagree with it are dropped; with ``max_steps``, at
+    most that many, those that disagree with the most of the near-best hypotheses
+    (agreeing with at least the winner's count minus one) first. One more decoder call
+    gives the final mask; the last point is never dropped, and a set without positives
+    is returned unchanged.
+
+    It assumes most points are right: against an attacker that adds a few wrong-label
+    points to a good set it recovers nearly all of the ideal IoU, while on sets where
+    most labels are wrong (the defense bench's coarse sets) it has no majority to find
+    (README, session 19).
+
+    Args:
+        segmenter: the SAM2 segmenter.
+    """
+
+    def __init__(self, segmenter: Segmenter) -> None:
+        self.segmenter = segmenter
+
+    def vote(self, emb: Any, coords: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, int]:
+        """The winning hypothesis for checked prompts on an encoded image: ``(order,
+        count)``, the input indices of the points that disagree with it, most-disagreed
+        first (class docstring), and how many points agree with it. No hypothesis (no
+        positive, or fewer than two points): no point to drop, and all agree."""
+        pos = np.flatnonzero(labels == 1)
+        if len(pos) == 0 or len(coords) < 2:
+            return np.zeros(0, np.int64), len(coords)
+        pred = self.segmenter.predict(emb, coords[pos][:, None], np.ones((len(pos), 1), np.int64),
+                                      multimask=True, return_all=True)
+        masks = np.asarray(pred.masks).reshape(-1, *emb.orig_hw)  # (3P, H, W)
+        agree = mask_agreement(masks, coords, labels)
+        count = agree.sum(1)
+        scores = np.asarray(pred.scores, np.float64).reshape(-1)
+        best = max(range(len(count)), key=lambda j: (count[j], scores[j], -j))
+        drop = np.flatnonzero(~agree[best])
+        near = agree[count >= count[best] - 1]
+        return drop[np.argsort(near[:, drop].sum(0), kind="stable")].astype(np.int64), int(count[best])
+
+    def keep(self, emb: Any, coords: np.ndarray, labels: np.ndarray, max_steps: int | None = None) -> np.ndarray:
+        """(K,) bool: the points the filter keeps (checked prompts, an encoded image)."""
+        kept = np.ones(len(coords), bool)
+        if max_steps == 0:
+            return kept
+        order, _ = self.vote(emb, coords, labels)
+        kept[order if max_steps is None else order[:max_steps]] = False
+        if not kept.any():  # every point disagrees with the winner: keep the first positive
+            kept[np.flatnonzero(labels == 1)[0]] = True
+        return kept
+
+    def refine(self, image, point_coords, point_labels, max_steps=None) -> RefineResult:
+        coords, labels = check_prompts(point_coords, point_labels)
+        budget = _budget(max_steps)
+        emb = self.segmenter.encode(image)
+        kept = self.keep(emb, coords, labels, budget)
+        mask, score, unc = _decode(self.segmenter, emb, coords, labels, kept)
+        return make_result(coords, labels, kept, mask, score, int((~kept).sum()), uncertainty=unc)
+
+
 #: name -> class, for benchmarks.
 BASELINES = {
     "no_refine": NoRefine, "random_drop": RandomDrop, "greedy_score": GreedyScoreFilter, "consistency": ConsistencyFilter,
+    "mask_consensus": MaskConsensusFilter,
 }

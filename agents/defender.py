@@ -107,6 +107,10 @@ DEFAULT_POLISH = False
 # 80% to 84% of ideal and left coarse sets level, but made refine 43% slower (70.6 ->
 # 101.0 ms median, 2 threads; session 18, docs/ppd_experiments.md), past the 100 ms target.
 
+#: Whether :class:`PromptDefender` checks its output against a consensus of the input by
+#: default (its ``consensus``; session 19, README).
+DEFAULT_CONSENSUS = False
+
 #: Observation keys the defender's network must have been trained on.
 OBS_KEYS = ("state", "coverage", "offset", "step_frac", "score", "image_id")
 
@@ -509,6 +513,18 @@ class PromptDefender(PromptRefiner):
             sets. Measured in session 18 (README): it raises defended IoU from attacked
             sets and leaves refined coarse sets about level, for about 30 ms more per
             refine on the bundled model (off by default: :data:`DEFAULT_POLISH`).
+        consensus: check the output against a majority of the input's prompts (beyond the
+            paper). :class:`~ppd.agents.baselines.MaskConsensusFilter` finds the one-click
+            mask that agrees with the most input prompts (a positive inside, a negative
+            outside). If the refined mask agrees with fewer input prompts than that mask,
+            the defender refines again from the input without the prompts that disagree
+            with it, and the second output is returned when its mask agrees with more
+            input prompts than the first. Why: an attacker that adds a few wrong-label
+            prompts can make SAM segment another object, and the defender then relabels
+            the right prompts to follow it (session 19); the input's majority tells the
+            two apart without ground truth. Costs one decoder call (one row per positive
+            prompt) per set, and a second rollout where the check fails. It assumes most
+            input labels are right.
 
     Whether the observation has the per-node ``uncertainty`` (``node_uncertainty``) is
     read from the model's observation space: it is what the network was trained on.
@@ -534,10 +550,14 @@ class PromptDefender(PromptRefiner):
         label_filter: tuple[Any, float] | tuple[Any, float, str] | None = None,
         min_score_gain: float | None = None,
         polish: bool = DEFAULT_POLISH,
+        consensus: bool = DEFAULT_CONSENSUS,
     ) -> None:
         if not isinstance(polish, bool):
             raise ValueError(f"polish must be True or False, got {polish!r}")
         self.polish = polish
+        if not isinstance(consensus, bool):
+            raise ValueError(f"consensus must be True or False, got {consensus!r}")
+        self.consensus = consensus
         if min_score_gain is not None and (
             isinstance(min_score_gain, bool) or not isinstance(min_score_gain, numbers.Real) or not 0.0 <= min_score_gain < 1.0
         ):
@@ -607,6 +627,7 @@ class PromptDefender(PromptRefiner):
         precision: str | None = None,
         filter_relabel_gate: float | None = None,
         polish: bool = DEFAULT_POLISH,
+        consensus: bool = DEFAULT_CONSENSUS,
     ) -> PromptDefender:
         """Load the defender of a training run.
 
@@ -634,6 +655,8 @@ class PromptDefender(PromptRefiner):
             min_score_gain: the guard for good clicks, see the class docstring.
             polish: drop prompts from the output while that raises SAM's predicted IoU,
                 see the class docstring.
+            consensus: check the output against the input's majority, see the class
+                docstring.
             precision: the precision of the segmenter loaded here (see
                 :func:`ppd.segmenter.resolve_precision`; default fp32 for the bundled model).
 
@@ -705,6 +728,7 @@ class PromptDefender(PromptRefiner):
             label_filter=label_filter,
             min_score_gain=min_score_gain,
             polish=polish,
+            consensus=consensus,
         )
 
     # -- images -------------------------------------------------------------------------
@@ -891,6 +915,15 @@ class PromptDefender(PromptRefiner):
         """
         budgets = _per_set_budgets(images, coords_list, labels_list, max_steps)
         preps = [self._prepare(im, c, l, b) for im, c, l, b in zip(images, coords_list, labels_list, budgets)]
+        results = self._refine_prepared(preps)
+        if self.consensus:
+            results = self._check_consensus(preps, results)
+        if self.min_score_gain is not None:
+            results = [self._guard(p, r) for p, r in zip(preps, results)]
+        return results
+
+    def _refine_prepared(self, preps: list[dict[str, Any]]) -> list[RefineResult]:
+        """The label filter, the rollouts and the output masks of prepared sets."""
         starts = [p["st0"] for p in preps]
         gates: list[np.ndarray | None] = [None] * len(preps)
         filtered = [i for i, p in enumerate(preps) if p["budget"] > 0]
@@ -899,11 +932,42 @@ class PromptDefender(PromptRefiner):
             for i, p in zip(filtered, prob):
                 starts[i], gates[i] = self.label_filter.apply(preps[i]["st0"], p)
         rolled = self.refine_states([(p["rec"], st, p["pts"], p["budget"]) for p, st in zip(preps, starts)], gates)
-        results = [self._finish(p, st, steps + int((p["st0"] != start).sum()))  # plus the filter's changes
-                   for p, start, (st, _, steps) in zip(preps, starts, rolled)]
-        if self.min_score_gain is not None:
-            results = [self._guard(p, r) for p, r in zip(preps, results)]
-        return results
+        return [self._finish(p, st, steps + int((p["st0"] != start).sum()))  # plus the filter's changes
+                for p, start, (st, _, steps) in zip(preps, starts, rolled)]
+
+    def _check_consensus(self, preps: list[dict[str, Any]], results: list[RefineResult]) -> list[RefineResult]:
+        """``results``, each replaced by the refinement of its input without the prompts
+        that disagree with the input's consensus mask where that agrees with more input
+        prompts (class docstring, ``consensus``)."""
+        from ppd.agents.baselines import MaskConsensusFilter, mask_agreement
+
+        vote = MaskConsensusFilter(self.segmenter).vote
+        agree = [int(mask_agreement(r.mask[None], p["coords"], p["labels"]).sum()) for p, r in zip(preps, results)]
+        redo, keeps = [], []
+        for i, p in enumerate(preps):
+            if p["budget"] == 0:
+                continue
+            order, count = vote(p["rec"].embedding, p["coords"], p["labels"])
+            if len(order) == 0 or agree[i] >= count or len(order) == len(p["coords"]):
+                continue
+            keep = np.ones(len(p["coords"]), bool)
+            keep[order] = False
+            redo.append(i)
+            keeps.append(np.flatnonzero(keep))
+        if not redo:
+            return results
+        subs = [self._prepare_record(preps[i]["rec"], preps[i]["coords"][k], preps[i]["labels"][k], preps[i]["budget"])
+                for i, k in zip(redo, keeps)]
+        out = list(results)
+        for i, k, r in zip(redo, keeps, self._refine_prepared(subs)):
+            p = preps[i]
+            if int(mask_agreement(r.mask[None], p["coords"], p["labels"]).sum()) <= agree[i]:
+                continue
+            kept, relabeled = np.zeros(len(p["coords"]), bool), np.zeros(len(p["coords"]), bool)
+            kept[k[r.kept]], relabeled[k] = True, r.relabeled
+            out[i] = make_result(p["coords"], p["labels"], kept, r.mask, r.score, len(p["coords"]) - len(k) + r.steps,
+                                 relabeled=relabeled, index=k[r.index], uncertainty=r.uncertainty)
+        return out
 
     def _guard(self, prep: dict[str, Any], result: RefineResult) -> RefineResult:
         """``result``, or the input set unchanged when ``result``'s predicted IoU is not
@@ -924,7 +988,10 @@ class PromptDefender(PromptRefiner):
         budget = self.default_steps(len(coords)) if max_steps is None else int(max_steps)
         if budget < 0:
             raise ValueError(f"max_steps must be >= 0, got {max_steps}")
-        rec = self.record(image)
+        return self._prepare_record(self.record(image), coords, labels, budget)
+
+    def _prepare_record(self, rec: ImageRecord, coords: np.ndarray, labels: np.ndarray, budget: int) -> dict[str, Any]:
+        """:meth:`_prepare` for checked prompts on a registered image."""
         st0, pts, point_node = state_from_prompts(coords, labels, rec.grid, rec.hw, rec.centres)
         # Input point standing for each node: the one state_from_prompts wrote last.
         rep = np.full(self.num_nodes, -1, np.int64)
@@ -993,6 +1060,15 @@ def add_refine_arguments(p: argparse.ArgumentParser) -> None:
         default=DEFAULT_POLISH,
         help="after the defender, drop prompts one at a time while that raises SAM's predicted IoU (a greedy "
         f"removal from its output; default: {'on' if DEFAULT_POLISH else 'off'})",
+    )
+    p.add_argument(
+        "--consensus",
+        action=argparse.BooleanOptionalAction,
+        default=DEFAULT_CONSENSUS,
+        help="check the output against the input's majority: if SAM's one-click mask that agrees with the most "
+        "input points agrees with more of them than the refined mask, refine again without the points that "
+        "disagree with it and keep whichever mask agrees with more input points (for sets whose labels are "
+        f"mostly right; default: {'on' if DEFAULT_CONSENSUS else 'off'})",
     )
     p.add_argument(
         "--no-filter",
@@ -1064,6 +1140,7 @@ def run_refine(args: argparse.Namespace) -> int:
         args.run, segmenter=seg, device=args.device, select=args.select, patience=args.patience,
         use_filter=args.use_filter, filter_threshold=args.filter_threshold, filter_action=args.filter_action,
         filter_relabel_gate=args.filter_relabel_gate, min_score_gain=args.min_score_gain, polish=args.polish,
+        consensus=args.consensus,
         precision=None if seg is not None else args.precision,
     )
     defender.record(image)  # encode and build the graph first: the timing is refinement only

@@ -21,7 +21,9 @@ import yaml
 from gymnasium import spaces
 from stable_baselines3.common.vec_env import DummyVecEnv
 
-from ppd.agents.baselines import ConsistencyFilter, GreedyScoreFilter, NoRefine, RandomDrop, point_features
+from ppd.agents.baselines import (
+    ConsistencyFilter, GreedyScoreFilter, MaskConsensusFilter, NoRefine, RandomDrop, mask_agreement, point_features,
+)
 from ppd.agents.defender import PromptDefender, RefineResult, greedy_action, load_agent
 from ppd.agents.dqn import make_dqn
 from ppd.agents.train import TrainConfig
@@ -543,6 +545,112 @@ def test_consistency_filter_drops_the_points_that_look_like_the_other_label():
     assert res.kept.all() and res.steps == 0
     res = ConsistencyFilter(seg).refine(image, coords[[0, 6]], labels[[0, 6]])
     assert res.kept.sum() == 1 and res.steps == 1
+
+
+class ObjectsSegmenter:
+    """A fake SAM on a 32 x 64 image with object A (columns 0-23), background (24-39) and
+    object B (40-63). One click's three multimask outputs: its region (predicted IoU
+    0.9), the whole image (0.5) and a 5 x 5 square around it (0.3). A set of several
+    points: the union of its positives' regions. Records the rows of every call."""
+
+    HW = (32, 64)
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, bool]] = []
+
+    def encode(self, image):
+        return SimpleNamespace(orig_hw=self.HW, key="objects")
+
+    @staticmethod
+    def region(x: float) -> np.ndarray:
+        cols = np.arange(64)
+        lo, hi = (0, 24) if x < 24 else (24, 40) if x < 40 else (40, 64)
+        return np.broadcast_to((cols >= lo) & (cols < hi), ObjectsSegmenter.HW).copy()
+
+    def predict(self, emb, point_coords, point_labels, multimask=False, return_all=False):
+        c, lab = np.asarray(point_coords, float), np.asarray(point_labels)
+        if c.ndim == 2:
+            c, lab = c[None], lab[None]
+        self.calls.append((len(c), bool(return_all)))
+        if return_all:  # one click per row
+            masks = np.zeros((len(c), 3, *self.HW), bool)
+            for b, (x, y) in enumerate(c[:, 0]):
+                masks[b, 0] = self.region(x)
+                masks[b, 1] = True
+                masks[b, 2, max(0, int(y) - 2) : int(y) + 3, max(0, int(x) - 2) : int(x) + 3] = True
+            scores = np.tile([0.9, 0.5, 0.3], (len(c), 1)).astype(np.float32)
+            return Prediction(masks, scores, np.zeros((len(c), 3, 4, 4), np.float32))
+        masks = np.zeros((len(c), *self.HW), bool)
+        for b, (row, lr) in enumerate(zip(c, lab)):
+            for (x, _), l in zip(row, lr):
+                if l == 1:
+                    masks[b] |= self.region(x)
+        return Prediction(masks, np.full(len(c), 0.5, np.float32), np.zeros((len(c), 4, 4), np.float32))
+
+
+def test_mask_consensus_filter_drops_what_disagrees_with_the_majority_mask():
+    # positives: 4 on A, 2 on B (wrong); negatives: 3 on the background, 1 on A (wrong)
+    xs = [2, 8, 14, 20, 44, 56, 26, 30, 36, 10]
+    labels = np.array([1, 1, 1, 1, 1, 1, 0, 0, 0, 0])
+    coords = np.array([[x, 8 + 4 * (i % 3)] for i, x in enumerate(xs)], np.float32)
+    image = np.zeros((32, 64, 3), np.uint8)
+    seg = ObjectsSegmenter()
+    agree = mask_agreement(np.stack([seg.region(2), seg.region(44)]), coords, labels)
+    assert agree.sum(1).tolist() == [7, 6]  # A agrees with 7 of the 10 points, B with 6
+    res = MaskConsensusFilter(seg).refine(image, coords, labels)
+    np.testing.assert_array_equal(res.kept, [True] * 4 + [False, False] + [True] * 3 + [False])
+    assert res.steps == 3 and seg.calls == [(6, True), (1, False)]  # one row per positive, then the mask
+    np.testing.assert_array_equal(res.mask, seg.region(2))
+    np.testing.assert_array_equal(res.point_coords, coords[res.kept])
+    # with a budget, the most-disagreed first: the negative on A agrees with no near-best
+    # hypothesis but B; the positives on B with B and the whole image
+    res = MaskConsensusFilter(seg).refine(image, coords, labels, max_steps=1)
+    np.testing.assert_array_equal(res.kept, np.arange(10) != 9)
+    assert MaskConsensusFilter(seg).refine(image, coords, labels, max_steps=0).kept.all()
+    # no positive, or a single point: no hypothesis, nothing dropped
+    for c, l in ((coords[6:], labels[6:]), (coords[:1], labels[:1])):
+        res = MaskConsensusFilter(seg).refine(image, c, l)
+        assert res.kept.all() and res.steps == 0
+    with pytest.raises(ValueError, match="max_steps"):
+        MaskConsensusFilter(seg).refine(image, coords, labels, max_steps=-1)
+
+
+def test_consensus_refines_again_without_the_minority(tiny_segmenter, random_image, monkeypatch):
+    """consensus=True: when the consensus mask agrees with more input points than the
+    refined mask, refine again without the points that disagree with it, and return the
+    second output only if its mask agrees with more input points."""
+    stop = _scripted(tiny_segmenter, lambda obs: 2 * N)  # stops at once: the output is the input
+    CLABELS = np.array([1, 1, 1, 0, 1])  # on the random model, dropping point 0 or 2 raises the agreement
+    checked = PromptDefender(stop.model, tiny_segmenter, grid=GRID, max_steps=12, select="last", polish=False,
+                             consensus=True)
+
+    def agreement(c, l):
+        return int(mask_agreement(tiny_segmenter.predict(random_image, c, l).masks[:1], POINTS, CLABELS).sum())
+
+    plain = stop.refine(random_image, POINTS, CLABELS)
+    base = agreement(POINTS, CLABELS)
+    # each single drop, as the consensus' only disagreeing point
+    outcomes = set()
+    for k in range(len(POINTS)):
+        keep = np.arange(len(POINTS)) != k
+        monkeypatch.setattr(MaskConsensusFilter, "vote", lambda self, e, c, l, k=k: (np.array([k]), len(POINTS)))
+        res = checked.refine(random_image, POINTS, CLABELS)
+        _check_result(res, POINTS, CLABELS)
+        better = agreement(POINTS[keep], CLABELS[keep]) > base
+        outcomes.add(better)
+        np.testing.assert_array_equal(res.kept, keep if better else np.ones(len(POINTS), bool))
+        assert res.steps == int(better)
+        many = checked.refine_many([random_image] * 2, [POINTS, POINTS], [CLABELS, CLABELS])
+        for r in many:
+            np.testing.assert_array_equal(r.kept, res.kept)
+    assert outcomes == {True, False}, "the test set should have drops on both sides"
+    # a consensus that agrees with no more points than the output: the output stands
+    monkeypatch.setattr(MaskConsensusFilter, "vote", lambda self, e, c, l: (np.array([0]), base))
+    res = checked.refine(random_image, POINTS, CLABELS)
+    np.testing.assert_array_equal(res.kept, plain.kept)
+    for bad in (1, "yes", None):
+        with pytest.raises(ValueError, match="consensus must be True or False"):
+            PromptDefender(stop.model, tiny_segmenter, grid=GRID, consensus=bad)
 
 
 def test_no_refine_is_identity(tiny_segmenter, random_image):

@@ -46,6 +46,15 @@ def add_polish_argument(p: argparse.ArgumentParser) -> None:
                    f"(PromptDefender polish; default: {'on' if DEFAULT_POLISH else 'off'})")
 
 
+def add_consensus_argument(p: argparse.ArgumentParser) -> None:
+    """The defender benches' ``--consensus / --no-consensus`` option (``PromptDefender(consensus=...)``)."""
+    from ppd.agents.defender import DEFAULT_CONSENSUS
+
+    p.add_argument("--consensus", action=argparse.BooleanOptionalAction, default=DEFAULT_CONSENSUS,
+                   help="check the defender's output against the input's majority (PromptDefender consensus; "
+                   f"default: {'on' if DEFAULT_CONSENSUS else 'off'})")
+
+
 def apply_threads(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Set torch's CPU threads from ``args.threads`` (0 keeps torch's default); a negative
     value is a usage error."""

@@ -18,9 +18,9 @@ SAM2's mask for:
   truth at each point (a positive outside the object, a negative inside it; one prompt
   stays when all are wrong): what a defender that removes exactly those could reach, a
   reference for ``defended``, not a method;
-* ``attacked+greedy_score``, ``attacked+consistency``: the attacked set refined by the
-  ``GreedyScoreFilter`` or the ``ConsistencyFilter`` baseline instead (what recovery is
-  to be compared with);
+* ``attacked+greedy_score``, ``attacked+consistency``, ``attacked+mask_consensus``: the
+  attacked set refined by the ``GreedyScoreFilter``, ``ConsistencyFilter`` or
+  ``MaskConsensusFilter`` baseline instead (what recovery is to be compared with);
 * ``coarse``: ``coarse_prompts`` with their default noise (seeded per scene);
 * ``coarse+ppd``: the coarse set refined by the defender;
 * ``defended[R]``, ``coarse+ppd[R]``: the same with the defender's other output rule R
@@ -29,7 +29,7 @@ SAM2's mask for:
 * ``defended[no filter]``, ``coarse+ppd[no filter]``: the defender alone, without the
   run's wrong-label filter (``label_filter.zip``; empty for runs without one), so the
   filter's share shows;
-* ``random_drop``, ``greedy_score``, ``consistency``: the baselines of
+* ``random_drop``, ``greedy_score``, ``consistency``, ``mask_consensus``: the baselines of
   :mod:`ppd.agents.baselines` on the coarse set.
 
 Every IoU is that of ``segmenter.predict`` on the column's final points (no padding: the
@@ -51,9 +51,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ppd.bench import add_min_score_gain_argument, add_polish_argument, add_threads_argument, apply_threads, defender_variant, run_max_ideal_points
-from ppd.agents.baselines import ConsistencyFilter, GreedyScoreFilter, NoRefine, RandomDrop
-from ppd.agents.defender import DEFAULT_POLISH, DEFAULT_SELECT, SELECT_RULES, PromptDefender, load_agent, role_max_steps
+from ppd.bench import add_consensus_argument, add_min_score_gain_argument, add_polish_argument, add_threads_argument, apply_threads, defender_variant, run_max_ideal_points
+from ppd.agents.baselines import ConsistencyFilter, GreedyScoreFilter, MaskConsensusFilter, NoRefine, RandomDrop
+from ppd.agents.defender import DEFAULT_CONSENSUS, DEFAULT_POLISH, DEFAULT_SELECT, SELECT_RULES, PromptDefender, load_agent, role_max_steps
 from ppd.agents.train import greedy_rollout
 from ppd.cli import add_device_arguments
 from ppd.data.scenes import DOMAINS, ProceduralScenes
@@ -70,8 +70,8 @@ DEFENSE_SEED = 10_000_000 + 9000
 #: Columns of the IoU table, in order (``[other]``: the defender's other output rule).
 COLUMNS = (
     "ideal", "attacked", "defended", "defended[other]", "defended[no filter]", "attacked+oracle", "attacked+greedy_score",
-    "attacked+consistency", "coarse", "coarse+ppd", "coarse+ppd[other]", "coarse+ppd[no filter]", "random_drop", "greedy_score",
-    "consistency",
+    "attacked+consistency", "attacked+mask_consensus", "coarse", "coarse+ppd", "coarse+ppd[other]", "coarse+ppd[no filter]",
+    "random_drop", "greedy_score", "consistency", "mask_consensus",
 )
 
 
@@ -224,6 +224,7 @@ def bench_domain(
         ]
     baselines = {
         "random_drop": RandomDrop(seg, seed=seed), "greedy_score": GreedyScoreFilter(seg), "consistency": ConsistencyFilter(seg),
+        "mask_consensus": MaskConsensusFilter(seg),
     }
     no_refine = NoRefine(seg)
     kept, steps_taken, times = [], [], []
@@ -236,7 +237,7 @@ def bench_domain(
             if plain is not None:
                 vals["defended[no filter]"].append(float(iou(plain.refine(image, coords, labels).mask, gt)))
             vals["attacked+oracle"].append(state_iou(seg, rec, oracle_state(att["state"], att["points"], gt), att["points"], gt))
-            for name in ("greedy_score", "consistency"):
+            for name in ("greedy_score", "consistency", "mask_consensus"):
                 vals[f"attacked+{name}"].append(float(iou(baselines[name].refine(image, coords, labels).mask, gt)))
         defender.record(image)  # encoded and registered before timing
         vals["coarse"].append(float(iou(no_refine.refine(image, cp.point_coords, cp.point_labels).mask, gt)))
@@ -278,6 +279,7 @@ def run_benchmark(
     precision: str | None = None,
     attacker: str | None = None,
     polish: bool = DEFAULT_POLISH,
+    consensus: bool = DEFAULT_CONSENSUS,
 ) -> dict[str, Any]:
     """The whole table as a dict (see the module docstring).
 
@@ -298,6 +300,7 @@ def run_benchmark(
         attacker: another run folder or attacker ``.zip`` whose attacker makes the
             attacked sets (None: the run's own ``attacker.zip``, if any).
         polish: the defender's ``polish`` (every defender column uses it).
+        consensus: the defender's ``consensus`` (every defender column uses it).
 
     Raises:
         AttackerError: ``attacker`` names no readable attacker, or one whose graph has
@@ -307,7 +310,7 @@ def run_benchmark(
 
     defender = PromptDefender.load(
         run, device=device, select=select, patience=patience, min_score_gain=min_score_gain, precision=precision,
-        polish=polish,
+        polish=polish, consensus=consensus,
     )
     attacker_source = attacker or run
     attacker_model = bench_attacker(run, attacker, defender, device)
@@ -328,6 +331,7 @@ def run_benchmark(
         "patience": patience,
         "min_score_gain": min_score_gain,
         "polish": polish,
+        "consensus": consensus,
         "label_filter_threshold": None if defender.label_filter is None else defender.label_filter.threshold,
         "label_filter_action": None if defender.label_filter is None else defender.label_filter.action,
         "domains": rows,
@@ -376,6 +380,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="with --select score: end a rollout after this many steps without a better predicted IoU")
     add_min_score_gain_argument(p)
     add_polish_argument(p)
+    add_consensus_argument(p)
     p.add_argument("--out", default=None, help="also write the results as JSON here")
     add_threads_argument(p)
     args = p.parse_args(argv)
@@ -398,6 +403,7 @@ def main(argv: list[str] | None = None) -> int:
         results = run_benchmark(
             args.run, args.scenes, tuple(domains), args.seed, args.device, progress, args.env_steps, args.select,
             args.patience, args.min_score_gain, args.precision, args.attacker, args.polish,
+            args.consensus,
         )
     except AttackerError as exc:
         p.error(f"--attacker {args.attacker}: {exc}")

@@ -1,0 +1,91 @@
+"""Session 19: a consensus filter (RANSAC over SAM's own one-click masks), alone and with the defender.
+
+    python docs/scripts/s19_consensus.py DEF_RUN OUT.json [--attackers ATT_RUN ...] [--scenes 20] [--domains train,...]
+
+Hypotheses: the three multimask outputs of every positive point alone. A prompt agrees with
+a hypothesis mask when a positive lies inside it or a negative outside. The hypothesis with
+the most agreeing prompts wins (ties: SAM's predicted IoU); the prompts that disagree with
+it are removed (``K``), or relabelled (``KR``). ``K>D``: the defender on K's output;
+``D>K``: K on the defender's output. Also D, G (GreedyScoreFilter) and C
+(ConsistencyFilter). No ground truth except to score.
+"""
+import argparse, json
+import numpy as np
+import torch
+
+from ppd.agents.baselines import ConsistencyFilter, GreedyScoreFilter
+from ppd.agents.defender import PromptDefender
+from ppd.bench.defense import DEFENSE_SEED, attack, bench_attacker, bench_items, defender_world
+from ppd.data.scenes import ProceduralScenes
+from ppd.envs.world import prompts_from_state
+from ppd.metrics import iou
+
+
+def consensus(seg, emb, coords, labels, relabel=False):
+    pos = np.flatnonzero(labels == 1)
+    if len(pos) == 0 or len(coords) < 3:
+        return np.ones(len(coords), bool), labels.copy()
+    pred = seg.predict(emb, coords[pos][:, None], np.ones((len(pos), 1), np.int64), multimask=True, return_all=True)
+    masks = pred.masks.reshape(-1, *pred.masks.shape[-2:])  # (P*3, H, W)
+    scores = pred.scores.reshape(-1)
+    h, w = masks.shape[-2:]
+    xy = np.clip(np.round(coords).astype(int), 0, [w - 1, h - 1])
+    inside = masks[:, xy[:, 1], xy[:, 0]]  # (P*3, K)
+    agree = inside == (labels == 1)[None]
+    n = agree.sum(1)
+    best = max(range(len(n)), key=lambda j: (n[j], scores[j]))
+    ok = agree[best]
+    if relabel:
+        return np.ones(len(coords), bool), np.where(ok, labels, 1 - labels)
+    if not ok.any():
+        ok[pos[0]] = True
+    return ok, labels.copy()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("run"); ap.add_argument("out")
+    ap.add_argument("--attackers", nargs="*", default=None)
+    ap.add_argument("--scenes", type=int, default=20); ap.add_argument("--domains", default="train")
+    a = ap.parse_args()
+    torch.set_num_threads(1)
+    d = PromptDefender.load(a.run)
+    seg, cfg = d.segmenter, d.config
+    g, c = GreedyScoreFilter(seg), ConsistencyFilter(seg)
+    res = {}
+    for domain in a.domains.split(","):
+        world = defender_world(d, ProceduralScenes(domain, a.scenes, seed=DEFENSE_SEED))
+        items = bench_items(world, cfg, a.scenes)
+        sets = {"coarse": [(it[0], it[1], it[4].point_coords, it[4].point_labels) for it in items]}
+        if domain == "train":
+            for att in (a.attackers or [None]):
+                rolled = attack(bench_attacker(a.run, att, d, None), world, cfg, [it[:4] for it in items])
+                name = "own" if att is None else att.rstrip("/").split("/")[-1]
+                sets[f"att:{name}"] = [(it[0], it[1], *prompts_from_state(r["state"], r["points"])) for it, r in zip(items, rolled)]
+        for kind, lst in sets.items():
+            acc = {}
+            for rec, obj, coords, labels in lst:
+                gt, img, emb = rec.scene.masks[obj], rec.scene.image, rec.embedding
+                score = lambda cc, ll: float(iou(seg.predict(emb, cc, ll).masks[0], gt))
+                out = {"in": score(coords, labels)}
+                rd = d.refine(img, coords, labels)
+                out["D"] = float(iou(rd.mask, gt))
+                out["G"] = float(iou(g.refine(img, coords, labels).mask, gt))
+                out["C"] = float(iou(c.refine(img, coords, labels).mask, gt))
+                ok, ll = consensus(seg, emb, coords, labels)
+                out["K"] = score(coords[ok], ll[ok])
+                out["K>D"] = float(iou(d.refine(img, coords[ok], ll[ok]).mask, gt))
+                out["K>G"] = float(iou(g.refine(img, coords[ok], ll[ok]).mask, gt))
+                ok2, ll2 = consensus(seg, emb, rd.point_coords, rd.point_labels)
+                out["D>K"] = score(rd.point_coords[ok2], ll2[ok2])
+                _, llr = consensus(seg, emb, coords, labels, relabel=True)
+                out["KR"] = score(coords, llr)
+                for k, v in out.items():
+                    acc.setdefault(k, []).append(v)
+            res[f"{domain}/{kind}"] = acc
+            print(f"{domain}/{kind}", " ".join(f"{k}={np.mean(v):.3f}" for k, v in acc.items()), flush=True)
+    json.dump(res, open(a.out, "w"), indent=1)
+
+
+if __name__ == "__main__":
+    main()
