@@ -16,7 +16,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ImageEmbedding", "Prediction", "PromptSet", "Segmenter", "load_segmenter", "__version__",
     "PromptDefender", "RefineResult", "NoRefine", "RandomDrop", "GreedyScoreFilter",
-    "ConsistencyFilter",
+    "ConsistencyFilter", "MaskConsensusFilter",
 ]
 
 # The agents pull in stable-baselines3 and torch-geometric: load them on first use only.
@@ -27,6 +27,7 @@ _LAZY = {
     "RandomDrop": "ppd.agents.baselines",
     "GreedyScoreFilter": "ppd.agents.baselines",
     "ConsistencyFilter": "ppd.agents.baselines",
+    "MaskConsensusFilter": "ppd.agents.baselines",
 }
 
 
