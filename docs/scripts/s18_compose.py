@@ -13,9 +13,7 @@ import torch
 
 from ppd.agents.baselines import ConsistencyFilter, GreedyScoreFilter
 from ppd.agents.defender import PromptDefender
-from ppd.bench.defense import DEFENSE_SEED, attack, bench_attacker, bench_items, defender_world
-from ppd.data.scenes import ProceduralScenes
-from ppd.envs.world import prompts_from_state
+from ppd.bench.defense import bench_sets
 from ppd.metrics import iou
 
 
@@ -41,19 +39,9 @@ def main():
     torch.set_num_threads(1)
     d = PromptDefender.load(a.run)
     g, c = GreedyScoreFilter(d.segmenter), ConsistencyFilter(d.segmenter)
-    cfg = d.config
     res = {}
     for domain in a.domains.split(","):
-        world = defender_world(d, ProceduralScenes(domain, a.scenes, seed=DEFENSE_SEED))
-        items = bench_items(world, cfg, a.scenes)
-        sets = {"coarse": [(it[0], it[1], it[4].point_coords, it[4].point_labels) for it in items]}
-        if domain == "train":
-            for att in a.attackers:
-                model = bench_attacker(a.run, att, d, None)
-                rolled = attack(model, world, cfg, [it[:4] for it in items])
-                sets[f"att:{att.rstrip('/').split('/')[-1]}"] = [
-                    (it[0], it[1], *prompts_from_state(r["state"], r["points"])) for it, r in zip(items, rolled)
-                ]
+        sets = bench_sets(d, a.run, domain, a.scenes, tuple(a.attackers))
         for kind, lst in sets.items():
             acc = {}
             for rec, obj, coords, labels in lst:

@@ -15,9 +15,7 @@ import torch
 
 from ppd.agents.baselines import ConsistencyFilter, GreedyScoreFilter
 from ppd.agents.defender import PromptDefender
-from ppd.bench.defense import DEFENSE_SEED, attack, bench_attacker, bench_items, defender_world
-from ppd.data.scenes import ProceduralScenes
-from ppd.envs.world import prompts_from_state
+from ppd.bench.defense import bench_sets
 from ppd.metrics import iou
 
 
@@ -50,18 +48,11 @@ def main():
     a = ap.parse_args()
     torch.set_num_threads(1)
     d = PromptDefender.load(a.run)
-    seg, cfg = d.segmenter, d.config
+    seg = d.segmenter
     g, c = GreedyScoreFilter(seg), ConsistencyFilter(seg)
     res = {}
     for domain in a.domains.split(","):
-        world = defender_world(d, ProceduralScenes(domain, a.scenes, seed=DEFENSE_SEED))
-        items = bench_items(world, cfg, a.scenes)
-        sets = {"coarse": [(it[0], it[1], it[4].point_coords, it[4].point_labels) for it in items]}
-        if domain == "train":
-            for att in (a.attackers or [None]):
-                rolled = attack(bench_attacker(a.run, att, d, None), world, cfg, [it[:4] for it in items])
-                name = "own" if att is None else att.rstrip("/").split("/")[-1]
-                sets[f"att:{name}"] = [(it[0], it[1], *prompts_from_state(r["state"], r["points"])) for it, r in zip(items, rolled)]
+        sets = bench_sets(d, a.run, domain, a.scenes, tuple(a.attackers or [None]))
         for kind, lst in sets.items():
             acc = {}
             for rec, obj, coords, labels in lst:

@@ -195,6 +195,29 @@ def attack(attacker: Any, world: PromptWorld, cfg: dict[str, Any], starts: list)
     return greedy_rollout(attacker, world, "attacker", starts, steps)
 
 
+def bench_sets(
+    defender: PromptDefender, run: str, domain: str, n_scenes: int, attackers: tuple[str | None, ...] = (None,),
+    seed: int = 0,
+) -> dict[str, list[tuple]]:
+    """The bench's prompt sets on ``domain`` as ``(record, object, coords, labels)``, for
+    scripts that compare refiners on them: ``"coarse"``, and on the training domain
+    ``"att:NAME"`` per attacker (a run folder or ``.zip``; None: ``run``'s own, named
+    ``own``; skipped when the run has none), its greedy result from each scene's ideal
+    start (:func:`bench_items`)."""
+    world = defender_world(defender, ProceduralScenes(domain, n_scenes, seed=DEFENSE_SEED))
+    items = bench_items(world, defender.config, n_scenes, seed)
+    sets = {"coarse": [(it[0], it[1], it[4].point_coords, it[4].point_labels) for it in items]}
+    if domain == "train":
+        for att in attackers:
+            model = bench_attacker(run, att, defender, None)
+            if model is None:
+                continue
+            rolled = attack(model, world, defender.config, [it[:4] for it in items])
+            name = "own" if att is None else str(att).rstrip("/").split("/")[-1]
+            sets[f"att:{name}"] = [(it[0], it[1], *prompts_from_state(r["state"], r["points"])) for it, r in zip(items, rolled)]
+    return sets
+
+
 def bench_domain(
     defender: PromptDefender,
     attacker: Any | None,
