@@ -708,6 +708,26 @@ def test_defense_bench_smoke(run_dir):
     assert "train" in format_table(res)
 
 
+def test_bench_sets_are_the_bench_draw(run_dir, tiny_segmenter):
+    """bench_sets: the bench's coarse sets (bench_items) on every domain, and on the
+    training domain each attacker's sets, named by attacker (own: the run's)."""
+    from ppd.bench.defense import DEFENSE_SEED, bench_items, bench_sets, defender_world
+
+    d = PromptDefender.load(run_dir, segmenter=tiny_segmenter, device="cpu")
+    sets = bench_sets(d, str(run_dir), "train", 2, (None, str(run_dir)))
+    assert list(sets) == ["coarse", "att:own", f"att:{run_dir.name}"]
+    items = bench_items(defender_world(d, ProceduralScenes("train", 2, seed=DEFENSE_SEED)), d.config, 2)
+    for (rec, obj, coords, labels), it in zip(sets["coarse"], items):
+        assert obj == it[1] and np.array_equal(rec.scene.image, it[0].scene.image)
+        np.testing.assert_array_equal(coords, it[4].point_coords)
+        np.testing.assert_array_equal(labels, it[4].point_labels)
+    for a, b in zip(sets["att:own"], sets[f"att:{run_dir.name}"]):  # the same attacker file
+        assert a[2].shape[1] == 2 and set(a[3].tolist()) <= {0, 1}
+        np.testing.assert_array_equal(a[2], b[2])
+        np.testing.assert_array_equal(a[3], b[3])
+    assert list(bench_sets(d, str(run_dir), "texture", 1)) == ["coarse"]
+
+
 def test_defense_bench_cross_play_attacker(run_dir, tiny_segmenter, tmp_path):
     """--attacker: another run's attacker makes the attacked sets (the same file as the
     run's own gives the same column); a missing one, or one on another graph size, is an
