@@ -19,7 +19,7 @@ Unlike the defender, the baselines give SAM every input point (no patch merging)
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -235,19 +235,36 @@ class MaskConsensusFilter(PromptRefiner):
         count)``, the input indices of the points that disagree with it, most-disagreed
         first (class docstring), and how many points agree with it. No hypothesis (no
         positive, or fewer than two points): no point to drop, and all agree."""
-        pos = np.flatnonzero(labels == 1)
-        if len(pos) == 0 or len(coords) < 2:
-            return np.zeros(0, np.int64), len(coords)
-        pred = self.segmenter.predict(emb, coords[pos][:, None], np.ones((len(pos), 1), np.int64),
-                                      multimask=True, return_all=True)
-        masks = np.asarray(pred.masks).reshape(-1, *emb.orig_hw)  # (3P, H, W)
-        agree = mask_agreement(masks, coords, labels)
-        count = agree.sum(1)
-        scores = np.asarray(pred.scores, np.float64).reshape(-1)
-        best = max(range(len(count)), key=lambda j: (count[j], scores[j], -j))
-        drop = np.flatnonzero(~agree[best])
-        near = agree[count >= count[best] - 1]
-        return drop[np.argsort(near[:, drop].sum(0), kind="stable")].astype(np.int64), int(count[best])
+        return self.votes([emb], [coords], [labels])[0]
+
+    def votes(
+        self, embs: Sequence[Any], coords_list: Sequence[np.ndarray], labels_list: Sequence[np.ndarray]
+    ) -> list[tuple[np.ndarray, int]]:
+        """:meth:`vote` for several prompt sets, with one decoder call for all their
+        one-click hypotheses (``predict`` when every set is on the same embedding, else
+        ``predict_batch``)."""
+        out = [(np.zeros(0, np.int64), len(c)) for c in coords_list]
+        rows = [(i, k) for i, (c, l) in enumerate(zip(coords_list, labels_list)) if len(c) >= 2
+                for k in np.flatnonzero(l == 1)]
+        if not rows:
+            return out
+        clicks, ones = np.stack([coords_list[i][k] for i, k in rows])[:, None], np.ones((len(rows), 1), np.int64)
+        if all(e is embs[0] for e in embs):
+            pred = self.segmenter.predict(embs[0], clicks, ones, multimask=True, return_all=True)
+        else:
+            pred = self.segmenter.predict_batch([embs[i] for i, _ in rows], clicks, ones, multimask=True, return_all=True)
+        owner = np.array([i for i, _ in rows])
+        for i in np.unique(owner):
+            mine = np.flatnonzero(owner == i)
+            masks = np.concatenate([np.asarray(pred.masks[r]) for r in mine])  # (3P, H, W)
+            agree = mask_agreement(masks, coords_list[i], labels_list[i])
+            count = agree.sum(1)
+            scores = np.concatenate([np.asarray(pred.scores[r], np.float64) for r in mine])
+            best = max(range(len(count)), key=lambda j: (count[j], scores[j], -j))
+            drop = np.flatnonzero(~agree[best])
+            near = agree[count >= count[best] - 1]
+            out[i] = drop[np.argsort(near[:, drop].sum(0), kind="stable")].astype(np.int64), int(count[best])
+        return out
 
     def keep(self, emb: Any, coords: np.ndarray, labels: np.ndarray, max_steps: int | None = None) -> np.ndarray:
         """(K,) bool: the points the filter keeps (checked prompts, an encoded image)."""

@@ -945,13 +945,15 @@ class PromptDefender(PromptRefiner):
         prompts (class docstring, ``consensus``)."""
         from ppd.agents.baselines import MaskConsensusFilter, mask_agreement
 
-        vote = MaskConsensusFilter(self.segmenter).vote
-        agree = [int(mask_agreement(r.mask[None], p["coords"], p["labels"]).sum()) for p, r in zip(preps, results)]
+        live = [i for i, p in enumerate(preps) if p["budget"] > 0]
+        if not live:
+            return results
+        votes = MaskConsensusFilter(self.segmenter).votes(  # one decoder call for every set's hypotheses
+            [preps[i]["rec"].embedding for i in live], [preps[i]["coords"] for i in live], [preps[i]["labels"] for i in live])
+        agree = {i: int(mask_agreement(results[i].mask[None], preps[i]["coords"], preps[i]["labels"]).sum()) for i in live}
         redo, keeps = [], []
-        for i, p in enumerate(preps):
-            if p["budget"] == 0:
-                continue
-            order, count = vote(p["rec"].embedding, p["coords"], p["labels"])
+        for i, (order, count) in zip(live, votes):
+            p = preps[i]
             if len(order) == 0 or agree[i] >= count or len(order) == len(p["coords"]):
                 continue
             keep = np.ones(len(p["coords"]), bool)
@@ -1023,6 +1025,30 @@ class PromptDefender(PromptRefiner):
 
 
 # ----------------------------------------------------------------------------- CLI
+def add_polish_argument(p: argparse.ArgumentParser) -> None:
+    """``--polish / --no-polish`` (``PromptDefender(polish=...)``), for ``ppd refine`` and the benches."""
+    p.add_argument(
+        "--polish",
+        action=argparse.BooleanOptionalAction,
+        default=DEFAULT_POLISH,
+        help="after the defender, drop prompts one at a time while that raises SAM's predicted IoU (a greedy "
+        f"removal from its output; default: {'on' if DEFAULT_POLISH else 'off'})",
+    )
+
+
+def add_consensus_argument(p: argparse.ArgumentParser) -> None:
+    """``--consensus / --no-consensus`` (``PromptDefender(consensus=...)``), for ``ppd refine`` and the benches."""
+    p.add_argument(
+        "--consensus",
+        action=argparse.BooleanOptionalAction,
+        default=DEFAULT_CONSENSUS,
+        help="check the output against the input's majority: if SAM's one-click mask that agrees with the most "
+        "input points agrees with more of them than the refined mask, refine again without the points that "
+        "disagree with it and keep whichever mask agrees with more input points (for sets whose labels are "
+        f"mostly right; default: {'on' if DEFAULT_CONSENSUS else 'off'})",
+    )
+
+
 def add_refine_arguments(p: argparse.ArgumentParser) -> None:
     """Flags of ``ppd refine``."""
     from ppd.cli import add_device_arguments
@@ -1058,22 +1084,8 @@ def add_refine_arguments(p: argparse.ArgumentParser) -> None:
         help="guard for good clicks: return the input unchanged unless SAM's predicted IoU of the refined set is at "
         "least this much higher (0.02 was chosen on held-out scenes for the bundled defender; default: off)",
     )
-    p.add_argument(
-        "--polish",
-        action=argparse.BooleanOptionalAction,
-        default=DEFAULT_POLISH,
-        help="after the defender, drop prompts one at a time while that raises SAM's predicted IoU (a greedy "
-        f"removal from its output; default: {'on' if DEFAULT_POLISH else 'off'})",
-    )
-    p.add_argument(
-        "--consensus",
-        action=argparse.BooleanOptionalAction,
-        default=DEFAULT_CONSENSUS,
-        help="check the output against the input's majority: if SAM's one-click mask that agrees with the most "
-        "input points agrees with more of them than the refined mask, refine again without the points that "
-        "disagree with it and keep whichever mask agrees with more input points (for sets whose labels are "
-        f"mostly right; default: {'on' if DEFAULT_CONSENSUS else 'off'})",
-    )
+    add_polish_argument(p)
+    add_consensus_argument(p)
     p.add_argument(
         "--no-filter",
         dest="use_filter",

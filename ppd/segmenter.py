@@ -493,6 +493,7 @@ class Segmenter:
         point_coords: np.ndarray,
         point_labels: np.ndarray,
         multimask: bool = False,
+        return_all: bool = False,
     ) -> Prediction:
         """Decode one prompt set per embedding, rows on different images, in ONE decoder call.
 
@@ -501,10 +502,12 @@ class Segmenter:
             point_coords: (B, K, 2) points (x, y) in pixels of each row's image.
             point_labels: (B, K): 1 foreground, 0 background, -1 padding.
             multimask: keep the best of three masks per row (highest predicted IoU).
+            return_all: with ``multimask``, return all three masks per row.
 
         Returns:
-            :class:`Prediction`; ``masks`` is (B, H, W) when all images share one size,
-            else an object array of B (H_b, W_b) masks.
+            :class:`Prediction`; ``masks`` is (B, H, W) ((B, 3, H, W) with ``return_all``)
+            when all images share one size, else an object array of B (H_b, W_b) (or
+            (3, H_b, W_b)) masks.
         """
         if len(embeddings) == 0:
             raise ValueError("predict_batch needs at least one embedding")
@@ -517,7 +520,7 @@ class Segmenter:
         prompts = self._prompts_to_tensors(hw, coords, point_labels, None, None)
         embed = torch.cat([e.image_embed for e in embeddings])
         high = [torch.cat([e.high_res_feats[i] for e in embeddings]) for i in range(len(embeddings[0].high_res_feats))]
-        return self._decode_rows(embed, high, [e.orig_hw for e in embeddings], prompts, multimask, False)
+        return self._decode_rows(embed, high, [e.orig_hw for e in embeddings], prompts, multimask, return_all)
 
     def _decode_rows(self, embed, high, sizes, prompts, multimask, return_all) -> Prediction:
         coords, labels, boxes_t, mask_t = prompts

@@ -633,7 +633,7 @@ def test_consensus_refines_again_without_the_minority(tiny_segmenter, random_ima
     outcomes = set()
     for k in range(len(POINTS)):
         keep = np.arange(len(POINTS)) != k
-        monkeypatch.setattr(MaskConsensusFilter, "vote", lambda self, e, c, l, k=k: (np.array([k]), len(POINTS)))
+        monkeypatch.setattr(MaskConsensusFilter, "votes", lambda self, e, c, l, k=k: [(np.array([k]), len(POINTS))] * len(c))
         res = checked.refine(random_image, POINTS, CLABELS)
         _check_result(res, POINTS, CLABELS)
         better = agreement(POINTS[keep], CLABELS[keep]) > base
@@ -645,7 +645,7 @@ def test_consensus_refines_again_without_the_minority(tiny_segmenter, random_ima
             np.testing.assert_array_equal(r.kept, res.kept)
     assert outcomes == {True, False}, "the test set should have drops on both sides"
     # a consensus that agrees with no more points than the output: the output stands
-    monkeypatch.setattr(MaskConsensusFilter, "vote", lambda self, e, c, l: (np.array([0]), base))
+    monkeypatch.setattr(MaskConsensusFilter, "votes", lambda self, e, c, l: [(np.array([0]), base)] * len(c))
     res = checked.refine(random_image, POINTS, CLABELS)
     np.testing.assert_array_equal(res.kept, plain.kept)
     for bad in (1, "yes", None):

@@ -13,30 +13,22 @@ import argparse, json
 import numpy as np
 import torch
 
-from ppd.agents.baselines import ConsistencyFilter, GreedyScoreFilter
+from ppd.agents.baselines import ConsistencyFilter, GreedyScoreFilter, MaskConsensusFilter
 from ppd.agents.defender import PromptDefender
 from ppd.bench.defense import bench_sets
 from ppd.metrics import iou
 
 
 def consensus(seg, emb, coords, labels, relabel=False):
-    pos = np.flatnonzero(labels == 1)
-    if len(pos) == 0 or len(coords) < 3:
-        return np.ones(len(coords), bool), labels.copy()
-    pred = seg.predict(emb, coords[pos][:, None], np.ones((len(pos), 1), np.int64), multimask=True, return_all=True)
-    masks = pred.masks.reshape(-1, *pred.masks.shape[-2:])  # (P*3, H, W)
-    scores = pred.scores.reshape(-1)
-    h, w = masks.shape[-2:]
-    xy = np.clip(np.round(coords).astype(int), 0, [w - 1, h - 1])
-    inside = masks[:, xy[:, 1], xy[:, 0]]  # (P*3, K)
-    agree = inside == (labels == 1)[None]
-    n = agree.sum(1)
-    best = max(range(len(n)), key=lambda j: (n[j], scores[j]))
-    ok = agree[best]
+    """ppd.MaskConsensusFilter's vote: (kept, labels); with ``relabel``, every point
+    kept and the disagreeing ones flipped (``KR``)."""
+    order, _ = MaskConsensusFilter(seg).vote(emb, coords, labels)
+    ok = np.ones(len(coords), bool)
+    ok[order] = False
     if relabel:
         return np.ones(len(coords), bool), np.where(ok, labels, 1 - labels)
     if not ok.any():
-        ok[pos[0]] = True
+        ok[np.flatnonzero(labels == 1)[0]] = True
     return ok, labels.copy()
 
 

@@ -37,24 +37,6 @@ def add_min_score_gain_argument(p: argparse.ArgumentParser) -> None:
                    help="the defender's guard for good clicks (PromptDefender min_score_gain, e.g. 0.02; default: off)")
 
 
-def add_polish_argument(p: argparse.ArgumentParser) -> None:
-    """The defender benches' ``--polish / --no-polish`` option (``PromptDefender(polish=...)``)."""
-    from ppd.agents.defender import DEFAULT_POLISH
-
-    p.add_argument("--polish", action=argparse.BooleanOptionalAction, default=DEFAULT_POLISH,
-                   help="drop prompts from the defender's output while that raises SAM's predicted IoU "
-                   f"(PromptDefender polish; default: {'on' if DEFAULT_POLISH else 'off'})")
-
-
-def add_consensus_argument(p: argparse.ArgumentParser) -> None:
-    """The defender benches' ``--consensus / --no-consensus`` option (``PromptDefender(consensus=...)``)."""
-    from ppd.agents.defender import DEFAULT_CONSENSUS
-
-    p.add_argument("--consensus", action=argparse.BooleanOptionalAction, default=DEFAULT_CONSENSUS,
-                   help="check the defender's output against the input's majority (PromptDefender consensus; "
-                   f"default: {'on' if DEFAULT_CONSENSUS else 'off'})")
-
-
 def apply_threads(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Set torch's CPU threads from ``args.threads`` (0 keeps torch's default); a negative
     value is a usage error."""

@@ -30,9 +30,9 @@ from typing import Any, Callable
 import numpy as np
 
 from ppd.agents.baselines import GreedyScoreFilter, NoRefine
-from ppd.agents.defender import DEFAULT_SELECT, SELECT_RULES, PromptDefender
+from ppd.agents.defender import DEFAULT_SELECT, SELECT_RULES, PromptDefender, add_consensus_argument, add_polish_argument
 from ppd.cli import add_device_arguments
-from ppd.bench import add_consensus_argument, add_min_score_gain_argument, add_polish_argument, add_threads_argument, apply_threads, defender_variant, run_max_ideal_points
+from ppd.bench import add_min_score_gain_argument, add_threads_argument, apply_threads, defender_variant, run_max_ideal_points
 from ppd.data.scenes import DOMAINS, ProceduralScenes
 from ppd.metrics import iou
 from ppd.prompts import PromptSet, coarse_prompts, ideal_prompts
