@@ -653,6 +653,34 @@ def test_consensus_refines_again_without_the_minority(tiny_segmenter, random_ima
             PromptDefender(stop.model, tiny_segmenter, grid=GRID, consensus=bad)
 
 
+def test_consensus_quorum_gates_the_check(tiny_segmenter, random_image, monkeypatch):
+    """consensus_quorum: the check acts only when the consensus mask agrees with at least
+    that share of the input points (a share of exactly the quorum counts)."""
+    stop = _scripted(tiny_segmenter, lambda obs: 2 * N)  # the output is the input
+    CLABELS = np.ones(len(POINTS), np.int64)  # on the random model, its mask agrees with 2 of 5; dropping point 2 raises that
+    n = len(POINTS)
+
+    def agreement(c, l):
+        return int(mask_agreement(tiny_segmenter.predict(random_image, c, l).masks[:1], POINTS, CLABELS).sum())
+
+    base = agreement(POINTS, CLABELS)
+    k = next(k for k in range(n) if agreement(np.delete(POINTS, k, 0), np.delete(CLABELS, k)) > base)
+    count = base + 1  # the consensus beats the output by one point
+    monkeypatch.setattr(MaskConsensusFilter, "votes", lambda self, e, c, l: [(np.array([k]), count)] * len(c))
+    cases = [(count / n, True), (0.0, True), (1.0, count == n)] + ([((count + 0.5) / n, False)] if count < n else [])
+    assert any(not acts for _, acts in cases), f"count {count} of {n}: no case below the quorum"
+    for quorum, acts in cases:
+        d = PromptDefender(stop.model, tiny_segmenter, grid=GRID, max_steps=12, select="last", consensus=True,
+                           consensus_quorum=quorum)
+        assert d.consensus_quorum == quorum
+        res = d.refine(random_image, POINTS, CLABELS)
+        np.testing.assert_array_equal(res.kept, np.arange(n) != k if acts else np.ones(n, bool), err_msg=f"quorum {quorum}")
+    assert PromptDefender(stop.model, tiny_segmenter, grid=GRID).consensus_quorum == pytest.approx(2 / 3)
+    for bad in (-0.1, 1.5, True, "2/3", None):
+        with pytest.raises(ValueError, match=r"consensus_quorum must be a number in \[0, 1\]"):
+            PromptDefender(stop.model, tiny_segmenter, grid=GRID, consensus=True, consensus_quorum=bad)
+
+
 def test_no_refine_is_identity(tiny_segmenter, random_image):
     res = NoRefine(tiny_segmenter).refine(random_image, POINTS, LABELS)
     _check_result(res, POINTS, LABELS)

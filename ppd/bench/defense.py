@@ -54,7 +54,7 @@ import numpy as np
 from ppd.bench import add_min_score_gain_argument, add_threads_argument, apply_threads, defender_variant, run_max_ideal_points
 from ppd.agents.baselines import ConsistencyFilter, GreedyScoreFilter, MaskConsensusFilter, NoRefine, RandomDrop
 from ppd.agents.defender import (
-    DEFAULT_CONSENSUS, DEFAULT_POLISH, DEFAULT_SELECT, SELECT_RULES, PromptDefender, add_consensus_argument, add_polish_argument,
+    DEFAULT_CONSENSUS, DEFAULT_CONSENSUS_QUORUM, DEFAULT_POLISH, DEFAULT_SELECT, SELECT_RULES, PromptDefender, add_consensus_argument, add_polish_argument,
     load_agent, role_max_steps,
 )
 from ppd.agents.train import greedy_rollout
@@ -306,6 +306,7 @@ def run_benchmark(
     attacker: str | None = None,
     polish: bool = DEFAULT_POLISH,
     consensus: bool = DEFAULT_CONSENSUS,
+    consensus_quorum: float = DEFAULT_CONSENSUS_QUORUM,
 ) -> dict[str, Any]:
     """The whole table as a dict (see the module docstring).
 
@@ -327,6 +328,7 @@ def run_benchmark(
             attacked sets (None: the run's own ``attacker.zip``, if any).
         polish: the defender's ``polish`` (every defender column uses it).
         consensus: the defender's ``consensus`` (every defender column uses it).
+        consensus_quorum: the defender's ``consensus_quorum``.
 
     Raises:
         AttackerError: ``attacker`` names no readable attacker, or one whose graph has
@@ -336,7 +338,7 @@ def run_benchmark(
 
     defender = PromptDefender.load(
         run, device=device, select=select, patience=patience, min_score_gain=min_score_gain, precision=precision,
-        polish=polish, consensus=consensus,
+        polish=polish, consensus=consensus, consensus_quorum=consensus_quorum,
     )
     attacker_source = attacker or run
     attacker_model = bench_attacker(run, attacker, defender, device)
@@ -358,6 +360,7 @@ def run_benchmark(
         "min_score_gain": min_score_gain,
         "polish": polish,
         "consensus": consensus,
+        "consensus_quorum": consensus_quorum,
         "label_filter_threshold": None if defender.label_filter is None else defender.label_filter.threshold,
         "label_filter_action": None if defender.label_filter is None else defender.label_filter.action,
         "domains": rows,
@@ -429,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
         results = run_benchmark(
             args.run, args.scenes, tuple(domains), args.seed, args.device, progress, args.env_steps, args.select,
             args.patience, args.min_score_gain, args.precision, args.attacker, args.polish,
-            args.consensus,
+            args.consensus, args.consensus_quorum,
         )
     except AttackerError as exc:
         p.error(f"--attacker {args.attacker}: {exc}")

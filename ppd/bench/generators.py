@@ -148,11 +148,11 @@ def main(argv: list[str] | None = None) -> int:
 
     defender = PromptDefender.load(
         args.run, device=args.device, select=args.select, min_score_gain=args.min_score_gain, precision=args.precision,
-        polish=args.polish, consensus=args.consensus,
+        polish=args.polish, consensus=args.consensus, consensus_quorum=args.consensus_quorum,
     )
     with tqdm(total=args.scenes * len(domains), desc="scenes", unit="scene", dynamic_ncols=True) as bar:
         results = run_benchmark(defender, tuple(domains), args.scenes, tuple(gens), args.seed, lambda: bar.update(1))
-    print(f"defender: {args.run or 'bundled'} (select {args.select}, min_score_gain {args.min_score_gain}, polish {'on' if args.polish else 'off'}, consensus {'on' if args.consensus else 'off'}); {args.scenes} scenes per domain; mean IoU of SAM2's mask")
+    print(f"defender: {args.run or 'bundled'} (select {args.select}, min_score_gain {args.min_score_gain}, polish {'on' if args.polish else 'off'}, consensus {f'on (quorum {args.consensus_quorum:.3g})' if args.consensus else 'off'}); {args.scenes} scenes per domain; mean IoU of SAM2's mask")
     print(format_table(results))
     seg = defender.segmenter
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         from ppd.io import save_json
 
-        save_json({"run": args.run or "bundled", "select": args.select, "min_score_gain": args.min_score_gain, "polish": args.polish, "consensus": args.consensus, "scenes_per_domain": args.scenes, "seed": args.seed,
+        save_json({"run": args.run or "bundled", "select": args.select, "min_score_gain": args.min_score_gain, "polish": args.polish, "consensus": args.consensus, "consensus_quorum": args.consensus_quorum, "scenes_per_domain": args.scenes, "seed": args.seed,
                    "scene_seed": GENERATOR_SEED, "domains": results}, args.out)
         print(f"wrote {args.out}")
     return 0
