@@ -238,12 +238,14 @@ class MaskConsensusFilter(PromptRefiner):
         return self.votes([emb], [coords], [labels])[0]
 
     def votes(
-        self, embs: Sequence[Any], coords_list: Sequence[np.ndarray], labels_list: Sequence[np.ndarray]
-    ) -> list[tuple[np.ndarray, int]]:
+        self, embs: Sequence[Any], coords_list: Sequence[np.ndarray], labels_list: Sequence[np.ndarray],
+        with_masks: bool = False,
+    ) -> list[tuple]:
         """:meth:`vote` for several prompt sets, with one decoder call for all their
         one-click hypotheses (``predict`` when every set is on the same embedding, else
-        ``predict_batch``)."""
-        out = [(np.zeros(0, np.int64), len(c)) for c in coords_list]
+        ``predict_batch``). ``with_masks``: each tuple also holds the winning mask ((H, W)
+        bool; None for a set without a hypothesis)."""
+        out: list[tuple] = [(np.zeros(0, np.int64), len(c)) + ((None,) if with_masks else ()) for c in coords_list]
         rows = [(i, k) for i, (c, l) in enumerate(zip(coords_list, labels_list)) if len(c) >= 2
                 for k in np.flatnonzero(l == 1)]
         if not rows:
@@ -263,7 +265,8 @@ class MaskConsensusFilter(PromptRefiner):
             best = max(range(len(count)), key=lambda j: (count[j], scores[j], -j))
             drop = np.flatnonzero(~agree[best])
             near = agree[count >= count[best] - 1]
-            out[i] = drop[np.argsort(near[:, drop].sum(0), kind="stable")].astype(np.int64), int(count[best])
+            out[i] = (drop[np.argsort(near[:, drop].sum(0), kind="stable")].astype(np.int64), int(count[best])) + (
+                (masks[best],) if with_masks else ())
         return out
 
     def keep(self, emb: Any, coords: np.ndarray, labels: np.ndarray, max_steps: int | None = None) -> np.ndarray:

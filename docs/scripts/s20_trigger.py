@@ -14,7 +14,8 @@ the winning one-click hypothesis, ``MaskConsensusFilter.vote``), ``agree_in``/``
 the mask of the defender's output on the input without the disagreeing prompts, and
 ``agree_K0`` SAM's mask of that reduced input itself), the IoUs ``in``/``D``/``K``/``K0``
 against ground truth, SAM's scores of D and K, and ``pwrong``,
-the label filter's mean wrong-label probability over the input prompts. The defender is
+the label filter's mean wrong-label probability over the input prompts, and ``iou_DC``, the
+IoU of the defender's output mask with the consensus mask. The defender is
 run with ``consensus`` off; ``K`` is what the check would compute. No ground truth is used
 except to score.
 """
@@ -73,11 +74,12 @@ def main():
                 emb = d.record(img).embedding
                 pin = seg.predict(emb, coords, labels)
                 rd = d.refine(img, coords, labels)
-                order, count = mc.vote(emb, coords, labels)
+                order, count, cmask = mc.votes([emb], [coords], [labels], with_masks=True)[0]
                 row = dict(domain=domain, kind=kind, n=len(coords), pos=int(labels.sum()), count=count,
                            ndrop=len(order), agree_in=agreement(pin.masks[0], coords, labels),
                            agree_D=agreement(rd.mask, coords, labels), score_D=rd.score, score_in=float(pin.scores[0]),
                            pwrong=float(d.wrong_label_probability(img, coords, labels).mean()),
+                           iou_DC=None if cmask is None else float(iou(rd.mask, cmask)),
                            **{"in": float(iou(pin.masks[0], gt))}, D=float(iou(rd.mask, gt)))
                 if 0 < len(order) < len(coords):
                     keep = np.ones(len(coords), bool)
