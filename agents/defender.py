@@ -108,12 +108,13 @@ DEFAULT_POLISH = False
 # 101.0 ms median, 2 threads; session 18, docs/ppd_experiments.md), past the 100 ms target.
 
 #: Whether :class:`PromptDefender` checks its output against a consensus of the input by
-#: default (its ``consensus``; session 19, README).
-DEFAULT_CONSENSUS = False
-# Off: it raised recovery from attacked sets (default recipe, 4 seeds: 87.6 -> 94.8% of
-# ideal; bundled defender over four attackers: 80 -> 96%), but on the bench's coarse sets,
-# whose labels are mostly wrong, it costs the bundled defender 0.01-0.07 IoU on five of six
-# domains, and refine 74.3 -> 108.1 ms median (2 threads), past the 100 ms target.
+#: default (its ``consensus``; sessions 19-20, README).
+DEFAULT_CONSENSUS = True
+# On since session 20, with the quorum below: it raises recovery from attacked sets (default
+# recipe, 4 seeds: 87.6 -> 94.8% of ideal; bundled defender over four attackers: 80 -> 96%)
+# and leaves refined coarse sets about level (bundled, 6 domains: mean 0.518 -> 0.512;
+# without the quorum, session 19: 0.494), for about 22 ms more per refine (bundled,
+# 2 threads: 73-82 -> 96-106 ms median; docs/scripts/s20_timing.py).
 
 #: The share of the input's prompts that must agree with the consensus mask before the
 #: consensus check acts (:class:`PromptDefender`'s ``consensus_quorum``; session 20).

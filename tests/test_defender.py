@@ -102,7 +102,8 @@ class ScriptedModel:
 
 
 def _scripted(tiny_segmenter, rule, relabel: bool = True) -> PromptDefender:
-    return PromptDefender(ScriptedModel(rule, relabel), tiny_segmenter, grid=GRID, max_steps=12, select="last", polish=False)
+    return PromptDefender(ScriptedModel(rule, relabel), tiny_segmenter, grid=GRID, max_steps=12, select="last", polish=False,
+                          consensus=False)
 
 
 def _check_result(res: RefineResult, coords: np.ndarray, labels: np.ndarray) -> None:
@@ -342,7 +343,8 @@ def test_select_score_returns_the_best_scored_visited_state(tiny_segmenter, rand
         return int(np.flatnonzero(obs["state"])[0])
 
     last = _scripted(tiny_segmenter, remove_first)
-    best = PromptDefender(last.model, tiny_segmenter, grid=GRID, max_steps=12, select="score", polish=False)
+    best = PromptDefender(last.model, tiny_segmenter, grid=GRID, max_steps=12, select="score", polish=False,
+                         consensus=False)  # the rollout alone
     # the rollout removes the active nodes in ascending order: state i lacks the i first
     rec = best.record(random_image)
     from ppd.envs.world import state_from_prompts
@@ -376,7 +378,8 @@ def test_select_score_returns_the_best_scored_visited_state(tiny_segmenter, rand
             seen += 1
             if scores[t] > scores[best_i]:
                 best_i = t
-        impatient = PromptDefender(last.model, tiny_segmenter, grid=GRID, max_steps=12, select="score", patience=p, polish=False)
+        impatient = PromptDefender(last.model, tiny_segmenter, grid=GRID, max_steps=12, select="score", patience=p, polish=False,
+                                       consensus=False)
         calls = []
         evaluate = impatient.world.evaluate
         impatient.world.evaluate = lambda reqs, **kw: calls.append(len(reqs)) or evaluate(reqs, **kw)
@@ -878,7 +881,8 @@ def test_polish_is_a_greedy_score_filter_from_the_output(tiny_segmenter, random_
     rollout's predicted IoU most while one does (checked against the world's scores of
     every leave-one-out state, not its probes), within the step budget."""
     stop = _scripted(tiny_segmenter, lambda obs: 2 * N)  # stops at once: polish alone acts
-    polished = PromptDefender(stop.model, tiny_segmenter, grid=GRID, max_steps=12, select="last", polish=True)
+    polished = PromptDefender(stop.model, tiny_segmenter, grid=GRID, max_steps=12, select="last", polish=True,
+                              consensus=False)  # polish alone
     rec = polished.record(random_image)
     from ppd.envs.world import state_from_prompts
 
