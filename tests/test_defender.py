@@ -684,6 +684,25 @@ def test_consensus_quorum_gates_the_check(tiny_segmenter, random_image, monkeypa
             PromptDefender(stop.model, tiny_segmenter, grid=GRID, consensus=True, consensus_quorum=bad)
 
 
+def test_consensus_flags(capsys):
+    """--consensus / --no-consensus and --consensus-quorum (ppd refine and the benches):
+    defaults from the library, a quorum outside [0, 1] is a usage error."""
+    import argparse
+
+    from ppd.agents.defender import DEFAULT_CONSENSUS, DEFAULT_CONSENSUS_QUORUM, add_consensus_argument
+
+    p = argparse.ArgumentParser(prog="x")
+    add_consensus_argument(p)
+    args = p.parse_args([])
+    assert (args.consensus, args.consensus_quorum) == (DEFAULT_CONSENSUS, DEFAULT_CONSENSUS_QUORUM)
+    args = p.parse_args(["--no-consensus", "--consensus-quorum", "0.5"])
+    assert (args.consensus, args.consensus_quorum) == (False, 0.5)
+    for bad, msg in (("2", "must be in [0, 1], got 2"), ("-0.1", "must be in [0, 1]"), ("x", "must be a number in [0, 1], got 'x'")):
+        with pytest.raises(SystemExit):
+            p.parse_args(["--consensus-quorum", bad])
+        assert f"argument --consensus-quorum: {msg}" in capsys.readouterr().err
+
+
 def test_no_refine_is_identity(tiny_segmenter, random_image):
     res = NoRefine(tiny_segmenter).refine(random_image, POINTS, LABELS)
     _check_result(res, POINTS, LABELS)
