@@ -573,12 +573,10 @@ class PromptDefender(PromptRefiner):
         consensus: bool = DEFAULT_CONSENSUS,
         consensus_quorum: float = DEFAULT_CONSENSUS_QUORUM,
     ) -> None:
-        if not isinstance(polish, bool):
-            raise ValueError(f"polish must be True or False, got {polish!r}")
-        self.polish = polish
-        if not isinstance(consensus, bool):
-            raise ValueError(f"consensus must be True or False, got {consensus!r}")
-        self.consensus = consensus
+        for name, value in (("polish", polish), ("consensus", consensus)):
+            if not isinstance(value, bool):
+                raise ValueError(f"{name} must be True or False, got {value!r}")
+        self.polish, self.consensus = polish, consensus
         if isinstance(consensus_quorum, bool) or not isinstance(consensus_quorum, numbers.Real) or not 0.0 <= consensus_quorum <= 1.0:
             raise ValueError(f"consensus_quorum must be a number in [0, 1], got {consensus_quorum!r}")
         self.consensus_quorum = float(consensus_quorum)
@@ -973,17 +971,19 @@ class PromptDefender(PromptRefiner):
         live = [i for i, p in enumerate(preps) if p["budget"] > 0]
         if not live:
             return results
+        def agreement(i: int, mask: np.ndarray) -> int:  # input prompts of set i that agree with mask
+            return int(mask_agreement(mask[None], preps[i]["coords"], preps[i]["labels"]).sum())
+
         votes = MaskConsensusFilter(self.segmenter).votes(  # one decoder call for every set's hypotheses
             [preps[i]["rec"].embedding for i in live], [preps[i]["coords"] for i in live], [preps[i]["labels"] for i in live])
-        agree = {i: int(mask_agreement(results[i].mask[None], preps[i]["coords"], preps[i]["labels"]).sum()) for i in live}
+        agree = {i: agreement(i, results[i].mask) for i in live}
         redo, keeps = [], []
         for i, (order, count) in zip(live, votes):
-            p = preps[i]
-            n = len(p["coords"])
+            n = len(preps[i]["coords"])
             # a float product can round a share of exactly 2/3 of n up past count
             if len(order) == 0 or agree[i] >= count or len(order) == n or count < self.consensus_quorum * n - 1e-9:
                 continue
-            keep = np.ones(len(p["coords"]), bool)
+            keep = np.ones(n, bool)
             keep[order] = False
             redo.append(i)
             keeps.append(np.flatnonzero(keep))
@@ -993,9 +993,9 @@ class PromptDefender(PromptRefiner):
                 for i, k in zip(redo, keeps)]
         out = list(results)
         for i, k, r in zip(redo, keeps, self._refine_prepared(subs)):
-            p = preps[i]
-            if int(mask_agreement(r.mask[None], p["coords"], p["labels"]).sum()) <= agree[i]:
+            if agreement(i, r.mask) <= agree[i]:
                 continue
+            p = preps[i]
             kept, relabeled = np.zeros(len(p["coords"]), bool), np.zeros(len(p["coords"]), bool)
             kept[k[r.kept]], relabeled[k] = True, r.relabeled
             out[i] = make_result(p["coords"], p["labels"], kept, r.mask, r.score, len(p["coords"]) - len(k) + r.steps,
@@ -1052,15 +1052,16 @@ class PromptDefender(PromptRefiner):
 
 
 # ----------------------------------------------------------------------------- CLI
+def _add_switch(p: argparse.ArgumentParser, flag: str, default: bool, help: str) -> None:
+    """``--FLAG / --no-FLAG``, its help ending with the library default."""
+    p.add_argument(f"--{flag}", action=argparse.BooleanOptionalAction, default=default,
+                   help=f"{help}; default: {'on' if default else 'off'})")
+
+
 def add_polish_argument(p: argparse.ArgumentParser) -> None:
     """``--polish / --no-polish`` (``PromptDefender(polish=...)``), for ``ppd refine`` and the benches."""
-    p.add_argument(
-        "--polish",
-        action=argparse.BooleanOptionalAction,
-        default=DEFAULT_POLISH,
-        help="after the defender, drop prompts one at a time while that raises SAM's predicted IoU (a greedy "
-        f"removal from its output; default: {'on' if DEFAULT_POLISH else 'off'})",
-    )
+    _add_switch(p, "polish", DEFAULT_POLISH, "after the defender, drop prompts one at a time while that raises SAM's "
+                "predicted IoU (a greedy removal from its output")
 
 
 def _share(text: str) -> float:
@@ -1076,15 +1077,10 @@ def _share(text: str) -> float:
 
 def add_consensus_argument(p: argparse.ArgumentParser) -> None:
     """``--consensus / --no-consensus`` (``PromptDefender(consensus=...)``), for ``ppd refine`` and the benches."""
-    p.add_argument(
-        "--consensus",
-        action=argparse.BooleanOptionalAction,
-        default=DEFAULT_CONSENSUS,
-        help="check the output against the input's majority: if SAM's one-click mask that agrees with the most "
-        "input points agrees with at least --consensus-quorum of them and with more than the refined mask, refine "
-        "again without the points that disagree with it and keep whichever mask agrees with more input points (it assumes most "
-        f"labels are right; default: {'on' if DEFAULT_CONSENSUS else 'off'})",
-    )
+    _add_switch(p, "consensus", DEFAULT_CONSENSUS, "check the output against the input's majority: if SAM's one-click "
+                "mask that agrees with the most input points agrees with at least --consensus-quorum of them and with "
+                "more than the refined mask, refine again without the points that disagree with it and keep whichever "
+                "mask agrees with more input points (it assumes most labels are right")
     p.add_argument(
         "--consensus-quorum",
         type=_share,

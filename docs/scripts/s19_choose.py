@@ -12,15 +12,14 @@ import torch
 
 sys.path.insert(0, "docs/scripts")
 from s19_consensus import consensus
+from ppd.agents.baselines import mask_agreement
 from ppd.agents.defender import PromptDefender
 from ppd.bench.defense import bench_sets
 from ppd.metrics import iou
 
 
 def agreement(mask, coords, labels):
-    h, w = mask.shape
-    xy = np.clip(np.round(coords).astype(int), 0, [w - 1, h - 1])
-    return int((mask[xy[:, 1], xy[:, 0]] == (labels == 1)).sum())
+    return int(mask_agreement(np.asarray(mask)[None], coords, labels).sum())
 
 
 def main():

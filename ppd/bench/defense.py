@@ -54,8 +54,8 @@ import numpy as np
 from ppd.bench import add_min_score_gain_argument, add_threads_argument, apply_threads, defender_variant, run_max_ideal_points
 from ppd.agents.baselines import ConsistencyFilter, GreedyScoreFilter, MaskConsensusFilter, NoRefine, RandomDrop
 from ppd.agents.defender import (
-    DEFAULT_CONSENSUS, DEFAULT_CONSENSUS_QUORUM, DEFAULT_POLISH, DEFAULT_SELECT, SELECT_RULES, PromptDefender, add_consensus_argument, add_polish_argument,
-    load_agent, role_max_steps,
+    DEFAULT_CONSENSUS, DEFAULT_CONSENSUS_QUORUM, DEFAULT_POLISH, DEFAULT_SELECT, SELECT_RULES, PromptDefender,
+    add_consensus_argument, add_polish_argument, load_agent, role_max_steps,
 )
 from ppd.agents.train import greedy_rollout
 from ppd.cli import add_device_arguments
