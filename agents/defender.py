@@ -117,6 +117,10 @@ DEFAULT_CONSENSUS = True
 # 2 threads: 74-91 -> 95.5-112 ms median, so the 100 ms target is on the edge;
 # docs/scripts/s20_timing.py).
 
+#: Whether :class:`PromptDefender` returns a self-consistent input unchanged by default (its
+#: ``keep_consistent``; session 21, README).
+DEFAULT_KEEP_CONSISTENT = True
+
 #: The share of the input's prompts that must agree with the consensus mask before the
 #: consensus check acts (:class:`PromptDefender`'s ``consensus_quorum``; session 20).
 DEFAULT_CONSENSUS_QUORUM = 2 / 3
@@ -545,6 +549,17 @@ class PromptDefender(PromptRefiner):
             prompts to a good set leaves over 70% of them agreeing. The default 2/3
             kept every gain from attacked sets and cut the check's cost on coarse sets
             (README, session 20).
+        keep_consistent: return the input unchanged, without refining it, when nothing
+            in it points to a wrong click (beyond the paper): the one-click mask that
+            agrees with the most input prompts (``consensus``'s vote) agrees with all of
+            them, and so does SAM's mask of the whole input. Why: on good clicks, and on
+            images unlike its training scenes, the defender's changes cost more than they
+            gain, while a set with a wrong click rarely passes both tests (an attacker's
+            set that SAM's mask honours in full still fails the vote). Costs the vote's
+            decoder call (shared with ``consensus``) and, for sets that pass it, one
+            decoder call of the input, which then skips the whole refinement. Needs a
+            vote: sets of one point or without a positive are refined as usual. Measured
+            in session 21 (README).
 
     Whether the observation has the per-node ``uncertainty`` (``node_uncertainty``) is
     read from the model's observation space: it is what the network was trained on.
@@ -572,11 +587,12 @@ class PromptDefender(PromptRefiner):
         polish: bool = DEFAULT_POLISH,
         consensus: bool = DEFAULT_CONSENSUS,
         consensus_quorum: float = DEFAULT_CONSENSUS_QUORUM,
+        keep_consistent: bool = DEFAULT_KEEP_CONSISTENT,
     ) -> None:
-        for name, value in (("polish", polish), ("consensus", consensus)):
+        for name, value in (("polish", polish), ("consensus", consensus), ("keep_consistent", keep_consistent)):
             if not isinstance(value, bool):
                 raise ValueError(f"{name} must be True or False, got {value!r}")
-        self.polish, self.consensus = polish, consensus
+        self.polish, self.consensus, self.keep_consistent = polish, consensus, keep_consistent
         if isinstance(consensus_quorum, bool) or not isinstance(consensus_quorum, numbers.Real) or not 0.0 <= consensus_quorum <= 1.0:
             raise ValueError(f"consensus_quorum must be a number in [0, 1], got {consensus_quorum!r}")
         self.consensus_quorum = float(consensus_quorum)
@@ -651,6 +667,7 @@ class PromptDefender(PromptRefiner):
         polish: bool = DEFAULT_POLISH,
         consensus: bool = DEFAULT_CONSENSUS,
         consensus_quorum: float = DEFAULT_CONSENSUS_QUORUM,
+        keep_consistent: bool = DEFAULT_KEEP_CONSISTENT,
     ) -> PromptDefender:
         """Load the defender of a training run.
 
@@ -682,6 +699,8 @@ class PromptDefender(PromptRefiner):
                 docstring.
             consensus_quorum: the share of input prompts that majority needs, see the
                 class docstring.
+            keep_consistent: return a self-consistent input unchanged, see the class
+                docstring.
             precision: the precision of the segmenter loaded here (see
                 :func:`ppd.segmenter.resolve_precision`; default fp32 for the bundled model).
 
@@ -755,6 +774,7 @@ class PromptDefender(PromptRefiner):
             polish=polish,
             consensus=consensus,
             consensus_quorum=consensus_quorum,
+            keep_consistent=keep_consistent,
         )
 
     # -- images -------------------------------------------------------------------------
@@ -941,12 +961,59 @@ class PromptDefender(PromptRefiner):
         """
         budgets = _per_set_budgets(images, coords_list, labels_list, max_steps)
         preps = [self._prepare(im, c, l, b) for im, c, l, b in zip(images, coords_list, labels_list, budgets)]
-        results = self._refine_prepared(preps)
+        votes = self._votes(preps) if self.consensus or self.keep_consistent else [None] * len(preps)
+        out: list[RefineResult | None] = [None] * len(preps)
+        if self.keep_consistent:
+            for i, p in enumerate(preps):
+                out[i] = self._consistent_input(p, votes[i])
+        todo = [i for i, r in enumerate(out) if r is None]
+        if not todo:
+            return out  # type: ignore[return-value]
+        results = self._refine_prepared([preps[i] for i in todo])
         if self.consensus:
-            results = self._check_consensus(preps, results)
+            results = self._check_consensus([preps[i] for i in todo], results, [votes[i] for i in todo])
         if self.min_score_gain is not None:
-            results = [self._guard(p, r) for p, r in zip(preps, results)]
-        return results
+            results = [self._guard(preps[i], r) for i, r in zip(todo, results)]
+        for i, r in zip(todo, results):
+            out[i] = r
+        return out  # type: ignore[return-value]
+
+    def _votes(self, preps: list[dict[str, Any]]) -> list[tuple[np.ndarray, int] | None]:
+        """Per prepared set, :meth:`MaskConsensusFilter.votes`'s ``(order, count)`` (one
+        decoder call for every set's one-click hypotheses); None where the budget is 0
+        (such sets are decoded unchanged)."""
+        from ppd.agents.baselines import MaskConsensusFilter
+
+        live = [i for i, p in enumerate(preps) if p["budget"] > 0]
+        out: list[tuple[np.ndarray, int] | None] = [None] * len(preps)
+        if live:
+            got = MaskConsensusFilter(self.segmenter).votes(
+                [preps[i]["rec"].embedding for i in live], [preps[i]["coords"] for i in live], [preps[i]["labels"] for i in live])
+            for i, v in zip(live, got):
+                out[i] = v
+        return out
+
+    def _consistent_input(self, prep: dict[str, Any], vote: tuple[np.ndarray, int] | None) -> RefineResult | None:
+        """The input unchanged when it is self-consistent (class docstring,
+        ``keep_consistent``), else None."""
+        from ppd.agents.baselines import mask_agreement
+
+        coords, labels = prep["coords"], prep["labels"]
+        # no vote (budget 0), or a vote without hypothesis (one point, no positive): no evidence
+        if vote is None or len(coords) < 2 or not (labels == 1).any():
+            return None
+        order, count = vote
+        if len(order) or count < len(coords):
+            return None
+        pred = self.segmenter.predict(prep["rec"].embedding, coords, labels)
+        if not mask_agreement(pred.masks[:1], coords, labels).all():
+            return None
+        return self._unchanged(prep, pred)
+
+    def _unchanged(self, prep: dict[str, Any], pred: Any) -> RefineResult:
+        """The input set as the result, with ``pred``, SAM's prediction for it."""
+        return make_result(prep["coords"], prep["labels"], np.ones(len(prep["coords"]), bool), pred.masks[0],
+                           float(pred.scores[0]), 0, uncertainty=None if pred.uncertainty is None else pred.uncertainty[0])
 
     def _refine_prepared(self, preps: list[dict[str, Any]]) -> list[RefineResult]:
         """The label filter, the rollouts and the output masks of prepared sets."""
@@ -961,24 +1028,24 @@ class PromptDefender(PromptRefiner):
         return [self._finish(p, st, steps + int((p["st0"] != start).sum()))  # plus the filter's changes
                 for p, start, (st, _, steps) in zip(preps, starts, rolled)]
 
-    def _check_consensus(self, preps: list[dict[str, Any]], results: list[RefineResult]) -> list[RefineResult]:
+    def _check_consensus(self, preps: list[dict[str, Any]], results: list[RefineResult],
+                         votes: list[tuple[np.ndarray, int] | None]) -> list[RefineResult]:
         """``results``, each replaced by the refinement of its input without the prompts
-        that disagree with the input's consensus mask where that agrees with at least
-        ``consensus_quorum`` of them and with more than the output (class docstring,
-        ``consensus``)."""
-        from ppd.agents.baselines import MaskConsensusFilter, mask_agreement
+        that disagree with the input's consensus mask (``votes``, from :meth:`_votes`)
+        where that agrees with at least ``consensus_quorum`` of them and with more than
+        the output (class docstring, ``consensus``)."""
+        from ppd.agents.baselines import mask_agreement
 
-        live = [i for i, p in enumerate(preps) if p["budget"] > 0]
+        live = [i for i, v in enumerate(votes) if v is not None]
         if not live:
             return results
         def agreement(i: int, mask: np.ndarray) -> int:  # input prompts of set i that agree with mask
             return int(mask_agreement(mask[None], preps[i]["coords"], preps[i]["labels"]).sum())
 
-        votes = MaskConsensusFilter(self.segmenter).votes(  # one decoder call for every set's hypotheses
-            [preps[i]["rec"].embedding for i in live], [preps[i]["coords"] for i in live], [preps[i]["labels"] for i in live])
         agree = {i: agreement(i, results[i].mask) for i in live}
         redo, keeps = [], []
-        for i, (order, count) in zip(live, votes):
+        for i in live:
+            order, count = votes[i]  # type: ignore[misc]
             n = len(preps[i]["coords"])
             # a float product can round a share of exactly 2/3 of n up past count
             if len(order) == 0 or agree[i] >= count or len(order) == n or count < self.consensus_quorum * n - 1e-9:
@@ -1010,9 +1077,7 @@ class PromptDefender(PromptRefiner):
         pred = self.segmenter.predict(prep["rec"].embedding, prep["coords"], prep["labels"])
         if result.score >= float(pred.scores[0]) + self.min_score_gain:
             return result
-        kept = np.ones(len(prep["coords"]), bool)
-        return make_result(prep["coords"], prep["labels"], kept, pred.masks[0], float(pred.scores[0]), 0,
-                           uncertainty=None if pred.uncertainty is None else pred.uncertainty[0])
+        return self._unchanged(prep, pred)
 
     def _prepare(self, image: np.ndarray, point_coords: np.ndarray, point_labels: np.ndarray,
                  max_steps: int | None) -> dict[str, Any]:
@@ -1091,6 +1156,14 @@ def add_consensus_argument(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_keep_consistent_argument(p: argparse.ArgumentParser) -> None:
+    """``--keep-consistent / --no-keep-consistent`` (``PromptDefender(keep_consistent=...)``),
+    for ``ppd refine`` and the benches."""
+    _add_switch(p, "keep-consistent", DEFAULT_KEEP_CONSISTENT, "return the input unchanged when nothing in it points "
+                "to a wrong click: SAM's mask of the whole input agrees with every point (a positive inside, a negative "
+                "outside), and so does the one-click mask that agrees with the most of them")
+
+
 def add_refine_arguments(p: argparse.ArgumentParser) -> None:
     """Flags of ``ppd refine``."""
     from ppd.cli import add_device_arguments
@@ -1128,6 +1201,7 @@ def add_refine_arguments(p: argparse.ArgumentParser) -> None:
     )
     add_polish_argument(p)
     add_consensus_argument(p)
+    add_keep_consistent_argument(p)
     p.add_argument(
         "--no-filter",
         dest="use_filter",
@@ -1200,6 +1274,7 @@ def run_refine(args: argparse.Namespace) -> int:
         filter_relabel_gate=args.filter_relabel_gate, min_score_gain=args.min_score_gain, polish=args.polish,
         consensus=args.consensus,
         consensus_quorum=args.consensus_quorum,
+        keep_consistent=args.keep_consistent,
         precision=None if seg is not None else args.precision,
     )
     defender.record(image)  # encode and build the graph first: the timing is refinement only

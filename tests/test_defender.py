@@ -684,6 +684,87 @@ def test_consensus_quorum_gates_the_check(tiny_segmenter, random_image, monkeypa
             PromptDefender(stop.model, tiny_segmenter, grid=GRID, consensus=True, consensus_quorum=bad)
 
 
+def test_keep_consistent_returns_a_self_consistent_input(tiny_segmenter, random_image, monkeypatch):
+    """keep_consistent=True: a set whose one-click vote and whose own SAM mask agree with
+    every point comes back unchanged without a rollout; any sign of a wrong click (a
+    point outside the vote's majority, a point SAM's mask disagrees with), no vote (one
+    point, no positive), a budget of 0 or the switch off: the usual refinement."""
+    n = len(POINTS)
+    stop = _scripted(tiny_segmenter, lambda obs: 2 * N)
+    d = PromptDefender(stop.model, tiny_segmenter, grid=GRID, max_steps=12, select="last", consensus=False,
+                       keep_consistent=True)
+    assert PromptDefender(stop.model, tiny_segmenter, grid=GRID).keep_consistent is True  # the default
+    rollouts = []
+    real_refine_states = PromptDefender.refine_states
+
+    def counted(self, items, *args, **kwargs):
+        rollouts.append(len(items))
+        return real_refine_states(self, items, *args, **kwargs)
+
+    monkeypatch.setattr(PromptDefender, "refine_states", counted)
+    vote = [(np.zeros(0, np.int64), n)]
+    monkeypatch.setattr(MaskConsensusFilter, "votes", lambda self, e, c, l: [vote[0] if len(ci) == n else (np.zeros(0, np.int64), len(ci)) for ci in c])
+    fake = {}  # labels -> the mask SAM "gives" for POINTS with them (a 3 x 3 square on each positive)
+    real_predict = tiny_segmenter.predict
+
+    def predict(emb, point_coords, point_labels, *args, **kwargs):
+        c, l = np.asarray(point_coords), np.asarray(point_labels)
+        if c.shape == POINTS.shape and np.array_equal(c, POINTS) and tuple(l) in fake and not kwargs.get("return_all"):
+            return Prediction(fake[tuple(l)][None], np.array([0.77], np.float32), np.zeros((1, 64, 64), np.float32))
+        return real_predict(emb, point_coords, point_labels, *args, **kwargs)
+
+    monkeypatch.setattr(tiny_segmenter, "predict", predict)
+
+    def square_mask(labels):
+        m = np.zeros(IMAGE_HW, bool)
+        for (x, y), lab in zip(POINTS.astype(int), labels):
+            if lab == 1:
+                m[max(0, y - 1): y + 2, max(0, x - 1): x + 2] = True
+        return m
+
+    fake[tuple(LABELS)] = square_mask(LABELS)  # agrees with every point
+    res = d.refine(random_image, POINTS, LABELS)
+    assert rollouts == [] and res.steps == 0 and res.kept.all() and res.score == pytest.approx(0.77)
+    np.testing.assert_array_equal(res.mask, fake[tuple(LABELS)])
+    np.testing.assert_array_equal(res.point_coords, POINTS)
+    np.testing.assert_array_equal(res.point_labels, LABELS)
+    # refine_many: the consistent set is kept, the other (one point off the vote) refined, in order
+    other = LABELS.copy()
+    other[0] = 0
+    fake[tuple(other)] = square_mask(other)
+    vote[0] = (np.zeros(0, np.int64), n)
+    many = d.refine_many([random_image] * 2, [POINTS, POINTS], [LABELS, LABELS])
+    assert rollouts == [] and all(r.steps == 0 and r.score == pytest.approx(0.77) for r in many)
+    # signs of a wrong click: a point outside the vote's majority ...
+    vote[0] = (np.array([1]), n - 1)
+    d.refine(random_image, POINTS, LABELS)
+    assert rollouts == [1]
+    vote[0] = (np.zeros(0, np.int64), n)
+    # ... or SAM's mask of the input disagrees with a point (a negative inside it)
+    bad = square_mask(LABELS)
+    x, y = POINTS[2].astype(int)
+    bad[y, x] = True
+    fake[tuple(LABELS)] = bad
+    d.refine(random_image, POINTS, LABELS)
+    assert rollouts == [1, 1]
+    fake[tuple(LABELS)] = square_mask(LABELS)
+    # no vote: a single point, or no positive (the fake mask of no positive is empty: consistent)
+    negatives = np.zeros(n, np.int64)
+    fake[tuple(negatives)] = square_mask(negatives)
+    d.refine(random_image, POINTS[:1], LABELS[:1])
+    d.refine(random_image, POINTS, negatives)
+    assert rollouts == [1, 1, 1, 1]
+    # budget 0: the mapped prompts decoded unchanged, no vote needed either
+    assert d.refine(random_image, POINTS, LABELS, max_steps=0).steps == 0
+    # the switch off: refined as usual
+    d.keep_consistent = False
+    d.refine(random_image, POINTS, LABELS)
+    assert rollouts[-1] == 1 and len(rollouts) >= 5
+    for bad_value in (1, "yes", None):
+        with pytest.raises(ValueError, match="keep_consistent must be True or False"):
+            PromptDefender(stop.model, tiny_segmenter, grid=GRID, keep_consistent=bad_value)
+
+
 def test_consensus_flags(capsys):
     """--consensus / --no-consensus and --consensus-quorum (ppd refine and the benches):
     defaults from the library, a quorum outside [0, 1] is a usage error."""
@@ -701,6 +782,23 @@ def test_consensus_flags(capsys):
         with pytest.raises(SystemExit):
             p.parse_args(["--consensus-quorum", bad])
         assert f"argument --consensus-quorum: {msg}" in capsys.readouterr().err
+
+
+def test_keep_consistent_flags():
+    """--keep-consistent / --no-keep-consistent: the library default, and off; ppd refine has it."""
+    import argparse
+
+    from ppd.agents.defender import DEFAULT_KEEP_CONSISTENT, add_keep_consistent_argument, add_refine_arguments
+
+    p = argparse.ArgumentParser(prog="x")
+    add_keep_consistent_argument(p)
+    assert p.parse_args([]).keep_consistent is DEFAULT_KEEP_CONSISTENT is True
+    assert p.parse_args(["--no-keep-consistent"]).keep_consistent is False
+    assert p.parse_args(["--keep-consistent"]).keep_consistent is True
+    r = argparse.ArgumentParser(prog="ppd refine")
+    add_refine_arguments(r)
+    assert r.parse_args(["--image", "a.png", "--points", "1,2,1", "--no-keep-consistent"]).keep_consistent is False
+    assert "--keep-consistent" in r.format_help()
 
 
 def test_no_refine_is_identity(tiny_segmenter, random_image):
