@@ -37,6 +37,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -571,8 +572,33 @@ def evaluate_agents(
     for name, res in unfiltered.items():
         metrics[f"defended_{name}_iou_nofilter"] = float(np.mean([r["score_quality"] for r in res]))
     if return_rollouts:
-        return metrics, {"items": items, "coarse": coarse, "defended_coarse": def_coarse}
+        return metrics, {"items": items, "coarse": coarse, "defended_coarse": def_coarse, "attacked": attacked}
     return metrics
+
+
+def refine_metrics(run_dir: str | os.PathLike, segmenter: Any, world: PromptWorld, rollouts: dict[str, list],
+                   device: str | None = None) -> dict[str, float]:
+    """Mean quality (the world's: IoU by default) of ``PromptDefender.refine`` with its
+    defaults, the defender a user loads from ``run_dir`` (its label filter, the consensus
+    check and ``keep_consistent`` included), on :func:`evaluate_agents`'s attacked and
+    coarse sets (``rollouts``). ``evaluate_agents`` runs the rollouts alone, on node
+    states: these are the numbers ``ppd refine`` and the Python API give.
+
+    Returns:
+        ``{"refine_attacked_iou", "refine_coarse_iou"}`` (the key names say IoU for
+        either measure, as :data:`EVAL_KEYS` do).
+    """
+    from ppd.agents.defender import PromptDefender
+
+    defender = PromptDefender.load(run_dir, segmenter=segmenter, device=device)
+    out = {}
+    for name in ("attacked", "coarse"):
+        sets = [(rec, obj, *prompts_from_state(st, pts)) for rec, obj, st, pts in rollouts[name]]
+        results = defender.refine_many([rec.scene.image for rec, *_ in sets], [c for *_, c, _ in sets],
+                                       [lab for *_, lab in sets])
+        out[f"refine_{name}_iou"] = float(np.mean(
+            [world.quality_fn(r.mask, rec.scene.masks[obj]) for (rec, obj, _, _), r in zip(sets, results)]))
+    return out
 
 
 def _examples_image(world: PromptWorld, rollouts: dict[str, list], n: int) -> np.ndarray:
@@ -825,6 +851,7 @@ def train(
         last_eval, rollouts = evaluate_agents(attacker, defender, eval_world, cfg, return_rollouts=True)  # type: ignore[misc]
     from PIL import Image
 
+    last_eval = {**last_eval, **refine_metrics(out, segmenter, eval_world, rollouts, device)}
     img = _examples_image(eval_world, rollouts, cfg.n_examples)
     io.atomic_write(out / "examples.png", lambda tmp: Image.fromarray(img).save(tmp, format="PNG"))
     metrics = {
@@ -908,6 +935,8 @@ def run_train(args: argparse.Namespace) -> int:
         ("attacked, defended", final["defended_attacked_iou"]),
         ("coarse prompts", final["coarse_iou"]),
         ("coarse, defended", final["defended_coarse_iou"]),
+        ("attacked, PromptDefender.refine", final.get("refine_attacked_iou", float("nan"))),
+        ("coarse, PromptDefender.refine", final.get("refine_coarse_iou", float("nan"))),
         ("attacked, defended, where it stopped", final.get("defended_attacked_iou_last", float("nan"))),
         ("coarse, defended, where it stopped", final.get("defended_coarse_iou_last", float("nan"))),
     ]

@@ -23,7 +23,7 @@ from ppd.envs.point_prompt_env import (
     RIGHT_LABEL, UNKNOWN_LABEL, WRONG_LABEL, PointPromptEnv, label_targets, valid_action_mask,
 )
 from ppd.envs.vec_env import PromptVecEnv
-from ppd.envs.world import NEGATIVE, POSITIVE, PromptWorld
+from ppd.envs.world import NEGATIVE, POSITIVE, PromptWorld, prompts_from_state
 from ppd.graphs.store import GRAPH_STORE
 from ppd.segmenter import ImageEmbedding, Prediction
 
@@ -637,6 +637,20 @@ def test_train_writes_run_files_and_resumes(tiny_segmenter, tiny_checkpoint, tmp
     for k in ("ideal_iou", "attacked_iou", "defended_attacked_iou", "coarse_iou", "defended_coarse_iou"):
         assert 0.0 <= final[k] <= 1.0
     assert json.loads((out / "metrics.json").read_text())["final"] == final
+    # refine_*: PromptDefender.refine with its defaults, loaded from the run, on the eval sets
+    from ppd.agents.defender import PromptDefender
+    from ppd.agents.train import EVAL_SEED, _eval_items
+    from ppd.data.scenes import TRAIN_DOMAIN, ProceduralScenes
+    from ppd.metrics import iou
+
+    user = PromptDefender.load(out, segmenter=tiny_segmenter)
+    assert user.consensus and user.keep_consistent  # the defaults the metric describes
+    world = PromptWorld(tiny_segmenter, ProceduralScenes(TRAIN_DOMAIN, cfg.eval_scenes, seed=EVAL_SEED), grid=16)
+    items = _eval_items(world, cfg)
+    coarse = [user.refine(rec.scene.image, *prompts_from_state(*s_coarse)).mask for rec, _, _, s_coarse in items]
+    assert final["refine_coarse_iou"] == pytest.approx(
+        np.mean([iou(m, rec.scene.masks[obj]) for m, (rec, obj, _, _) in zip(coarse, items)]), abs=1e-6)
+    assert 0.0 <= final["refine_attacked_iou"] <= 1.0
     assert [h["round"] for h in metrics["history"]] == [1, 2]
     # defender selection (defender_evals=3): defender.zip is the best of the
     # 3 evaluations per round, defender_last.zip the latest; final metrics describe the best
