@@ -68,7 +68,7 @@ from ppd.envs.world import (
     state_from_prompts,
 )
 from ppd.models import ASSETS_DIR
-from ppd.segmenter import Segmenter
+from ppd.segmenter import Segmenter, image_key
 
 logger = logging.getLogger(__name__)
 
@@ -786,15 +786,17 @@ class PromptDefender(PromptRefiner):
     # -- images -------------------------------------------------------------------------
     def record(self, image: np.ndarray) -> ImageRecord:
         """Encode ``image`` (segmenter cache) and register its graph (kept, LRU)."""
-        emb = self.segmenter.encode(image)
-        rec = self._records.get(emb.key)
+        # Looked up by content first: a record holds its embedding, so an image the
+        # segmenter's (smaller) cache has dropped is not encoded again.
+        key = image_key(np.asarray(image))
+        rec = self._records.get(key)
         if rec is None:
             rec = self.world.register_image(image)
-            self._records[emb.key] = rec
+            self._records[key] = rec
             while len(self._records) > self.cache_size:
                 self._records.popitem(last=False)
         else:
-            self._records.move_to_end(emb.key)
+            self._records.move_to_end(key)
         return rec
 
     def default_steps(self, num_points: int) -> int:
@@ -968,10 +970,8 @@ class PromptDefender(PromptRefiner):
         budgets = _per_set_budgets(images, coords_list, labels_list, max_steps)
         preps = [self._prepare(im, c, l, b) for im, c, l, b in zip(images, coords_list, labels_list, budgets)]
         votes = self._votes(preps) if self.consensus or self.keep_consistent else [None] * len(preps)
-        out: list[RefineResult | None] = [None] * len(preps)
-        if self.keep_consistent:
-            for i, p in enumerate(preps):
-                out[i] = self._consistent_input(p, votes[i])
+        out: list[RefineResult | None] = (
+            [self._consistent_input(p, v) for p, v in zip(preps, votes)] if self.keep_consistent else [None] * len(preps))
         todo = [i for i, r in enumerate(out) if r is None]
         if not todo:
             return out  # type: ignore[return-value]
@@ -1170,6 +1170,24 @@ def add_keep_consistent_argument(p: argparse.ArgumentParser) -> None:
                 "outside), and so does the one-click mask that agrees with the most of them")
 
 
+#: ``PromptDefender.load`` options set by :func:`add_inference_arguments`' flags.
+INFERENCE_OPTIONS = ("polish", "consensus", "consensus_quorum", "keep_consistent")
+
+
+def add_inference_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags of the steps around the rollout (``--polish``, ``--consensus``,
+    ``--consensus-quorum``, ``--keep-consistent``), for ``ppd refine`` and the benches;
+    :func:`inference_options` reads them back."""
+    add_polish_argument(p)
+    add_consensus_argument(p)
+    add_keep_consistent_argument(p)
+
+
+def inference_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``PromptDefender.load`` keyword arguments from :func:`add_inference_arguments`' flags."""
+    return {name: getattr(args, name) for name in INFERENCE_OPTIONS}
+
+
 def add_refine_arguments(p: argparse.ArgumentParser) -> None:
     """Flags of ``ppd refine``."""
     from ppd.cli import add_device_arguments
@@ -1205,9 +1223,7 @@ def add_refine_arguments(p: argparse.ArgumentParser) -> None:
         help="guard for good clicks: return the input unchanged unless SAM's predicted IoU of the refined set is at "
         "least this much higher (0.02 was chosen on held-out scenes for the bundled defender; default: off)",
     )
-    add_polish_argument(p)
-    add_consensus_argument(p)
-    add_keep_consistent_argument(p)
+    add_inference_arguments(p)
     p.add_argument(
         "--no-filter",
         dest="use_filter",
@@ -1277,10 +1293,7 @@ def run_refine(args: argparse.Namespace) -> int:
     defender = PromptDefender.load(
         args.run, segmenter=seg, device=args.device, select=args.select, patience=args.patience,
         use_filter=args.use_filter, filter_threshold=args.filter_threshold, filter_action=args.filter_action,
-        filter_relabel_gate=args.filter_relabel_gate, min_score_gain=args.min_score_gain, polish=args.polish,
-        consensus=args.consensus,
-        consensus_quorum=args.consensus_quorum,
-        keep_consistent=args.keep_consistent,
+        filter_relabel_gate=args.filter_relabel_gate, min_score_gain=args.min_score_gain, **inference_options(args),
         precision=None if seg is not None else args.precision,
     )
     defender.record(image)  # encode and build the graph first: the timing is refinement only

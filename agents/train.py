@@ -593,11 +593,11 @@ def refine_metrics(run_dir: str | os.PathLike, segmenter: Any, world: PromptWorl
     defender = PromptDefender.load(run_dir, segmenter=segmenter, device=device)
     out = {}
     for name in ("attacked", "coarse"):
-        sets = [(rec, obj, *prompts_from_state(st, pts)) for rec, obj, st, pts in rollouts[name]]
-        results = defender.refine_many([rec.scene.image for rec, *_ in sets], [c for *_, c, _ in sets],
-                                       [lab for *_, lab in sets])
+        sets = rollouts[name]  # (record, object, node_state, node_points)
+        coords, labels = zip(*(prompts_from_state(st, pts) for _, _, st, pts in sets))
+        results = defender.refine_many([rec.scene.image for rec, *_ in sets], coords, labels)
         out[f"refine_{name}_iou"] = float(np.mean(
-            [world.quality_fn(r.mask, rec.scene.masks[obj]) for (rec, obj, _, _), r in zip(sets, results)]))
+            [world.quality_fn(r.mask, rec.scene.masks[obj]) for (rec, obj, *_), r in zip(sets, results)]))
     return out
 
 

@@ -54,8 +54,8 @@ import numpy as np
 from ppd.bench import add_min_score_gain_argument, add_threads_argument, apply_threads, defender_variant, run_max_ideal_points
 from ppd.agents.baselines import ConsistencyFilter, GreedyScoreFilter, MaskConsensusFilter, NoRefine, RandomDrop
 from ppd.agents.defender import (
-    DEFAULT_CONSENSUS, DEFAULT_CONSENSUS_QUORUM, DEFAULT_KEEP_CONSISTENT, DEFAULT_POLISH, DEFAULT_SELECT, SELECT_RULES,
-    PromptDefender, add_consensus_argument, add_keep_consistent_argument, add_polish_argument, load_agent, role_max_steps,
+    DEFAULT_SELECT, INFERENCE_OPTIONS, SELECT_RULES, PromptDefender, add_inference_arguments, inference_options, load_agent,
+    role_max_steps,
 )
 from ppd.agents.train import greedy_rollout
 from ppd.cli import add_device_arguments
@@ -304,10 +304,7 @@ def run_benchmark(
     min_score_gain: float | None = None,
     precision: str | None = None,
     attacker: str | None = None,
-    polish: bool = DEFAULT_POLISH,
-    consensus: bool = DEFAULT_CONSENSUS,
-    consensus_quorum: float = DEFAULT_CONSENSUS_QUORUM,
-    keep_consistent: bool = DEFAULT_KEEP_CONSISTENT,
+    **options: Any,
 ) -> dict[str, Any]:
     """The whole table as a dict (see the module docstring).
 
@@ -327,10 +324,9 @@ def run_benchmark(
         precision: the segmenter's precision (None: see ``ppd.segmenter.resolve_precision``).
         attacker: another run folder or attacker ``.zip`` whose attacker makes the
             attacked sets (None: the run's own ``attacker.zip``, if any).
-        polish: the defender's ``polish`` (every defender column uses it).
-        consensus: the defender's ``consensus`` (every defender column uses it).
-        consensus_quorum: the defender's ``consensus_quorum``.
-        keep_consistent: the defender's ``keep_consistent`` (every defender column uses it).
+        options: the defender's :data:`~ppd.agents.defender.INFERENCE_OPTIONS`
+            (``polish``, ``consensus``, ``consensus_quorum``, ``keep_consistent``; default:
+            the library's), used by every defender column and recorded in the result.
 
     Raises:
         AttackerError: ``attacker`` names no readable attacker, or one whose graph has
@@ -340,8 +336,7 @@ def run_benchmark(
 
     defender = PromptDefender.load(
         run, device=device, select=select, patience=patience, min_score_gain=min_score_gain, precision=precision,
-        polish=polish, consensus=consensus, consensus_quorum=consensus_quorum,
-        keep_consistent=keep_consistent,
+        **options,
     )
     attacker_source = attacker or run
     attacker_model = bench_attacker(run, attacker, defender, device)
@@ -361,10 +356,7 @@ def run_benchmark(
         "select": select,
         "patience": patience,
         "min_score_gain": min_score_gain,
-        "polish": polish,
-        "consensus": consensus,
-        "consensus_quorum": consensus_quorum,
-        "keep_consistent": keep_consistent,
+        **{name: getattr(defender, name) for name in INFERENCE_OPTIONS},
         "label_filter_threshold": None if defender.label_filter is None else defender.label_filter.threshold,
         "label_filter_action": None if defender.label_filter is None else defender.label_filter.action,
         "domains": rows,
@@ -412,9 +404,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--patience", type=int, default=None,
                    help="with --select score: end a rollout after this many steps without a better predicted IoU")
     add_min_score_gain_argument(p)
-    add_polish_argument(p)
-    add_consensus_argument(p)
-    add_keep_consistent_argument(p)
+    add_inference_arguments(p)
     p.add_argument("--out", default=None, help="also write the results as JSON here")
     add_threads_argument(p)
     args = p.parse_args(argv)
@@ -436,8 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         results = run_benchmark(
             args.run, args.scenes, tuple(domains), args.seed, args.device, progress, args.env_steps, args.select,
-            args.patience, args.min_score_gain, args.precision, args.attacker, args.polish,
-            args.consensus, args.consensus_quorum, args.keep_consistent,
+            args.patience, args.min_score_gain, args.precision, args.attacker, **inference_options(args),
         )
     except AttackerError as exc:
         p.error(f"--attacker {args.attacker}: {exc}")

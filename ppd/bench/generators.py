@@ -30,9 +30,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ppd.agents.baselines import GreedyScoreFilter, NoRefine
-from ppd.agents.defender import (
-    DEFAULT_SELECT, SELECT_RULES, PromptDefender, add_consensus_argument, add_keep_consistent_argument, add_polish_argument,
-)
+from ppd.agents.defender import DEFAULT_SELECT, SELECT_RULES, PromptDefender, add_inference_arguments, inference_options
 from ppd.cli import add_device_arguments
 from ppd.bench import add_min_score_gain_argument, add_threads_argument, apply_threads, defender_variant, run_max_ideal_points
 from ppd.data.scenes import DOMAINS, ProceduralScenes
@@ -131,9 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--select", choices=SELECT_RULES, default=DEFAULT_SELECT,
                    help=f"the defender's output rule (default: {DEFAULT_SELECT}; see PromptDefender)")
     add_min_score_gain_argument(p)
-    add_polish_argument(p)
-    add_consensus_argument(p)
-    add_keep_consistent_argument(p)
+    add_inference_arguments(p)
     p.add_argument("--out", default=None, help="also write the results as JSON here")
     add_threads_argument(p)
     args = p.parse_args(argv)
@@ -151,8 +147,7 @@ def main(argv: list[str] | None = None) -> int:
 
     defender = PromptDefender.load(
         args.run, device=args.device, select=args.select, min_score_gain=args.min_score_gain, precision=args.precision,
-        polish=args.polish, consensus=args.consensus, consensus_quorum=args.consensus_quorum,
-        keep_consistent=args.keep_consistent,
+        **inference_options(args),
     )
     with tqdm(total=args.scenes * len(domains), desc="scenes", unit="scene", dynamic_ncols=True) as bar:
         results = run_benchmark(defender, tuple(domains), args.scenes, tuple(gens), args.seed, lambda: bar.update(1))
@@ -164,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         from ppd.io import save_json
 
-        save_json({"run": args.run or "bundled", "select": args.select, "min_score_gain": args.min_score_gain, "polish": args.polish, "consensus": args.consensus, "consensus_quorum": args.consensus_quorum, "keep_consistent": args.keep_consistent, "scenes_per_domain": args.scenes, "seed": args.seed,
+        save_json({"run": args.run or "bundled", "select": args.select, "min_score_gain": args.min_score_gain, **inference_options(args), "scenes_per_domain": args.scenes, "seed": args.seed,
                    "scene_seed": GENERATOR_SEED, "domains": results}, args.out)
         print(f"wrote {args.out}")
     return 0
