@@ -973,24 +973,59 @@ def test_generator_bench_table(defender):
 
 
 def test_min_score_gain_guard(run_dir, tiny_segmenter, random_image):
+    """The refined set comes back only if SAM's predicted IoU for it is at least the
+    input's plus min_score_gain (negative: a tolerated drop), else the input unchanged."""
+    from ppd.agents.defender import DEFAULT_MIN_SCORE_GAIN
+
     kw = dict(segmenter=tiny_segmenter, device="cpu", select="last")
-    plain = PromptDefender.load(run_dir, **kw)
-    strict = PromptDefender.load(run_dir, min_score_gain=0.99, **kw)
-    zero = PromptDefender.load(run_dir, min_score_gain=0.0, **kw)
+    assert PromptDefender.load(run_dir, **kw).min_score_gain == DEFAULT_MIN_SCORE_GAIN == -0.05  # on by default
+    plain = PromptDefender.load(run_dir, min_score_gain=None, **kw)
     ref = NoRefine(tiny_segmenter).refine(random_image, POINTS, LABELS)
     r = plain.refine(random_image, POINTS, LABELS)
     assert r.steps > 0  # the random defender changes this set
-    g = strict.refine(random_image, POINTS, LABELS)  # no refined set gains 0.99: the input comes back
-    assert g.steps == 0 and g.kept.all() and g.score == pytest.approx(ref.score)
-    np.testing.assert_array_equal(g.point_labels, LABELS)
-    np.testing.assert_array_equal(g.mask, ref.mask)
-    z = zero.refine(random_image, POINTS, LABELS)  # the refined set if it does not lower the score
-    expect = r if r.score >= ref.score else ref
-    assert z.steps == expect.steps and z.score == pytest.approx(expect.score)
-    np.testing.assert_array_equal(z.kept, expect.kept)
-    for bad in (-0.1, 1.5, "0.1", True):
-        with pytest.raises(ValueError, match="min_score_gain"):
+    diff = r.score - ref.score
+
+    def refine_with(gain):
+        return PromptDefender.load(run_dir, min_score_gain=gain, **kw).refine(random_image, POINTS, LABELS)
+
+    strict = refine_with(0.99)  # no refined set gains 0.99: the input comes back
+    assert strict.steps == 0 and strict.kept.all() and strict.score == pytest.approx(ref.score)
+    np.testing.assert_array_equal(strict.point_labels, LABELS)
+    np.testing.assert_array_equal(strict.mask, ref.mask)
+    # just below and just above the refined set's own margin over the input (either sign)
+    passes, fails = refine_with(diff - 1e-3), refine_with(diff + 1e-3)
+    assert passes.steps == r.steps and passes.score == pytest.approx(r.score)
+    np.testing.assert_array_equal(passes.kept, r.kept)
+    np.testing.assert_array_equal(passes.mask, r.mask)
+    assert fails.steps == 0 and fails.kept.all() and fails.score == pytest.approx(ref.score)
+    for bad in (-1.0, 1.0, 1.5, "0.1", True):
+        with pytest.raises(ValueError, match=r"min_score_gain must be a number in \(-1, 1\) or None"):
             PromptDefender.load(run_dir, min_score_gain=bad, **kw)
+
+
+def test_min_score_gain_flag(capsys):
+    """--min-score-gain: a number in (-1, 1) or off, in ppd refine and both benches."""
+    import argparse
+
+    from ppd.agents.defender import DEFAULT_MIN_SCORE_GAIN, add_refine_arguments, inference_options
+
+    p = argparse.ArgumentParser()
+    add_refine_arguments(p)
+    base = ["--image", "a.png", "--points", "1,2,1"]
+    assert p.parse_args(base).min_score_gain == DEFAULT_MIN_SCORE_GAIN
+    assert p.parse_args(base + ["--min-score-gain", "off"]).min_score_gain is None
+    assert p.parse_args(base + ["--min-score-gain", "None"]).min_score_gain is None
+    assert p.parse_args(base + ["--min-score-gain", "-0.1"]).min_score_gain == -0.1
+    assert inference_options(p.parse_args(base + ["--min-score-gain", "0.02"]))["min_score_gain"] == 0.02
+    for bad in ("1", "-1", "x"):
+        with pytest.raises(SystemExit):
+            p.parse_args(base + ["--min-score-gain", bad])
+    for mod in ("ppd.bench.defense", "ppd.bench.generators"):
+        import importlib
+
+        with pytest.raises(SystemExit):  # the flag exists there too, with the same check
+            importlib.import_module(mod).main(["--min-score-gain", "2"])
+        assert "--min-score-gain: must be in (-1, 1) or 'off', got 2" in capsys.readouterr().err
 
 
 def test_polish_is_a_greedy_score_filter_from_the_output(tiny_segmenter, random_image):

@@ -179,7 +179,7 @@ def test_qnet_takes_the_uncertainty_as_a_node_input(world):
 def test_defender_refines_with_a_ruac_segmenter(tmp_path, world, ruac, plain, head_dir, scenes):
     image = scenes[0].image
     run = _run_dir(tmp_path, _defender_model(world, True), node_uncertainty=True, ruac_checkpoint=str(head_dir))
-    d = PromptDefender.load(run, segmenter=ruac, device="cpu", select="last")  # the random net acts
+    d = PromptDefender.load(run, segmenter=ruac, device="cpu", select="last", min_score_gain=None)  # the random net acts
     assert d.node_uncertainty
     res = d.refine(image, POINTS, LABELS)
     assert res.steps >= 1 and res.mask.shape == image.shape[:2] and res.mask.dtype == bool
@@ -190,7 +190,7 @@ def test_defender_refines_with_a_ruac_segmenter(tmp_path, world, ruac, plain, he
     np.testing.assert_array_equal(res.mask, pred.masks[0])
     np.testing.assert_allclose(res.uncertainty, pred.uncertainty[0])
     # the run's config names the head: loading without a segmenter rebuilds it
-    d2 = PromptDefender.load(run, device="cpu", select="last")
+    d2 = PromptDefender.load(run, device="cpu", select="last", min_score_gain=None)
     assert d2.segmenter.decoder == "ruac"
     np.testing.assert_array_equal(d2.refine(image, POINTS, LABELS).mask, res.mask)
     with pytest.raises(ValueError, match="trained with node_uncertainty=True"):

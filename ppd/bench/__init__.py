@@ -31,12 +31,6 @@ def run_max_ideal_points(cfg: dict[str, Any]) -> int:
     return int(value) if isinstance(value, int) else 6
 
 
-def add_min_score_gain_argument(p: argparse.ArgumentParser) -> None:
-    """The defender benches' ``--min-score-gain`` option (``PromptDefender(min_score_gain=...)``)."""
-    p.add_argument("--min-score-gain", type=float, default=None,
-                   help="the defender's guard for good clicks (PromptDefender min_score_gain, e.g. 0.02; default: off)")
-
-
 def apply_threads(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Set torch's CPU threads from ``args.threads`` (0 keeps torch's default); a negative
     value is a usage error."""

@@ -51,7 +51,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ppd.bench import add_min_score_gain_argument, add_threads_argument, apply_threads, defender_variant, run_max_ideal_points
+from ppd.bench import add_threads_argument, apply_threads, defender_variant, run_max_ideal_points
 from ppd.agents.baselines import ConsistencyFilter, GreedyScoreFilter, MaskConsensusFilter, NoRefine, RandomDrop
 from ppd.agents.defender import (
     DEFAULT_SELECT, INFERENCE_OPTIONS, SELECT_RULES, PromptDefender, add_inference_arguments, inference_options, load_agent,
@@ -301,7 +301,6 @@ def run_benchmark(
     env_steps: int = 50,
     select: str = DEFAULT_SELECT,
     patience: int | None = None,
-    min_score_gain: float | None = None,
     precision: str | None = None,
     attacker: str | None = None,
     **options: Any,
@@ -319,14 +318,13 @@ def run_benchmark(
         select: the defender's output rule for the main columns (:data:`SELECT_RULES`);
             the other rule fills the ``[other]`` columns.
         patience: the defender's early end of ``select="score"`` rollouts (None: none).
-        min_score_gain: the defender's guard for good clicks (None: off; every defender
-            column uses it).
         precision: the segmenter's precision (None: see ``ppd.segmenter.resolve_precision``).
         attacker: another run folder or attacker ``.zip`` whose attacker makes the
             attacked sets (None: the run's own ``attacker.zip``, if any).
         options: the defender's :data:`~ppd.agents.defender.INFERENCE_OPTIONS`
-            (``polish``, ``consensus``, ``consensus_quorum``, ``keep_consistent``; default:
-            the library's), used by every defender column and recorded in the result.
+            (``polish``, ``consensus``, ``consensus_quorum``, ``keep_consistent``,
+            ``min_score_gain``; default: the library's), used by every defender column and
+            recorded in the result.
 
     Raises:
         AttackerError: ``attacker`` names no readable attacker, or one whose graph has
@@ -335,7 +333,7 @@ def run_benchmark(
     import torch
 
     defender = PromptDefender.load(
-        run, device=device, select=select, patience=patience, min_score_gain=min_score_gain, precision=precision,
+        run, device=device, select=select, patience=patience, precision=precision,
         **options,
     )
     attacker_source = attacker or run
@@ -355,7 +353,6 @@ def run_benchmark(
         "attacker_source": str(attacker_source) if attacker_model is not None else None,
         "select": select,
         "patience": patience,
-        "min_score_gain": min_score_gain,
         **{name: getattr(defender, name) for name in INFERENCE_OPTIONS},
         "label_filter_threshold": None if defender.label_filter is None else defender.label_filter.threshold,
         "label_filter_action": None if defender.label_filter is None else defender.label_filter.action,
@@ -403,7 +400,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--patience", type=int, default=None,
                    help="with --select score: end a rollout after this many steps without a better predicted IoU")
-    add_min_score_gain_argument(p)
     add_inference_arguments(p)
     p.add_argument("--out", default=None, help="also write the results as JSON here")
     add_threads_argument(p)
@@ -426,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         results = run_benchmark(
             args.run, args.scenes, tuple(domains), args.seed, args.device, progress, args.env_steps, args.select,
-            args.patience, args.min_score_gain, args.precision, args.attacker, **inference_options(args),
+            args.patience, args.precision, args.attacker, **inference_options(args),
         )
     except AttackerError as exc:
         p.error(f"--attacker {args.attacker}: {exc}")

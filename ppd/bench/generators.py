@@ -32,7 +32,7 @@ import numpy as np
 from ppd.agents.baselines import GreedyScoreFilter, NoRefine
 from ppd.agents.defender import DEFAULT_SELECT, SELECT_RULES, PromptDefender, add_inference_arguments, inference_options
 from ppd.cli import add_device_arguments
-from ppd.bench import add_min_score_gain_argument, add_threads_argument, apply_threads, defender_variant, run_max_ideal_points
+from ppd.bench import add_threads_argument, apply_threads, defender_variant, run_max_ideal_points
 from ppd.data.scenes import DOMAINS, ProceduralScenes
 from ppd.metrics import iou
 from ppd.prompts import PromptSet, coarse_prompts, ideal_prompts
@@ -128,7 +128,6 @@ def main(argv: list[str] | None = None) -> int:
     add_device_arguments(p)
     p.add_argument("--select", choices=SELECT_RULES, default=DEFAULT_SELECT,
                    help=f"the defender's output rule (default: {DEFAULT_SELECT}; see PromptDefender)")
-    add_min_score_gain_argument(p)
     add_inference_arguments(p)
     p.add_argument("--out", default=None, help="also write the results as JSON here")
     add_threads_argument(p)
@@ -146,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
     defender = PromptDefender.load(
-        args.run, device=args.device, select=args.select, min_score_gain=args.min_score_gain, precision=args.precision,
+        args.run, device=args.device, select=args.select, precision=args.precision,
         **inference_options(args),
     )
     with tqdm(total=args.scenes * len(domains), desc="scenes", unit="scene", dynamic_ncols=True) as bar:
@@ -159,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         from ppd.io import save_json
 
-        save_json({"run": args.run or "bundled", "select": args.select, "min_score_gain": args.min_score_gain, **inference_options(args), "scenes_per_domain": args.scenes, "seed": args.seed,
+        save_json({"run": args.run or "bundled", "select": args.select, **inference_options(args), "scenes_per_domain": args.scenes, "seed": args.seed,
                    "scene_seed": GENERATOR_SEED, "domains": results}, args.out)
         print(f"wrote {args.out}")
     return 0
