@@ -1,0 +1,54 @@
+"""Session 22: choose the score guard's tolerance offline, on session 20's per-set records.
+
+    python docs/scripts/s22_guard_grid.py [RECORDS_DIR]   # default runs/s20
+
+The records (``docs/scripts/s20_trigger.py``: ``trig_*.json`` for the defense bench's
+sets, ``gtrig_*.json`` for the generator bench's) hold, per prompt set, the input's and
+the defender's IoU and SAM score, the consensus vote and the mask agreements. This
+replays the default path (keep_consistent, then the consensus check) and then a guard
+that returns the input when the output's score is below the input's plus ``g`` and the
+input's score is below ``t``; it prints the mean refined-minus-input IoU on the
+generator sets (train, texture, alt), on the coarse sets of those domains and of the
+other three, and the lowest and mean IoU over every (defender, attacker) pair's attacked
+sets.
+"""
+import glob, json, sys
+import numpy as np
+
+
+def default_output(r):
+    """(IoU, score, which) of the default path on record ``r`` (no guard)."""
+    if r["ndrop"] == 0 and r["count"] == r["n"] and r["n"] >= 2 and r["pos"] > 0 and r["agree_in"] == r["n"]:
+        return r["in"], r["score_in"], "keep"  # keep_consistent
+    act = r["ndrop"] > 0 and r["agree_D"] < r["count"] and r["ndrop"] < r["n"] and r["count"] >= 2 / 3 * r["n"] - 1e-9
+    if act and r["agree_K"] > r["agree_D"]:
+        return r["K"], r["score_K"], "K"  # the consensus check's second rollout
+    return r["D"], r["score_D"], "D"
+
+
+def out(r, g, t):
+    o, s, w = default_output(r)
+    if w != "keep" and g is not None and s < r["score_in"] + g and r["score_in"] < t:
+        return r["in"]
+    return o
+
+
+def main():
+    folder = sys.argv[1] if len(sys.argv) > 1 else "runs/s20"
+    recs = {f.split("/")[-1][:-5]: json.load(open(f)) for f in sorted(glob.glob(f"{folder}/*trig_*.json"))}
+    sel = {"train", "texture", "alt"}
+    print("rule".ljust(16), "gen(sel) | coarse(sel) coarse(other) | att min  att mean")
+    for g in (None, 0.02, 0.0, -0.01, -0.02, -0.03, -0.05):
+        for t in (1.01, 0.95, 0.9, 0.85):
+            if g is None and t < 1:
+                continue
+            gs = [np.mean([out(r, g, t) - r["in"] for r in d if r["domain"] in sel]) for k, d in recs.items() if k.startswith("gtrig")]
+            cs = [np.mean([out(r, g, t) - r["in"] for r in d if r["kind"] == "coarse" and r["domain"] in sel]) for k, d in recs.items() if k.startswith("trig")]
+            ch = [np.mean([out(r, g, t) - r["in"] for r in d if r["kind"] == "coarse" and r["domain"] not in sel]) for k, d in recs.items() if k.startswith("trig")]
+            at = [np.mean([out(r, g, t) for r in d if r["kind"] == kind])
+                  for d in recs.values() for kind in sorted({r["kind"] for r in d if r["kind"].startswith("att")})]
+            print(f"g={g} t={t}".ljust(16), f"{np.mean(gs):+.4f}  | {np.mean(cs):+.4f}     {np.mean(ch):+.4f}       | {min(at):.3f}  {np.mean(at):.4f}")
+
+
+if __name__ == "__main__":
+    main()
