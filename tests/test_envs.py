@@ -178,6 +178,39 @@ def test_outcome_does_not_depend_on_the_batch(make_world):
     assert abs(alone.score - batched.score) < 1e-5
 
 
+@pytest.mark.parametrize("mixed_sizes", [False, True])
+def test_batched_row_stats_equal_the_per_row_values(mixed_sizes, tiny_segmenter, scenes):
+    """One decoder call's quality and coverage, computed for all rows at once (same
+    image size) or row by row (sizes differ), equal iou / patch_mean of each row's mask;
+    rows without ground truth get nan."""
+    from ppd.data.types import Scene
+    from ppd.graphs.dual_space import patch_mean
+
+    data = [scenes[i] for i in range(4)]
+    if mixed_sizes:  # a cropped copy of scene 0: another image size, the same grid
+        s0 = scenes[0]
+        data.append(Scene(s0.image[:200, :224].copy(), s0.masks[:, :200, :224].copy(), domain=s0.domain))
+    world = PromptWorld(tiny_segmenter, data, grid=8)
+    rng = np.random.default_rng(1)
+    requests = []
+    for i in range(len(data)):
+        rec = world.image(i)
+        for obj in (0, -1):
+            st = np.zeros(rec.num_nodes, np.int8)
+            st[rng.choice(rec.num_nodes, 4, replace=False)] = rng.choice([POSITIVE, NEGATIVE], 4)
+            requests.append((rec, obj, st, rec.centres.copy()))
+    calls = world.decode_calls
+    outs = world.evaluate(requests, want_mask=True)
+    assert world.decode_calls == calls + 1  # one batch (one prompt width)
+    for (rec, obj, _, _), out in zip(requests, outs):
+        assert out.mask.shape == rec.hw
+        np.testing.assert_array_equal(out.coverage, patch_mean(out.mask, rec.grid))
+        if obj >= 0:
+            assert out.quality == float(iou(out.mask, rec.scene.masks[obj]))
+        else:
+            assert np.isnan(out.quality)
+
+
 # -- masks, invalid actions, episode ends ------------------------------------------
 def test_action_masks_follow_the_roles(world):
     n = world.num_nodes
