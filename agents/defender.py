@@ -56,7 +56,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ppd.agents.label_filter import FILTER_ACTIONS, LabelFilter, load_label_filter, node_probabilities
+from ppd.agents.label_filter import (
+    FILTER_ACTIONS, LabelFilter, check_relabel_gate, check_threshold, load_label_filter, node_probabilities,
+)
 from ppd.data.types import Scene
 from ppd.envs.point_prompt_env import DEFAULT_MAX_STEPS, build_observation, defender_step, observation_options, rollout_action_mask
 from ppd.envs.world import (
@@ -664,15 +666,13 @@ class PromptDefender(PromptRefiner):
         self.label_filter = None
         if label_filter is not None:
             net, threshold, action, gate = LabelFilter(*label_filter)
-            if not 0.0 < float(threshold) <= 1.0:
-                raise ValueError(f"the label filter's threshold must be in (0, 1], got {threshold}")
+            threshold = check_threshold(threshold, "the label filter's threshold")
             if action not in FILTER_ACTIONS:
                 raise ValueError(f"the label filter's action must be one of {FILTER_ACTIONS}, got {action!r}")
-            if not 0.0 <= float(gate) < 1.0:
-                raise ValueError(f"the label filter's relabel gate must be in [0, 1), got {gate}")
+            gate = check_relabel_gate(gate, "the label filter's relabel gate")
             if net.observation_space["state"].shape != model.observation_space["state"].shape:
                 raise ValueError("the label filter was built for another graph size than the defender")
-            self.label_filter: LabelFilter | None = LabelFilter(net, float(threshold), str(action), float(gate))
+            self.label_filter: LabelFilter | None = LabelFilter(net, threshold, str(action), gate)
 
     # -- construction -------------------------------------------------------------------
     @classmethod
@@ -1324,10 +1324,10 @@ def run_refine(args: argparse.Namespace) -> int:
         seg = load_segmenter(
             args.model or BUNDLED_NAME, checkpoint=args.checkpoint, device=args.device, precision=args.precision, **kw
         )
-    if args.filter_threshold is not None and not 0.0 < args.filter_threshold <= 1.0:
-        raise ValueError(f"--filter-threshold must be in (0, 1], got {args.filter_threshold}")
-    if args.filter_relabel_gate is not None and not 0.0 <= args.filter_relabel_gate < 1.0:
-        raise ValueError(f"--filter-relabel-gate must be in [0, 1), got {args.filter_relabel_gate}")
+    if args.filter_threshold is not None:
+        check_threshold(args.filter_threshold, "--filter-threshold")
+    if args.filter_relabel_gate is not None:
+        check_relabel_gate(args.filter_relabel_gate, "--filter-relabel-gate")
     if not args.use_filter and (args.filter_threshold is not None or args.filter_action is not None
                                 or args.filter_relabel_gate is not None):
         raise ValueError("--filter-threshold / --filter-action / --filter-relabel-gate have no effect with --no-filter")

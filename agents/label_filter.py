@@ -464,6 +464,35 @@ def train_label_filter(
     return model, meta
 
 
+def _unit_number(value: Any) -> float:
+    """``value`` as a float, nan when it is not a number (bools are not)."""
+    if isinstance(value, bool):
+        return float("nan")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def check_threshold(value: Any, name: str = "threshold") -> float:
+    """A wrong-label filter threshold: a number in (0, 1] (1.0 changes nothing), as a
+    float; else ValueError naming ``name``. The one range check for the saved metadata,
+    ``PromptDefender`` and ``ppd refine --filter-threshold``."""
+    v = _unit_number(value)
+    if not 0.0 < v <= 1.0:
+        raise ValueError(f"{name} must be in (0, 1], got {value!r}")
+    return v
+
+
+def check_relabel_gate(value: Any, name: str = "relabel_gate") -> float:
+    """A relabel gate: a number in [0, 1) (0: any prompt may be relabelled), as a float;
+    else ValueError naming ``name`` (as :func:`check_threshold`)."""
+    v = _unit_number(value)
+    if not 0.0 <= v < 1.0:
+        raise ValueError(f"{name} must be in [0, 1), got {value!r}")
+    return v
+
+
 def load_label_filter(folder: str | Path, device: str | None = None) -> tuple[Any, dict[str, Any]] | None:
     """The filter network and its ``label_filter.json`` from a run folder, or None when
     the run has none (trained before the filter existed, or with ``filter_scenes=0``).
@@ -482,21 +511,15 @@ def load_label_filter(folder: str | Path, device: str | None = None) -> tuple[An
                          f"{(net if net.is_file() else meta).name}")
     try:
         info = json.loads(meta.read_text(encoding="utf-8"))
-        threshold = float(info["threshold"])
+        threshold = info["threshold"]
     except (ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"{meta}: unreadable label filter metadata ({exc})") from None
-    if not 0.0 < threshold <= 1.0:
-        raise ValueError(f"{meta}: threshold must be in (0, 1], got {threshold}")
+    check_threshold(threshold, f"{meta}: threshold")
     info.setdefault("action", "remove")  # written before relabelling was a candidate
     if info["action"] not in FILTER_ACTIONS:
         raise ValueError(f"{meta}: action must be one of {FILTER_ACTIONS}, got {info['action']!r}")
     info.setdefault("relabel_gate", 0.0)  # written before the gate existed: no gate
-    try:
-        gate = float(info["relabel_gate"])
-    except (ValueError, TypeError):
-        gate = float("nan")
-    if not 0.0 <= gate < 1.0:
-        raise ValueError(f"{meta}: relabel_gate must be in [0, 1), got {info['relabel_gate']!r}")
+    check_relabel_gate(info["relabel_gate"], f"{meta}: relabel_gate")
     model = MaskedDQN.load(str(net), device=device or "auto")
     if not getattr(model.policy.q_net, "label_aux", False):
         raise ValueError(f"{net}: this network has no label head")

@@ -354,3 +354,17 @@ def test_defense_bench_shows_the_filter_share(run):
     assert res["label_filter_action"] == metrics["label_filter"]["action"]
     for c in ("defended", "defended[no filter]", "coarse+ppd", "coarse+ppd[no filter]"):
         assert 0.0 <= row[c] <= 1.0, c
+
+
+def test_filter_setting_checks():
+    """The one range check of the filter's threshold (0, 1] and relabel gate [0, 1)."""
+    from ppd.agents.label_filter import check_relabel_gate, check_threshold
+
+    assert check_threshold(1) == 1.0 and check_threshold("0.25") == 0.25
+    assert check_relabel_gate(0) == 0.0 and check_relabel_gate(0.999) == 0.999
+    for bad in (0, 0.0, 1.0001, -1, "x", None, True, float("nan")):
+        with pytest.raises(ValueError, match=r"--t must be in \(0, 1\], got"):
+            check_threshold(bad, "--t")
+    for bad in (1, 1.0, -0.01, "x", None, False, float("nan")):
+        with pytest.raises(ValueError, match=r"gate must be in \[0, 1\), got"):
+            check_relabel_gate(bad, "gate")
