@@ -495,6 +495,16 @@ def _segmenter_from_config(cfg: dict[str, Any], device: str | None, precision: s
 
 
 # ----------------------------------------------------------------------------- defender
+def check_score_gain(value: Any) -> float | None:
+    """``PromptDefender``'s ``min_score_gain``: None, or a number in (-1, 1) as a float;
+    else ValueError."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not -1.0 < value < 1.0:
+        raise ValueError(f"min_score_gain must be a number in (-1, 1) or None, got {value!r}")
+    return float(value)
+
+
 class PromptDefender(PromptRefiner):
     """A trained defender DQN that refines point prompts for SAM2 (no ground truth).
 
@@ -623,11 +633,7 @@ class PromptDefender(PromptRefiner):
         if isinstance(consensus_quorum, bool) or not isinstance(consensus_quorum, numbers.Real) or not 0.0 <= consensus_quorum <= 1.0:
             raise ValueError(f"consensus_quorum must be a number in [0, 1], got {consensus_quorum!r}")
         self.consensus_quorum = float(consensus_quorum)
-        if min_score_gain is not None and (
-            isinstance(min_score_gain, bool) or not isinstance(min_score_gain, numbers.Real) or not -1.0 < min_score_gain < 1.0
-        ):
-            raise ValueError(f"min_score_gain must be a number in (-1, 1) or None, got {min_score_gain!r}")
-        self.min_score_gain = None if min_score_gain is None else float(min_score_gain)
+        self.min_score_gain = check_score_gain(min_score_gain)
         if select not in SELECT_RULES:
             raise ValueError(f"select must be one of {SELECT_RULES}, got {select!r}")
         self.select = select
@@ -1192,16 +1198,14 @@ def add_keep_consistent_argument(p: argparse.ArgumentParser) -> None:
 
 
 def _score_gain(text: str) -> float | None:
-    """argparse type: a number in (-1, 1), or ``off`` / ``none`` (None)."""
+    """argparse type of ``--min-score-gain``: :func:`check_score_gain` of a number, or
+    ``off`` / ``none`` (None)."""
     if text.strip().lower() in ("off", "none"):
         return None
     try:
-        value = float(text)
+        return check_score_gain(float(text))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number in (-1, 1) or 'off', got {text!r}") from None
-    if not -1.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be in (-1, 1) or 'off', got {text}")
-    return value
+        raise argparse.ArgumentTypeError(f"must be in (-1, 1) or 'off', got {text!r}") from None
 
 
 def add_min_score_gain_argument(p: argparse.ArgumentParser) -> None:

@@ -1025,7 +1025,7 @@ def test_min_score_gain_flag(capsys):
 
         with pytest.raises(SystemExit):  # the flag exists there too, with the same check
             importlib.import_module(mod).main(["--min-score-gain", "2"])
-        assert "--min-score-gain: must be in (-1, 1) or 'off', got 2" in capsys.readouterr().err
+        assert "--min-score-gain: must be in (-1, 1) or 'off', got '2'" in capsys.readouterr().err
 
 
 def test_polish_is_a_greedy_score_filter_from_the_output(tiny_segmenter, random_image):
