@@ -543,18 +543,20 @@ class PromptDefender(PromptRefiner):
             the rollout's first).
         min_score_gain: a guard for good clicks (beyond the paper; None: off), in
             (-1, 1). The refined set is returned only if SAM's predicted IoU for it
-            (unpadded, the mask the user gets) is at least the input set's plus this;
-            otherwise the input comes back unchanged (``steps`` 0). A negative value
-            tolerates that much of a drop; the default
-            (:data:`DEFAULT_MIN_SCORE_GAIN`, -0.05) refuses a refined set that SAM
-            rates clearly worse than the input. Why: the wrong-label filter acts before
-            the rollout, so ``select="score"`` cannot return the input itself, and on
-            images unlike the training scenes the filter and the defender drop good
-            clicks; SAM's own rating catches most of those. Why a tolerance rather
-            than 0: an attacker can make SAM confidently segment the wrong object, and
-            the recovered set then scores a little below the attacked one (session
-            22). Costs one decoder call per changed set (none when ``keep_consistent``
-            already decoded the input).
+            (unpadded, the mask the user gets) is at least the input set's plus this,
+            or its mask agrees with more input prompts (a positive inside, a negative
+            outside) than SAM's mask of the input does; otherwise the input comes back
+            unchanged (``steps`` 0). A negative value tolerates that much of a drop;
+            the default (:data:`DEFAULT_MIN_SCORE_GAIN`, -0.05) refuses a refined set
+            that SAM rates clearly worse than the input unless it follows more of the
+            input's clicks. Why: the wrong-label filter acts before the rollout, so
+            ``select="score"`` cannot return the input itself, and on images unlike
+            the training scenes the filter and the defender drop good clicks; SAM's
+            own rating catches most of those. Why the tolerance and the agreement
+            test: wrong clicks (an attacker's, or a coarse set's) can make SAM
+            confidently segment the wrong object, and the recovered set then scores
+            below it, sometimes far below (session 22). Costs one decoder call per
+            changed set (none when ``keep_consistent`` already decoded the input).
         polish: after the rollout's output state is picked, drop its prompts one at a
             time while a removal raises SAM's predicted IoU (beyond the paper: the
             :class:`~ppd.agents.baselines.GreedyScoreFilter` run from the defender's
@@ -1102,13 +1104,20 @@ class PromptDefender(PromptRefiner):
 
     def _guard(self, prep: dict[str, Any], result: RefineResult) -> RefineResult:
         """``result``, or the input set unchanged when ``result``'s predicted IoU is not
-        at least ``min_score_gain`` above the input's (class docstring)."""
+        at least ``min_score_gain`` above the input's and its mask agrees with no more
+        input prompts than the input's own mask does (class docstring)."""
+        from ppd.agents.baselines import mask_agreement
+
         if result.steps == 0:
             return result
         pred = prep.get("input_pred")  # keep_consistent's decode of the input, if it ran
         if pred is None:
             pred = self.segmenter.predict(prep["rec"].embedding, prep["coords"], prep["labels"])
         if result.score >= float(pred.scores[0]) + self.min_score_gain:
+            return result
+        coords, labels = prep["coords"], prep["labels"]
+        agree = mask_agreement(np.stack([result.mask, pred.masks[0]]), coords, labels).sum(axis=1)
+        if agree[0] > agree[1]:  # the refined mask follows more of the input's clicks: keep it
             return result
         return self._unchanged(prep, pred)
 

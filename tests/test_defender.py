@@ -992,15 +992,44 @@ def test_min_score_gain_guard(run_dir, tiny_segmenter, random_image):
     assert strict.steps == 0 and strict.kept.all() and strict.score == pytest.approx(ref.score)
     np.testing.assert_array_equal(strict.point_labels, LABELS)
     np.testing.assert_array_equal(strict.mask, ref.mask)
-    # just below and just above the refined set's own margin over the input (either sign)
+    # just below and just above the refined set's own margin over the input (either sign);
+    # above it the input comes back unless the refined mask follows more input clicks
     passes, fails = refine_with(diff - 1e-3), refine_with(diff + 1e-3)
     assert passes.steps == r.steps and passes.score == pytest.approx(r.score)
     np.testing.assert_array_equal(passes.kept, r.kept)
     np.testing.assert_array_equal(passes.mask, r.mask)
-    assert fails.steps == 0 and fails.kept.all() and fails.score == pytest.approx(ref.score)
+    follows_more = mask_agreement(r.mask[None], POINTS, LABELS).sum() > mask_agreement(ref.mask[None], POINTS, LABELS).sum()
+    expect = r if follows_more else ref
+    assert fails.steps == expect.steps and fails.score == pytest.approx(expect.score)
+    np.testing.assert_array_equal(fails.mask, expect.mask)
     for bad in (-1.0, 1.0, 1.5, "0.1", True):
         with pytest.raises(ValueError, match=r"min_score_gain must be a number in \(-1, 1\) or None"):
             PromptDefender.load(run_dir, min_score_gain=bad, **kw)
+
+
+def test_min_score_gain_guard_yields_to_the_input_clicks(run_dir, tiny_segmenter, random_image):
+    """A refined set SAM rates below the input (past the tolerance) is still returned when
+    its mask agrees with more input clicks than SAM's mask of the input; else the input."""
+    from ppd.agents.defender import make_result
+
+    d = PromptDefender.load(run_dir, segmenter=tiny_segmenter, device="cpu")  # the default guard, -0.05
+    prep = d._prepare(random_image, POINTS, LABELS, None)
+    ref = tiny_segmenter.predict(random_image, POINTS, LABELS)
+    agree_in = int(mask_agreement(ref.masks[:1], POINTS, LABELS).sum())
+    assert agree_in < len(LABELS)  # this model's input mask misses a click: room to follow more
+    follows = np.zeros(random_image.shape[:2], bool)  # agrees with every click
+    for (x, y), label in zip(POINTS.astype(int), LABELS):
+        follows[y, x] = bool(label)
+    kept = np.ones(len(LABELS), bool)
+    low, high = float(ref.scores[0]) - 0.2, float(ref.scores[0]) - 0.01
+    for mask, score, returned in ((follows, low, True), (~follows, low, False), (~follows, high, True)):
+        res = make_result(POINTS, LABELS, kept, mask, score, steps=1)
+        out = d._guard(prep, res)
+        if returned:
+            assert out is res
+        else:
+            assert out.steps == 0 and out.score == pytest.approx(float(ref.scores[0]))
+            np.testing.assert_array_equal(out.mask, ref.masks[0])
 
 
 def test_min_score_gain_flag(capsys):

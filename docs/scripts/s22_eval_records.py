@@ -1,0 +1,73 @@
+"""Session 22: per-set records on a run's training eval sets, for the score guard.
+
+    python docs/scripts/s22_eval_records.py RUN OUT.json     # one run
+    python docs/scripts/s22_eval_records.py --grid OUT1.json OUT2.json ...   # replay guards
+
+The eval sets are ``ppd train``'s (48 in-domain scenes, EVAL_SEED; the attacker's sets
+and the coarse sets, rebuilt from the run's config, attacker and defender). Per set: the
+input's and ``PromptDefender.refine``'s output (guard off) IoU, SAM score and agreement
+with the input clicks, and the output's step count. ``--grid`` replays the guard with
+tolerance g (and with the agreement test) on these records: mean IoU per run, attacked /
+coarse.
+"""
+import sys, json, numpy as np, torch, dataclasses
+torch.set_num_threads(1)
+from ppd.agents.train import TrainConfig, evaluate_agents, EVAL_SEED, TRAIN_DOMAIN
+from ppd.agents.dqn import MaskedDQN
+from ppd.agents.label_filter import load_label_filter, LabelFilter
+from ppd.agents.defender import PromptDefender
+from ppd.agents.baselines import mask_agreement
+from ppd.config import load_config_file
+from ppd.data.scenes import ProceduralScenes
+from ppd.envs import PromptWorld
+from ppd.envs.world import prompts_from_state
+from ppd.segmenter import load_segmenter
+
+
+
+def grid(files):
+    def out(r, g, agree):
+        if (g is not None and r["steps"] > 0 and r["score_out"] < r["score_in"] + g
+                and (not agree or r["agree_out"] <= r["agree_in"])):
+            return r["iou_in"]
+        return r["iou_out"]
+    print("rule".ljust(20), " ".join(f.split("/")[-1][:-5].rjust(13) for f in files), "  mean")
+    for g, agree in [(None, False)] + [(g, a) for g in (0.0, -0.05, -0.1, -0.2) for a in (False, True)]:
+        cells, vals = [], []
+        for f in files:
+            d = json.load(open(f))
+            a, c = (np.mean([out(r, g, agree) for r in d if r["kind"] == k]) for k in ("attacked", "coarse"))
+            cells.append(f"{a:.3f}/{c:.3f}")
+            vals += [a, c]
+        print(f"g={g}{' agree' if agree else ''}".ljust(20), " ".join(x.rjust(13) for x in cells), f"  {np.mean(vals):.4f}")
+
+
+if sys.argv[1] == "--grid":
+    grid(sys.argv[2:])
+    raise SystemExit(0)
+run, outf = sys.argv[1], sys.argv[2]
+raw = load_config_file(f"{run}/config.yaml")
+fields = {f.name for f in dataclasses.fields(TrainConfig)}
+cfg = TrainConfig(**{k: v for k, v in raw.items() if k in fields})
+seg = load_segmenter()
+ew = PromptWorld(seg, ProceduralScenes(TRAIN_DOMAIN, cfg.eval_scenes, seed=EVAL_SEED), grid=cfg.grid, k_physical=cfg.k_physical, k_semantic=cfg.k_semantic)
+att = MaskedDQN.load(f"{run}/attacker.zip"); de = MaskedDQN.load(f"{run}/defender.zip")
+loaded = load_label_filter(run)
+lf = None if loaded is None else LabelFilter(loaded[0], loaded[1]["threshold"], loaded[1]["action"], loaded[1]["relabel_gate"])
+ev, ro = evaluate_agents(att, de, ew, cfg, return_rollouts=True, label_filter=lf)
+d = PromptDefender.load(run, segmenter=seg, min_score_gain=None)
+rows = []
+for part in ("attacked", "coarse"):
+    sets = ro[part]
+    cl = [prompts_from_state(st, pts) for _, _, st, pts in sets]
+    res = d.refine_many([rec.scene.image for rec, *_ in sets], [c for c, _ in cl], [l for _, l in cl])
+    for (rec, obj, *_), r, (c, l) in zip(sets, res, cl):
+        gt = rec.scene.masks[obj]
+        pin = seg.predict(rec.scene.image, c, l)
+        rows.append(dict(kind=part, n=len(l), steps=int(r.steps), iou_out=float(ew.quality_fn(r.mask, gt)), score_out=float(r.score),
+                         agree_out=int(mask_agreement(r.mask[None], c, l).sum()), iou_in=float(ew.quality_fn(pin.masks[0], gt)),
+                         score_in=float(pin.scores[0]), agree_in=int(mask_agreement(pin.masks[:1], c, l).sum())))
+json.dump(rows, open(outf, "w"))
+for part in ("attacked", "coarse"):
+    rs = [r for r in rows if r["kind"] == part]
+    print(run, part, "in %.3f out %.3f" % (np.mean([r["iou_in"] for r in rs]), np.mean([r["iou_out"] for r in rs])))
