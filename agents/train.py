@@ -704,7 +704,24 @@ def train(
     Returns:
         ``{"final": {eval metrics}, "history": [...], "rounds": int, "env_steps": int,
         "wall_time_s": float, "steps_per_s": float}`` (also written to ``metrics.json``).
+
+    Torch runs in deterministic mode meanwhile (restored after): with more than one CPU
+    thread, the Q-networks' backward passes accumulate with ``index_put_``, whose default
+    CPU kernel sums in thread order, so two runs of one seed drifted apart (session 22).
     """
+    import torch
+
+    was = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        return _train(cfg, out, resume, callback, segmenter, progress)
+    finally:
+        torch.use_deterministic_algorithms(was[0], warn_only=was[1])
+
+
+def _train(cfg: TrainConfig, out: str | Path, resume: bool, callback: BaseCallback | None,
+           segmenter: Segmenter | None, progress: Any) -> dict[str, Any]:
+    """:func:`train`'s body."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     state_file = out / "state.json"

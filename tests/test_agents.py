@@ -695,6 +695,25 @@ def test_train_without_selection_keeps_the_latest_defender(tiny_segmenter, tiny_
         _tiny_config(tiny_checkpoint, defender_evals=-1)
 
 
+def test_train_runs_torch_in_deterministic_mode_and_restores_it(tiny_segmenter, tiny_checkpoint, tmp_path):
+    """Training runs with torch's deterministic algorithms (two-thread runs of one seed
+    drifted apart without them: index_put_ accumulation in the backward passes), and
+    the caller's setting comes back afterwards."""
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    seen = []
+
+    class Probe(BaseCallback):
+        def _on_step(self) -> bool:
+            seen.append(torch.are_deterministic_algorithms_enabled())
+            return True
+
+    assert not torch.are_deterministic_algorithms_enabled()
+    train(_tiny_config(tiny_checkpoint, rounds=1), tmp_path / "run", callback=Probe(), segmenter=tiny_segmenter)
+    assert seen and all(seen)
+    assert not torch.are_deterministic_algorithms_enabled()
+
+
 def test_train_cli_and_resume_errors(tiny_checkpoint, tmp_path, capsys):
     from ppd.cli import main
 
