@@ -706,8 +706,9 @@ def train(
         "wall_time_s": float, "steps_per_s": float}`` (also written to ``metrics.json``).
 
     Torch runs in deterministic mode meanwhile (restored after): with more than one CPU
-    thread, the Q-networks' backward passes accumulate with ``index_put_``, whose default
-    CPU kernel sums in thread order, so two runs of one seed drifted apart (session 22).
+    thread, two runs of one seed drifted apart in the defender phase (session 22); some
+    CPU kernels sum in thread order by default (``index_put_`` with ``accumulate=True``,
+    which indexing backward passes use, is one), and this mode picks their ordered ones.
     """
     import torch
 
