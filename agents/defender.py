@@ -497,6 +497,14 @@ def _segmenter_from_config(cfg: dict[str, Any], device: str | None, precision: s
 
 
 # ----------------------------------------------------------------------------- defender
+def check_consensus_quorum(value: Any) -> float:
+    """``PromptDefender``'s ``consensus_quorum``: a number in [0, 1] as a float; else
+    ValueError."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= value <= 1.0:
+        raise ValueError(f"consensus_quorum must be a number in [0, 1], got {value!r}")
+    return float(value)
+
+
 def check_score_gain(value: Any) -> float | None:
     """``PromptDefender``'s ``min_score_gain``: None, or a number in (-1, 1) as a float;
     else ValueError."""
@@ -634,9 +642,7 @@ class PromptDefender(PromptRefiner):
             if not isinstance(value, bool):
                 raise ValueError(f"{name} must be True or False, got {value!r}")
         self.polish, self.consensus, self.keep_consistent = polish, consensus, keep_consistent
-        if isinstance(consensus_quorum, bool) or not isinstance(consensus_quorum, numbers.Real) or not 0.0 <= consensus_quorum <= 1.0:
-            raise ValueError(f"consensus_quorum must be a number in [0, 1], got {consensus_quorum!r}")
-        self.consensus_quorum = float(consensus_quorum)
+        self.consensus_quorum = check_consensus_quorum(consensus_quorum)
         self.min_score_gain = check_score_gain(min_score_gain)
         if select not in SELECT_RULES:
             raise ValueError(f"select must be one of {SELECT_RULES}, got {select!r}")
@@ -1031,8 +1037,6 @@ class PromptDefender(PromptRefiner):
     def _consistent_input(self, prep: dict[str, Any], vote: tuple[np.ndarray, int] | None) -> RefineResult | None:
         """The input unchanged when it is self-consistent (class docstring,
         ``keep_consistent``), else None."""
-        from ppd.agents.baselines import mask_agreement
-
         coords, labels = prep["coords"], prep["labels"]
         # no vote (budget 0), or a vote without hypothesis (one point, no positive): no evidence
         if vote is None or len(coords) < 2 or not (labels == 1).any():
@@ -1041,9 +1045,17 @@ class PromptDefender(PromptRefiner):
         if len(order) or count < len(coords):
             return None
         pred = prep["input_pred"] = self.segmenter.predict(prep["rec"].embedding, coords, labels)
-        if not mask_agreement(pred.masks[:1], coords, labels).all():
+        if self._agreement(prep, pred.masks[0])[0] < len(coords):
             return None
         return self._unchanged(prep, pred)
+
+    @staticmethod
+    def _agreement(prep: dict[str, Any], *masks: np.ndarray) -> np.ndarray:
+        """Per mask, how many of the prepared set's input prompts agree with it (a
+        positive inside, a negative outside; :func:`~ppd.agents.baselines.mask_agreement`)."""
+        from ppd.agents.baselines import mask_agreement
+
+        return mask_agreement(np.stack(masks), prep["coords"], prep["labels"]).sum(axis=1)
 
     def _unchanged(self, prep: dict[str, Any], pred: Any) -> RefineResult:
         """The input set as the result, with ``pred``, SAM's prediction for it."""
@@ -1069,15 +1081,10 @@ class PromptDefender(PromptRefiner):
         that disagree with the input's consensus mask (``votes``, from :meth:`_votes`)
         where that agrees with at least ``consensus_quorum`` of them and with more than
         the output (class docstring, ``consensus``)."""
-        from ppd.agents.baselines import mask_agreement
-
         live = [i for i, v in enumerate(votes) if v is not None]
         if not live:
             return results
-        def agreement(i: int, mask: np.ndarray) -> int:  # input prompts of set i that agree with mask
-            return int(mask_agreement(mask[None], preps[i]["coords"], preps[i]["labels"]).sum())
-
-        agree = {i: agreement(i, results[i].mask) for i in live}
+        agree = {i: int(self._agreement(preps[i], results[i].mask)[0]) for i in live}
         redo, keeps = [], []
         for i in live:
             order, count = votes[i]  # type: ignore[misc]
@@ -1095,7 +1102,7 @@ class PromptDefender(PromptRefiner):
                 for i, k in zip(redo, keeps)]
         out = list(results)
         for i, k, r in zip(redo, keeps, self._refine_prepared(subs)):
-            if agreement(i, r.mask) <= agree[i]:
+            if self._agreement(preps[i], r.mask)[0] <= agree[i]:
                 continue
             p = preps[i]
             kept, relabeled = np.zeros(len(p["coords"]), bool), np.zeros(len(p["coords"]), bool)
@@ -1108,8 +1115,6 @@ class PromptDefender(PromptRefiner):
         """``result``, or the input set unchanged when ``result``'s predicted IoU is not
         at least ``min_score_gain`` above the input's and its mask agrees with no more
         input prompts than the input's own mask does (class docstring)."""
-        from ppd.agents.baselines import mask_agreement
-
         if result.steps == 0:
             return result
         pred = prep.get("input_pred")  # keep_consistent's decode of the input, if it ran
@@ -1117,8 +1122,7 @@ class PromptDefender(PromptRefiner):
             pred = self.segmenter.predict(prep["rec"].embedding, prep["coords"], prep["labels"])
         if result.score >= float(pred.scores[0]) + self.min_score_gain:
             return result
-        coords, labels = prep["coords"], prep["labels"]
-        agree = mask_agreement(np.stack([result.mask, pred.masks[0]]), coords, labels).sum(axis=1)
+        agree = self._agreement(prep, result.mask, pred.masks[0])
         if agree[0] > agree[1]:  # the refined mask follows more of the input's clicks: keep it
             return result
         return self._unchanged(prep, pred)
@@ -1174,14 +1178,15 @@ def add_polish_argument(p: argparse.ArgumentParser) -> None:
 
 
 def _share(text: str) -> float:
-    """argparse type: a number in [0, 1]."""
+    """argparse type of ``--consensus-quorum``: :func:`check_consensus_quorum` of a number."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
-    return value
+    try:
+        return check_consensus_quorum(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}") from None
 
 
 def add_consensus_argument(p: argparse.ArgumentParser) -> None:

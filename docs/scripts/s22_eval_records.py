@@ -11,13 +11,11 @@ tolerance g (and with the agreement test) on these records: mean IoU per run, at
 coarse.
 """
 import sys, json, numpy as np, torch, dataclasses
-torch.set_num_threads(1)
 from ppd.agents.train import TrainConfig, evaluate_agents, EVAL_SEED, TRAIN_DOMAIN
 from ppd.agents.dqn import MaskedDQN
 from ppd.agents.label_filter import load_label_filter, LabelFilter
-from ppd.agents.defender import PromptDefender
+from ppd.agents.defender import PromptDefender, read_run_config
 from ppd.agents.baselines import mask_agreement
-from ppd.config import load_config_file
 from ppd.data.scenes import ProceduralScenes
 from ppd.envs import PromptWorld
 from ppd.envs.world import prompts_from_state
@@ -42,32 +40,46 @@ def grid(files):
         print(f"g={g}{' agree' if agree else ''}".ljust(20), " ".join(x.rjust(13) for x in cells), f"  {np.mean(vals):.4f}")
 
 
-if sys.argv[1] == "--grid":
-    grid(sys.argv[2:])
-    raise SystemExit(0)
-run, outf = sys.argv[1], sys.argv[2]
-raw = load_config_file(f"{run}/config.yaml")
-fields = {f.name for f in dataclasses.fields(TrainConfig)}
-cfg = TrainConfig(**{k: v for k, v in raw.items() if k in fields})
-seg = load_segmenter()
-ew = PromptWorld(seg, ProceduralScenes(TRAIN_DOMAIN, cfg.eval_scenes, seed=EVAL_SEED), grid=cfg.grid, k_physical=cfg.k_physical, k_semantic=cfg.k_semantic)
-att = MaskedDQN.load(f"{run}/attacker.zip"); de = MaskedDQN.load(f"{run}/defender.zip")
-loaded = load_label_filter(run)
-lf = None if loaded is None else LabelFilter(loaded[0], loaded[1]["threshold"], loaded[1]["action"], loaded[1]["relabel_gate"])
-ev, ro = evaluate_agents(att, de, ew, cfg, return_rollouts=True, label_filter=lf)
-d = PromptDefender.load(run, segmenter=seg, min_score_gain=None)
-rows = []
-for part in ("attacked", "coarse"):
-    sets = ro[part]
-    cl = [prompts_from_state(st, pts) for _, _, st, pts in sets]
-    res = d.refine_many([rec.scene.image for rec, *_ in sets], [c for c, _ in cl], [l for _, l in cl])
-    for (rec, obj, *_), r, (c, l) in zip(sets, res, cl):
-        gt = rec.scene.masks[obj]
-        pin = seg.predict(rec.scene.image, c, l)
-        rows.append(dict(kind=part, n=len(l), steps=int(r.steps), iou_out=float(ew.quality_fn(r.mask, gt)), score_out=float(r.score),
-                         agree_out=int(mask_agreement(r.mask[None], c, l).sum()), iou_in=float(ew.quality_fn(pin.masks[0], gt)),
-                         score_in=float(pin.scores[0]), agree_in=int(mask_agreement(pin.masks[:1], c, l).sum())))
-json.dump(rows, open(outf, "w"))
-for part in ("attacked", "coarse"):
-    rs = [r for r in rows if r["kind"] == part]
-    print(run, part, "in %.3f out %.3f" % (np.mean([r["iou_in"] for r in rs]), np.mean([r["iou_out"] for r in rs])))
+def eval_sets(run, seg):
+    """``(eval world, evaluate_agents's rollouts)``: ``ppd train``'s eval sets of ``run``
+    (its attacked and coarse sets), rebuilt from its config, attacker, defender and label
+    filter (read_run_config's fields that TrainConfig still has)."""
+    raw = read_run_config(run)
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    cfg = TrainConfig(**{k: v for k, v in raw.items() if k in fields})
+    ew = PromptWorld(seg, ProceduralScenes(TRAIN_DOMAIN, cfg.eval_scenes, seed=EVAL_SEED), grid=cfg.grid,
+                     k_physical=cfg.k_physical, k_semantic=cfg.k_semantic)
+    att, de = MaskedDQN.load(f"{run}/attacker.zip"), MaskedDQN.load(f"{run}/defender.zip")
+    loaded = load_label_filter(run)
+    lf = None if loaded is None else LabelFilter(loaded[0], loaded[1]["threshold"], loaded[1]["action"], loaded[1]["relabel_gate"])
+    _, rollouts = evaluate_agents(att, de, ew, cfg, return_rollouts=True, label_filter=lf)
+    return ew, rollouts
+
+
+def records(run, outf):
+    seg = load_segmenter()
+    ew, ro = eval_sets(run, seg)
+    d = PromptDefender.load(run, segmenter=seg, min_score_gain=None)
+    rows = []
+    for part in ("attacked", "coarse"):
+        sets = ro[part]
+        cl = [prompts_from_state(st, pts) for _, _, st, pts in sets]
+        res = d.refine_many([rec.scene.image for rec, *_ in sets], [c for c, _ in cl], [l for _, l in cl])
+        for (rec, obj, *_), r, (c, l) in zip(sets, res, cl):
+            gt = rec.scene.masks[obj]
+            pin = seg.predict(rec.scene.image, c, l)
+            rows.append(dict(kind=part, n=len(l), steps=int(r.steps), iou_out=float(ew.quality_fn(r.mask, gt)), score_out=float(r.score),
+                             agree_out=int(mask_agreement(r.mask[None], c, l).sum()), iou_in=float(ew.quality_fn(pin.masks[0], gt)),
+                             score_in=float(pin.scores[0]), agree_in=int(mask_agreement(pin.masks[:1], c, l).sum())))
+    json.dump(rows, open(outf, "w"))
+    for part in ("attacked", "coarse"):
+        rs = [r for r in rows if r["kind"] == part]
+        print(run, part, "in %.3f out %.3f" % (np.mean([r["iou_in"] for r in rs]), np.mean([r["iou_out"] for r in rs])))
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    if sys.argv[1] == "--grid":
+        grid(sys.argv[2:])
+    else:
+        records(sys.argv[1], sys.argv[2])

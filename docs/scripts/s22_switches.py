@@ -4,27 +4,22 @@ the score guard's tolerance (without its agreement test).
 
     python docs/scripts/s22_switches.py RUN
 """
-import sys, numpy as np, torch, dataclasses
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from s22_eval_records import eval_sets  # noqa: E402
+from ppd.agents.defender import PromptDefender  # noqa: E402
+from ppd.envs.world import prompts_from_state  # noqa: E402
+from ppd.segmenter import load_segmenter  # noqa: E402
+
 torch.set_num_threads(2)
-from ppd.agents.train import TrainConfig, evaluate_agents, EVAL_SEED, TRAIN_DOMAIN
-from ppd.agents.dqn import MaskedDQN
-from ppd.agents.label_filter import load_label_filter, LabelFilter
-from ppd.agents.defender import PromptDefender
-from ppd.config import load_config_file
-from ppd.data.scenes import ProceduralScenes
-from ppd.envs import PromptWorld
-from ppd.envs.world import prompts_from_state
-from ppd.segmenter import load_segmenter
 run = sys.argv[1]
-raw = load_config_file(f"{run}/config.yaml")
-fields = {f.name for f in dataclasses.fields(TrainConfig)}
-cfg = TrainConfig(**{k: v for k, v in raw.items() if k in fields})
 seg = load_segmenter()
-ew = PromptWorld(seg, ProceduralScenes(TRAIN_DOMAIN, cfg.eval_scenes, seed=EVAL_SEED), grid=cfg.grid, k_physical=cfg.k_physical, k_semantic=cfg.k_semantic)
-att = MaskedDQN.load(f"{run}/attacker.zip"); de = MaskedDQN.load(f"{run}/defender.zip")
-fm, meta = load_label_filter(run)
-ev, ro = evaluate_agents(att, de, ew, cfg, return_rollouts=True, label_filter=LabelFilter(fm, meta["threshold"], meta["action"], meta["relabel_gate"]))
-print({k: round(v, 3) for k, v in ev.items()})
+ew, ro = eval_sets(run, seg)
 variants = {"default": {}, "no guard": dict(min_score_gain=None), "no keep": dict(keep_consistent=False),
             "no consensus": dict(consensus=False), "none": dict(min_score_gain=None, keep_consistent=False, consensus=False)}
 for name, kw in variants.items():
