@@ -512,6 +512,32 @@ def test_load_segmenter_passes_cache_size(tiny_checkpoint):
     assert seg.name == "sam2-tiny-synthetic" and seg.device == torch.device("cpu")
 
 
+def test_cpu_decoder_attention_is_two_matmuls_with_sam2s_result(tiny_segmenter, tiny_embedding, monkeypatch):
+    from sam2.modeling.sam.transformer import Attention, RoPEAttention
+
+    model = tiny_segmenter.model
+    layers = [m for m in model.sam_mask_decoder.modules() if isinstance(m, Attention)]
+    assert len(layers) == 7 and {type(m).__name__ for m in layers} == {"MatmulAttention"}
+    assert {type(m) for m in model.memory_attention.modules() if isinstance(m, Attention)} == {RoPEAttention}
+    assert segmenter_module.use_matmul_attention(model.sam_mask_decoder) == 0  # already done
+
+    fused = []
+    sdpa = F.scaled_dot_product_attention
+    monkeypatch.setattr(F, "scaled_dot_product_attention", lambda *a, **k: fused.append(1) or sdpa(*a, **k))
+    rng = np.random.default_rng(3)
+    coords = rng.uniform(0, 60, (6, 5, 2))
+    labels = rng.integers(0, 2, (6, 5))
+    labels[:3, 3:] = -1  # padding
+    ours = tiny_segmenter.predict(tiny_embedding, coords, labels, multimask=True)
+    assert fused == []
+    monkeypatch.setattr(segmenter_module, "MATMUL_ATTENTION_MAX_SCORES", 0)  # every layer: SAM2's own forward
+    ref = tiny_segmenter.predict(tiny_embedding, coords, labels, multimask=True)
+    assert len(fused) == 7
+    assert (ours.masks != ref.masks).mean() <= 1e-4
+    np.testing.assert_allclose(ours.scores, ref.scores, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(ours.logits, ref.logits, atol=1e-4, rtol=0)
+
+
 # ============================================================================= parity
 # sam2.sam2_image_predictor imports sam2.utils.transforms, which imports torchvision, and
 # torchvision cannot be imported on these CPU machines. The stand-ins below do what
