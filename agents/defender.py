@@ -476,7 +476,8 @@ def polish_states(
     return out
 
 
-def _segmenter_from_config(cfg: dict[str, Any], device: str | None, precision: str | None = None) -> Segmenter:
+def _segmenter_from_config(cfg: dict[str, Any], device: str | None, precision: str | None = None,
+                           cache_dir: str | os.PathLike | None = None) -> Segmenter:
     """The segmenter a run was trained with (name / checkpoint and RUAC head in its
     config), else bundled."""
     from ppd.models import BUNDLED_NAME
@@ -492,7 +493,8 @@ def _segmenter_from_config(cfg: dict[str, Any], device: str | None, precision: s
         mode = find_setting(cfg, "ruac_uncertainty")
         kw = dict(decoder="ruac", ruac_checkpoint=ruac, uncertainty=mode if isinstance(mode, str) else "analytic")
     return load_segmenter(
-        name, checkpoint=ckpt if isinstance(ckpt, str) and ckpt else None, device=device, precision=precision, **kw
+        name, checkpoint=ckpt if isinstance(ckpt, str) and ckpt else None, device=device, precision=precision,
+        cache_dir=cache_dir, **kw
     )
 
 
@@ -709,6 +711,7 @@ class PromptDefender(PromptRefiner):
         consensus: bool = DEFAULT_CONSENSUS,
         consensus_quorum: float = DEFAULT_CONSENSUS_QUORUM,
         keep_consistent: bool = DEFAULT_KEEP_CONSISTENT,
+        embedding_cache: str | os.PathLike | None = None,
     ) -> PromptDefender:
         """Load the defender of a training run.
 
@@ -744,16 +747,21 @@ class PromptDefender(PromptRefiner):
                 docstring.
             precision: the precision of the segmenter loaded here (see
                 :func:`ppd.segmenter.resolve_precision`; default fp32 for the bundled model).
+            embedding_cache: a folder for the image embeddings of the segmenter loaded
+                here (``cache_dir`` of :func:`ppd.load_segmenter`: kept across processes).
 
         Raises:
             FileNotFoundError: missing folder or ``defender.zip``.
             ValueError: corrupt run folder, a model that is not a defender, a
                 ``node_uncertainty`` defender with a segmenter that gives no uncertainty,
-                or ``precision`` together with ``segmenter`` (set it on that segmenter).
+                or ``precision`` / ``embedding_cache`` together with ``segmenter`` (set
+                them on that segmenter).
         """
-        if precision is not None and segmenter is not None:
-            raise ValueError("precision applies to the segmenter loaded here; with segmenter=, "
-                             "pass precision to load_segmenter instead")
+        for name, value in (("precision", precision), ("embedding_cache", embedding_cache)):
+            if value is not None and segmenter is not None:
+                arg = "cache_dir" if name == "embedding_cache" else name
+                raise ValueError(f"{name} applies to the segmenter loaded here; with segmenter=, "
+                                 f"pass {arg} to load_segmenter instead")
         if path is None:
             if not (BUNDLED_DEFENDER / "defender.zip").is_file():
                 raise FileNotFoundError(
@@ -799,7 +807,7 @@ class PromptDefender(PromptRefiner):
                     float(loaded[1]["relabel_gate"] if filter_relabel_gate is None else filter_relabel_gate),
                 )
         if segmenter is None:
-            segmenter = _segmenter_from_config(cfg, device, precision)
+            segmenter = _segmenter_from_config(cfg, device, precision, embedding_cache)
         return cls(
             model,
             segmenter,
@@ -1342,7 +1350,8 @@ def run_refine(args: argparse.Namespace) -> int:
 
         kw = dict(decoder="ruac", ruac_checkpoint=ruac) if ruac else {}
         seg = load_segmenter(
-            args.model or BUNDLED_NAME, checkpoint=args.checkpoint, device=args.device, precision=args.precision, **kw
+            args.model or BUNDLED_NAME, checkpoint=args.checkpoint, device=args.device, precision=args.precision,
+            cache_dir=args.embedding_cache, **kw
         )
     if args.filter_threshold is not None:
         check_threshold(args.filter_threshold, "--filter-threshold")
@@ -1356,6 +1365,7 @@ def run_refine(args: argparse.Namespace) -> int:
         use_filter=args.use_filter, filter_threshold=args.filter_threshold, filter_action=args.filter_action,
         filter_relabel_gate=args.filter_relabel_gate, **inference_options(args),
         precision=None if seg is not None else args.precision,
+        embedding_cache=None if seg is not None else args.embedding_cache,
     )
     defender.record(image)  # encode and build the graph first: the timing is refinement only
     t = time.perf_counter()

@@ -51,8 +51,10 @@ def _save_png(array: np.ndarray, path: Path) -> None:
     atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))
 
 
-def add_device_arguments(p: argparse.ArgumentParser) -> None:
-    """``--device`` and ``--precision``, the same in every command that loads a segmenter."""
+def add_device_arguments(p: argparse.ArgumentParser, embedding_cache: bool = True) -> None:
+    """``--device``, ``--precision`` and (unless ``embedding_cache`` is False: commands
+    that time encoding) ``--embedding-cache``, the same in every command that loads a
+    segmenter."""
     from ppd.segmenter import PRECISIONS  # torch is loaded by then: building the parser imports the agents
 
     p.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
@@ -60,6 +62,13 @@ def add_device_arguments(p: argparse.ArgumentParser) -> None:
         "--precision", choices=PRECISIONS, default=None,
         help="segmenter precision: bf16 autocast (CUDA only; the default there for official SAM2 models, as "
         "SAM2's predictor) or fp32 (CPU, the bundled model; on CUDA it reproduces CPU results)",
+    )
+    if not embedding_cache:
+        return
+    p.add_argument(
+        "--embedding-cache", metavar="DIR", default=None,
+        help="keep image embeddings in DIR (created if missing) and reuse them in later runs: an image is "
+        "encoded once per model, precision and device type, not once per process (default: in memory only)",
     )
 
 
@@ -81,7 +90,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
         box = np.asarray([float(v) for v in args.box.split(",")], np.float32)
         if box.shape != (4,):
             raise ValueError("--box must be 'x0,y0,x1,y1'")
-    seg = load_segmenter(args.model, checkpoint=args.checkpoint, device=args.device, precision=args.precision)
+    seg = load_segmenter(args.model, checkpoint=args.checkpoint, device=args.device, precision=args.precision,
+                         cache_dir=args.embedding_cache)
     multimask = args.multimask if args.multimask is not None else len(coords) == 1 and box is None
     pred = seg.predict(image, coords, labels, boxes=box, multimask=multimask)
     out = Path(args.out)
@@ -178,7 +188,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from ppd.prompts import farthest_click
     from ppd.viz import grid, overlay
 
-    seg = load_segmenter(args.model, checkpoint=args.checkpoint, device=args.device, precision=args.precision)
+    seg = load_segmenter(args.model, checkpoint=args.checkpoint, device=args.device, precision=args.precision,
+                         cache_dir=args.embedding_cache)
     tiles, rows = [], []
     for domain in tqdm(DOMAINS, desc="segmenting", unit="domain"):
         scores = []

@@ -23,6 +23,7 @@ import os
 from collections import OrderedDict
 from contextlib import nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
@@ -41,6 +42,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 DECODERS = ("sam2", "ruac")
 UNCERTAINTY_MODES = ("analytic", "mc")
 PRECISIONS = ("fp32", "bf16")
+#: Format number of the embedding files :class:`Segmenter` writes under ``cache_dir``.
+EMBEDDING_FILE_FORMAT = 1
 
 
 @dataclass
@@ -334,6 +337,18 @@ def use_matmul_attention(mask_decoder: torch.nn.Module) -> int:
     return n
 
 
+def _embedding_cache_dir(cache_dir: str | os.PathLike) -> Path:
+    """``cache_dir`` as a folder that exists (created), or a ValueError saying why not."""
+    path = Path(cache_dir).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"cache_dir {str(path)!r} exists and is not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"cache_dir {str(path)!r} cannot be created: {exc}") from exc
+    return path
+
+
 class Segmenter:
     """A SAM2 model behind a numpy-in, numpy-out two-phase interface.
 
@@ -344,6 +359,15 @@ class Segmenter:
     :attr:`Prediction.uncertainty` holds its pixel uncertainty; :attr:`uncertainty_mode`
     is then ``"analytic"`` or ``"mc"`` (``mc_samples`` draws from a generator seeded with
     :attr:`mc_seed` on every call, so predictions are reproducible), else None.
+
+    Embeddings are kept in memory (LRU by image content, ``cache_size`` entries) and,
+    with ``cache_dir``, on disk as well: one file per image
+    (``cache_dir/<model fingerprint>/<image key>.pt``, see :meth:`model_fingerprint`),
+    written atomically and read back by any later process with the same model,
+    precision and device type, so an image is encoded once, not once per process. A
+    file that cannot be used (truncated, from another version) is logged and replaced.
+    A file holds the float32 features: 256 KB per image for the bundled model, about
+    16 MB for the official 1024-px models. Nothing removes old files; delete the folder.
     """
 
     def __init__(
@@ -358,6 +382,7 @@ class Segmenter:
         uncertainty: str = "analytic",
         mc_samples: int = 20,
         precision: str | None = None,
+        cache_dir: str | os.PathLike | None = None,
     ) -> None:
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -385,6 +410,9 @@ class Segmenter:
             raise ValueError(f"cache_size must be >= 0, got {cache_size}")
         self.cache_size = cache_size
         self._cache: OrderedDict[str, ImageEmbedding] = OrderedDict()
+        self.cache_dir: Path | None = None if cache_dir is None else _embedding_cache_dir(cache_dir)
+        self._disk_folder: Path | None = None  # cache_dir / model_fingerprint(), on first use
+        self._disk = {"disk_hits": 0, "disk_writes": 0}
 
     # -- properties ---------------------------------------------------------------
     @property
@@ -424,11 +452,15 @@ class Segmenter:
         if hit is not None:
             self._cache.move_to_end(key)
             return hit
-        img = image_to_float(image)
-        x = preprocess(img, self.image_size, self.device)
-        with torch.inference_mode(), self._autocast():
-            embed, high = image_features(self.model, x)
-        emb = ImageEmbedding(embed.float(), [h.float() for h in high], img.shape[:2], key)
+        emb = self._read_embedding(key) if self.cache_dir is not None else None
+        if emb is None:
+            img = image_to_float(image)
+            x = preprocess(img, self.image_size, self.device)
+            with torch.inference_mode(), self._autocast():
+                embed, high = image_features(self.model, x)
+            emb = ImageEmbedding(embed.float(), [h.float() for h in high], img.shape[:2], key)
+            if self.cache_dir is not None:
+                self._write_embedding(emb)
         if self.cache_size > 0:
             self._cache[key] = emb
             while len(self._cache) > self.cache_size:
@@ -436,11 +468,72 @@ class Segmenter:
         return emb
 
     def clear_cache(self) -> None:
+        """Empty the in-memory cache (files under ``cache_dir`` stay)."""
         self._cache.clear()
 
     @property
     def cache_info(self) -> dict[str, int]:
-        return {"size": len(self._cache), "max_size": self.cache_size}
+        """In-memory cache size and capacity; with ``cache_dir`` also how many embeddings
+        were read from and written to disk by this segmenter."""
+        info = {"size": len(self._cache), "max_size": self.cache_size}
+        return info if self.cache_dir is None else {**info, **self._disk}
+
+    def model_fingerprint(self) -> str:
+        """Content hash of everything an :class:`ImageEmbedding` depends on: the model's
+        name, input size and weights (all of them, buffers included: the high-resolution
+        features go through the mask decoder's projections), its precision and device
+        type. Embeddings under ``cache_dir`` live in a folder of this name, so another
+        checkpoint, precision or device never reads them. Hashing reads every weight once
+        (about a second for the largest official model on a CPU), on first disk use."""
+        h = hashlib.blake2b(digest_size=10)
+        h.update(f"{self.name}|{self.image_size}|{self._precision}|{self.device.type}".encode())
+        for name, t in self.model.state_dict().items():
+            h.update(f"|{name}|{tuple(t.shape)}|{t.dtype}|".encode())
+            h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        safe = "".join(c if c.isalnum() or c in "._+-" else "_" for c in self.name)
+        return f"{safe}-{self._precision}-{self.device.type}-{h.hexdigest()}"
+
+    def _embedding_path(self, key: str) -> Path:
+        if self._disk_folder is None:
+            self._disk_folder = self.cache_dir / self.model_fingerprint()
+        return self._disk_folder / f"{key}.pt"
+
+    def _read_embedding(self, key: str) -> ImageEmbedding | None:
+        """The embedding stored for image ``key``, or None (no file, or one that cannot be
+        used: logged, then encoded again and overwritten)."""
+        path = self._embedding_path(key)
+        if not path.is_file():
+            return None
+        try:
+            d = torch.load(path, map_location=self.device, weights_only=True)
+            embed, high, hw = d["image_embed"], list(d["high_res_feats"]), tuple(int(v) for v in d["orig_hw"])
+            side = self.image_size // 16
+            shapes = [(1, self.embed_dim, side, side)] + [tuple(t.shape) for t in high]
+            if d["format"] != EMBEDDING_FILE_FORMAT or d["key"] != key or tuple(embed.shape) != shapes[0] or len(high) != 2 \
+                    or any(t.shape[0] != 1 or t.dtype != torch.float32 for t in high) or embed.dtype != torch.float32 \
+                    or len(hw) != 2 or min(hw) < 1:
+                raise ValueError(f"unexpected contents (format {d.get('format')!r}, shapes {shapes})")
+        except Exception as exc:  # a truncated, foreign or outdated file: encode again
+            first_line = (str(exc).strip().splitlines() or [""])[0]
+            logger.warning("ignoring cached embedding %s (%s: %s); encoding the image again", path, type(exc).__name__, first_line)
+            return None
+        self._disk["disk_hits"] += 1
+        return ImageEmbedding(embed, high, hw, key)
+
+    def _write_embedding(self, emb: ImageEmbedding) -> None:
+        """Store ``emb`` under ``cache_dir`` (atomically). A failed write is logged, not
+        raised: the embedding is still returned, only not kept on disk."""
+        from ppd import io
+
+        path = self._embedding_path(emb.key)
+        record = {"format": EMBEDDING_FILE_FORMAT, "key": emb.key, "orig_hw": list(emb.orig_hw),
+                  "image_embed": emb.image_embed.cpu(), "high_res_feats": [h.cpu() for h in emb.high_res_feats]}
+        try:
+            io.save_torch(record, path)
+        except OSError as exc:
+            logger.warning("could not write the embedding cache file %s: %s", path, exc)
+            return
+        self._disk["disk_writes"] += 1
 
     # -- prediction ---------------------------------------------------------------
     def _prompts_to_tensors(self, hw: np.ndarray, point_coords, point_labels, boxes, mask_input):
@@ -673,6 +766,7 @@ def load_segmenter(
     uncertainty: str = "analytic",
     mc_samples: int = 20,
     precision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
 ) -> Segmenter:
     """Load a SAM2 segmenter, optionally with the RUAC Bayesian decoder.
 
@@ -695,12 +789,15 @@ def load_segmenter(
             trained on this model's mask decoder.
         uncertainty: ``"analytic"`` (closed form, one pass) or ``"mc"`` (sampled).
         mc_samples: samples per prediction in ``"mc"`` mode.
+        cache_dir: a folder to keep image embeddings in across processes (created if
+            missing; see :class:`Segmenter`); None: in memory only.
 
     Raises:
         ValueError: unknown name (the message lists the known ones), a checkpoint that
             does not fit the config (missing / unexpected keys named), an unknown decoder
             or uncertainty mode, ``decoder="ruac"`` without ``ruac_checkpoint``, a head
-            that does not fit the model, an unknown precision or bf16 off CUDA.
+            that does not fit the model, an unknown precision or bf16 off CUDA, a
+            ``cache_dir`` that is a file or cannot be created.
         FileNotFoundError: missing checkpoint file (the message says where the official
             checkpoints are published) or missing RUAC head.
     """
@@ -732,4 +829,5 @@ def load_segmenter(
     return Segmenter(
         model, name, device=device, cache_size=cache_size, info=info,
         ruac_head=head, uncertainty=uncertainty, mc_samples=mc_samples, precision=precision,
+        cache_dir=cache_dir,
     )

@@ -430,6 +430,36 @@ def test_refine_cli_writes_its_files(run_dir, random_image, tmp_path, capsys):
         main(argv + ["--out", str(out), "--select", "best"])
 
 
+def test_embedding_cache_flag_reuses_embeddings_across_commands(run_dir, random_image, tmp_path, monkeypatch):
+    import ppd.segmenter as segmenter_module
+    from ppd.bench import segmenter as segmenter_bench
+    from ppd.cli import _save_png, main
+
+    calls = {"n": 0}
+    real = segmenter_module.image_features
+
+    def counted(model, x):
+        calls["n"] += 1
+        return real(model, x)
+
+    monkeypatch.setattr(segmenter_module, "image_features", counted)
+    _save_png(random_image, tmp_path / "img.png")
+    points = ";".join(f"{x:g},{y:g},{lab}" for (x, y), lab in zip(POINTS, LABELS))
+    cache = tmp_path / "emb"
+    argv = ["refine", "--defender", str(run_dir), "--image", str(tmp_path / "img.png"), "--points", points,
+            "--max-steps", "1", "--embedding-cache", str(cache)]
+    assert main(argv + ["--out", str(tmp_path / "a")]) == 0
+    assert calls["n"] == 1 and len(list(cache.glob("*/*.pt"))) == 1
+    assert main(argv + ["--out", str(tmp_path / "b")]) == 0  # a new defender and segmenter: read from disk
+    assert calls["n"] == 1
+    assert (json.loads((tmp_path / "a" / "refined.json").read_text())["kept"]
+            == json.loads((tmp_path / "b" / "refined.json").read_text())["kept"])
+    with pytest.raises(ValueError, match="embedding_cache applies to the segmenter loaded here"):
+        PromptDefender.load(run_dir, segmenter=PromptDefender.load(run_dir).segmenter, embedding_cache=cache)
+    with pytest.raises(SystemExit):  # the segmenter bench times encoding: no such flag
+        segmenter_bench.main(["--embedding-cache", str(cache)])
+
+
 # ----------------------------------------------------------------------------- baselines
 class FakeSegmenter:
     """Predicted IoU = 0.5 + the sum of a weight per point (looked up by its x).

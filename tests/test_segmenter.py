@@ -6,6 +6,7 @@ tests at the end build the official ``sam2.1_hiera_t`` architecture (1024 px) wi
 weights and compare ppd with sam2's own predictor, one encode per side.
 """
 
+import copy
 import importlib
 import sys
 import types
@@ -510,6 +511,90 @@ def test_load_segmenter_passes_cache_size(tiny_checkpoint):
     seg = load_segmenter("sam2-tiny-synthetic", checkpoint=tiny_checkpoint, device="cpu", cache_size=3)
     assert seg.cache_info == {"size": 0, "max_size": 3}
     assert seg.name == "sam2-tiny-synthetic" and seg.device == torch.device("cpu")
+
+
+# ============================================================================= disk cache
+def _cached(tiny_checkpoint, cache_dir, **kw) -> Segmenter:
+    return load_segmenter("sam2-tiny-synthetic", checkpoint=tiny_checkpoint, device="cpu", cache_dir=cache_dir, **kw)
+
+
+def test_disk_cache_serves_a_later_segmenter(tiny_checkpoint, random_image, tmp_path, counting_encoder):
+    first = _cached(tiny_checkpoint, tmp_path / "emb")
+    a = first.encode(random_image)
+    assert counting_encoder["n"] == 1 and first.cache_info == {"size": 1, "max_size": 32, "disk_hits": 0, "disk_writes": 1}
+    files = list((tmp_path / "emb").glob("*/*.pt"))
+    assert [f.name for f in files] == [f"{a.key}.pt"] and files[0].parent.name == first.model_fingerprint()
+    assert files[0].parent.name.startswith("sam2-tiny-synthetic-fp32-cpu-")
+    second = _cached(tiny_checkpoint, tmp_path / "emb")  # another process, as far as caches go
+    b = second.encode(random_image)
+    assert counting_encoder["n"] == 1 and second.cache_info["disk_hits"] == 1 and second.cache_info["disk_writes"] == 0
+    assert b.key == a.key and b.orig_hw == a.orig_hw == random_image.shape[:2]
+    assert torch.equal(b.image_embed, a.image_embed)
+    assert all(torch.equal(x, y) for x, y in zip(b.high_res_feats, a.high_res_feats))
+    pts, lab = np.array([[20.0, 30.0], [5.0, 9.0]]), np.array([1, 0])
+    np.testing.assert_array_equal(second.predict(b, pts, lab).masks, first.predict(a, pts, lab).masks)
+    second.encode(random_image)  # the in-memory cache answers first
+    assert second.cache_info["disk_hits"] == 1 and counting_encoder["n"] == 1
+
+
+def test_disk_cache_is_per_model(tiny_checkpoint, random_image, tmp_path, counting_encoder):
+    seg = _cached(tiny_checkpoint, tmp_path)
+    seg.encode(random_image)
+    other_model = copy.deepcopy(seg.model)
+    with torch.no_grad():
+        next(other_model.image_encoder.parameters()).add_(1e-3)
+    other = Segmenter(other_model, seg.name, device="cpu", cache_dir=tmp_path)
+    assert other.model_fingerprint() != seg.model_fingerprint()
+    other.encode(random_image)
+    assert counting_encoder["n"] == 2 and other.cache_info["disk_hits"] == 0
+    assert len(list(tmp_path.glob("*/*.pt"))) == 2
+    assert Segmenter(seg.model, seg.name, device="cpu").cache_info == {"size": 0, "max_size": 32}  # no cache_dir
+
+
+def test_unusable_cache_file_is_encoded_again_and_replaced(tiny_checkpoint, random_image, tmp_path, caplog, counting_encoder):
+    emb = _cached(tiny_checkpoint, tmp_path).encode(random_image)
+    (path,) = tmp_path.glob("*/*.pt")
+    good = path.read_bytes()
+    for bad in (b"not a torch file", good[: len(good) // 2]):
+        path.write_bytes(bad)
+        seg = _cached(tiny_checkpoint, tmp_path)
+        with caplog.at_level("WARNING", logger="ppd.segmenter"):
+            again = seg.encode(random_image)
+        assert "ignoring cached embedding" in caplog.text and str(path) in caplog.text
+        caplog.clear()
+        assert torch.equal(again.image_embed, emb.image_embed) and seg.cache_info["disk_writes"] == 1
+        reread = _cached(tiny_checkpoint, tmp_path)  # the replaced file is good again
+        assert torch.equal(reread.encode(random_image).image_embed, emb.image_embed)
+        assert reread.cache_info["disk_hits"] == 1
+    # a file of another image's key (renamed by hand) is not used either
+    other = np.ascontiguousarray(random_image[::-1])
+    other_path = path.with_name(f"{segmenter_module.image_key(other)}.pt")
+    other_path.write_bytes(good)
+    seg = _cached(tiny_checkpoint, tmp_path)
+    with caplog.at_level("WARNING", logger="ppd.segmenter"):
+        seg.encode(other)
+    assert "unexpected contents" in caplog.text and seg.cache_info["disk_hits"] == 0
+    assert counting_encoder["n"] == 4
+
+
+def test_cache_dir_errors_and_failed_writes(tiny_checkpoint, random_image, tmp_path, caplog, monkeypatch):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="exists and is not a folder"):
+        _cached(tiny_checkpoint, tmp_path / "file")
+    with pytest.raises(ValueError, match="cannot be created"):
+        _cached(tiny_checkpoint, tmp_path / "file" / "sub")
+    seg = _cached(tiny_checkpoint, tmp_path / "emb")
+    import ppd.io
+
+    def full_disk(obj, path):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ppd.io, "save_torch", full_disk)
+    with caplog.at_level("WARNING", logger="ppd.segmenter"):
+        emb = seg.encode(random_image)  # still encoded and returned
+    assert emb.orig_hw == random_image.shape[:2] and seg.cache_info["disk_writes"] == 0
+    assert "could not write the embedding cache file" in caplog.text and "No space left" in caplog.text
+    assert list((tmp_path / "emb").glob("*/*")) == []
 
 
 def test_cpu_decoder_attention_is_two_matmuls_with_sam2s_result(tiny_segmenter, tiny_embedding, monkeypatch):

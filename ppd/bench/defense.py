@@ -303,6 +303,7 @@ def run_benchmark(
     patience: int | None = None,
     precision: str | None = None,
     attacker: str | None = None,
+    embedding_cache: str | None = None,
     **options: Any,
 ) -> dict[str, Any]:
     """The whole table as a dict (see the module docstring).
@@ -321,6 +322,8 @@ def run_benchmark(
         precision: the segmenter's precision (None: see ``ppd.segmenter.resolve_precision``).
         attacker: another run folder or attacker ``.zip`` whose attacker makes the
             attacked sets (None: the run's own ``attacker.zip``, if any).
+        embedding_cache: a folder that keeps the scenes' image embeddings across runs
+            (``cache_dir`` of :func:`ppd.load_segmenter`; None: in memory only).
         options: the defender's :data:`~ppd.agents.defender.INFERENCE_OPTIONS`
             (``polish``, ``consensus``, ``consensus_quorum``, ``keep_consistent``,
             ``min_score_gain``; default: the library's), used by every defender column and
@@ -334,7 +337,7 @@ def run_benchmark(
 
     defender = PromptDefender.load(
         run, device=device, select=select, patience=patience, precision=precision,
-        **options,
+        embedding_cache=embedding_cache, **options,
     )
     attacker_source = attacker or run
     attacker_model = bench_attacker(run, attacker, defender, device)
@@ -422,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         results = run_benchmark(
             args.run, args.scenes, tuple(domains), args.seed, args.device, progress, args.env_steps, args.select,
-            args.patience, args.precision, args.attacker, **inference_options(args),
+            args.patience, args.precision, args.attacker, args.embedding_cache, **inference_options(args),
         )
     except AttackerError as exc:
         p.error(f"--attacker {args.attacker}: {exc}")

@@ -196,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     apply_threads(p, args)
     import torch
 
-    seg = load_segmenter(args.model, checkpoint=args.checkpoint, device=args.device, precision=args.precision)
+    seg = load_segmenter(args.model, checkpoint=args.checkpoint, device=args.device, precision=args.precision,
+                         cache_dir=args.embedding_cache)
     if args.probe and args.role != "defender":
         p.error("--probe is for --role defender")
     stats = run(seg, args.n_envs, args.steps, args.role, args.scenes, max(1, args.rounds), args.seed,

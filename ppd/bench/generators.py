@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
 
     defender = PromptDefender.load(
         args.run, device=args.device, select=args.select, precision=args.precision,
-        **inference_options(args),
+        embedding_cache=args.embedding_cache, **inference_options(args),
     )
     with tqdm(total=args.scenes * len(domains), desc="scenes", unit="scene", dynamic_ncols=True) as bar:
         results = run_benchmark(defender, tuple(domains), args.scenes, tuple(gens), args.seed, lambda: bar.update(1))

@@ -226,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     from ppd.ruac.decoder import load_head
 
     apply_threads(p, args)
-    seg = load_segmenter(args.model, checkpoint=args.checkpoint, device=args.device, precision=args.precision)
+    seg = load_segmenter(args.model, checkpoint=args.checkpoint, device=args.device, precision=args.precision,
+                         cache_dir=args.embedding_cache)
     heads = {}
     for name, path in (("bayes", args.bayes), ("ruac", args.ruac)):
         if path:

@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="sam2-tiny-synthetic")
     p.add_argument("--checkpoint", default=None)
-    add_device_arguments(p)
+    add_device_arguments(p, embedding_cache=False)  # it times encoding
     p.add_argument("--scenes", type=int, default=100, help="held-out scenes per domain (default 100)")
     p.add_argument("--domains", default=",".join(DOMAINS), help="comma-separated domains")
     p.add_argument("--out", default=None, help="also write the results as JSON here")
