@@ -39,6 +39,9 @@ INACTIVE, POSITIVE, NEGATIVE = 0, 1, 2
 QUALITY_FNS = {"iou": iou, "dice": dice}
 #: Default prompt width: every decoded prompt set is padded to a multiple of this.
 PROMPT_PAD = 16
+#: Default ``PromptWorld(mask_max_side=...)``: states without ground truth are decoded at
+#: most this many pixels on the long side for their per-node values.
+MASK_MAX_SIDE = 1024
 
 
 @dataclass
@@ -160,6 +163,16 @@ class PromptWorld:
             the same batch (one decoder call for every state up to W points). ``None``:
             no padding at all, exactly ``Segmenter.predict(emb, coords, labels)`` of the
             K points, at the cost of one decoder call per distinct K in a batch.
+        mask_max_side: a state without ground truth (object index -1: refinement) on an
+            image whose long side exceeds this gets its mask, for the per-node coverage
+            and uncertainty, upsampled to the image size scaled down to this long side
+            (at least ``grid`` pixels a side), not to the full size. Why: on a 9-megapixel
+            photo the full-size masks of a refinement step's prompt sets (upsampling,
+            thresholding, pooling) took about ten times the decoder's time. The
+            per-node values are patch means, which a few hundred pixels per patch give
+            as well; training images (256 px) and states with ground truth (their IoU
+            needs the full mask) are not affected, nor are masks asked for with
+            ``want_mask``. None: always the full size.
     """
 
     def __init__(
@@ -172,7 +185,12 @@ class PromptWorld:
         quality: str = "iou",
         cache_size: int = 50_000,
         prompt_pad: int | None = PROMPT_PAD,
+        mask_max_side: int | None = MASK_MAX_SIDE,
     ) -> None:
+        if mask_max_side is not None and (isinstance(mask_max_side, bool) or int(mask_max_side) != mask_max_side
+                                          or mask_max_side < 1):
+            raise ValueError(f"mask_max_side must be an integer >= 1 or None, got {mask_max_side!r}")
+        self.mask_max_side = None if mask_max_side is None else int(mask_max_side)
         if prompt_pad is not None and int(prompt_pad) < 1:
             raise ValueError(f"prompt_pad must be >= 1 or None, got {prompt_pad}")
         self.prompt_pad = None if prompt_pad is None else int(prompt_pad)
@@ -337,7 +355,12 @@ class PromptWorld:
             rows = [i for i, _, _ in group]
             coords = np.stack([c for _, c, _ in group])
             labels = np.stack([l for _, _, l in group])
-            pred = self.segmenter.predict_batch([requests[i][0].embedding for i in rows], coords, labels)
+            kw = {}
+            sizes = [requests[i][0].hw if want_mask or requests[i][1] >= 0 else self.stats_size(requests[i][0])
+                     for i in rows]
+            if any(size != requests[i][0].hw for size, i in zip(sizes, rows)):
+                kw["mask_sizes"] = sizes
+            pred = self.segmenter.predict_batch([requests[i][0].embedding for i in rows], coords, labels, **kw)
             self.decode_calls += 1
             quality, cover, uncs = self._row_stats([requests[i] for i in rows], pred)
             for j, i in enumerate(rows):
@@ -349,6 +372,16 @@ class PromptWorld:
             while len(self._outcomes) > self.cache_size:
                 self._outcomes.popitem(last=False)
         return out  # type: ignore[return-value]
+
+    def stats_size(self, rec: ImageRecord) -> tuple[int, int]:
+        """(H, W) at which a state of ``rec`` without ground truth is decoded for its
+        per-node values (see ``mask_max_side``): the image size, or that scaled down to
+        ``mask_max_side`` on the long side, at least ``grid`` pixels (or the image's) a side."""
+        h, w = rec.hw
+        if self.mask_max_side is None or max(h, w) <= self.mask_max_side:
+            return (h, w)
+        s = self.mask_max_side / max(h, w)
+        return (max(round(h * s), min(h, rec.grid)), max(round(w * s), min(w, rec.grid)))
 
     def _row_stats(self, requests: Sequence[tuple[ImageRecord, int, np.ndarray, np.ndarray]], pred: Any
                    ) -> tuple[list[float], list[np.ndarray], list[np.ndarray | None]]:

@@ -647,6 +647,7 @@ class Segmenter:
         point_labels: np.ndarray,
         multimask: bool = False,
         return_all: bool = False,
+        mask_sizes: Sequence[tuple[int, int]] | None = None,
     ) -> Prediction:
         """Decode one prompt set per embedding, rows on different images, in ONE decoder call.
 
@@ -656,10 +657,14 @@ class Segmenter:
             point_labels: (B, K): 1 foreground, 0 background, -1 padding.
             multimask: keep the best of three masks per row (highest predicted IoU).
             return_all: with ``multimask``, return all three masks per row.
+            mask_sizes: B (H, W) sizes to upsample the masks (and uncertainty maps) to
+                instead of the images' sizes, e.g. smaller ones for per-patch statistics
+                of a large image (the low-res logits are the same; each mask pixel is the
+                logits' bilinear value at its centre). None: the images' sizes.
 
         Returns:
             :class:`Prediction`; ``masks`` is (B, H, W) ((B, 3, H, W) with ``return_all``)
-            when all images share one size, else an object array of B (H_b, W_b) (or
+            when all rows share one size, else an object array of B (H_b, W_b) (or
             (3, H_b, W_b)) masks.
         """
         if len(embeddings) == 0:
@@ -671,9 +676,14 @@ class Segmenter:
                 f"point_coords must have shape (B, K, 2) with B = {len(embeddings)} embeddings; got {coords.shape}"
             )
         prompts = self._prompts_to_tensors(hw, coords, point_labels, None, None)
+        sizes = [tuple(e.orig_hw) for e in embeddings]
+        if mask_sizes is not None:
+            sizes = [(int(h), int(w)) for h, w in mask_sizes]
+            if len(sizes) != len(embeddings) or min(min(s) for s in sizes) < 1:
+                raise ValueError(f"mask_sizes must be {len(embeddings)} (H, W) pairs >= 1, got {mask_sizes!r}")
         embed = torch.cat([e.image_embed for e in embeddings])
         high = [torch.cat([e.high_res_feats[i] for e in embeddings]) for i in range(len(embeddings[0].high_res_feats))]
-        return self._decode_rows(embed, high, [e.orig_hw for e in embeddings], prompts, multimask, return_all)
+        return self._decode_rows(embed, high, sizes, prompts, multimask, return_all)
 
     def _decode_rows(self, embed, high, sizes, prompts, multimask, return_all) -> Prediction:
         coords, labels, boxes_t, mask_t = prompts

@@ -211,6 +211,45 @@ def test_batched_row_stats_equal_the_per_row_values(mixed_sizes, tiny_segmenter,
             assert np.isnan(out.quality)
 
 
+def test_large_images_get_per_node_values_from_smaller_masks(tiny_segmenter, scenes, monkeypatch):
+    """mask_max_side: states without ground truth on an image larger than it are decoded
+    at a reduced mask size for coverage (close to the full-size values, same score);
+    states with ground truth and masks asked for keep the full size."""
+    from ppd.data.types import Scene
+    from ppd.graphs.dual_space import patch_mean
+
+    s0 = scenes[0]
+    f = 5  # 1280 x 1280
+    big = Scene(np.repeat(np.repeat(s0.image, f, 0), f, 1), np.repeat(np.repeat(s0.masks, f, 1), f, 2), domain=s0.domain)
+    reduced, full = PromptWorld(tiny_segmenter, [big]), PromptWorld(tiny_segmenter, [big], mask_max_side=None)
+    rec = reduced.image(0)
+    assert reduced.stats_size(rec) == (1024, 1024) and full.stats_size(full.image(0)) == (1280, 1280)
+    sizes = []
+    real = tiny_segmenter.predict_batch
+
+    def spy(embs, coords, labels, **kw):
+        sizes.append(kw.get("mask_sizes"))
+        return real(embs, coords, labels, **kw)
+
+    monkeypatch.setattr(tiny_segmenter, "predict_batch", spy)
+    rng = np.random.default_rng(0)
+    for _ in range(4):
+        st = np.zeros(rec.num_nodes, np.uint8)
+        st[rng.choice(rec.num_nodes, 5, replace=False)] = rng.choice([POSITIVE, NEGATIVE], 5)
+        (a,), (b,) = reduced.evaluate([(rec, -1, st, rec.centres)]), full.evaluate([(full.image(0), -1, st, rec.centres)])
+        assert sizes[-2:] == [[(1024, 1024)], None]
+        assert a.score == b.score and np.abs(a.coverage - b.coverage).max() < 0.02
+        (g,) = reduced.evaluate([(rec, 0, st, rec.centres)])  # ground truth: the full mask, for its IoU
+        (m,) = reduced.evaluate([(rec, -1, st, rec.centres)], want_mask=True)
+        assert sizes[-2:] == [None, None] and m.mask.shape == (1280, 1280)
+        assert g.quality == float(iou(m.mask, big.masks[0]))
+        np.testing.assert_array_equal(m.coverage, patch_mean(m.mask, rec.grid))
+    assert PromptWorld(tiny_segmenter, scenes).stats_size(PromptWorld(tiny_segmenter, scenes).image(0)) == scenes[0].image.shape[:2]
+    for bad in (0, -5, 2.5, True):
+        with pytest.raises(ValueError, match="mask_max_side must be an integer >= 1 or None"):
+            PromptWorld(tiny_segmenter, scenes, mask_max_side=bad)
+
+
 # -- masks, invalid actions, episode ends ------------------------------------------
 def test_action_masks_follow_the_roles(world):
     n = world.num_nodes

@@ -411,6 +411,24 @@ def test_predict_batch_rows_on_different_images(tiny_segmenter, tiny_embedding, 
         assert_same_prediction(rows(batch, i), tiny_segmenter.predict(emb, coords[i], labels[i]))
 
 
+def test_predict_batch_mask_sizes(tiny_segmenter, tiny_embedding):
+    """mask_sizes: the same logits and scores, masks upsampled to the given sizes."""
+    embs = [tiny_embedding, tiny_embedding]
+    coords = np.array([[[20.0, 30.0], [5.0, 9.0]], [[40.0, 12.0], [0.0, 0.0]]])
+    labels = np.array([[1, 0], [1, -1]])
+    ref = tiny_segmenter.predict_batch(embs, coords, labels)
+    for sizes in ([(31, 17), (31, 17)], [(31, 17), (90, 64)]):
+        got = tiny_segmenter.predict_batch(embs, coords, labels, mask_sizes=sizes)
+        np.testing.assert_array_equal(got.scores, ref.scores)
+        np.testing.assert_array_equal(got.logits, ref.logits)
+        for i, size in enumerate(sizes):
+            expect = F.interpolate(torch.as_tensor(ref.logits[i])[None, None], size, mode="bilinear", align_corners=False)[0, 0] > 0
+            np.testing.assert_array_equal(got.masks[i], expect.numpy())
+    for bad in ([(31, 17)], [(31, 17), (0, 5)]):
+        with pytest.raises(ValueError, match="mask_sizes must be 2"):
+            tiny_segmenter.predict_batch(embs, coords, labels, mask_sizes=bad)
+
+
 def test_predict_batch_images_of_different_sizes(tiny_segmenter, tiny_embedding):
     small = tiny_segmenter.encode(np.full((40, 60, 3), 128, np.uint8))
     coords = np.array([[[100, 90]], [[50, 30]]], float)
