@@ -242,26 +242,39 @@ class MaskConsensusFilter(PromptRefiner):
         with_masks: bool = False,
     ) -> list[tuple]:
         """:meth:`vote` for several prompt sets, with one decoder call for all their
-        one-click hypotheses (``predict`` when every set is on the same embedding, else
-        ``predict_batch``). ``with_masks``: each tuple also holds the winning mask ((H, W)
-        bool; None for a set without a hypothesis)."""
+        one-click hypotheses (``Segmenter.predict_at``: each hypothesis is read at the
+        set's clicks, no image-size masks). ``with_masks``: each tuple also holds the
+        winning mask ((H, W) bool; None for a set without a hypothesis), decoded at image
+        size (``predict`` when every set is on the same embedding, else ``predict_batch``)."""
         out: list[tuple] = [(np.zeros(0, np.int64), len(c)) + ((None,) if with_masks else ()) for c in coords_list]
         rows = [(i, k) for i, (c, l) in enumerate(zip(coords_list, labels_list)) if len(c) >= 2
                 for k in np.flatnonzero(l == 1)]
         if not rows:
             return out
         clicks, ones = np.stack([coords_list[i][k] for i, k in rows])[:, None], np.ones((len(rows), 1), np.int64)
-        if all(e is embs[0] for e in embs):
-            pred = self.segmenter.predict(embs[0], clicks, ones, multimask=True, return_all=True)
-        else:
-            pred = self.segmenter.predict_batch([embs[i] for i, _ in rows], clicks, ones, multimask=True, return_all=True)
+        row_embs = [embs[i] for i, _ in rows]
+        if with_masks:
+            if all(e is embs[0] for e in embs):
+                pred = self.segmenter.predict(embs[0], clicks, ones, multimask=True, return_all=True)
+            else:
+                pred = self.segmenter.predict_batch(row_embs, clicks, ones, multimask=True, return_all=True)
+            row_scores = pred.scores
+        else:  # the masks at the clicks only (Segmenter.predict_at: no image-size masks)
+            query = np.zeros((len(rows), max(len(coords_list[i]) for i, _ in rows), 2))
+            for j, (i, _) in enumerate(rows):
+                query[j, : len(coords_list[i])] = coords_list[i]
+            inside, row_scores = self.segmenter.predict_at(row_embs, clicks, ones, query, multimask=True, return_all=True)
         owner = np.array([i for i, _ in rows])
         for i in np.unique(owner):
             mine = np.flatnonzero(owner == i)
-            masks = np.concatenate([np.asarray(pred.masks[r]) for r in mine])  # (3P, H, W)
-            agree = mask_agreement(masks, coords_list[i], labels_list[i])
+            if with_masks:
+                masks = np.concatenate([np.asarray(pred.masks[r]) for r in mine])  # (3P, H, W)
+                agree = mask_agreement(masks, coords_list[i], labels_list[i])
+            else:
+                k = len(coords_list[i])
+                agree = np.concatenate([inside[r][:, :k] for r in mine]) == (np.asarray(labels_list[i]) == 1)[None]
             count = agree.sum(1)
-            scores = np.concatenate([np.asarray(pred.scores[r], np.float64) for r in mine])
+            scores = np.concatenate([np.asarray(row_scores[r], np.float64) for r in mine])
             best = max(range(len(count)), key=lambda j: (count[j], scores[j], -j))
             drop = np.flatnonzero(~agree[best])
             near = agree[count >= count[best] - 1]

@@ -620,6 +620,15 @@ class ObjectsSegmenter:
                     masks[b] |= self.region(x)
         return Prediction(masks, np.full(len(c), 0.5, np.float32), np.zeros((len(c), 4, 4), np.float32))
 
+    def predict_at(self, embs, point_coords, point_labels, query_coords, multimask=False, return_all=False):
+        """Segmenter.predict_at: the masks of ``predict`` (one image) read at the queries."""
+        pred = self.predict(embs[0], point_coords, point_labels, multimask, return_all)
+        xy = np.clip(np.round(np.asarray(query_coords)).astype(int), 0, [self.HW[1] - 1, self.HW[0] - 1])
+        rows = np.arange(len(xy))[:, None]
+        m = pred.masks if return_all else pred.masks[:, None]
+        inside = m[rows, :, xy[..., 1], xy[..., 0]].transpose(0, 2, 1)  # (B, M, Q)
+        return (inside if return_all else inside[:, 0]), pred.scores
+
 
 def test_mask_consensus_filter_drops_what_disagrees_with_the_majority_mask():
     # positives: 4 on A, 2 on B (wrong); negatives: 3 on the background, 1 on A (wrong)

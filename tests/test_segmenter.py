@@ -429,6 +429,35 @@ def test_predict_batch_mask_sizes(tiny_segmenter, tiny_embedding):
             tiny_segmenter.predict_batch(embs, coords, labels, mask_sizes=bad)
 
 
+def test_predict_at_reads_the_masks_at_the_query_pixels(tiny_segmenter, tiny_embedding):
+    """predict_at: masks[b, y, x] of predict_batch for rounded, clipped queries, without
+    the masks; a disagreement only where the upsampled logit is at the threshold."""
+    other = tiny_segmenter.encode(np.random.default_rng(5).integers(0, 256, (90, 140, 3), np.uint8))
+    embs = [tiny_embedding, other, tiny_embedding]
+    rng = np.random.default_rng(0)
+    coords = np.stack([rng.uniform(0, 60, (3, 2)) for _ in embs])
+    labels = np.array([[1, 0, 1], [1, 1, -1], [0, 1, 0]])
+    query = np.concatenate([rng.uniform(-5, 150, (3, 400, 2)), np.zeros((3, 1, 2))], axis=1)  # outside ones are clipped
+    for multimask, return_all in ((False, False), (True, False), (True, True)):
+        full = tiny_segmenter.predict_batch(embs, coords, labels, multimask=multimask, return_all=return_all)
+        inside, scores = tiny_segmenter.predict_at(embs, coords, labels, query, multimask=multimask, return_all=return_all)
+        np.testing.assert_array_equal(scores, full.scores)
+        assert inside.shape == ((3, 3, 401) if return_all else (3, 401)) and inside.dtype == bool
+        for b, emb in enumerate(embs):
+            h, w = emb.orig_hw
+            xy = np.clip(np.round(query[b]).astype(int), 0, [w - 1, h - 1])
+            masks = np.asarray(full.masks[b]).reshape(-1, h, w)
+            logits = F.interpolate(torch.as_tensor(np.asarray(full.logits[b])).reshape(-1, 1, *full.logits.shape[-2:]),
+                                   (h, w), mode="bilinear", align_corners=False)[:, 0].numpy()
+            got = inside[b].reshape(len(masks), -1)
+            ref = masks[:, xy[:, 1], xy[:, 0]]
+            off = got != ref
+            assert (np.abs(logits[:, xy[:, 1], xy[:, 0]][off]) < 1e-4).all()
+            assert off.sum() <= 2
+    with pytest.raises(ValueError, match="query_coords must have shape"):
+        tiny_segmenter.predict_at(embs, coords, labels, query[:2])
+
+
 def test_predict_batch_images_of_different_sizes(tiny_segmenter, tiny_embedding):
     small = tiny_segmenter.encode(np.full((40, 60, 3), 128, np.uint8))
     coords = np.array([[[100, 90]], [[50, 30]]], float)
