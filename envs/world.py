@@ -41,7 +41,7 @@ QUALITY_FNS = {"iou": iou, "dice": dice}
 PROMPT_PAD = 16
 #: Default ``PromptWorld(mask_max_side=...)``: states without ground truth are decoded at
 #: most this many pixels on the long side for their per-node values.
-MASK_MAX_SIDE = 1024
+MASK_MAX_SIDE = 512
 
 
 @dataclass
