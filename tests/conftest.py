@@ -46,6 +46,22 @@ def random_image() -> np.ndarray:
     return _make_random_image()
 
 
+@pytest.fixture
+def counting_encoder(monkeypatch):
+    """Counts image-encoder runs (calls of ppd.segmenter.image_features)."""
+    import ppd.segmenter as segmenter_module
+
+    calls = {"n": 0}
+    real = segmenter_module.image_features
+
+    def counted(model, x):
+        calls["n"] += 1
+        return real(model, x)
+
+    monkeypatch.setattr(segmenter_module, "image_features", counted)
+    return calls
+
+
 @pytest.fixture(scope="session")
 def tiny_embedding(tiny_segmenter) -> ImageEmbedding:
     """Embedding of the ``random_image`` pixels, encoded once per session."""

@@ -430,19 +430,11 @@ def test_refine_cli_writes_its_files(run_dir, random_image, tmp_path, capsys):
         main(argv + ["--out", str(out), "--select", "best"])
 
 
-def test_embedding_cache_flag_reuses_embeddings_across_commands(run_dir, random_image, tmp_path, monkeypatch):
-    import ppd.segmenter as segmenter_module
+def test_embedding_cache_flag_reuses_embeddings_across_commands(run_dir, random_image, tmp_path, counting_encoder):
     from ppd.bench import segmenter as segmenter_bench
     from ppd.cli import _save_png, main
 
-    calls = {"n": 0}
-    real = segmenter_module.image_features
-
-    def counted(model, x):
-        calls["n"] += 1
-        return real(model, x)
-
-    monkeypatch.setattr(segmenter_module, "image_features", counted)
+    calls = counting_encoder
     _save_png(random_image, tmp_path / "img.png")
     points = ";".join(f"{x:g},{y:g},{lab}" for (x, y), lab in zip(POINTS, LABELS))
     cache = tmp_path / "emb"

@@ -52,20 +52,6 @@ def assert_same_prediction(a: Prediction, b: Prediction, logit_atol: float = 1e-
 
 
 @pytest.fixture
-def counting_encoder(monkeypatch):
-    """Counts image-encoder runs (calls of ppd.segmenter.image_features)."""
-    calls = {"n": 0}
-    real = segmenter_module.image_features
-
-    def counted(model, x):
-        calls["n"] += 1
-        return real(model, x)
-
-    monkeypatch.setattr(segmenter_module, "image_features", counted)
-    return calls
-
-
-@pytest.fixture
 def fake_encoder(monkeypatch):
     """Replaces the image encoder by a cheap function of the input (for cache tests that
     only need to know whether, and on what, the encoder ran) and counts its runs."""
