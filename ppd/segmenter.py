@@ -311,28 +311,31 @@ _MATMUL_ATTENTION: dict[str, type] = {}
 MATMUL_ATTENTION_MAX_SCORES = 1 << 25
 
 
-def use_matmul_attention(mask_decoder: torch.nn.Module) -> int:
+def use_matmul_attention(mask_decoder: torch.nn.Module, on: bool = True) -> int:
     """Make the attention layers of SAM2's mask decoder compute attention as two matmuls
-    instead of ``F.scaled_dot_product_attention``; returns how many layers changed.
+    instead of ``F.scaled_dot_product_attention`` (``on=False``: back to SAM2's own);
+    returns how many layers changed.
 
     Why: on CPU, PyTorch's fused attention kernel is slow for the decoder's shapes (8 heads
     of 4 to 8 channels over a few prompt tokens and the image tokens). Measured on the
-    2-core CI-class CPU, bundled model, 2 threads: a decoder call of 16 prompt sets on 16
-    images 19.6 -> 17.2 ms, 16 calls of one set 51.7 -> 48.9 ms (medians of 35 alternating
-    rounds); masks identical, scores within 1e-6. The official architectures keep SAM2's
-    results within the parity tests' tolerances (tests/test_segmenter.py). Only plain
-    ``Attention`` layers change (not subclasses such as the memory attention's
+    2-core CI-class CPU, bundled model, 2 threads (``python docs/scripts/s23_attention.py``,
+    medians of 35 alternating rounds): a decoder call of 16 prompt sets on 16 images
+    18.2 -> 16.2 ms, 16 calls of one set 47.7 -> 42.7 ms; masks identical, scores within
+    1e-6; refine 2-4 ms faster with identical outputs. The official architectures keep
+    SAM2's results within the parity tests' tolerances (tests/test_segmenter.py). Only
+    plain ``Attention`` layers change (not subclasses such as the memory attention's
     ``RoPEAttention``); the class is swapped in place, so weights, state dict and module
-    names stay those of SAM2. :class:`Segmenter` does this for CPU models; on CUDA the
-    fused kernel is kept.
+    names stay those of SAM2. :class:`Segmenter` turns it on for CPU models and off on
+    CUDA, where the fused kernel is the faster one.
     """
     from sam2.modeling.sam.transformer import Attention
 
     cls = _matmul_attention_class()
+    old, new = (Attention, cls) if on else (cls, Attention)
     n = 0
     for module in mask_decoder.modules():
-        if type(module) is Attention:
-            module.__class__ = cls
+        if type(module) is old:
+            module.__class__ = new
             n += 1
     return n
 
@@ -393,8 +396,7 @@ class Segmenter:
 
             tune_cpu_allocator()  # no page faults in large decoder batches, see ppd.runtime
         self.model = model.to(self.device).eval()
-        if self.device.type == "cpu":
-            use_matmul_attention(self.model.sam_mask_decoder)
+        use_matmul_attention(self.model.sam_mask_decoder, on=self.device.type == "cpu")
         if uncertainty not in UNCERTAINTY_MODES:
             raise ValueError(f"uncertainty must be one of {UNCERTAINTY_MODES}, got {uncertainty!r}")
         if mc_samples < 1:

@@ -638,6 +638,10 @@ def test_cpu_decoder_attention_is_two_matmuls_with_sam2s_result(tiny_segmenter, 
     assert len(layers) == 7 and {type(m).__name__ for m in layers} == {"MatmulAttention"}
     assert {type(m) for m in model.memory_attention.modules() if isinstance(m, Attention)} == {RoPEAttention}
     assert segmenter_module.use_matmul_attention(model.sam_mask_decoder) == 0  # already done
+    copy_ = copy.deepcopy(model.sam_mask_decoder)  # off and on again (a CUDA segmenter turns it off)
+    assert segmenter_module.use_matmul_attention(copy_, on=False) == 7
+    assert {type(m) for m in copy_.modules() if isinstance(m, Attention)} == {Attention}
+    assert segmenter_module.use_matmul_attention(copy_) == 7
 
     fused = []
     sdpa = F.scaled_dot_product_attention

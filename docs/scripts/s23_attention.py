@@ -18,20 +18,12 @@ import torch
 from ppd.agents.defender import BUNDLED_DEFENDER, PromptDefender
 from ppd.bench.defense import bench_sets
 from ppd.data.scenes import DOMAINS, ProceduralScenes
-from ppd.segmenter import _matmul_attention_class
+from ppd.segmenter import use_matmul_attention
 
 
 def attention_switch(decoder):
     """``set(variant)`` for ``"matmul"`` / ``"sdpa"`` on the decoder's attention layers."""
-    from sam2.modeling.sam.transformer import Attention
-
-    matmul = _matmul_attention_class()
-    layers = [m for m in decoder.modules() if type(m) in (Attention, matmul)]
-
-    def set_variant(name):
-        for m in layers:
-            m.__class__ = matmul if name == "matmul" else Attention
-    return set_variant
+    return lambda name: use_matmul_attention(decoder, on=name == "matmul")
 
 
 def decoder_calls(seg, rounds=40, warm=5):
