@@ -344,11 +344,11 @@ def _embedding_cache_dir(cache_dir: str | os.PathLike) -> Path:
     """``cache_dir`` as a folder that exists (created), or a ValueError saying why not."""
     path = Path(cache_dir).expanduser()
     if path.exists() and not path.is_dir():
-        raise ValueError(f"cache_dir {str(path)!r} exists and is not a folder")
+        raise ValueError(f"embedding cache folder (cache_dir / --embedding-cache) {str(path)!r} exists and is not a folder")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise ValueError(f"cache_dir {str(path)!r} cannot be created: {exc}") from exc
+        raise ValueError(f"embedding cache folder (cache_dir / --embedding-cache) {str(path)!r} cannot be created: {exc}") from exc
     return path
 
 
