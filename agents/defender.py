@@ -757,9 +757,8 @@ class PromptDefender(PromptRefiner):
                 or ``precision`` / ``embedding_cache`` together with ``segmenter`` (set
                 them on that segmenter).
         """
-        for name, value in (("precision", precision), ("embedding_cache", embedding_cache)):
+        for name, arg, value in (("precision", "precision", precision), ("embedding_cache", "cache_dir", embedding_cache)):
             if value is not None and segmenter is not None:
-                arg = "cache_dir" if name == "embedding_cache" else name
                 raise ValueError(f"{name} applies to the segmenter loaded here; with segmenter=, "
                                  f"pass {arg} to load_segmenter instead")
         if path is None:

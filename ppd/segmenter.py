@@ -669,8 +669,20 @@ class Segmenter:
             when all rows share one size, else an object array of B (H_b, W_b) (or
             (3, H_b, W_b)) masks.
         """
+        _, prompts, embed, high = self._batch_rows("predict_batch", embeddings, point_coords, point_labels)
+        sizes = [tuple(e.orig_hw) for e in embeddings]
+        if mask_sizes is not None:
+            sizes = [(int(h), int(w)) for h, w in mask_sizes]
+            if len(sizes) != len(embeddings) or min(min(s) for s in sizes) < 1:
+                raise ValueError(f"mask_sizes must be {len(embeddings)} (H, W) pairs >= 1, got {mask_sizes!r}")
+        return self._decode_rows(embed, high, sizes, prompts, multimask, return_all)
+
+    def _batch_rows(self, caller: str, embeddings: Sequence[ImageEmbedding], point_coords: np.ndarray,
+                    point_labels: np.ndarray) -> tuple[np.ndarray, tuple, torch.Tensor, list[torch.Tensor]]:
+        """Checked inputs of a call with one prompt set per embedding: the images' (H, W)
+        (B, 2), the prompt tensors, and the embeddings' features stacked row by row."""
         if len(embeddings) == 0:
-            raise ValueError("predict_batch needs at least one embedding")
+            raise ValueError(f"{caller} needs at least one embedding")
         hw = np.asarray([e.orig_hw for e in embeddings], dtype=np.float64)
         coords = np.asarray(point_coords)
         if coords.ndim != 3 or coords.shape[0] != len(embeddings):
@@ -678,14 +690,9 @@ class Segmenter:
                 f"point_coords must have shape (B, K, 2) with B = {len(embeddings)} embeddings; got {coords.shape}"
             )
         prompts = self._prompts_to_tensors(hw, coords, point_labels, None, None)
-        sizes = [tuple(e.orig_hw) for e in embeddings]
-        if mask_sizes is not None:
-            sizes = [(int(h), int(w)) for h, w in mask_sizes]
-            if len(sizes) != len(embeddings) or min(min(s) for s in sizes) < 1:
-                raise ValueError(f"mask_sizes must be {len(embeddings)} (H, W) pairs >= 1, got {mask_sizes!r}")
         embed = torch.cat([e.image_embed for e in embeddings])
         high = [torch.cat([e.high_res_feats[i] for e in embeddings]) for i in range(len(embeddings[0].high_res_feats))]
-        return self._decode_rows(embed, high, sizes, prompts, multimask, return_all)
+        return hw, prompts, embed, high
 
     def predict_at(
         self,
@@ -717,15 +724,10 @@ class Segmenter:
             ``(inside, scores)``: (B, Q) bool and (B,) ((B, 3, Q) and (B, 3) with
             ``return_all``).
         """
-        if len(embeddings) == 0:
-            raise ValueError("predict_at needs at least one embedding")
+        hw, prompts, embed, high = self._batch_rows("predict_at", embeddings, point_coords, point_labels)
         q = np.asarray(query_coords, np.float64)
         if q.ndim != 3 or q.shape[0] != len(embeddings) or q.shape[2] != 2:
             raise ValueError(f"query_coords must have shape (B, Q, 2) with B = {len(embeddings)}; got {q.shape}")
-        hw = np.asarray([e.orig_hw for e in embeddings], np.float64)
-        prompts = self._prompts_to_tensors(hw, np.asarray(point_coords), point_labels, None, None)
-        embed = torch.cat([e.image_embed for e in embeddings])
-        high = [torch.cat([e.high_res_feats[i] for e in embeddings]) for i in range(len(embeddings[0].high_res_feats))]
         low, iou, _ = self._decode_low(embed, high, prompts, multimask, return_all)
         size = hw[:, None, ::-1]  # (B, 1, 2) as (W, H)
         pix = np.clip(np.round(q), 0, size - 1)

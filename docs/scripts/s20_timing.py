@@ -19,7 +19,10 @@ from ppd.data.scenes import DOMAINS
 VARIANTS = {"off": dict(consensus=False), "consensus": dict(consensus=True)}
 
 
-def main():
+def timing_setup():
+    """The options (``--run --scenes --rounds --threads``, threads applied), a defender
+    of the run, and the defense bench's coarse sets of every domain as ``(domain, image,
+    coords, labels)``; shared by the timing scripts of later sessions."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--run", default=str(BUNDLED_DEFENDER))
     ap.add_argument("--scenes", type=int, default=20)
@@ -29,6 +32,11 @@ def main():
     torch.set_num_threads(a.threads)
     base = PromptDefender.load(a.run)
     sets = [(dom, rec.scene.image, c, l) for dom in DOMAINS for rec, _, c, l in bench_sets(base, a.run, dom, a.scenes)["coarse"]]
+    return a, base, sets
+
+
+def main():
+    a, base, sets = timing_setup()
     for r in range(a.rounds):
         ds = {k: PromptDefender.load(a.run, **kw) for k, kw in VARIANTS.items()}
         times = {k: {} for k in ds}

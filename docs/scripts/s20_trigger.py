@@ -54,15 +54,22 @@ def as_items(sets):
     return {k: [(rec.scene.image, rec.scene.masks[obj], c, l) for rec, obj, c, l in v] for k, v in sets.items()}
 
 
-def main():
+def record_args(scenes: int = 20):
+    """The options of the per-set record scripts (``RUN OUT [--attackers ...] [--scenes N]
+    [--domains ...] [--generators]``), parsed, with one torch thread set."""
     ap = argparse.ArgumentParser()
     ap.add_argument("run"); ap.add_argument("out")
     ap.add_argument("--attackers", nargs="*", default=None)
-    ap.add_argument("--scenes", type=int, default=20)
+    ap.add_argument("--scenes", type=int, default=scenes)
     ap.add_argument("--domains", default="train,texture,alt,thin,clutter,lowcontrast")
     ap.add_argument("--generators", action="store_true")
     a = ap.parse_args()
     torch.set_num_threads(1)
+    return a
+
+
+def main():
+    a = record_args()
     d = PromptDefender.load(a.run, consensus=False)
     seg = d.segmenter
     mc = MaskConsensusFilter(seg)

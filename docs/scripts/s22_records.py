@@ -14,27 +14,19 @@ run's label filter), ``greedy`` (``GreedyScoreFilter``) and ``mc`` (``MaskConsen
 input clicks its mask agrees with (``agree_X``) and how many input clicks it keeps
 (``kept_X``). Ground truth is used only to score.
 """
-import argparse, json
+import json
 import numpy as np
-import torch
 
 from ppd.agents.baselines import GreedyScoreFilter, MaskConsensusFilter, mask_agreement
 from ppd.agents.defender import PromptDefender
 from ppd.bench.defense import bench_sets
 from ppd.metrics import iou
 
-import s20_trigger  # noqa: E402  (generator_sets, as_items)
+import s20_trigger  # noqa: E402  (generator_sets, as_items, record_args)
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("run"); ap.add_argument("out")
-    ap.add_argument("--attackers", nargs="*", default=None)
-    ap.add_argument("--scenes", type=int, default=30)
-    ap.add_argument("--domains", default="train,texture,alt,thin,clutter,lowcontrast")
-    ap.add_argument("--generators", action="store_true")
-    a = ap.parse_args()
-    torch.set_num_threads(1)
+    a = s20_trigger.record_args(scenes=30)
     d = PromptDefender.load(a.run)
     nf = PromptDefender.load(a.run, use_filter=False) if d.label_filter is not None else d
     seg = d.segmenter

@@ -11,14 +11,13 @@ interleaved so that the machine's drift hits both alike.
    defaults), each set refined with both back to back per round, the image encoded;
    median per variant and round, and whether the outputs (kept points, mask) agree.
 """
-import argparse, time
+import time
 import numpy as np
-import torch
 
-from ppd.agents.defender import BUNDLED_DEFENDER, PromptDefender
-from ppd.bench.defense import bench_sets
-from ppd.data.scenes import DOMAINS, ProceduralScenes
+from ppd.agents.defender import PromptDefender
+from ppd.data.scenes import ProceduralScenes
 from ppd.segmenter import use_matmul_attention
+from s20_timing import timing_setup
 
 
 def attention_switch(decoder):
@@ -60,16 +59,9 @@ def decoder_calls(seg, rounds=40, warm=5):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--run", default=str(BUNDLED_DEFENDER))
-    ap.add_argument("--scenes", type=int, default=20)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=2)
-    a = ap.parse_args()
-    torch.set_num_threads(a.threads)
-    base = PromptDefender.load(a.run)
+    a, base, sets = timing_setup()  # s20_timing's options and coarse sets
     decoder_calls(base.segmenter)
-    sets = [(rec.scene.image, c, l) for dom in DOMAINS for rec, _, c, l in bench_sets(base, a.run, dom, a.scenes)["coarse"]]
+    sets = [(im, c, l) for _, im, c, l in sets]
     same = 0
     for r in range(a.rounds):
         d = PromptDefender.load(a.run, segmenter=base.segmenter)  # cold decode cache per round
