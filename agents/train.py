@@ -33,7 +33,6 @@ observation.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
@@ -75,10 +74,8 @@ __all__ = [
     "EVAL_SEED",
     "EVAL_KEYS",
     "TrainConfig",
-    "add_train_arguments",
     "evaluate_agents",
     "greedy_rollout",
-    "run_train",
     "train",
 ]
 
@@ -887,99 +884,3 @@ def _train(cfg: TrainConfig, out: str | Path, resume: bool, callback: BaseCallba
     att_env.close()
     def_env.close()
     return metrics
-
-
-# ----------------------------------------------------------------------------- CLI
-class ProgressBarCallback(BaseCallback):
-    """Advances a tqdm bar by the env steps of every vector step (the CLI owns the bar)."""
-
-    def __init__(self, bar: Any) -> None:
-        super().__init__()
-        self.bar = bar
-
-    def _on_step(self) -> bool:
-        self.bar.update(self.training_env.num_envs)
-        return True
-
-
-def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add ``ppd train``'s flags: ``--config``, ``--out``, ``--resume`` and one flag per
-    :class:`TrainConfig` field (``--device``, ``--seed``, ...)."""
-    from ppd.config import add_dataclass_args
-
-    parser.add_argument("--config", default=None, help="YAML/JSON file with TrainConfig fields (flags override it)")
-    parser.add_argument("--out", default="runs/ppd", help="run folder (default: runs/ppd)")
-    parser.add_argument("--resume", action="store_true", help="continue OUT from its last completed round (uses OUT/config.yaml unless --config is given)")
-    # dict fields (start_mix, coarse_kwargs) are settable in --config FILE only
-    add_dataclass_args(parser, TrainConfig, skip=("start_mix", "coarse_kwargs"))
-
-
-def run_train(args: argparse.Namespace) -> int:
-    """``ppd train``: build the config, train with a progress bar, print a summary."""
-    from tqdm import tqdm
-
-    from ppd.config import build_config
-
-    out = Path(args.out)
-    config_file = args.config
-    if args.resume and not config_file and (out / "config.yaml").is_file():
-        config_file = str(out / "config.yaml")
-    cfg = build_config(TrainConfig, args, config_file)
-    done = 0
-    if args.resume and (out / "state.json").is_file():
-        done = int(json.loads((out / "state.json").read_text(encoding="utf-8")).get("round", 0))
-    per_round = cfg.attacker_steps + cfg.defender_steps
-    stage_bars: list[Any] = []
-
-    def stage_progress(desc: str, total: int) -> Any:
-        """A tqdm bar per step of the label filter's stage (the previous one closed)."""
-        for b in stage_bars:
-            b.close()
-        stage_bars.append(tqdm(total=total, desc=desc, dynamic_ncols=True))
-        return stage_bars[-1].update
-
-    with tqdm(total=cfg.total_steps, initial=min(done, cfg.rounds) * per_round, desc="training", unit="step", dynamic_ncols=True) as bar:
-        try:
-            metrics = train(cfg, out, resume=args.resume, callback=ProgressBarCallback(bar), progress=stage_progress)
-        finally:
-            for b in stage_bars:
-                b.close()
-    final = metrics["final"]
-    print(f"trained {cfg.rounds} rounds, {cfg.total_steps} env steps in {metrics['wall_time_s']:.0f} s -> {out}")
-    print(f"held-out mean IoU on {cfg.eval_scenes} scenes:")
-    rows = [
-        ("ideal prompts", final["ideal_iou"]),
-        ("ideal, attacked", final["attacked_iou"]),
-        ("attacked, defended", final["defended_attacked_iou"]),
-        ("coarse prompts", final["coarse_iou"]),
-        ("coarse, defended", final["defended_coarse_iou"]),
-        ("attacked, PromptDefender.refine", final.get("refine_attacked_iou", float("nan"))),
-        ("coarse, PromptDefender.refine", final.get("refine_coarse_iou", float("nan"))),
-        ("attacked, defended, where it stopped", final.get("defended_attacked_iou_last", float("nan"))),
-        ("coarse, defended, where it stopped", final.get("defended_coarse_iou_last", float("nan"))),
-    ]
-    filt = metrics.get("label_filter")
-    if filt:
-        rows += [
-            ("attacked, defended without the filter", final.get("defended_attacked_iou_nofilter", float("nan"))),
-            ("coarse, defended without the filter", final.get("defended_coarse_iou_nofilter", float("nan"))),
-        ]
-    for name, v in rows:
-        print(f"  {name:38s} {v:.3f}")
-    if filt:
-        verb = "relabels" if filt["action"] == "relabel" else "removes"
-        state = "off (it did not help there)" if filt["threshold"] >= 1.0 else f"{verb} prompts above {filt['threshold']:.1f}"
-        if filt["relabel_gate"] > 0.0:  # both writers of the metadata set it (0 for older runs)
-            state += f"; the defender relabels only prompts above {filt['relabel_gate']:.1f}"
-        print(f"label filter ({filt['scenes']} scenes, {filt['time_s']:.0f} s): wrong-label ROC AUC {filt['selection_auc']:.3f} "
-              f"on {filt['selection_scenes']} held-out scenes; {state}")
-    if final["ideal_iou"] > 0:
-        print(f"the attack costs {final['ideal_iou'] - final['attacked_iou']:.3f} IoU; the defender recovers "
-              f"{100 * final['defended_attacked_iou'] / final['ideal_iou']:.0f}% of the ideal IoU "
-              "(against this run's attacker, whose strength varies by seed; compare runs with "
-              "python -m ppd.bench.defense --attacker)")
-    files = [out / "defender.zip", out / "attacker.zip", out / "metrics.json", out / "examples.png"]
-    if filt:
-        files.append(out / "label_filter.zip")
-    print("files: " + ", ".join(str(f) for f in files))
-    return 0

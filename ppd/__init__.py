@@ -8,9 +8,6 @@ Public API (see DESIGN.md)::
     pred = seg.predict(emb, point_coords, point_labels)
 """
 
-from ppd.prompts import PromptSet
-from ppd.segmenter import ImageEmbedding, Prediction, Segmenter, load_segmenter
-
 __version__ = "0.1.0"
 
 __all__ = [
@@ -19,8 +16,14 @@ __all__ = [
     "ConsistencyFilter", "MaskConsensusFilter",
 ]
 
-# The agents pull in stable-baselines3 and torch-geometric: load them on first use only.
+# Every name loads on first use: the segmenter pulls in torch, the agents
+# stable-baselines3 and torch-geometric, and `ppd --help` needs none of them.
 _LAZY = {
+    "ImageEmbedding": "ppd.segmenter",
+    "Prediction": "ppd.segmenter",
+    "Segmenter": "ppd.segmenter",
+    "load_segmenter": "ppd.segmenter",
+    "PromptSet": "ppd.prompts",
     "PromptDefender": "ppd.agents.defender",
     "RefineResult": "ppd.agents.defender",
     "NoRefine": "ppd.agents.baselines",

@@ -413,7 +413,8 @@ def test_bundled_defender_refines_coarse_prompts():
 
 
 def test_refine_cli_writes_its_files(run_dir, random_image, tmp_path, capsys):
-    from ppd.cli import _save_png, main
+    from ppd.cli import main
+    from ppd.cli.common import save_png as _save_png
 
     _save_png(random_image, tmp_path / "img.png")
     points = ";".join(f"{x:g},{y:g},{lab}" for (x, y), lab in zip(POINTS, LABELS))
@@ -432,7 +433,8 @@ def test_refine_cli_writes_its_files(run_dir, random_image, tmp_path, capsys):
 
 def test_embedding_cache_flag_reuses_embeddings_across_commands(run_dir, random_image, tmp_path, counting_encoder):
     from ppd.bench import segmenter as segmenter_bench
-    from ppd.cli import _save_png, main
+    from ppd.cli import main
+    from ppd.cli.common import save_png as _save_png
 
     calls = counting_encoder
     _save_png(random_image, tmp_path / "img.png")
@@ -819,7 +821,8 @@ def test_keep_consistent_flags():
     """--keep-consistent / --no-keep-consistent: the library default, and off; ppd refine has it."""
     import argparse
 
-    from ppd.agents.defender import DEFAULT_KEEP_CONSISTENT, add_keep_consistent_argument, add_refine_arguments
+    from ppd.agents.defender import DEFAULT_KEEP_CONSISTENT, add_keep_consistent_argument
+    from ppd.cli.refine import add_arguments as add_refine_arguments
 
     p = argparse.ArgumentParser(prog="x")
     add_keep_consistent_argument(p)
@@ -1067,7 +1070,8 @@ def test_min_score_gain_flag(capsys):
     """--min-score-gain: a number in (-1, 1) or off, in ppd refine and both benches."""
     import argparse
 
-    from ppd.agents.defender import DEFAULT_MIN_SCORE_GAIN, add_refine_arguments, inference_options
+    from ppd.agents.defender import DEFAULT_MIN_SCORE_GAIN, inference_options
+    from ppd.cli.refine import add_arguments as add_refine_arguments
 
     p = argparse.ArgumentParser()
     add_refine_arguments(p)

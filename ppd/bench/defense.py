@@ -58,7 +58,7 @@ from ppd.agents.defender import (
     role_max_steps,
 )
 from ppd.agents.train import greedy_rollout
-from ppd.cli import add_device_arguments
+from ppd.cli.common import add_device_arguments
 from ppd.data.scenes import DOMAINS, ProceduralScenes
 from ppd.envs.point_prompt_env import DEFAULT_MAX_STEPS, WRONG_LABEL, label_targets
 from ppd.envs.world import INACTIVE, PromptWorld, prompts_from_state, state_from_prompts

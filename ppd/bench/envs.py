@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ppd.bench import add_threads_argument, apply_threads
-from ppd.cli import add_device_arguments
+from ppd.cli.common import add_device_arguments
 from ppd.data.scenes import ProceduralScenes
 from ppd.envs import PointPromptEnv, PromptVecEnv, PromptWorld
 from ppd.envs.world import PROMPT_PAD

@@ -31,7 +31,7 @@ import numpy as np
 
 from ppd.agents.baselines import GreedyScoreFilter, NoRefine
 from ppd.agents.defender import DEFAULT_SELECT, SELECT_RULES, PromptDefender, add_inference_arguments, inference_options
-from ppd.cli import add_device_arguments
+from ppd.cli.common import add_device_arguments
 from ppd.bench import add_threads_argument, apply_threads, defender_variant, run_max_ideal_points
 from ppd.data.scenes import DOMAINS, ProceduralScenes
 from ppd.metrics import iou

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from ppd.bench import add_threads_argument, apply_threads
-from ppd.cli import add_device_arguments
+from ppd.cli.common import add_device_arguments
 from ppd.data.scenes import DOMAINS, SHIFTED_DOMAINS, ProceduralScenes
 
 logger = logging.getLogger(__name__)

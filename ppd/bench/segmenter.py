@@ -26,7 +26,7 @@ import numpy as np
 from scipy import ndimage
 
 from ppd import load_segmenter
-from ppd.cli import add_device_arguments
+from ppd.cli.common import add_device_arguments
 from ppd.data.scenes import DOMAINS, ProceduralScenes
 from ppd.metrics import iou
 from ppd.pretrain import EVAL_SEED, evaluate_clicks
