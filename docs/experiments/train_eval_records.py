@@ -1,26 +1,26 @@
-"""Session 22: per-set records on a run's training eval sets, for the score guard.
+"""Does the score guard need its agreement test? Per-set records on a run's own
+``ppd train`` evaluation sets, and a replay of the guard on them.
 
-    python docs/scripts/s22_eval_records.py RUN OUT.json     # one run
-    python docs/scripts/s22_eval_records.py --grid OUT1.json OUT2.json ...   # replay guards
+    python docs/experiments/train_eval_records.py RUN OUT.json     # one run
+    python docs/experiments/train_eval_records.py --grid OUT1.json OUT2.json ...   # replay guards
 
-The eval sets are ``ppd train``'s (48 in-domain scenes, EVAL_SEED; the attacker's sets
-and the coarse sets, rebuilt from the run's config, attacker and defender). Per set: the
-input's and ``PromptDefender.refine``'s output (guard off) IoU, SAM score and agreement
-with the input clicks, and the output's step count. ``--grid`` replays the guard with
-tolerance g (and with the agreement test) on these records: mean IoU per run, attacked /
-coarse.
+The eval sets are ``ppd train``'s (48 in-domain scenes; the attacker's sets and the
+coarse sets, rebuilt from the run's config, attacker and defender). Per set: the input's
+and ``PromptDefender.refine``'s output (guard off) IoU, SAM score and agreement with the
+input clicks, and the output's step count. ``--grid`` replays the guard with tolerance g
+(and with the agreement test) on these records: mean IoU per run, attacked / coarse.
 """
-import sys, json, numpy as np, torch, dataclasses
-from ppd.agents.train import TrainConfig, evaluate_agents, EVAL_SEED, TRAIN_DOMAIN
-from ppd.agents.dqn import MaskedDQN
-from ppd.agents.label_filter import load_label_filter, LabelFilter
-from ppd.agents.defender import PromptDefender, read_run_config
+import json
+import sys
+
+import numpy as np
+import torch
+
+from common import eval_sets
 from ppd.agents.baselines import mask_agreement
-from ppd.data.scenes import ProceduralScenes
-from ppd.envs import PromptWorld
+from ppd.agents.defender import PromptDefender
 from ppd.envs.world import prompts_from_state
 from ppd.segmenter import load_segmenter
-
 
 
 def grid(files):
@@ -38,22 +38,6 @@ def grid(files):
             cells.append(f"{a:.3f}/{c:.3f}")
             vals += [a, c]
         print(f"g={g}{' agree' if agree else ''}".ljust(20), " ".join(x.rjust(13) for x in cells), f"  {np.mean(vals):.4f}")
-
-
-def eval_sets(run, seg):
-    """``(eval world, evaluate_agents's rollouts)``: ``ppd train``'s eval sets of ``run``
-    (its attacked and coarse sets), rebuilt from its config, attacker, defender and label
-    filter (read_run_config's fields that TrainConfig still has)."""
-    raw = read_run_config(run)
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    cfg = TrainConfig(**{k: v for k, v in raw.items() if k in fields})
-    ew = PromptWorld(seg, ProceduralScenes(TRAIN_DOMAIN, cfg.eval_scenes, seed=EVAL_SEED), grid=cfg.grid,
-                     k_physical=cfg.k_physical, k_semantic=cfg.k_semantic)
-    att, de = MaskedDQN.load(f"{run}/attacker.zip"), MaskedDQN.load(f"{run}/defender.zip")
-    loaded = load_label_filter(run)
-    lf = None if loaded is None else LabelFilter(loaded[0], loaded[1]["threshold"], loaded[1]["action"], loaded[1]["relabel_gate"])
-    _, rollouts = evaluate_agents(att, de, ew, cfg, return_rollouts=True, label_filter=lf)
-    return ew, rollouts
 
 
 def records(run, outf):
@@ -79,6 +63,8 @@ def records(run, outf):
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
+    if len(sys.argv) < 3:
+        sys.exit(__doc__)
     if sys.argv[1] == "--grid":
         grid(sys.argv[2:])
     else:

@@ -1,14 +1,17 @@
-"""Session 18: how well does a run's wrong-label network find the attacker's wrong prompts?
+"""How well does a run's wrong-label network find the attacker's wrong prompts?
 
-    python docs/scripts/s18_filter_auc.py DEF_RUN OUT.json ATT_RUN [ATT_RUN ...] [--scenes 20]
+    python docs/experiments/label_filter_detection.py DEF_RUN OUT.json ATT_RUN [ATT_RUN ...] [--scenes 20]
 
 In-domain defense-bench scenes; per attacker: ROC AUC of the wrong-label probability for
 wrong-label prompts (ground truth at the point), and IoU of simple no-GT rules on the
 attacked set: drop every prompt with probability > t; drop prompts in order of falling
 probability while SAM's predicted IoU rises (``pgreedy``).
 """
-import argparse, json
-import numpy as np, torch
+import argparse
+import json
+
+import numpy as np
+import torch
 
 from ppd.agents.defender import PromptDefender
 from ppd.bench.defense import DEFENSE_SEED, attack, bench_attacker, bench_items, defender_world

@@ -1,13 +1,16 @@
-"""Session 18: does a no-ground-truth post-pass or a choice by SAM's score add to the defender?
+"""Does a no-ground-truth post-pass, or a choice by SAM's score, add to the defender?
+(The origin of ``polish``: D>G below.)
 
-    python docs/scripts/s18_compose.py DEF_RUN OUT.json ATT_RUN [ATT_RUN ...] [--scenes 20] [--domains train,...]
+    python docs/experiments/post_pass_compositions.py DEF_RUN OUT.json ATT_RUN [ATT_RUN ...] [--scenes 20] [--domains train,...]
 
 On the defense bench's scenes (ppd.bench.defense.bench_domain's items), for each attacker's
 attacked sets and for the coarse sets, IoU of: D (the defender), G (GreedyScoreFilter),
 C (ConsistencyFilter), D>G (G on D's output), G>D, C>D, D>C, and best-of by SAM's
 predicted IoU among {D, G, D>G} and {D, G, C, D>G, C>D}.
 """
-import argparse, json, sys
+import argparse
+import json
+
 import numpy as np
 import torch
 

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Session 17: does the defender's recovery from attacked prompts grow with training?
+# Does one GPU train several runs at once faster than one after another?
 # Trains 4 seeds of the default recipe and 4 with twice the defender steps, all at once
-# on one lent GPU (fp32). Measured: the eight together ran at 1.45x the env steps/s of one
-# run alone, too slow to finish inside a session's 30 device minutes (experiment log).
-# Usage (on the device, ppd importable):
-#   bash docs/scripts/s17_gpu_sweep.sh launch RUNS_DIR   # start the runs detached
-#   bash docs/scripts/s17_gpu_sweep.sh wait RUNS_DIR SECONDS   # poll until done or SECONDS
+# on one GPU (fp32), and reports each run's last log line (env steps/s) and the GPU's
+# load (docs/gpu.md has the measured numbers).
+# Usage (on the GPU machine, ppd importable):
+#   bash docs/experiments/gpu_parallel_runs.sh launch RUNS_DIR   # start the runs detached
+#   bash docs/experiments/gpu_parallel_runs.sh wait RUNS_DIR SECONDS   # poll until done or SECONDS
 set -u
 mode=${1:?launch|wait}
 runs=$(realpath -m "${2:?RUNS_DIR}")

@@ -1,8 +1,9 @@
-"""Session 23: SAM2's mask-decoder attention as two matmuls (``use_matmul_attention``, the
-CPU default since this session) against SAM2's own ``F.scaled_dot_product_attention``,
-interleaved so that the machine's drift hits both alike.
+"""Is SAM2's mask-decoder attention faster on CPU as two matmuls
+(``use_matmul_attention``, the CPU default) than as SAM2's own
+``F.scaled_dot_product_attention``, and are the outputs the same? Interleaved so that the
+machine's drift hits both alike.
 
-    python docs/scripts/s23_attention.py [--run DIR] [--scenes 20] [--rounds 3] [--threads 2]
+    python docs/experiments/decoder_attention_timing.py [--run DIR] [--scenes 20] [--rounds 3] [--threads 2]
 
 1. Decoder calls on the bundled model: one call of 16 prompt sets on 16 procedural
    images, and 16 calls of one set (8 points padded to 16, as the envs decode), medians
@@ -14,10 +15,10 @@ interleaved so that the machine's drift hits both alike.
 import time
 import numpy as np
 
+from common import timing_setup
 from ppd.agents.defender import PromptDefender
 from ppd.data.scenes import ProceduralScenes
 from ppd.segmenter import use_matmul_attention
-from s20_timing import timing_setup
 
 
 def attention_switch(decoder):
@@ -59,7 +60,7 @@ def decoder_calls(seg, rounds=40, warm=5):
 
 
 def main():
-    a, base, sets = timing_setup()  # s20_timing's options and coarse sets
+    a, base, sets = timing_setup(__doc__.splitlines()[0])
     decoder_calls(base.segmenter)
     sets = [(im, c, l) for _, im, c, l in sets]
     same = 0

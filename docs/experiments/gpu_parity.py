@@ -1,10 +1,10 @@
-"""Session 15: the bundled defender on CPU, CUDA fp32 and CUDA bf16 (run on a lent H100).
+"""Does the bundled defender refine the same on CUDA as on CPU, in fp32 and in bf16, and how fast?
 
 Per setting: median refine time (image already encoded, as the defense bench times it),
 mean IoU of refined coarse sets against ground truth, and agreement with CPU (mask IoU
 and identical kept points). Then a cProfile of refine on CUDA (bf16), top 25 by own time.
 
-    python docs/scripts/s15_gpu.py --out OUT_DIR
+    python docs/experiments/gpu_parity.py --out OUT_DIR
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def main() -> None:
             pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(25)
             (out / "refine_cuda_profile.txt").write_text(buf.getvalue())
     results["machine"] = f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu'}, {torch.get_num_threads()} torch threads"
-    (out / "s15_gpu.json").write_text(json.dumps(results, indent=1))
+    (out / "gpu_parity.json").write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Session 15: remove or relabel the flagged prompts, or let SAM's predicted IoU choose per set?
+"""Remove or relabel the flagged prompts, per run, per set, or fixed: which choice of the
+wrong-label filter's action scores best on scenes the run never saw?
 
 The label filter's selection (agents/label_filter.py) picks one action for a run. On its
 selection scenes removal wins on attacked sets and relabelling on coarse ones. This
@@ -13,7 +14,7 @@ candidate and after two per-set choices that read no ground truth:
 and two hybrids by the filter's confidence: ``relabel>0.7,remove>0.5`` flips the prompts
 above 0.7 and removes those between 0.5 and 0.7; ``remove>0.7,relabel>0.5`` the reverse.
 
-    python docs/scripts/s15_best_of.py runs/ppd_a0h [runs/ppd_a1h ...] --scenes 40 --out FILE.json
+    python docs/experiments/label_filter_action_choice.py runs/ppd_a0h [runs/ppd_a1h ...] --scenes 40 --out FILE.json
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
-"""Session 23: refinement of large prompt sets (more points than training drew: its
-coarse sets have 3-16). Ten in-domain scenes (seeds 300-309), one coarse set each
+"""How does refine do on large prompt sets, with more points than training drew (its
+coarse sets have 3-16)? Ten in-domain scenes (seeds 300-309), one coarse set each
 (``coarse_prompts`` with its default noise and N points, rng seed = scene index), for N in
 16, 32, 64, 128; mean IoU of SAM2's mask for the input, the bundled defender's
 ``refine`` (library defaults) and ``GreedyScoreFilter``, and refine's median time
 (2 threads, image encoded first).
 
-    python docs/scripts/s23_many_points.py [--scenes 10]
+    python docs/experiments/many_points_refine.py [--scenes 10]
 """
 import argparse
 import time

@@ -1,12 +1,14 @@
-"""Session 23: refine time on large images. Six in-domain scenes (seeds 100-105) and one
-coarse set each (``coarse_prompts`` with its defaults, seeds 0-5), blown up 1x, 4x and
+"""How long does refine take on large images, and does the reduced mask size of the
+per-node values (``PromptWorld.mask_max_side``) change its outputs?
+
+Six in-domain scenes (seeds 100-105) and one coarse set each (``coarse_prompts`` with its defaults, seeds 0-5), blown up 1x, 4x and
 12x by pixel repetition (256, 1024 and 3072 px a side; the points moved with them);
 ``PromptDefender.refine`` of the bundled defender, the image encoded first, 2 threads.
 Each size runs with ``PromptWorld.mask_max_side`` at its default and off (None: the
-per-node values from image-size masks, as before session 23); the outputs of the two
+per-node values from image-size masks); the outputs of the two
 are compared (kept points, labels and the mask's IoU against the blown-up ground truth).
 
-    python docs/scripts/s23_large_images.py
+    python docs/experiments/large_image_refine.py
 """
 import time
 

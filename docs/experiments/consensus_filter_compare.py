@@ -1,6 +1,7 @@
-"""Session 19: a consensus filter (RANSAC over SAM's own one-click masks), alone and with the defender.
+"""Does a consensus of SAM's own one-click masks (RANSAC over the input clicks) find the
+wrong clicks the defender misses? The consensus filter alone and with the defender.
 
-    python docs/scripts/s19_consensus.py DEF_RUN OUT.json [--attackers ATT_RUN ...] [--scenes 20] [--domains train,...]
+    python docs/experiments/consensus_filter_compare.py DEF_RUN OUT.json [--attackers ATT_RUN ...] [--scenes 20] [--domains train,...]
 
 Hypotheses: the three multimask outputs of every positive point alone. A prompt agrees with
 a hypothesis mask when a positive lies inside it or a negative outside. The hypothesis with
@@ -9,7 +10,9 @@ it are removed (``K``), or relabelled (``KR``). ``K>D``: the defender on K's out
 ``D>K``: K on the defender's output. Also D, G (GreedyScoreFilter) and C
 (ConsistencyFilter). No ground truth except to score.
 """
-import argparse, json
+import argparse
+import json
+
 import numpy as np
 import torch
 

@@ -1,11 +1,12 @@
-"""Session 23: the on-disk embedding cache (``load_segmenter(cache_dir=...)``) with an
-official architecture: ``sam2.1_hiera_t`` with random weights (no checkpoint download),
+"""What does the on-disk embedding cache (``load_segmenter(cache_dir=...)``) save?
+
+An official architecture, ``sam2.1_hiera_t`` with random weights (no checkpoint download),
 a 480x640 image, CPU, 2 threads. Times the model fingerprint (once per process, on first
 disk use), three encodes with the file written (the file removed before each), three
 reads by fresh segmenters (fingerprint excluded; the OS file cache warm), and prints the
 file size.
 
-    python docs/scripts/s23_embedding_cache.py
+    python docs/experiments/embedding_cache_timing.py
 """
 import tempfile
 import time

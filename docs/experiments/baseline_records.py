@@ -1,7 +1,7 @@
-"""Session 22: per-set records of the default refiner and the no-learning baselines, to
-look for a rule that picks between them without ground truth.
+"""Can a rule without ground truth pick, per set, between the defender and a no-learning
+baseline? Per-set records of the default refiner and the baselines.
 
-    python docs/scripts/s22_records.py DEF_RUN OUT.json [--generators] [--attackers ATT ...]
+    python docs/experiments/baseline_records.py DEF_RUN OUT.json [--generators] [--attackers ATT ...]
         [--scenes N] [--domains train,texture,...]
 
 Per prompt set (the generator bench's sets with ``--generators``, kind ``gen:NAME``; else
@@ -17,24 +17,21 @@ input clicks its mask agrees with (``agree_X``) and how many input clicks it kee
 import json
 import numpy as np
 
+from common import record_args, record_sets
 from ppd.agents.baselines import GreedyScoreFilter, MaskConsensusFilter, mask_agreement
 from ppd.agents.defender import PromptDefender
-from ppd.bench.defense import bench_sets
 from ppd.metrics import iou
-
-import s20_trigger  # noqa: E402  (generator_sets, as_items, record_args)
 
 
 def main():
-    a = s20_trigger.record_args(scenes=30)
+    a = record_args(scenes=30)
     d = PromptDefender.load(a.run)
     nf = PromptDefender.load(a.run, use_filter=False) if d.label_filter is not None else d
     seg = d.segmenter
     refiners = {"ppd": d, "nf": nf, "greedy": GreedyScoreFilter(seg), "mc": MaskConsensusFilter(seg)}
     rows = []
     for domain in a.domains.split(","):
-        sets = (s20_trigger.generator_sets(d, domain, a.scenes) if a.generators
-                else s20_trigger.as_items(bench_sets(d, a.run, domain, a.scenes, tuple(a.attackers or [None]))))
+        sets = record_sets(d, a, domain)
         for kind, lst in sets.items():
             for img, gt, coords, labels in lst:
                 emb = d.record(img).embedding

@@ -1,17 +1,18 @@
-"""Session 22: choose the score guard's tolerance offline, on session 20's per-set records.
+"""Which tolerance should the score guard (``min_score_gain``) have? Replays guards offline
+on the per-set records of ``consensus_records.py``.
 
-    python docs/scripts/s22_guard_grid.py [RECORDS_DIR]   # default runs/s20
+    python docs/experiments/score_guard_grid.py RECORDS_DIR
 
-The records (``docs/scripts/s20_trigger.py``: ``trig_*.json`` for the defense bench's
-sets, ``gtrig_*.json`` for the generator bench's) hold, per prompt set, the input's and
-the defender's IoU and SAM score, the consensus vote and the mask agreements. This
-replays the default path (keep_consistent, then the consensus check) and then a guard
-that returns the input when the output's score is below the input's plus ``g`` and the
-input's score is below ``t`` (with ``agree``: and the output's mask agrees with no more
-input clicks than the input's own mask, the rule shipped in session 22); it prints the mean refined-minus-input IoU on the
-generator sets (train, texture, alt), on the coarse sets of those domains and of the
-other three, and the lowest and mean IoU over every (defender, attacker) pair's attacked
-sets.
+RECORDS_DIR holds ``trig_*.json`` (``consensus_records.py RUN OUT``: the defense bench's
+sets) and ``gtrig_*.json`` (``consensus_records.py RUN OUT --generators``: the generator
+bench's sets), per prompt set the input's and the defender's IoU and SAM score, the
+consensus vote and the mask agreements. This replays the default path (keep_consistent,
+then the consensus check) and then a guard that returns the input when the output's
+score is below the input's plus ``g`` and the input's score is below ``t`` (with
+``agree``: and the output's mask agrees with no more input clicks than the input's own
+mask, the library's rule); it prints the mean refined-minus-input IoU on the generator
+sets (train, texture, alt), on the coarse sets of those domains and of the other three,
+and the lowest and mean IoU over every (defender, attacker) pair's attacked sets.
 """
 import glob, json, sys
 import numpy as np
@@ -37,7 +38,9 @@ def out(r, g, t, agree=False):
 
 
 def main():
-    folder = sys.argv[1] if len(sys.argv) > 1 else "runs/s20"
+    if len(sys.argv) != 2 or sys.argv[1].startswith("-"):
+        sys.exit(__doc__)
+    folder = sys.argv[1]
     recs = {f.split("/")[-1][:-5]: json.load(open(f)) for f in sorted(glob.glob(f"{folder}/*trig_*.json"))}
     sel = {"train", "texture", "alt"}
     print("rule".ljust(22), "gen(sel) | coarse(sel) coarse(other) | att min  att mean")

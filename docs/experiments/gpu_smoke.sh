@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Session 15: every command on CUDA once (run on a lent H100 with ppd installed).
-# Usage: bash docs/scripts/s15_gpu_smoke.sh OUT_DIR
+# Does every command run on CUDA? Each once, on a GPU machine with ppd installed.
+# Usage: bash docs/experiments/gpu_smoke.sh OUT_DIR
 # Each step's log goes to OUT_DIR; the summary lines are printed.
 set -u
 out=${1:?OUT_DIR}
