@@ -14,7 +14,7 @@ candidate and after two per-set choices that read no ground truth:
 and two hybrids by the filter's confidence: ``relabel>0.7,remove>0.5`` flips the prompts
 above 0.7 and removes those between 0.5 and 0.7; ``remove>0.7,relabel>0.5`` the reverse.
 
-    python docs/experiments/label_filter_action_choice.py runs/ppd_a0h [runs/ppd_a1h ...] --scenes 40 --out FILE.json
+    python docs/experiments/label_filter_action_choice.py RUN [RUN ...] --scenes 64 --out FILE.json
 """
 
 from __future__ import annotations
