@@ -1,6 +1,16 @@
 """ppd: point prompts for SAM2, made better by reinforcement learning."""
 
-from setuptools import setup
+from setuptools import find_namespace_packages, setup
+
+# graphs/, envs/ and agents/ live at the top of the repository but install inside the ppd
+# namespace, so nothing with a generic name lands in site-packages. Every folder under
+# these roots is a package (ppd.assets and ppd.assets.defender hold data files only).
+ROOTS = {"ppd": "ppd", "ppd.graphs": "graphs", "ppd.envs": "envs", "ppd.agents": "agents"}
+PACKAGES = [
+    pkg
+    for name, folder in ROOTS.items()
+    for pkg in [name, *(f"{name}.{sub}" for sub in find_namespace_packages(folder, exclude=["__pycache__", "*.__pycache__"]))]
+]
 
 setup(
     name="ppd",
@@ -8,12 +18,22 @@ setup(
     description="Point Prompt Defender: RL agents that attack and defend SAM2 point prompts",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    license_files=["LICENSE"],
+    classifiers=[
+        "Development Status :: 3 - Alpha",
+        "Intended Audience :: Science/Research",
+        "Operating System :: OS Independent",
+        "Programming Language :: Python :: 3",
+        "Programming Language :: Python :: 3.11",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+        "Topic :: Scientific/Engineering :: Image Recognition",
+    ],
     python_requires=">=3.10",
-    # graphs/, envs/ and agents/ live at the top of the repository but install inside
-    # the ppd namespace, so nothing with a generic name lands in site-packages.
-    packages=["ppd", "ppd.data", "ppd.bench", "ppd.ruac", "ppd.graphs", "ppd.envs", "ppd.agents"],
-    package_dir={"ppd": "ppd", "ppd.graphs": "graphs", "ppd.envs": "envs", "ppd.agents": "agents"},
-    package_data={"ppd": ["assets/*.pt", "assets/*.md", "assets/defender/*"]},
+    packages=PACKAGES,
+    package_dir=ROOTS,
+    # the bundled model, the bundled defender run and their model cards
+    package_data={"ppd.assets": ["*.pt", "*.md"], "ppd.assets.defender": ["*"]},
     include_package_data=True,
     install_requires=[
         # torch stays loose so GPU users keep their CUDA build (constraints.txt pins the
