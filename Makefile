@@ -27,13 +27,14 @@ test: install
 test-slow: install
 	$(PY) -m pytest -q -m slow
 
-# The main job: adversarial attacker/defender training on the bundled model, then one-click
-# segmentation overlays of every domain (11-15 min in all on 2 idle CPU cores, install
-# included; README). demo_out/ is replaced.
+# The main job: adversarial attacker/defender training on the bundled model, then what it
+# does as pictures: coarse versus refined prompts on held-out scenes of every domain
+# (demo_out/demo/refine_summary.png and .html) and one-click segmentation overlays
+# (README: time and memory). demo_out/ is replaced.
 demo: install
 	rm -rf demo_out
 	$(VENV)/bin/ppd train --out demo_out/ppd
-	$(VENV)/bin/ppd demo --out demo_out/segment
+	$(VENV)/bin/ppd demo --defender demo_out/ppd --out demo_out/demo
 
 clean:
 	rm -rf $(VENV) demo_out build *.egg-info

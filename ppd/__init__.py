@@ -1,6 +1,6 @@
 """ppd: point prompts for SAM2, made better by reinforcement learning.
 
-Public API (see DESIGN.md)::
+Public API (docs/design.md)::
 
     import ppd
     seg = ppd.load_segmenter()          # bundled sam2-tiny-synthetic, CPU friendly

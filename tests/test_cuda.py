@@ -1,11 +1,11 @@
 """GPU checks: the same work on CUDA as on CPU.
 
 Skipped where no CUDA device is present (CI and the development machines have none;
-they were run on a lent H100, see README "On a GPU"). In fp32, the bundled model's
+they were run on an H100, see docs/gpu.md). In fp32, the bundled model's
 default, CUDA must reproduce CPU results up to float rounding: masks, rewards and the
 defender's choices. Under bf16 autocast (the default for official SAM2 models) the
 bundled 256 px model moves boundary pixels and sometimes a whole region, so only
-agreement on most masks is asserted (the bench numbers for both are in the README).
+agreement on most masks is asserted (the bench numbers for both are in docs/gpu.md).
 """
 
 from __future__ import annotations
