@@ -3,7 +3,7 @@
 Shared by ``ppd train-ruac`` (held-out check at the end of a run, ``metrics.json``) and the
 benchmark ``python -m ppd.bench.ruac``.
 
-3-click protocol (RUAC, as the authors' code does it; ``notes/ruac-method.md``):
+3-click protocol (RUAC, as the authors' code does it; ``docs/ruac.md``):
 
 * click 1: a ground-truth pixel drawn uniformly at random (seeded per scene and object);
 * clicks 2 and 3: error-region clicks (:func:`protocol_click`): the larger (in pixels) of
@@ -53,7 +53,7 @@ from scipy import ndimage
 from ppd import io
 from ppd.data.types import Scene
 from ppd.metrics import aurc, e_aurc, ece, iou, j_and_f, pavpu, uncertainty_auroc, uncertainty_error_pearson
-from ppd.ruac.decoder import _binary_entropy_from_logit
+from ppd.ruac.weibull import _binary_entropy_from_logit
 from ppd.segmenter import ImageEmbedding, Segmenter, decode, decode_bayesian
 
 logger = logging.getLogger(__name__)
