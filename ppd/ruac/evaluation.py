@@ -51,8 +51,11 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from ppd import io
+from ppd.data.scenes import ProceduralScenes
 from ppd.data.types import Scene
 from ppd.metrics import aurc, e_aurc, ece, iou, j_and_f, pavpu, uncertainty_auroc, uncertainty_error_pearson
+from ppd.ruac.head import BayesianMaskDecoder
+from ppd.ruac.train_config import RuacTrainConfig
 from ppd.ruac.weibull import _binary_entropy_from_logit
 from ppd.segmenter import ImageEmbedding, Segmenter, decode, decode_bayesian
 
@@ -65,6 +68,7 @@ __all__ = [
     "MIN_CLICK_SEPARATION",
     "ObjectClicks",
     "decoder_latency",
+    "evaluate_heldout",
     "evaluate_method",
     "load_clicks",
     "pixel_metrics",
@@ -409,3 +413,21 @@ def decoder_latency(
         if r:
             times.append(clock() - t)
     return float(np.median(times) * 1e3)
+
+
+def evaluate_heldout(
+    seg: Segmenter, head: BayesianMaskDecoder, cfg: RuacTrainConfig, mc_samples: int = 20
+) -> dict[str, dict[str, float]]:
+    """3-click protocol on ``cfg.eval_scenes`` held-out scenes of the training domain:
+    the base decoder vs the head (analytic and MC uncertainty), same clicks for all."""
+    scenes = ProceduralScenes(cfg.domain, cfg.eval_scenes, seed=EVAL_SEED, size=cfg.scene_size)
+    scenes = [scenes[i] for i in range(len(scenes))]
+    embs = [seg.encode(s.image) for s in scenes]
+    clicks = three_click_protocol(seg, scenes, max_objects=cfg.eval_objects, seed=cfg.seed, embeddings=embs)
+    head.eval()
+    out = {
+        "base": evaluate_method(seg, None, scenes, clicks, "base", embeddings=embs),
+        "ruac": evaluate_method(seg, head, scenes, clicks, "analytic", embeddings=embs),
+        "ruac_mc": evaluate_method(seg, head, scenes, clicks, "mc", mc_samples, seed=cfg.seed, embeddings=embs),
+    }
+    return out
