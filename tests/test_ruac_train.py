@@ -8,6 +8,7 @@ phase 3, so every phase runs. They use the bundled model, as the decoder tests d
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -16,7 +17,8 @@ import yaml
 
 import ppd
 from ppd.cli import main as cli_main
-from ppd.ruac import BayesianMaskDecoder
+from ppd.ruac import BayesianMaskDecoder, load_head
+from ppd.ruac.evaluation import evaluate_heldout
 from ppd.ruac.train import EmbeddedScenePool, RuacTrainConfig, RuacTrainer, train_ruac
 from ppd.segmenter import Segmenter
 
@@ -76,6 +78,19 @@ def test_tiny_run_covers_all_phases_and_writes_the_run_folder(run_dir):
         assert r["objects"] == 1 and 0 <= r["pavpu"] <= 1 and 0 <= r["ece"] <= 1
     # the base decoder and the head's mean mask agree closely after 4 small steps
     assert abs(metrics["final"]["base"]["iou"] - metrics["final"]["ruac"]["iou"]) < 0.2
+
+
+def test_held_out_metrics_are_those_of_the_saved_head(run_dir, bundled):
+    """metrics.json's final numbers come from the head in ruac_head.pt: evaluating the
+    loaded head again on the held-out scenes gives exactly the same numbers."""
+    out, metrics = run_dir
+    head = load_head(out, bundled.model.sam_mask_decoder)
+    again = evaluate_heldout(bundled, head, tiny_cfg())
+    assert set(again) == set(metrics["final"]) == {"base", "ruac", "ruac_mc"}
+    for method, res in again.items():
+        want = metrics["final"][method]
+        assert set(res) == set(want), method
+        assert all(res[k] == want[k] or (math.isnan(res[k]) and math.isnan(want[k])) for k in res), method
 
 
 def test_head_checkpoint_round_trips_through_load_segmenter(run_dir, bundled):
