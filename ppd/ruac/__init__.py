@@ -4,9 +4,9 @@ adversarial calibration training (see docs/ruac.md).
 Modules: :mod:`~ppd.ruac.weibull` (the Weibull maths), :mod:`~ppd.ruac.head` (the head on
 a SAM2 decoder), :mod:`~ppd.ruac.decoder` (head checkpoints), :mod:`~ppd.ruac.losses`,
 :mod:`~ppd.ruac.adversaries` (the two attackers, on :mod:`~ppd.ruac.object_graph`),
-:mod:`~ppd.ruac.train_config`,
-:mod:`~ppd.ruac.scene_pool`, :mod:`~ppd.ruac.trainer` and :mod:`~ppd.ruac.train`
-(``ppd train-ruac``), :mod:`~ppd.ruac.evaluation` (the 3-click protocol and its metrics).
+:mod:`~ppd.ruac.train_config`, :mod:`~ppd.ruac.scene_pool`, :mod:`~ppd.ruac.trainer` and
+:mod:`~ppd.ruac.train` (``ppd train-ruac``), :mod:`~ppd.ruac.evaluation` (the 3-click
+protocol and its metrics).
 """
 
 from ppd.ruac.decoder import HEAD_FILENAME, load_head, save_head
