@@ -1,4 +1,4 @@
-"""Gymnasium environments for point-prompt attack and defence (filled in by the PPD core issue)."""
+"""Gymnasium environments for point-prompt attack and defence, and their registered ids."""
 
 from __future__ import annotations
 

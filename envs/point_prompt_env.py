@@ -1,4 +1,8 @@
-"""The point-prompt environment: attacker and defender roles on a dual-space graph."""
+"""The point-prompt environment: attacker and defender roles on a dual-space graph.
+
+The action masks and state transitions it uses are in :mod:`ppd.envs.actions`, the
+observation encoding in :mod:`ppd.envs.observations`; both are re-exported here.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +14,32 @@ import numpy as np
 from gymnasium import spaces
 
 from ppd.data.types import Scene
-from ppd.envs.world import INACTIVE, NEGATIVE, POSITIVE, ImageRecord, Outcome, PromptWorld, state_from_prompts
+from ppd.envs.actions import defender_step, rollout_action_mask, valid_action_mask  # noqa: F401  (re-exported)
+from ppd.envs.observations import (  # noqa: F401  (re-exported)
+    PROBE_SCORE_GAIN,
+    RIGHT_LABEL,
+    UNKNOWN_LABEL,
+    WRONG_LABEL,
+    build_observation,
+    decode_probe_score,
+    encode_probe_score,
+    label_targets,
+    observation_options,
+)
+from ppd.envs.world import (
+    INACTIVE,
+    NEGATIVE,
+    POSITIVE,
+    ImageRecord,
+    Outcome,
+    PromptWorld,
+    prompts_from_state,
+    state_from_prompts,
+)
 from ppd.graphs.store import MAX_ID
 from ppd.prompts import coarse_prompts, ideal_prompts, random_coarse_kwargs
 from ppd.segmenter import Segmenter
+from ppd.viz import overlay
 
 logger = logging.getLogger(__name__)
 
@@ -24,173 +50,6 @@ DEFAULT_START_MIX = {"attacked": 0.4, "coarse": 0.4, "ideal": 0.2}
 COARSE_NOISE = ("fixed", "random")
 #: Share of clean coarse starts with ``coarse_noise="random"``.
 RANDOM_NOISE_P_CLEAN = 0.25
-
-
-def valid_action_mask(node_state: np.ndarray, role: str, relabel: bool) -> np.ndarray:
-    """(2N + 1,) bool mask of valid actions for a node state (N,).
-
-    Attacker: kinds 0 / 1 = activate an inactive node as positive / negative.
-    Defender: kind 0 = deactivate an active node, kind 1 = relabel it (if ``relabel``).
-    The last action (stop) is always valid.
-    """
-    n = node_state.shape[-1]
-    active = node_state != INACTIVE
-    if role == "attacker":
-        kinds = [~active, ~active]
-    else:
-        kinds = [active, active & relabel]
-    return np.concatenate([*kinds, np.ones(node_state.shape[:-1] + (1,), bool)], axis=-1).reshape(
-        *node_state.shape[:-1], 2 * n + 1
-    )
-
-
-def rollout_action_mask(
-    node_state: np.ndarray, start_state: np.ndarray, relabel: bool, relabel_ok: np.ndarray | None = None
-) -> np.ndarray:
-    """(2N + 1,) bool: the defender's valid actions in a greedy rollout (refinement and
-    evaluation, not training) from ``start_state``: :func:`valid_action_mask`, and also
-
-    * a prompt is relabelled at most once: relabelling it back would only undo a step,
-      and a greedy policy that does so is in a cycle until its step budget ends. Under
-      this rule the relabelled prompts are exactly the active nodes whose state differs
-      from ``start_state``, so no history is needed;
-    * the last active prompt is never removed (no prompt gives no mask);
-    * with ``relabel_ok`` ((N,) bool), only those nodes may be relabelled (the label
-      filter's relabel gate, :class:`~ppd.agents.label_filter.LabelFilter`).
-    """
-    mask = valid_action_mask(node_state, "defender", relabel)
-    n = node_state.shape[-1]
-    mask[n:2 * n] &= node_state == start_state
-    if relabel_ok is not None:
-        mask[n:2 * n] &= relabel_ok
-    if (node_state != INACTIVE).sum() <= 1:
-        mask[:n] = False
-    return mask
-
-
-def defender_step(node_state: np.ndarray, action: int) -> np.ndarray:
-    """The state after a (valid, non-stop) defender action on ``node_state`` (N,), as a
-    new array: kind 0 deactivates node i, kind 1 flips its label (``action = kind * N + i``).
-    The environment, refinement and the label filter's random walks all step with it."""
-    kind, node = divmod(int(action), node_state.shape[-1])
-    st = node_state.copy()
-    st[node] = INACTIVE if kind == 0 else (NEGATIVE if st[node] == POSITIVE else POSITIVE)
-    return st
-
-
-def build_observation(
-    rec: ImageRecord,
-    node_state: np.ndarray,
-    node_points: np.ndarray,
-    outcome: Outcome,
-    t: int,
-    max_steps: int,
-    node_uncertainty: bool = False,
-    probe: bool = False,
-    label_target: bool = False,
-    gt_mask: np.ndarray | None = None,
-) -> dict[str, np.ndarray]:
-    """The observation of a prompt state (see :class:`PointPromptEnv`, Observation Space).
-
-    Shared by the environment and by :class:`ppd.agents.defender.PromptDefender`, whose
-    greedy rollouts must see exactly what the agent saw in training.
-
-    Args:
-        rec: the image's record (graph id, grid, patch centres).
-        node_state: (N,) uint8 prompt state (0 inactive, 1 positive, 2 negative).
-        node_points: (N, 2) prompt points (x, y) in pixels.
-        outcome: the decoded state (coverage (N,), SAM's predicted IoU).
-        t: steps taken so far; ``max_steps``: the episode's step budget.
-        node_uncertainty: add the ``uncertainty`` key (per-node mean pixel uncertainty
-            of the current mask, from ``outcome.uncertainty``).
-        probe: add the removal-probe keys ``probe_score`` and ``probe_change`` (from an
-            outcome of ``PromptWorld.evaluate(..., probe=True)``).
-        label_target: add the ``label_target`` key (training target of the auxiliary
-            label head, never a network input): :func:`label_targets` of ``gt_mask``,
-            or all :data:`UNKNOWN_LABEL` without it (inference has no ground truth).
-
-    Raises:
-        ValueError: ``node_uncertainty`` with an outcome that has no uncertainty (the
-            segmenter gives none), or ``probe`` with an outcome that was not probed.
-    """
-    patch = np.array([rec.hw[1], rec.hw[0]], np.float32) / rec.grid
-    off = (node_points - rec.centres) / patch
-    off = np.where((node_state != INACTIVE)[:, None], off, 0.0)
-    obs = {
-        "state": node_state.copy(),
-        "coverage": _unit_to_u8(outcome.coverage),
-        # flat (2N,), node i at [2i, 2i + 1]: SB3 expects 1-D (or image) Boxes
-        "offset": np.round((np.clip(off, -0.5, 0.5) + 0.5) * 255).astype(np.uint8).reshape(-1),
-        "step_frac": np.array([t / max_steps], np.float32),
-        "score": np.array([np.clip(outcome.score, 0.0, 1.5)], np.float32),
-        "image_id": np.array([rec.graph_id], np.float32),
-    }
-    if node_uncertainty:
-        if outcome.uncertainty is None:
-            raise ValueError(
-                "node_uncertainty needs the per-node uncertainty of the decoded mask, but this outcome "
-                "has none: the segmenter gives no uncertainty (use the RUAC decoder)"
-            )
-        obs["uncertainty"] = _unit_to_u8(outcome.uncertainty)
-    if probe:
-        if outcome.probe_score is None or outcome.probe_change is None:
-            raise ValueError("probe=True needs an outcome decoded with PromptWorld.evaluate(..., probe=True)")
-        obs["probe_score"] = encode_probe_score(outcome.probe_score)
-        obs["probe_change"] = _unit_to_u8(outcome.probe_change)
-    if label_target:
-        obs["label_target"] = (
-            np.full(len(node_state), UNKNOWN_LABEL, np.uint8) if gt_mask is None
-            else label_targets(node_state, node_points, gt_mask)
-        )
-    return obs
-
-
-#: ``label_target`` values: the prompt's label is right (0) or wrong (1) by the ground
-#: truth at its point; UNKNOWN_LABEL at inactive nodes and without ground truth.
-RIGHT_LABEL, WRONG_LABEL, UNKNOWN_LABEL = 0, 1, 2
-
-
-def label_targets(node_state: np.ndarray, node_points: np.ndarray, gt_mask: np.ndarray) -> np.ndarray:
-    """(N,) uint8: for each active node, whether its label disagrees with the ground
-    truth at its point (:data:`WRONG_LABEL`: a positive outside the object or a negative
-    inside it; :data:`RIGHT_LABEL` otherwise); :data:`UNKNOWN_LABEL` at inactive nodes."""
-    out = np.full(len(node_state), UNKNOWN_LABEL, np.uint8)
-    active = np.flatnonzero(node_state != INACTIVE)
-    if len(active):
-        h, w = gt_mask.shape
-        xy = np.round(node_points[active]).astype(np.int64)
-        inside = gt_mask[np.clip(xy[:, 1], 0, h - 1), np.clip(xy[:, 0], 0, w - 1)].astype(bool)
-        out[active] = np.where((node_state[active] == POSITIVE) != inside, WRONG_LABEL, RIGHT_LABEL)
-    return out
-
-
-def _unit_to_u8(x: np.ndarray) -> np.ndarray:
-    """Values in [0, 1] (clipped) -> uint8 x 255, the per-node observation encoding."""
-    return np.round(np.clip(x, 0.0, 1.0) * 255).astype(np.uint8)
-
-
-def observation_options(observation_space: Any) -> dict[str, bool]:
-    """The optional observation parts an agent's observation space has, as
-    :class:`PointPromptEnv` / :func:`build_observation` arguments: ``node_uncertainty``,
-    ``probe`` and ``label_target``. A saved agent is rolled out with what it was trained on."""
-    keys = getattr(observation_space, "spaces", None) or {}
-    return {"node_uncertainty": "uncertainty" in keys, "probe": "probe_score" in keys, "label_target": "label_target" in keys}
-
-
-#: Score differences of removal probes are stored as ``0.5 + PROBE_SCORE_GAIN * d``, x 255:
-#: differences of +-0.125 span the uint8 range (0.001 per level); larger ones saturate.
-PROBE_SCORE_GAIN = 4.0
-
-
-def encode_probe_score(delta: np.ndarray) -> np.ndarray:
-    """Removal-probe score differences (N,) -> the uint8 ``probe_score`` observation."""
-    return _unit_to_u8(0.5 + PROBE_SCORE_GAIN * np.asarray(delta, np.float32))
-
-
-def decode_probe_score(obs: Any) -> Any:
-    """Inverse of :func:`encode_probe_score` (up to its rounding and clipping): the
-    ``probe_score`` observation (uint8 values, numpy or float torch) -> score differences."""
-    return (obs / 255.0 - 0.5) / PROBE_SCORE_GAIN
 
 
 class PointPromptEnv(gym.Env):
@@ -505,9 +364,6 @@ class PointPromptEnv(gym.Env):
     def render(self):
         if self.render_mode != "rgb_array" or self._rec is None:
             return None
-        from ppd.envs.world import prompts_from_state
-        from ppd.viz import overlay
-
         out = self.world.evaluate([(self._rec, self._obj, self._state, self._points)], want_mask=True)[0]
         coords, labels = prompts_from_state(self._state, self._points)
         return overlay(self._rec.scene.image, out.mask, coords, labels)

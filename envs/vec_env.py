@@ -26,6 +26,7 @@ from typing import Any, Sequence
 
 import gymnasium as gym
 import numpy as np
+from stable_baselines3.common.env_util import is_wrapped
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices, VecEnvObs, VecEnvStepReturn
 
 from ppd.envs.point_prompt_env import PointPromptEnv, valid_action_mask
@@ -208,6 +209,4 @@ class PromptVecEnv(VecEnv):
         return [getattr(self.envs[i], method_name)(*method_args, **method_kwargs) for i in self._get_indices(indices)]
 
     def env_is_wrapped(self, wrapper_class: type[gym.Wrapper], indices: VecEnvIndices = None) -> list[bool]:
-        from stable_baselines3.common.env_util import is_wrapped
-
         return [is_wrapped(self.envs[i], wrapper_class) for i in self._get_indices(indices)]

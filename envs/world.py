@@ -27,11 +27,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ppd.data.scenes import ProceduralScenes
 from ppd.data.types import Scene
 from ppd.graphs.dual_space import build_dual_space_graph, patch_centres, patch_index, patch_mean
 from ppd.graphs.store import GRAPH_STORE
 from ppd.metrics import dice, iou
-from ppd.segmenter import ImageEmbedding, Segmenter
+from ppd.segmenter import ImageEmbedding, Segmenter, load_segmenter
 
 logger = logging.getLogger(__name__)
 
@@ -197,12 +198,8 @@ class PromptWorld:
         if quality not in QUALITY_FNS:
             raise ValueError(f"quality must be one of {sorted(QUALITY_FNS)}, got {quality!r}")
         if segmenter is None:
-            from ppd.segmenter import load_segmenter
-
             segmenter = load_segmenter()
         if dataset is None:
-            from ppd.data.scenes import ProceduralScenes
-
             dataset = ProceduralScenes("train", 64, seed=0)
         if len(dataset) == 0:
             raise ValueError("dataset is empty")

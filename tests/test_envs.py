@@ -571,27 +571,38 @@ def test_vec_env_with_probes_matches_single_envs(make_world):
 
 
 # ----------------------------------------------------------------------------- bench
-def test_decoder_ceiling_times_one_row_calls_against_one_batched_call(tiny_segmenter, random_image):
+def test_decoder_ceiling_times_one_row_calls_against_one_batched_call(tiny_segmenter, random_image, monkeypatch):
     """ppd.bench.envs' decoder-only ceiling: per round, M calls of r rows (call i on
     image i) and one call of all M r rows, prompts padded to the envs' width; warm-up
-    round untimed."""
+    round untimed; each side's time is the median over the timed rounds."""
+    import types
+
+    import ppd.bench.envs as bench_envs
     from ppd.bench.envs import decoder_ceiling
     from ppd.segmenter import Segmenter
 
     seg = Segmenter(tiny_segmenter.model, tiny_segmenter.name, device="cpu")
     calls = []
     predict_batch = seg.predict_batch
+    # A fake clock that only the decoder calls advance: in round k (0 = warm-up) a call
+    # on one image takes (k + 1)^2 seconds, the batched call (k + 1)^2 / 4.
+    clock = [0.0]
+    monkeypatch.setattr(bench_envs, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
 
     def recorded(embeddings, coords, labels, **kw):
         calls.append((len(embeddings), coords.shape, int((labels >= 0).sum(axis=1).max())))
+        round_ = (len(calls) - 1) // (len(images) + 1)
+        clock[0] += (round_ + 1) ** 2 * (1.0 if len(embeddings) == 1 else 0.25)
         return predict_batch(embeddings, coords, labels, **kw)
 
     seg.predict_batch = recorded
     images = [np.roll(random_image, 7 * i, axis=1) for i in range(3)]
-    rows_s, batch_s = decoder_ceiling(seg, images, n_points=5, prompt_pad=4, rounds=2)
-    assert rows_s > 0 and batch_s > 0
+    rows_s, batch_s = decoder_ceiling(seg, images, n_points=5, prompt_pad=4, rounds=3)
+    # timed rounds 1-3: the 3 one-image calls take 12, 27, 48 s, the batched call 1, 2.25, 4 s
+    # (a mean would give 29, timing the warm-up too 19.5, timing one call per round 9)
+    assert (rows_s, batch_s) == (27.0, 2.25)
     one_round = [(1, (1, 8, 2), 5)] * 3 + [(3, (3, 8, 2), 5)]  # 5 points padded to width 8
-    assert calls == one_round * 3  # warm-up + 2 timed rounds
+    assert calls == one_round * 4  # warm-up + 3 timed rounds
     calls.clear()
     decoder_ceiling(seg, images[:2], n_points=5, prompt_pad=None, rounds=1)
     assert calls == ([(1, (1, 5, 2), 5)] * 2 + [(2, (2, 5, 2), 5)]) * 2

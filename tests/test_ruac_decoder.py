@@ -323,10 +323,9 @@ def test_analytic_uncertainty_tracks_monte_carlo(bundled, decoder_args):
     analytic mode keeps only the product-of-variances term (the paper's approximation,
     ~1/8 of the full variance at the initial shape 2), so the levels differ and, on a
     random head, the ranking only partly agrees. Measured on this scene with the
-    session-4 bundled model (head seeds 1-3): default 0.75-0.78, exact variance
-    (``logit_variance="full"``) 0.87-0.92, logit variance itself 0.95-0.96. (With the
-    previous bundled model the default gave 0.92.) The issue's target (Pearson >= 0.9)
-    is for trained heads and is measured by ``python -m ppd.bench.ruac``.
+    bundled model (head seeds 1-3): default 0.75-0.78, exact variance
+    (``logit_variance="full"``) 0.87-0.92, logit variance itself 0.95-0.96. The target
+    Pearson >= 0.9 is for trained heads and is measured by ``python -m ppd.bench.ruac``.
     """
     h = randomise(BayesianMaskDecoder(bundled.model.sam_mask_decoder), seed=1).eval()
     with torch.no_grad():

@@ -1,4 +1,4 @@
-"""RUAC head training (``ppd.ruac.train``, ``ppd train-ruac``) and its evaluation protocol.
+"""RUAC head training (``ppd.ruac.train``, ``ppd train-ruac``).
 
 Training runs are tiny (4 steps, 2 images, 1 object each, a pool of 2 scenes): with the
 default curriculum fractions (5/20, 7/20) step 0 is phase 1, step 1 phase 2 and steps 2-3
@@ -8,6 +8,7 @@ phase 3, so every phase runs. They use the bundled model, as the decoder tests d
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -16,8 +17,8 @@ import yaml
 
 import ppd
 from ppd.cli import main as cli_main
-from ppd.ruac import BayesianMaskDecoder
-from ppd.ruac.evaluation import pixel_metrics, protocol_click
+from ppd.ruac import BayesianMaskDecoder, load_head
+from ppd.ruac.evaluation import evaluate_heldout
 from ppd.ruac.train import EmbeddedScenePool, RuacTrainConfig, RuacTrainer, train_ruac
 from ppd.segmenter import Segmenter
 
@@ -77,6 +78,19 @@ def test_tiny_run_covers_all_phases_and_writes_the_run_folder(run_dir):
         assert r["objects"] == 1 and 0 <= r["pavpu"] <= 1 and 0 <= r["ece"] <= 1
     # the base decoder and the head's mean mask agree closely after 4 small steps
     assert abs(metrics["final"]["base"]["iou"] - metrics["final"]["ruac"]["iou"]) < 0.2
+
+
+def test_held_out_metrics_are_those_of_the_saved_head(run_dir, bundled):
+    """metrics.json's final numbers come from the head in ruac_head.pt: evaluating the
+    loaded head again on the held-out scenes gives exactly the same numbers."""
+    out, metrics = run_dir
+    head = load_head(out, bundled.model.sam_mask_decoder)
+    again = evaluate_heldout(bundled, head, tiny_cfg())
+    assert set(again) == set(metrics["final"]) == {"base", "ruac", "ruac_mc"}
+    for method, res in again.items():
+        want = metrics["final"][method]
+        assert set(res) == set(want), method
+        assert all(res[k] == want[k] or (math.isnan(res[k]) and math.isnan(want[k])) for k in res), method
 
 
 def test_head_checkpoint_round_trips_through_load_segmenter(run_dir, bundled):
@@ -216,31 +230,6 @@ def test_calibration_gradient_follows_the_stop_gradient_rules(trainer_and_batch)
     # and L_cal reaches the attackers too (through e), reversed by the GRL
     ga = torch.autograd.grad(cal, [trainer.style.mlp[-1].weight, trainer.deform.offset.weight])
     assert all(g.abs().sum() > 0 for g in ga)
-
-
-# ----------------------------------------------------------------------------- protocol
-def test_protocol_click_takes_the_larger_error_region_and_keeps_its_distance():
-    gt = np.zeros((20, 20), bool)
-    gt[2:12, 2:12] = True  # 100 px object
-    pred = np.zeros_like(gt)
-    pred[2:12, 2:7] = True  # FN: 50 px
-    pred[14:18, 14:18] = True  # FP: 16 px
-    xy, label = protocol_click(pred, gt)
-    assert label == 1 and gt[int(xy[1]), int(xy[0])] and not pred[int(xy[1]), int(xy[0])]
-    xy2, label2 = protocol_click(pred, gt, previous=xy[None], min_separation=8)
-    assert label2 == 0 and pred[int(xy2[1]), int(xy2[0])] and not gt[int(xy2[1]), int(xy2[0])]
-    assert protocol_click(gt, gt) is None
-
-
-def test_pixel_metrics_of_a_perfect_uncertainty():
-    gt = np.zeros((2, 8, 8), bool)
-    gt[:, 2:6, 2:6] = True
-    prob = gt.astype(np.float32) * 0.9 + 0.05
-    prob[0, 0, 0] = 0.8  # one confident error
-    unc = np.zeros_like(prob)
-    unc[0, 0, 0] = 1.0
-    m = pixel_metrics(prob, unc, gt)
-    assert m["auroc"] == 1.0 and m["e_aurc"] == pytest.approx(0.0, abs=1e-12) and m["pavpu"] == 1.0
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -3,7 +3,7 @@
 Shared by ``ppd train-ruac`` (held-out check at the end of a run, ``metrics.json``) and the
 benchmark ``python -m ppd.bench.ruac``.
 
-3-click protocol (RUAC, as the authors' code does it; ``notes/ruac-method.md``):
+3-click protocol (RUAC, as the authors' code does it; ``docs/ruac.md``):
 
 * click 1: a ground-truth pixel drawn uniformly at random (seeded per scene and object);
 * clicks 2 and 3: error-region clicks (:func:`protocol_click`): the larger (in pixels) of
@@ -28,8 +28,8 @@ does:
   sampled (``mc``) logit variance: the predictive probability, on the same side of 0.5 as
   the mean logit, so the evaluated mask is exactly the segmenter's mask (``mu > 0``).
 
-Metrics (:mod:`ppd.metrics`), pixels of all objects of a domain pooled: J&F and IoU (mean
-per object), PAvPU (thresholds 0.01/0.05/0.1), AURC and E-AURC (ranking by
+Metrics (:mod:`ppd.metrics`), pixels of all objects of a domain pooled (images of any
+sizes, :func:`pixel_metrics`): J&F and IoU (mean per object), PAvPU (thresholds 0.01/0.05/0.1), AURC and E-AURC (ranking by
 ``1 - uncertainty``), ECE (15 bins), pixel AUROC of uncertainty for errors, Pearson of
 uncertainty vs error.
 """
@@ -42,6 +42,7 @@ import math
 import os
 import time
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -51,9 +52,12 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from ppd import io
+from ppd.data.scenes import ProceduralScenes
 from ppd.data.types import Scene
 from ppd.metrics import aurc, e_aurc, ece, iou, j_and_f, pavpu, uncertainty_auroc, uncertainty_error_pearson
-from ppd.ruac.decoder import _binary_entropy_from_logit
+from ppd.ruac.head import BayesianMaskDecoder
+from ppd.ruac.train_config import RuacTrainConfig
+from ppd.ruac.weibull import _binary_entropy_from_logit
 from ppd.segmenter import ImageEmbedding, Segmenter, decode, decode_bayesian
 
 logger = logging.getLogger(__name__)
@@ -65,6 +69,7 @@ __all__ = [
     "MIN_CLICK_SEPARATION",
     "ObjectClicks",
     "decoder_latency",
+    "evaluate_heldout",
     "evaluate_method",
     "load_clicks",
     "pixel_metrics",
@@ -307,28 +312,62 @@ def predict_maps(
 
 
 # ----------------------------------------------------------------------------- metrics
-def pixel_metrics(prob: np.ndarray, uncertainty: np.ndarray, gt: np.ndarray) -> dict[str, float]:
+def _map_list(maps: np.ndarray | Sequence[np.ndarray]) -> list[np.ndarray]:
+    """One (B, H, W) or (H, W) array, or a sequence of them -> a list of arrays."""
+    if isinstance(maps, np.ndarray):
+        return [maps]
+    return [np.asarray(m) for m in maps]
+
+
+def _pooled(maps: list[np.ndarray]) -> np.ndarray:
+    """Every pixel of every map, in order, as one (N,) array."""
+    return np.concatenate([m.ravel() for m in maps])
+
+
+def pixel_metrics(
+    prob: np.ndarray | Sequence[np.ndarray],
+    uncertainty: np.ndarray | Sequence[np.ndarray],
+    gt: np.ndarray | Sequence[np.ndarray],
+) -> dict[str, float]:
     """Segmentation and uncertainty metrics of B objects, pixels pooled (module docstring).
 
+    Images of different sizes are scored together by passing sequences: the per-object
+    metrics (J&F, IoU) are averaged over all objects, every per-pixel metric pools all
+    pixels of all maps (PAvPU at pixel level). A single (B, H, W) array is the sequence
+    of one; the pooled result does not depend on how the maps are grouped.
+
     Args:
-        prob, uncertainty: (B, H, W) float in [0, 1].
-        gt: (B, H, W) bool.
+        prob, uncertainty: (B, H, W) float in [0, 1], or a sequence of (B_i, H_i, W_i) or
+            (H_i, W_i) arrays of any sizes.
+        gt: (B, H, W) bool, or a sequence of the same shapes as ``prob``.
 
     Returns:
         :data:`METRIC_KEYS` -> float; ``j_and_f`` and ``iou`` in [0, 1] (mean per object),
         ``auroc`` / ``pearson`` nan when the predictions have no error at all.
+
+    Raises:
+        ValueError: no maps, or the three inputs differ in number or shape of maps.
     """
-    pred = prob > 0.5
-    error = pred != gt
+    probs, uncs, gts = _map_list(prob), _map_list(uncertainty), _map_list(gt)
+    if not probs or not len(probs) == len(uncs) == len(gts):
+        raise ValueError(f"need the same number (>= 1) of prob, uncertainty and gt maps, got {len(probs)}, {len(uncs)}, {len(gts)}")
+    for i, (p, u, g) in enumerate(zip(probs, uncs, gts)):
+        if not p.shape == u.shape == g.shape:
+            raise ValueError(f"maps {i}: prob {p.shape}, uncertainty {u.shape} and gt {g.shape} differ in shape")
+    per_object_jf = np.concatenate([np.ravel(j_and_f(p > 0.5, g)) for p, g in zip(probs, gts)])
+    per_object_iou = np.concatenate([np.ravel(iou(p > 0.5, g)) for p, g in zip(probs, gts)])
+    prob_px, unc_px, gt_px = _pooled(probs), _pooled(uncs), _pooled(gts)
+    pred = prob_px > 0.5
+    error = pred != gt_px
     return {
-        "j_and_f": float(np.mean(j_and_f(pred, gt))),
-        "iou": float(np.mean(iou(pred, gt))),
-        "pavpu": pavpu(prob, uncertainty, gt),
-        "aurc": aurc(1.0 - uncertainty, ~error),
-        "e_aurc": e_aurc(1.0 - uncertainty, ~error),
-        "ece": ece(prob, gt),
-        "auroc": uncertainty_auroc(uncertainty, error) if error.any() and not error.all() else float("nan"),
-        "pearson": uncertainty_error_pearson(uncertainty, error.astype(np.float32)) if error.any() and not error.all() else float("nan"),
+        "j_and_f": float(np.mean(per_object_jf)),
+        "iou": float(np.mean(per_object_iou)),
+        "pavpu": pavpu(prob_px[None], unc_px[None], gt_px[None]),  # (1, N): pixel-level windows
+        "aurc": aurc(1.0 - unc_px, ~error),
+        "e_aurc": e_aurc(1.0 - unc_px, ~error),
+        "ece": ece(prob_px, gt_px),
+        "auroc": uncertainty_auroc(unc_px, error) if error.any() and not error.all() else float("nan"),
+        "pearson": uncertainty_error_pearson(unc_px, error.astype(np.float32)) if error.any() and not error.all() else float("nan"),
         "error_rate": float(np.mean(error)),
     }
 
@@ -352,10 +391,13 @@ def evaluate_method(
         scenes: the scenes the clicks refer to.
         clicks: from :func:`three_click_protocol` (or :func:`load_clicks`).
         embeddings: the scenes' embeddings if already computed.
-        return_maps: also return the stacked ``prob``, ``uncertainty`` and ``gt`` maps.
+        return_maps: also return the ``prob``, ``uncertainty`` and ``gt`` maps of every
+            object: (B, H, W) arrays when all scenes have one size, else lists of B
+            (H_i, W_i) arrays.
 
     Returns:
         :func:`pixel_metrics` plus ``objects`` (count); with ``return_maps`` also the maps.
+        Scenes of different sizes are pooled as :func:`pixel_metrics` describes.
     """
     by_scene: dict[int, list[ObjectClicks]] = {}
     for c in clicks:
@@ -376,11 +418,14 @@ def evaluate_method(
         gts.append(scene.masks[[c.obj for c in cs]])
     if not probs:
         raise ValueError("no object to evaluate: the clicks are empty")
-    prob, unc, gt = np.concatenate(probs), np.concatenate(uncs), np.concatenate(gts)
-    res = pixel_metrics(prob, unc, gt)
-    res["objects"] = int(len(prob))
+    res = pixel_metrics(probs, uncs, gts)  # scenes may differ in size: pixels pooled
+    res["objects"] = int(sum(len(p) for p in probs))
     if return_maps:
-        return res, {"prob": prob, "uncertainty": unc, "gt": gt}
+        if len({p.shape[1:] for p in probs}) == 1:
+            maps = {"prob": np.concatenate(probs), "uncertainty": np.concatenate(uncs), "gt": np.concatenate(gts)}
+        else:
+            maps = {"prob": [*chain(*probs)], "uncertainty": [*chain(*uncs)], "gt": [*chain(*gts)]}
+        return res, maps
     return res
 
 
@@ -409,3 +454,21 @@ def decoder_latency(
         if r:
             times.append(clock() - t)
     return float(np.median(times) * 1e3)
+
+
+def evaluate_heldout(
+    seg: Segmenter, head: BayesianMaskDecoder, cfg: RuacTrainConfig, mc_samples: int = 20
+) -> dict[str, dict[str, float]]:
+    """3-click protocol on ``cfg.eval_scenes`` held-out scenes of the training domain:
+    the base decoder vs the head (analytic and MC uncertainty), same clicks for all."""
+    scenes = ProceduralScenes(cfg.domain, cfg.eval_scenes, seed=EVAL_SEED, size=cfg.scene_size)
+    scenes = [scenes[i] for i in range(len(scenes))]
+    embs = [seg.encode(s.image) for s in scenes]
+    clicks = three_click_protocol(seg, scenes, max_objects=cfg.eval_objects, seed=cfg.seed, embeddings=embs)
+    head.eval()
+    out = {
+        "base": evaluate_method(seg, None, scenes, clicks, "base", embeddings=embs),
+        "ruac": evaluate_method(seg, head, scenes, clicks, "analytic", embeddings=embs),
+        "ruac_mc": evaluate_method(seg, head, scenes, clicks, "mc", mc_samples, seed=cfg.seed, embeddings=embs),
+    }
+    return out
