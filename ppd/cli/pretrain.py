@@ -14,7 +14,7 @@ DESCRIPTION = (
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from ppd.config import add_dataclass_args
-    from ppd.pretrain import PretrainConfig
+    from ppd.pretrain_config import PretrainConfig
 
     p.add_argument("--out", default="runs/pretrain", help="run folder (default: runs/pretrain)")
     p.add_argument("--config", default=None, help="YAML/JSON file with PretrainConfig fields (flags override it)")
@@ -26,7 +26,8 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ppd.config import build_config
-    from ppd.pretrain import PretrainConfig, pretrain
+    from ppd.pretrain import pretrain
+    from ppd.pretrain_config import PretrainConfig
 
     cfg = build_config(PretrainConfig, args, args.config)
     bars: dict[str, tqdm] = {}

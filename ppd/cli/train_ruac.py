@@ -16,7 +16,7 @@ DESCRIPTION = (
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from ppd.config import add_dataclass_args
-    from ppd.ruac.train import RuacTrainConfig
+    from ppd.ruac.train_config import RuacTrainConfig
 
     p.add_argument("--config", default=None, help="YAML/JSON file with RuacTrainConfig fields (flags override it)")
     p.add_argument("--out", default="runs/ruac", help="run folder (default: runs/ruac)")
@@ -28,7 +28,8 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ppd.config import build_config
-    from ppd.ruac.train import CONFIG_FILENAME, RuacTrainConfig, train_ruac
+    from ppd.ruac.train import train_ruac
+    from ppd.ruac.train_config import CONFIG_FILENAME, RuacTrainConfig
 
     out = Path(args.out)
     config_file = args.config
