@@ -349,6 +349,22 @@ def test_uncertainty_report_perfect_uncertainty():
     assert rep["error_rate"] == pytest.approx(error.mean())
     assert rep["j"] == pytest.approx(float(iou(prob > 0.5, gt)))
     assert all(isinstance(v, float) for v in rep.values())
+    # every entry is its metric's value
+    pred, u = prob > 0.5, error.astype(float)
+    assert rep["f"] == float(boundary_f(pred, gt)) and rep["j_and_f"] == float(j_and_f(pred, gt))
+    assert rep["unccorr_j_and_f"] == float(j_and_f(unc_corr(pred, u), gt))
+    assert rep["aurc"] == aurc(1.0 - u, ~error) and rep["ece"] == ece(prob, gt)
+    assert rep["f"] != rep["j_and_f"] and rep["aurc"] > 0 and rep["ece"] > 0  # values a mix-up would change
+
+
+def test_uncertainty_report_unccorr_removes_an_uncertain_fragment():
+    gt = _square((40, 40), 5, 5, 12)
+    prob = np.where(gt, 0.9, 0.1)
+    prob[30:33, 30:33] = 0.6  # a false fragment
+    u = np.zeros((40, 40))
+    u[30:33, 30:33] = 1.0
+    rep = uncertainty_report(prob, u, gt)
+    assert rep["j"] < 1.0 and rep["unccorr_j_and_f"] == 1.0 > rep["j_and_f"]
 
 
 # ----------------------------------------------------------------------------- bad input
