@@ -21,7 +21,8 @@ import torch.nn.functional as F
 
 from ppd.runtime import tune_cpu_allocator
 from ppd.segmenter.attention import use_matmul_attention
-from ppd.segmenter.cache import EmbeddingFiles, embedding_cache_dir, model_fingerprint
+from ppd.segmenter import cache
+from ppd.segmenter.cache import EmbeddingFiles, embedding_cache_dir
 from ppd.segmenter.decoding import decode, decode_bayesian, image_features, uncertainty_to_image
 from ppd.segmenter.options import UNCERTAINTY_MODES, resolve_precision
 from ppd.segmenter.transforms import image_key, image_to_float, preprocess
@@ -162,7 +163,7 @@ class Segmenter:
         type. Embeddings under ``cache_dir`` live in a folder of this name, so another
         checkpoint, precision or device never reads them. Hashing reads every weight once
         (about a second for the largest official model on a CPU), on first disk use."""
-        return model_fingerprint(self.model, self.name, self.image_size, self._precision, self.device.type)
+        return cache.model_fingerprint(self.model, self.name, self.image_size, self._precision, self.device.type)
 
     def _embedding_path(self, key: str) -> Path:
         """The file under ``cache_dir`` that holds the embedding of image ``key``."""
