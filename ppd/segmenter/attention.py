@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import torch
 
+#: Largest attention-score tensor (elements) :func:`use_matmul_attention` layers build;
+#: larger calls (many prompt sets on 1024-px models) use the fused kernel.
+MATMUL_ATTENTION_MAX_SCORES = 1 << 25
+_MATMUL_ATTENTION: dict[str, type] = {}  # the class, built on first use
+
 
 def _matmul_attention_class() -> type:
     """The subclass of SAM2's decoder ``Attention`` that :func:`use_matmul_attention` installs
@@ -31,12 +36,6 @@ def _matmul_attention_class() -> type:
     return MatmulAttention
 
 
-_MATMUL_ATTENTION: dict[str, type] = {}
-#: Largest attention-score tensor (elements) :func:`use_matmul_attention` layers build;
-#: larger calls (many prompt sets on 1024-px models) use the fused kernel.
-MATMUL_ATTENTION_MAX_SCORES = 1 << 25
-
-
 def use_matmul_attention(mask_decoder: torch.nn.Module, on: bool = True) -> int:
     """Make the attention layers of SAM2's mask decoder compute attention as two matmuls
     instead of ``F.scaled_dot_product_attention`` (``on=False``: back to SAM2's own);
@@ -51,7 +50,7 @@ def use_matmul_attention(mask_decoder: torch.nn.Module, on: bool = True) -> int:
     SAM2's results within the parity tests' tolerances (tests/test_segmenter.py). Only
     plain ``Attention`` layers change (not subclasses such as the memory attention's
     ``RoPEAttention``); the class is swapped in place, so weights, state dict and module
-    names stay those of SAM2. :class:`Segmenter` turns it on for CPU models and off on
+    names stay those of SAM2. :class:`~ppd.segmenter.Segmenter` turns it on for CPU models and off on
     CUDA, where the fused kernel is the faster one.
     """
     from sam2.modeling.sam.transformer import Attention
