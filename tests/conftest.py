@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+import ppd.segmenter.predictor as predictor_module
 from ppd.models import BUNDLED_NAME, new_tiny_model, tiny_model_config
 from ppd.segmenter import ImageEmbedding, Segmenter, load_segmenter
 
@@ -48,21 +49,20 @@ def random_image() -> np.ndarray:
 
 @pytest.fixture
 def counting_encoder(monkeypatch):
-    """Counts image-encoder runs (calls of ppd.segmenter.image_features)."""
-    import ppd.segmenter as segmenter_module
-
+    """Counts image-encoder runs: calls of ``image_features`` by :meth:`Segmenter.encode`
+    (patched in ``ppd.segmenter.predictor``, where ``encode`` looks it up)."""
     calls = {"n": 0}
-    real = segmenter_module.image_features
+    real = predictor_module.image_features
 
     def counted(model, x):
         calls["n"] += 1
         return real(model, x)
 
-    monkeypatch.setattr(segmenter_module, "image_features", counted)
+    monkeypatch.setattr(predictor_module, "image_features", counted)
     return calls
 
 
 @pytest.fixture(scope="session")
 def tiny_embedding(tiny_segmenter) -> ImageEmbedding:
-    """Embedding of the ``random_image`` pixels, encoded once per session."""
+    """Embedding of the ``random_image`` pixels, encoded once per test run."""
     return tiny_segmenter.encode(_make_random_image())

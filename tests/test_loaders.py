@@ -74,6 +74,30 @@ def test_folder_all_zero_mask_has_no_object(tmp_path):
     assert scene.masks.shape == (0, H, W)
 
 
+@pytest.mark.parametrize("mask_mode", ["instance", "auto"])
+def test_folder_16_bit_mask_keeps_every_instance_id(tmp_path, mask_mode):
+    # 255 is VOC's void value only in 8-bit masks: a 16-bit mask may hold 255 or more instances
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    h, w = 20, 30
+    save_image(tmp_path / "images" / "many.png", h=h, w=w)
+    ids = np.arange(h * w, dtype=np.uint16).reshape(h, w) // 2  # ids 0..299, two pixels each
+    ids[ids == 0] = 300
+    ids[0, 0] = 0  # one background pixel
+    Image.fromarray(ids).save(tmp_path / "masks" / "many.png")
+    scene = load_image_mask_folder(tmp_path / "images", tmp_path / "masks", mask_mode=mask_mode)[0]
+    assert scene.meta["instance_ids"] == list(range(1, 301))
+    assert scene.masks.shape == (300, h, w) and scene.masks.sum() == h * w - 1
+    assert scene.masks[254].sum() == 2 and scene.masks[254, ids == 255].all()  # id 255 is an instance
+    assert not scene.meta["void"].any()
+
+
+def test_folder_8_bit_void_value_in_every_mask_mode(folder):
+    images, masks, _ = folder
+    a = load_image_mask_folder(images, masks, mask_mode="instance")[0]
+    assert a.meta["instance_ids"] == [3, 7] and a.meta["void"].sum() == 16
+
+
 def test_folder_errors(folder, tmp_path):
     images, masks, _ = folder
     with pytest.raises(FileNotFoundError, match="masks_dir"):

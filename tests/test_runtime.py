@@ -44,7 +44,7 @@ def _probe(env_value):
 def test_tuning_moves_large_blocks_from_mmap_to_the_heap():
     default = _probe("0")
     tuned = _probe("1")
-    assert default == {"tuned": False, "mmapped_growth": default["mmapped_growth"]}
+    assert default["tuned"] is False and set(default) == {"tuned", "mmapped_growth"}
     assert default["mmapped_growth"] >= 4 << 20  # glibc default: its own mmap
     assert tuned == {"tuned": True, "mmapped_growth": 0}  # tuned: from the heap
 

@@ -20,7 +20,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from scipy import ndimage
 
-import ppd.segmenter as segmenter_module
+import ppd.segmenter.attention as attention_module
+import ppd.segmenter.predictor as predictor_module
 from ppd.segmenter import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -33,6 +34,7 @@ from ppd.segmenter import (
     image_to_float,
     load_segmenter,
     preprocess,
+    use_matmul_attention,
 )
 
 H, W = 96, 128  # the conftest image size
@@ -62,7 +64,7 @@ def fake_encoder(monkeypatch):
         v = x.mean(dim=(1, 2, 3)).view(-1, 1, 1, 1)
         return v.expand(-1, 64, 16, 16).clone(), [v.expand(-1, 8, 64, 64).clone(), v.expand(-1, 16, 32, 32).clone()]
 
-    monkeypatch.setattr(segmenter_module, "image_features", fake)
+    monkeypatch.setattr(predictor_module, "image_features", fake)
     return calls
 
 
@@ -601,7 +603,7 @@ def test_unusable_cache_file_is_encoded_again_and_replaced(tiny_checkpoint, rand
         assert reread.cache_info["disk_hits"] == 1
     # a file of another image's key (renamed by hand) is not used either
     other = np.ascontiguousarray(random_image[::-1])
-    other_path = path.with_name(f"{segmenter_module.image_key(other)}.pt")
+    other_path = path.with_name(f"{image_key(other)}.pt")
     other_path.write_bytes(good)
     seg = _cached(tiny_checkpoint, tmp_path)
     with caplog.at_level("WARNING", logger="ppd.segmenter"):
@@ -637,11 +639,11 @@ def test_cpu_decoder_attention_is_two_matmuls_with_sam2s_result(tiny_segmenter, 
     layers = [m for m in model.sam_mask_decoder.modules() if isinstance(m, Attention)]
     assert len(layers) == 7 and {type(m).__name__ for m in layers} == {"MatmulAttention"}
     assert {type(m) for m in model.memory_attention.modules() if isinstance(m, Attention)} == {RoPEAttention}
-    assert segmenter_module.use_matmul_attention(model.sam_mask_decoder) == 0  # already done
+    assert use_matmul_attention(model.sam_mask_decoder) == 0  # already done
     copy_ = copy.deepcopy(model.sam_mask_decoder)  # off and on again (a CUDA segmenter turns it off)
-    assert segmenter_module.use_matmul_attention(copy_, on=False) == 7
+    assert use_matmul_attention(copy_, on=False) == 7
     assert {type(m) for m in copy_.modules() if isinstance(m, Attention)} == {Attention}
-    assert segmenter_module.use_matmul_attention(copy_) == 7
+    assert use_matmul_attention(copy_) == 7
 
     fused = []
     sdpa = F.scaled_dot_product_attention
@@ -652,7 +654,7 @@ def test_cpu_decoder_attention_is_two_matmuls_with_sam2s_result(tiny_segmenter, 
     labels[:3, 3:] = -1  # padding
     ours = tiny_segmenter.predict(tiny_embedding, coords, labels, multimask=True)
     assert fused == []
-    monkeypatch.setattr(segmenter_module, "MATMUL_ATTENTION_MAX_SCORES", 0)  # every layer: SAM2's own forward
+    monkeypatch.setattr(attention_module, "MATMUL_ATTENTION_MAX_SCORES", 0)  # every layer: SAM2's own forward
     ref = tiny_segmenter.predict(tiny_embedding, coords, labels, multimask=True)
     assert len(fused) == 7
     assert (ours.masks != ref.masks).mean() <= 1e-4
@@ -873,3 +875,24 @@ def test_parity_mask_input(official):
     ours = seg.predict(emb, pts, lab, mask_input=previous)
     ref = _ref(*pred.predict(pts, lab, mask_input=previous, multimask_output=False))
     assert_matches_sam2(ours, ref)
+
+
+# ============================================================================= layout
+def test_package_keeps_every_public_name_of_the_segmenter_module():
+    import ppd.segmenter as package
+    from ppd.segmenter import attention, builder, cache, decoding, options, predictor, transforms, types
+
+    homes = {
+        types: ["ImageEmbedding", "Prediction"],
+        transforms: ["IMAGENET_MEAN", "IMAGENET_STD", "image_to_float", "image_key", "preprocess"],
+        decoding: ["image_features", "encode_prompts", "decode", "decode_bayesian"],
+        attention: ["MATMUL_ATTENTION_MAX_SCORES", "use_matmul_attention"],
+        cache: ["EMBEDDING_FILE_FORMAT"],
+        options: ["DECODERS", "UNCERTAINTY_MODES", "PRECISIONS", "resolve_precision"],
+        predictor: ["Segmenter"],
+        builder: ["load_segmenter"],
+    }
+    for module, names in homes.items():
+        for name in names:
+            assert getattr(package, name) is getattr(module, name), name
+    assert sorted(package.__all__) == sorted([n for names in homes.values() for n in names] + ["BUNDLED_NAME", "build_sam2_model"])

@@ -23,6 +23,7 @@ logger = logging.getLogger(__name__)
 PathLike = Union[str, Path]
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 MASK_MODES = ("auto", "instance", "binary")
+#: Void ("ignore") value of 8-bit instance masks.
 VOID_ID = 255
 
 
@@ -32,16 +33,17 @@ class ImageMaskFolder(Sequence):
     Mask modes:
         * ``"binary"``: any nonzero pixel belongs to the one object (N = 1, or N = 0 for
           an all-zero mask).
-        * ``"instance"``: each id in 1..254 is one instance, in increasing id order; 0 is
-          background and 255 is void (VOC's "ignore" border), kept out of every instance
-          and returned as ``meta["void"]``.
+        * ``"instance"``: each nonzero id is one instance, in increasing id order; 0 is
+          background. In 8-bit masks 255 is void (VOC's "ignore" border), kept out of
+          every instance and returned as ``meta["void"]``, so ids run 1..254; 16-bit
+          masks have no void value (255 is an instance like any other).
         * ``"auto"``: binary when the mask's values are within {0, 255} or {0, 1},
           instance otherwise (so a one-instance id mask {0, 1} loads the same either way).
 
     Masks must be single-channel (L, P, I, 1) PNGs; an RGB mask is accepted only if its
     three channels are equal. ``scene.meta`` holds ``image_file``, ``mask_file``,
     ``instance_ids`` (the mask value of each instance; [1] for binary masks) and ``void``
-    ((H, W) bool, all False in binary mode).
+    ((H, W) bool, all False in binary mode and for 16-bit masks).
 
     Args:
         images_dir: folder of images (png, jpg, jpeg, bmp, tif, tiff).
@@ -84,7 +86,7 @@ class ImageMaskFolder(Sequence):
     def __getitem__(self, index: int) -> Scene:
         image_file, mask_file = self.pairs[_check_index(index, len(self))]
         image = _read_rgb(image_file)
-        ids = _read_mask(mask_file)
+        ids, eight_bit = _read_mask(mask_file)
         if ids.shape != image.shape[:2]:
             raise ValueError(
                 f"mask {mask_file} has size {ids.shape} (H, W) but image {image_file} has "
@@ -99,9 +101,10 @@ class ImageMaskFolder(Sequence):
             masks = (ids > 0)[None] if instance_ids else np.zeros((0, *ids.shape), bool)
             void = np.zeros(ids.shape, bool)
         else:
-            instance_ids = [int(v) for v in values if v not in (0, VOID_ID)]
+            not_instances = (0, VOID_ID) if eight_bit else (0,)
+            instance_ids = [int(v) for v in values if v not in not_instances]
             masks = ids[None] == np.array(instance_ids, dtype=ids.dtype)[:, None, None]
-            void = ids == VOID_ID
+            void = ids == VOID_ID if eight_bit else np.zeros(ids.shape, bool)
         meta = {
             "image_file": str(image_file),
             "mask_file": str(mask_file),
@@ -261,12 +264,13 @@ def _read_rgb(path: Path) -> np.ndarray:
         return np.array(img.convert("RGB"), dtype=np.uint8)
 
 
-def _read_mask(path: Path) -> np.ndarray:
-    """(H, W) integer mask values of a single-channel PNG (or an RGB one with equal channels)."""
+def _read_mask(path: Path) -> tuple[np.ndarray, bool]:
+    """(H, W) int64 mask values of a single-channel PNG (or an RGB one with equal
+    channels), and whether the PNG holds 8-bit values (where 255 means void)."""
     with Image.open(path) as img:
         ids = np.asarray(img)
     if ids.ndim == 3:
         if not (ids[..., :3] == ids[..., :1]).all():
             raise ValueError(f"mask {path} must be single-channel (or RGB with equal channels)")
         ids = ids[..., 0]
-    return ids.astype(np.int64)
+    return ids.astype(np.int64), ids.dtype.itemsize == 1
