@@ -43,7 +43,7 @@ def use_matmul_attention(mask_decoder: torch.nn.Module, on: bool = True) -> int:
 
     Why: on CPU, PyTorch's fused attention kernel is slow for the decoder's shapes (8 heads
     of 4 to 8 channels over a few prompt tokens and the image tokens). Measured on the
-    2-core CI-class CPU, bundled model, 2 threads (``python docs/scripts/s23_attention.py``,
+    2-core CI-class CPU, bundled model, 2 threads (``python docs/experiments/decoder_attention_timing.py``,
     medians of 35 alternating rounds): a decoder call of 16 prompt sets on 16 images
     18.2 -> 16.2 ms, 16 calls of one set 47.7 -> 42.7 ms; masks identical, scores within
     1e-6; refine 2-4 ms faster with identical outputs. The official architectures keep
