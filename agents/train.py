@@ -79,7 +79,7 @@ from ppd.data.scenes import TRAIN_DOMAIN, JitteredScenes, ProceduralScenes
 from ppd.envs.point_prompt_env import PointPromptEnv, observation_options, rollout_action_mask
 from ppd.envs.vec_env import PromptVecEnv
 from ppd.envs.world import ImageRecord, PromptWorld, segmenter_gives_uncertainty
-from ppd.segmenter import Segmenter
+from ppd.segmenter import Segmenter, load_segmenter
 
 logger = logging.getLogger(__name__)
 
@@ -324,8 +324,6 @@ def _train(cfg: TrainConfig, out: str | Path, resume: bool, callback: BaseCallba
 
     device = cfg.device
     if segmenter is None:
-        from ppd.segmenter import load_segmenter
-
         segmenter = load_segmenter(
             cfg.segmenter,
             checkpoint=cfg.checkpoint or None,

@@ -2,11 +2,10 @@
 reward and each evaluation's numbers.
 
 The training loop (:func:`ppd.agents.train.train`) announces every phase through a
-:class:`TrainReporter`: when a phase ends it logs one INFO line (round,
-phase and the phase's numbers), and at both ends it
-hands a :class:`PhaseReport` to the caller's ``report`` callback, which is how ``ppd
-train`` keeps its progress bar's description and numbers current (library code logs, the
-command line owns the bar).
+:class:`TrainReporter`: when a phase ends it logs one INFO line (round, phase and the
+phase's numbers), and at both ends it hands a :class:`PhaseReport` to the caller's
+``report`` callback, which is how ``ppd train`` keeps its progress bar's description and
+numbers current (library code logs, the command line owns the bar).
 
 The phases (:data:`PHASES`): ``attacker`` and ``defender`` (learning, every round),
 ``evaluation`` (greedy rollouts on held-out scenes after the rounds ``eval_every`` picks,

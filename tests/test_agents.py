@@ -452,7 +452,9 @@ def test_replay_bytes_per_transition_small(world):
     assert per_transition <= 8 * 1024, per_transition
 
 
-@pytest.mark.parametrize("role", ["attacker", "defender"])
+# the attacker's save/load round trip is also exact in the default run: the label filter's
+# selection table is recomputed from the run's saved attacker.zip (test_label_filter.py)
+@pytest.mark.parametrize("role", [pytest.param("attacker", marks=pytest.mark.slow), "defender"])
 def test_learn_smoke_and_save_load_roundtrip(world, role, tmp_path, monkeypatch):
     import tempfile
 
@@ -666,8 +668,13 @@ def test_train_writes_run_files_and_resumes(tiny_segmenter, tiny_checkpoint, tmp
     out = tmp_path / "run"
     cfg = _tiny_config(tiny_checkpoint, defender_evals=3, threads=1)
     threads = torch.get_num_threads()
-    metrics = train(cfg, out, segmenter=tiny_segmenter)
-    assert metrics["torch_threads"] == 1 and torch.get_num_threads() == threads  # set for the run, then restored
+    torch.set_num_threads(2)  # the caller's setting: the run's own (1) is set for the run, then this one restored
+    try:
+        metrics = train(cfg, out, segmenter=tiny_segmenter)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+    assert metrics["torch_threads"] == 1
     for name in ("config.yaml", "attacker.zip", "defender.zip", "state.json", "metrics.json", "examples.png"):
         assert (out / name).is_file(), name
     assert any((out / "tb").rglob("events.out.tfevents.*"))
@@ -708,11 +715,11 @@ def test_train_writes_run_files_and_resumes(tiny_segmenter, tiny_checkpoint, tmp
     # whose q_prior disagrees with the saved defender's (a run from before the prior
     # existed reads as the default) keeps and records the saved network's
     assert saved["q_prior"] == "auto"
-    # (another thread count is allowed: the run records the one it continued with)
-    metrics3 = train(_tiny_config(tiny_checkpoint, rounds=3, defender_evals=3, q_prior="none", threads=2), out,
+    # (another thread count is allowed: the run records the one it continued with, here torch's default)
+    metrics3 = train(_tiny_config(tiny_checkpoint, rounds=3, defender_evals=3, q_prior="none", threads=0), out,
                      resume=True, segmenter=tiny_segmenter)
     assert yaml.safe_load((out / "config.yaml").read_text())["q_prior"] == "probe"
-    assert TrainConfig.from_run(out).threads == 2 and metrics3["torch_threads"] == 2
+    assert TrainConfig.from_run(out).threads == 0 and metrics3["torch_threads"] == torch.get_num_threads()
     hist = metrics3["history"]
     assert [h["round"] for h in hist] == [1, 2, 3]
     assert hist[2]["defender_timesteps"] >= hist[1]["defender_timesteps"] + 24
