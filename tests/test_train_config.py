@@ -19,10 +19,19 @@ from ppd.agents.train_config import BUNDLED_SEGMENTER, RUN_CONFIG_FILES, TrainCo
 BUNDLED_RUN = Path(__file__).resolve().parents[1] / "ppd" / "assets" / "defender"
 
 
-def test_importing_the_config_loads_no_torch_or_sb3():
+def test_config_and_train_help_load_no_torch_or_sb3():
+    """Importing the config, and ``ppd train --help`` (built from its fields), load
+    neither torch, Stable-Baselines3 nor torch-geometric."""
     code = (
-        "import sys\n"
+        "import contextlib, io, sys\n"
         "from ppd.agents.train_config import TrainConfig\n"
+        "from ppd.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()) as text:\n"
+        "    try:\n"
+        "        main(['train', '--help'])\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "assert '--threads' in text.getvalue() and '--filter-scenes' in text.getvalue()\n"
         "heavy = [m for m in ('torch', 'stable_baselines3', 'torch_geometric') if m in sys.modules]\n"
         "print(','.join(heavy))\n"
     )
