@@ -31,6 +31,11 @@ Two additions to SB3's DQN:
   active prompt of every sampled transition is a labelled example (the TD loss has one
   action per transition), so the shared node features learn to tell wrong clicks from
   right ones; the Q-values never read the targets.
+
+The graph store whose graphs the observations name reaches the Q-networks through
+``policy_kwargs["graph_store"]`` (:func:`make_dqn` passes the env's). It is left out of
+saved files (graph ids belong to one process); :meth:`MaskedDQN.load` takes one again
+(default: :data:`~ppd.graphs.store.GRAPH_STORE`).
 """
 
 from __future__ import annotations
@@ -47,10 +52,11 @@ from stable_baselines3.common.vec_env import VecEnv
 
 from ppd.agents.qnet import GraphDQNPolicy, obs_action_mask
 from ppd.envs.point_prompt_env import UNKNOWN_LABEL, WRONG_LABEL
+from ppd.graphs.store import GRAPH_STORE, GraphStore
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_DQN_KWARGS", "MaskedDQN", "make_dqn", "sample_valid_actions"]
+__all__ = ["DEFAULT_DQN_KWARGS", "MaskedDQN", "graph_store_of", "make_dqn", "sample_valid_actions"]
 
 
 def sample_valid_actions(masks: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -97,6 +103,9 @@ class MaskedDQN(DQN):
         super().__init__(*args, **kwargs)
 
     def _setup_model(self) -> None:
+        store = self.__dict__.pop("_load_graph_store", None)  # set by load()
+        if store is not None:
+            self.policy_kwargs = {**self.policy_kwargs, "graph_store": store}
         super()._setup_model()
         self._mask_rng = np.random.default_rng(self.seed)
         if self.label_aux_weight > 0:
@@ -104,6 +113,31 @@ class MaskedDQN(DQN):
                 raise ValueError("label_aux_weight > 0 needs a network with the label head (policy_kwargs label_aux=True)")
             if "label_target" not in getattr(self.observation_space, "spaces", {}):
                 raise ValueError("label_aux_weight > 0 needs observations with 'label_target' (env label_target=True)")
+
+    # -- files ------------------------------------------------------------------------
+    def save(self, path: Any, exclude: Any = None, include: Any = None) -> None:
+        """SB3's ``save``, without the graph store in the saved ``policy_kwargs`` (it holds
+        this process's graphs; a loaded model is given a store by :meth:`load`)."""
+        kwargs = self.policy_kwargs
+        self.policy_kwargs = {k: v for k, v in kwargs.items() if k != "graph_store"}
+        try:
+            super().save(path, exclude=exclude, include=include)
+        finally:
+            self.policy_kwargs = kwargs
+
+    @classmethod
+    def load(  # type: ignore[override]
+        cls, path: Any, env: Any = None, device: Any = "auto", custom_objects: dict[str, Any] | None = None,
+        print_system_info: bool = False, force_reset: bool = True, graph_store: GraphStore | None = None,
+        **kwargs: Any,
+    ) -> "MaskedDQN":
+        """SB3's ``load``; ``graph_store``: the store whose graphs the observations name,
+        given to the Q-networks through ``policy_kwargs`` (None: the networks use
+        :data:`~ppd.graphs.store.GRAPH_STORE`)."""
+        if graph_store is not None:
+            kwargs["_load_graph_store"] = graph_store  # read (and dropped) by _setup_model
+        return super().load(path, env=env, device=device, custom_objects=custom_objects,
+                            print_system_info=print_system_info, force_reset=force_reset, **kwargs)
 
     # -- masks ------------------------------------------------------------------------
     def action_masks(self, observation: dict[str, np.ndarray]) -> np.ndarray:
@@ -263,19 +297,31 @@ DEFAULT_DQN_KWARGS: dict[str, Any] = dict(
 )
 
 
-def _node_feature_dim(env: VecEnv) -> int:
-    """Channels of the node features of the env's graphs (read through its PromptWorld)."""
+def _env_world(env: VecEnv) -> Any:
+    """The env's :class:`~ppd.envs.world.PromptWorld` (of its first env), or None."""
     world = getattr(env, "world", None)
     if world is None:
         try:
             world = env.get_attr("world", [0])[0]
         except AttributeError:
             world = None
+    return world
+
+
+def graph_store_of(env: VecEnv) -> GraphStore:
+    """The graph store the env's observations name graphs in: its world's
+    ``graph_store`` when it has one, else :data:`~ppd.graphs.store.GRAPH_STORE` (where
+    :class:`~ppd.envs.world.PromptWorld` registers)."""
+    store = getattr(_env_world(env), "graph_store", None)
+    return store if isinstance(store, GraphStore) else GRAPH_STORE
+
+
+def _node_feature_dim(env: VecEnv) -> int:
+    """Channels of the node features of the env's graphs (read through its PromptWorld)."""
+    world = _env_world(env)
     if world is None:
         raise ValueError("cannot infer node_feature_dim from this env (it has no PromptWorld); pass node_feature_dim=")
-    from ppd.graphs.store import GRAPH_STORE
-
-    return int(GRAPH_STORE.get(world.image(0).graph_id).x.shape[1])
+    return int(graph_store_of(env).get(world.image(0).graph_id).x.shape[1])
 
 
 def make_dqn(
@@ -296,6 +342,7 @@ def make_dqn(
     exploration_horizon: int | None = None,
     double_q: bool = True,
     label_aux: float = 0.0,
+    graph_store: GraphStore | None = None,
     **hyper: Any,
 ) -> MaskedDQN:
     """A :class:`MaskedDQN` with a :class:`GraphDQNPolicy` for a point-prompt env.
@@ -316,6 +363,8 @@ def make_dqn(
         double_q: Double DQN target (see :class:`MaskedDQN`).
         label_aux: weight of the auxiliary wrong-label loss (0: off); > 0 builds the
             network's label head (defender; the env needs ``label_target=True``).
+        graph_store: the store of the env's graphs (default: :func:`graph_store_of` the
+            env), given to the Q-networks through ``policy_kwargs``.
         **hyper: DQN hyperparameters overriding :data:`DEFAULT_DQN_KWARGS`.
     """
     if node_feature_dim is None:
@@ -324,7 +373,7 @@ def make_dqn(
     policy_kwargs = dict(
         role=role, relabel=relabel, node_feature_dim=node_feature_dim, hidden_dim=hidden_dim, n_layers=n_layers,
         node_norm=node_norm, stop_q=stop_q, node_features=node_features, q_prior=q_prior,
-        label_aux=label_aux > 0,
+        label_aux=label_aux > 0, graph_store=graph_store if graph_store is not None else graph_store_of(env),
     )
     policy_kwargs.update(kwargs.pop("policy_kwargs", None) or {})
     return MaskedDQN(

@@ -2,7 +2,7 @@
 
 The PPD paper builds a graph whose nodes are image patches and whose edges carry two
 distances: the physical distance between patch centres and the semantic distance between
-patch features (see ``notes/ppd-method.md``). It reports dense pairwise matrices; the
+patch features. It reports dense pairwise matrices; the
 default here is the scalable sparse form, the union of a k-NN graph in each space, and
 ``dense=True`` gives the paper's all-pairs form.
 

@@ -14,11 +14,14 @@ import ast
 import dataclasses
 import inspect
 import json
+import logging
 import textwrap
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
+
+logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -67,14 +70,38 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, skip: tuple[s
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
+    """A YAML (or, for ``.json``, JSON) file's mapping of field names to values.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the file cannot be parsed or does not hold a mapping.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
-    text = path.read_text(encoding="utf-8")
-    data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (yaml.YAMLError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot parse config file {path}: {exc}") from None
     if not isinstance(data, dict):
         raise ValueError(f"config file {path} must hold a mapping of field names to values")
     return data
+
+
+def config_from_dict(cls: type[T], data: dict[str, Any], source: str = "config", unknown: str = "error") -> T:
+    """``cls(**data)``; a key of ``data`` that is not a field of ``cls`` is an error
+    (``unknown="error"``: ValueError naming ``source``, the key and the known fields) or
+    is left out with a logged warning (``unknown="ignore"``)."""
+    if unknown not in ("error", "ignore"):
+        raise ValueError(f"unknown must be 'error' or 'ignore', got {unknown!r}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    extra = sorted(set(data) - names)
+    if extra and unknown == "error":
+        raise ValueError(f"unknown field(s) in {source}: {', '.join(extra)}; known: {', '.join(sorted(names))}")
+    if extra:
+        logger.warning("%s: ignoring setting(s) that %s does not have: %s", source, cls.__name__, ", ".join(extra))
+    return cls(**{k: v for k, v in data.items() if k in names})
 
 
 def build_config(cls: type[T], args: argparse.Namespace, config_file: str | None = None) -> T:
@@ -82,13 +109,9 @@ def build_config(cls: type[T], args: argparse.Namespace, config_file: str | None
     names = {f.name for f in dataclasses.fields(cls)}
     values: dict[str, Any] = {}
     if config_file:
-        data = load_config_file(config_file)
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"unknown field(s) in {config_file}: {', '.join(unknown)}; known: {', '.join(sorted(names))}")
-        values.update(data)
+        values.update(load_config_file(config_file))
     for name in names:
         v = getattr(args, name, None)
         if v is not None:
             values[name] = v
-    return cls(**values)
+    return config_from_dict(cls, values, str(config_file), unknown="error")

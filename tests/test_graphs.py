@@ -363,3 +363,27 @@ def test_to_networkx():
     assert attrs["type"] == int(data.edge_type[e])
     assert attrs["physical"] == pytest.approx(float(data.edge_attr[e, 0]))
     assert attrs["semantic"] == pytest.approx(float(data.edge_attr[e, 1]))
+
+
+# ----------------------------------------------------------------------------- graph store
+
+
+def test_graph_store_ids_derived_values_and_sharing():
+    import copy
+
+    from ppd.graphs.store import GraphStore
+
+    store = GraphStore()
+    a = build_dual_space_graph(_embed(8, 8, seed=1), k_physical=4, k_semantic=4)
+    b = build_dual_space_graph(_embed(8, 8, seed=2), k_physical=4, k_semantic=4)
+    assert store.register("a", a) == 0 and store.register("b", b) == 1
+    assert store.register("a", b) == 0 and store.get(0) is a  # first registration wins
+    assert store.id_of("b") == 1 and store.id_of("c") is None and len(store) == 2
+    with pytest.raises(KeyError, match="not registered"):
+        store.get(2)
+    built = []
+    value = store.derived(1, "cpu", lambda g: built.append(g) or g.num_nodes * 2)
+    assert value == 128 and built == [b]
+    assert store.derived(1, "cpu", lambda g: built.append(g) or -1) == 128 and len(built) == 1  # built once
+    assert store.derived(1, "cuda", lambda g: -1) == -1  # per kind
+    assert copy.deepcopy(store) is store  # shared, never copied

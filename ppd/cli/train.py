@@ -1,4 +1,6 @@
-"""``ppd train``: adversarial attacker/defender training with progress bars and a summary."""
+"""``ppd train``: adversarial attacker/defender training, with a progress bar that shows
+the round, the phase, the agents' recent reward and the last evaluation's numbers, and a
+summary at the end."""
 
 from __future__ import annotations
 
@@ -7,43 +9,72 @@ import json
 from pathlib import Path
 from typing import Any
 
-from stable_baselines3.common.callbacks import BaseCallback
-
-from ppd.agents.train import TrainConfig, train
+from ppd.agents.train_config import TrainConfig
 
 HELP = "adversarial attacker/defender DQN training"
 DESCRIPTION = (
     "Train the PPD attacker and defender (alternating DQN phases, PPD Algorithm 1) on the bundled "
-    "model and procedural scenes by default. Writes OUT/defender.zip, attacker.zip, config.yaml, metrics.json, examples.png."
+    "model and procedural scenes by default. Writes OUT/defender.zip, attacker.zip, config.yaml, metrics.json, examples.png. "
+    "The progress bar shows the round, the phase (attacker, defender, evaluation, label filter), each agent's mean "
+    "episode reward over its last episodes and the last evaluation's mean IoUs; -v also logs a line per phase."
 )
-class ProgressBarCallback(BaseCallback):
-    """Advances a tqdm bar by the env steps of every vector step (the CLI owns the bar)."""
+
+#: Evaluation metrics shown in the progress bar, by their short names there.
+BAR_METRICS = {
+    "ideal_iou": "ideal",
+    "attacked_iou": "attacked",
+    "defended_attacked_iou": "def.attacked",
+    "coarse_iou": "coarse",
+    "defended_coarse_iou": "def.coarse",
+}
+
+
+class TrainBar:
+    """The command's main bar: env steps of both agents; its description is the round and
+    phase, its numbers each agent's recent mean episode reward and the last evaluation's
+    mean IoUs (:data:`BAR_METRICS`)."""
 
     def __init__(self, bar: Any) -> None:
-        super().__init__()
-        self.bar = bar
+        from ppd.agents.train_progress import mean_episode_reward
 
-    def _on_step(self) -> bool:
-        self.bar.update(self.training_env.num_envs)
-        return True
+        self.bar = bar
+        self.numbers: dict[str, float] = {}
+        self.recent_reward = mean_episode_reward
+
+    def report(self, rep: Any) -> None:
+        """``train(report=...)``: a :class:`~ppd.agents.train_progress.PhaseReport`."""
+        if not rep.done:
+            self.bar.set_description(rep.title, refresh=False)
+        elif rep.phase in ("attacker", "defender") and "reward" in rep.numbers:
+            self.numbers[f"{rep.phase[:3]}.reward"] = rep.numbers["reward"]
+        elif rep.phase == "evaluation":
+            self.numbers.update({short: rep.numbers[k] for k, short in BAR_METRICS.items() if k in rep.numbers})
+        self.bar.set_postfix(self.numbers, refresh=rep.done)
+
+    def steps(self, model: Any, env_steps: int) -> None:
+        """Advance by one vector step of ``model`` and show its recent reward."""
+        recent = self.recent_reward(model)
+        if recent is not None:
+            self.numbers[f"{model.policy.role[:3]}.reward"] = recent[0]
+            self.bar.set_postfix(self.numbers, refresh=False)
+        self.bar.update(env_steps)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``ppd train``'s flags: ``--config``, ``--out``, ``--resume`` and one flag per
-    :class:`TrainConfig` field (``--device``, ``--seed``, ...)."""
+    :class:`TrainConfig` field (``--device``, ``--seed``, ``--threads``, ...)."""
     from ppd.config import add_dataclass_args
 
     parser.add_argument("--config", default=None, help="YAML/JSON file with TrainConfig fields (flags override it)")
     parser.add_argument("--out", default="runs/ppd", help="run folder (default: runs/ppd)")
-    parser.add_argument("--resume", action="store_true", help="continue OUT from its last completed round (uses OUT/config.yaml unless --config is given)")
+    parser.add_argument("--resume", action="store_true", help="continue OUT from its last completed round (uses OUT/config.yaml unless --config is given; flags override it)")
     # dict fields (start_mix, coarse_kwargs) are settable in --config FILE only
     add_dataclass_args(parser, TrainConfig, skip=("start_mix", "coarse_kwargs"))
 
 
-def run(args: argparse.Namespace) -> int:
-    """``ppd train``: build the config, train with a progress bar, print a summary."""
-    from tqdm import tqdm
-
+def config_for(args: argparse.Namespace) -> tuple[TrainConfig, int]:
+    """The run's configuration (defaults <- ``--config`` FILE, or with ``--resume`` the run's
+    own ``config.yaml``, <- flags) and the rounds ``--resume`` finds completed (0 else)."""
     from ppd.config import build_config
 
     out = Path(args.out)
@@ -54,6 +85,18 @@ def run(args: argparse.Namespace) -> int:
     done = 0
     if args.resume and (out / "state.json").is_file():
         done = int(json.loads((out / "state.json").read_text(encoding="utf-8")).get("round", 0))
+    return cfg, done
+
+
+def run(args: argparse.Namespace) -> int:
+    """``ppd train``: build the config, train with a progress bar, print a summary."""
+    from tqdm import tqdm
+
+    from ppd.agents.train import train
+    from ppd.agents.train_progress import StepCallback
+
+    out = Path(args.out)
+    cfg, done = config_for(args)
     per_round = cfg.attacker_steps + cfg.defender_steps
     stage_bars: list[Any] = []
 
@@ -65,8 +108,10 @@ def run(args: argparse.Namespace) -> int:
         return stage_bars[-1].update
 
     with tqdm(total=cfg.total_steps, initial=min(done, cfg.rounds) * per_round, desc="training", unit="step", dynamic_ncols=True) as bar:
+        main_bar = TrainBar(bar)
         try:
-            metrics = train(cfg, out, resume=args.resume, callback=ProgressBarCallback(bar), progress=stage_progress)
+            metrics = train(cfg, out, resume=args.resume, callback=StepCallback(main_bar.steps), progress=stage_progress,
+                            report=main_bar.report)
         finally:
             for b in stage_bars:
                 b.close()
