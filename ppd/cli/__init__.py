@@ -49,7 +49,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         module = importlib.import_module(module_name)
         p = sub.add_parser(name, help=module.HELP, description=module.DESCRIPTION)
         module.add_arguments(p)
-        if not any(a.dest == "threads" for a in p._actions):  # pretrain, train-ruac: a config field
+        if not any(a.dest == "threads" for a in p._actions):  # pretrain, train, train-ruac: a config field
             add_threads_argument(p)
         p.set_defaults(func=module.run, parser=p)
     return parser
