@@ -36,27 +36,25 @@ defender trained with ``node_uncertainty`` (its observation has the ``uncertaint
 needs such a segmenter; :meth:`PromptDefender.load` loads the run's RUAC head by itself
 when the run's config names one (``ruac_checkpoint``).
 
-The result type, the refiner interface, run-folder reading, the rollout and the refine
-options live in :mod:`~ppd.agents.refiner`, :mod:`~ppd.agents.run_files`,
-:mod:`~ppd.agents.rollout` and :mod:`~ppd.agents.refine_config`; their names stay
-importable from here.
+The result type and the refiner interface (:mod:`~ppd.agents.refiner`), the refine
+options (:mod:`~ppd.agents.refine_config`), the stages around the refiner
+(:mod:`~ppd.agents.guards`), the rollout (:mod:`~ppd.agents.rollout`), the node mapping
+(:mod:`~ppd.agents.node_map`) and run-folder reading (:mod:`~ppd.agents.run_files`) live
+in their own modules; the names this module had stay importable from here.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
 from collections import OrderedDict
-from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
 
 from ppd.agents.guards import prepare_sets, refine_guarded
-from ppd.agents.label_filter import (
-    FILTER_ACTIONS, LabelFilter, check_relabel_gate, check_threshold, load_label_filter, node_probabilities,
-)
+from ppd.agents.label_filter import FILTER_ACTIONS, LabelFilter, check_relabel_gate, check_threshold, node_probabilities
+from ppd.agents.node_map import NodeMap
 from ppd.agents.refine_config import (  # noqa: F401  (re-exported)
     DEFAULT_CONSENSUS, DEFAULT_CONSENSUS_QUORUM, DEFAULT_KEEP_CONSISTENT, DEFAULT_MIN_SCORE_GAIN, DEFAULT_POLISH,
     DEFAULT_SELECT, INFERENCE_OPTIONS, SELECT_RULES, RefineConfig, _score_gain, _share, add_consensus_argument,
@@ -68,20 +66,12 @@ from ppd.agents.refiner import (  # noqa: F401  (re-exported)
 )
 from ppd.agents.rollout import Episode, greedy_action, greedy_actions, polish_states, run_episodes  # noqa: F401
 from ppd.agents.run_files import (  # noqa: F401  (re-exported)
-    OBS_KEYS, _resolve_file, _segmenter_from_config, find_setting, load_agent, read_run_config, role_max_steps,
+    BUNDLED_DEFENDER, OBS_KEYS, _resolve_file, _segmenter_from_config, defender_arguments, find_setting, load_agent,
+    read_run_config, role_max_steps,
 )
 from ppd.data.types import Scene
 from ppd.envs.point_prompt_env import DEFAULT_MAX_STEPS, build_observation, defender_step, observation_options, rollout_action_mask
-from ppd.envs.world import (
-    INACTIVE,
-    POSITIVE,
-    ImageRecord,
-    Outcome,
-    PromptWorld,
-    segmenter_gives_uncertainty,
-    state_from_prompts,
-)
-from ppd.models import ASSETS_DIR
+from ppd.envs.world import ImageRecord, Outcome, PromptWorld, segmenter_gives_uncertainty, state_from_prompts
 from ppd.segmenter import Segmenter, image_key
 
 logger = logging.getLogger(__name__)
@@ -104,41 +94,7 @@ __all__ = [
     "role_max_steps",
 ]
 
-#: Folder of the defender shipped with the package (``defender.zip`` + ``config.yaml``),
-#: used when no run is given.
-BUNDLED_DEFENDER = ASSETS_DIR / "defender"
-
 _per_set_budgets = per_set_budgets  # the former private name
-
-
-@dataclass
-class NodeMap:
-    """A prompt set mapped onto an image's graph nodes (stage 1 of the module docstring).
-
-    Attributes:
-        rec: the image's graph record.
-        state: (N,) uint8 node state of the input (0 inactive, 1 positive, 2 negative).
-        points: (N, 2) float32 node points: each active node's input point.
-        point_node: (K,) int64 node of each input point.
-        rep: (N,) int64 input point standing for each node (-1 for inactive nodes): the
-            one :func:`~ppd.envs.world.state_from_prompts` wrote last.
-    """
-
-    rec: ImageRecord
-    state: np.ndarray
-    points: np.ndarray
-    point_node: np.ndarray
-    rep: np.ndarray
-
-    @classmethod
-    def build(cls, rec: ImageRecord, coords: np.ndarray, labels: np.ndarray) -> NodeMap:
-        """Map checked prompts onto ``rec``'s nodes."""
-        st0, pts, point_node = state_from_prompts(coords, labels, rec.grid, rec.hw, rec.centres)
-        rep = np.full(rec.num_nodes, -1, np.int64)
-        dist = np.linalg.norm(coords - rec.centres[point_node], axis=1)
-        for k in np.argsort(-dist, kind="stable"):
-            rep[point_node[k]] = k
-        return cls(rec, st0, pts, point_node, rep)
 
 
 class _RefineEpisode(Episode):
@@ -223,33 +179,11 @@ class PromptDefender(PromptRefiner):
             whose probability exceeds ``relabel_gate`` (0.0: any). A threshold of 1.0
             changes nothing. Its cost: one Q-network pass, and one decoder call when it
             changes something.
-        min_score_gain: the score guard (None: off), in (-1, 1): the refined set is
-            returned only if SAM's predicted IoU for it is at least the input's plus
-            this, or its mask agrees with more input prompts than SAM's mask of the
-            input does; otherwise the input comes back unchanged (``steps`` 0). Costs one
-            decoder call per changed set (none when ``keep_consistent`` decoded the
-            input already). Why: :mod:`ppd.agents.guards`.
-        polish: after the rollout's output state is picked, drop its prompts one at a
-            time while a removal raises SAM's predicted IoU (the
-            :class:`~ppd.agents.baselines.GreedyScoreFilter` run from the defender's
-            output, on the rollout's own decoding; the last prompt stays and the
-            removals count against the step budget). Each removal costs one decoder call
-            of the set's leave-one-out sets; off by default (:data:`DEFAULT_POLISH`).
-        consensus: check the output against a majority of the input's prompts: refine
-            again without the prompts that disagree with the one-click mask that agrees
-            with the most of them, where that mask agrees with at least
-            ``consensus_quorum`` of them and the output's with fewer; keep the second
-            output when its mask agrees with more input prompts. Costs one decoder call
-            (one row per positive prompt) per set, and a second rollout where the check
-            acts. It assumes most input labels are right. Why: :mod:`ppd.agents.guards`.
-        consensus_quorum: the share of the input prompts, in [0, 1], that the consensus
-            mask must agree with for ``consensus`` to act (0: whenever it agrees with more
-            of them than the refined mask).
-        keep_consistent: return the input unchanged, without refining it, when that
-            one-click mask and SAM's mask of the whole input agree with all its prompts.
-            Costs the vote's decoder call (shared with ``consensus``) and, for sets that
-            pass it, one decoder call of the input, which then skips the whole
-            refinement. Sets of one point or without a positive are refined as usual.
+        min_score_gain, polish, consensus, consensus_quorum, keep_consistent: the
+            stages around the rollout (:class:`~ppd.agents.refine_config.RefineConfig`
+            says what each does and its default; :mod:`ppd.agents.guards` why and at what
+            cost): the score guard (None: off), a greedy removal after the rollout, the
+            consensus check and its quorum, and the consistency check.
         refine_max_steps: the budget of :meth:`refine` calls that give none (None:
             :meth:`default_steps`).
 
@@ -413,66 +347,7 @@ class PromptDefender(PromptRefiner):
             if given:
                 raise ValueError(f"pass the refine options either as config= or as keyword arguments, not both "
                                  f"(got config= and {', '.join(given)})")
-        for name, arg, value in (("precision", "precision", precision), ("embedding_cache", "cache_dir", embedding_cache)):
-            if value is not None and segmenter is not None:
-                raise ValueError(f"{name} applies to the segmenter loaded here; with segmenter=, "
-                                 f"pass {arg} to load_segmenter instead")
-        if path is None:
-            if not (BUNDLED_DEFENDER / "defender.zip").is_file():
-                raise FileNotFoundError(
-                    f"no bundled defender at {BUNDLED_DEFENDER}; train one with `ppd train --out DIR` "
-                    "and pass the run folder"
-                )
-            path = BUNDLED_DEFENDER
-        model, cfg, folder = load_agent(path, "defender.zip", device)
-        role = getattr(model.policy, "role", None) or find_setting(cfg, "role")
-        if role is not None and role != "defender":
-            raise ValueError(f"{folder}: the model's role is {role!r}, expected 'defender'")
-        n = int(model.observation_space["state"].shape[0])
-        grid = int(round(math.sqrt(n)))
-        if grid * grid != n:
-            raise ValueError(f"corrupt run folder {folder}: {n} nodes is not a square grid")
-        saved_grid = find_setting(cfg, "grid")
-        if isinstance(saved_grid, int) and saved_grid != grid:
-            raise ValueError(f"corrupt run folder {folder}: config grid {saved_grid} but the model has {n} nodes")
-        has_unc = "uncertainty" in (getattr(model.observation_space, "spaces", None) or {})
-        saved_unc = find_setting(cfg, "node_uncertainty")
-        if isinstance(saved_unc, bool) and saved_unc != has_unc:
-            raise ValueError(
-                f"corrupt run folder {folder}: config node_uncertainty={saved_unc} but the model's observation "
-                f"{'has' if has_unc else 'has no'} per-node uncertainty"
-            )
-        k_phys = find_setting(cfg, "k_physical")
-        k_sem = find_setting(cfg, "k_semantic")
-        label_filter = None
-        overrides = config.filter_overrides
-        if config.use_filter:
-            loaded = load_label_filter(folder, device)
-            if loaded is None and overrides:
-                raise ValueError(f"{folder} has no label filter (label_filter.zip), so {' and '.join(overrides)} "
-                                 "would do nothing: train one with `ppd train` (its label filter stage)")
-            if loaded is not None:
-                meta = loaded[1]
-                label_filter = (
-                    loaded[0],
-                    float(meta["threshold"] if config.filter_threshold is None else config.filter_threshold),
-                    meta["action"] if config.filter_action is None else config.filter_action,
-                    float(meta["relabel_gate"] if config.filter_relabel_gate is None else config.filter_relabel_gate),
-                )
-        if segmenter is None:
-            segmenter = _segmenter_from_config(cfg, device, precision, embedding_cache)
-        return cls(
-            model,
-            segmenter,
-            grid=grid,
-            k_physical=int(k_phys) if isinstance(k_phys, int) else 8,
-            k_semantic=int(k_sem) if isinstance(k_sem, int) else 8,
-            max_steps=role_max_steps(cfg, "defender"),
-            config=cfg,
-            label_filter=label_filter,
-            refine_max_steps=config.max_steps,
-            **config.defender_options(),
-        )
+        return cls(**defender_arguments(path, config, segmenter, device, precision, embedding_cache))
 
     @property
     def refine_config(self) -> RefineConfig:
@@ -687,22 +562,5 @@ class PromptDefender(PromptRefiner):
                 trace.append("budget 0: the input decoded unchanged")
             else:
                 trace.append(f"rollout: {steps} steps, select={self.select}" + (", then polish" if self.polish else ""))
-            out.append(self._finish(s, st, steps + filtered_changes, trace))  # plus the filter's changes
+            out.append(s.nodes.result(s.coords, s.labels, st, steps + filtered_changes, self.segmenter, trace))
         return out
-
-    def _finish(self, s: RefineSet, st: np.ndarray, steps: int, trace: Sequence[str] = ()) -> RefineResult:
-        """The :class:`RefineResult` of output state ``st`` for the prepared set ``s``."""
-        m = s.nodes
-        active = st != INACTIVE
-        kept = active[m.point_node]
-        flipped = active & (st != m.state)
-        # An output point carries its node's final label: its own label, flipped if relabelled.
-        index = m.rep[active]
-        out_labels = (st[m.point_node[np.sort(index)]] == POSITIVE).astype(np.int64)
-        # The mask a user gets from SAM for the output points (no padding): one more
-        # decoder call, since the world pads prompts as in training.
-        pred = self.segmenter.predict(m.rec.embedding, s.coords[np.sort(index)], out_labels)
-        return make_result(
-            s.coords, s.labels, kept, pred.masks[0], float(pred.scores[0]), steps, relabeled=flipped[m.point_node],
-            index=index, uncertainty=None if pred.uncertainty is None else pred.uncertainty[0], trace=trace,
-        )

@@ -1,9 +1,10 @@
-"""Reading training run folders: the config, the saved agents and the segmenter a run
-was trained with."""
+"""Reading training run folders: the config, the saved agents, the segmenter a run was
+trained with, and everything a :class:`~ppd.agents.defender.PromptDefender` is built from."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import zipfile
 from pathlib import Path
@@ -11,10 +12,17 @@ from typing import Any
 
 import yaml
 
-from ppd.models import BUNDLED_NAME
+from ppd.agents.label_filter import load_label_filter
+from ppd.agents.refine_config import RefineConfig
+from ppd.models import ASSETS_DIR, BUNDLED_NAME
 from ppd.segmenter import Segmenter, load_segmenter
 
-__all__ = ["OBS_KEYS", "find_setting", "load_agent", "read_run_config", "role_max_steps"]
+__all__ = ["BUNDLED_DEFENDER", "OBS_KEYS", "defender_arguments", "find_setting", "load_agent", "read_run_config",
+           "role_max_steps"]
+
+#: Folder of the defender shipped with the package (``defender.zip`` + ``config.yaml``),
+#: used when no run is given.
+BUNDLED_DEFENDER = ASSETS_DIR / "defender"
 
 #: Observation keys the defender's network must have been trained on.
 OBS_KEYS = ("state", "coverage", "offset", "step_frac", "score", "image_id")
@@ -152,3 +160,80 @@ def _segmenter_from_config(cfg: dict[str, Any], device: str | None, precision: s
         name, checkpoint=ckpt if isinstance(ckpt, str) and ckpt else None, device=device, precision=precision,
         cache_dir=cache_dir, **kw
     )
+
+
+def defender_arguments(
+    path: str | os.PathLike | None,
+    config: RefineConfig,
+    segmenter: Segmenter | None = None,
+    device: str | None = None,
+    precision: str | None = None,
+    embedding_cache: str | os.PathLike | None = None,
+) -> dict[str, Any]:
+    """The :class:`~ppd.agents.defender.PromptDefender` constructor's arguments for the
+    defender of a training run (``path``: run folder or ``defender.zip``; None: the
+    bundled one), with the refine options of ``config``: the model, its grid and graph
+    sizes and step budget checked against the run's config, the run's label filter (with
+    ``config``'s overrides) and, unless ``segmenter`` is given, the segmenter the run was
+    trained with. The arguments and errors of :meth:`PromptDefender.load`."""
+    for name, arg, value in (("precision", "precision", precision), ("embedding_cache", "cache_dir", embedding_cache)):
+        if value is not None and segmenter is not None:
+            raise ValueError(f"{name} applies to the segmenter loaded here; with segmenter=, "
+                             f"pass {arg} to load_segmenter instead")
+    if path is None:
+        if not (BUNDLED_DEFENDER / "defender.zip").is_file():
+            raise FileNotFoundError(
+                f"no bundled defender at {BUNDLED_DEFENDER}; train one with `ppd train --out DIR` "
+                "and pass the run folder"
+            )
+        path = BUNDLED_DEFENDER
+    model, cfg, folder = load_agent(path, "defender.zip", device)
+    role = getattr(model.policy, "role", None) or find_setting(cfg, "role")
+    if role is not None and role != "defender":
+        raise ValueError(f"{folder}: the model's role is {role!r}, expected 'defender'")
+    n = int(model.observation_space["state"].shape[0])
+    grid = int(round(math.sqrt(n)))
+    if grid * grid != n:
+        raise ValueError(f"corrupt run folder {folder}: {n} nodes is not a square grid")
+    saved_grid = find_setting(cfg, "grid")
+    if isinstance(saved_grid, int) and saved_grid != grid:
+        raise ValueError(f"corrupt run folder {folder}: config grid {saved_grid} but the model has {n} nodes")
+    has_unc = "uncertainty" in (getattr(model.observation_space, "spaces", None) or {})
+    saved_unc = find_setting(cfg, "node_uncertainty")
+    if isinstance(saved_unc, bool) and saved_unc != has_unc:
+        raise ValueError(
+            f"corrupt run folder {folder}: config node_uncertainty={saved_unc} but the model's observation "
+            f"{'has' if has_unc else 'has no'} per-node uncertainty"
+        )
+    k_phys = find_setting(cfg, "k_physical")
+    k_sem = find_setting(cfg, "k_semantic")
+    label_filter = None
+    overrides = config.filter_overrides
+    if config.use_filter:
+        loaded = load_label_filter(folder, device)
+        if loaded is None and overrides:
+            raise ValueError(f"{folder} has no label filter (label_filter.zip), so {' and '.join(overrides)} "
+                             "would do nothing: train one with `ppd train` (its label filter stage)")
+        if loaded is not None:
+            meta = loaded[1]
+            label_filter = (
+                loaded[0],
+                float(meta["threshold"] if config.filter_threshold is None else config.filter_threshold),
+                meta["action"] if config.filter_action is None else config.filter_action,
+                float(meta["relabel_gate"] if config.filter_relabel_gate is None else config.filter_relabel_gate),
+            )
+    if segmenter is None:
+        segmenter = _segmenter_from_config(cfg, device, precision, embedding_cache)
+    return dict(
+        model=model,
+        segmenter=segmenter,
+        grid=grid,
+        k_physical=int(k_phys) if isinstance(k_phys, int) else 8,
+        k_semantic=int(k_sem) if isinstance(k_sem, int) else 8,
+        max_steps=role_max_steps(cfg, "defender"),
+        config=cfg,
+        label_filter=label_filter,
+        refine_max_steps=config.max_steps,
+        **config.defender_options(),
+    )
+
