@@ -121,9 +121,9 @@ class RefineConfig:
     included; 'last', the prompts where the defender stopped"""
     patience: int | None = None
     """with select 'score': end the rollout after this many steps in a row without a better predicted IoU
-    (faster; none: run until the defender stops)"""
+    (faster; default none: run until the defender stops)"""
     max_steps: int | None = None
-    """step budget of each prompt set (none: the training budget, or max(K, 12))"""
+    """step budget of each prompt set (default none: the training budget, or max(K, 12))"""
     polish: bool = DEFAULT_POLISH
     """after the defender, drop prompts one at a time while that raises SAM's predicted IoU (a greedy
     removal from its output)"""
@@ -144,18 +144,18 @@ class RefineConfig:
     at least the input's plus G, in (-1, 1), or its mask agrees with more input points than the input's
     mask; a negative G tolerates that much of a drop ('off': no guard)"""
     use_filter: bool = True
-    """apply the run's wrong-label filter (label_filter.zip) before the defender; off (--no-filter): the
-    defender acts on the input as is"""
+    """apply the run's wrong-label filter (label_filter.zip) before the defender; --no-filter: the defender
+    acts on the input as is"""
     filter_threshold: float | None = None
-    """the filter's wrong-label probability above which it acts on a prompt, in (0, 1] (none: the one
-    selected in training, label_filter.json)"""
+    """the filter's wrong-label probability above which it acts on a prompt, in (0, 1] (default none: the
+    one selected in training, label_filter.json)"""
     filter_action: str | None = None
-    """what the filter does to those prompts, remove or relabel (none: the action selected in training,
-    label_filter.json)"""
+    """what the filter does to those prompts, remove or relabel (default none: the action selected in
+    training, label_filter.json)"""
     filter_relabel_gate: float | None = None
     """after the filter, the defender relabels only prompts whose wrong-label probability exceeds this, in
-    [0, 1); 0 lets it relabel any (none: the gate selected in training, label_filter.json; 0 for runs whose
-    label_filter.json names no gate)"""
+    [0, 1); 0 lets it relabel any (default none: the gate selected in training, label_filter.json; 0 for
+    runs whose label_filter.json names no gate)"""
 
     def __post_init__(self) -> None:
         for name in ("polish", "consensus", "keep_consistent", "use_filter"):
@@ -234,20 +234,21 @@ def _score_gain(text: str) -> float | None:
 
 
 #: Per field, what its flag needs besides ``--FIELD-NAME`` and the docstring: other
-#: names, type, choices, metavar, how the default reads, and the action of switches.
+#: names, type, choices, metavar, the action of switches, and how the default reads
+#: ("": the docstring says it).
 _FLAGS: dict[str, dict[str, Any]] = {
     "select": dict(choices=SELECT_RULES),
-    "patience": dict(type=int, shown="none"),
-    "max_steps": dict(type=int, shown="none"),
+    "patience": dict(type=int, shown=""),
+    "max_steps": dict(type=int, shown=""),
     "polish": dict(action=argparse.BooleanOptionalAction),
     "consensus": dict(action=argparse.BooleanOptionalAction),
     "consensus_quorum": dict(type=_share, metavar="Q", shown=f"{DEFAULT_CONSENSUS_QUORUM:.3g}"),
     "keep_consistent": dict(action=argparse.BooleanOptionalAction),
     "min_score_gain": dict(type=_score_gain, metavar="G"),
     "use_filter": dict(flags=("--no-filter",), action="store_false"),
-    "filter_threshold": dict(type=float, shown="none"),
-    "filter_action": dict(choices=FILTER_ACTIONS, shown="none"),
-    "filter_relabel_gate": dict(type=float, shown="none"),
+    "filter_threshold": dict(type=float, shown=""),
+    "filter_action": dict(choices=FILTER_ACTIONS, shown=""),
+    "filter_relabel_gate": dict(type=float, shown=""),
 }
 
 
@@ -267,7 +268,7 @@ def add_refine_arguments(p: argparse.ArgumentParser | Any, names: Sequence[str] 
             shown = ("on" if default else "off") if isinstance(default, bool) else default
         if spec.get("action") == "store_false":
             shown = "on"
-        help_ = f"{docs[name]} (default: {shown})".replace("%", "%%")
+        help_ = (docs[name] if shown == "" else f"{docs[name]} (default: {shown})").replace("%", "%%")
         p.add_argument(*flags, dest=name, default=default, help=help_, **spec)
 
 
