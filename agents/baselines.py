@@ -1,8 +1,8 @@
 """Simple prompt refiners to compare the defender against, honestly.
 
 All share :class:`~ppd.agents.defender.PromptDefender`'s interface
-(``refine(image, point_coords, point_labels, max_steps=None) -> RefineResult`` and
-``refine_many``) and use no ground truth:
+(:class:`~ppd.agents.refiner.PromptRefiner`: ``refine(image, point_coords, point_labels,
+max_steps=None) -> RefineResult`` and ``refine_many``) and use no ground truth:
 
 * :class:`NoRefine`: the input prompts as they are (the "coarse" row of a table).
 * :class:`RandomDrop`: drops each point with probability ``p`` (seeded), keeps >= 1.
@@ -14,7 +14,8 @@ All share :class:`~ppd.agents.defender.PromptDefender`'s interface
 * :class:`MaskConsensusFilter`: RANSAC over SAM's own one-click masks: the mask that
   agrees with the most points wins, and the points that disagree with it are dropped.
 
-Unlike the defender, the baselines give SAM every input point (no patch merging).
+Unlike the defender, the baselines give SAM every input point (no patch merging), and
+run without the defender's guards; :class:`~ppd.agents.guards.Guarded` adds them.
 """
 
 from __future__ import annotations
@@ -25,18 +26,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ppd.agents.defender import PromptRefiner, RefineResult, check_prompts, make_result
+from ppd.agents.refiner import PromptRefiner, RefineResult, check_budget, check_prompts, make_result
 from ppd.agents.qnet import label_disagreement
 from ppd.envs.world import INACTIVE, NEGATIVE, POSITIVE
 from ppd.segmenter import Segmenter
 
 __all__ = ["BASELINES", "ConsistencyFilter", "GreedyScoreFilter", "MaskConsensusFilter", "NoRefine", "RandomDrop"]
-
-
-def _budget(max_steps: int | None) -> int | None:
-    if max_steps is not None and int(max_steps) < 0:
-        raise ValueError(f"max_steps must be >= 0, got {max_steps}")
-    return None if max_steps is None else int(max_steps)
 
 
 def _decode(segmenter: Segmenter, emb_or_image: Any, coords: np.ndarray, labels: np.ndarray, kept: np.ndarray):
@@ -58,10 +53,10 @@ class NoRefine(PromptRefiner):
 
     def refine(self, image, point_coords, point_labels, max_steps=None) -> RefineResult:
         coords, labels = check_prompts(point_coords, point_labels)
-        _budget(max_steps)
+        check_budget(max_steps)
         kept = np.ones(len(coords), bool)
         mask, score, unc = _decode(self.segmenter, image, coords, labels, kept)
-        return make_result(coords, labels, kept, mask, score, 0, uncertainty=unc)
+        return make_result(coords, labels, kept, mask, score, 0, uncertainty=unc, trace=("no refinement: the input",))
 
 
 class RandomDrop(PromptRefiner):
@@ -86,7 +81,7 @@ class RandomDrop(PromptRefiner):
 
     def refine(self, image, point_coords, point_labels, max_steps=None) -> RefineResult:
         coords, labels = check_prompts(point_coords, point_labels)
-        budget = _budget(max_steps)
+        budget = check_budget(max_steps)
         drop = self.rng.random(len(coords)) < self.p
         if drop.all():
             drop[self.rng.integers(len(coords))] = False
@@ -94,7 +89,8 @@ class RandomDrop(PromptRefiner):
             drop[np.flatnonzero(drop)[budget:]] = False
         kept = ~drop
         mask, score, unc = _decode(self.segmenter, image, coords, labels, kept)
-        return make_result(coords, labels, kept, mask, score, int(drop.sum()), uncertainty=unc)
+        return make_result(coords, labels, kept, mask, score, int(drop.sum()), uncertainty=unc,
+                           trace=(f"random drop: dropped {int(drop.sum())} of {len(coords)} prompts",))
 
 
 class GreedyScoreFilter(PromptRefiner):
@@ -118,7 +114,7 @@ class GreedyScoreFilter(PromptRefiner):
 
     def refine(self, image, point_coords, point_labels, max_steps=None) -> RefineResult:
         coords, labels = check_prompts(point_coords, point_labels)
-        budget = _budget(max_steps)
+        budget = check_budget(max_steps)
         emb = self.segmenter.encode(image)
         cur = np.arange(len(coords))
         pred = self.segmenter.predict(emb, coords, labels)
@@ -139,7 +135,8 @@ class GreedyScoreFilter(PromptRefiner):
             steps += 1
         kept = np.zeros(len(coords), bool)
         kept[cur] = True
-        return make_result(coords, labels, kept, mask, score, steps, uncertainty=unc)
+        return make_result(coords, labels, kept, mask, score, steps, uncertainty=unc,
+                           trace=(f"greedy score filter: dropped {steps} prompts while that raised the predicted IoU",))
 
 
 def point_features(emb, coords: np.ndarray) -> torch.Tensor:
@@ -177,7 +174,7 @@ class ConsistencyFilter(PromptRefiner):
 
     def refine(self, image, point_coords, point_labels, max_steps=None) -> RefineResult:
         coords, labels = check_prompts(point_coords, point_labels)
-        budget = _budget(max_steps)
+        budget = check_budget(max_steps)
         emb = self.segmenter.encode(image)
         feats = point_features(emb, coords)[None]
         state = torch.as_tensor(np.where(labels == 1, POSITIVE, NEGATIVE))[None]
@@ -193,7 +190,8 @@ class ConsistencyFilter(PromptRefiner):
             state[0, best] = INACTIVE
             steps += 1
         mask, score, unc = _decode(self.segmenter, emb, coords, labels, kept)
-        return make_result(coords, labels, kept, mask, score, steps, uncertainty=unc)
+        return make_result(coords, labels, kept, mask, score, steps, uncertainty=unc,
+                           trace=(f"consistency filter: dropped {steps} prompts that look like the other label",))
 
 
 def mask_agreement(masks: np.ndarray, coords: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -220,8 +218,7 @@ class MaskConsensusFilter(PromptRefiner):
 
     It assumes most points are right: against an attacker that adds a few wrong-label
     points to a good set it recovers nearly all of the ideal IoU, while on sets where
-    most labels are wrong (the defense bench's coarse sets) it has no majority to find
-    (README, session 19).
+    most labels are wrong (the defense bench's coarse sets) it has no majority to find.
 
     Args:
         segmenter: the SAM2 segmenter.
@@ -295,11 +292,12 @@ class MaskConsensusFilter(PromptRefiner):
 
     def refine(self, image, point_coords, point_labels, max_steps=None) -> RefineResult:
         coords, labels = check_prompts(point_coords, point_labels)
-        budget = _budget(max_steps)
+        budget = check_budget(max_steps)
         emb = self.segmenter.encode(image)
         kept = self.keep(emb, coords, labels, budget)
         mask, score, unc = _decode(self.segmenter, emb, coords, labels, kept)
-        return make_result(coords, labels, kept, mask, score, int((~kept).sum()), uncertainty=unc)
+        return make_result(coords, labels, kept, mask, score, int((~kept).sum()), uncertainty=unc,
+                           trace=(f"mask consensus: dropped {int((~kept).sum())} prompts that disagree with the majority mask",))
 
 
 #: name -> class, for benchmarks.

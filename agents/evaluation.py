@@ -22,6 +22,7 @@ from ppd.agents.train_config import TrainConfig
 from ppd.envs.world import INACTIVE, ImageRecord, PromptWorld, prompts_from_state, state_from_prompts
 from ppd.prompts import coarse_prompts, ideal_prompts
 from ppd.viz import caption, grid, overlay
+from ppd.agents.rollout import _polish_rollouts, greedy_rollout
 
 __all__ = [
     "EVAL_KEYS",
@@ -79,7 +80,6 @@ def evaluate_agents(
     defender starts from the filtered sets, as ``refine`` does; ``defended_*_nofilter``
     are then its outputs from the unfiltered ones.
     """
-    from ppd.agents.train import _polish_rollouts, greedy_rollout  # the rollout lives in the module that imports this one
 
     items = eval_items(world, cfg)
     ideal = [(rec, obj, *s_ideal) for rec, obj, s_ideal, _ in items]
@@ -173,7 +173,6 @@ def defended_coarse_iou(
     """Mean quality of the defender's output (``score_quality``: refine's default
     output rule, then polished with ``polish``) from held-out coarse prompt states
     ``(rec, obj, node_state, node_points)``."""
-    from ppd.agents.train import _polish_rollouts, greedy_rollout  # the rollout lives in the module that imports this one
 
     res = greedy_rollout(defender, world, "defender", coarse, cfg.defender_max_steps, cfg.relabel)
     if polish:

@@ -13,6 +13,7 @@ import torch
 from ppd.envs.point_prompt_env import build_observation, defender_step, observation_options, rollout_action_mask
 from ppd.envs.world import ImageRecord, PromptWorld, state_from_prompts
 from ppd.prompts import coarse_prompts, ideal_prompts, random_coarse_kwargs
+from ppd.agents.rollout import greedy_rollout
 
 __all__ = [
     "CHUNK",
@@ -39,7 +40,6 @@ def scene_starts(
     (the attacker's greedy rollout from the ideal set, all scenes batched), coarse with
     ``cfg.coarse_kwargs`` and coarse with :func:`random_coarse_kwargs`; and their kinds
     (``ideal``, ``attacked``, ``coarse``, ``coarse_random``)."""
-    from ppd.agents.train import greedy_rollout
 
     ideal, coarse = [], []
     for i in range(len(world.dataset)):

@@ -29,6 +29,7 @@ from ppd.envs.point_prompt_env import UNKNOWN_LABEL, WRONG_LABEL, observation_op
 from ppd.envs.vec_env import PromptVecEnv
 from ppd.envs.world import ImageRecord, PromptWorld
 from ppd.metrics import uncertainty_auroc
+from ppd.agents.rollout import greedy_rollout
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +93,6 @@ def select_threshold(
     relabel_gate)`` maximises the mean of the two kinds (ties: the larger threshold,
     which changes less, then removal, then the smaller gate). Also the held-out ROC
     AUC. ``progress`` as in :func:`train_label_filter`."""
-    from ppd.agents.train import greedy_rollout
 
     opts = observation_options(model.observation_space)
     tick = progress("label filter: selection, observations", len(starts)) if progress else None

@@ -40,8 +40,8 @@ agents' observations (the ``uncertainty`` key of
 :meth:`ppd.agents.defender.PromptDefender.load` rebuilds the same segmenter and
 observation.
 
-The greedy rollout (:func:`greedy_rollout`) that evaluation, the label filter and the
-defense bench share is defined here too.
+The greedy rollout that evaluation, the label filter, the defense bench and
+``PromptDefender`` share lives in :mod:`ppd.agents.rollout`.
 """
 
 from __future__ import annotations
@@ -51,9 +51,8 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
-import numpy as np
 import torch
 import yaml
 from PIL import Image
@@ -61,7 +60,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import VecMonitor
 
 from ppd import io
-from ppd.agents.defender import greedy_actions, polish_states
+
 from ppd.agents.dqn import MaskedDQN, make_dqn
 from ppd.agents.evaluation import (  # re-exported
     EVAL_KEYS,
@@ -76,9 +75,9 @@ from ppd.agents.label_filter import FILTER_FILE, FILTER_META, LabelFilter, load_
 from ppd.agents.train_config import TrainConfig  # re-exported
 from ppd.agents.train_progress import PhaseReport, TrainReporter
 from ppd.data.scenes import TRAIN_DOMAIN, JitteredScenes, ProceduralScenes
-from ppd.envs.point_prompt_env import PointPromptEnv, observation_options, rollout_action_mask
+from ppd.agents.rollout import greedy_rollout  # re-exported
 from ppd.envs.vec_env import PromptVecEnv
-from ppd.envs.world import ImageRecord, PromptWorld, segmenter_gives_uncertainty
+from ppd.envs.world import PromptWorld, segmenter_gives_uncertainty
 from ppd.segmenter import Segmenter, load_segmenter
 
 logger = logging.getLogger(__name__)
@@ -94,122 +93,6 @@ __all__ = [
 
 
 # ----------------------------------------------------------------------------- rollouts
-class _ScriptedStartEnv(PointPromptEnv):
-    """A :class:`PointPromptEnv` whose next episode starts from ``self.next_start``."""
-
-    next_start: tuple[ImageRecord, int, np.ndarray, np.ndarray, str] | None = None
-
-    def _draw_start(self):
-        if self.next_start is None:
-            return super()._draw_start()
-        rec, obj, st, pts, kind = self.next_start
-        return rec, obj, st.copy(), pts.copy(), kind
-
-
-def greedy_rollout(
-    model: MaskedDQN,
-    world: PromptWorld,
-    role: str,
-    starts: Sequence[tuple[ImageRecord, int, np.ndarray, np.ndarray]],
-    max_steps: int,
-    relabel: bool = True,
-    tick: Callable[[], Any] | None = None,
-    relabel_ok: Sequence[np.ndarray | None] | None = None,
-) -> list[dict[str, Any]]:
-    """Run ``model`` greedily from given prompt states, all episodes batched.
-
-    Every step decodes the prompt states of all running episodes in one
-    ``world.evaluate`` call and runs the Q-network once on their observations.
-
-    Args:
-        model: the agent (attacker or defender of ``role``).
-        world: the world the start states' images belong to.
-        role: ``"attacker"`` or ``"defender"``.
-        starts: ``(image record, object index, node_state (N,), node_points (N, 2))``.
-        max_steps: episode step budget.
-        relabel: defender relabel actions allowed (must match the model's training).
-        tick: called once per batched step (a progress bar's update; at most ``max_steps``).
-        relabel_ok: per start, the (N,) bool nodes the defender may relabel, or None
-            (no restriction; see :func:`~ppd.envs.point_prompt_env.rollout_action_mask`).
-
-    The observation has the per-node ``uncertainty`` and the removal probes when the
-    model was trained with them (read from its observation space). The defender's
-    actions follow :func:`~ppd.envs.point_prompt_env.rollout_action_mask`, as in
-    :meth:`~ppd.agents.defender.PromptDefender.refine`.
-
-    Returns:
-        Per start: ``{"start_quality", "quality", "state", "points", "steps"}`` of the
-        state where the rollout ended, plus ``"score"`` (SAM's predicted IoU),
-        ``"score_quality"``, ``"score_state"`` and ``"score_steps"`` of the visited state
-        (start included, earliest on ties) with SAM's highest predicted IoU: the output of
-        ``PromptDefender(select="score")``.
-    """
-    opts = observation_options(model.observation_space)
-    probe = opts["probe"]
-    envs = []
-    for rec, obj, st, pts in starts:
-        env = _ScriptedStartEnv(role, world=world, max_steps=max_steps, relabel=relabel, **opts)
-        env.next_start = (rec, obj, st, pts, "scripted")
-        envs.append(env)
-    if not envs:
-        return []
-    outcomes = world.evaluate([env.prepare_reset(seed=0) for env in envs], probe=probe)
-    obs, results = [], []
-    for env, out in zip(envs, outcomes):
-        o, info = env.complete_reset(out)
-        obs.append(o)
-        results.append({"start_quality": info["quality"], "quality": info["quality"], "steps": 0})
-        results[-1].update(score_quality=info["quality"], score_state=env.prompt_state[0].copy(), score_steps=0)
-    best_score = [out.score for out in outcomes]
-    for res, s in zip(results, best_score):
-        res["score"] = float(s)
-    running = [i for i, env in enumerate(envs) if env.action_masks()[:-1].any()]
-    while running:
-        batch = {k: np.stack([obs[i][k] for i in running]) for k in obs[0]}
-        if role == "defender":
-            masks = np.stack([
-                rollout_action_mask(envs[i].prompt_state[0], starts[i][2], relabel, None if relabel_ok is None else relabel_ok[i])
-                for i in running
-            ])
-            actions = greedy_actions(model, batch, masks)
-        else:
-            actions, _ = model.predict(batch, deterministic=True)
-        outcomes = world.evaluate(
-            [envs[i].prepare_step(int(a)) for i, a in zip(running, np.asarray(actions).reshape(-1))], probe=probe
-        )
-        still = []
-        for i, out in zip(running, outcomes):
-            o, _, terminated, truncated, info = envs[i].complete_step(out)
-            obs[i] = o
-            results[i]["quality"] = info["quality"]
-            results[i]["steps"] += 1
-            if out.score > best_score[i]:
-                best_score[i] = out.score
-                results[i].update(
-                    score=float(out.score), score_quality=info["quality"], score_state=envs[i].prompt_state[0].copy(),
-                    score_steps=results[i]["steps"],
-                )
-            if not (terminated or truncated):
-                still.append(i)
-        running = still
-        if tick is not None:
-            tick()
-    for env, res in zip(envs, results):
-        res["state"], res["points"] = env.prompt_state
-    return results
-
-
-def _polish_rollouts(world: PromptWorld, starts: Sequence[tuple], results: list[dict[str, Any]], cfg: TrainConfig) -> None:
-    """Polish (``PromptDefender(polish=True)``, :func:`~ppd.agents.defender.polish_states`)
-    the ``score_*`` output of :func:`greedy_rollout` defender ``results`` from ``starts``,
-    in place."""
-    done = polish_states(world, [(rec, obj, r["score_state"], pts) for (rec, obj, _, pts), r in zip(starts, results)],
-                         [r["score_steps"] for r in results], [cfg.defender_max_steps] * len(results))
-    for r, (st, out, steps) in zip(results, done):
-        r.update(score_state=st, score_quality=out.quality, score_steps=steps)
-
-
-# ----------------------------------------------------------------------------- training
 # ----------------------------------------------------------------------------- training
 def _save_model(model: MaskedDQN, path: Path, replay: bool) -> None:
     """``model.save`` to a temp file renamed onto ``path`` (and the replay buffer)."""

@@ -6,6 +6,8 @@ import argparse
 import copy
 from typing import Any
 
+from ppd.agents.run_files import find_setting
+
 
 def add_threads_argument(p: argparse.ArgumentParser) -> None:
     """The benches' shared ``--threads`` option (torch CPU threads)."""
@@ -25,8 +27,6 @@ def defender_variant(defender: Any, **attrs: Any) -> Any:
 
 def run_max_ideal_points(cfg: dict[str, Any]) -> int:
     """The run's ``max_ideal_points`` (ideal prompts per label; 6 if its config has none)."""
-    from ppd.agents.defender import find_setting
-
     value = find_setting(cfg, "max_ideal_points")
     return int(value) if isinstance(value, int) else 6
 

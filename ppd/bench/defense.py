@@ -9,7 +9,7 @@ SAM2's mask for:
 * ``ideal``: ideal prompts (the attacker's start: ``ideal_prompts`` with the training's
   ``max_ideal_points`` per label);
 * ``attacked``: after the run's attacker (``attacker.zip``) acted greedily on them in
-  attacker envs whose world holds the eval scenes (:func:`ppd.agents.train.greedy_rollout`,
+  attacker envs whose world holds the eval scenes (:func:`ppd.agents.rollout.greedy_rollout`,
   all scenes batched); ``--attacker RUN`` uses another run's attacker instead
   (cross-play: a run's own attacker is a random draw of strength, so defenders of two
   runs compare fairly only against the same attacker);
@@ -53,11 +53,12 @@ import numpy as np
 
 from ppd.bench import add_threads_argument, apply_threads, defender_variant, run_max_ideal_points
 from ppd.agents.baselines import ConsistencyFilter, GreedyScoreFilter, MaskConsensusFilter, NoRefine, RandomDrop
-from ppd.agents.defender import (
-    DEFAULT_SELECT, INFERENCE_OPTIONS, SELECT_RULES, PromptDefender, add_inference_arguments, inference_options, load_agent,
-    role_max_steps,
+from ppd.agents.defender import PromptDefender
+from ppd.agents.refine_config import (
+    DEFAULT_SELECT, INFERENCE_OPTIONS, SELECT_RULES, RefineConfig, add_inference_arguments, inference_options,
 )
-from ppd.agents.train import greedy_rollout
+from ppd.agents.rollout import greedy_rollout
+from ppd.agents.run_files import load_agent, role_max_steps
 from ppd.cli.common import add_device_arguments
 from ppd.data.scenes import DOMAINS, ProceduralScenes
 from ppd.envs.point_prompt_env import DEFAULT_MAX_STEPS, WRONG_LABEL, label_targets
@@ -324,10 +325,11 @@ def run_benchmark(
             attacked sets (None: the run's own ``attacker.zip``, if any).
         embedding_cache: a folder that keeps the scenes' image embeddings across runs
             (``cache_dir`` of :func:`ppd.load_segmenter`; None: in memory only).
-        options: the defender's :data:`~ppd.agents.defender.INFERENCE_OPTIONS`
+        options: the defender's :data:`~ppd.agents.refine_config.INFERENCE_OPTIONS`
             (``polish``, ``consensus``, ``consensus_quorum``, ``keep_consistent``,
             ``min_score_gain``; default: the library's), used by every defender column and
-            recorded in the result.
+            recorded in the result. With ``select`` and ``patience`` they make the
+            defender's :class:`~ppd.agents.refine_config.RefineConfig`.
 
     Raises:
         AttackerError: ``attacker`` names no readable attacker, or one whose graph has
@@ -335,10 +337,8 @@ def run_benchmark(
     """
     import torch
 
-    defender = PromptDefender.load(
-        run, device=device, select=select, patience=patience, precision=precision,
-        embedding_cache=embedding_cache, **options,
-    )
+    config = RefineConfig(select=select, patience=patience, **options)
+    defender = PromptDefender.load(run, device=device, precision=precision, embedding_cache=embedding_cache, config=config)
     attacker_source = attacker or run
     attacker_model = bench_attacker(run, attacker, defender, device)
     cfg = defender.config

@@ -30,7 +30,10 @@ from typing import Any, Callable
 import numpy as np
 
 from ppd.agents.baselines import GreedyScoreFilter, NoRefine
-from ppd.agents.defender import DEFAULT_SELECT, SELECT_RULES, PromptDefender, add_inference_arguments, inference_options
+from ppd.agents.defender import PromptDefender
+from ppd.agents.refine_config import (
+    DEFAULT_SELECT, SELECT_RULES, RefineConfig, add_inference_arguments, inference_options,
+)
 from ppd.cli.common import add_device_arguments
 from ppd.bench import add_threads_argument, apply_threads, defender_variant, run_max_ideal_points
 from ppd.data.scenes import DOMAINS, ProceduralScenes
@@ -144,10 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from tqdm import tqdm
 
-    defender = PromptDefender.load(
-        args.run, device=args.device, select=args.select, precision=args.precision,
-        embedding_cache=args.embedding_cache, **inference_options(args),
-    )
+    config = RefineConfig(select=args.select, **inference_options(args))
+    defender = PromptDefender.load(args.run, device=args.device, precision=args.precision,
+                                   embedding_cache=args.embedding_cache, config=config)
     with tqdm(total=args.scenes * len(domains), desc="scenes", unit="scene", dynamic_ncols=True) as bar:
         results = run_benchmark(defender, tuple(domains), args.scenes, tuple(gens), args.seed, lambda: bar.update(1))
     print(f"defender: {args.run or 'bundled'} (select {args.select}, min_score_gain {args.min_score_gain}, polish {'on' if args.polish else 'off'}, consensus {f'on (quorum {args.consensus_quorum:.3g})' if args.consensus else 'off'}, keep_consistent {'on' if args.keep_consistent else 'off'}); {args.scenes} scenes per domain; mean IoU of SAM2's mask")

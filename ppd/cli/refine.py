@@ -9,10 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ppd.agents.defender import (
-    DEFAULT_SELECT, SELECT_RULES, PromptDefender, add_inference_arguments, inference_options,
-)
-from ppd.agents.label_filter import FILTER_ACTIONS, check_relabel_gate, check_threshold
+from ppd.agents.defender import PromptDefender
+from ppd.agents.label_filter import check_relabel_gate, check_threshold
+from ppd.agents.refine_config import RefineConfig, add_refine_arguments, refine_config_from_args
 from ppd.cli.common import add_device_arguments, parse_points, read_image, save_png
 
 HELP = "refine a prompt set with a trained defender"
@@ -30,49 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--image", required=True, help="image file (PNG/JPEG...)")
     p.add_argument("--points", required=True, help="prompts as 'x,y,label;x,y,label' in pixels (label 1 fg, 0 bg)")
-    p.add_argument("--max-steps", type=int, default=None, help="step budget (default: the training budget, or max(K, 12))")
-    p.add_argument(
-        "--select",
-        choices=SELECT_RULES,
-        default=DEFAULT_SELECT,
-        help="output: 'score', the visited prompt set with SAM's highest predicted IoU along the rollout, input "
-        f"included; 'last', the prompts where the defender stopped (default: {DEFAULT_SELECT})",
-    )
-    p.add_argument(
-        "--patience",
-        type=int,
-        default=None,
-        help="with --select score: end the rollout after this many steps in a row without a better predicted IoU "
-        "(faster; default: none, run until the defender stops)",
-    )
-    add_inference_arguments(p)
-    p.add_argument(
-        "--no-filter",
-        dest="use_filter",
-        action="store_false",
-        help="skip the run's wrong-label filter (label_filter.zip), the defender acts on the input as is",
-    )
-    p.add_argument(
-        "--filter-threshold",
-        type=float,
-        default=None,
-        help="the filter's wrong-label probability above which it acts on a prompt, in (0, 1] "
-        "(default: the one selected in training, label_filter.json)",
-    )
-    p.add_argument(
-        "--filter-action",
-        choices=FILTER_ACTIONS,
-        default=None,
-        help="what the filter does to those prompts (default: the action selected in training, label_filter.json)",
-    )
-    p.add_argument(
-        "--filter-relabel-gate",
-        type=float,
-        default=None,
-        help="after the filter, the defender relabels only prompts whose wrong-label probability exceeds this, in "
-        "[0, 1); 0 lets it relabel any (default: the gate selected in training, label_filter.json; 0 for runs "
-        "trained before session 16)",
-    )
+    add_refine_arguments(p.add_argument_group("refine options (RefineConfig; saved as OUT/refine_config.yaml)"))
     p.add_argument("--out", default="refine_out", help="output folder (default: refine_out)")
     p.add_argument("--model", default=None, help="segmenter name (default: the one the defender was trained with)")
     p.add_argument("--checkpoint", default=None, help="checkpoint file for --model")
@@ -87,8 +44,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """``ppd refine``: writes refined.json, mask.png, overlay.png and input_overlay.png
-    (and uncertainty.png with the RUAC decoder)."""
+    """``ppd refine``: writes refined.json (with the result's trace), refine_config.yaml
+    (the options it ran with), mask.png, overlay.png and input_overlay.png (and
+    uncertainty.png with the RUAC decoder)."""
     from ppd.io import save_json
     from ppd.viz import overlay
 
@@ -112,23 +70,24 @@ def run(args: argparse.Namespace) -> int:
     if not args.use_filter and (args.filter_threshold is not None or args.filter_action is not None
                                 or args.filter_relabel_gate is not None):
         raise ValueError("--filter-threshold / --filter-action / --filter-relabel-gate have no effect with --no-filter")
+    config: RefineConfig = refine_config_from_args(args)
     defender = PromptDefender.load(
-        args.run, segmenter=seg, device=args.device, select=args.select, patience=args.patience,
-        use_filter=args.use_filter, filter_threshold=args.filter_threshold, filter_action=args.filter_action,
-        filter_relabel_gate=args.filter_relabel_gate, **inference_options(args),
+        args.run, segmenter=seg, device=args.device, config=config,
         precision=None if seg is not None else args.precision,
         embedding_cache=None if seg is not None else args.embedding_cache,
     )
     defender.record(image)  # encode and build the graph first: the timing is refinement only
     t = time.perf_counter()
-    res = defender.refine(image, coords, labels, max_steps=args.max_steps)
+    res = defender.refine(image, coords, labels, max_steps=config.max_steps)
     took = time.perf_counter() - t
     before = defender.segmenter.predict(image, coords, labels)
     out = Path(args.out)
     save_png((res.mask * 255).astype(np.uint8), out / "mask.png")
     save_png(overlay(image, res.mask, res.point_coords, res.point_labels), out / "overlay.png")
     save_png(overlay(image, before.masks[0], coords, labels), out / "input_overlay.png")
-    written = [out / "refined.json", out / "mask.png", out / "overlay.png", out / "input_overlay.png"]
+    config.save(out / "refine_config.yaml")
+    written = [out / "refined.json", out / "refine_config.yaml", out / "mask.png", out / "overlay.png",
+               out / "input_overlay.png"]
     if res.uncertainty is not None:
         save_png(np.round(res.uncertainty * 255).astype(np.uint8), out / "uncertainty.png")
         written.append(out / "uncertainty.png")
@@ -141,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
             "score": res.score,
             "input_score": float(before.scores[0]),
             "steps": res.steps,
+            "trace": list(res.trace),
             "seconds": took,
             **({} if res.uncertainty is None else {"mean_uncertainty": float(res.uncertainty.mean())}),
         },
