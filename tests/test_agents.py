@@ -861,13 +861,14 @@ def test_train_bar_shows_round_phase_reward_and_evaluation():
 def test_train_module_keeps_its_names():
     """Names other code imports from ppd.agents.train, wherever they are defined now."""
     import ppd.agents.train as t
-    from ppd.agents import evaluation, train_config
+    from ppd.agents import evaluation, rollout, train_config
 
     for name in ("TrainConfig", "EVAL_SEED", "EVAL_KEYS", "evaluate_agents", "greedy_rollout", "train", "_eval_items",
                  "_parts", "_load_model", "_save_model", "TRAIN_DOMAIN", "defended_coarse_iou", "refine_metrics",
-                 "latest_defender_file", "_ScriptedStartEnv", "_polish_rollouts"):
+                 "latest_defender_file"):
         assert hasattr(t, name), name
     assert t.TrainConfig is train_config.TrainConfig and t._eval_items is evaluation.eval_items
+    assert t.greedy_rollout is rollout.greedy_rollout  # one rollout implementation
     assert t.evaluate_agents is evaluation.evaluate_agents
 
 
