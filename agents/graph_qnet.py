@@ -145,7 +145,7 @@ def relative_features(x: torch.Tensor, state: torch.Tensor, coverage: torch.Tens
     vector, so its channel is 0. These values say how well a prompt agrees with the rest
     of its image ("this positive looks like the background"), not what the image looks
     like. Measured: a defender trained on them transferred no better to
-    the shifted domains than one on the raw embedding (docs/ppd_experiments.md), so the default stays
+    the shifted domains than one on the raw embedding (docs/training.md, "Options measured and left off"), so the default stays
     ``"embedding"``.
 
     Args:

@@ -7,7 +7,7 @@ problem. The DQN defender learns detection from a reward on the few hundred scen
 its training; its auxiliary label head (``label_aux``) reaches a ROC AUC of about 0.88
 there and overfits beyond. The same network trained by plain binary cross-entropy on
 more scenes generalises better (held-out AUC 0.90 with 800 scenes, against 0.88 for the
-RL-trained head of the same run; docs/ppd_experiments.md).
+RL-trained head of the same run; docs/decisions/0003-wrong-label-filter.md).
 
 :func:`train_label_filter` (the last stage of ``ppd train``) builds it:
 

@@ -51,7 +51,7 @@ class LabelFilter(NamedTuple):
     0.5, 1.3 were left and IoU rose 0.658 -> 0.708 and 0.778 -> 0.828. On coarse sets,
     whose noise includes flipped labels, the rollout's relabels help, so training
     selects no gate by default (``TrainConfig.filter_relabel_gates``;
-    docs/ppd_experiments.md).
+    docs/decisions/0003-wrong-label-filter.md).
     """
 
     network: Any

@@ -144,7 +144,7 @@ class TrainConfig:
     generator) or random (each set's settings drawn: 3-16 points, flip 0-0.4, boundary
     0-0.3, outlier 0-0.2, a quarter of the sets clean; beyond the paper: prompt
     generators differ). Measured on two seeds: recovery from attacked sets up, refined
-    coarse sets down, clean clicks no better kept (docs/ppd_experiments.md)"""
+    coarse sets down, clean clicks no better kept (docs/training.md, "Options measured and left off")"""
     max_ideal_points: int = 6
     """ideal prompts per label (attacker start states)"""
     grid: int = 0
@@ -177,14 +177,14 @@ class TrainConfig:
     none, or auto (default: probe with probes, none without). probe, measured over 4
     seeds: mean recovery from attacked prompts 0.646 -> 0.725 in-domain, refined coarse
     prompts better on 5 of 6 domains. consistency: its weights trained to ~0 in 2 of 2
-    runs (docs/ppd_experiments.md)"""
+    runs (docs/training.md, "Options measured and left off")"""
     label_aux: float = 0.0
     """weight of the defender's auxiliary wrong-label loss (beyond the paper; 0: off): a
     head on the Q-network's node features predicts, for every prompt of every replayed
     state, whether its label is wrong by the ground truth (binary cross-entropy, added to
     the TD loss). Training only: the Q-values never read the target, refine needs no
     ground truth. Measured at 0.3 over 4 seeds: refined coarse prompts 0.768 -> 0.800
-    in-domain, recovery from attacked ones 0.725 -> 0.684 (docs/ppd_experiments.md); the head's ROC AUC
+    in-domain, recovery from attacked ones 0.725 -> 0.684 (docs/training.md, "Options measured and left off"); the head's ROC AUC
     for wrong labels 0.74-0.92 (PromptDefender.wrong_label_probability)"""
     filter_scenes: int = 400
     """scenes of the wrong-label filter, the last stage of training (beyond the paper;
@@ -208,7 +208,7 @@ class TrainConfig:
     scenes: 0.658 -> 0.708, 0.778 -> 0.828), but with it the selection of seed 2 switched
     to removal and its refined coarse prompts fell 0.847 -> 0.689 in-domain on the
     defense bench (recovery rose on all six domains): off by default
-    (docs/ppd_experiments.md)"""
+    (docs/training.md, "Options measured and left off")"""
     filter_walk: int = 1
     """random defender steps recorded after each of the filter's start states"""
     filter_epochs: int = 10

@@ -30,7 +30,7 @@ Initialisation (so that a fresh head *is* the base decoder in expectation):
   hidden layer), which cancels the offset.
 
 Together: at construction the analytic-mean logits equal the wrapped decoder's logits up
-to float rounding (checked in ``tests/test_ruac_decoder.py``), so training starts from
+to float rounding (checked in ``tests/ruac/test_ruac_decoder.py``), so training starts from
 SAM2's masks and only has to learn the posterior widths. The paper instead uses one MLP
 shared by all mask tokens for both means and shapes, trained from scratch; four distinct
 hypernetworks cannot be copied into one shared MLP, so here only the Weibull *shapes*

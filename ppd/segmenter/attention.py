@@ -47,7 +47,7 @@ def use_matmul_attention(mask_decoder: torch.nn.Module, on: bool = True) -> int:
     medians of 35 alternating rounds): a decoder call of 16 prompt sets on 16 images
     18.2 -> 16.2 ms, 16 calls of one set 47.7 -> 42.7 ms; masks identical, scores within
     1e-6; refine 2-4 ms faster with identical outputs. The official architectures keep
-    SAM2's results within the parity tests' tolerances (tests/test_segmenter.py). Only
+    SAM2's results within the parity tests' tolerances (tests/core/test_segmenter.py). Only
     plain ``Attention`` layers change (not subclasses such as the memory attention's
     ``RoPEAttention``); the class is swapped in place, so weights, state dict and module
     names stay those of SAM2. :class:`~ppd.segmenter.Segmenter` turns it on for CPU models and off on

@@ -16,7 +16,7 @@ import yaml
 
 from ppd.agents.train_config import BUNDLED_SEGMENTER, RUN_CONFIG_FILES, TrainConfig
 
-BUNDLED_RUN = Path(__file__).resolve().parents[1] / "ppd" / "assets" / "defender"
+BUNDLED_RUN = Path(__file__).resolve().parents[2] / "ppd" / "assets" / "defender"
 
 
 def test_config_and_train_help_load_no_torch_or_sb3():

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 try:
     import ppd.graphs  # noqa: F401  (installed: setup.py maps graphs/ -> ppd.graphs)
 except ModuleNotFoundError:  # source tree, not installed: map it the way setup.py does
-    _root = Path(__file__).resolve().parents[1] / "graphs"
+    _root = Path(__file__).resolve().parents[2] / "graphs"
     _spec = importlib.util.spec_from_file_location(
         "ppd.graphs", _root / "__init__.py", submodule_search_locations=[str(_root)]
     )
