@@ -66,3 +66,14 @@ def counting_encoder(monkeypatch):
 def tiny_embedding(tiny_segmenter) -> ImageEmbedding:
     """Embedding of the ``random_image`` pixels, encoded once per test run."""
     return tiny_segmenter.encode(_make_random_image())
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """torch on one CPU thread for a module (``pytestmark = pytest.mark.usefixtures(...)``):
+    the decoder's ops are small, and on a busy 2-core machine two threads mostly wait for
+    each other (10-30x slower than one)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

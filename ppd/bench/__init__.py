@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import argparse
 import copy
 from typing import Any
 
 from ppd.agents.run_files import find_setting
+from ppd.cli.common import add_threads_argument, apply_threads  # the benches' --threads, as every command's
 
-
-def add_threads_argument(p: argparse.ArgumentParser) -> None:
-    """The benches' shared ``--threads`` option (torch CPU threads)."""
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+__all__ = ["add_threads_argument", "apply_threads", "defender_variant", "run_max_ideal_points"]
 
 
 def defender_variant(defender: Any, **attrs: Any) -> Any:
@@ -30,13 +27,3 @@ def run_max_ideal_points(cfg: dict[str, Any]) -> int:
     value = find_setting(cfg, "max_ideal_points")
     return int(value) if isinstance(value, int) else 6
 
-
-def apply_threads(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Set torch's CPU threads from ``args.threads`` (0 keeps torch's default); a negative
-    value is a usage error."""
-    if args.threads < 0:
-        p.error(f"--threads must be >= 0, got {args.threads}")
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)

@@ -11,7 +11,6 @@ import warnings
 import gymnasium as gym
 import numpy as np
 import pytest
-import torch
 from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
@@ -26,14 +25,7 @@ ENV_IDS = {"attacker": "ppd/PointPromptAttack-v0", "defender": "ppd/PointPromptD
 DISCRETE_KEYS = ("state", "offset", "step_frac", "image_id")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    # The decoder's ops are small: on a busy 2-core machine two threads mostly wait for
-    # each other (10-30x slower than one).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -34,12 +34,7 @@ POINTS = np.array([[60, 60], [120, 100], [200, 180], [30, 220], [150, 40]], np.f
 LABELS = np.array([1, 1, 0, 1, 0])
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
