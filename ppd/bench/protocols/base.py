@@ -1,0 +1,92 @@
+"""The protocol interface: what a benchmark protocol declares and does on one work unit.
+
+A protocol is a small module with a config dataclass and a :class:`Protocol` subclass,
+registered in :mod:`ppd.bench.protocols`. The core (data, models, store, runner, report)
+knows nothing else about it: a new protocol is a new module, nothing more.
+
+Config fields become ``ppd bench`` flags (``max_clicks`` -> ``--max-clicks``); each field
+needs ``metadata={"help": ...}``. Bool fields become on/off switches; list fields are
+repeatable flags.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ppd.bench.schema import Unit, UnitResult
+
+
+@dataclass
+class BenchModel:
+    """A model as the protocols see it.
+
+    ``segmenter`` is the model as benchmarked (with its RUAC head, if any); ``base`` is
+    the same network with SAM2's own decoder (the same object when there is no head), so
+    a protocol can derive prompts with the base decoder and score both.
+    """
+
+    name: str
+    segmenter: Any
+    base: Any
+    spec: dict[str, Any]
+
+    @property
+    def has_head(self) -> bool:
+        return self.segmenter is not self.base
+
+
+class Protocol:
+    """Base class of the benchmark protocols.
+
+    Class attributes (the report reads them):
+        name: the protocol's name on the command line and in ``results.parquet``.
+        Config: its config dataclass.
+        title: a heading for the report.
+        table_metrics: metrics shown, in order, in the report's table.
+        lower_is_better: metrics where smaller is better (NoC, ECE ...).
+        sums: metrics reported as a count over objects, not a mean (NoF).
+        curve: ``(metric prefix, x label)``: metrics ``prefix + k`` form a curve over k
+            (``("iou@", "clicks")``), drawn per model; None for none.
+        example_metric: the metric the overlay grid ranks examples by (worst first).
+    """
+
+    name: ClassVar[str] = ""
+    Config: ClassVar[type] = object
+    title: ClassVar[str] = ""
+    table_metrics: ClassVar[tuple[str, ...]] = ()
+    lower_is_better: ClassVar[frozenset[str]] = frozenset()
+    sums: ClassVar[frozenset[str]] = frozenset()
+    curve: ClassVar[tuple[str, str] | None] = None
+    example_metric: ClassVar[str] = "iou"
+
+    def __init__(self, config: Any | None = None) -> None:
+        self.config = self.Config() if config is None else config
+
+    def validate(self, models: dict[str, dict[str, Any]]) -> None:
+        """Check what can be checked before any work starts (files the config names,
+        models the protocol needs); raise ``ValueError`` / ``FileNotFoundError`` with a
+        message that names the problem. ``models``: name -> model spec."""
+
+    def prepare(self, model: BenchModel) -> Any:
+        """Per-process resources for ``model`` (trained agents, ...), built once per
+        worker and model and passed to every :meth:`run`. Default: none."""
+        return None
+
+    def run(self, model: BenchModel, resources: Any, scene: Any, unit: Unit, rng: np.random.Generator) -> UnitResult:
+        """Measure ``model`` on ``scene`` (a :class:`ppd.data.types.Scene` whose masks
+        are the objects to measure, already filtered). Must be deterministic given
+        ``rng`` (the unit's own stream) so that resumed and parallel runs agree."""
+        raise NotImplementedError
+
+
+def config_fields(config_cls: type) -> list[dataclasses.Field]:
+    """The fields of a protocol config dataclass, each with a help text."""
+    fields = dataclasses.fields(config_cls)
+    for f in fields:
+        if "help" not in f.metadata:
+            raise TypeError(f"{config_cls.__name__}.{f.name} needs metadata={{'help': ...}} (it becomes a ppd bench flag)")
+    return list(fields)

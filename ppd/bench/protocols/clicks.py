@@ -1,0 +1,193 @@
+"""The interactive click protocol: IoU after each simulated click, NoC and NoF.
+
+Per object: the first click is positive, at the object pixel farthest from its boundary
+(:func:`ppd.prompts.farthest_click`); every next click goes into the current error
+(:func:`next_click`), positive in a missed region, negative in a wrongly included one.
+The first prediction keeps the best of SAM2's three masks (highest predicted IoU), later
+ones a single mask; ``feed_logits`` passes each prediction's low-res logits back as the
+next mask input. An object whose mask is exact keeps its IoU for the remaining clicks.
+
+All objects of an image are decoded together, one decoder call per click with one row
+per object still being clicked (``batch_objects``; off: the per-object loop, for timing
+comparisons: the clicks and IoUs are the same up to float rounding).
+
+Rows per object: ``iou@k`` for k = 1..max_clicks (mean = mIoU@k, the IoU-versus-clicks
+curve), ``noc@T`` (the first k with IoU >= T/100, or max_clicks when never: RITM's
+convention) and ``nof@T`` (1 when IoU never reaches T/100: summed, the number of failures)
+for every T in ``targets``. Void pixels (``scene.meta["void"]``, VOC's 255 border) count
+neither way and receive no click.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage
+
+from ppd.bench.protocols.base import BenchModel, Protocol
+from ppd.bench.schema import Example, Row, Unit, UnitResult, encode_mask, prompt_points
+
+CLICK_RULES = ("ritm", "area")
+
+
+@dataclass
+class ClicksConfig:
+    max_clicks: int = field(default=20, metadata={"help": "clicks per object (default 20)"})
+    targets: list[int] = field(
+        default_factory=lambda: [85, 90], metadata={"help": "IoU targets in percent of NoC@T and NoF@T (default 85 90)"}
+    )
+    feed_logits: bool = field(
+        default=False, metadata={"help": "pass the previous prediction's low-res logits back as the mask input"}
+    )
+    click_rule: str = field(
+        default="ritm",
+        metadata={"help": "where the next click goes: ritm (the error pixel deepest inside its region, FN or FP, "
+                  "as RITM's clicker) or area (the deepest pixel of the larger error region by area, as RUAC/SAM "
+                  "evaluation scripts) (default ritm)"},
+    )
+    batch_objects: bool = field(
+        default=True, metadata={"help": "decode all objects of an image in one call per click (off: one call per object)"}
+    )
+
+    def __post_init__(self) -> None:
+        if self.max_clicks < 1:
+            raise ValueError(f"max_clicks must be >= 1, got {self.max_clicks}")
+        if not self.targets or any(not 0 < t <= 100 for t in self.targets):
+            raise ValueError(f"targets must be IoU percentages in (0, 100], got {self.targets}")
+        if self.click_rule not in CLICK_RULES:
+            raise ValueError(f"click_rule must be one of {CLICK_RULES}, got {self.click_rule!r}")
+
+
+class ClicksProtocol(Protocol):
+    name = "clicks"
+    Config = ClicksConfig
+    title = "Interactive clicks"
+    table_metrics = ("iou@1", "iou@3", "iou@5", "iou@9", "noc@85", "noc@90", "nof@85", "nof@90")
+    lower_is_better = frozenset({"noc@85", "noc@90", "nof@85", "nof@90"})
+    sums = frozenset({"nof@85", "nof@90"})
+    curve = ("iou@", "clicks")
+    example_metric = "iou@3"
+
+    def __init__(self, config: ClicksConfig | None = None) -> None:
+        super().__init__(config)
+        targets = [f"noc@{t}" for t in self.config.targets] + [f"nof@{t}" for t in self.config.targets]
+        shown = [f"iou@{k}" for k in (1, 3, 5, 9) if k <= self.config.max_clicks]
+        self.table_metrics = tuple(shown + targets)
+        self.lower_is_better = frozenset(targets)
+        self.sums = frozenset(f"nof@{t}" for t in self.config.targets)
+        self.example_metric = f"iou@{min(3, self.config.max_clicks)}"
+
+    def run(self, model: BenchModel, resources, scene, unit: Unit, rng: np.random.Generator) -> UnitResult:
+        cfg = self.config
+        void = scene.meta.get("void")
+        curves, clicks, masks = click_curves(model.segmenter, scene.image, scene.masks, cfg, void)
+        result = UnitResult()
+        method = "clicks+logits" if cfg.feed_logits else "clicks"
+        for obj, curve in enumerate(curves):
+            result.rows += [Row(method, obj, f"iou@{k + 1}", float(v)) for k, v in enumerate(curve)]
+            for t in cfg.targets:
+                reached = np.flatnonzero(curve >= t / 100.0 - 1e-9)
+                result.rows.append(Row(method, obj, f"noc@{t}", float(reached[0] + 1 if reached.size else cfg.max_clicks)))
+                result.rows.append(Row(method, obj, f"nof@{t}", float(reached.size == 0)))
+            k = min(3, cfg.max_clicks)
+            coords, labels = clicks[obj]
+            result.examples.append(Example(method, obj, f"iou@{k}", float(curve[k - 1]),
+                                           prompt_points(coords[:k], labels[:k]), encode_mask(masks[obj])))
+        return result
+
+
+def click_curves(seg, image: np.ndarray, gts: np.ndarray, cfg: ClicksConfig, void: np.ndarray | None = None):
+    """Simulate the protocol on every object of one image.
+
+    Returns:
+        ``(curves, clicks, masks)``: (N, max_clicks) IoU after each click; per object its
+        clicks ``(coords (K, 2), labels (K,))``; per object the mask after
+        ``min(3, max_clicks)`` clicks (the report's example).
+    """
+    emb = seg.encode(image)
+    n, k_max = len(gts), cfg.max_clicks
+    care = np.ones(gts.shape[1:], bool) if void is None else ~np.asarray(void, bool)
+    gts = np.asarray(gts, bool) & care
+    curves = np.zeros((n, k_max))
+    coords = [[_deepest(gt)] for gt in gts]
+    labels = [[1] for _ in range(n)]
+    logits: list[np.ndarray | None] = [None] * n
+    example = [np.zeros(gts.shape[1:], bool) for _ in range(n)]
+    active = list(range(n))
+    for k in range(k_max):
+        if not active:
+            break
+        groups = [active] if cfg.batch_objects else [[i] for i in active]
+        still = []
+        for rows in groups:
+            mask_input = np.stack([logits[i] for i in rows]) if cfg.feed_logits and k > 0 else None
+            pred = seg.predict(emb, np.asarray([coords[i] for i in rows], np.float32),
+                               np.asarray([labels[i] for i in rows]), mask_input=mask_input, multimask=(k == 0))
+            for r, i in enumerate(rows):
+                mask = pred.masks[r] & care
+                curves[i, k] = _iou(mask, gts[i])
+                logits[i] = pred.logits[r]
+                if k < min(3, k_max):
+                    example[i] = mask
+                nxt = next_click(mask, gts[i], cfg.click_rule)
+                if nxt is None:  # exact: the remaining clicks keep this IoU
+                    curves[i, k + 1:] = curves[i, k]
+                    example[i] = mask if k < min(3, k_max) else example[i]
+                    continue
+                if k + 1 < k_max:
+                    coords[i].append(nxt[0])
+                    labels[i].append(nxt[1])
+                    still.append(i)
+        active = still
+    clicks = [(np.asarray(c, np.float32), np.asarray(lab)) for c, lab in zip(coords, labels)]
+    return curves, clicks, example
+
+
+def next_click(pred: np.ndarray, gt: np.ndarray, rule: str = "ritm") -> tuple[np.ndarray, int] | None:
+    """The next click into the error of ``pred``: ``(xy, label)`` or None when exact.
+
+    ``ritm``: the pixel deepest inside the false negatives or the false positives (the
+    image border counting as boundary), positive when it is a false negative; a tie goes
+    to the negative, as RITM's clicker (and :func:`ppd.prompts.corrective_click`, which
+    this equals). ``area``: the deepest pixel of the larger region by pixel count.
+    """
+    fn, fp = gt & ~pred, pred & ~gt
+    if not fn.any() and not fp.any():
+        return None
+    if rule == "area":
+        positive = fn.sum() > fp.sum()
+        return _deepest(fn if positive else fp), int(positive)
+    d_fn, d_fp = _depth(fn), _depth(fp)
+    positive = d_fn.max() > d_fp.max()
+    return _argmax_xy(d_fn if positive else d_fp), int(positive)
+
+
+def _depth(region: np.ndarray) -> np.ndarray:
+    """Distance of each pixel of ``region`` to the nearest pixel outside it or the image
+    border (0 outside the region). Computed on the region's bounding box padded by one
+    pixel, which gives the same values as the whole image (the nearest outside pixel of
+    any region pixel is in that box) at a fraction of the cost: error regions are small."""
+    out = np.zeros(region.shape, np.float64)
+    rows, cols = np.any(region, axis=1), np.any(region, axis=0)
+    if not rows.any():
+        return out
+    y0, y1 = np.flatnonzero(rows)[[0, -1]]
+    x0, x1 = np.flatnonzero(cols)[[0, -1]]
+    out[y0:y1 + 1, x0:x1 + 1] = ndimage.distance_transform_edt(np.pad(region[y0:y1 + 1, x0:x1 + 1], 1))[1:-1, 1:-1]
+    return out
+
+
+def _deepest(region: np.ndarray) -> np.ndarray:
+    return _argmax_xy(_depth(region))
+
+
+def _argmax_xy(values: np.ndarray) -> np.ndarray:
+    """(2,) float32 (x, y) of the largest value, first in raster order on ties."""
+    y, x = np.unravel_index(np.argmax(values), values.shape)
+    return np.array([x, y], np.float32)
+
+
+def _iou(pred: np.ndarray, gt: np.ndarray) -> float:
+    union = np.logical_or(pred, gt).sum()
+    return float(np.logical_and(pred, gt).sum() / union) if union else 1.0
