@@ -52,6 +52,17 @@ class Protocol:
         curve: ``(metric prefix, x label)``: metrics ``prefix + k`` form a curve over k
             (``("iou@", "clicks")``), drawn per model; None for none.
         example_metric: the metric the overlay grid ranks examples by (worst first).
+        reliability: metric prefix P of a reliability diagram: per object and bin b the
+            rows ``P + "count@b"`` (pixels whose foreground probability falls in bin b of
+            equal-width bins over [0, 1]), ``P + "conf@b"`` (the sum of their
+            probabilities) and ``P + "hit@b"`` (how many are foreground); summed over
+            objects they give the diagram. None for none.
+        risk_coverage: metric prefix P of a risk-coverage curve: per object and bin b of
+            confidence (equal-width bins over [0, 1], b = 0 least confident) the rows
+            ``P + "count@b"`` (pixels) and ``P + "hit@b"`` (correctly segmented ones);
+            summed over objects, accumulated from the most confident bin down, they give
+            coverage and risk. None for none.
+        Metrics of these two families are histograms: tables never show them.
     """
 
     name: ClassVar[str] = ""
@@ -62,6 +73,8 @@ class Protocol:
     sums: ClassVar[frozenset[str]] = frozenset()
     curve: ClassVar[tuple[str, str] | None] = None
     example_metric: ClassVar[str] = "iou"
+    reliability: ClassVar[str | None] = None
+    risk_coverage: ClassVar[str | None] = None
 
     def __init__(self, config: Any | None = None) -> None:
         self.config = self.Config() if config is None else config
