@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train-ruac": ("ppd.cli.train_ruac", "train the RUAC Bayesian mask decoder (pixel uncertainty) on a frozen SAM2"),
     "refine": ("ppd.cli.refine", "refine a prompt set with a trained defender"),
     "demo": ("ppd.cli.demo", "segment procedural scenes with the bundled model"),
+    "bench": ("ppd.cli.bench", "benchmark models on datasets under protocols, with a report"),
 }
 
 

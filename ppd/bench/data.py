@@ -1,0 +1,244 @@
+"""The datasets of a benchmark: ``NAME=SOURCE`` specs, checked up front, read lazily.
+
+A source is one of
+
+* ``procedural:DOMAIN``: held-out procedural scenes of a ppd domain (``train``,
+  ``texture`` ...; scene seeds from :data:`BENCH_SEED` on, never used in training);
+* ``DIR``: a folder holding ``images/`` and ``masks/``, paired by file stem, masks binary
+  or instance-id PNGs (:class:`ppd.data.loaders.ImageMaskFolder`);
+* ``FILE.json``: a COCO annotation file whose images are in an ``images/`` folder beside
+  it, or beside the file itself (:class:`ppd.data.loaders.CocoDataset`).
+
+Everything that can be checked without decoding images is checked when a domain opens,
+so a bad path, an unpaired or unreadable file, a mask of the wrong size or a bad polygon
+stops the run before any work with one message naming the file; a problem found later is
+the runner's to skip and count.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ppd.data.loaders import IMAGE_EXTENSIONS, CocoDataset, ImageMaskFolder
+from ppd.data.scenes import DOMAINS, ProceduralScenes
+from ppd.data.types import Scene
+
+logger = logging.getLogger(__name__)
+
+#: Seed of the first procedural benchmark scene of every domain.
+BENCH_SEED = 10_000_000 + 40_000
+#: Scenes per procedural domain when no sample size is given.
+DEFAULT_PROCEDURAL_IMAGES = 50
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+#: At most this many offending files are named in one message.
+SHOWN = 5
+
+
+class DataError(ValueError):
+    """A dataset that cannot be benchmarked as given (the message names the file)."""
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """One ``--data NAME=SOURCE``."""
+
+    name: str
+    source: str
+
+    @classmethod
+    def parse(cls, text: str) -> DataSpec:
+        name, sep, source = text.partition("=")
+        if not sep or not name or not source:
+            raise DataError(f"--data {text!r}: expected NAME=SOURCE, e.g. coco=val/instances.json, "
+                            "mine=data/ (holding images/ and masks/) or shapes=procedural:train")
+        if not NAME_PATTERN.match(name):
+            raise DataError(f"--data {text!r}: the name {name!r} must be letters, digits and _ . + - (it labels the domain)")
+        return cls(name, source)
+
+    @property
+    def kind(self) -> str:
+        if self.source.startswith("procedural:"):
+            return "procedural"
+        return "coco" if self.source.lower().endswith(".json") else "folder"
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which images and objects of each domain are measured."""
+
+    sample: int | None = None  # images per domain (None: all; procedural: DEFAULT_PROCEDURAL_IMAGES)
+    seed: int = 0  # of the image sample
+    min_area: int = 0  # least object area in pixels
+    max_objects: int | None = None  # per image, the largest first
+
+
+class Domain:
+    """One dataset as the benchmark sees it: image ids, and the scene of each with only
+    the objects to measure (at least ``min_area`` pixels, the ``max_objects`` largest,
+    in decreasing area)."""
+
+    def __init__(self, spec: DataSpec, scenes: Sequence[Scene], ids: list[str], selection: Selection) -> None:
+        self.spec, self.name, self._scenes, self.selection = spec, spec.name, scenes, selection
+        n = len(ids)
+        order = np.arange(n)
+        if selection.sample is not None and selection.sample < n:
+            order = np.sort(np.random.default_rng([selection.seed, n]).choice(n, selection.sample, replace=False))
+        self._index = [int(i) for i in order]
+        self.ids = [ids[i] for i in self._index]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def scene(self, index: int) -> Scene:
+        """The scene of the ``index``-th image with its measured objects (raises
+        ``OSError`` / ``ValueError`` for a file that cannot be read)."""
+        scene = self._scenes[self._index[index]]
+        areas = scene.masks.reshape(len(scene.masks), -1).sum(1)
+        keep = [int(i) for i in np.argsort(-areas, kind="stable") if areas[i] >= max(self.selection.min_area, 1)]
+        if self.selection.max_objects is not None:
+            keep = keep[: self.selection.max_objects]
+        meta = {**scene.meta, "objects": keep}
+        return Scene(scene.image, scene.masks[keep], domain=self.name, seed=scene.seed, meta=meta)
+
+
+def open_domain(spec: DataSpec, selection: Selection = Selection(), check: bool = True) -> Domain:
+    """Open ``spec`` as a :class:`Domain`; with ``check`` (the driver) every file is
+    checked first (headers only), without (a worker that re-opens it) not.
+
+    Raises:
+        DataError: the first problem found, naming the file and what was expected.
+    """
+    if spec.kind == "procedural":
+        return _procedural(spec, selection)
+    path = Path(spec.source).expanduser()
+    if not path.exists():
+        raise DataError(f"--data {spec.name}: {path} does not exist (expected a folder with images/ and masks/, "
+                        "a COCO .json file, or procedural:DOMAIN)")
+    if spec.kind == "coco":
+        return _coco(spec, path, selection, check)
+    return _folder(spec, path, selection, check)
+
+
+def _procedural(spec: DataSpec, selection: Selection) -> Domain:
+    domain = spec.source.split(":", 1)[1]
+    if domain not in DOMAINS:
+        raise DataError(f"--data {spec.name}: unknown procedural domain {domain!r}; known: {', '.join(DOMAINS)}")
+    n = selection.sample or DEFAULT_PROCEDURAL_IMAGES
+    scenes = ProceduralScenes(domain, n, seed=BENCH_SEED)
+    # every scene is measured: the sample size is the number of scenes drawn
+    return Domain(spec, scenes, [f"{domain}-{BENCH_SEED + i}" for i in range(n)], Selection(None, selection.seed,
+                                                                                         selection.min_area, selection.max_objects))
+
+
+def _folder(spec: DataSpec, path: Path, selection: Selection, check: bool) -> Domain:
+    if not path.is_dir():
+        raise DataError(f"--data {spec.name}: {path} is a file; expected a folder holding images/ and masks/ "
+                        "(or a COCO annotation file ending in .json)")
+    images_dir, masks_dir = path / "images", path / "masks"
+    missing = [str(d) for d in (images_dir, masks_dir) if not d.is_dir()]
+    if missing:
+        raise DataError(f"--data {spec.name}: {' and '.join(missing)} not found; a dataset folder holds images/ "
+                        "(png, jpg, ...) and masks/ (PNG masks with the same file stems)")
+    if check:
+        check_folder(spec.name, images_dir, masks_dir)
+    dataset = ImageMaskFolder(images_dir, masks_dir, domain=spec.name)
+    ids = [image.stem for image, _ in dataset.pairs]
+    return Domain(spec, dataset, ids, selection)
+
+
+def check_folder(name: str, images_dir: Path, masks_dir: Path) -> None:
+    """Every image has a mask and every mask an image (by stem), masks are PNG files,
+    every file opens, and each mask has its image's size (read from the headers)."""
+    files = lambda d: sorted(p for p in d.iterdir() if p.is_file() and not p.name.startswith("."))  # noqa: E731
+    images = [p for p in files(images_dir) if p.suffix.lower() in IMAGE_EXTENSIONS]
+    masks = files(masks_dir)
+    if not images and not masks:
+        raise DataError(f"--data {name}: {images_dir} and {masks_dir} are empty")
+    not_png = [p for p in masks if p.suffix.lower() != ".png"]
+    if not_png:
+        raise DataError(f"--data {name}: masks must be PNG files (lossless, one id per pixel); not PNG: {_few(not_png)}")
+    image_stems, mask_stems = {p.stem: p for p in images}, {p.stem: p for p in masks}
+    if len(image_stems) < len(images):
+        dup = sorted(p.name for p in images if sum(q.stem == p.stem for q in images) > 1)
+        raise DataError(f"--data {name}: two images share a file stem, so their mask is ambiguous: {', '.join(dup[:SHOWN])}")
+    lonely_masks = [mask_stems[s] for s in sorted(mask_stems.keys() - image_stems.keys())]
+    if lonely_masks:
+        raise DataError(f"--data {name}: masks without an image in {images_dir} (same file stem expected): {_few(lonely_masks)}")
+    lonely_images = [image_stems[s] for s in sorted(image_stems.keys() - mask_stems.keys())]
+    if lonely_images:
+        raise DataError(f"--data {name}: images without a mask in {masks_dir} (expected <stem>.png): {_few(lonely_images)}")
+    for stem in sorted(image_stems):
+        image_size = _header_size(name, image_stems[stem], "image")
+        mask_size = _header_size(name, mask_stems[stem], "mask")
+        if image_size != mask_size:
+            raise DataError(f"--data {name}: mask {mask_stems[stem]} is {mask_size[0]}x{mask_size[1]} (W x H) but its "
+                            f"image {image_stems[stem]} is {image_size[0]}x{image_size[1]}; a mask must have its image's size")
+
+
+def _coco(spec: DataSpec, path: Path, selection: Selection, check: bool) -> Domain:
+    images_dir = path.parent / "images" if (path.parent / "images").is_dir() else path.parent
+    if check:
+        check_coco(spec.name, path, images_dir)
+    dataset = CocoDataset(path, images_dir, min_area=0, domain=spec.name)
+    ids = [str(dataset.coco.imgs[i]["file_name"]) for i in dataset.image_ids]
+    if not ids:
+        raise DataError(f"--data {spec.name}: {path} has no image with an annotation")
+    return Domain(spec, dataset, ids, selection)
+
+
+def check_coco(name: str, path: Path, images_dir: Path) -> None:
+    """The file is COCO json (``images``, ``annotations``), every annotated image file
+    exists, and every polygon has at least three points (an even number of coordinates)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"--data {name}: {path} is not readable JSON: {e}") from e
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list) or not isinstance(data.get("annotations"), list):
+        raise DataError(f"--data {name}: {path} is not a COCO annotation file (expected the lists 'images' and 'annotations')")
+    files = {}
+    for img in data["images"]:
+        if not isinstance(img, dict) or not {"id", "file_name", "height", "width"} <= img.keys():
+            raise DataError(f"--data {name}: {path}: an image entry lacks id, file_name, height or width: {str(img)[:120]}")
+        files[img["id"]] = img["file_name"]
+    annotated = set()
+    for ann in data["annotations"]:
+        if not isinstance(ann, dict) or ann.get("image_id") not in files or "segmentation" not in ann:
+            raise DataError(f"--data {name}: {path}: annotation {ann.get('id') if isinstance(ann, dict) else ann!r} "
+                            "needs an image_id of a listed image and a segmentation")
+        seg = ann["segmentation"]
+        if isinstance(seg, list):
+            bad = [poly for poly in seg if not isinstance(poly, list) or len(poly) < 6 or len(poly) % 2]
+            if bad or not seg:
+                raise DataError(f"--data {name}: {path}: annotation {ann.get('id')} (image {files[ann['image_id']]}) has a "
+                                "bad polygon: each polygon is a list of x, y pairs with at least 3 points")
+        elif not (isinstance(seg, dict) and "counts" in seg and "size" in seg):
+            raise DataError(f"--data {name}: {path}: annotation {ann.get('id')} has a segmentation that is neither "
+                            "polygons nor RLE ({'size', 'counts'})")
+        if "area" not in ann:
+            raise DataError(f"--data {name}: {path}: annotation {ann.get('id')} has no 'area'")
+        annotated.add(ann["image_id"])
+    missing = [images_dir / files[i] for i in sorted(annotated) if not (images_dir / files[i]).is_file()]
+    if missing:
+        raise DataError(f"--data {name}: {len(missing)} image files of {path} not found in {images_dir} "
+                        f"(looked in images/ beside the file, else beside it): {_few(missing)}")
+
+
+def _header_size(name: str, path: Path, what: str) -> tuple[int, int]:
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except (OSError, ValueError) as e:
+        raise DataError(f"--data {name}: {what} {path} cannot be read as an image: {e}") from e
+
+
+def _few(paths: list[Path]) -> str:
+    shown = ", ".join(str(p) for p in paths[:SHOWN])
+    return shown + (f" and {len(paths) - SHOWN} more" if len(paths) > SHOWN else "")

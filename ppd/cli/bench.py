@@ -1,0 +1,169 @@
+"""``ppd bench``: benchmark promptable segmentation on any dataset, with a report."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shlex
+import sys
+import typing
+from pathlib import Path
+
+HELP = "benchmark models on datasets under protocols (clicks, refine, uncertainty ...), with a report"
+DESCRIPTION = """\
+Measure one or more models on one or more datasets under the chosen protocols and write,
+in --out: results.parquet (one row per measured value: model, domain, protocol, method,
+image, object, condition, metric, value), summary.json, report.md and a self-contained
+report.html (tables with paired-bootstrap 95%% intervals, figures, example overlays), and
+config.yaml (ppd bench --config OUT/config.yaml reruns it). Finished work is kept as it
+finishes: after a kill the same command continues where it stopped.
+
+data:      --data NAME=procedural:DOMAIN | NAME=DIR (images/ + masks/) | NAME=FILE.json (COCO)
+models:    --model [LABEL=]NAME[:CHECKPOINT][+ruac=HEAD]  (NAME: bundled or an official SAM2 config)
+examples:  ppd bench --quick --out bench_out
+           ppd bench --data coco=val/instances.json --sample 200 --model bundled \\
+                     --model t=sam2.1_hiera_t:ckpt/sam2.1_hiera_tiny.pt --protocol clicks --out runs/bench
+"""
+
+#: Settings of --quick that flags left unset take.
+QUICK = {"sample": 8, "max_objects": 4}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from ppd.bench.protocols import protocol_class, protocol_names
+    from ppd.cli.common import PRECISIONS
+
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.add_argument("--config", metavar="FILE", help="a config.yaml of an earlier run (flags given here override it)")
+    p.add_argument("--data", action="append", metavar="NAME=SOURCE", help="a dataset, repeatable (each is a domain)")
+    p.add_argument("--model", dest="models", action="append", metavar="SPEC",
+                   help="a model, repeatable (default: bundled, the sam2-tiny-synthetic model shipped with ppd)")
+    p.add_argument("--protocol", dest="protocols", action="append", choices=protocol_names(), metavar="P",
+                   help=f"a protocol, repeatable: {', '.join(protocol_names())} (default: all)")
+    p.add_argument("--out", help="output folder (default: bench_out)")
+    g = p.add_argument_group("selection")
+    g.add_argument("--sample", type=int, metavar="N", help="at most N images per dataset, drawn with --seed "
+                   "(procedural: N scenes; default all images, 50 procedural scenes)")
+    g.add_argument("--seed", type=int, help="seed of the sample and of every protocol's randomness (default 0)")
+    g.add_argument("--min-area", type=int, metavar="PX", help="skip objects smaller than PX pixels (default 0)")
+    g.add_argument("--max-objects", type=int, metavar="N", help="at most N objects per image, the largest (default all)")
+    g.add_argument("--quick", action="store_true", default=None,
+                   help="a small preset: every procedural domain (plus any --data), 8 images and 4 objects each, "
+                   "every protocol, the bundled model and defender; a few minutes on 2 CPU cores")
+    g = p.add_argument_group("compute")
+    g.add_argument("--device", help="cuda / cpu (default: cuda when available)")
+    g.add_argument("--precision", choices=PRECISIONS, help="segmenter precision (default: fp32 on CPU, bf16 for official models on CUDA)")
+    g.add_argument("--embedding-cache", metavar="DIR", help="keep image embeddings in DIR across runs")
+    g.add_argument("--ray", action="store_true", default=None, help="run work units as Ray tasks on a local Ray (pip install 'ppd[ray]')")
+    g.add_argument("--ray-address", metavar="ADDR", help="run on an existing Ray cluster (implies --ray)")
+    g.add_argument("--workers", type=int, help="Ray workers per model (default 2)")
+    g.add_argument("--threads", type=int, default=None, help="torch CPU threads per process (default: torch's; 1 per Ray worker)")
+    g.add_argument("--bootstrap", type=int, metavar="N", help="bootstrap resamples of the confidence intervals (default 1000)")
+    seen: dict[str, tuple] = {}
+    for name in protocol_names():
+        cls = protocol_class(name).Config
+        hints = typing.get_type_hints(cls)
+        group = p.add_argument_group(f"{name} protocol")
+        for f in dataclasses.fields(cls):
+            flag = "--" + f.name.replace("_", "-")
+            if flag in seen:  # a shared option sets it in every protocol that has it
+                continue
+            seen[flag] = (hints[f.name],)
+            _add_field(group, flag, f, hints[f.name])
+
+
+def _add_field(group, flag: str, f: dataclasses.Field, hint) -> None:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    help_text = f.metadata["help"]
+    dest, metavar = f"opt_{f.name}", f.name.upper()
+    if hint is bool:
+        group.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+    elif origin is list:
+        group.add_argument(flag, dest=dest, nargs="+", action="extend", type=args[0], default=None, metavar=metavar, help=help_text)
+    else:
+        base = next((a for a in args if a is not type(None)), hint) if args else hint
+        group.add_argument(flag, dest=dest, type=base, default=None, metavar=metavar, help=help_text)
+
+
+def build_config(args: argparse.Namespace):
+    """The run's :class:`BenchConfig`: --config (if given), then the flags given."""
+    from ppd.bench.config import BenchConfig
+    from ppd.bench.protocols import protocol_class, protocol_names
+    from ppd.data.scenes import DOMAINS
+
+    base = BenchConfig.load(args.config).__dict__ if args.config else {}
+    d = dict(base)
+    for key in ("data", "models", "protocols", "out", "sample", "seed", "min_area", "max_objects", "device", "precision",
+                "embedding_cache", "ray", "ray_address", "workers", "threads", "bootstrap", "quick"):
+        value = getattr(args, key, None)
+        if value is not None:
+            d[key] = value
+    if d.get("ray_address"):
+        d["ray"] = True
+    if d.get("quick") and not args.config:
+        names = {s.split("=", 1)[0] for s in d.get("data") or []}
+        d["data"] = [f"{dom}=procedural:{dom}" for dom in DOMAINS if dom not in names] + list(d.get("data") or [])
+        for key, value in QUICK.items():
+            d.setdefault(key, value)
+        d.setdefault("protocols", protocol_names())
+        d.setdefault("out", "bench_out")
+    d.setdefault("protocols", protocol_names())
+    options = {k: dict(v) for k, v in (d.get("options") or {}).items()}
+    for name in d["protocols"]:
+        cls = protocol_class(name).Config
+        for f in dataclasses.fields(cls):
+            value = getattr(args, f"opt_{f.name}", None)
+            if value is not None:
+                options.setdefault(name, {})[f.name] = value
+    if d.get("quick") and not args.config and "refine" in d["protocols"]:
+        from ppd.agents.run_files import BUNDLED_DEFENDER
+
+        options.setdefault("refine", {}).setdefault("defender", [str(BUNDLED_DEFENDER)])
+    d["options"] = options
+    return BenchConfig(**d)
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from ppd.bench.runner import run_bench
+
+    cfg = build_config(args)
+    bar: dict[str, tqdm] = {}
+
+    def progress(total: int, done: int):
+        bar["b"] = tqdm(total=total, initial=done, desc="bench", unit="unit", dynamic_ncols=True)
+        skipped = [0]
+
+        def tick(unit, result) -> None:
+            skipped[0] += bool(result.skipped)
+            if skipped[0]:
+                bar["b"].set_postfix(skipped=skipped[0], refresh=False)
+            bar["b"].update(1)
+
+        return tick
+
+    outcome = run_bench(cfg, progress, command="ppd " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
+    if "b" in bar:
+        bar["b"].close()
+    print(f"{outcome.units} units ({outcome.ran} run now, {len(outcome.skipped)} skipped) in {outcome.seconds:.0f} s -> {outcome.out}")
+    _print_headline(outcome.files.get("summary"))
+    for name, path in outcome.files.items():
+        print(f"  {name:8s} {path}")
+    return 0
+
+
+def _print_headline(summary_path) -> None:
+    """The first table metric of every protocol over all domains, per model and method."""
+    import json
+
+    if not summary_path or not Path(summary_path).is_file():
+        return
+    summary = json.loads(Path(summary_path).read_text())
+    for protocol, block in (summary.get("protocols") or {}).items():
+        overall = (block.get("domains") or {}).get("all") or {}
+        for system, metrics in overall.items():
+            first = next(iter(metrics.items()), None)
+            if first:
+                name, v = first
+                print(f"  {protocol:12s} {system:40s} {name} {v.get('value')}")
