@@ -51,7 +51,14 @@ setup(
         "pyyaml>=6.0",
         "tqdm>=4.60",  # CLI progress bars
         "tensorboard>=2.12",  # training scalars
+        "opencv-python-headless>=4.8",  # exact distance transforms of the click protocol
+        "pandas>=2.0",  # benchmark results tables
+        "pyarrow>=14",  # results.parquet
+        "matplotlib>=3.7",  # benchmark report figures
     ],
-    extras_require={"test": ["pytest>=7"]},
+    extras_require={
+        "ray": ["ray>=2.9"],  # ppd bench --ray: work units as Ray tasks, locally or on a cluster
+        "test": ["pytest>=7", "ray>=2.9"],  # the Ray runner is tested too
+    },
     entry_points={"console_scripts": ["ppd=ppd.cli:main"]},
 )

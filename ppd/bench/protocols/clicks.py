@@ -23,7 +23,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import ndimage
 
 from ppd.bench.protocols.base import BenchModel, Protocol
 from ppd.bench.schema import Example, Row, Unit, UnitResult, encode_mask, prompt_points
@@ -164,17 +163,26 @@ def next_click(pred: np.ndarray, gt: np.ndarray, rule: str = "ritm") -> tuple[np
 
 
 def _depth(region: np.ndarray) -> np.ndarray:
-    """Distance of each pixel of ``region`` to the nearest pixel outside it or the image
-    border (0 outside the region). Computed on the region's bounding box padded by one
-    pixel, which gives the same values as the whole image (the nearest outside pixel of
-    any region pixel is in that box) at a fraction of the cost: error regions are small."""
+    """Squared distance of each pixel of ``region`` to the nearest pixel outside it or the
+    image border (0 outside the region), as float64 integers.
+
+    Computed on the region's bounding box padded by one pixel, which gives the same
+    values as the whole image (the nearest outside pixel of any region pixel is in that
+    box), with OpenCV's exact Euclidean transform: five times faster than SciPy's, and
+    the click loop computes two per object and click. OpenCV returns float32 distances;
+    squaring and rounding recovers the exact integer squared distances (below ~1400 px),
+    so ties break as with SciPy's transform (first pixel in raster order)."""
+    import cv2
+
     out = np.zeros(region.shape, np.float64)
     rows, cols = np.any(region, axis=1), np.any(region, axis=0)
     if not rows.any():
         return out
     y0, y1 = np.flatnonzero(rows)[[0, -1]]
     x0, x1 = np.flatnonzero(cols)[[0, -1]]
-    out[y0:y1 + 1, x0:x1 + 1] = ndimage.distance_transform_edt(np.pad(region[y0:y1 + 1, x0:x1 + 1], 1))[1:-1, 1:-1]
+    crop = np.pad(region[y0:y1 + 1, x0:x1 + 1], 1).astype(np.uint8)
+    dist = cv2.distanceTransform(crop, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1].astype(np.float64)
+    out[y0:y1 + 1, x0:x1 + 1] = np.rint(dist * dist)
     return out
 
 
