@@ -86,14 +86,22 @@ class ClicksProtocol(Protocol):
         for obj, curve in enumerate(curves):
             result.rows += [Row(method, obj, f"iou@{k + 1}", float(v)) for k, v in enumerate(curve)]
             for t in cfg.targets:
-                reached = np.flatnonzero(curve >= t / 100.0 - 1e-9)
-                result.rows.append(Row(method, obj, f"noc@{t}", float(reached[0] + 1 if reached.size else cfg.max_clicks)))
-                result.rows.append(Row(method, obj, f"nof@{t}", float(reached.size == 0)))
+                clicks_needed, failed = noc(curve, t / 100.0)
+                result.rows.append(Row(method, obj, f"noc@{t}", float(clicks_needed)))
+                result.rows.append(Row(method, obj, f"nof@{t}", float(failed)))
             k = min(3, cfg.max_clicks)
             coords, labels = clicks[obj]
             result.examples.append(Example(method, obj, f"iou@{k}", float(curve[k - 1]),
                                            prompt_points(coords[:k], labels[:k]), encode_mask(masks[obj])))
         return result
+
+
+def noc(curve: np.ndarray, target: float) -> tuple[int, bool]:
+    """``(clicks, failed)``: the number of clicks after which the IoU first reaches
+    ``target`` (in [0, 1]), or ``len(curve)`` and failed when it never does (RITM's NoC
+    and NoF convention: a failure counts as the whole click budget)."""
+    reached = np.flatnonzero(np.asarray(curve) >= target)
+    return (int(reached[0]) + 1, False) if reached.size else (len(curve), True)
 
 
 def click_curves(seg, image: np.ndarray, gts: np.ndarray, cfg: ClicksConfig, void: np.ndarray | None = None):

@@ -1,0 +1,114 @@
+"""The bench runner: outputs, resume after a kill, reruns from config.yaml, refusals,
+late bad items, and Ray equal to serial."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from ppd.bench.config import BenchConfig
+from ppd.bench.runner import run_bench
+from ppd.bench.schema import COLUMNS
+from ppd.bench.store import read_results
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def config(out, data, model, **kw):
+    base = dict(data=data, models=[model], protocols=["clicks"], out=str(out), threads=1, bootstrap=50,
+                options={"clicks": {"max_clicks": 3}})
+    base.update(kw)
+    return BenchConfig(**base)
+
+
+def frame(out) -> pd.DataFrame:
+    return read_results(out).sort_values(list(COLUMNS[:-1])).reset_index(drop=True)
+
+
+def test_outputs_and_rows(tmp_path, folder_data, coco_file, tiny_model_spec):
+    out = tmp_path / "run"
+    outcome = run_bench(config(out, [f"mine={folder_data}", f"coco={coco_file}"], tiny_model_spec))
+    df = read_results(out)
+    assert list(df.columns) == list(COLUMNS)
+    assert set(df.domain) == {"mine", "coco"} and set(df.model) == {"tiny"} and set(df.condition) == {"clean"}
+    assert set(df.metric) == {"iou@1", "iou@2", "iou@3", "noc@85", "noc@90", "nof@85", "nof@90"}
+    assert outcome.units == 5 and outcome.ran == 5 and not outcome.skipped
+    # one value per object and metric; iou in [0, 1]; NoC in 1..3
+    assert not df.duplicated(["domain", "image", "object", "metric"]).any()
+    ious = df[df.metric.str.startswith("iou@")].value
+    assert ious.between(0, 1).all()
+    assert df[df.metric == "noc@90"].value.isin([1, 2, 3]).all()
+    for name in ("config.yaml", "summary.json", "results.parquet"):
+        assert (out / name).is_file()
+
+
+def test_resume_after_kill_gives_identical_results(tmp_path, folder_data, tiny_model_spec):
+    cfg_a = config(tmp_path / "a", [f"mine={folder_data}"], tiny_model_spec)
+    run_bench(cfg_a)
+
+    class Killed(Exception):
+        pass
+
+    def progress(total, done):
+        count = [0]
+
+        def tick(unit, result):
+            count[0] += 1
+            if count[0] == 2:
+                raise Killed
+
+        return tick
+
+    cfg_b = config(tmp_path / "b", [f"mine={folder_data}"], tiny_model_spec)
+    with pytest.raises(Killed):
+        run_bench(cfg_b, progress)
+    assert len(list((tmp_path / "b" / "units").rglob("*.json"))) == 2  # finished units were kept
+    outcome = run_bench(cfg_b)
+    assert outcome.ran == 1
+    pd.testing.assert_frame_equal(frame(tmp_path / "a"), frame(tmp_path / "b"))
+
+
+def test_rerun_from_config_and_refusal(tmp_path, folder_data, tiny_model_spec):
+    out = tmp_path / "r"
+    run_bench(config(out, [f"mine={folder_data}"], tiny_model_spec))
+    again = BenchConfig.load(out / "config.yaml")
+    again.out = str(tmp_path / "r2")
+    run_bench(again)
+    pd.testing.assert_frame_equal(frame(out), frame(tmp_path / "r2"))
+    with pytest.raises(ValueError, match=r"other settings \(options differ\)"):
+        run_bench(config(out, [f"mine={folder_data}"], tiny_model_spec, options={"clicks": {"max_clicks": 4}}))
+
+
+def test_bad_item_found_late_is_skipped_and_counted(tmp_path, folder_data, tiny_model_spec):
+    path = folder_data / "images" / "img2.png"
+    path.write_bytes(path.read_bytes()[:120])  # the header reads, the pixels do not
+    outcome = run_bench(config(tmp_path / "s", [f"mine={folder_data}"], tiny_model_spec))
+    assert [s["image"] for s in outcome.skipped] == ["img2"]
+    assert "img2" not in set(read_results(tmp_path / "s").image)
+    assert outcome.units == 3
+
+
+def test_unknown_protocol_and_option(tmp_path, folder_data, tiny_model_spec):
+    with pytest.raises(ValueError, match="unknown protocol 'nope'; known protocols: clicks"):
+        config(tmp_path, [f"mine={folder_data}"], tiny_model_spec, protocols=["nope"])
+    with pytest.raises(ValueError, match="protocol clicks has no option 'clickz'"):
+        config(tmp_path, [f"mine={folder_data}"], tiny_model_spec, options={"clicks": {"clickz": 3}})
+
+
+def test_checkpoint_that_does_not_fit(tmp_path, folder_data):
+    import torch
+
+    bad = tmp_path / "bad.pt"
+    torch.save({"model": {"not_a_weight": torch.zeros(1)}}, bad)
+    cfg = config(tmp_path / "x", [f"mine={folder_data}"], f"sam2-tiny-synthetic:{bad}")
+    with pytest.raises(ValueError, match=r"--model sam2-tiny-synthetic: .*bad\.pt"):
+        run_bench(cfg)
+    assert not (tmp_path / "x").exists()  # nothing written before the check
+
+
+def test_ray_equals_serial(tmp_path, folder_data, tiny_model_spec):
+    pytest.importorskip("ray")
+    run_bench(config(tmp_path / "serial", [f"mine={folder_data}"], tiny_model_spec))
+    outcome = run_bench(config(tmp_path / "ray", [f"mine={folder_data}"], tiny_model_spec, ray=True, workers=2))
+    assert outcome.ran == 3
+    pd.testing.assert_frame_equal(frame(tmp_path / "serial"), frame(tmp_path / "ray"))
