@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 
 from ppd.bench.schema import decode_mask
 from ppd.bench.stats import ALL, SYSTEM, split_system_key, system_key
+from ppd.viz import outline
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +27,7 @@ DPI = 100
 COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
 FALSE_POSITIVE = np.array([230, 40, 40], np.float32)
 FALSE_NEGATIVE = np.array([40, 90, 235], np.float32)
-MASK = np.array([255, 200, 0], np.float32)
+MASK = np.array([190, 40, 255], np.float32)  # violet: rare in photos, unlike the FP red and FN blue
 _trapezoid = getattr(np, "trapezoid", None) or np.trapz  # numpy < 2 has only trapz
 
 
@@ -69,6 +70,12 @@ def _panels(n: int, width: float = 4.2, height: float = 3.3, cols: int = 3) -> t
     return fig, list(axes[:n])
 
 
+def _legend_below(fig: Figure, ax: Any, n: int) -> None:
+    """One legend for all panels, under them (it never hides a bar or a line)."""
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(n, 4), fontsize=9, frameon=False)
+
+
 def _nan(v: float | None) -> float:
     return np.nan if v is None else float(v)
 
@@ -99,7 +106,7 @@ def curve_figure(summary_p: dict[str, Any], protocol: Any, path: Path) -> Path |
         ax.grid(alpha=0.3)
     if not drawn:
         return None
-    axes[0].legend(fontsize=8, loc="lower right")
+    _legend_below(fig, axes[0], len(systems))
     fig.suptitle(f"{protocol.title or protocol.name}: {prefix.rstrip('@_')} versus {xlabel} (band: 95% CI)")
     return _save(fig, path)
 
@@ -136,7 +143,7 @@ def bar_figure(summary_p: dict[str, Any], protocol: Any, path: Path) -> Path | N
         ax.set_xticks(x, domains)
         ax.set_title(f"{metric} ({'lower' if metric in lower else 'higher'} is better)")
         ax.grid(axis="y", alpha=0.3)
-    axes[0].legend(fontsize=8)
+    _legend_below(fig, axes[0], len(systems))
     fig.suptitle(f"{protocol.title or protocol.name}: per domain (whiskers: 95% CI)")
     return _save(fig, path)
 
@@ -256,12 +263,15 @@ def risk_coverage_figure(results_p: pd.DataFrame, protocol: Any, path: Path, ord
     return _save(fig, path)
 
 
-def pick_examples(examples: list[tuple[Any, Any]], protocol: Any, n_worst: int = 4, n_median: int = 2) -> list[tuple[str, Any, Any]]:
-    """``(tag, unit, example)`` rows of the overlay grid: the ``n_worst`` worst by the
-    protocol's example metric (lowest, or highest when lower is better) and ``n_median``
-    around the median, ties broken by model, domain, image, object (deterministic)."""
+def pick_examples(examples: list[tuple[Any, Any]], protocol: Any, n_worst: int = 4, n_median: int = 2,
+                  name: str | None = None) -> list[tuple[str, Any, Any]]:
+    """``(tag, unit, example)`` rows of the overlay grid: of the examples of protocol
+    ``name`` (default ``protocol.name``), the ``n_worst`` worst by the protocol's example
+    metric (lowest, or highest when lower is better) and ``n_median`` around the median,
+    ties broken by model, domain, image, method, object (deterministic)."""
     metric = getattr(protocol, "example_metric", None)
-    pool = [(u, e) for u, e in examples if u.protocol == protocol.name and np.isfinite(e.value)]
+    name = name or protocol.name
+    pool = [(u, e) for u, e in examples if u.protocol == name and np.isfinite(e.value)]
     if any(e.metric == metric for _, e in pool):
         pool = [(u, e) for u, e in pool if e.metric == metric]
     sign = -1.0 if metric in getattr(protocol, "lower_is_better", frozenset()) else 1.0
@@ -279,11 +289,11 @@ def _tint(image: np.ndarray, mask: np.ndarray, color: np.ndarray, alpha: float =
 
 
 def examples_figure(examples: list[tuple[Any, Any]], protocol: Any, load_scene: Callable[[str, str], Any],
-                    path: Path, n_worst: int = 4, n_median: int = 2) -> Path | None:
+                    path: Path, n_worst: int = 4, n_median: int = 2, name: str | None = None) -> Path | None:
     """The overlay grid: per example the image, the prompts (green + positive, red x
     negative, the box if any), the predicted mask and its error (false positives red,
     false negatives blue), titled with model, domain, image, object and the value."""
-    picked = pick_examples(examples, protocol, n_worst, n_median)
+    picked = pick_examples(examples, protocol, n_worst, n_median, name)
     scenes: dict[tuple[str, str], Any] = {}
     rows = []
     for tag, unit, ex in picked:
@@ -303,7 +313,9 @@ def examples_figure(examples: list[tuple[Any, Any]], protocol: Any, load_scene: 
     heads = ("image", "prompts", "prediction", "error: FP red, FN blue")
     for r, (tag, unit, ex, image, pred, gt) in enumerate(rows):
         dim = image.astype(np.float32) * 0.55 + 255 * 0.45 * 0.5
-        panels = (image, image, _tint(image, pred, MASK, 0.5),
+        shown = _tint(image, pred, MASK, 0.45)
+        shown[outline(pred)] = MASK
+        panels = (image, image, shown,
                   _tint(_tint(dim, pred & ~gt, FALSE_POSITIVE, 0.85), gt & ~pred, FALSE_NEGATIVE, 0.85))
         for c, (ax, panel) in enumerate(zip(axes[r], panels)):
             ax.imshow(np.clip(panel, 0, 255).astype(np.uint8), interpolation="nearest")
@@ -346,6 +358,6 @@ def protocol_figures(fig_dir: Path, name: str, protocol: Any, results_p: pd.Data
         "bars": bar_figure(summary_p, protocol, fig_dir / f"{name}_bars.png"),
         "reliability": reliability_figure(results_p, protocol, fig_dir / f"{name}_reliability.png", order),
         "risk_coverage": risk_coverage_figure(results_p, protocol, fig_dir / f"{name}_risk_coverage.png", order),
-        "examples": examples_figure(examples, protocol, load_scene, fig_dir / f"{name}_examples.png"),
+        "examples": examples_figure(examples, protocol, load_scene, fig_dir / f"{name}_examples.png", name=name),
     }
     return {k: p for k, p in made.items() if p is not None}

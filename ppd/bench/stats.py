@@ -263,6 +263,7 @@ def summarize(results: pd.DataFrame, protocols: dict[str, Any], n_boot: int = 10
                 if cells:
                     table[key] = cells
             out[pname][domain] = table
+        log.debug("summarised %s: %d systems x %d metrics over %d domains", pname, len(systems), len(metrics), len(domains))
     return out
 
 

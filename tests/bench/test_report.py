@@ -37,12 +37,16 @@ class UncertaintyLike(Protocol):
 def scene(domain: str, image: str) -> Scene:
     """A 32 x 32 image with two square objects, different per image."""
     rng = np.random.default_rng([ord(c) for c in domain + image])
-    img = rng.integers(0, 255, (*HW, 3), dtype=np.uint8)
     masks = np.zeros((2, *HW), bool)
     o = int(rng.integers(0, 6))
     masks[0, 2 + o:14 + o, 3:15] = True
     masks[1, 18:30, 16 + o // 2:28] = True
-    return Scene(img, masks, domain=domain)
+    y, x = np.mgrid[:HW[0], :HW[1]]
+    img = np.stack([60 + 3 * x, 60 + 3 * y, np.full(HW, 120)], -1).astype(float)
+    img[masks[0]] = (220, 180, 60)
+    img[masks[1]] = (70, 200, 220)
+    img += rng.normal(0, 8, img.shape)
+    return Scene(np.clip(img, 0, 255).astype(np.uint8), masks, domain=domain)
 
 
 def synthetic_run(n_images: int = 4, seed: int = 0):
@@ -107,16 +111,13 @@ def report(tmp_path_factory):
 
 def table_after(md: str, heading: str) -> list[dict[str, str]]:
     """The first markdown table after ``heading``, as one dict per row."""
-    start = md.index(heading)
-    lines = [ln for ln in md[start:].splitlines() if ln.startswith("|")]
     block = []
-    for ln in md[start:].splitlines()[1:]:
+    for ln in md[md.index(heading):].splitlines()[1:]:
         if ln.startswith("|"):
             block.append(ln)
         elif block:
             break
     header = [c.strip() for c in block[0].strip("|").split("|")]
-    assert lines
     return [dict(zip(header, (c.strip() for c in row.strip("|").split("|")))) for row in block[2:]]
 
 
