@@ -334,13 +334,14 @@ def examples_figure(examples: list[tuple[Any, Any]], protocol: Any, load_scene: 
 
 
 def _draw_prompts(ax: Any, ex: Any, hw: tuple[int, int]) -> None:
-    size = max(6.0, min(14.0, 0.04 * max(hw) * 72 / DPI))
+    """Prompt points (white-edged green + / red x) and the box, axes kept to the image."""
+    size = 11.0  # points: the same on every tile, whatever the image size
     pts = np.asarray(ex.points, float).reshape(-1, 3)
     for label, marker, color in ((1, "+", "#22dd44"), (0, "x", "#ff2222")):
         p = pts[pts[:, 2] == label]
         if p.size:
-            ax.plot(p[:, 0], p[:, 1], marker, ms=size, mew=2.5, color="white", ls="none")
-            ax.plot(p[:, 0], p[:, 1], marker, ms=size, mew=1.5, color=color, ls="none")
+            ax.plot(p[:, 0], p[:, 1], marker, ms=size, mew=3.5, color="white", ls="none")
+            ax.plot(p[:, 0], p[:, 1], marker, ms=size, mew=2.0, color=color, ls="none")
     if ex.box is not None:
         x0, y0, x1, y1 = ex.box
         ax.plot([x0, x1, x1, x0, x0], [y0, y0, y1, y1, y0], "-", color="#22dd44", lw=1.5)
