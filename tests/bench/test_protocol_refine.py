@@ -68,7 +68,8 @@ def test_registry_and_flags():
 
 def test_rows_for_every_object_refiner_and_metric(result, scene):
     got = values(result)
-    assert {(m, o, k) for m in METHODS for o in range(scene.num_objects) for k in ("iou", "dice", "refine_ms", "kept")} == set(got)
+    metrics = ("iou", "dice", "refine_ms", "kept")
+    assert {(m, o, k) for m in METHODS for o in range(scene.num_objects) for k in metrics} == set(got)
     assert all(r.condition == "clean" for r in result.rows)
     for (m, o, k), v in got.items():
         assert (v > 0) if k == "refine_ms" else (0.0 <= v <= 1.0), (m, o, k, v)
@@ -79,14 +80,16 @@ def test_values_are_the_refiners_own_masks_averaged_over_the_coarse_sets(result,
     """Replaying the unit's stream: every row is the mean over the two coarse sets of
     iou / dice / kept of ``refiner.refine(...)`` called directly."""
     seg = model.segmenter
-    defender = PromptDefender.load(None, segmenter=seg)
+    defender = resources["defenders"]["ppd:bundled"]
+    assert isinstance(defender, PromptDefender) and defender.segmenter is seg
     rng = UNIT.seed(0)
     want: dict[tuple[str, int, str], list[float]] = {}
     for obj, gt in enumerate(scene.masks):
         for _ in range(2):
             coarse = coarse_prompts(gt, rng).prompts
             drop_seed = int(rng.integers(2**63))
-            refiners = {n: BASELINES[n](seg, seed=drop_seed) if n == "random_drop" else BASELINES[n](seg) for n in BASELINE_NAMES}
+            refiners = {n: BASELINES[n](seg, seed=drop_seed) if n == "random_drop" else BASELINES[n](seg)
+                        for n in BASELINE_NAMES}
             refiners["ppd:bundled"] = defender
             for name, refiner in refiners.items():
                 res = refiner.refine(scene.image, coarse.point_coords, coarse.point_labels)

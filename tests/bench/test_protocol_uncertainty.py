@@ -83,7 +83,8 @@ def test_a_perfect_prediction():
     assert math.isnan(m["auroc"]) and math.isnan(m["pearson"])  # no error pixel to detect
     assert set(m) == {*METRICS, *HIST}
     fg = int(gt.sum())
-    assert m[f"rel_count@{RELIABILITY_BINS - 1}"] == m[f"rel_hit@{RELIABILITY_BINS - 1}"] == m[f"rel_conf@{RELIABILITY_BINS - 1}"] == fg
+    top = RELIABILITY_BINS - 1
+    assert m[f"rel_count@{top}"] == m[f"rel_hit@{top}"] == m[f"rel_conf@{top}"] == fg
     assert m["rel_count@0"] == gt.size - fg and m["rel_hit@0"] == 0 and m["rel_conf@0"] == 0
     assert m[f"rc_count@{RISK_COVERAGE_BINS - 1}"] == m[f"rc_hit@{RISK_COVERAGE_BINS - 1}"] == gt.size
 

@@ -111,7 +111,9 @@ class UncertaintyProtocol(Protocol):
         return result
 
 
-def protocol_clicks(seg, emb, gts: np.ndarray, care: np.ndarray, seed: int, n_clicks: int = 3) -> tuple[np.ndarray, np.ndarray]:
+def protocol_clicks(
+    seg, emb, gts: np.ndarray, care: np.ndarray, seed: int, n_clicks: int = 3
+) -> tuple[np.ndarray, np.ndarray]:
     """RUAC's clicks on the objects ``gts`` (B, H, W) of one encoded image, all objects in
     one decoder call per click: ``(coords (B, K, 2) float32, labels (B, K) int64)``,
     padded with label -1 for an object whose prediction became exact earlier.
