@@ -1,0 +1,176 @@
+"""The refine protocol: coarse prompt sets refined by trained defenders and the baselines.
+
+Per object: ``coarse_sets`` noisy prompt sets from :func:`ppd.prompts.coarse_prompts`
+(its default noise: 8 points, flipped labels, boundary moves and far outliers), drawn from
+the unit's random stream. Each set is refined, without ground truth, by every baseline of
+:mod:`ppd.agents.baselines` and by each ``--defender`` run
+(:class:`~ppd.agents.defender.PromptDefender`, with the library's refine options), and
+scored on SAM2's mask of the refined points. Methods: ``no_refine`` (the coarse set as it
+is), ``random_drop`` (seeded from the unit's stream), ``greedy_score``, ``consistency``,
+``mask_consensus`` and ``ppd:<run folder name>`` (``ppd:bundled`` for the defender shipped
+with ppd).
+
+Rows per object and method, each the mean over the object's coarse sets: ``iou`` and
+``dice`` of the refined mask against the object, ``refine_ms`` (wall time of the refine
+call, the image already encoded and, for a defender, its graph built) and ``kept`` (the
+fraction of the input prompts kept). Void pixels (``scene.meta["void"]``) count neither
+way. Examples: per object, the first defender's refinement of the first coarse set (the
+coarse set itself, ``no_refine``, when no defender is given).
+
+A defender is used only with the segmenter it was trained on: a model whose segmenter has
+another name or embedding size than the run's (its ``config.yaml``), or that cannot give
+what the defender needs (per-node uncertainty), is benchmarked without that defender, with
+a warning. The numbers are those of ``python -m ppd.bench.defense`` (columns ``coarse``,
+``coarse+ppd``, ``random_drop``, ...) on other scenes: every object of every image here,
+one drawn object per held-out scene there.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ppd.bench.protocols.base import BenchModel, Protocol
+from ppd.bench.schema import Example, Row, Unit, UnitResult, encode_mask, prompt_points
+
+logger = logging.getLogger(__name__)
+
+#: The ``--defender`` value that names the defender shipped with ppd (as ``ppd demo``).
+BUNDLED = "bundled"
+#: Method names of the baselines, in table order (``ppd.agents.baselines.BASELINES``).
+BASELINE_NAMES = ("no_refine", "random_drop", "greedy_score", "consistency", "mask_consensus")
+
+
+@dataclass
+class RefineBenchConfig:
+    defender: list[str] = field(
+        default_factory=list,
+        metadata={"help": "a ppd train run folder (or its defender.zip, or 'bundled' for the defender shipped with "
+                  "ppd) whose defender refines the coarse sets; repeatable (default: the baselines only)"},
+    )
+    coarse_sets: int = field(default=1, metadata={"help": "coarse prompt sets per object (default 1)"})
+
+    def __post_init__(self) -> None:
+        if self.coarse_sets < 1:
+            raise ValueError(f"coarse_sets must be >= 1, got {self.coarse_sets}")
+
+
+def defender_folder(run: str) -> Path:
+    """The run folder of a ``--defender`` value (``bundled``: the shipped defender).
+
+    Raises:
+        FileNotFoundError: no such folder or file, or a folder without ``defender.zip``.
+    """
+    if run == BUNDLED:
+        from ppd.agents.run_files import BUNDLED_DEFENDER
+
+        path = BUNDLED_DEFENDER
+    else:
+        path = Path(run)
+    if path.is_dir():
+        if not (path / "defender.zip").is_file():
+            raise FileNotFoundError(f"--defender {run}: {path} holds no defender.zip (a ppd train run folder does)")
+        return path
+    if path.is_file():
+        return path.parent
+    raise FileNotFoundError(f"--defender {run}: no such run folder or defender file: {path}")
+
+
+def defender_method(run: str) -> str:
+    """The method name of a ``--defender`` value: ``ppd:<run folder name>``."""
+    return f"ppd:{BUNDLED}" if run == BUNDLED else f"ppd:{defender_folder(run).resolve().name}"
+
+
+class RefineProtocol(Protocol):
+    name = "refine"
+    Config = RefineBenchConfig
+    title = "Refining coarse prompts"
+    table_metrics = ("iou", "dice", "refine_ms")
+    lower_is_better = frozenset({"refine_ms"})
+    example_metric = "iou"
+
+    def validate(self, models: dict[str, dict[str, Any]]) -> None:
+        seen: dict[str, str] = {}
+        for run in self.config.defender:
+            method = defender_method(run)  # raises for a missing run
+            if method in seen:
+                raise ValueError(f"--defender {seen[method]} and --defender {run} both give the method name "
+                                 f"{method!r} (the run folder's name): rename one folder")
+            seen[method] = run
+
+    def prepare(self, model: BenchModel) -> dict[str, Any]:
+        """The defenders that fit ``model``'s segmenter, loaded once: method -> defender."""
+        from ppd.agents.defender import PromptDefender
+        from ppd.agents.run_files import find_setting, read_run_config
+        from ppd.models import BUNDLED_NAME
+
+        seg = model.segmenter
+        defenders: dict[str, Any] = {}
+        for run in self.config.defender:
+            method, folder = defender_method(run), defender_folder(run)
+            cfg = read_run_config(folder)
+            # the name the run's own segmenter is loaded by (run_files._segmenter_from_config)
+            trained_on = next((v for v in (find_setting(cfg, "segmenter"), find_setting(cfg, "model"))
+                               if isinstance(v, str)), BUNDLED_NAME)
+            if trained_on != seg.name:
+                logger.warning("model %s: skipping defender %s, trained on segmenter %s, not %s",
+                               model.name, run, trained_on, seg.name)
+                continue
+            try:
+                defender = PromptDefender.load(None if run == BUNDLED else run, segmenter=seg, device=str(seg.device))
+            except ValueError as exc:  # e.g. a defender that needs uncertainty on a model without a head
+                logger.warning("model %s: skipping defender %s: %s", model.name, run, exc)
+                continue
+            dim = getattr(defender.model.policy.q_net, "node_feature_dim", seg.embed_dim)
+            if dim != seg.embed_dim:
+                logger.warning("model %s: skipping defender %s, trained on %d-channel embeddings, not %d",
+                               model.name, run, dim, seg.embed_dim)
+                continue
+            defenders[method] = defender
+        return {"defenders": defenders}
+
+    def run(self, model: BenchModel, resources, scene, unit: Unit, rng: np.random.Generator) -> UnitResult:
+        from ppd.agents.baselines import BASELINES
+        from ppd.metrics import dice, iou
+        from ppd.prompts import coarse_prompts
+
+        seg, image = model.segmenter, scene.image
+        defenders = (resources or {}).get("defenders", {})
+        void = scene.meta.get("void")
+        care = np.ones(scene.masks.shape[1:], bool) if void is None else ~np.asarray(void, bool)
+        seg.encode(image)  # encoded once, before any timed call
+        for defender in defenders.values():
+            defender.record(image)
+        shown = next(iter(defenders), "no_refine")
+        result = UnitResult()
+        for obj, gt in enumerate(np.asarray(scene.masks, bool)):
+            gt = gt & care
+            if not gt.any():
+                continue
+            values: dict[str, dict[str, list[float]]] = {}
+            for s in range(self.config.coarse_sets):
+                coarse = coarse_prompts(gt, rng).prompts
+                refiners = {name: (BASELINES[name](seg, seed=int(rng.integers(2**63))) if name == "random_drop"
+                                   else BASELINES[name](seg)) for name in BASELINE_NAMES}
+                refiners.update(defenders)
+                for method, refiner in refiners.items():
+                    t = time.perf_counter()
+                    res = refiner.refine(image, coarse.point_coords, coarse.point_labels)
+                    ms = 1000.0 * (time.perf_counter() - t)
+                    mask = np.asarray(res.mask, bool) & care
+                    got = values.setdefault(method, {"iou": [], "dice": [], "refine_ms": [], "kept": []})
+                    got["iou"].append(float(iou(mask, gt)))
+                    got["dice"].append(float(dice(mask, gt)))
+                    got["refine_ms"].append(ms)
+                    got["kept"].append(float(np.mean(res.kept)))
+                    if s == 0 and method == shown:
+                        result.examples.append(Example(method, obj, "iou", got["iou"][0],
+                                                       prompt_points(res.point_coords, res.point_labels), encode_mask(mask)))
+            result.rows += [Row(method, obj, metric, float(np.mean(v)))
+                            for method, metrics in values.items() for metric, v in metrics.items()]
+        return result
