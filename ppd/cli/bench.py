@@ -154,16 +154,21 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _print_headline(summary_path) -> None:
-    """The first table metric of every protocol over all domains, per model and method."""
+    """The first table metric of every protocol over all domains, per system, with its
+    95% interval (the full tables are in the report)."""
     import json
+
+    from ppd.bench.protocols import protocol_class
 
     if not summary_path or not Path(summary_path).is_file():
         return
     summary = json.loads(Path(summary_path).read_text())
     for protocol, block in (summary.get("protocols") or {}).items():
-        overall = (block.get("domains") or {}).get("all") or {}
+        overall = block.get("all") or {}
+        metric = next(iter(protocol_class(protocol).table_metrics), None)
         for system, metrics in overall.items():
-            first = next(iter(metrics.items()), None)
-            if first:
-                name, v = first
-                print(f"  {protocol:12s} {system:40s} {name} {v.get('value')}")
+            cell = metrics.get(metric) if metric else None
+            if cell and cell.get("value") is not None:
+                lo, hi = cell.get("ci_low"), cell.get("ci_high")
+                interval = f" [{lo:.3f}, {hi:.3f}]" if lo is not None and hi is not None else ""
+                print(f"  {protocol:12s} {system:45s} {metric} {cell['value']:.3f}{interval}  (n={cell.get('n')})")
