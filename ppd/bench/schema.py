@@ -109,9 +109,13 @@ def encode_mask(mask: np.ndarray) -> dict[str, Any]:
 
 def decode_mask(rle: dict[str, Any]) -> np.ndarray:
     """The bool mask of :func:`encode_mask`."""
+    import warnings
+
     from pycocotools import mask as mask_utils
 
-    return mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode("ascii")}).astype(bool)
+    with warnings.catch_warnings():  # pycocotools' decode predates numpy 2's copy keyword
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode("ascii")}).astype(bool)
 
 
 def prompt_points(coords: np.ndarray, labels: np.ndarray) -> list[list[float]]:

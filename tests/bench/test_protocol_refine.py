@@ -60,7 +60,7 @@ def values(result) -> dict[tuple[str, int, str], float]:
 
 def test_registry_and_flags():
     assert protocol_class("refine") is RefineProtocol
-    assert [f.name for f in config_fields(RefineBenchConfig)] == ["defender", "coarse_sets"]
+    assert [f.name for f in config_fields(RefineBenchConfig)] == ["defender", "coarse_sets", "generators"]
     assert RefineBenchConfig().defender == [] and RefineBenchConfig().coarse_sets == 1
     with pytest.raises(ValueError, match="coarse_sets must be >= 1"):
         RefineBenchConfig(coarse_sets=0)
@@ -160,3 +160,19 @@ def test_a_defender_of_another_segmenter_is_skipped_with_a_warning(tmp_path, mod
     with caplog.at_level(logging.WARNING, logger="ppd.bench.protocols.refine"):
         assert protocol.prepare(model) == {"defenders": {}}
     assert "skipping defender" in caplog.text and "sam2.1_hiera_l" in caplog.text
+
+
+def test_generators_are_conditions(model, scene):
+    from ppd.bench.generators import generator_prompts
+
+    proto = RefineProtocol(RefineBenchConfig(generators=["clean", "flips"]))
+    res = proto.run(model, proto.prepare(model), scene, UNIT, UNIT.seed(0))
+    assert {r.condition for r in res.rows} == {"clean", "flips"}
+    # the clean generator's sets come first from the stream: no_refine scores them as drawn
+    rng = UNIT.seed(0)
+    first = generator_prompts("clean", scene.masks[0], rng)
+    mask = model.segmenter.predict(scene.image, first.point_coords, first.point_labels).masks[0]
+    got = {(r.method, r.object, r.condition, r.metric): r.value for r in res.rows}
+    assert got[("no_refine", 0, "clean", "iou")] == pytest.approx(float(iou(mask, scene.masks[0])))
+    with pytest.raises(ValueError, match="unknown prompt generator 'nope'"):
+        RefineProtocol(RefineBenchConfig(generators=["nope"])).validate({})

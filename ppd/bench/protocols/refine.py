@@ -2,7 +2,10 @@
 
 Per object: ``coarse_sets`` noisy prompt sets from :func:`ppd.prompts.coarse_prompts`
 (its default noise: 8 points, flipped labels, boundary moves and far outliers), drawn from
-the unit's random stream. Each set is refined, without ground truth, by every baseline of
+the unit's random stream; with ``generators``, the sets of each named generator of
+:data:`ppd.bench.generators.GENERATORS` (clean clicks, the ideal lattice, few or many
+points, only flips, only boundary moves ...), each a condition of its own (the default
+generator alone is the condition ``clean``: nothing else is perturbed). Each set is refined, without ground truth, by every baseline of
 :mod:`ppd.agents.baselines` and by each ``--defender`` run
 (:class:`~ppd.agents.defender.PromptDefender`, with the library's refine options), and
 scored on SAM2's mask of the refined points. Methods: ``no_refine`` (the coarse set as it
@@ -36,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from ppd.bench.protocols.base import BenchModel, Protocol
-from ppd.bench.schema import Example, Row, Unit, UnitResult, encode_mask, prompt_points
+from ppd.bench.schema import CLEAN, Example, Row, Unit, UnitResult, encode_mask, prompt_points
 
 logger = logging.getLogger(__name__)
 
@@ -54,10 +57,18 @@ class RefineBenchConfig:
                   "ppd) whose defender refines the coarse sets; repeatable (default: the baselines only)"},
     )
     coarse_sets: int = field(default=1, metadata={"help": "coarse prompt sets per object (default 1)"})
+    generators: list[str] = field(
+        default_factory=lambda: ["default"],
+        metadata={"help": "prompt generators whose sets are refined, each its own condition: default (8 points, "
+                  "about half corrupted), clean, ideal, few, many, flips, boundary, outliers, positives "
+                  "(ppd.bench.generators.GENERATORS) (default: default)"},
+    )
 
     def __post_init__(self) -> None:
         if self.coarse_sets < 1:
             raise ValueError(f"coarse_sets must be >= 1, got {self.coarse_sets}")
+        if not self.generators or len(set(self.generators)) < len(self.generators):
+            raise ValueError(f"generators must be distinct names, got {self.generators}")
 
 
 def defender_folder(run: str) -> Path:
@@ -95,6 +106,11 @@ class RefineProtocol(Protocol):
     example_metric = "iou"
 
     def validate(self, models: dict[str, dict[str, Any]]) -> None:
+        from ppd.bench.generators import GENERATORS
+
+        unknown = [g for g in self.config.generators if g not in GENERATORS]
+        if unknown:
+            raise ValueError(f"unknown prompt generator {unknown[0]!r}; known: {', '.join(GENERATORS)}")
         seen: dict[str, str] = {}
         for run in self.config.defender:
             method = defender_method(run)  # raises for a missing run
@@ -136,8 +152,8 @@ class RefineProtocol(Protocol):
 
     def run(self, model: BenchModel, resources, scene, unit: Unit, rng: np.random.Generator) -> UnitResult:
         from ppd.agents.baselines import BASELINES
+        from ppd.bench.generators import generator_prompts
         from ppd.metrics import dice, iou
-        from ppd.prompts import coarse_prompts
 
         seg, image = model.segmenter, scene.image
         defenders = (resources or {}).get("defenders", {})
@@ -148,29 +164,32 @@ class RefineProtocol(Protocol):
             defender.record(image)
         shown = next(iter(defenders), "no_refine")
         result = UnitResult()
-        for obj, gt in enumerate(np.asarray(scene.masks, bool)):
-            gt = gt & care
-            if not gt.any():
-                continue
-            values: dict[str, dict[str, list[float]]] = {}
-            for s in range(self.config.coarse_sets):
-                coarse = coarse_prompts(gt, rng).prompts
-                refiners = {name: (BASELINES[name](seg, seed=int(rng.integers(2**63))) if name == "random_drop"
-                                   else BASELINES[name](seg)) for name in BASELINE_NAMES}
-                refiners.update(defenders)
-                for method, refiner in refiners.items():
-                    t = time.perf_counter()
-                    res = refiner.refine(image, coarse.point_coords, coarse.point_labels)
-                    ms = 1000.0 * (time.perf_counter() - t)
-                    mask = np.asarray(res.mask, bool) & care
-                    got = values.setdefault(method, {"iou": [], "dice": [], "refine_ms": [], "kept": []})
-                    got["iou"].append(float(iou(mask, gt)))
-                    got["dice"].append(float(dice(mask, gt)))
-                    got["refine_ms"].append(ms)
-                    got["kept"].append(float(np.mean(res.kept)))
-                    if s == 0 and method == shown:
-                        result.examples.append(Example(method, obj, "iou", got["iou"][0],
-                                                       prompt_points(res.point_coords, res.point_labels), encode_mask(mask)))
-            result.rows += [Row(method, obj, metric, float(np.mean(v)))
-                            for method, metrics in values.items() for metric, v in metrics.items()]
+        for generator in self.config.generators:
+            condition = CLEAN if generator == "default" and len(self.config.generators) == 1 else generator
+            for obj, gt in enumerate(np.asarray(scene.masks, bool)):
+                gt = gt & care
+                if not gt.any():
+                    continue
+                values: dict[str, dict[str, list[float]]] = {}
+                for s in range(self.config.coarse_sets):
+                    coarse = generator_prompts(generator, gt, rng)
+                    refiners = {name: (BASELINES[name](seg, seed=int(rng.integers(2**63))) if name == "random_drop"
+                                       else BASELINES[name](seg)) for name in BASELINE_NAMES}
+                    refiners.update(defenders)
+                    for method, refiner in refiners.items():
+                        t = time.perf_counter()
+                        res = refiner.refine(image, coarse.point_coords, coarse.point_labels)
+                        ms = 1000.0 * (time.perf_counter() - t)
+                        mask = np.asarray(res.mask, bool) & care
+                        got = values.setdefault(method, {"iou": [], "dice": [], "refine_ms": [], "kept": []})
+                        got["iou"].append(float(iou(mask, gt)))
+                        got["dice"].append(float(dice(mask, gt)))
+                        got["refine_ms"].append(ms)
+                        got["kept"].append(float(np.mean(res.kept)))
+                        if s == 0 and method == shown:
+                            result.examples.append(Example(method, obj, "iou", got["iou"][0],
+                                                           prompt_points(res.point_coords, res.point_labels),
+                                                           encode_mask(mask), condition=condition))
+                result.rows += [Row(method, obj, metric, float(np.mean(v)), condition)
+                                for method, metrics in values.items() for metric, v in metrics.items()]
         return result
