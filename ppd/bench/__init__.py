@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from ppd.agents.run_files import RunConfig, RunConfigLike
+from ppd.agents.run_config import RunConfig, RunConfigLike
 from ppd.cli.common import add_threads_argument, apply_threads  # the benches' --threads, as every command's
 
 __all__ = ["add_threads_argument", "apply_threads", "defender_variant", "run_max_ideal_points"]

@@ -58,7 +58,8 @@ from ppd.agents.refine_config import (
     DEFAULT_SELECT, INFERENCE_OPTIONS, SELECT_RULES, RefineConfig, add_inference_arguments, inference_options,
 )
 from ppd.agents.rollout import greedy_rollout
-from ppd.agents.run_files import RunConfig, RunConfigLike, load_agent
+from ppd.agents.run_config import RunConfig, RunConfigLike
+from ppd.agents.run_files import load_agent
 from ppd.cli.common import add_device_arguments
 from ppd.data.scenes import DOMAINS, ProceduralScenes
 from ppd.envs.point_prompt_env import DEFAULT_MAX_STEPS, WRONG_LABEL, label_targets
