@@ -39,8 +39,9 @@ when the run's config names one (``ruac_checkpoint``).
 The result type and the refiner interface (:mod:`~ppd.agents.refiner`), the refine
 options (:mod:`~ppd.agents.refine_config`), the stages around the refiner
 (:mod:`~ppd.agents.guards`), the rollout (:mod:`~ppd.agents.rollout`), the node mapping
-(:mod:`~ppd.agents.node_map`) and run-folder reading (:mod:`~ppd.agents.run_files`) live
-in their own modules; the names this module had stay importable from here.
+(:mod:`~ppd.agents.node_map`), run-folder reading (:mod:`~ppd.agents.run_files`) and the
+run's configuration (:mod:`~ppd.agents.run_config`) live in their own modules; the names
+this module had stay importable from here.
 """
 
 from __future__ import annotations
@@ -160,7 +161,7 @@ class PromptDefender(PromptRefiner):
             observation and is the default refinement budget); None: unknown, then the
             default budget is ``max(K, 12)``.
         cache_size: images whose graph records are kept (LRU).
-        config: the run's configuration: a :class:`~ppd.agents.run_files.RunConfig`, a
+        config: the run's configuration: a :class:`~ppd.agents.run_config.RunConfig`, a
             :class:`~ppd.agents.train_config.TrainConfig` or a config file's mapping
             (kept as :attr:`run_config`, typed; :attr:`train_config` and :attr:`config`
             read it). The arguments above are what the network is built with; this is

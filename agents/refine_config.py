@@ -2,8 +2,9 @@
 
 The field docstrings are the ``ppd refine`` help (and the benches' help for the same
 flags); ``ppd refine`` saves the config it ran with as ``refine_config.yaml`` beside its
-outputs, and reads one with ``--config FILE`` (the flags given override it). :meth:`~ppd.agents.defender.PromptDefender.load` takes one
-(``config=RefineConfig(...)``) or the same options as keyword arguments.
+outputs, and reads one with ``--config FILE`` (the flags given override it).
+:meth:`~ppd.agents.defender.PromptDefender.load` takes one (``config=RefineConfig(...)``)
+or the same options as keyword arguments.
 """
 
 from __future__ import annotations

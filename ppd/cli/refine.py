@@ -54,8 +54,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """``ppd refine``: writes refined.json (with the result's trace), refine_config.yaml
-    (the options it ran with: defaults <- ``--config`` FILE <- the flags given), mask.png, overlay.png and input_overlay.png (and
-    uncertainty.png with the RUAC decoder)."""
+    (the options it ran with: defaults <- ``--config`` FILE <- the flags given),
+    mask.png, overlay.png and input_overlay.png (and uncertainty.png with the RUAC
+    decoder)."""
     from ppd.io import save_json
     from ppd.viz import overlay
 
