@@ -39,8 +39,9 @@ when the run's config names one (``ruac_checkpoint``).
 The result type and the refiner interface (:mod:`~ppd.agents.refiner`), the refine
 options (:mod:`~ppd.agents.refine_config`), the stages around the refiner
 (:mod:`~ppd.agents.guards`), the rollout (:mod:`~ppd.agents.rollout`), the node mapping
-(:mod:`~ppd.agents.node_map`) and run-folder reading (:mod:`~ppd.agents.run_files`) live
-in their own modules; the names this module had stay importable from here.
+(:mod:`~ppd.agents.node_map`), run-folder reading (:mod:`~ppd.agents.run_files`) and the
+run's configuration (:mod:`~ppd.agents.run_config`) live in their own modules; the names
+this module had stay importable from here.
 """
 
 from __future__ import annotations
@@ -66,9 +67,10 @@ from ppd.agents.refiner import (  # noqa: F401  (re-exported)
 )
 from ppd.agents.rollout import Episode, greedy_action, greedy_actions, polish_states, run_episodes  # noqa: F401
 from ppd.agents.run_files import (  # noqa: F401  (re-exported)
-    BUNDLED_DEFENDER, OBS_KEYS, _resolve_file, _segmenter_from_config, defender_arguments, find_setting, load_agent,
-    read_run_config, role_max_steps,
+    BUNDLED_DEFENDER, OBS_KEYS, RunConfig, RunConfigLike, _resolve_file, _segmenter_from_config, defender_arguments,
+    find_setting, load_agent, read_run_config, role_max_steps,
 )
+from ppd.agents.train_config import TrainConfig
 from ppd.data.types import Scene
 from ppd.envs.point_prompt_env import DEFAULT_MAX_STEPS, build_observation, defender_step, observation_options, rollout_action_mask
 from ppd.envs.world import ImageRecord, Outcome, PromptWorld, segmenter_gives_uncertainty, state_from_prompts
@@ -83,10 +85,10 @@ __all__ = [
     "PromptRefiner",
     "RefineConfig",
     "RefineResult",
+    "RunConfig",
     "DEFAULT_SELECT",
     "SELECT_RULES",
     "check_prompts",
-    "find_setting",
     "greedy_action",
     "load_agent",
     "make_result",
@@ -159,7 +161,11 @@ class PromptDefender(PromptRefiner):
             observation and is the default refinement budget); None: unknown, then the
             default budget is ``max(K, 12)``.
         cache_size: images whose graph records are kept (LRU).
-        config: the run's configuration (kept as ``self.config`` for reference).
+        config: the run's configuration: a :class:`~ppd.agents.run_config.RunConfig`, a
+            :class:`~ppd.agents.train_config.TrainConfig` or a config file's mapping
+            (kept as :attr:`run_config`, typed; :attr:`train_config` and :attr:`config`
+            read it). The arguments above are what the network is built with; this is
+            for reference (the benches read the attacker's settings from it).
         select: which visited state :meth:`refine` returns (:data:`SELECT_RULES`):
             ``"last"``, where the defender stopped; ``"score"``, the state with SAM's
             highest predicted IoU along the rollout (the input state included; the
@@ -210,7 +216,7 @@ class PromptDefender(PromptRefiner):
         relabel: bool | None = None,
         max_steps: int | None = None,
         cache_size: int = 64,
-        config: dict[str, Any] | None = None,
+        config: RunConfigLike = None,
         select: str = DEFAULT_SELECT,
         patience: int | None = None,
         label_filter: tuple[Any, float] | tuple[Any, float, str] | None = None,
@@ -235,7 +241,7 @@ class PromptDefender(PromptRefiner):
         policy_relabel = bool(getattr(model.policy, "relabel", True))
         self.relabel = policy_relabel if relabel is None else bool(relabel) and policy_relabel
         self.train_max_steps = int(max_steps) if max_steps else None
-        self.config = dict(config or {})
+        self.run_config = RunConfig.of(config)
         # per-node uncertainty and removal probes: whatever the network was trained on
         opts_obs = observation_options(model.observation_space)
         self.node_uncertainty, self.probe = opts_obs["node_uncertainty"], opts_obs["probe"]
@@ -348,6 +354,18 @@ class PromptDefender(PromptRefiner):
                 raise ValueError(f"pass the refine options either as config= or as keyword arguments, not both "
                                  f"(got config= and {', '.join(given)})")
         return cls(**defender_arguments(path, config, segmenter, device, precision, embedding_cache))
+
+    @property
+    def train_config(self) -> TrainConfig | None:
+        """The settings the run was trained with (None: it saved none, e.g. a bare
+        ``defender.zip``); :attr:`run_config` says which fields it saved."""
+        return self.run_config.train
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The run's config file as a mapping (a copy; {} if it has none).
+        :attr:`train_config` is the typed view."""
+        return dict(self.run_config.raw)
 
     @property
     def refine_config(self) -> RefineConfig:

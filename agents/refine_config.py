@@ -2,8 +2,9 @@
 
 The field docstrings are the ``ppd refine`` help (and the benches' help for the same
 flags); ``ppd refine`` saves the config it ran with as ``refine_config.yaml`` beside its
-outputs. :meth:`~ppd.agents.defender.PromptDefender.load` takes one
-(``config=RefineConfig(...)``) or the same options as keyword arguments.
+outputs, and reads one with ``--config FILE`` (the flags given override it).
+:meth:`~ppd.agents.defender.PromptDefender.load` takes one (``config=RefineConfig(...)``)
+or the same options as keyword arguments.
 """
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ def check_score_gain(value: Any) -> float | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not -1.0 < value < 1.0:
-        raise ValueError(f"min_score_gain must be a number in (-1, 1) or None, got {value!r}")
+        raise ValueError(f"min_score_gain must be a number in (-1, 1) or None (null in a YAML file), got {value!r}")
     return float(value)
 
 
@@ -194,14 +195,26 @@ class RefineConfig:
         return save_text(yaml.safe_dump(dataclasses.asdict(self), sort_keys=False), path)
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike) -> RefineConfig:
-        """A config from a YAML / JSON file of its fields (unknown keys are an error)."""
+    def from_file(cls, path: str | os.PathLike, **overrides: Any) -> RefineConfig:
+        """A config from a YAML / JSON file of its fields (as :meth:`save` writes; a field
+        the file lacks takes its default), with ``overrides`` (field values) replacing
+        the file's.
+
+        Raises:
+            FileNotFoundError: no such file.
+            ValueError: a file that cannot be parsed or holds no mapping, a key that is
+                not a field, or a value out of its range; each names the file.
+        """
         data = load_config_file(path)
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
             raise ValueError(f"unknown field(s) in {path}: {', '.join(unknown)}; known: {', '.join(sorted(names))}")
-        return cls(**data)
+        try:
+            return cls(**{**data, **overrides})
+        except ValueError as exc:
+            given = f" and the options given ({', '.join(sorted(overrides))})" if overrides else ""
+            raise ValueError(f"refine options of {path}{given}: {exc}") from None
 
 
 #: ``RefineConfig`` fields of the steps around the rollout, set by
@@ -252,11 +265,17 @@ _FLAGS: dict[str, dict[str, Any]] = {
 }
 
 
-def add_refine_arguments(p: argparse.ArgumentParser | Any, names: Sequence[str] | None = None) -> None:
+def add_refine_arguments(p: argparse.ArgumentParser | Any, names: Sequence[str] | None = None,
+                         defaults: bool = True) -> None:
     """One flag per :class:`RefineConfig` field of ``names`` (default: all), its help the
     field's docstring, its default the field's (``--polish / --no-polish`` style for
     switches, ``--no-filter`` for ``use_filter``); :func:`refine_config_from_args` reads
-    them back."""
+    them back.
+
+    ``defaults=False``: a flag not given sets no attribute at all (``argparse.SUPPRESS``),
+    so that "not given" differs from every value, None included (``--min-score-gain off``):
+    :func:`refine_config_from_args` then keeps a config file's value for it. The help
+    still shows the field's default."""
     docs = field_docs(RefineConfig)
     fields = {f.name: f for f in dataclasses.fields(RefineConfig)}
     for name in names or tuple(fields):
@@ -269,13 +288,23 @@ def add_refine_arguments(p: argparse.ArgumentParser | Any, names: Sequence[str] 
         if spec.get("action") == "store_false":
             shown = "on"
         help_ = (docs[name] if shown == "" else f"{docs[name]} (default: {shown})").replace("%", "%%")
-        p.add_argument(*flags, dest=name, default=default, help=help_, **spec)
+        p.add_argument(*flags, dest=name, default=default if defaults else argparse.SUPPRESS, help=help_, **spec)
 
 
-def refine_config_from_args(args: argparse.Namespace) -> RefineConfig:
-    """A :class:`RefineConfig` from the flags of :func:`add_refine_arguments` (fields
-    without a flag keep their defaults)."""
-    return RefineConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(RefineConfig) if hasattr(args, f.name)})
+def refine_config_from_args(args: argparse.Namespace, config_file: str | os.PathLike | None = None) -> RefineConfig:
+    """A :class:`RefineConfig` from the flags of :func:`add_refine_arguments`: the
+    defaults, then the fields of ``config_file`` (a YAML / JSON file, as
+    :meth:`RefineConfig.from_file` reads), then the flags ``args`` holds (later wins;
+    with ``defaults=False`` a flag not given holds nothing, so the file's value stays).
+
+    Raises:
+        FileNotFoundError, ValueError: see :meth:`RefineConfig.from_file`; a value out of
+            its range.
+    """
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(RefineConfig) if hasattr(args, f.name)}
+    if config_file is not None:
+        return RefineConfig.from_file(config_file, **given)
+    return RefineConfig(**given)
 
 
 def add_inference_arguments(p: argparse.ArgumentParser) -> None:
@@ -287,8 +316,9 @@ def add_inference_arguments(p: argparse.ArgumentParser) -> None:
 
 def inference_options(args: argparse.Namespace) -> dict[str, Any]:
     """``PromptDefender.load`` keyword arguments from :func:`add_inference_arguments`'
-    flags (checked as :class:`RefineConfig` checks them)."""
-    cfg = RefineConfig(**{name: getattr(args, name) for name in INFERENCE_OPTIONS})
+    flags (checked as :class:`RefineConfig` checks them; a flag without a value in
+    ``args``, see ``add_refine_arguments(defaults=False)``, takes its default)."""
+    cfg = RefineConfig(**{name: getattr(args, name) for name in INFERENCE_OPTIONS if hasattr(args, name)})
     return {name: getattr(cfg, name) for name in INFERENCE_OPTIONS}
 
 

@@ -382,7 +382,9 @@ class TrainConfig:
           what such a run did (``q_prior``, ``probe``, ``filter_scenes``: an older
           defender may have no prior, no probes, no label filter); the saved networks
           and filter files carry what they were built with, and
-          :meth:`~ppd.agents.defender.PromptDefender.load` reads those;
+          :meth:`~ppd.agents.defender.PromptDefender.load` reads those (it reads the
+          config as :class:`~ppd.agents.run_files.RunConfig`, which also records the
+          fields the run saved, so that a missing one means "as trained");
         * a key that is not a field (a run written by a newer version of ppd) is left
           out with a warning that names it: reading a run never fails on a setting this
           version does not know, and never applies one either.

@@ -13,13 +13,12 @@ module path, so they import this module as ``common``.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 
 import numpy as np
 import torch
 
 from ppd.agents.baselines import mask_agreement
-from ppd.agents.defender import BUNDLED_DEFENDER, PromptDefender, read_run_config
+from ppd.agents.defender import BUNDLED_DEFENDER, PromptDefender
 from ppd.agents.dqn import MaskedDQN
 from ppd.agents.label_filter import LabelFilter, load_label_filter
 from ppd.agents.train import EVAL_SEED, TRAIN_DOMAIN, TrainConfig, evaluate_agents
@@ -69,7 +68,7 @@ def generator_sets(d: PromptDefender, domain: str, n_scenes: int) -> dict[str, l
         for g in GENERATORS:
             rng = np.random.default_rng([GENERATOR_SEED, 0, i])
             obj = int(rng.integers(scene.num_objects))
-            ps = generator_prompts(g, scene.masks[obj], rng, run_max_ideal_points(d.config))
+            ps = generator_prompts(g, scene.masks[obj], rng, run_max_ideal_points(d.run_config))
             out.setdefault(f"gen:{g}", []).append((scene.image, scene.masks[obj], ps.point_coords, ps.point_labels))
     return out
 
@@ -106,9 +105,7 @@ def eval_sets(run, seg):
     """``(eval world, rollouts)``: ``ppd train``'s held-out evaluation sets of ``run`` (48
     in-domain scenes; its attacked and coarse sets), rebuilt from its config, attacker,
     defender and label filter."""
-    raw = read_run_config(run)
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    cfg = TrainConfig(**{k: v for k, v in raw.items() if k in fields})
+    cfg = TrainConfig.from_run(run)
     ew = PromptWorld(seg, ProceduralScenes(TRAIN_DOMAIN, cfg.eval_scenes, seed=EVAL_SEED), grid=cfg.grid,
                      k_physical=cfg.k_physical, k_semantic=cfg.k_semantic)
     att, de = MaskedDQN.load(f"{run}/attacker.zip"), MaskedDQN.load(f"{run}/defender.zip")

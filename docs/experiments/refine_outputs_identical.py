@@ -49,8 +49,8 @@ def refine_outputs(run_dir: str, n_scenes: int) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
     for domain in DOMAINS:
         world = defender_world(defender, ProceduralScenes(domain, n_scenes, seed=DEFENSE_SEED))
-        items = bench_items(world, defender.config, n_scenes, 0)
-        attacked = attack(attacker, world, defender.config, [it[:4] for it in items])
+        items = bench_items(world, defender.run_config, n_scenes, 0)
+        attacked = attack(attacker, world, defender.run_config, [it[:4] for it in items])
         for i, (it, att) in enumerate(zip(items, attacked)):
             image = it[0].scene.image
             sets = {"coarse": (it[4].point_coords, it[4].point_labels),

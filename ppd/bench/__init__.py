@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from ppd.agents.run_files import find_setting
+from ppd.agents.run_config import RunConfig, RunConfigLike
 from ppd.cli.common import add_threads_argument, apply_threads  # the benches' --threads, as every command's
 
 __all__ = ["add_threads_argument", "apply_threads", "defender_variant", "run_max_ideal_points"]
@@ -22,8 +22,8 @@ def defender_variant(defender: Any, **attrs: Any) -> Any:
     return out
 
 
-def run_max_ideal_points(cfg: dict[str, Any]) -> int:
-    """The run's ``max_ideal_points`` (ideal prompts per label; 6 if its config has none)."""
-    value = find_setting(cfg, "max_ideal_points")
-    return int(value) if isinstance(value, int) else 6
+def run_max_ideal_points(cfg: RunConfigLike) -> int:
+    """The run's ``max_ideal_points`` (ideal prompts per label; 6 if its config has none):
+    ``cfg`` a defender's ``run_config`` or ``train_config``, or a config's mapping."""
+    return RunConfig.of(cfg).max_ideal_points
 

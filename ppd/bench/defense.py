@@ -58,7 +58,8 @@ from ppd.agents.refine_config import (
     DEFAULT_SELECT, INFERENCE_OPTIONS, SELECT_RULES, RefineConfig, add_inference_arguments, inference_options,
 )
 from ppd.agents.rollout import greedy_rollout
-from ppd.agents.run_files import load_agent, role_max_steps
+from ppd.agents.run_config import RunConfig, RunConfigLike
+from ppd.agents.run_files import load_agent
 from ppd.cli.common import add_device_arguments
 from ppd.data.scenes import DOMAINS, ProceduralScenes
 from ppd.envs.point_prompt_env import DEFAULT_MAX_STEPS, WRONG_LABEL, label_targets
@@ -167,20 +168,23 @@ def defender_world(defender: PromptDefender, scenes: Any) -> PromptWorld:
     return PromptWorld(defender.segmenter, scenes, grid=w.grid, k_physical=w.k_physical, k_semantic=w.k_semantic)
 
 
-def ideal_start(rec: Any, obj: int, cfg: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+def ideal_start(rec: Any, obj: int, cfg: RunConfigLike) -> tuple[np.ndarray, np.ndarray]:
     """The attacker's start on object ``obj`` of ``rec``: ``ideal_prompts`` with the
-    run's ``max_ideal_points`` per label (6 if unset), as ``(node_state, node_points)``."""
+    run's ``max_ideal_points`` per label (6 if unset), as ``(node_state, node_points)``.
+    ``cfg``: the run's config (``PromptDefender.run_config``, a ``TrainConfig`` or a
+    config's mapping)."""
     max_ideal = run_max_ideal_points(cfg)
     ideal = ideal_prompts(rec.scene.masks[obj], n_pos=max_ideal, n_neg=max_ideal)
     st, pts, _ = state_from_prompts(ideal.point_coords, ideal.point_labels, rec.grid, rec.hw, rec.centres)
     return st, pts
 
 
-def bench_items(world: PromptWorld, cfg: dict[str, Any], n_scenes: int, seed: int = 0) -> list[tuple]:
+def bench_items(world: PromptWorld, cfg: RunConfigLike, n_scenes: int, seed: int = 0) -> list[tuple]:
     """The bench's sets on ``world``'s first ``n_scenes`` scenes: per scene ``(record,
     object, ideal node_state, node_points, coarse PromptSet)``, scene i's object and
     coarse prompts from ``default_rng([DEFENSE_SEED, seed, i])`` (the object uniformly,
     as the environments draw it)."""
+    cfg = RunConfig.of(cfg)
     items = []
     for i in range(n_scenes):
         rec = world.image(i)
@@ -191,11 +195,11 @@ def bench_items(world: PromptWorld, cfg: dict[str, Any], n_scenes: int, seed: in
     return items
 
 
-def attack(attacker: Any, world: PromptWorld, cfg: dict[str, Any], starts: list) -> list[dict[str, Any]]:
+def attack(attacker: Any, world: PromptWorld, cfg: RunConfigLike, starts: list) -> list[dict[str, Any]]:
     """The run's attacker acting greedily from ``starts`` ``(rec, obj, node_state,
     node_points)`` with its training step budget, all starts at once (one decoder call
     per attacker step, in a world that decodes as in training)."""
-    steps = role_max_steps(cfg, "attacker") or DEFAULT_MAX_STEPS["attacker"]
+    steps = RunConfig.of(cfg).max_steps("attacker") or DEFAULT_MAX_STEPS["attacker"]
     return greedy_rollout(attacker, world, "attacker", starts, steps)
 
 
@@ -209,14 +213,14 @@ def bench_sets(
     ``own``; skipped when the run has none), its greedy result from each scene's ideal
     start (:func:`bench_items`)."""
     world = defender_world(defender, ProceduralScenes(domain, n_scenes, seed=DEFENSE_SEED))
-    items = bench_items(world, defender.config, n_scenes, seed)
+    items = bench_items(world, defender.run_config, n_scenes, seed)
     sets = {"coarse": [(it[0], it[1], it[4].point_coords, it[4].point_labels) for it in items]}
     if domain == "train":
         for att in attackers:
             model = bench_attacker(run, att, defender, None)
             if model is None:
                 continue
-            rolled = attack(model, world, defender.config, [it[:4] for it in items])
+            rolled = attack(model, world, defender.run_config, [it[:4] for it in items])
             name = "own" if att is None else str(att).rstrip("/").split("/")[-1]
             sets[f"att:{name}"] = [(it[0], it[1], *prompts_from_state(r["state"], r["points"])) for it, r in zip(items, rolled)]
     return sets
@@ -225,7 +229,7 @@ def bench_sets(
 def bench_domain(
     defender: PromptDefender,
     attacker: Any | None,
-    cfg: dict[str, Any],
+    cfg: RunConfigLike,
     domain: str,
     n_scenes: int,
     seed: int = 0,
@@ -235,7 +239,7 @@ def bench_domain(
 
     Scenes, objects and prompt sets: :func:`bench_items`.
     """
-    seg = defender.segmenter
+    seg, cfg = defender.segmenter, RunConfig.of(cfg)
     world = defender_world(defender, ProceduralScenes(domain, n_scenes, seed=DEFENSE_SEED))
     items = bench_items(world, cfg, n_scenes, seed)
 
@@ -341,7 +345,7 @@ def run_benchmark(
     defender = PromptDefender.load(run, device=device, precision=precision, embedding_cache=embedding_cache, config=config)
     attacker_source = attacker or run
     attacker_model = bench_attacker(run, attacker, defender, device)
-    cfg = defender.config
+    cfg = defender.run_config
     tick = progress(n_scenes * len(domains)) if progress else None
     rows = {d: bench_domain(defender, attacker_model, cfg, d, n_scenes, seed, tick) for d in domains}
     times = [r["refine_ms_median"] for r in rows.values() if r["refine_ms_median"] is not None]

@@ -29,7 +29,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--image", required=True, help="image file (PNG/JPEG...)")
     p.add_argument("--points", required=True, help="prompts as 'x,y,label;x,y,label' in pixels (label 1 fg, 0 bg)")
-    add_refine_arguments(p.add_argument_group("refine options (RefineConfig; saved as OUT/refine_config.yaml)"))
+    p.add_argument(
+        "--config",
+        default=None,
+        metavar="FILE",
+        help="YAML/JSON file of refine options (RefineConfig fields, as OUT/refine_config.yaml holds); "
+        "the flags given override it",
+    )
+    # defaults=False: a flag not given leaves the --config file's value (or the default)
+    add_refine_arguments(p.add_argument_group("refine options (RefineConfig; saved as OUT/refine_config.yaml)"),
+                         defaults=False)
     p.add_argument("--out", default="refine_out", help="output folder (default: refine_out)")
     p.add_argument("--model", default=None, help="segmenter name (default: the one the defender was trained with)")
     p.add_argument("--checkpoint", default=None, help="checkpoint file for --model")
@@ -45,8 +54,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """``ppd refine``: writes refined.json (with the result's trace), refine_config.yaml
-    (the options it ran with), mask.png, overlay.png and input_overlay.png (and
-    uncertainty.png with the RUAC decoder)."""
+    (the options it ran with: defaults <- ``--config`` FILE <- the flags given),
+    mask.png, overlay.png and input_overlay.png (and uncertainty.png with the RUAC
+    decoder)."""
     from ppd.io import save_json
     from ppd.viz import overlay
 
@@ -63,14 +73,15 @@ def run(args: argparse.Namespace) -> int:
             args.model or BUNDLED_NAME, checkpoint=args.checkpoint, device=args.device, precision=args.precision,
             cache_dir=args.embedding_cache, **kw
         )
-    if args.filter_threshold is not None:
+    # the flags' own checks first, so that an error names the flag
+    if getattr(args, "filter_threshold", None) is not None:
         check_threshold(args.filter_threshold, "--filter-threshold")
-    if args.filter_relabel_gate is not None:
+    if getattr(args, "filter_relabel_gate", None) is not None:
         check_relabel_gate(args.filter_relabel_gate, "--filter-relabel-gate")
-    if not args.use_filter and (args.filter_threshold is not None or args.filter_action is not None
-                                or args.filter_relabel_gate is not None):
+    if not getattr(args, "use_filter", True) and any(
+            getattr(args, n, None) is not None for n in ("filter_threshold", "filter_action", "filter_relabel_gate")):
         raise ValueError("--filter-threshold / --filter-action / --filter-relabel-gate have no effect with --no-filter")
-    config: RefineConfig = refine_config_from_args(args)
+    config: RefineConfig = refine_config_from_args(args, args.config)
     defender = PromptDefender.load(
         args.run, segmenter=seg, device=args.device, config=config,
         precision=None if seg is not None else args.precision,
