@@ -4,7 +4,7 @@ per click than with one call per object?
     python docs/experiments/click_batching_speed.py [--threads 2] [--images 3] [--repeats 3]
 
 Images of 16 objects: four held-out ``clutter`` scenes (256 px) tiled into a 512 x 512
-image, the four largest objects of each. For each image both loops run the whole
+image, the four largest objects of each (``--size`` resamples it). For each image both loops run the whole
 20-click protocol (``ppd.bench.protocols.clicks.click_curves``, ``batch_objects`` on and
 off), alternating, ``--repeats`` times; printed are the median seconds per image of each,
 the ratio, and how much of the batched time is decoding (the rest is the click rule's
@@ -28,7 +28,7 @@ from ppd.bench.protocols.clicks import ClicksConfig, click_curves
 from ppd.data.scenes import ProceduralScenes
 
 
-def tiled_images(n: int) -> list[tuple[np.ndarray, np.ndarray]]:
+def tiled_images(n: int, size: int = 512) -> list[tuple[np.ndarray, np.ndarray]]:
     scenes = [s for s in ProceduralScenes("clutter", 16 * n, seed=10_000_000 + 50_000) if s.num_objects >= 4]
     out = []
     for k in range(n):
@@ -41,7 +41,13 @@ def tiled_images(n: int) -> list[tuple[np.ndarray, np.ndarray]]:
                 m = np.zeros((512, 512), bool)
                 m[y:y + 256, x:x + 256] = t.masks[i]
                 masks.append(m)
-        out.append((img, np.array(masks)))
+        masks = np.array(masks)
+        if size != 512:  # resampled: nearest neighbour for the masks
+            from PIL import Image
+
+            img = np.asarray(Image.fromarray(img).resize((size, size), Image.BILINEAR))
+            masks = np.array([np.asarray(Image.fromarray(m).resize((size, size), Image.NEAREST)) for m in masks])
+        out.append((img, masks))
     return out
 
 
@@ -50,12 +56,13 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--images", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--size", type=int, default=512, help="image side in pixels (the tiles are resampled)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     seg = ppd.load_segmenter()
-    images = tiled_images(a.images)
+    images = tiled_images(a.images, a.size)
     times: dict[bool, list[float]] = {True: [], False: []}
-    decode, diff = [], []
+    decode, decode_single, diff = [], [], []
     for img, masks in images:
         seg.encode(img)
         ref = None
@@ -75,11 +82,16 @@ def main() -> None:
         for k in range(20):
             seg.predict(emb, coords, labels, multimask=(k == 0))
         decode.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        for k in range(20):
+            for i in range(len(masks)):
+                seg.predict(emb, coords[i:i + 1], labels[i:i + 1], multimask=(k == 0))
+        decode_single.append(time.perf_counter() - t)
     b, p = statistics.median(times[True]), statistics.median(times[False])
-    print(f"{len(images)} images of 16 objects, 20 clicks, {a.threads} torch threads")
+    print(f"{len(images)} images of {a.size} x {a.size} px, 16 objects, 20 clicks, {a.threads} torch threads")
     print(f"batched    {b:.3f} s per image (decoder calls alone {statistics.median(decode):.3f} s)")
-    print(f"per-object {p:.3f} s per image")
-    print(f"speed-up   {p / b:.2f}x")
+    print(f"per-object {p:.3f} s per image (decoder calls alone {statistics.median(decode_single):.3f} s)")
+    print(f"speed-up   {p / b:.2f}x (decoder calls alone {statistics.median(decode_single) / statistics.median(decode):.2f}x)")
     print(f"largest difference of the mean IoU curves between the loops: {max(diff):.4f} (decoder rounding "
           "differs with the batch size; a flipped pixel can move a later click)")
 

@@ -8,8 +8,9 @@ ones a single mask; ``feed_logits`` passes each prediction's low-res logits back
 next mask input. An object whose mask is exact keeps its IoU for the remaining clicks.
 
 All objects of an image are decoded together, one decoder call per click with one row
-per object still being clicked (``batch_objects``; off: the per-object loop, for timing
-comparisons: the clicks and IoUs are the same up to float rounding).
+per object still being clicked, and their next clicks computed on a few threads
+(``batch_objects``; off: the per-object loop, for timing comparisons: the clicks and IoUs
+are the same up to the decoder's float rounding, which differs with the batch size).
 
 Rows per object: ``iou@k`` for k = 1..max_clicks (mean = mIoU@k, the IoU-versus-clicks
 curve), ``noc@T`` (the first k with IoU >= T/100, or max_clicks when never: RITM's
@@ -20,6 +21,8 @@ neither way and receive no click.
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -122,31 +125,42 @@ def click_curves(seg, image: np.ndarray, gts: np.ndarray, cfg: ClicksConfig, voi
     logits: list[np.ndarray | None] = [None] * n
     example = [np.zeros(gts.shape[1:], bool) for _ in range(n)]
     active = list(range(n))
-    for k in range(k_max):
-        if not active:
-            break
-        groups = [active] if cfg.batch_objects else [[i] for i in active]
-        still = []
-        for rows in groups:
-            mask_input = np.stack([logits[i] for i in rows]) if cfg.feed_logits and k > 0 else None
-            pred = seg.predict(emb, np.asarray([coords[i] for i in rows], np.float32),
-                               np.asarray([labels[i] for i in rows]), mask_input=mask_input, multimask=(k == 0))
-            for r, i in enumerate(rows):
-                mask = pred.masks[r] & care
-                curves[i, k] = _iou(mask, gts[i])
-                logits[i] = pred.logits[r]
-                if k < min(3, k_max):
-                    example[i] = mask
-                nxt = next_click(mask, gts[i], cfg.click_rule)
-                if nxt is None:  # exact: the remaining clicks keep this IoU
-                    curves[i, k + 1:] = curves[i, k]
-                    example[i] = mask if k < min(3, k_max) else example[i]
-                    continue
-                if k + 1 < k_max:
-                    coords[i].append(nxt[0])
-                    labels[i].append(nxt[1])
-                    still.append(i)
-        active = still
+    # The click rule's distance transforms are per object; OpenCV and numpy release the
+    # GIL, so the objects of one decoder call are scored on a few threads.
+    pool = ThreadPoolExecutor(max_workers=max(1, min(n, os.cpu_count() or 1))) if cfg.batch_objects and n > 1 else None
+
+    def score(mask: np.ndarray, i: int):
+        mask = mask & care
+        return mask, _iou(mask, gts[i]), next_click(mask, gts[i], cfg.click_rule)
+
+    try:
+        for k in range(k_max):
+            if not active:
+                break
+            groups = [active] if cfg.batch_objects else [[i] for i in active]
+            still = []
+            for rows in groups:
+                mask_input = np.stack([logits[i] for i in rows]) if cfg.feed_logits and k > 0 else None
+                pred = seg.predict(emb, np.asarray([coords[i] for i in rows], np.float32),
+                                   np.asarray([labels[i] for i in rows]), mask_input=mask_input, multimask=(k == 0))
+                args = ([pred.masks[r] for r in range(len(rows))], rows)
+                scored = list(pool.map(score, *args)) if pool else list(map(score, *args))
+                for r, (i, (mask, value, nxt)) in enumerate(zip(rows, scored)):
+                    curves[i, k] = value
+                    logits[i] = pred.logits[r]
+                    if k < min(3, k_max):
+                        example[i] = mask
+                    if nxt is None:  # exact: the remaining clicks keep this IoU
+                        curves[i, k + 1:] = curves[i, k]
+                        continue
+                    if k + 1 < k_max:
+                        coords[i].append(nxt[0])
+                        labels[i].append(nxt[1])
+                        still.append(i)
+            active = still
+    finally:
+        if pool:
+            pool.shutdown()
     clicks = [(np.asarray(c, np.float32), np.asarray(lab)) for c, lab in zip(coords, labels)]
     return curves, clicks, example
 
@@ -160,50 +174,75 @@ def next_click(pred: np.ndarray, gt: np.ndarray, rule: str = "ritm") -> tuple[np
     this equals). ``area``: the deepest pixel of the larger region by pixel count.
     """
     fn, fp = gt & ~pred, pred & ~gt
-    if not fn.any() and not fp.any():
-        return None
     if rule == "area":
-        positive = fn.sum() > fp.sum()
-        return _deepest(fn if positive else fp), int(positive)
-    d_fn, d_fp = _depth(fn), _depth(fp)
-    positive = d_fn.max() > d_fp.max()
-    return _argmax_xy(d_fn if positive else d_fp), int(positive)
+        n_fn, n_fp = np.count_nonzero(fn), np.count_nonzero(fp)
+        if n_fn == 0 and n_fp == 0:
+            return None
+        positive = n_fn > n_fp
+        return _deepest_pixel(fn if positive else fp)[1], int(positive)
+    # The deeper region wins; a region's depth is at most half its bounding box's shorter
+    # side, so the region with the larger bound goes first and the other is skipped
+    # when it cannot win (one distance transform instead of two, most clicks).
+    box_fn, box_fp = _box(fn), _box(fp)
+    if box_fn is None and box_fp is None:
+        return None
+    if _bound(box_fn) >= _bound(box_fp):
+        d_fn, xy_fn = _deepest_pixel(fn, box_fn)
+        if d_fn > _bound(box_fp):
+            return xy_fn, 1
+        d_fp, xy_fp = _deepest_pixel(fp, box_fp)
+    else:
+        d_fp, xy_fp = _deepest_pixel(fp, box_fp)
+        if d_fp >= _bound(box_fn):
+            return xy_fp, 0
+        d_fn, xy_fn = _deepest_pixel(fn, box_fn)
+    return (xy_fn, 1) if d_fn > d_fp else (xy_fp, 0)
 
 
-def _depth(region: np.ndarray) -> np.ndarray:
-    """Squared distance of each pixel of ``region`` to the nearest pixel outside it or the
-    image border (0 outside the region), as float64 integers.
-
-    Computed on the region's bounding box padded by one pixel, which gives the same
-    values as the whole image (the nearest outside pixel of any region pixel is in that
-    box), with OpenCV's exact Euclidean transform: five times faster than SciPy's, and
-    the click loop computes two per object and click. OpenCV returns float32 distances;
-    squaring and rounding recovers the exact integer squared distances (below ~1400 px),
-    so ties break as with SciPy's transform (first pixel in raster order)."""
+def _box(region: np.ndarray) -> tuple[int, int, int, int] | None:
+    """``(x, y, w, h)`` of the bounding box of the region's pixels, None when empty."""
     import cv2
 
-    out = np.zeros(region.shape, np.float64)
-    rows, cols = np.any(region, axis=1), np.any(region, axis=0)
-    if not rows.any():
-        return out
-    y0, y1 = np.flatnonzero(rows)[[0, -1]]
-    x0, x1 = np.flatnonzero(cols)[[0, -1]]
-    crop = np.pad(region[y0:y1 + 1, x0:x1 + 1], 1).astype(np.uint8)
+    box = cv2.boundingRect(np.ascontiguousarray(region, dtype=bool).view(np.uint8))
+    return None if box[2] == 0 or box[3] == 0 else box
+
+
+def _bound(box: tuple[int, int, int, int] | None) -> float:
+    """An upper bound of the squared depth of any pixel of a region with this box: no
+    pixel is deeper than half the box's shorter side (-1 for an empty region)."""
+    return -1.0 if box is None else float(((min(box[2], box[3]) + 1) // 2) ** 2)
+
+
+def _deepest_pixel(region: np.ndarray, box: tuple[int, int, int, int] | None = None) -> tuple[float, np.ndarray | None]:
+    """``(depth², xy)`` of the pixel of ``region`` farthest from any pixel outside it or
+    the image border, the first in raster order on ties; ``(-1, None)`` for an empty one.
+    ``box``: the region's :func:`_box`, when known.
+
+    Computed on the region's bounding box padded by one pixel, which gives the same
+    depths as the whole image (the nearest outside pixel of any region pixel is in that
+    box), with OpenCV's exact Euclidean transform, five times faster than SciPy's: the
+    click loop computes up to two per object and click. OpenCV returns float32 distances;
+    squaring and rounding recovers the exact integer squared distances (below ~1400 px),
+    so ties break as with SciPy's transform (raster order within the box is the image's).
+    """
+    import cv2
+
+    box = _box(region) if box is None else box
+    if box is None:
+        return -1.0, None
+    x0, y0, w, h = box
+    crop = np.pad(np.ascontiguousarray(region[y0:y0 + h, x0:x0 + w], dtype=bool), 1).view(np.uint8)
     dist = cv2.distanceTransform(crop, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1].astype(np.float64)
-    out[y0:y1 + 1, x0:x1 + 1] = np.rint(dist * dist)
-    return out
+    depth2 = np.rint(dist * dist)
+    i = int(np.argmax(depth2))
+    y, x = divmod(i, w)
+    return float(depth2.flat[i]), np.array([x0 + x, y0 + y], np.float32)
 
 
 def _deepest(region: np.ndarray) -> np.ndarray:
-    return _argmax_xy(_depth(region))
-
-
-def _argmax_xy(values: np.ndarray) -> np.ndarray:
-    """(2,) float32 (x, y) of the largest value, first in raster order on ties."""
-    y, x = np.unravel_index(np.argmax(values), values.shape)
-    return np.array([x, y], np.float32)
+    return _deepest_pixel(region)[1]
 
 
 def _iou(pred: np.ndarray, gt: np.ndarray) -> float:
-    union = np.logical_or(pred, gt).sum()
-    return float(np.logical_and(pred, gt).sum() / union) if union else 1.0
+    union = np.count_nonzero(pred | gt)
+    return float(np.count_nonzero(pred & gt) / union) if union else 1.0
