@@ -115,10 +115,10 @@ def build_config(args: argparse.Namespace):
             value = getattr(args, f"opt_{f.name}", None)
             if value is not None:
                 options.setdefault(name, {})[f.name] = value
-    if d.get("quick") and not args.config and "refine" in d["protocols"]:
-        from ppd.agents.run_files import BUNDLED_DEFENDER
-
-        options.setdefault("refine", {}).setdefault("defender", [str(BUNDLED_DEFENDER)])
+    if d.get("quick") and not args.config:
+        for name in d["protocols"]:
+            for key, value in protocol_class(name).quick.items():
+                options.setdefault(name, {}).setdefault(key, value)
     d["options"] = options
     return BenchConfig(**d)
 

@@ -28,8 +28,9 @@ def test_quick_preset():
     assert cfg.data == [f"{d}=procedural:{d}" for d in DOMAINS] + ["mine=some/folder"]
     assert (cfg.sample, cfg.max_objects, cfg.out) == (8, 4, "bench_out")
     assert cfg.protocols == protocol_names()
-    if "refine" in cfg.protocols:
-        assert cfg.options["refine"]["defender"][0].endswith("defender")
+    assert cfg.options["refine"]["defender"] == ["bundled"]  # each protocol's quick options
+    own = build_config(parse("--quick", "--defender", "runs/mine"))
+    assert own.options["refine"]["defender"] == ["runs/mine"]  # options given win
 
 
 def test_config_file_then_flags(tmp_path):

@@ -63,6 +63,8 @@ class Protocol:
             summed over objects, accumulated from the most confident bin down, they give
             coverage and risk. None for none.
         Metrics of these two families are histograms: tables never show them.
+        quick: config options of ``ppd bench --quick`` (a small size that keeps the whole
+            preset within a few minutes on 2 CPU cores); options the user gives win.
     """
 
     name: ClassVar[str] = ""
@@ -75,6 +77,7 @@ class Protocol:
     example_metric: ClassVar[str] = "iou"
     reliability: ClassVar[str | None] = None
     risk_coverage: ClassVar[str | None] = None
+    quick: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, config: Any | None = None) -> None:
         self.config = self.Config() if config is None else config

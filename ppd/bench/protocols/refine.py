@@ -104,6 +104,7 @@ class RefineProtocol(Protocol):
     table_metrics = ("iou", "dice", "refine_ms")
     lower_is_better = frozenset({"refine_ms"})
     example_metric = "iou"
+    quick = {"defender": [BUNDLED]}
 
     def validate(self, models: dict[str, dict[str, Any]]) -> None:
         from ppd.bench.generators import GENERATORS
