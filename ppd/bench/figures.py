@@ -140,7 +140,7 @@ def bar_figure(summary_p: dict[str, Any], protocol: Any, path: Path) -> Path | N
             err = np.vstack([np.clip(v - lo, 0, None), np.clip(hi - v, 0, None)])
             ax.bar(x + (ci - (len(systems) - 1) / 2) * width, v, width, yerr=np.nan_to_num(err), capsize=3,
                    color=COLORS[ci % len(COLORS)], label=_label(key))
-        ax.set_xticks(x, domains)
+        ax.set_xticks(x, domains, rotation=30, ha="right")
         ax.set_title(f"{metric} ({'lower' if metric in lower else 'higher'} is better)")
         ax.grid(axis="y", alpha=0.3)
     _legend_below(fig, axes[0], len(systems))

@@ -171,7 +171,7 @@ body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; max
        margin: 2em auto; padding: 0 1em; color: #222; line-height: 1.45; }
 h1 { border-bottom: 2px solid #ddd; padding-bottom: .3em; }
 h2 { border-bottom: 1px solid #eee; padding-bottom: .2em; margin-top: 2em; }
-table { border-collapse: collapse; margin: .6em 0 1.2em; font-size: 14px; }
+table { border-collapse: collapse; margin: .6em 0 1.2em; font-size: 13px; display: block; overflow-x: auto; max-width: 100%; }
 th, td { border: 1px solid #ccc; padding: 4px 9px; white-space: nowrap; }
 th { background: #f3f5f7; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
