@@ -1,4 +1,9 @@
-"""Benchmarks: scripts that print tables (python -m ppd.bench.NAME), not tests."""
+"""Benchmarks: ``ppd bench`` (data, models, protocols, store, runner, report) and older scripts.
+
+``ppd bench`` is the harness (docs/bench.md); the scripts ``python -m ppd.bench.NAME``
+(defense, generators, ruac, segmenter, envs, alloc) print the tables docs/benchmarks.md
+cites. Neither is a test.
+"""
 
 from __future__ import annotations
 
