@@ -112,3 +112,49 @@ def test_ray_equals_serial(tmp_path, folder_data, tiny_model_spec):
     outcome = run_bench(config(tmp_path / "ray", [f"mine={folder_data}"], tiny_model_spec, ray=True, workers=2))
     assert outcome.ran == 3
     pd.testing.assert_frame_equal(frame(tmp_path / "serial"), frame(tmp_path / "ray"))
+
+
+def test_summary_matches_results(tmp_path, folder_data, tiny_model_spec):
+    import json
+
+    out = tmp_path / "m"
+    run_bench(config(out, [f"mine={folder_data}"], tiny_model_spec))
+    df = read_results(out)
+    summary = json.loads((out / "summary.json").read_text())
+    cells = summary["protocols"]["clicks"]["mine"]["tiny/clicks/clean"]
+    for metric in ("iou@1", "iou@3", "noc@85"):
+        assert cells[metric]["value"] == pytest.approx(df[df.metric == metric].value.mean(), abs=1e-12)
+        assert cells[metric]["ci_low"] <= cells[metric]["value"] <= cells[metric]["ci_high"]
+    assert cells["nof@85"]["value"] == df[df.metric == "nof@85"].value.sum()
+    assert summary["units"] == 3 and summary["skipped"] == []
+    report = (out / "report.md").read_text()
+    assert f"{100 * cells['iou@1']['value']:.1f}" in report
+    for line in report.splitlines():
+        if "](figures/" in line:
+            assert (out / line.split("](")[1].split(")")[0]).is_file()
+
+
+def test_killed_process_continues(tmp_path, tiny_model_spec):
+    """A real kill (SIGKILL) mid-run, then the same command: the results equal an
+    uninterrupted run's."""
+    import subprocess
+    import sys
+    import time
+
+    data = ["p=procedural:clutter"]
+    argv = [sys.executable, "-c", "import sys; from ppd.cli import main; sys.exit(main())", "bench", "--data", data[0], "--sample", "6", "--model", tiny_model_spec,
+            "--protocol", "clicks", "--max-clicks", "8", "--threads", "1", "--bootstrap", "20"]
+    ref = tmp_path / "ref"
+    subprocess.run([*argv, "--out", str(ref)], check=True, capture_output=True)
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([*argv, "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(out.glob("units/*/*/*.json"))) < 2:
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    done = len(list(out.glob("units/*/*/*.json")))
+    assert 2 <= done < 6, "the run was not killed midway"
+    assert not (out / "results.parquet").exists()
+    subprocess.run([*argv, "--out", str(out)], check=True, capture_output=True)
+    pd.testing.assert_frame_equal(frame(ref), frame(out))
