@@ -451,7 +451,6 @@ def test_refine_cli_writes_its_files(run_dir, random_image, tmp_path, capsys):
 
 
 def test_embedding_cache_flag_reuses_embeddings_across_commands(run_dir, random_image, tmp_path, counting_encoder):
-    from ppd.bench import segmenter as segmenter_bench
     from ppd.cli import main
     from ppd.cli.common import save_png as _save_png
 
@@ -469,8 +468,6 @@ def test_embedding_cache_flag_reuses_embeddings_across_commands(run_dir, random_
             == json.loads((tmp_path / "b" / "refined.json").read_text())["kept"])
     with pytest.raises(ValueError, match="embedding_cache applies to the segmenter loaded here"):
         PromptDefender.load(run_dir, segmenter=PromptDefender.load(run_dir).segmenter, embedding_cache=cache)
-    with pytest.raises(SystemExit):  # the segmenter bench times encoding: no such flag
-        segmenter_bench.main(["--embedding-cache", str(cache)])
 
 
 # ----------------------------------------------------------------------------- baselines
