@@ -37,6 +37,13 @@ def _figure(width: float, height: float) -> Figure:
     return fig
 
 
+def _suptitle(fig: Figure, text: str) -> None:
+    """A figure title wrapped to the figure's width (a one-panel figure is narrow)."""
+    import textwrap
+
+    fig.suptitle(textwrap.fill(text, width=max(20, int(fig.get_figwidth() * 11))))
+
+
 def _save(fig: Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=DPI)
@@ -107,7 +114,7 @@ def curve_figure(summary_p: dict[str, Any], protocol: Any, path: Path) -> Path |
     if not drawn:
         return None
     _legend_below(fig, axes[0], len(systems))
-    fig.suptitle(f"{protocol.title or protocol.name}: {prefix.rstrip('@_')} versus {xlabel} (band: 95% CI)")
+    _suptitle(fig, f"{protocol.title or protocol.name}: {prefix.rstrip('@_')} versus {xlabel} (band: 95% CI)")
     return _save(fig, path)
 
 
@@ -144,7 +151,7 @@ def bar_figure(summary_p: dict[str, Any], protocol: Any, path: Path) -> Path | N
         ax.set_title(f"{metric} ({'lower' if metric in lower else 'higher'} is better)")
         ax.grid(axis="y", alpha=0.3)
     _legend_below(fig, axes[0], len(systems))
-    fig.suptitle(f"{protocol.title or protocol.name}: per domain (whiskers: 95% CI)")
+    _suptitle(fig, f"{protocol.title or protocol.name}: per domain (whiskers: 95% CI)")
     return _save(fig, path)
 
 
@@ -213,7 +220,7 @@ def reliability_figure(results_p: pd.DataFrame, protocol: Any, path: Path, order
         ax.set_ylabel("fraction foreground")
         ax.set_title(f"{_label(key)}\nECE {ece:.3f}", fontsize=9)
         ax.legend(fontsize=7, loc="upper left")
-    fig.suptitle(f"{protocol.title or protocol.name}: reliability")
+    _suptitle(fig, f"{protocol.title or protocol.name}: reliability")
     return _save(fig, path)
 
 
@@ -259,7 +266,7 @@ def risk_coverage_figure(results_p: pd.DataFrame, protocol: Any, path: Path, ord
         ax.set_xlim(0, 1)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle(f"{protocol.title or protocol.name}: risk versus coverage")
+    _suptitle(fig, f"{protocol.title or protocol.name}: risk versus coverage")
     return _save(fig, path)
 
 
@@ -329,7 +336,7 @@ def examples_figure(examples: list[tuple[Any, Any]], protocol: Any, load_scene: 
         axes[r][1].set_xlabel(f"image {unit.image}, object {ex.object}", fontsize=8)
         axes[r][2].set_xlabel(ex.method if ex.condition == "clean" else f"{ex.method} · {ex.condition}", fontsize=8)
         axes[r][3].set_xlabel(f"{ex.metric} = {ex.value:.3f}", fontsize=8)
-    fig.suptitle(f"{protocol.title or protocol.name}: worst and median examples")
+    _suptitle(fig, f"{protocol.title or protocol.name}: worst and median examples")
     return _save(fig, path)
 
 
