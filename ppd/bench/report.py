@@ -22,6 +22,8 @@ from typing import Any, Callable
 
 import pandas as pd
 
+from ppd.io import save_text
+
 from ppd.bench.figures import protocol_figures
 from ppd.bench.stats import ALL, split_system_key
 
@@ -283,6 +285,27 @@ def _protocol_section(doc: Doc, out_dir: Path, name: str, protocol: Any, summary
         doc.figure(captions.get(kind, kind), path, path.relative_to(out_dir).as_posix())
 
 
+def _aggregates_section(doc: Doc, aggregates: dict[str, Any] | None) -> None:
+    """A protocol's :meth:`~ppd.bench.protocols.base.Protocol.aggregates`: a table when
+    they map rows to flat columns (``{"model/domain": {"gam": ..., ...}}``), else JSON."""
+    if not aggregates:
+        return
+    doc.heading(3, "Aggregates")
+    rows = list(aggregates.items())
+    flat = all(isinstance(v, dict) and all(not isinstance(x, (dict, list)) for x in v.values()) for _, v in rows)
+    if not flat:
+        doc.code(json.dumps(aggregates, indent=2, sort_keys=True, default=str), "json")
+        return
+    columns = list(dict.fromkeys(k for _, v in rows for k in v))
+    doc.table(["", *columns], [[str(key), *(fmt_value(v.get(c)) for c in columns)] for key, v in rows], numeric_from=1)
+
+
+def fmt_value(v: Any) -> str:
+    if isinstance(v, float):
+        return "" if v != v else f"{v:.3f}"
+    return "" if v is None else str(v)
+
+
 def write_report(out_dir: str | Path, results: pd.DataFrame, summary: dict[str, Any], protocols: dict[str, Any],
                  examples: list[tuple[Any, Any]], load_scene: Callable[[str, str], Any],
                  meta: dict[str, Any]) -> dict[str, Path]:
@@ -314,6 +337,7 @@ def write_report(out_dir: str | Path, results: pd.DataFrame, summary: dict[str, 
         figures = protocol_figures(fig_dir, name, protocol, results_p, summary_p, examples, load_scene)
         written.update({p.relative_to(out_dir).as_posix(): p for p in figures.values()})
         _protocol_section(doc, out_dir, name, protocol, summary_p, figures)
+        _aggregates_section(doc, (meta.get("aggregates") or {}).get(name))
     if skipped:
         doc.heading(2, "Skipped items")
         listed = skipped[:MAX_SKIPPED_LISTED]
@@ -324,7 +348,7 @@ def write_report(out_dir: str | Path, results: pd.DataFrame, summary: dict[str, 
     doc.heading(2, "Configuration")
     doc.code(json.dumps(meta.get("config", {}), indent=2, sort_keys=True, default=str), "json")
     md, page = out_dir / "report.md", out_dir / "report.html"
-    md.write_text(to_markdown(doc), encoding="utf-8")
-    page.write_text(to_html(doc, title), encoding="utf-8")
+    save_text(to_markdown(doc), md)  # atomically: a killed run never leaves half a report
+    save_text(to_html(doc, title), page)
     log.info("report written to %s and %s (%d figures)", md, page, len(written))
     return {"report.md": md, "report.html": page, **written}

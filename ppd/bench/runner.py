@@ -191,11 +191,14 @@ def write_outputs(cfg: BenchConfig, units: list[Unit], domains: dict[str, Domain
     files = {"results": write_results(df, out)}
     protocols = {n: protocol_class(n)(c) for n, c in cfg.protocol_configs().items()}
     summary = summarize(df, protocols, n_boot=cfg.bootstrap, seed=cfg.seed)
-    record = {"protocols": summary, "units": len(units), "skipped": skipped, "bootstrap": cfg.bootstrap,
-              "level": 0.95, "system_key": "model/method/condition"}
+    aggregates = {name: p.aggregates(df[df.protocol == name]) for name, p in protocols.items()}
+    aggregates = {name: a for name, a in aggregates.items() if a}
+    record = {"protocols": summary, "aggregates": aggregates, "units": len(units), "skipped": skipped,
+              "bootstrap": cfg.bootstrap, "level": 0.95, "system_key": "model/method/condition"}
     files["summary"] = io.save_json(io.json_safe(record), out / SUMMARY_FILE)
     meta = {
         "title": "ppd bench", "command": command, "config": cfg.to_dict(), "seconds": seconds, "skipped": skipped,
+        "aggregates": aggregates,
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
                    f"device {cfg.device or ('cuda' if torch.cuda.is_available() else 'cpu')}",
     }

@@ -92,6 +92,12 @@ class Protocol:
         worker and model and passed to every :meth:`run`. Default: none."""
         return None
 
+    def aggregates(self, results: Any) -> dict[str, Any]:
+        """Summary numbers beyond per-metric means (a worst case over conditions, ...),
+        computed from this protocol's rows of the results table; they go into
+        ``summary.json`` under ``aggregates`` and into the report. Default: none."""
+        return {}
+
     def run(self, model: BenchModel, resources: Any, scene: Any, unit: Unit, rng: np.random.Generator) -> UnitResult:
         """Measure ``model`` on ``scene`` (a :class:`ppd.data.types.Scene` whose masks
         are the objects to measure, already filtered). Must be deterministic given
