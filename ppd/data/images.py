@@ -8,7 +8,7 @@ One reader for the ``ppd`` commands and the dataset loaders:
 * 16-bit and 32-bit integer images (``I;16`` PNGs, ``I`` TIFFs) and float images (``F``
   TIFFs) are scaled linearly from their value range [min, max] to [0, 255] (an image of
   one value maps as value / 65535 for integers, clipped to [0, 1] for floats), and a log
-  line says so. Pillow itself would clip them to 255: a 16-bit image would turn white;
+  line says so (a warning for the first such image of a process, then info). Pillow itself would clip them to 255: a 16-bit image would turn white;
 * the EXIF orientation tag is honoured (the pixels are turned as a photo viewer shows
   them), with a log line;
 * a file that cannot be read (not an image, truncated, unsupported mode, NaN pixels)
@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 #: Pillow modes read through :func:`_scale_to_uint8` instead of ``convert("RGB")``.
 HIGH_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 EXIF_ORIENTATION_TAG = 0x0112
+_scaling_reported = False  # the first scaled image of a process is logged as a warning
 
 
 def read_rgb(path: str | os.PathLike) -> np.ndarray:
@@ -108,8 +109,11 @@ def _scale_to_uint8(arr: np.ndarray, path: Path, mode: str) -> np.ndarray:
         ref = 1.0 if np.issubdtype(arr.dtype, np.floating) else 65535.0
         scaled = np.full(a.shape, min(max(lo / ref, 0.0), 1.0))
     out = np.round(scaled * 255.0).astype(np.uint8)
-    logger.info(
-        "image %s: %s (%s) scaled to 8 bit from its value range [%g, %g]", path, mode, arr.dtype, lo, hi
+    global _scaling_reported
+    level = logging.INFO if _scaling_reported else logging.WARNING  # shown once by default
+    _scaling_reported = True
+    logger.log(
+        level, "image %s: %s (%s) scaled to 8 bit from its value range [%g, %g]", path, mode, arr.dtype, lo, hi
     )
     if out.ndim == 2:
         out = np.repeat(out[..., None], 3, axis=2)
