@@ -12,6 +12,11 @@ Two kinds of model are known:
 * ``sam2-tiny-synthetic``: a small SAM2-architecture model (256 px input) trained by
   ``ppd pretrain`` on procedural scenes and shipped in ``ppd/assets``. Its checkpoint
   carries its own model config, so a re-trained variant loads the same way.
+
+Loading a model file never calls anything the file names: checkpoints are read with
+``torch.load(weights_only=True)`` (tensors and plain data only), and a config stored in a
+checkpoint is built only after :func:`check_model_config` found in it nothing but the
+sam2 model classes ppd builds (:data:`ALLOWED_TARGETS`) and plain values.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from ppd.torch_files import load_torch, warn_nonfinite
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +62,72 @@ POSTPROCESSING_OVERRIDES = {
     "dynamic_multimask_stability_delta": 0.05,
     "dynamic_multimask_stability_thresh": 0.98,
 }
+
+
+#: The classes a model config may name as ``_target_``: those of the official SAM2 /
+#: SAM2.1 image models (the ``model:`` nodes of their configs) and of the tiny model.
+ROOT_TARGET = "sam2.modeling.sam2_base.SAM2Base"
+ALLOWED_TARGETS = frozenset({
+    ROOT_TARGET,
+    "sam2.modeling.backbones.hieradet.Hiera",
+    "sam2.modeling.backbones.image_encoder.FpnNeck",
+    "sam2.modeling.backbones.image_encoder.ImageEncoder",
+    "sam2.modeling.memory_attention.MemoryAttention",
+    "sam2.modeling.memory_attention.MemoryAttentionLayer",
+    "sam2.modeling.memory_encoder.CXBlock",
+    "sam2.modeling.memory_encoder.Fuser",
+    "sam2.modeling.memory_encoder.MaskDownSampler",
+    "sam2.modeling.memory_encoder.MemoryEncoder",
+    "sam2.modeling.position_encoding.PositionEmbeddingSine",
+    "sam2.modeling.sam.transformer.RoPEAttention",
+})
+
+
+def check_model_config(cfg: Any, source: str = "model config") -> dict[str, Any]:
+    """Return ``cfg`` if building it can only construct sam2 model classes, else raise.
+
+    Allowed: nested dicts (string keys) and lists of None, bool, int, float and str, where
+    every ``_target_`` is one of :data:`ALLOWED_TARGETS` and the root's is SAM2Base. Refused:
+    any other ``_target_``, Hydra's other special keys (``_partial_``, ``_args_``, ...),
+    OmegaConf interpolations (``${...}``, which may call resolvers) and other value types.
+
+    Raises:
+        ValueError: naming ``source``, the offending entry and its place in the config.
+    """
+    def refuse(where: str, what: str) -> ValueError:
+        return ValueError(
+            f"{source}: {what} at {where or 'the top level'}; ppd builds only sam2's own model "
+            "classes from a stored config (ppd.models.ALLOWED_TARGETS) and refuses to load it"
+        )
+
+    def walk(node: Any, where: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if not isinstance(key, str):
+                    raise refuse(where, f"a non-string key {key!r}")
+                here = f"{where}.{key}" if where else key
+                if key == "_target_":
+                    if not isinstance(value, str) or value not in ALLOWED_TARGETS:
+                        raise refuse(where, f"the config names {value!r}")
+                elif key.startswith("_") and key.endswith("_"):
+                    raise refuse(here, f"the Hydra key {key!r}")
+                else:
+                    walk(value, here)
+        elif isinstance(node, (list, tuple)):
+            for i, value in enumerate(node):
+                walk(value, f"{where}[{i}]")
+        elif isinstance(node, str):
+            if "${" in node:
+                raise refuse(where, f"the interpolation {node!r}")
+        elif node is not None and not isinstance(node, (bool, int, float)):
+            raise refuse(where, f"a value of type {type(node).__name__}")
+
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{source}: the model config must be a mapping, got {type(cfg).__name__}")
+    if cfg.get("_target_") != ROOT_TARGET:
+        raise refuse("", f"the root class {cfg.get('_target_')!r} (expected {ROOT_TARGET!r})")
+    walk(cfg, "")
+    return cfg
 
 
 def known_models() -> list[str]:
@@ -186,8 +259,10 @@ def tiny_model_config(
     }
 
 
-def _instantiate(model_cfg: dict[str, Any], apply_postprocessing: bool) -> torch.nn.Module:
-    """Instantiate a ``model:`` config node with Hydra, as ``sam2.build_sam2`` does."""
+def _instantiate(model_cfg: dict[str, Any], apply_postprocessing: bool, source: str = "model config") -> torch.nn.Module:
+    """Instantiate a ``model:`` config node with Hydra, as ``sam2.build_sam2`` does, once
+    :func:`check_model_config` has accepted it."""
+    check_model_config(model_cfg, source)
     import sam2  # noqa: F401  (initialises Hydra's config module, see module docstring)
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
@@ -215,15 +290,16 @@ def official_model_config(name: str) -> dict[str, Any]:
 def _read_checkpoint(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint file not found: {path}. {CHECKPOINT_HELP}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for corrupt files
-        raise ValueError(f"could not read checkpoint {path}: {exc}") from exc
+    ckpt = load_torch(path, "checkpoint")
     if not isinstance(ckpt, dict) or "model" not in ckpt or not isinstance(ckpt["model"], dict):
         raise ValueError(
             f"checkpoint {path} is not in the official SAM2 format "
             "(a dict with a 'model' state_dict)"
         )
+    odd = [k for k, v in ckpt["model"].items() if not isinstance(v, torch.Tensor)]
+    if odd:
+        raise ValueError(f"checkpoint {path}: its 'model' state_dict holds non-tensor entries, e.g. {odd[0]!r}")
+    warn_nonfinite(ckpt["model"], path)
     return ckpt
 
 
@@ -279,15 +355,17 @@ def build_sam2_model(
             )
         ckpt = _read_checkpoint(path)
         cfg = ckpt.get("config") or tiny_model_config()
+        source = f"checkpoint {path}"
     elif name in OFFICIAL_CONFIGS:
         if checkpoint is None:
             raise ValueError(f"model {name!r} needs a checkpoint file. {CHECKPOINT_HELP}")
         path = Path(checkpoint)
         ckpt = _read_checkpoint(path)
         cfg = official_model_config(name)
+        source = f"sam2's config of {name!r}"
     else:
         raise ValueError(f"unknown model name {name!r}; known models: {', '.join(known_models())}")
-    model = _instantiate(cfg, apply_postprocessing)
+    model = _instantiate(cfg, apply_postprocessing, source)
     _load_state(model, ckpt["model"], path, name)
     model.eval()
     logger.info("loaded %s from %s", name, path)

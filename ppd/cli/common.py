@@ -30,14 +30,16 @@ def parse_points(text: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def read_image(path: str) -> np.ndarray:
-    """An image file as (H, W, 3) uint8 RGB."""
-    from PIL import Image
+    """An image file as (H, W, 3) uint8 RGB: 16-bit and float images scaled by their value
+    range, EXIF orientation applied (see :mod:`ppd.data.images`).
 
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"image not found: {p}")
-    with Image.open(p) as im:
-        return np.asarray(im.convert("RGB"))
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the file cannot be read as an image (the message names it).
+    """
+    from ppd.data.images import read_rgb
+
+    return read_rgb(path)
 
 
 def save_png(array: np.ndarray, path: Path) -> None:

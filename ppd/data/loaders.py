@@ -1,7 +1,9 @@
 """Loaders that read real datasets as :class:`ppd.data.types.Scene` sequences.
 
 Both loaders index the files when built and read an image only when it is indexed, so a
-large dataset costs nothing until used. Images are converted to RGB uint8 with Pillow.
+large dataset costs nothing until used. Images are read as RGB uint8 by
+:func:`ppd.data.images.read_rgb` (16-bit and float images scaled by their value range,
+EXIF orientation applied, unreadable files named in a ``ValueError``).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Iterable, Optional, Union
 import numpy as np
 from PIL import Image
 
+from ppd.data.images import exif_orientation, read_rgb
 from ppd.data.types import Scene
 
 logger = logging.getLogger(__name__)
@@ -90,7 +93,7 @@ class ImageMaskFolder(Sequence):
         if ids.shape != image.shape[:2]:
             raise ValueError(
                 f"mask {mask_file} has size {ids.shape} (H, W) but image {image_file} has "
-                f"{image.shape[:2]}"
+                f"{image.shape[:2]}" + _orientation_hint(image_file)
             )
         values = np.unique(ids)
         binary = self.mask_mode == "binary" or (
@@ -199,7 +202,7 @@ class CocoDataset(Sequence):
         if image.shape[:2] != (info["height"], info["width"]):
             raise ValueError(
                 f"image {image_file} has size {image.shape[:2]} (H, W) but the annotations "
-                f"say {(info['height'], info['width'])}"
+                f"say {(info['height'], info['width'])}" + _orientation_hint(image_file)
             )
         anns = self.anns[image_id]
         # Paint larger instances first so that smaller ones stay visible where they overlap.
@@ -259,9 +262,19 @@ def _check_index(index: int, length: int) -> int:
 
 
 def _read_rgb(path: Path) -> np.ndarray:
-    """(H, W, 3) uint8 RGB image."""
-    with Image.open(path) as img:
-        return np.array(img.convert("RGB"), dtype=np.uint8)
+    """(H, W, 3) uint8 RGB image (see :func:`ppd.data.images.read_rgb`)."""
+    return read_rgb(path)
+
+
+def _orientation_hint(path: Path) -> str:
+    """'' or a note that ``path`` was turned by its EXIF orientation (for size errors)."""
+    tag = exif_orientation(path)
+    if tag in (None, 1):
+        return ""
+    return (
+        f"; the image was turned upright by its EXIF orientation tag ({tag}), so annotations "
+        "made on the stored (unturned) pixels do not fit: remove the tag or re-annotate"
+    )
 
 
 def _read_mask(path: Path) -> tuple[np.ndarray, bool]:

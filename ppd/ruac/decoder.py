@@ -41,6 +41,7 @@ from ppd.ruac.weibull import (  # noqa: F401  (re-exported)
     weibull_sample,
     weibull_var,
 )
+from ppd.torch_files import load_torch
 
 logger = logging.getLogger(__name__)
 
@@ -137,10 +138,7 @@ def load_head(
             (with ``strict``) other weights.
     """
     p = resolve_head_path(path)
-    try:
-        ckpt = torch.load(p, map_location=map_location, weights_only=True)
-    except Exception as exc:  # torch raises several types for corrupt files
-        raise ValueError(f"could not read RUAC head {p}: {exc}") from exc
+    ckpt = load_torch(p, "RUAC head", map_location)  # ValueError naming the file and why
     if not isinstance(ckpt, dict) or ckpt.get("format") != HEAD_FORMAT:
         raise ValueError(f"{p} is not a RUAC head checkpoint (written by ppd.ruac.save_head)")
     if int(ckpt.get("version", -1)) > HEAD_VERSION:

@@ -12,6 +12,7 @@ import torch
 
 from ppd import io
 from ppd.segmenter.types import ImageEmbedding
+from ppd.torch_files import load_torch
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +83,7 @@ class EmbeddingFiles:
         if not path.is_file():
             return None
         try:
-            d = torch.load(path, map_location=self.device, weights_only=True)
+            d = load_torch(path, "cached embedding", self.device)
             embed, high, hw = d["image_embed"], list(d["high_res_feats"]), tuple(int(v) for v in d["orig_hw"])
             side = self.image_size // 16
             shapes = [(1, self.embed_dim, side, side)] + [tuple(t.shape) for t in high]

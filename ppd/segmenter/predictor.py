@@ -29,6 +29,38 @@ from ppd.segmenter.transforms import image_key, image_to_float, preprocess
 from ppd.segmenter.types import ImageEmbedding, Prediction
 
 
+def prompt_array(value, name: str, dtype=None) -> np.ndarray:
+    """``np.asarray(value, dtype)`` of a prompt argument, with a message that says what
+    is wrong when ``value`` is ragged (prompt sets of different lengths) or not numeric."""
+    try:
+        arr = np.asarray(value, dtype=dtype)
+    except (ValueError, TypeError) as exc:
+        text = str(exc)
+        if "inhomogeneous" in text or "sequence" in text:
+            raise ValueError(
+                f"{name} is ragged (nested lists of different lengths, shape {_ragged_shape(value)}): every "
+                "prompt set of a batch needs the same number of points; pad shorter sets with points "
+                "of label -1 (ppd.prompts.stack_prompts does this)"
+            ) from None
+        raise ValueError(f"{name} must hold numbers: {text}") from None
+    if arr.dtype == object:
+        raise ValueError(
+            f"{name} is ragged or holds non-numbers (shape {_ragged_shape(value)}): every prompt set "
+            "of a batch needs the same number of points; pad shorter sets with points of label -1"
+        )
+    return arr
+
+
+def _ragged_shape(value) -> str:
+    """'(2, [3, 1], 2)'-style description of nested sequences (the lengths per level)."""
+    levels: list[set[int]] = []
+    nodes = [value]
+    while nodes and all(isinstance(n, (list, tuple, np.ndarray)) for n in nodes) and len(levels) < 4:
+        levels.append({len(n) for n in nodes})
+        nodes = [c for n in nodes for c in n]
+    return "(" + ", ".join(str(next(iter(s))) if len(s) == 1 else str(sorted(s)) for s in levels) + ")"
+
+
 class Segmenter:
     """A SAM2 model behind a numpy-in, numpy-out two-phase interface.
 
@@ -178,8 +210,8 @@ class Segmenter:
         if point_coords is not None or point_labels is not None:
             if point_coords is None or point_labels is None:
                 raise ValueError("point_coords and point_labels must be given together")
-            coords = np.asarray(point_coords, dtype=np.float64)
-            labels = np.asarray(point_labels)
+            coords = prompt_array(point_coords, "point_coords", np.float64)
+            labels = prompt_array(point_labels, "point_labels")
             if coords.ndim == 2:
                 coords, labels = coords[None], labels[None] if labels.ndim == 1 else labels
             if coords.ndim != 3 or coords.shape[-1] != 2:
@@ -212,13 +244,28 @@ class Segmenter:
             coords_t = torch.as_tensor(coords * scale, dtype=torch.float, device=self.device)
             labels_t = torch.as_tensor(labels, dtype=torch.int, device=self.device)
         if boxes is not None:
-            b = np.asarray(boxes, dtype=np.float64)
+            b = prompt_array(boxes, "boxes", np.float64)
             if b.ndim == 1:
                 b = b[None]
             if b.ndim != 2 or b.shape[1] != 4:
                 raise ValueError(f"boxes must have shape (4,) or (B, 4) in XYXY; got {np.shape(boxes)}")
             if not np.isfinite(b).all():
                 raise ValueError("boxes contain NaN or infinite values")
+            reversed_ = (b[:, 2] < b[:, 0]) | (b[:, 3] < b[:, 1])
+            if reversed_.any():
+                r = int(np.argmax(reversed_))
+                raise ValueError(
+                    f"box {tuple(b[r].tolist())} (row {r}) is reversed: boxes are XYXY with "
+                    "x0 <= x1 and y0 <= y1"
+                )
+            outside = (b[:, 0::2] < 0).any(1) | (b[:, 0::2] > W).any(1) | (b[:, 1::2] < 0).any(1) | (b[:, 1::2] > H).any(1)
+            if outside.any():
+                r = int(np.argmax(outside))
+                h, w = hw[min(r, len(hw) - 1)].astype(int)
+                raise ValueError(
+                    f"box {tuple(b[r].tolist())} (row {r}) reaches outside the image of width {w} and "
+                    f"height {h}: box coordinates must lie within 0..{w} (x) and 0..{h} (y); clip it"
+                )
             if n_rows is not None and b.shape[0] != n_rows:
                 raise ValueError(f"got {b.shape[0]} boxes for {n_rows} prompt sets")
             n_rows = b.shape[0]
@@ -316,7 +363,7 @@ class Segmenter:
         if len(embeddings) == 0:
             raise ValueError(f"{caller} needs at least one embedding")
         hw = np.asarray([e.orig_hw for e in embeddings], dtype=np.float64)
-        coords = np.asarray(point_coords)
+        coords = prompt_array(point_coords, "point_coords")
         if coords.ndim != 3 or coords.shape[0] != len(embeddings):
             raise ValueError(
                 f"point_coords must have shape (B, K, 2) with B = {len(embeddings)} embeddings; got {coords.shape}"
@@ -357,7 +404,7 @@ class Segmenter:
             ``return_all``).
         """
         hw, prompts, embed, high = self._batch_rows("predict_at", embeddings, point_coords, point_labels)
-        q = np.asarray(query_coords, np.float64)
+        q = prompt_array(query_coords, "query_coords", np.float64)
         if q.ndim != 3 or q.shape[0] != len(embeddings) or q.shape[2] != 2:
             raise ValueError(f"query_coords must have shape (B, Q, 2) with B = {len(embeddings)}; got {q.shape}")
         low, iou, _ = self._decode_low(embed, high, prompts, multimask, return_all)
