@@ -11,17 +11,18 @@ below an integer counts as that integer).
 Image size. The reference is written for 224 x 224 images. Parameters in pixels scale
 with ``scale`` (default ``max(1, min(H, W) / 224)``), so a large image corrupted looks like
 the 224-pixel corruption resized to it (smaller images keep the reference's pixel
-parameters, as the ``imagecorruptions`` package: scaled down, the mild blurs would vanish): blur radii and sigmas (defocus, glass, motion,
-and the snow's motion blur), glass blur's pixel shuffle distance (at least 1), the snow
-flake size, the elastic transform's affine and smoothing scale (its displacement
-amplitude by ``scale**2``, since smoothing white noise with a ``scale`` times wider
-Gaussian shrinks it by ``scale``), the fog's fractal (made at the size ``H / scale`` and
-resized) and the frost crystals. Pixelate keeps the reference's output resolution: the
-image is reduced by ``c / scale`` (``int(224 * c)`` pixels on the short side of a large
-image, the reference's relative factor on small ones). Not scaled: the noises (per
-pixel, a sensor property), zoom blur (relative zoom factors), brightness, contrast and
-JPEG (8 x 8 blocks of the codec). ``scale=1`` gives the reference's pixel parameters at
-any size (what the ``imagecorruptions`` package does).
+parameters, as the ``imagecorruptions`` package: scaled down, the mild blurs would
+vanish). Scaled: blur radii and sigmas (defocus, glass, motion, and the snow's motion
+blur), glass blur's pixel shuffle distance, the snow flake size, the elastic transform's
+affine and smoothing scale (its displacement amplitude by ``scale**2``, since smoothing
+white noise with a ``scale`` times wider Gaussian shrinks it by ``scale``), the fog's
+fractal (made at the size ``H / scale`` and resized) and the frost crystals. Pixelate
+keeps the reference's output resolution: the image is reduced by ``c / scale``
+(``int(224 * c)`` pixels on the short side of a large image, the reference's relative
+factor on small ones). Not scaled: the noises (per pixel, a sensor property), zoom blur
+(relative zoom factors), brightness, contrast and JPEG (8 x 8 blocks of the codec).
+``scale=1`` gives the reference's pixel parameters at any size (what the
+``imagecorruptions`` package does).
 
 Departures from the reference, all stated where they happen: ``frost`` uses a procedural
 texture (:func:`ppd.robustness.textures.frost_texture`) instead of ImageNet-C's frost

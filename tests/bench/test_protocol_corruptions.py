@@ -82,8 +82,8 @@ def test_rows_conditions_and_metrics(result, scene):
 def test_rows_are_the_predictions_of_the_fixed_prompts(result, model, scene, tiny_segmenter):
     rows = table(result)
     seed = int(UNIT.seed(0).integers(2**63))  # the protocol's first draw
-    for condition, image in (("clean", scene.image),
-                             ("fog/3", corrupt(scene.image, "fog", 3, np.random.default_rng([seed, CORRUPTIONS.index("fog"), 3])))):
+    fog3 = corrupt(scene.image, "fog", 3, np.random.default_rng([seed, CORRUPTIONS.index("fog"), 3]))
+    for condition, image in (("clean", scene.image), ("fog/3", fog3)):
         for obj, gt in enumerate(scene.masks):
             click = farthest_click(gt)
             pred = tiny_segmenter.predict(image, click.point_coords, click.point_labels, multimask=True)
@@ -146,3 +146,16 @@ def test_gam_on_a_hand_made_table():
     assert b["mean"] == pytest.approx((0.9 + 0.3) / 2)
     assert gam(pd.DataFrame(rows), severity=5) == {}
     assert gam(pd.DataFrame(rows), metric="iou_ideal")["a"]["d"]["gam"] == 0.0
+
+
+def test_figures(tmp_path, scene):
+    from ppd.bench.protocols.corruptions_figures import corruption_grid, severity_figure
+
+    rows = [dict(model=m, domain="d", protocol="corruptions", method=METHOD, image="0", object=0, condition=c,
+                 metric="iou", value=v)
+            for m in ("a", "b") for c, v in (("clean", 0.9), ("fog/1", 0.8), ("fog/3", 0.5), ("contrast/3", 0.4))]
+    path = severity_figure(pd.DataFrame(rows), tmp_path / "sev.png")
+    assert path is not None and path.stat().st_size > 1000
+    assert severity_figure(pd.DataFrame(rows), tmp_path / "none.png", metric="iou_ideal") is None
+    grid = corruption_grid(scene.image, tmp_path / "grid.png", corruptions=("fog", "pixelate"))
+    assert grid.stat().st_size > 1000
