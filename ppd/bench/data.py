@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ppd.data.images import EXIF_ORIENTATION_TAG
 from ppd.data.loaders import IMAGE_EXTENSIONS, CocoDataset, ImageMaskFolder
 from ppd.data.scenes import DOMAINS, ProceduralScenes
 from ppd.data.types import Scene
@@ -234,7 +235,10 @@ def check_coco(name: str, path: Path, images_dir: Path) -> None:
 def _header_size(name: str, path: Path, what: str) -> tuple[int, int]:
     try:
         with Image.open(path) as img:
-            return img.size
+            w, h = img.size
+            orientation = img.getexif().get(EXIF_ORIENTATION_TAG)
+        # the readers honour EXIF orientation: tags 5-8 turn the image by 90 degrees
+        return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
     except (OSError, ValueError) as e:
         raise DataError(f"--data {name}: {what} {path} cannot be read as an image: {e}") from e
 

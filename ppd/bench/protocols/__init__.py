@@ -17,6 +17,7 @@ REGISTRY: dict[str, str] = {
     "clicks": "ppd.bench.protocols.clicks:ClicksProtocol",
     "refine": "ppd.bench.protocols.refine:RefineProtocol",
     "uncertainty": "ppd.bench.protocols.uncertainty:UncertaintyProtocol",
+    "corruptions": "ppd.bench.protocols.corruptions:CorruptionsProtocol",
 }
 
 __all__ = ["REGISTRY", "BenchModel", "Protocol", "config_fields", "protocol_class", "protocol_names"]
