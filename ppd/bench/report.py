@@ -258,7 +258,7 @@ def _tables(doc: Doc, name: str, protocol: Any, summary_p: dict[str, Any]) -> No
 
 
 def _protocol_section(doc: Doc, out_dir: Path, name: str, protocol: Any, summary_p: dict[str, Any],
-                      figures: dict[str, Path]) -> None:
+                      figures: dict[str, Path], own_captions: dict[str, str] | None = None) -> None:
     doc.heading(2, f"{getattr(protocol, 'title', '') or name} (`{name}`)")
     lower = getattr(protocol, "lower_is_better", frozenset())
     metrics = [m for m in getattr(protocol, "table_metrics", ())
@@ -282,7 +282,7 @@ def _protocol_section(doc: Doc, out_dir: Path, name: str, protocol: Any, summary
     if figures:
         doc.heading(3, "Figures")
     for kind, path in figures.items():
-        doc.figure(captions.get(kind, kind), path, path.relative_to(out_dir).as_posix())
+        doc.figure((own_captions or {}).get(kind) or captions.get(kind, kind), path, path.relative_to(out_dir).as_posix())
 
 
 def _aggregates_section(doc: Doc, aggregates: dict[str, Any] | None) -> None:
@@ -335,8 +335,11 @@ def write_report(out_dir: str | Path, results: pd.DataFrame, summary: dict[str, 
         results_p = results[results["protocol"] == name]
         summary_p = summary.get(name, {})
         figures = protocol_figures(fig_dir, name, protocol, results_p, summary_p, examples, load_scene)
+        own = protocol.figures(results_p, fig_dir, load_scene) if hasattr(protocol, "figures") else {}
+        figures.update({kind: path for kind, (path, _) in own.items()})
         written.update({p.relative_to(out_dir).as_posix(): p for p in figures.values()})
-        _protocol_section(doc, out_dir, name, protocol, summary_p, figures)
+        _protocol_section(doc, out_dir, name, protocol, summary_p, figures,
+                          {kind: caption for kind, (_, caption) in own.items()})
         _aggregates_section(doc, (meta.get("aggregates") or {}).get(name))
     if skipped:
         doc.heading(2, "Skipped items")

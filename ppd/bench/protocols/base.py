@@ -98,6 +98,13 @@ class Protocol:
         ``summary.json`` under ``aggregates`` and into the report. Default: none."""
         return {}
 
+    def figures(self, results: Any, fig_dir: Any, load_scene: Any) -> dict[str, tuple[Any, str]]:
+        """The protocol's own figures for the report, beyond the standard ones: saved
+        under ``fig_dir`` (a ``pathlib.Path``), returned as ``{kind: (path, caption)}``.
+        ``results``: this protocol's rows; ``load_scene(domain, image)`` gives a scene.
+        Default: none."""
+        return {}
+
     def run(self, model: BenchModel, resources: Any, scene: Any, unit: Unit, rng: np.random.Generator) -> UnitResult:
         """Measure ``model`` on ``scene`` (a :class:`ppd.data.types.Scene` whose masks
         are the objects to measure, already filtered). Must be deterministic given

@@ -90,6 +90,24 @@ class CorruptionsProtocol(Protocol):
     example_metric = "iou"
     quick = {"corruptions": ["gaussian_noise", "fog"], "severities": [GAM_SEVERITY]}  # keeps --quick within minutes
 
+    def figures(self, results: Any, fig_dir: Any, load_scene: Any) -> dict[str, tuple[Any, str]]:
+        """mIoU versus severity per corruption, and the first image under every selected
+        corruption at severity 3 (or the highest selected)."""
+        from ppd.bench.protocols.corruptions_figures import corruption_grid, severity_figure
+
+        out: dict[str, tuple[Any, str]] = {}
+        path = severity_figure(results, fig_dir / f"{self.name}_severity.png")
+        if path is not None:
+            out["severity"] = (path, "mIoU (first click) versus severity per corruption; severity 0 is the clean image.")
+        if len(results):
+            first = results.iloc[0]
+            severity = GAM_SEVERITY if GAM_SEVERITY in self.config.severities else max(self.config.severities)
+            image = load_scene(str(first["domain"]), str(first["image"])).image
+            grid = corruption_grid(image, fig_dir / f"{self.name}_grid.png", severity=severity,
+                                   corruptions=tuple(self.config.corruptions))
+            out["grid"] = (grid, f"One image under each selected corruption at severity {severity}.")
+        return out
+
     def aggregates(self, results: Any) -> dict[str, Any]:
         """GAM (the worst corruption's mIoU at severity 3) with the mean over corruptions
         and the clean mIoU beside it, per ``model/domain``, for the first click (``gam``)
