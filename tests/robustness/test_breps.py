@@ -14,6 +14,7 @@ from ppd.prompts import box_from_mask, ideal_prompts
 from ppd.robustness.breps import (
     GAMMA_SCALE,
     GAMMA_SHAPE,
+    _DiceFromLogits,
     _Upsample,
     box_attack,
     box_prior_nll,
@@ -128,6 +129,21 @@ def test_soft_dice_by_hand():
     assert float(soft_dice_loss(prob, gt, valid)[0]) == pytest.approx(0.0)
     assert float(soft_dice_loss(gt, gt)[0]) == pytest.approx(0.0)
     assert float(soft_dice_loss(1 - gt, gt)[0]) == pytest.approx(1.0)
+
+
+def test_written_out_dice_gradient_equals_autograds():
+    torch.manual_seed(0)
+    z = torch.randn(3, 50, dtype=torch.float64, requires_grad=True)
+    gt = (torch.rand(3, 50, dtype=torch.float64) > 0.5).double()
+    w = torch.randn(3, dtype=torch.float64)
+    for keep in (None, (torch.rand(50, dtype=torch.float64) > 0.3).double()):
+        g = gt if keep is None else gt * keep
+        fast = _DiceFromLogits.apply(z, g, g.sum(1), keep)
+        plain = soft_dice_loss(torch.sigmoid(z), g, keep)
+        np.testing.assert_allclose(fast.detach().numpy(), plain.detach().numpy(), atol=1e-12)
+        (a,) = torch.autograd.grad((fast * w).sum(), z)
+        (b,) = torch.autograd.grad((plain * w).sum(), z)
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-12)
 
 
 def test_learning_rate_scales_with_the_diagonal():
