@@ -253,3 +253,22 @@ def test_bad_inputs_are_refused(tiny_segmenter, scene):
         point_attack(tiny_segmenter, scene.image, scene.masks, [np.zeros((1, 2))], [np.ones(1)])
     with pytest.raises(ValueError, match="sigma"):
         point_attack(tiny_segmenter, scene.image, scene.masks[:1], [np.zeros((1, 2))], [np.ones(1)], sigma=0)
+
+
+@pytest.mark.parametrize("mode", ["analytic", "mc"])
+def test_a_ruac_head_is_attacked_through_its_own_masks(tiny_segmenter, scene, mode):
+    from ppd.ruac import BayesianMaskDecoder
+    from ppd.segmenter import Segmenter
+
+    head = BayesianMaskDecoder(tiny_segmenter.model.sam_mask_decoder)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in head.head_parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=gen))
+    seg = Segmenter(tiny_segmenter.model, tiny_segmenter.name, device="cpu", ruac_head=head, uncertainty=mode, mc_samples=4)
+    res = box_attack(seg, scene.image, scene.masks, steps=2)
+    pred = seg.predict(scene.image, boxes=res.start, multimask=True).masks
+    np.testing.assert_allclose(res.iou_base, [_iou(p, g) for p, g in zip(pred, scene.masks)], atol=2e-3)
+    plain = box_attack(tiny_segmenter, scene.image, scene.masks, steps=0)
+    assert not np.allclose(res.iou_base, plain.iou_base)  # the head's masks, not SAM2's decoder's
+    assert (res.iou_min <= res.iou_base).all() and (res.iou_base <= res.iou_max).all()
