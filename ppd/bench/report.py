@@ -335,7 +335,7 @@ def write_report(out_dir: str | Path, results: pd.DataFrame, summary: dict[str, 
         results_p = results[results["protocol"] == name]
         summary_p = summary.get(name, {})
         figures = protocol_figures(fig_dir, name, protocol, results_p, summary_p, examples, load_scene)
-        own = protocol.figures(results_p, fig_dir, load_scene) if hasattr(protocol, "figures") else {}
+        own = protocol.figures(results_p, fig_dir, load_scene, examples) if hasattr(protocol, "figures") else {}
         figures.update({kind: path for kind, (path, _) in own.items()})
         written.update({p.relative_to(out_dir).as_posix(): p for p in figures.values()})
         _protocol_section(doc, out_dir, name, protocol, summary_p, figures,

@@ -1,7 +1,7 @@
-"""Robustness of promptable segmentation: image corruptions (and, later, attacks).
+"""Robustness of promptable segmentation: image corruptions, prompt attacks (BREPS).
 
-``from ppd.robustness import corrupt, CORRUPTIONS``: names resolve lazily, so importing
-the package costs nothing until a corruption is used.
+``from ppd.robustness import corrupt, box_attack, point_attack``: names resolve lazily,
+so importing the package costs nothing until one is used.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ _EXPORTS = {
     "corrupt": "ppd.robustness.corruptions",
     "CORRUPTIONS": "ppd.robustness.corruptions",
     "SEVERITIES": "ppd.robustness.corruptions",
+    "box_attack": "ppd.robustness.breps",
+    "point_attack": "ppd.robustness.breps",
 }
 
 __all__ = list(_EXPORTS)

@@ -18,6 +18,7 @@ REGISTRY: dict[str, str] = {
     "refine": "ppd.bench.protocols.refine:RefineProtocol",
     "uncertainty": "ppd.bench.protocols.uncertainty:UncertaintyProtocol",
     "corruptions": "ppd.bench.protocols.corruptions:CorruptionsProtocol",
+    "breps": "ppd.bench.protocols.breps:BrepsProtocol",
 }
 
 __all__ = ["REGISTRY", "BenchModel", "Protocol", "config_fields", "protocol_class", "protocol_names"]

@@ -98,11 +98,11 @@ class Protocol:
         ``summary.json`` under ``aggregates`` and into the report. Default: none."""
         return {}
 
-    def figures(self, results: Any, fig_dir: Any, load_scene: Any) -> dict[str, tuple[Any, str]]:
+    def figures(self, results: Any, fig_dir: Any, load_scene: Any, examples: list) -> dict[str, tuple[Any, str]]:
         """The protocol's own figures for the report, beyond the standard ones: saved
         under ``fig_dir`` (a ``pathlib.Path``), returned as ``{kind: (path, caption)}``.
-        ``results``: this protocol's rows; ``load_scene(domain, image)`` gives a scene.
-        Default: none."""
+        ``results``: this protocol's rows; ``load_scene(domain, image)`` gives a scene;
+        ``examples``: the run's ``(Unit, Example)`` pairs. Default: none."""
         return {}
 
     def run(self, model: BenchModel, resources: Any, scene: Any, unit: Unit, rng: np.random.Generator) -> UnitResult:

@@ -27,6 +27,7 @@ comparisons; the same numbers up to the decoder's float rounding).
 
 from __future__ import annotations
 
+from typing import Any
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -86,6 +87,14 @@ class BrepsProtocol(Protocol):
     lower_is_better = frozenset({"iou_delta_bbox", "iou_delta_points"})
     example_metric = "iou_min_bbox"
     quick = {"steps": 5, "point_sets": ["ideal"]}
+
+    def figures(self, results: Any, fig_dir: Any, load_scene: Any, examples: list) -> dict[str, tuple[Any, str]]:
+        from ppd.bench.protocols.breps_figures import breps_figures
+
+        captions = {"box_attack": "Objects with the largest IoU-Delta: the start box, the worst and the best realistic "
+                                  "box BREPS found, with their masks.",
+                    "delta": "IoU-Delta (best minus worst realistic prompt) per domain."}
+        return {kind: (path, captions[kind]) for kind, path in breps_figures(fig_dir, results, examples, load_scene).items()}
 
     def __init__(self, config: BrepsConfig | None = None) -> None:
         super().__init__(config)

@@ -90,7 +90,7 @@ class CorruptionsProtocol(Protocol):
     example_metric = "iou"
     quick = {"corruptions": ["gaussian_noise", "fog"], "severities": [GAM_SEVERITY]}  # keeps --quick within minutes
 
-    def figures(self, results: Any, fig_dir: Any, load_scene: Any) -> dict[str, tuple[Any, str]]:
+    def figures(self, results: Any, fig_dir: Any, load_scene: Any, examples: list) -> dict[str, tuple[Any, str]]:
         """mIoU versus severity per corruption, and the first image under every selected
         corruption at severity 3 (or the highest selected)."""
         from ppd.bench.protocols.corruptions_figures import corruption_grid, severity_figure
