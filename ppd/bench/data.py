@@ -236,7 +236,10 @@ def _header_size(name: str, path: Path, what: str) -> tuple[int, int]:
     try:
         with Image.open(path) as img:
             w, h = img.size
-            orientation = img.getexif().get(EXIF_ORIENTATION_TAG)
+            try:
+                orientation = img.getexif().get(EXIF_ORIENTATION_TAG)
+            except (OSError, ValueError, SyntaxError):  # a damaged file: its pixels fail later, counted
+                orientation = None
         # the readers honour EXIF orientation: tags 5-8 turn the image by 90 degrees
         return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
     except (OSError, ValueError) as e:
