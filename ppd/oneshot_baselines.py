@@ -83,7 +83,7 @@ def persam_mask(segmenter: Any, ref_image: np.ndarray, ref_mask: np.ndarray, tar
 
 
 def gbmseg(segmenter: Any, ref_image: np.ndarray | None, ref_mask: np.ndarray, target_image: np.ndarray | None,
-           n_pos: int = 4, n_neg: int = 3, spacing: float = 0.1875,
+           n_pos: int = 4, n_neg: int = 1, spacing: float = 0.25,
            ref_features: np.ndarray | None = None, target_features: np.ndarray | None = None,
            target_hw: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """GBMSeg-style points: rule-based thinning of the feature matches.
@@ -93,13 +93,17 @@ def gbmseg(segmenter: Any, ref_image: np.ndarray | None, ref_mask: np.ndarray, t
       object patch (backward): matches both ways agree. When none, the matched patches
       of FM (``fg > bg``); when none either, the patch with the largest ``fg - bg``.
     * Exclusive, sparse sampling: up to ``n_pos`` candidates, most forward matches first
-      (then ``fg``), each at least ``spacing`` (3/16 of the grid's side, wider than FM's
-      1/8) from the others.
+      (then ``fg``), each at least ``spacing`` (1/4 of the grid's side, wider than FM's
+      3/16) from the others.
     * Hard negatives: up to ``n_neg`` patches whose nearest reference patch is
       background but that look most like the object (highest ``fg``), at least
       ``spacing`` from each other and from every positive: the confusable background
       SAM most needs to be told about.
 
+    Defaults (4 positives, 1 hard negative, 1/4 apart) are the best of a small grid on
+    procedural pairs disjoint from the measured ones
+    (``docs/experiments/oneshot_refine.py --tune``); more hard negatives lowered mIoU
+    there (their nearest reference patch is background, yet many lie on the object).
     Arguments as :func:`ppd.oneshot.feature_matching`.
     """
     if n_pos < 1 or n_neg < 0 or spacing < 0:

@@ -72,7 +72,7 @@ class OneShotConfig:
                   f"(default: {' '.join(REFINE_BASELINES)})"},
     )
     fm_pos: int = field(default=5, metadata={"help": "most positive FM points (default 5)"})
-    fm_neg: int = field(default=3, metadata={"help": "most negative FM points (default 3)"})
+    fm_neg: int = field(default=5, metadata={"help": "most negative FM points (default 5)"})
     pair_seed: int = field(default=0, metadata={"help": "seed of the reference drawn for each target (default 0)"})
 
     def __post_init__(self) -> None:
