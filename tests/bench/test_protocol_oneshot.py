@@ -156,3 +156,19 @@ def test_coco_references_same_category(coco_file):
     assert group == [0, 1]
     other = dom.scene(1)
     assert any(iou(mask, m) == 1.0 for m in other.masks)  # an instance of the other image
+
+
+def test_figure_draws_reference_fm_and_refined(tmp_path):
+    from ppd.bench.protocols.oneshot_figures import OneShotPanel, oneshot_figure
+    from ppd.data.oneshot_pairs import make_pair
+
+    p = make_pair(0, "train")
+    pts = (np.array([[10, 10], [50, 60]], np.float32), np.array([1, 0]))
+    panel = OneShotPanel(p.reference.image, p.ref_mask, p.target.image, p.target_mask, pts, (pts[0][:1], pts[1][:1]),
+                         p.target_mask, "FM + ppd", "train")
+    path = oneshot_figure([panel, panel], tmp_path / "f.png")
+    from PIL import Image
+
+    with Image.open(path) as im:
+        assert im.size[1] > im.size[0]  # two rows of three panels
+    assert oneshot_figure([], tmp_path / "none.png") is None and not (tmp_path / "none.png").exists()
