@@ -170,5 +170,5 @@ def test_figure_draws_reference_fm_and_refined(tmp_path):
     from PIL import Image
 
     with Image.open(path) as im:
-        assert im.size[1] > im.size[0]  # two rows of three panels
+        assert im.size == (960, 660)  # three panels wide, two rows of 3.3 in at 100 dpi
     assert oneshot_figure([], tmp_path / "none.png") is None and not (tmp_path / "none.png").exists()
