@@ -494,3 +494,13 @@ def _subsample(
     else:
         keep = np.sort(rng.choice(len(points), n, replace=False))
     return points[keep]
+
+
+def __getattr__(name: str):
+    """``feature_matching`` lives in :mod:`ppd.oneshot` (which imports this module), so it
+    is loaded on first access here instead of imported at the top."""
+    if name == "feature_matching":
+        from ppd.oneshot import feature_matching
+
+        return feature_matching
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,295 @@
+"""The one-shot protocol: feature-matching prompts from a reference, refined, vs the baselines.
+
+Per target image and per group of its objects that share a class, a reference image
+with one object of that class gives feature-matching (FM) points on the target
+(:func:`ppd.prompts.feature_matching`); each method's mask is scored against the
+group's union (the class's region in the target, as one-shot semantic segmentation
+scores it).
+
+Where the reference comes from:
+
+* procedural domains (images ``DOMAIN-SEED`` of ``procedural:DOMAIN``): each object's
+  class is read off its scene (:func:`ppd.data.oneshot_pairs.object_classes`: shape
+  family as drawn, appearance as measured); objects of one class form a group, and
+  the reference is a new scene of the domain with one instance of that class
+  (:func:`~ppd.data.oneshot_pairs.reference_scene`);
+* COCO domains: groups are categories (``meta["category_ids"]``); the reference is an
+  instance of the category in another image of the domain (the domain's images as the
+  runner holds them, see :meth:`OneShotProtocol.bind_domains`; until bound, another
+  instance of the category in the same image, and a category with one instance is not
+  measured);
+* folder domains (``images/`` + ``masks/``): no classes, so each object is its own
+  group and the reference is the largest object of another image of the same folder
+  (a different object, often of another kind: a hard, honest setting).
+
+Which reference a target gets is drawn from a stream of ``pair_seed``, the domain and
+the image, not from the unit's stream, so every model of a run faces the same pairs.
+
+Methods: ``fm`` (the FM points as they are), ``fm+<baseline>`` for each refiner of
+``baselines`` (:mod:`ppd.agents.baselines`; ``random_drop`` seeded from the unit's
+stream), ``fm+ppd:<run>`` per ``--defender`` (loaded and matched to the segmenter as in
+the refine protocol), ``persam`` (:func:`ppd.oneshot_baselines.persam_mask`, with its
+cascaded post-refinement), ``gbmseg`` (:func:`ppd.oneshot_baselines.gbmseg`) and
+``fm_oracle`` (FM without its wrong points by the ground truth: a reference, not a
+method). Rows per group and method: ``iou``, ``dice`` and ``wrong`` (the fraction of
+the method's final points whose label disagrees with the ground truth; NaN for none).
+Void pixels count neither way. Examples: ``fm`` and the first defender's points.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ppd.bench.protocols.base import BenchModel, Protocol
+from ppd.bench.protocols.refine import BUNDLED, RefineBenchConfig, RefineProtocol
+from ppd.bench.schema import Example, Row, Unit, UnitResult, encode_mask, prompt_points
+
+logger = logging.getLogger(__name__)
+
+#: Refiners of ``ppd.agents.baselines`` applied to the FM points by default.
+REFINE_BASELINES = ("random_drop", "greedy_score", "consistency", "mask_consensus")
+#: Two objects of a procedural scene are one class when they share the shape family and
+#: their measured colours are this close (RGB distance).
+SAME_CLASS_COLOUR = 0.12
+
+
+@dataclass
+class OneShotConfig:
+    defender: list[str] = field(
+        default_factory=list,
+        metadata={"help": "a ppd train run folder (or its defender.zip, or 'bundled') whose defender refines the FM "
+                  "points; repeatable (default: none)"},
+    )
+    baselines: list[str] = field(
+        default_factory=lambda: list(REFINE_BASELINES),
+        metadata={"help": "refiners of ppd.agents.baselines applied to the FM points, each a method fm+NAME "
+                  f"(default: {' '.join(REFINE_BASELINES)})"},
+    )
+    fm_pos: int = field(default=5, metadata={"help": "most positive FM points (default 5)"})
+    fm_neg: int = field(default=5, metadata={"help": "most negative FM points (default 5)"})
+    pair_seed: int = field(default=0, metadata={"help": "seed of the reference drawn for each target (default 0)"})
+
+    def __post_init__(self) -> None:
+        if self.fm_pos < 1 or self.fm_neg < 0:
+            raise ValueError(f"fm_pos must be >= 1 and fm_neg >= 0, got {self.fm_pos}, {self.fm_neg}")
+
+
+class OneShotProtocol(Protocol):
+    name = "oneshot"
+    Config = OneShotConfig
+    title = "One-shot prompts: feature matching and refinement"
+    table_metrics = ("iou", "dice", "wrong")
+    lower_is_better = frozenset({"wrong"})
+    example_metric = "iou"
+    quick = {"defender": [BUNDLED]}
+    descriptions = {"wrong": "fraction of the method's final points whose label disagrees with the ground truth"}
+
+    def __init__(self, config: OneShotConfig | None = None) -> None:
+        super().__init__(config)
+        self.domains: dict[str, Any] | None = None
+
+    def bind_domains(self, domains: dict[str, Any]) -> None:
+        """Give the protocol the run's domains (name -> :class:`ppd.bench.data.Domain`),
+        where COCO references are drawn from; a runner calls it before :meth:`run`."""
+        self.domains = domains
+
+    def _refine_protocol(self) -> RefineProtocol:
+        return RefineProtocol(RefineBenchConfig(defender=list(self.config.defender)))
+
+    def validate(self, models: dict[str, dict[str, Any]]) -> None:
+        from ppd.agents.baselines import BASELINES
+
+        unknown = [b for b in self.config.baselines if b not in BASELINES or b == "no_refine"]
+        if unknown:
+            raise ValueError(f"unknown baseline {unknown[0]!r}; known: {', '.join(b for b in BASELINES if b != 'no_refine')}")
+        self._refine_protocol().validate(models)
+
+    def prepare(self, model: BenchModel) -> dict[str, Any]:
+        """The defenders that fit ``model``'s segmenter (as the refine protocol loads them)."""
+        return self._refine_protocol().prepare(model)
+
+    # -- references ---------------------------------------------------------------
+    def _stream(self, unit: Unit) -> np.random.Generator:
+        return np.random.default_rng([self.config.pair_seed, zlib.crc32(f"{unit.domain}\0{unit.image}".encode())])
+
+    def references(self, scene, unit: Unit) -> list[tuple[list[int], Any, np.ndarray | None]]:
+        """The groups of ``scene``'s objects and a reference for each: ``(object
+        indices, reference image, reference mask)`` (image and mask None when no
+        reference exists)."""
+        stream = self._stream(unit)
+        proc = _procedural(scene, unit)
+        if proc is not None:
+            return _procedural_references(scene, *proc, stream)
+        if "category_ids" in scene.meta:
+            return self._coco_references(scene, unit, stream)
+        return self._folder_references(scene, unit, stream)
+
+    def _coco_references(self, scene, unit: Unit, stream: np.random.Generator):
+        cats = _categories(scene)
+        out = []
+        domain = (self.domains or {}).get(unit.domain)
+        for cat in sorted(set(cats), key=str):
+            group = [i for i, c in enumerate(cats) if c == cat]
+            ref = _coco_pool_reference(domain, unit, cat, stream) if domain is not None else None
+            if ref is None and len(group) >= 2:  # not bound: another instance of the same image
+                k = int(stream.integers(len(group)))
+                ref = (scene.image, scene.masks[group[k]])
+                group = [g for j, g in enumerate(group) if j != k]
+            out.append((group, *(ref or (None, None))))
+        return out
+
+    def _folder_references(self, scene, unit: Unit, stream: np.random.Generator):
+        domain = (self.domains or {}).get(unit.domain)
+        pool = domain if domain is not None else _folder_pool(scene)
+        out = []
+        for obj in range(scene.num_objects):
+            ref = None
+            if pool is not None and len(pool) > 1:
+                index = int(stream.integers(len(pool) - 1))
+                own = _own_index(pool, unit, scene)
+                index += int(own is not None and index >= own)
+                other = pool.scene(index) if hasattr(pool, "scene") else pool[index]
+                if other.num_objects:
+                    areas = other.masks.reshape(other.num_objects, -1).sum(1)
+                    ref = (other.image, other.masks[int(np.argmax(areas))])
+            out.append(([obj], *(ref or (None, None))))
+        return out
+
+    # -- the unit -----------------------------------------------------------------
+    def run(self, model: BenchModel, resources, scene, unit: Unit, rng: np.random.Generator) -> UnitResult:
+        from ppd.agents.baselines import BASELINES
+        from ppd.metrics import dice, iou
+        from ppd.oneshot import remove_wrong_points
+        from ppd.oneshot_baselines import gbmseg, persam_mask
+        from ppd.prompts import feature_matching
+
+        seg, image = model.segmenter, scene.image
+        defenders = (resources or {}).get("defenders", {})
+        void = scene.meta.get("void")
+        care = np.ones(scene.masks.shape[1:], bool) if void is None else ~np.asarray(void, bool)
+        seg.encode(image)
+        for defender in defenders.values():
+            defender.record(image)
+        shown = next(iter(defenders), None)
+        result = UnitResult()
+        for group, ref_image, ref_mask in self.references(scene, unit):
+            gt = np.asarray(scene.masks[group], bool).any(axis=0) & care
+            if ref_image is None or not gt.any():
+                continue
+            obj = min(group)
+            coords, labels = feature_matching(seg, ref_image, ref_mask, image, self.config.fm_pos, self.config.fm_neg)
+            sets: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+            refiners = {f"fm+{name}": (BASELINES[name](seg, seed=int(rng.integers(2**63))) if name == "random_drop"
+                                       else BASELINES[name](seg)) for name in self.config.baselines}
+            refiners.update({f"fm+{m}": d for m, d in defenders.items()})
+            refiners = {"fm": BASELINES["no_refine"](seg), **refiners}
+            for method, refiner in refiners.items():
+                res = refiner.refine(image, coords, labels)
+                sets[method] = (res.point_coords, res.point_labels, np.asarray(res.mask, bool))
+            c, lab = remove_wrong_points(coords, labels, gt)
+            sets["fm_oracle"] = (c, lab, np.asarray(seg.predict(image, c, lab).masks[0], bool))
+            mask, c, lab = persam_mask(seg, ref_image, ref_mask, image)
+            sets["persam"] = (c, lab, np.asarray(mask, bool))
+            c, lab = gbmseg(seg, ref_image, ref_mask, image)
+            sets["gbmseg"] = (c, lab, np.asarray(seg.predict(image, c, lab).masks[0], bool))
+            for method, (c, lab, mask) in sets.items():
+                mask = mask & care
+                value = float(iou(mask, gt))
+                result.rows += [Row(method, obj, "iou", value), Row(method, obj, "dice", float(dice(mask, gt))),
+                                Row(method, obj, "wrong", wrong_fraction(c, lab, gt))]
+                if method == "fm" or (shown is not None and method == f"fm+{shown}"):
+                    result.examples.append(Example(method, obj, "iou", value, prompt_points(c, lab), encode_mask(mask)))
+        return result
+
+
+def wrong_fraction(coords: np.ndarray, labels: np.ndarray, gt: np.ndarray) -> float:
+    """Fraction of the points whose label disagrees with ``gt`` at the point (NaN for none)."""
+    coords, labels = np.asarray(coords).reshape(-1, 2), np.asarray(labels)
+    if len(labels) == 0:
+        return float("nan")
+    x = np.clip(np.round(coords[:, 0]).astype(int), 0, gt.shape[1] - 1)
+    y = np.clip(np.round(coords[:, 1]).astype(int), 0, gt.shape[0] - 1)
+    return float(np.mean(gt[y, x] != (labels == 1)))
+
+
+def _procedural(scene, unit: Unit) -> tuple[str, int] | None:
+    """``(domain, seed)`` when the unit's image is the procedural scene ``DOMAIN-SEED``."""
+    from ppd.data.scenes import DOMAINS
+
+    m = re.fullmatch(r"([a-z]+)-(\d+)", unit.image)
+    if m and m.group(1) in DOMAINS and int(m.group(2)) == scene.seed:
+        return m.group(1), int(m.group(2))
+    return None
+
+
+def _procedural_references(scene, domain: str, seed: int, stream: np.random.Generator):
+    from ppd.data.oneshot_pairs import object_classes, reference_scene
+    from ppd.data.scenes import make_scene
+
+    full = make_scene(seed, domain, scene.image.shape[0])
+    classes = object_classes(full, seed, domain) if np.array_equal(full.image, scene.image) else None
+    if classes is None:
+        logger.warning("%s-%d: not the generator's scene; no procedural references", domain, seed)
+        return []
+    kept = scene.meta.get("objects", list(range(scene.num_objects)))
+    cls = [classes[k] for k in kept]
+    out, done = [], set()
+    for i, c in enumerate(cls):
+        if i in done:
+            continue
+        group = [j for j, d in enumerate(cls) if j not in done and d.shape == c.shape
+                 and np.linalg.norm(np.subtract(d.colour, c.colour)) <= SAME_CLASS_COLOUR]
+        done.update(group)
+        ref, obj = reference_scene(c, domain, int(stream.integers(2**31)), scene.image.shape[0])
+        out.append((group, ref.image, ref.masks[obj]))
+    return out
+
+
+def _coco_pool_reference(domain, unit: Unit, cat, stream: np.random.Generator):
+    """An instance of category ``cat`` in another image of a bound COCO domain (read
+    from its annotations; None when there is none)."""
+    coco = getattr(domain, "_scenes", None)
+    if not hasattr(coco, "anns"):
+        return None
+    own = unit.index
+    cands = [i for i in range(len(domain)) if i != own
+             and any(a["category_id"] == cat for a in coco.anns[coco.image_ids[domain._index[i]]])]
+    if not cands:
+        return None
+    other = domain.scene(cands[int(stream.integers(len(cands)))])
+    objs = [k for k, c in enumerate(_categories(other)) if c == cat]
+    if not objs:
+        return None
+    return other.image, other.masks[objs[int(stream.integers(len(objs)))]]
+
+
+def _categories(scene) -> list:
+    """The category of each of the scene's objects (``meta["category_ids"]`` are the
+    file's instances; a domain keeps those of ``meta["objects"]``)."""
+    cats = list(scene.meta["category_ids"])
+    return [cats[k] for k in scene.meta["objects"]] if "objects" in scene.meta else cats
+
+
+def _folder_pool(scene):
+    """The folder the scene was read from (``meta`` image and mask files), or None."""
+    from pathlib import Path
+
+    from ppd.data.loaders import ImageMaskFolder
+
+    if "image_file" not in scene.meta or "mask_file" not in scene.meta:
+        return None
+    return ImageMaskFolder(Path(scene.meta["image_file"]).parent, Path(scene.meta["mask_file"]).parent)
+
+
+def _own_index(pool, unit: Unit, scene) -> int | None:
+    """The target's own index in ``pool`` (a bound domain, or the folder by its pairs)."""
+    if hasattr(pool, "ids"):
+        return unit.index
+    files = [str(img) for img, _ in getattr(pool, "pairs", [])]
+    return files.index(scene.meta["image_file"]) if scene.meta.get("image_file") in files else None

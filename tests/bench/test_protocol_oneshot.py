@@ -1,0 +1,174 @@
+"""The one-shot protocol: a reference per target object group, FM points, every method's
+rows; deterministic; the oracle above FM; references from folders and COCO files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import ppd
+from ppd.bench.data import DataSpec, Selection, open_domain
+from ppd.bench.protocols import config_fields
+from ppd.bench.protocols.base import BenchModel
+from ppd.bench.protocols.oneshot import SAME_CLASS_COLOUR, OneShotConfig, OneShotProtocol, wrong_fraction
+from ppd.bench.schema import Unit, decode_mask
+from ppd.data.oneshot_pairs import object_classes
+from ppd.data.scenes import make_scene
+from ppd.metrics import iou
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+METHODS = {"fm", "fm+random_drop", "fm+greedy_score", "fm+consistency", "fm+mask_consensus", "fm+ppd:bundled",
+           "fm_oracle", "persam", "gbmseg"}
+
+
+def values(result):
+    return {(r.method, r.object, r.metric): r.value for r in result.rows}
+
+
+@pytest.fixture(scope="module")
+def model():
+    seg = ppd.load_segmenter(device="cpu")
+    return BenchModel("bundled", seg, seg, {})
+
+
+@pytest.fixture(scope="module")
+def protocol(model):
+    p = OneShotProtocol(OneShotConfig(defender=["bundled"]))
+    p.validate({})
+    return p
+
+
+@pytest.fixture(scope="module")
+def domain():
+    return open_domain(DataSpec("train", "procedural:train"), Selection(sample=3, max_objects=3))
+
+
+@pytest.fixture(scope="module")
+def runs(protocol, model, domain):
+    res = protocol.prepare(model)
+    out = []
+    for i in (1, 2):
+        unit = Unit("bundled", "train", i, domain.ids[i], "oneshot")
+        out.append((domain.scene(i), unit, protocol.run(model, res, domain.scene(i), unit, unit.seed(0))))
+    return out
+
+
+def test_config_and_class():
+    assert {f.name for f in config_fields(OneShotConfig)} >= {"defender", "baselines", "fm_pos", "fm_neg", "pair_seed"}
+    assert OneShotProtocol.quick == {"defender": ["bundled"]} and OneShotProtocol.name == "oneshot"
+    with pytest.raises(ValueError):
+        OneShotConfig(fm_pos=0)
+    with pytest.raises(ValueError, match="unknown baseline"):
+        OneShotProtocol(OneShotConfig(baselines=["nope"])).validate({})
+    with pytest.raises(FileNotFoundError):
+        OneShotProtocol(OneShotConfig(defender=["/no/such/run"])).validate({})
+
+
+def test_rows_cover_every_method_and_group(runs):
+    for scene, unit, result in runs:
+        v = values(result)
+        groups = {o for _, o, _ in v}
+        assert groups and groups <= set(range(scene.num_objects))
+        assert {m for m, _, _ in v} == METHODS
+        for g in groups:
+            for m in METHODS:
+                assert 0.0 <= v[(m, g, "iou")] <= v[(m, g, "dice")] <= 1.0
+                assert 0.0 <= v[(m, g, "wrong")] <= 1.0
+            assert v[("fm_oracle", g, "wrong")] == 0.0 or v[("fm", g, "wrong")] == 1.0
+        assert {e.method for e in result.examples} == {"fm", "fm+ppd:bundled"}
+
+
+def test_groups_are_the_scenes_classes(runs):
+    for scene, unit, result in runs:
+        seed = int(unit.image.split("-")[1])
+        classes = object_classes(make_scene(seed, "train"), seed, "train")
+        kept = [classes[k] for k in scene.meta["objects"]]
+        groups = sorted({o for _, o, _ in values(result)})
+        # an object starts a group unless an earlier one has its shape and (nearly) its colour
+        starts = [i for i, c in enumerate(kept) if not any(
+            d.shape == c.shape and np.linalg.norm(np.subtract(d.colour, c.colour)) <= SAME_CLASS_COLOUR for d in kept[:i])]
+        assert groups == starts
+
+
+def test_example_masks_are_the_scored_masks(runs):
+    scene, _, result = runs[0]
+    v = values(result)
+    for e in result.examples:
+        assert e.value == v[(e.method, e.object, "iou")]
+        assert decode_mask(e.mask).shape == scene.masks.shape[1:]
+        assert all(lab in (0, 1) for _, _, lab in e.points)
+
+
+def test_deterministic(protocol, model, runs):
+    scene, unit, result = runs[1]
+    again = protocol.run(model, protocol.prepare(model), scene, unit, unit.seed(0))
+    assert values(again) == values(result)
+
+
+def test_oracle_beats_fm_on_average(runs):
+    fm, oracle = [], []
+    for _, _, result in runs:
+        v = values(result)
+        for (m, g, k), x in v.items():
+            if m == "fm" and k == "iou":
+                fm.append(x)
+                oracle.append(v[("fm_oracle", g, "iou")])
+    assert np.mean(oracle) >= np.mean(fm)
+
+
+def test_wrong_fraction_by_hand():
+    gt = np.zeros((4, 4), bool)
+    gt[:2] = True
+    assert wrong_fraction(np.array([[0, 0], [0, 3], [1, 1]]), np.array([1, 1, 0]), gt) == pytest.approx(2 / 3)
+    assert np.isnan(wrong_fraction(np.zeros((0, 2)), np.zeros(0), gt))
+
+
+def test_folder_references_come_from_other_images(tiny_segmenter, folder_data):
+    dom = open_domain(DataSpec("mine", str(folder_data)), Selection())
+    p = OneShotProtocol(OneShotConfig(baselines=["greedy_score"]))
+    scene = dom.scene(0)
+    unit = Unit("tiny", "mine", 0, dom.ids[0], "oneshot")
+    refs = p.references(scene, unit)
+    assert [g for g, _, _ in refs] == [[k] for k in range(scene.num_objects)]
+    for _, img, mask in refs:
+        assert img is not None and not (img.shape == scene.image.shape and np.array_equal(img, scene.image))
+        assert mask.shape == img.shape[:2] and mask.any()
+    model = BenchModel("tiny", tiny_segmenter, tiny_segmenter, {})
+    result = p.run(model, p.prepare(model), scene, unit, unit.seed(0))
+    assert {r.method for r in result.rows} == {"fm", "fm+greedy_score", "fm_oracle", "persam", "gbmseg"}
+    bound = OneShotProtocol(OneShotConfig())
+    bound.bind_domains({"mine": dom})
+    assert len(bound.references(scene, unit)) == scene.num_objects
+
+
+def test_coco_references_same_category(coco_file):
+    dom = open_domain(DataSpec("coco", str(coco_file)), Selection())
+    scene = dom.scene(0)
+    unit = Unit("tiny", "coco", 0, dom.ids[0], "oneshot")
+    unbound = OneShotProtocol().references(scene, unit)  # one category, two instances: one is the reference
+    (group, img, mask), = unbound
+    assert len(group) == 1 and np.array_equal(img, scene.image)
+    assert iou(mask, scene.masks[1 - group[0]]) == 1.0
+    p = OneShotProtocol()
+    p.bind_domains({"coco": dom})
+    (group, img, mask), = p.references(scene, unit)
+    assert group == [0, 1]
+    other = dom.scene(1)
+    assert any(iou(mask, m) == 1.0 for m in other.masks)  # an instance of the other image
+
+
+def test_figure_draws_reference_fm_and_refined(tmp_path):
+    from ppd.bench.protocols.oneshot_figures import OneShotPanel, oneshot_figure
+    from ppd.data.oneshot_pairs import make_pair
+
+    p = make_pair(0, "train")
+    pts = (np.array([[10, 10], [50, 60]], np.float32), np.array([1, 0]))
+    panel = OneShotPanel(p.reference.image, p.ref_mask, p.target.image, p.target_mask, pts, (pts[0][:1], pts[1][:1]),
+                         p.target_mask, "FM + ppd", "train")
+    path = oneshot_figure([panel, panel], tmp_path / "f.png")
+    from PIL import Image
+
+    with Image.open(path) as im:
+        assert im.size == (960, 660)  # three panels wide, two rows of 3.3 in at 100 dpi
+    assert oneshot_figure([], tmp_path / "none.png") is None and not (tmp_path / "none.png").exists()
