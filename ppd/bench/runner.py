@@ -36,6 +36,8 @@ class Worker:
         self.domains = domains or {s.name: open_domain(s, sel, check=False) for s in cfg.data_specs()}
         self.specs = {s.label: s for s in cfg.model_specs()}
         self.protocols: dict[str, Protocol] = {n: protocol_class(n)(c) for n, c in cfg.protocol_configs().items()}
+        for protocol in self.protocols.values():
+            protocol.bind_domains(self.domains)
         self.models: dict[str, BenchModel] = {}
         self.resources: dict[tuple[str, str], Any] = {}
         self._scene: tuple[tuple[str, int], Any] | None = None

@@ -19,6 +19,7 @@ REGISTRY: dict[str, str] = {
     "uncertainty": "ppd.bench.protocols.uncertainty:UncertaintyProtocol",
     "corruptions": "ppd.bench.protocols.corruptions:CorruptionsProtocol",
     "breps": "ppd.bench.protocols.breps:BrepsProtocol",
+    "oneshot": "ppd.bench.protocols.oneshot:OneShotProtocol",
 }
 
 __all__ = ["REGISTRY", "BenchModel", "Protocol", "config_fields", "protocol_class", "protocol_names"]

@@ -82,6 +82,11 @@ class Protocol:
     def __init__(self, config: Any | None = None) -> None:
         self.config = self.Config() if config is None else config
 
+    def bind_domains(self, domains: dict[str, Any]) -> None:
+        """Receive the run's domains (name -> :class:`ppd.bench.data.Domain`) before any
+        :meth:`run`, for protocols that draw from other images of a domain (one-shot
+        references). Default: ignored."""
+
     def validate(self, models: dict[str, dict[str, Any]]) -> None:
         """Check what can be checked before any work starts (files the config names,
         models the protocol needs); raise ``ValueError`` / ``FileNotFoundError`` with a

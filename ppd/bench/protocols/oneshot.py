@@ -87,7 +87,7 @@ class OneShotProtocol(Protocol):
     table_metrics = ("iou", "dice", "wrong")
     lower_is_better = frozenset({"wrong"})
     example_metric = "iou"
-    quick = {"defender": [BUNDLED]}
+    quick = {"defender": [BUNDLED], "baselines": ["greedy_score"]}  # keeps --quick within minutes
     descriptions = {"wrong": "fraction of the method's final points whose label disagrees with the ground truth"}
 
     def __init__(self, config: OneShotConfig | None = None) -> None:
