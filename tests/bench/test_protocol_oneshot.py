@@ -56,7 +56,7 @@ def runs(protocol, model, domain):
 
 def test_config_and_class():
     assert {f.name for f in config_fields(OneShotConfig)} >= {"defender", "baselines", "fm_pos", "fm_neg", "pair_seed"}
-    assert OneShotProtocol.quick == {"defender": ["bundled"]} and OneShotProtocol.name == "oneshot"
+    assert OneShotProtocol.quick == {"defender": ["bundled"], "baselines": ["greedy_score"]} and OneShotProtocol.name == "oneshot"
     with pytest.raises(ValueError):
         OneShotConfig(fm_pos=0)
     with pytest.raises(ValueError, match="unknown baseline"):
