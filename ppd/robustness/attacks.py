@@ -152,19 +152,21 @@ class AttackResult:
         perturbation: (H, W, 3) float32 ``image - clean``.
         losses: the unweighted loss (summed BCE) at the start point and after every step,
             ``iterations + 1`` values.
+        clean: (H, W, 3) float32 clean image in [0, 1].
     """
 
     image: np.ndarray
     perturbation: np.ndarray
     losses: list[float] = field(default_factory=list)
-    clean: np.ndarray | None = field(default=None, repr=False)  # (H, W, 3) float32 in [0, 1]
+    clean: np.ndarray | None = field(default=None, repr=False)
 
     def as_float(self) -> np.ndarray:
         """The image as (H, W, 3) float32 in [0, 1], the format :meth:`Segmenter.encode`
-        takes: the clean image plus the perturbation (so a zero perturbation gives the
-        clean image's exact values)."""
-        base = self.image / PIXEL_MAX - self.perturbation / PIXEL_MAX if self.clean is None else self.clean
-        return np.clip(base + self.perturbation / PIXEL_MAX, 0.0, 1.0).astype(np.float32)
+        takes: the clean image plus the perturbation, so that a zero perturbation gives the
+        clean image's exact values (``image / 255`` may differ from them in the last bit)."""
+        if self.clean is None:
+            return np.clip(self.image / PIXEL_MAX, 0.0, 1.0).astype(np.float32)
+        return np.clip(self.clean + self.perturbation / PIXEL_MAX, 0.0, 1.0).astype(np.float32)
 
 
 # -- per-pixel weights ---------------------------------------------------------------
@@ -326,28 +328,30 @@ def run_attack(
     """
     if not groups:
         raise ValueError("run_attack needs at least one prompt group")
-    clean_float, clean = _image_tensor(image, seg.device)
-    fwd = _Forward(seg, tuple(clean.shape[-2:]), groups, care)
-    gen = torch.Generator().manual_seed(int(seed) % 2**63)
-    if attack.random_start and attack.eps > 0:
-        delta = random_start(clean, attack.norm, attack.eps, gen)
-    else:
-        delta = torch.zeros_like(clean)
-    losses = []
-    was_training = seg.model.training
-    seg.model.eval()
-    try:
-        for t in range(attack.iterations):
-            x = (clean + delta).requires_grad_(True)
-            with torch.enable_grad():
+    # gradients even when the caller runs under torch.inference_mode (as Segmenter.encode does)
+    with torch.inference_mode(False), torch.enable_grad():
+        clean_float, clean = _image_tensor(image, seg.device)
+        fwd = _Forward(seg, tuple(clean.shape[-2:]), groups, care)
+        gen = torch.Generator().manual_seed(int(seed) % 2**63)
+        if attack.random_start and attack.eps > 0:
+            delta = random_start(clean, attack.norm, attack.eps, gen)
+        else:
+            delta = torch.zeros_like(clean)
+        losses = []
+        was_training = seg.model.training
+        seg.model.eval()
+        try:
+            for t in range(attack.iterations):
+                x = (clean + delta).requires_grad_(True)
                 weighted, plain = fwd.losses(fwd.logits(x), attack.method, t, attack.iterations)
                 (grad,) = torch.autograd.grad(weighted, x)
-            losses.append(float(plain))
-            delta = project(delta + _step(grad, attack.norm, attack.alpha), clean, attack.norm, attack.eps).detach()
-        with torch.no_grad():
-            losses.append(float(fwd.losses(fwd.logits(clean + delta), "pgd", 0, 1)[1]))
-    finally:
-        seg.model.train(was_training)
+                losses.append(float(plain))
+                step = _step(grad, attack.norm, attack.alpha)
+                delta = project(delta + step, clean, attack.norm, attack.eps).detach()
+            with torch.no_grad():
+                losses.append(float(fwd.losses(fwd.logits(clean + delta), "pgd", 0, 1)[1]))
+        finally:
+            seg.model.train(was_training)
     logger.debug("%s: loss %.4g -> %.4g", attack.name, losses[0], losses[-1])
     adv = (clean + delta)[0].permute(1, 2, 0)
     return AttackResult(adv.cpu().numpy().astype(np.float32), delta[0].permute(1, 2, 0).cpu().numpy().astype(np.float32),

@@ -138,6 +138,31 @@ def test_the_differentiable_path_reproduces_predict(tiny_case):
         assert torch.allclose(z.clamp(-32, 32), up[:, 0], atol=1e-3)
 
 
+def test_a_ruac_head_is_attacked_too(tiny_case, monkeypatch):
+    """With a RUAC head the path decodes with the head's mean logits, as predict does."""
+    import ppd.robustness.attacks as attacks_module
+    from ppd.ruac import BayesianMaskDecoder
+    from ppd.segmenter import Segmenter
+
+    calls = []
+    real = attacks_module.decode_bayesian
+    monkeypatch.setattr(attacks_module, "decode_bayesian", lambda *a, **k: calls.append(a[9]) or real(*a, **k))
+
+    base, image, gts, groups = tiny_case
+    torch.manual_seed(0)
+    seg = Segmenter(base.model, base.name, device="cpu", ruac_head=BayesianMaskDecoder(base.model.sam_mask_decoder))
+    fwd = _Forward(seg, gts.shape[1:], groups[1:], None)
+    x = torch.from_numpy(image.astype(np.float32)).permute(2, 0, 1)[None]
+    with torch.no_grad():
+        (z,) = fwd.logits(x)
+    pred = seg.predict(image, groups[1].point_coords, groups[1].point_labels)
+    up = F.interpolate(torch.from_numpy(pred.logits)[:, None], gts.shape[1:], mode="bilinear", align_corners=False)
+    assert torch.allclose(z.clamp(-32, 32), up[:, 0], atol=1e-3)
+    assert calls == ["analytic"]  # the head decoded, in the segmenter's uncertainty mode
+    res = run_attack(seg, image, groups, named_attack("pgd_linf", iterations=1), seed=0)
+    assert np.abs(res.perturbation).max() <= 8.0 + 1e-4 and res.losses[-1] > 0
+
+
 @pytest.mark.parametrize("name", ATTACKS)
 def test_perturbation_stays_in_its_ball_and_in_range(tiny_case, name):
     seg, image, gts, groups = tiny_case
@@ -221,3 +246,12 @@ def test_full_strength_attacks_on_the_bundled_model(bundled_case, name):
     assert res.losses[-1] > segmentation_loss(seg, image, groups)
     if name.startswith("pgd"):
         assert res.losses[-1] >= 0.9 * max(res.losses)
+
+
+def test_runs_under_inference_mode(tiny_case):
+    seg, image, gts, groups = tiny_case
+    attack = named_attack("pgd_l2", iterations=1)
+    want = run_attack(seg, image, groups, attack, seed=4)
+    with torch.inference_mode():
+        got = run_attack(seg, image, groups, attack, seed=4)
+    assert np.array_equal(got.perturbation, want.perturbation) and got.perturbation.any()

@@ -2,17 +2,20 @@
 
 Per image, the prompts of every object are fixed on the clean image: its first click
 (:func:`ppd.prompts.farthest_click`, decoded keeping the best of SAM2's three masks, as
-the click protocol's first click) and its ideal set
-(:func:`ppd.prompts.ideal_prompts` with 6 positives and 6 negatives, one mask). Each attack
-of ``attacks`` (:data:`ppd.robustness.attacks.ATTACKS`: PGD, SegPGD and CosPGD under L-inf
-and L2) then perturbs the image once for all its objects and both prompt kinds (the sum of
-their losses, :func:`ppd.robustness.attacks.run_attack`), through the whole model (image
-encoder and mask decoder, a RUAC head included), and the attacked image is scored with the
-same prompts. SemSegBench's threat models, on images in [0, 255]: L-inf eps 8 (8/255 of
-the range), step 2.55 (0.01 x 255); L2 eps 64, step 25.5 (0.1 x 255); 20 iterations from a
-random start. The random starts come from the unit's stream, one seed per attack name
-drawn in :data:`~ppd.robustness.attacks.ATTACKS` order whatever ``attacks`` holds, so an
-attack gives the same numbers alone or among others.
+the click protocol's first click) and its ideal set (:func:`ppd.prompts.ideal_prompts`
+with 6 positives and 6 negatives, one mask). Prompt sets of equal length are decoded
+together, unpadded: a padding point is a token the decoder attends to, and an object's
+mask for given prompts should not depend on its neighbours.
+
+Each attack of ``attacks`` (:data:`ppd.robustness.attacks.ATTACKS`: PGD, SegPGD and
+CosPGD under L-inf and L2) perturbs the image once for all its objects and both prompt
+kinds (the sum of their losses, :func:`ppd.robustness.attacks.run_attack`), through the
+whole model (image encoder and mask decoder, a RUAC head included); the attacked image is
+scored with the same prompts. SemSegBench's threat models, on images in [0, 255]: L-inf
+eps 8 (8/255 of the range), step 2.55 (0.01 x 255); L2 eps 64, step 25.5 (0.1 x 255);
+20 iterations from a random start. The random starts come from the unit's stream, one
+seed per attack name drawn in :data:`~ppd.robustness.attacks.ATTACKS` order whatever
+``attacks`` holds, so an attack gives the same numbers alone or among others.
 
 Rows per object, method ``fixed_prompts``: ``iou`` (first click) and ``iou_ideal`` (ideal
 set), under the condition ``clean`` and under each attack (its name, ``pgd_linf`` ...).
@@ -79,6 +82,11 @@ class AttacksProtocol(Protocol):
     Config = AttacksConfig
     title = "Adversarial image attacks (fixed prompts)"
     table_metrics = ("iou", "iou_ideal")
+    descriptions = {
+        "iou": "mean IoU of the mask from the object's first click (its deepest pixel), fixed on the clean image",
+        "iou_ideal": "mean IoU of the mask from the object's ideal set (up to 6 positive and 6 negative lattice "
+                     "points), fixed on the clean image",
+    }
     example_metric = "iou"
     quick = {"attacks": ["pgd_linf", "cospgd_l2"], "iterations": 3}
 
@@ -96,28 +104,36 @@ class AttacksProtocol(Protocol):
         result = UnitResult()
         if not objs:
             return result
-        first = PromptGroup(*stack_prompts([farthest_click(gts[i]) for i in objs]), gts[objs], multimask=True)
-        ideal = PromptGroup(*stack_prompts([ideal_prompts(gts[i], n_pos=IDEAL_POS, n_neg=IDEAL_NEG) for i in objs]),
-                            gts[objs])
+        # Prompt sets of equal length share a decoder call: a padding point (label -1) is a
+        # token the decoder attends to, so padding would make an object's mask depend on
+        # the other objects of its image.
+        groups, where = [], []  # where: (kind, positions in objs) of each group's rows
+        for kind, sets, multimask in (("iou", [farthest_click(gts[i]) for i in objs], True),
+                                      ("iou_ideal", [ideal_prompts(gts[i], n_pos=IDEAL_POS, n_neg=IDEAL_NEG)
+                                                     for i in objs], False)):
+            for k in sorted({len(p) for p in sets}):
+                rows = [r for r, p in enumerate(sets) if len(p) == k]
+                groups.append(PromptGroup(*stack_prompts([sets[r] for r in rows]), gts[[objs[r] for r in rows]],
+                                          multimask))
+                where.append((kind, rows))
 
         def score(image: np.ndarray, condition: str, example: bool) -> None:
-            masks = seg.predict(image, first.point_coords, first.point_labels, multimask=True).masks
-            masks_ideal = seg.predict(image, ideal.point_coords, ideal.point_labels).masks
-            for r, obj in enumerate(objs):
-                mask = np.asarray(masks[r], bool) & care
-                value = float(iou(mask, gts[obj]))
-                result.rows.append(Row(METHOD, obj, "iou", value, condition))
-                result.rows.append(Row(METHOD, obj, "iou_ideal", float(iou(np.asarray(masks_ideal[r], bool) & care,
-                                                                                gts[obj])), condition))
-                if example:
-                    result.examples.append(Example(METHOD, obj, "iou", value,
-                                                   prompt_points(first.point_coords[r], first.point_labels[r]),
-                                                   encode_mask(mask), condition=condition))
+            for group, (metric, rows) in zip(groups, where):
+                masks = seg.predict(image, group.point_coords, group.point_labels, multimask=group.multimask).masks
+                for j, r in enumerate(rows):
+                    obj = objs[r]
+                    mask = np.asarray(masks[j], bool) & care
+                    value = float(iou(mask, gts[obj]))
+                    result.rows.append(Row(METHOD, obj, metric, value, condition))
+                    if example and metric == "iou":
+                        result.examples.append(Example(METHOD, obj, "iou", value,
+                                                       prompt_points(group.point_coords[j], group.point_labels[j]),
+                                                       encode_mask(mask), condition=condition))
 
         score(scene.image, CLEAN, False)
         for k, name in enumerate(cfg.attacks):
             attack = named_attack(name, cfg.iterations, cfg.eps_linf, cfg.eps_l2, cfg.alpha_linf, cfg.alpha_l2)
-            adv = run_attack(seg, scene.image, [first, ideal], attack, seeds[name], care)
+            adv = run_attack(seg, scene.image, groups, attack, seeds[name], care)
             score(adv.as_float(), name, k == 0)
         return result
 
