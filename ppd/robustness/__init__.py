@@ -1,6 +1,6 @@
-"""Robustness of promptable segmentation: image corruptions, prompt attacks (BREPS).
+"""Robustness of promptable segmentation: image corruptions, prompt attacks (BREPS), image attacks.
 
-``from ppd.robustness import corrupt, box_attack, point_attack``: names resolve lazily,
+``from ppd.robustness import corrupt, box_attack, point_attack, run_attack``: names resolve lazily,
 so importing the package costs nothing until one is used.
 """
 
@@ -16,6 +16,8 @@ _EXPORTS = {
     "SEVERITIES": "ppd.robustness.corruptions",
     "box_attack": "ppd.robustness.breps",
     "point_attack": "ppd.robustness.breps",
+    "run_attack": "ppd.robustness.attacks",
+    "named_attack": "ppd.robustness.attacks",
 }
 
 __all__ = list(_EXPORTS)

@@ -19,6 +19,7 @@ REGISTRY: dict[str, str] = {
     "uncertainty": "ppd.bench.protocols.uncertainty:UncertaintyProtocol",
     "corruptions": "ppd.bench.protocols.corruptions:CorruptionsProtocol",
     "breps": "ppd.bench.protocols.breps:BrepsProtocol",
+    "attacks": "ppd.bench.protocols.attacks:AttacksProtocol",
     "oneshot": "ppd.bench.protocols.oneshot:OneShotProtocol",
 }
 

@@ -88,7 +88,20 @@ class AttacksProtocol(Protocol):
                      "points), fixed on the clean image",
     }
     example_metric = "iou"
-    quick = {"attacks": ["pgd_linf", "cospgd_l2"], "iterations": 3}
+    quick = {"attacks": ["pgd_linf", "cospgd_l2"], "iterations": 2}  # keeps --quick within minutes
+
+    def aggregates(self, results: Any) -> dict[str, Any]:
+        """ReM (the worst attack's mIoU) with the mean over attacks and the clean mIoU
+        beside it, per ``model/domain``, for the first click (``rem``) and the ideal set
+        (``rem_ideal``)."""
+        out: dict[str, Any] = {}
+        for metric, prefix in (("iou", "rem"), ("iou_ideal", "rem_ideal")):
+            for model, domains in rem(results, metric).items():
+                for domain, v in domains.items():
+                    row = out.setdefault(f"{model}/{domain}", {})
+                    row.update({prefix: v["rem"], f"{prefix}_attack": v["worst"], f"{prefix}_mean": v["mean"],
+                                f"{prefix}_clean": v["clean"]})
+        return out
 
     def run(self, model: BenchModel, resources, scene, unit: Unit, rng: np.random.Generator) -> UnitResult:
         from ppd.metrics import iou
