@@ -137,7 +137,10 @@ class CorruptionsProtocol(Protocol):
         first = np.stack([farthest_click(gts[i]).point_coords for i in objs])  # (N, 1, 2)
         first_labels = np.ones((len(objs), 1), np.int64)
         ideal = [ideal_prompts(gts[i], n_pos=6, n_neg=6) for i in objs]
-        ideal_coords, ideal_labels = stack_prompts(ideal)
+        # Ideal sets of equal length share a decoder call: a padding point (label -1) is a
+        # token the decoder attends to, so padding would make an object's mask depend on
+        # the other objects of its image (and differ from the attacks protocol's).
+        ideal_groups = [[r for r, p in enumerate(ideal) if len(p) == k] for k in sorted({len(p) for p in ideal})]
         conditions = [(CLEAN, scene.image)]
         for c in self.config.corruptions:
             for s in self.config.severities:
@@ -151,13 +154,17 @@ class CorruptionsProtocol(Protocol):
                 image = corrupt(scene.image, c, s, rng=np.random.default_rng([seed, CORRUPTIONS.index(c), s]))
             emb = seg.encode(image)
             pred = seg.predict(emb, first, first_labels, multimask=True)
-            pred_ideal = seg.predict(emb, ideal_coords, ideal_labels)
+            ideal_masks: dict[int, np.ndarray] = {}
+            for rows in ideal_groups:
+                coords, labels = stack_prompts([ideal[r] for r in rows])
+                masks = seg.predict(emb, coords, labels).masks
+                ideal_masks.update({r: masks[j] for j, r in enumerate(rows)})
             for r, obj in enumerate(objs):
                 gt = gts[obj]
                 mask = np.asarray(pred.masks[r], bool) & care
                 value = _iou(mask, gt)
                 result.rows.append(Row(METHOD, obj, "iou", value, condition))
-                ideal_mask = np.asarray(pred_ideal.masks[r], bool) & care
+                ideal_mask = np.asarray(ideal_masks[r], bool) & care
                 result.rows.append(Row(METHOD, obj, "iou_ideal", _iou(ideal_mask, gt), condition))
                 if model.has_head and pred.uncertainty is not None:
                     auroc = _auroc(pred.uncertainty[r], mask, gt, care)
