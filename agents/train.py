@@ -92,6 +92,7 @@ __all__ = [
     "EVAL_SEED",
     "EVAL_KEYS",
     "TrainConfig",
+    "check_resume",
     "evaluate_agents",
     "greedy_rollout",
     "train",
@@ -215,22 +216,21 @@ def _clear_run(out: Path) -> None:
     discard_uncommitted(out, None)
 
 
-def _open_run(out: Path, cfg: TrainConfig, segmenter_given: bool) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """The state of the run ``out`` that ``cfg`` resumes (its last commit finished, the
-    files of an uncommitted round deleted) and its resume state (None: a run saved
-    before resume states existed, or with no completed round).
+def check_resume(out: str | Path, cfg: TrainConfig, segmenter_given: bool = False) -> dict[str, Any] | None:
+    """Whether ``cfg`` may resume the run in ``out``: its ``state.json`` (None: the run
+    has no completed round yet, but its ``config.yaml``, so it starts again from the
+    first round).
 
     Raises:
         FileNotFoundError: no run in ``out``.
-        ValueError: a corrupt run, or settings of ``cfg`` that contradict the run's.
+        ValueError: an unreadable ``state.json``, or settings of ``cfg`` that contradict
+            the run's ``config.yaml``, named (:func:`~ppd.agents.train_config.resume_conflicts`).
     """
+    out = Path(out)
     state = read_state(out)
     config_file = out / "config.yaml"
     if state is None and not config_file.is_file():
         raise FileNotFoundError(f"cannot resume: {out / STATE_FILE} not found (no completed round in {out})")
-    finish_commit(out, state)
-    discard_uncommitted(out, state)
-    done = int(state["round"]) if state else 0
     if config_file.is_file():
         from ppd.config import load_config_file
 
@@ -238,8 +238,9 @@ def _open_run(out: Path, cfg: TrainConfig, segmenter_given: bool) -> tuple[dict[
             has_filter = False
         elif "label_filter" in state:
             has_filter = bool(state["label_filter"])
-        else:
+        else:  # a state written before filters were committed with it
             has_filter = (out / FILTER_META).is_file()
+        done = int(state["round"]) if state else 0
         conflicts = resume_conflicts(load_config_file(config_file), cfg, done, has_filter, segmenter_given)
         if conflicts:
             raise ValueError(
@@ -248,9 +249,20 @@ def _open_run(out: Path, cfg: TrainConfig, segmenter_given: bool) -> tuple[dict[
                 "filter_* settings while the run has no label filter yet; for other settings start a new run "
                 "with another --out"
             )
+    return state
+
+
+def _open_run(out: Path, cfg: TrainConfig, segmenter_given: bool) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The state of the run ``out`` that ``cfg`` resumes (:func:`check_resume`; its last
+    commit finished, the files of an uncommitted round deleted) and its resume state
+    (None: a run saved before resume states existed, or with no completed round)."""
+    state = check_resume(out, cfg, segmenter_given)
+    finish_commit(out, state)
+    discard_uncommitted(out, state)
     if state is None:
         logger.warning("%s: no round was completed before the run stopped; starting it from the first round", out)
         return {"round": 0, "history": [], "wall_time_s": 0.0}, None
+    done = int(state["round"])
     for name in ("attacker.zip", latest_defender_file(cfg)):
         if not (out / name).is_file():
             raise ValueError(f"corrupt run folder {out}: state.json says round {done} but {name} is missing")

@@ -441,7 +441,7 @@ def resume_conflicts(saved: dict[str, Any], cfg: TrainConfig, done: int, has_fil
     now = _comparable(cfg.to_dict())
     lines = []
     filter_free = not has_filter or cfg.rounds > done
-    for name in now:
+    for name in cfg.to_dict():  # field order
         if name not in saved or name in RESUME_FREE_FIELDS:
             continue
         old, new = _comparable(saved[name]), now[name]

@@ -121,11 +121,13 @@ def _run(args: argparse.Namespace) -> int:
     """:func:`run` without the interrupt handling."""
     from tqdm import tqdm
 
-    from ppd.agents.train import train
+    from ppd.agents.train import check_resume, train
     from ppd.agents.train_progress import StepCallback
 
     out = Path(args.out)
     cfg, done = config_for(args)
+    if args.resume:
+        check_resume(out, cfg)  # a contradicting flag fails before the progress bar
     per_round = cfg.attacker_steps + cfg.defender_steps
     stage_bars: list[Any] = []
 
