@@ -27,11 +27,17 @@ in-domain scenes: DQN's greedy policy can get worse between evaluations) and
 final metrics describe ``defender.zip``.
 
 A run folder holds ``config.yaml`` (written before training starts; read back with
-:meth:`TrainConfig.from_run <ppd.agents.train_config.TrainConfig.from_run>`),
-``attacker.zip`` / ``defender.zip`` and ``state.json`` (after every round, atomically:
-``--resume`` continues from the last completed round), ``metrics.json`` and
-``examples.png`` (at the end), and TensorBoard logs under ``tb/`` (``eval/*`` keys with
-the defender's env steps as x axis).
+:meth:`TrainConfig.from_run <ppd.agents.train_config.TrainConfig.from_run>`), after every
+round ``attacker.zip`` / ``defender.zip``, the replay buffers (``save_replay_buffer``)
+and ``resume_state.npz`` (:mod:`ppd.agents.train_resume`), committed together by
+``state.json`` (:mod:`ppd.agents.run_commit`: a kill at any moment leaves the last
+completed round), ``metrics.json`` and ``examples.png`` (at the end), and TensorBoard
+logs under ``tb/`` (``eval/*`` keys with the defender's env steps as x axis).
+
+``resume`` continues from the last completed round: the agents, and where the round
+left them, their episodes, generators and attack pool; with the replay buffers the
+result is the uninterrupted run's. It refuses a configuration that contradicts the
+run's (:func:`check_resume`); a run with no completed round starts again from the first.
 
 With ``ruac_checkpoint`` the segmenter decodes with the RUAC Bayesian decoder, and
 ``node_uncertainty`` adds each patch's mean pixel uncertainty of the current mask to both
@@ -105,6 +111,15 @@ def _replay_file(name: str) -> str:
     """The replay buffer file of agent file ``name`` (``attacker.zip`` ->
     ``attacker_replay.pkl``)."""
     return Path(name).stem + "_replay.pkl"
+
+
+def _save_model(model: MaskedDQN, path: Path, replay: bool) -> None:
+    """``model.save`` to a temp file renamed onto ``path`` (and the replay buffer). One
+    file at a time: the training loop commits a round's files together instead
+    (:func:`_commit`)."""
+    io.atomic_write(path, lambda tmp: model.save(tmp))
+    if replay:
+        io.atomic_write(path.with_name(_replay_file(path.name)), lambda tmp: model.save_replay_buffer(tmp))
 
 
 def _load_model(out: Path, name: str, env, cfg: TrainConfig, device: str, state: dict[str, Any],

@@ -67,7 +67,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--config", default=None, help="YAML/JSON file with TrainConfig fields (flags override it)")
     parser.add_argument("--out", default="runs/ppd", help="run folder (default: runs/ppd)")
-    parser.add_argument("--resume", action="store_true", help="continue OUT from its last completed round (uses OUT/config.yaml unless --config is given; flags override it)")
+    parser.add_argument("--resume", action="store_true", help="continue OUT from its last completed round (uses OUT/config.yaml unless --config is given; "
+                        "flags may change only --rounds (to more), --device, --threads, --n-examples, "
+                        "--save-replay-buffer and, before the label filter is trained, --filter-*: a flag that "
+                        "contradicts the run is an error)")
     # dict fields (start_mix, coarse_kwargs) are settable in --config FILE only
     add_dataclass_args(parser, TrainConfig, skip=("start_mix", "coarse_kwargs"))
 

@@ -99,12 +99,18 @@ def test_a_run_stopped_between_writes_loads_and_resumes_to_the_same_result(
     # A resume from round 1 starts at 0 config.yaml, round 2 at 1-11, the filter at 12-16.
     # Stopped after round 1's commit, before its renames end; then after the filter's
     # commit, between its two renames.
-    _stop_and_resume((9, 16), reference, tiny_segmenter, _config(tiny_checkpoint), tmp_path / "run")
+    out = tmp_path / "run"
+    _stop_and_resume((9, 16), reference, tiny_segmenter, _config(tiny_checkpoint), out)
+    # a damaged filter network is an error that names it (not the archive reader's own)
+    with open(out / FILTER_FILE, "r+b") as f:
+        f.truncate(200)
+    with pytest.raises(ValueError, match=f"{out / FILTER_FILE}: cannot load the label filter network"):
+        load_label_filter(out, "cpu")
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("stops", [
-    (1,), (3,),      # round 1: attacker.zip staged, defender.zip not yet
+    (1,), (3,),      # round 1: attacker.zip staged, defender.zip not yet (resumed from the first round)
     (6,),            # round 1: every file staged, state.json not yet written
     (7,), (11,),     # round 1 committed, its renames not all done
     (16,),           # round 2: staged but the resume state, not committed
