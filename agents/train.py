@@ -221,11 +221,11 @@ def train(
 
 def _clear_run(out: Path) -> None:
     """A new run in ``out``: the files of an earlier run there go first (its state
-    first, so that no step of this leaves a folder that resumes the old run with the new
-    configuration)."""
+    first, then its configuration: no step of this, nor a stop before the new
+    ``config.yaml`` is written, leaves a folder that resumes the old run)."""
     (out / STATE_FILE).unlink(missing_ok=True)
-    for name in ("metrics.json", train_resume.RESUME_FILE, "attacker.zip", "defender.zip", "defender_last.zip",
-                 _replay_file("attacker.zip"), _replay_file("defender.zip"), _replay_file("defender_last.zip")):
+    agents = ("attacker.zip", "defender.zip", "defender_last.zip")
+    for name in ("config.yaml", "metrics.json", train_resume.RESUME_FILE, *agents, *map(_replay_file, agents)):
         (out / name).unlink(missing_ok=True)
     remove_label_filter(out)
     discard_uncommitted(out, None)
@@ -319,8 +319,6 @@ def _train(cfg: TrainConfig, out: str | Path, resume: bool, callback: BaseCallba
     saved: dict[str, Any] | None = None  # the resume state of the last completed round
     if resume:
         state, saved = _open_run(out, cfg, segmenter is not None)
-    else:
-        _clear_run(out)
 
     device = cfg.device
     if segmenter is None:
@@ -380,6 +378,8 @@ def _train(cfg: TrainConfig, out: str | Path, resume: bool, callback: BaseCallba
             **cfg.dqn_kwargs("defender"),
         )
     agents = {"attacker": (attacker, att_env), "defender": (defender, def_env)}
+    if not resume:  # set up without an error: an earlier run in this folder goes now
+        _clear_run(out)
     # written before any training, and again on --resume: it describes the run as last
     # continued (more rounds, the saved networks' settings; resume_conflicts allows no other change)
     io.save_text(yaml.safe_dump(_config_dict(cfg), sort_keys=False), out / "config.yaml")
