@@ -456,10 +456,10 @@ def _train(cfg: TrainConfig, out: str | Path, resume: bool, callback: BaseCallba
         was_saved = loaded is not None
         if loaded is None:
             loaded = train_label_filter(cfg, out, segmenter, attacker, final_defender, progress=progress, write=False)
+            meta_text = json.dumps(loaded[1], indent=2, sort_keys=True) + "\n"  # as io.save_json writes it
             files = {FILTER_FILE: stage(out, FILTER_FILE, cfg.rounds, loaded[0].save),
                      FILTER_META: stage(out, FILTER_META, cfg.rounds,
-                                        lambda tmp: Path(tmp).write_text(json.dumps(loaded[1], indent=2, sort_keys=True) + "\n",
-                                                                         encoding="utf-8"))}
+                                        lambda tmp: Path(tmp).write_text(meta_text, encoding="utf-8"))}
             state = {**state, "label_filter": {"files": sorted(files)}}
             commit_round(out, state, files)
         filter_model, filter_meta = loaded

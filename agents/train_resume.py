@@ -188,7 +188,8 @@ def restore_graph_ids(table: list[list[Any]], worlds: Mapping[str, PromptWorld])
     for gid, name, index, key in sorted(table):
         world = worlds.get(name)
         if world is None or not 0 <= int(index) < len(world.dataset):
-            raise ValueError(f"the resume state names image {index} of the {name!r} scenes, which this run does not have")
+            raise ValueError(f"the resume state names image {index} of the {name!r} scenes, "
+                             "which this run does not have")
         rec = world.image(int(index))
         now = GRAPH_STORE.key_of(rec.graph_id)
         if now != key:

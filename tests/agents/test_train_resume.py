@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
-from ppd.agents.label_filter import FILTER_FILE, FILTER_META, load_label_filter
+from ppd.agents.label_filter import FILTER_FILE, load_label_filter
 from ppd.agents.run_commit import STATE_FILE, commit_round, discard_uncommitted, finish_commit, read_state, stage
 from ppd.agents.train import TrainConfig, train
 from ppd.agents.train_config import resume_conflicts
