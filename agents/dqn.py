@@ -35,7 +35,8 @@ Two additions to SB3's DQN:
 The graph store whose graphs the observations name reaches the Q-networks through
 ``policy_kwargs["graph_store"]`` (:func:`make_dqn` passes the env's). It is left out of
 saved files (graph ids belong to one process); :meth:`MaskedDQN.load` takes one again
-(default: :data:`~ppd.graphs.store.GRAPH_STORE`).
+(default: :data:`~ppd.graphs.store.GRAPH_STORE`), and
+:meth:`MaskedDQN.load_replay_buffer` maps a saved buffer's ids onto this process's.
 """
 
 from __future__ import annotations
@@ -138,6 +139,25 @@ class MaskedDQN(DQN):
             kwargs["_load_graph_store"] = graph_store  # read (and dropped) by _setup_model
         return super().load(path, env=env, device=device, custom_objects=custom_objects,
                             print_system_info=print_system_info, force_reset=force_reset, **kwargs)
+
+    def load_replay_buffer(self, path: Any, truncate_last_traj: bool = True,
+                           graph_ids: dict[int, int] | None = None) -> None:
+        """SB3's ``load_replay_buffer``; ``graph_ids``: saved graph id -> this process's
+        (:func:`ppd.agents.train_resume.restore_graph_ids`), applied to the stored
+        transitions' ``image_id`` (the ids of the process that saved them name other
+        graphs here, or none).
+
+        Raises:
+            ValueError: a stored transition names a graph id that ``graph_ids`` lacks.
+        """
+        super().load_replay_buffer(path, truncate_last_traj)
+        if graph_ids is not None:
+            from ppd.agents.train_resume import remap_graph_ids
+
+            rb = self.replay_buffer
+            used = rb.buffer_size if rb.full else rb.pos
+            for obs in (rb.observations, rb.next_observations):
+                remap_graph_ids(obs, graph_ids, used)
 
     # -- masks ------------------------------------------------------------------------
     def action_masks(self, observation: dict[str, np.ndarray]) -> np.ndarray:

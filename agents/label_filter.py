@@ -54,6 +54,7 @@ re-exports the names of the other three.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +82,10 @@ from ppd.agents.label_filter_data import (  # re-exported
     scene_starts,
     stacked_observations,
 )
+from ppd.agents.run_commit import committed_path, read_state
 from ppd.agents.label_filter_fit import fit_label_head, label_auc, select_threshold, train_label_filter  # re-exported
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "FILTER_ACTIONS",
@@ -100,6 +104,7 @@ __all__ = [
     "fit_label_head",
     "label_auc",
     "load_label_filter",
+    "remove_label_filter",
     "node_probabilities",
     "random_walk",
     "relabel_gate_mask",
@@ -139,15 +144,44 @@ def check_relabel_gate(value: Any, name: str = "relabel_gate") -> float:
     return v
 
 
+def _filter_files(folder: Path) -> tuple[Path, Path] | None:
+    """The filter's two files as the run's ``state.json`` commits them: None when the
+    state says the run has no filter (any files there are stale), the committed files
+    (:func:`~ppd.agents.run_commit.committed_path`) when it names one; a run whose state
+    does not say (no ``state.json``, or one written before filters were committed with
+    it): the files by their names."""
+    try:
+        state = read_state(folder)
+    except ValueError as exc:
+        logger.warning("%s; reading the label filter files by their names", exc)
+        state = None
+    if state is None or "label_filter" not in state:
+        return folder / FILTER_FILE, folder / FILTER_META
+    if not state["label_filter"]:
+        return None
+    return committed_path(folder, state, FILTER_FILE), committed_path(folder, state, FILTER_META)
+
+
+def remove_label_filter(folder: str | Path) -> None:
+    """Delete a run's filter files (the metadata first: a network without it is no
+    filter to a run that commits filters with its state)."""
+    for name in (FILTER_META, FILTER_FILE):
+        (Path(folder) / name).unlink(missing_ok=True)
+
+
 def load_label_filter(folder: str | Path, device: str | None = None) -> tuple[Any, dict[str, Any]] | None:
     """The filter network and its ``label_filter.json`` from a run folder, or None when
-    the run has none (trained before the filter existed, or with ``filter_scenes=0``).
+    the run has none (trained before the filter existed, or with ``filter_scenes=0``, or
+    whose ``state.json`` says it has none: the filter of earlier rounds).
 
     Raises:
         ValueError: one of the two files without the other, or an unreadable one.
     """
     folder = Path(folder)
-    net, meta = folder / FILTER_FILE, folder / FILTER_META
+    files = _filter_files(folder)
+    if files is None:
+        return None
+    net, meta = files
     if not net.is_file() and not meta.is_file():
         return None
     if not (net.is_file() and meta.is_file()):
@@ -164,7 +198,11 @@ def load_label_filter(folder: str | Path, device: str | None = None) -> tuple[An
         raise ValueError(f"{meta}: action must be one of {FILTER_ACTIONS}, got {info['action']!r}")
     info.setdefault("relabel_gate", 0.0)  # written before the gate existed: no gate
     check_relabel_gate(info["relabel_gate"], f"{meta}: relabel_gate")
-    model = MaskedDQN.load(str(net), device=device or "auto")
+    try:
+        model = MaskedDQN.load(str(net), device=device or "auto")
+    except Exception as exc:  # SB3 raises many kinds (AssertionError, BadZipFile, ...) for a damaged archive
+        raise ValueError(f"{net}: cannot load the label filter network ({type(exc).__name__}: {exc}); "
+                         "train it again with `ppd train --resume`") from None
     if not getattr(model.policy.q_net, "label_aux", False):
         raise ValueError(f"{net}: this network has no label head")
     return model, info

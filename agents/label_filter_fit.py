@@ -131,9 +131,11 @@ def train_label_filter(
     attacker: Any,
     defender: Any,
     progress: Callable[[str, int], Callable[..., Any]] | None = None,
+    write: bool = True,
 ) -> tuple[Any, dict[str, Any]]:
     """Build, fit and select the filter (module docstring); writes ``out/label_filter.zip``
-    and ``out/label_filter.json`` (atomically, the network first) and returns the network
+    and ``out/label_filter.json`` (atomically, the network first; ``write=False``: the
+    caller saves them, as ``ppd train`` does with its run state) and returns the network
     and the latter's contents.
 
     Args:
@@ -187,8 +189,9 @@ def train_label_filter(
         "time_split_s": {"examples": round(t_data - t0, 1), "fit": round(t_fit - t_data, 1),
                          "selection": round(time.time() - t_fit, 1)},
     }
-    io.atomic_write(out / FILTER_FILE, lambda tmp: model.save(tmp))
-    io.save_json(meta, out / FILTER_META)
+    if write:
+        io.atomic_write(out / FILTER_FILE, lambda tmp: model.save(tmp))
+        io.save_json(meta, out / FILTER_META)
     venv.close()
     # ppd train logs the stage's summary with its round (ppd.agents.train_progress)
     logger.debug("label filter: %s above %s (relabel gate %s), held-out AUC %.3f, %d examples, %.0f s",

@@ -35,6 +35,7 @@ class GraphStore:
     def __init__(self) -> None:
         self._by_key: dict[str, int] = {}
         self._graphs: list[Data] = []
+        self._keys: list[str] = []
         self._derived: dict[tuple[int, str], Any] = {}
         self._lock = threading.Lock()
 
@@ -48,11 +49,20 @@ class GraphStore:
                 raise RuntimeError("graph store is full (2**24 graphs)")
             gid = len(self._graphs)
             self._graphs.append(graph)
+            self._keys.append(key)
             self._by_key[key] = gid
             return gid
 
     def id_of(self, key: str) -> int | None:
         return self._by_key.get(key)
+
+    def key_of(self, gid: int) -> str | None:
+        """The content key graph ``gid`` was registered under (None: no such id). Ids
+        are registration order, so they differ between processes; keys do not: a file
+        that names graphs by id (a saved replay buffer) records their keys too, so that
+        another process can map its ids onto its own."""
+        gid = int(gid)
+        return self._keys[gid] if 0 <= gid < len(self._keys) else None
 
     def get(self, gid: int) -> Data:
         try:

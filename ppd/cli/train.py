@@ -5,7 +5,7 @@ summary at the end."""
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +67,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--config", default=None, help="YAML/JSON file with TrainConfig fields (flags override it)")
     parser.add_argument("--out", default="runs/ppd", help="run folder (default: runs/ppd)")
-    parser.add_argument("--resume", action="store_true", help="continue OUT from its last completed round (uses OUT/config.yaml unless --config is given; flags override it)")
+    parser.add_argument("--resume", action="store_true", help="continue OUT from its last completed round (uses OUT/config.yaml unless --config is given; "
+                        "flags may change only --rounds (to more), --device, --threads, --n-examples, "
+                        "--save-replay-buffer and, before the label filter is trained, --filter-*: a flag that "
+                        "contradicts the run is an error)")
     # dict fields (start_mix, coarse_kwargs) are settable in --config FILE only
     add_dataclass_args(parser, TrainConfig, skip=("start_mix", "coarse_kwargs"))
 
@@ -83,20 +86,51 @@ def config_for(args: argparse.Namespace) -> tuple[TrainConfig, int]:
         config_file = str(out / "config.yaml")
     cfg = build_config(TrainConfig, args, config_file)
     done = 0
-    if args.resume and (out / "state.json").is_file():
-        done = int(json.loads((out / "state.json").read_text(encoding="utf-8")).get("round", 0))
+    if args.resume:
+        from ppd.agents.run_commit import read_state
+
+        state = read_state(out)
+        done = int(state["round"]) if state else 0
     return cfg, done
 
 
+def interrupted_message(out: Path) -> str:
+    """The line ``ppd train`` ends with when it is interrupted (Ctrl-C): what the run
+    folder holds and how to continue it."""
+    from ppd.agents.run_commit import read_state
+
+    try:
+        state = read_state(out)
+    except ValueError:
+        state = None
+    if state and state["round"]:
+        return (f"ppd train: interrupted; {out} holds {state['round']} completed round(s): "
+                f"continue the run with `ppd train --out {out} --resume`")
+    return (f"ppd train: interrupted before the first round was completed; `ppd train --out {out} --resume` "
+            "starts the run again from its first round")
+
+
 def run(args: argparse.Namespace) -> int:
-    """``ppd train``: build the config, train with a progress bar, print a summary."""
+    """``ppd train``: build the config, train with a progress bar, print a summary. An
+    interrupt (Ctrl-C) ends it with one line on how to continue and exit code 130."""
+    try:
+        return _run(args)
+    except KeyboardInterrupt:
+        print(interrupted_message(Path(args.out)), file=sys.stderr)
+        return 130
+
+
+def _run(args: argparse.Namespace) -> int:
+    """:func:`run` without the interrupt handling."""
     from tqdm import tqdm
 
-    from ppd.agents.train import train
+    from ppd.agents.train import check_resume, train
     from ppd.agents.train_progress import StepCallback
 
     out = Path(args.out)
     cfg, done = config_for(args)
+    if args.resume:
+        check_resume(out, cfg)  # a contradicting flag fails before the progress bar
     per_round = cfg.attacker_steps + cfg.defender_steps
     stage_bars: list[Any] = []
 
