@@ -26,7 +26,7 @@ examples:  ppd bench --quick --out bench_out
 """
 
 #: Settings of --quick that flags left unset take.
-QUICK = {"sample": 8, "max_objects": 4}
+QUICK = {"sample": 6, "max_objects": 4}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -48,8 +48,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--min-area", type=int, metavar="PX", help="skip objects smaller than PX pixels (default 0)")
     g.add_argument("--max-objects", type=int, metavar="N", help="at most N objects per image, the largest (default all)")
     g.add_argument("--quick", action="store_true", default=None,
-                   help="a small preset: every procedural domain (plus any --data), 8 images and 4 objects each, "
-                   "every protocol, the bundled model and defender; a few minutes on 2 CPU cores")
+                   help="a small preset: every procedural domain (plus any --data), 6 images and 4 objects each, "
+                   "every protocol at a small size, the bundled model and defender; about 5 minutes on 2 CPU cores")
     g = p.add_argument_group("compute")
     g.add_argument("--device", help="cuda / cpu (default: cuda when available)")
     g.add_argument("--precision", choices=PRECISIONS, help="segmenter precision (default: fp32 on CPU, bf16 for official models on CUDA)")

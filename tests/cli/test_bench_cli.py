@@ -26,7 +26,7 @@ def test_protocol_options_are_flags():
 def test_quick_preset():
     cfg = build_config(parse("--quick", "--data", "mine=some/folder"))
     assert cfg.data == [f"{d}=procedural:{d}" for d in DOMAINS] + ["mine=some/folder"]
-    assert (cfg.sample, cfg.max_objects, cfg.out) == (8, 4, "bench_out")
+    assert (cfg.sample, cfg.max_objects, cfg.out) == (6, 4, "bench_out")
     assert cfg.protocols == protocol_names()
     assert cfg.options["refine"]["defender"] == ["bundled"]  # each protocol's quick options
     own = build_config(parse("--quick", "--defender", "runs/mine"))

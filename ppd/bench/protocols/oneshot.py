@@ -68,7 +68,8 @@ class OneShotConfig:
     )
     baselines: list[str] = field(
         default_factory=lambda: list(REFINE_BASELINES),
-        metadata={"help": "refiners of ppd.agents.baselines applied to the FM points, each a method fm+NAME "
+        metadata={"help": "refiners of ppd.agents.baselines applied to the FM points, each a method fm+NAME; "
+                  "no_refine is fm itself "
                   f"(default: {' '.join(REFINE_BASELINES)})"},
     )
     fm_pos: int = field(default=5, metadata={"help": "most positive FM points (default 5)"})
@@ -105,9 +106,9 @@ class OneShotProtocol(Protocol):
     def validate(self, models: dict[str, dict[str, Any]]) -> None:
         from ppd.agents.baselines import BASELINES
 
-        unknown = [b for b in self.config.baselines if b not in BASELINES or b == "no_refine"]
+        unknown = [b for b in self.config.baselines if b not in BASELINES]
         if unknown:
-            raise ValueError(f"unknown baseline {unknown[0]!r}; known: {', '.join(b for b in BASELINES if b != 'no_refine')}")
+            raise ValueError(f"unknown baseline {unknown[0]!r}; known: {', '.join(BASELINES)}")
         self._refine_protocol().validate(models)
 
     def prepare(self, model: BenchModel) -> dict[str, Any]:
@@ -186,7 +187,8 @@ class OneShotProtocol(Protocol):
             coords, labels = feature_matching(seg, ref_image, ref_mask, image, self.config.fm_pos, self.config.fm_neg)
             sets: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
             refiners = {f"fm+{name}": (BASELINES[name](seg, seed=int(rng.integers(2**63))) if name == "random_drop"
-                                       else BASELINES[name](seg)) for name in self.config.baselines}
+                                       else BASELINES[name](seg)) for name in self.config.baselines
+                         if name != "no_refine"}  # no_refine is fm itself
             refiners.update({f"fm+{m}": d for m, d in defenders.items()})
             refiners = {"fm": BASELINES["no_refine"](seg), **refiners}
             for method, refiner in refiners.items():

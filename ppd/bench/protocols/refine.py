@@ -57,6 +57,11 @@ class RefineBenchConfig:
                   "ppd) whose defender refines the coarse sets; repeatable (default: the baselines only)"},
     )
     coarse_sets: int = field(default=1, metadata={"help": "coarse prompt sets per object (default 1)"})
+    baselines: list[str] = field(
+        default_factory=lambda: list(BASELINE_NAMES),
+        metadata={"help": "baseline refiners to run: no_refine, random_drop, greedy_score, consistency, mask_consensus "
+                  "(default all)"},
+    )
     generators: list[str] = field(
         default_factory=lambda: ["default"],
         metadata={"help": "prompt generators whose sets are refined, each its own condition: default (8 points, "
@@ -67,6 +72,9 @@ class RefineBenchConfig:
     def __post_init__(self) -> None:
         if self.coarse_sets < 1:
             raise ValueError(f"coarse_sets must be >= 1, got {self.coarse_sets}")
+        unknown = [b for b in self.baselines if b not in BASELINE_NAMES]
+        if unknown:
+            raise ValueError(f"unknown baseline {unknown[0]!r}; known: {', '.join(BASELINE_NAMES)}")
         if not self.generators or len(set(self.generators)) < len(self.generators):
             raise ValueError(f"generators must be distinct names, got {self.generators}")
 
@@ -104,7 +112,7 @@ class RefineProtocol(Protocol):
     table_metrics = ("iou", "dice", "refine_ms")
     lower_is_better = frozenset({"refine_ms"})
     example_metric = "iou"
-    quick = {"defender": [BUNDLED]}
+    quick = {"defender": [BUNDLED], "baselines": ["no_refine", "greedy_score", "mask_consensus"]}
 
     def validate(self, models: dict[str, dict[str, Any]]) -> None:
         from ppd.bench.generators import GENERATORS
@@ -175,7 +183,7 @@ class RefineProtocol(Protocol):
                 for s in range(self.config.coarse_sets):
                     coarse = generator_prompts(generator, gt, rng)
                     refiners = {name: (BASELINES[name](seg, seed=int(rng.integers(2**63))) if name == "random_drop"
-                                       else BASELINES[name](seg)) for name in BASELINE_NAMES}
+                                       else BASELINES[name](seg)) for name in self.config.baselines}
                     refiners.update(defenders)
                     for method, refiner in refiners.items():
                         t = time.perf_counter()
