@@ -3,7 +3,7 @@
 Both files are rendered from one list of blocks (heading, paragraph, list, table, figure,
 code), so they hold the same text and numbers; every table cell is read from the summary
 (:func:`ppd.bench.stats.summarize`), never recomputed. The markdown links the figures in
-``figures/``; the HTML embeds them as base64 PNG data URIs and has inline CSS only, so it
+``figures/``; the HTML embeds them as base64 data URIs (PNG; large photo-like grids as JPEG) and has inline CSS only, so it
 can be mailed or archived as one file. A small renderer is written here rather than a
 markdown library because the blocks are few and fixed, and the HTML must not depend on
 what a markdown flavour does with tables.
@@ -205,8 +205,9 @@ def to_html(doc: Doc, title: str) -> str:
                                  for i, c in enumerate(row)) + "</tr>" for row in rows)
             body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{trs}</tbody></table>")
         elif kind == "figure":
-            data = base64.b64encode(Path(block[2]).read_bytes()).decode("ascii")
-            body.append(f'<figure><img alt="{html.escape(block[1])}" src="data:image/png;base64,{data}">'
+            mime, raw = _embeddable(Path(block[2]))
+            data = base64.b64encode(raw).decode("ascii")
+            body.append(f'<figure><img alt="{html.escape(block[1])}" src="data:{mime};base64,{data}">'
                         f"<figcaption>{_inline(block[1])}</figcaption></figure>")
         elif kind == "code":
             body.append(f"<pre><code>{html.escape(block[1], quote=False)}</code></pre>")
@@ -283,6 +284,26 @@ def _protocol_section(doc: Doc, out_dir: Path, name: str, protocol: Any, summary
         doc.heading(3, "Figures")
     for kind, path in figures.items():
         doc.figure((own_captions or {}).get(kind) or captions.get(kind, kind), path, path.relative_to(out_dir).as_posix())
+
+
+#: Figures larger than this are embedded in report.html as JPEG (the photo-like example
+#: grids: about a tenth of their PNG size); the PNG files stay beside the report.
+JPEG_ABOVE_BYTES = 400_000
+
+
+def _embeddable(path: Path) -> tuple[str, bytes]:
+    """``(mime type, bytes)`` of a figure for a data URI."""
+    raw = path.read_bytes()
+    if len(raw) <= JPEG_ABOVE_BYTES:
+        return "image/png", raw
+    import io
+
+    from PIL import Image
+
+    with Image.open(path) as im:
+        buf = io.BytesIO()
+        im.convert("RGB").save(buf, "JPEG", quality=85, optimize=True)
+    return "image/jpeg", buf.getvalue()
 
 
 def _aggregates_section(doc: Doc, aggregates: dict[str, Any] | None) -> None:

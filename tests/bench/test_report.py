@@ -206,7 +206,7 @@ def test_html_is_self_contained_and_has_the_same_tables(report):
     page = files["report.html"].read_text()
     md = files["report.md"].read_text()
     n_fig = len(re.findall(r"!\[", md))
-    assert page.count('src="data:image/png;base64,') == n_fig
+    assert page.count('src="data:image/png;base64,') + page.count('src="data:image/jpeg;base64,') == n_fig
     assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:|//|file:)""", page, re.I)
     assert "<script" not in page.lower() and "@import" not in page
     entry = summary["clicks"][ALL]["tiny/clicks/clean"]["iou@3"]
