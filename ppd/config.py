@@ -83,7 +83,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (yaml.YAMLError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"cannot parse config file {path}: {exc}") from None
+        raise ValueError(f"cannot parse config file {path}: {' '.join(str(exc).split())}") from None  # one line
     if not isinstance(data, dict):
         raise ValueError(f"config file {path} must hold a mapping of field names to values")
     return data

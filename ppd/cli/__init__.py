@@ -67,9 +67,20 @@ def main(argv: list[str] | None = None) -> int:
     apply_threads(args.parser, args)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, OSError) as exc:  # bad input, an --out that is a file or not writable, a full disk ...
         print(f"ppd {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"ppd {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        import yaml
+
+        if isinstance(exc, yaml.YAMLError):  # a --config file that is not YAML
+            print(f"ppd {args.command}: error: the config file is not valid YAML: {' '.join(str(exc).split())}",
+                  file=sys.stderr)
+            return 2
+        raise
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -31,7 +31,7 @@ QUICK = {"sample": 6, "max_objects": 4}
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from ppd.bench.protocols import protocol_class, protocol_names
-    from ppd.cli.common import PRECISIONS
+    from ppd.cli.common import PRECISIONS, device_arg
 
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.add_argument("--config", metavar="FILE", help="a config.yaml of an earlier run (flags given here override it)")
@@ -51,7 +51,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="a small preset: every procedural domain (plus any --data), 6 images and 4 objects each, "
                    "every protocol at a small size, the bundled model and defender; about 5 minutes on 2 CPU cores")
     g = p.add_argument_group("compute")
-    g.add_argument("--device", help="cuda / cpu (default: cuda when available)")
+    g.add_argument("--device", type=device_arg, help="cuda / cpu (default: cuda when available)")
     g.add_argument("--precision", choices=PRECISIONS, help="segmenter precision (default: fp32 on CPU, bf16 for official models on CUDA)")
     g.add_argument("--embedding-cache", metavar="DIR", help="keep image embeddings in DIR across runs")
     g.add_argument("--ray", action="store_true", default=None, help="run work units as Ray tasks on a local Ray (pip install 'ppd[ray]')")

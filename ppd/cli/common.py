@@ -56,11 +56,30 @@ def save_png(array: np.ndarray, path: Path) -> None:
 PRECISIONS = ("fp32", "bf16")
 
 
+def device_arg(text: str) -> str:
+    """A ``--device`` value: a torch device this machine has (a usage error otherwise:
+    ``tpu``, or ``cuda`` where torch sees no GPU)."""
+    import argparse
+
+    import torch
+
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device: use cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise argparse.ArgumentTypeError(f"{text!r}: ppd runs on cpu or cuda (cuda:N), not {device.type}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text!r}: torch sees no CUDA GPU on this machine (torch {torch.__version__}); "
+                                         "use --device cpu, or install a CUDA build of torch (docs/gpu.md)")
+    return text
+
+
 def add_device_arguments(p: argparse.ArgumentParser, embedding_cache: bool = True) -> None:
     """``--device``, ``--precision`` and (unless ``embedding_cache`` is False: commands
     that time encoding) ``--embedding-cache``, the same in every command that loads a
     segmenter."""
-    p.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
+    p.add_argument("--device", type=device_arg, default=None, help="cuda / cpu (default: cuda when available)")
     p.add_argument(
         "--precision", choices=PRECISIONS, default=None,
         help="segmenter precision: bf16 autocast (CUDA only; the default there for official SAM2 models, as "

@@ -1,0 +1,55 @@
+"""Everyday mistakes on the command line: one line naming the input, exit code 2, no
+traceback (the real entry point, in a subprocess)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+PPD = [sys.executable, "-c", "import sys; from ppd.cli import main; sys.exit(main())"]
+
+
+def ppd(*argv, cwd=None):
+    return subprocess.run([*PPD, *argv], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+@pytest.mark.parametrize("device, message", [
+    ("tpu", "is not a device"),
+    ("xla", "ppd runs on cpu or cuda"),
+    ("banana", "is not a device"),
+])
+def test_bad_device_is_a_usage_error(device, message):
+    res = ppd("segment", "--image", "x.png", "--points", "1,1,1", "--device", device, "--out", "o")
+    assert res.returncode == 2 and message in res.stderr and "Traceback" not in res.stderr
+
+
+def test_cuda_without_a_gpu_says_so():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    res = ppd("bench", "--data", "a=procedural:train", "--device", "cuda", "--out", "o")
+    assert res.returncode == 2 and "torch sees no CUDA GPU" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_out_that_is_a_file(tmp_path):
+    from PIL import Image
+    import numpy as np
+
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "img.png")
+    (tmp_path / "taken").write_text("a file")
+    res = ppd("segment", "--image", str(tmp_path / "img.png"), "--points", "5,5,1", "--out", str(tmp_path / "taken"))
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert res.stderr.startswith("ppd segment: error:") and "taken" in res.stderr
+    assert (tmp_path / "taken").read_text() == "a file"  # nothing lost
+
+
+def test_config_that_is_not_yaml(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("rounds: [1, 2\nseed: {")
+    res = ppd("train", "--config", str(bad), "--out", str(tmp_path / "run"))
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "not valid YAML" in res.stderr or str(bad) in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
