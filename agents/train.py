@@ -90,6 +90,7 @@ from ppd.data.scenes import TRAIN_DOMAIN, JitteredScenes, ProceduralScenes
 from ppd.agents.rollout import greedy_rollout  # re-exported
 from ppd.envs.vec_env import PromptVecEnv
 from ppd.envs.world import PromptWorld, segmenter_gives_uncertainty
+from ppd.pretrain_config import resolve_device
 from ppd.segmenter import Segmenter, load_segmenter
 
 logger = logging.getLogger(__name__)
@@ -321,6 +322,8 @@ def _train(cfg: TrainConfig, out: str | Path, resume: bool, callback: BaseCallba
         state, saved = _open_run(out, cfg, segmenter is not None)
 
     device = cfg.device
+    if device != "auto":
+        resolve_device(device)  # an unknown device, or CUDA where torch has none: one message
     if segmenter is None:
         segmenter = load_segmenter(
             cfg.segmenter,

@@ -208,6 +208,9 @@ def pretrain(
         raise ValueError(f"unknown domain {cfg.domain!r}; known: {', '.join(DOMAINS)}")
     device = resolve_device(cfg.device)  # a bad device fails before anything is written
     out = Path(out)
+    if resume and not (out / "last.pt").is_file():
+        raise FileNotFoundError(f"--resume: {out / 'last.pt'} not found, nothing to continue "
+                                "(start a new run without --resume)")
     out.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)

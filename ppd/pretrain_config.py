@@ -96,6 +96,14 @@ class PretrainConfig:
     model: dict = field(default_factory=tiny_model_config)
     """model config (sam2 schema)"""
 
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "eval_scenes", "checkpoint_every"):
+            if name in {f.name for f in dataclasses.fields(self)} and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("warmup_steps", "curriculum_steps", "eval_every", "threads"):
+            if name in {f.name for f in dataclasses.fields(self)} and getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 

@@ -53,3 +53,13 @@ def test_config_that_is_not_yaml(tmp_path):
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert "not valid YAML" in res.stderr or str(bad) in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_training_commands_refuse_bad_settings_in_one_line(tmp_path):
+    res = ppd("train", "--device", "tpu", "--out", str(tmp_path / "t"))
+    assert res.returncode == 2 and "unknown device 'tpu'" in res.stderr and "Traceback" not in res.stderr
+    res = ppd("pretrain", "--steps", "-1", "--out", str(tmp_path / "p"))
+    assert res.returncode == 2 and "steps must be >= 1, got -1" in res.stderr
+    assert not (tmp_path / "p" / "model.pt").exists()
+    res = ppd("pretrain", "--resume", "--out", str(tmp_path / "empty"))
+    assert res.returncode == 2 and "nothing to continue" in res.stderr
