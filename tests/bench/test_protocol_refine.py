@@ -60,7 +60,7 @@ def values(result) -> dict[tuple[str, int, str], float]:
 
 def test_registry_and_flags():
     assert protocol_class("refine") is RefineProtocol
-    assert [f.name for f in config_fields(RefineBenchConfig)] == ["defender", "coarse_sets", "baselines", "generators"]
+    assert [f.name for f in config_fields(RefineBenchConfig)] == ["defender", "coarse_sets", "baselines", "generators", "corrupted"]
     assert RefineBenchConfig().defender == [] and RefineBenchConfig().coarse_sets == 1
     with pytest.raises(ValueError, match="coarse_sets must be >= 1"):
         RefineBenchConfig(coarse_sets=0)
@@ -176,3 +176,21 @@ def test_generators_are_conditions(model, scene):
     assert got[("no_refine", 0, "clean", "iou")] == pytest.approx(float(iou(mask, scene.masks[0])))
     with pytest.raises(ValueError, match="unknown prompt generator 'nope'"):
         RefineProtocol(RefineBenchConfig(generators=["nope"])).validate({})
+
+
+def test_corrupted_images_are_conditions_with_the_same_prompts(model, scene):
+    proto = RefineProtocol(RefineBenchConfig(baselines=["no_refine"], corrupted=["gaussian_noise/3"]))
+    res = proto.run(model, proto.prepare(model), scene, UNIT, UNIT.seed(0))
+    got = {(r.method, r.object, r.condition, r.metric): r.value for r in res.rows}
+    assert {r.condition for r in res.rows} == {"clean", "gaussian_noise/3"}
+    plain = RefineProtocol(RefineBenchConfig(baselines=["no_refine"]))
+    clean = {(r.method, r.object, r.condition, r.metric): r.value
+             for r in plain.run(model, plain.prepare(model), scene, UNIT, UNIT.seed(0)).rows}
+    for key, value in clean.items():  # the clean rows are those of a run without corruptions
+        if key[3] != "refine_ms":
+            assert got[key] == value
+    # the corrupted condition scores the same coarse set on the corrupted image
+    assert any(got[("no_refine", o, "gaussian_noise/3", "iou")] != got[("no_refine", o, "clean", "iou")]
+               for o in range(scene.num_objects))
+    with pytest.raises(ValueError, match="not NAME/SEVERITY"):
+        RefineBenchConfig(corrupted=["gaussian_noise"])

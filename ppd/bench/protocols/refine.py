@@ -69,7 +69,19 @@ class RefineBenchConfig:
                   "(ppd.bench.generators.GENERATORS) (default: default)"},
     )
 
+    corrupted: list[str] = field(
+        default_factory=list,
+        metadata={"help": "image corruptions NAME/SEVERITY (e.g. gaussian_noise/3 fog/3; see the corruptions "
+                  "protocol) under which the same coarse sets are refined too, each its own condition: does "
+                  "refining still help on a degraded image? (default: none)"},
+    )
+
     def __post_init__(self) -> None:
+        from ppd.bench.protocols.corruptions import parse_condition
+
+        bad = [c for c in self.corrupted if parse_condition(c) is None]
+        if bad:
+            raise ValueError(f"corrupted: {bad[0]!r} is not NAME/SEVERITY with a known corruption (e.g. gaussian_noise/3)")
         if self.coarse_sets < 1:
             raise ValueError(f"coarse_sets must be >= 1, got {self.coarse_sets}")
         unknown = [b for b in self.baselines if b not in BASELINE_NAMES]
@@ -168,37 +180,57 @@ class RefineProtocol(Protocol):
         defenders = (resources or {}).get("defenders", {})
         void = scene.meta.get("void")
         care = np.ones(scene.masks.shape[1:], bool) if void is None else ~np.asarray(void, bool)
-        seg.encode(image)  # encoded once, before any timed call
-        for defender in defenders.values():
-            defender.record(image)
+        images = [("", image)]  # (condition suffix, image): the clean image, then each corruption
+        if self.config.corrupted:
+            from ppd.bench.protocols.corruptions import parse_condition
+            from ppd.robustness.corruptions import CORRUPTIONS, corrupt
+
+            seed = int(rng.spawn(1)[0].integers(2**63))  # a child stream: the coarse sets stay as without corruptions
+            for cond in self.config.corrupted:
+                name, severity = parse_condition(cond)
+                images.append((cond, corrupt(image, name, severity,
+                                             rng=np.random.default_rng([seed, CORRUPTIONS.index(name), severity]))))
+        for _, img in images:
+            seg.encode(img)  # encoded once, before any timed call
+            for defender in defenders.values():
+                defender.record(img)
         shown = next(iter(defenders), "no_refine")
         result = UnitResult()
+        single = self.config.generators == ["default"]
         for generator in self.config.generators:
-            condition = CLEAN if generator == "default" and len(self.config.generators) == 1 else generator
             for obj, gt in enumerate(np.asarray(scene.masks, bool)):
                 gt = gt & care
                 if not gt.any():
                     continue
-                values: dict[str, dict[str, list[float]]] = {}
-                for s in range(self.config.coarse_sets):
+                sets = []  # the same coarse sets (and random-drop seeds) under every image condition
+                for _ in range(self.config.coarse_sets):
                     coarse = generator_prompts(generator, gt, rng)
-                    refiners = {name: (BASELINES[name](seg, seed=int(rng.integers(2**63))) if name == "random_drop"
-                                       else BASELINES[name](seg)) for name in self.config.baselines}
-                    refiners.update(defenders)
-                    for method, refiner in refiners.items():
-                        t = time.perf_counter()
-                        res = refiner.refine(image, coarse.point_coords, coarse.point_labels)
-                        ms = 1000.0 * (time.perf_counter() - t)
-                        mask = np.asarray(res.mask, bool) & care
-                        got = values.setdefault(method, {"iou": [], "dice": [], "refine_ms": [], "kept": []})
-                        got["iou"].append(float(iou(mask, gt)))
-                        got["dice"].append(float(dice(mask, gt)))
-                        got["refine_ms"].append(ms)
-                        got["kept"].append(float(np.mean(res.kept)))
-                        if s == 0 and method == shown:
-                            result.examples.append(Example(method, obj, "iou", got["iou"][0],
-                                                           prompt_points(res.point_coords, res.point_labels),
-                                                           encode_mask(mask), condition=condition))
-                result.rows += [Row(method, obj, metric, float(np.mean(v)), condition)
-                                for method, metrics in values.items() for metric, v in metrics.items()]
+                    sets.append((coarse, {name: int(rng.integers(2**63)) for name in self.config.baselines
+                                          if name == "random_drop"}))
+                for suffix, img in images:
+                    if suffix:
+                        condition = suffix if single else f"{generator}@{suffix}"
+                    else:
+                        condition = CLEAN if single else generator
+                    values: dict[str, dict[str, list[float]]] = {}
+                    for s, (coarse, seeds) in enumerate(sets):
+                        refiners = {name: (BASELINES[name](seg, seed=seeds[name]) if name == "random_drop"
+                                           else BASELINES[name](seg)) for name in self.config.baselines}
+                        refiners.update(defenders)
+                        for method, refiner in refiners.items():
+                            t = time.perf_counter()
+                            res = refiner.refine(img, coarse.point_coords, coarse.point_labels)
+                            ms = 1000.0 * (time.perf_counter() - t)
+                            mask = np.asarray(res.mask, bool) & care
+                            got = values.setdefault(method, {"iou": [], "dice": [], "refine_ms": [], "kept": []})
+                            got["iou"].append(float(iou(mask, gt)))
+                            got["dice"].append(float(dice(mask, gt)))
+                            got["refine_ms"].append(ms)
+                            got["kept"].append(float(np.mean(res.kept)))
+                            if s == 0 and method == shown and not suffix:
+                                result.examples.append(Example(method, obj, "iou", got["iou"][0],
+                                                               prompt_points(res.point_coords, res.point_labels),
+                                                               encode_mask(mask), condition=condition))
+                    result.rows += [Row(method, obj, metric, float(np.mean(v)), condition)
+                                    for method, metrics in values.items() for metric, v in metrics.items()]
         return result
