@@ -17,7 +17,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import pandas as pd
 import torch
 
 from ppd.bench.config import BenchConfig
