@@ -49,7 +49,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-objects", type=int, metavar="N", help="at most N objects per image, the largest (default all)")
     g.add_argument("--quick", action="store_true", default=None,
                    help="a small preset: every procedural domain (plus any --data), 6 images and 4 objects each, "
-                   "every protocol at a small size, the bundled model and defender; about 5 minutes on 2 CPU cores")
+                   "every protocol at a small size, the bundled model and defender; under 3 minutes on 2 CPU cores")
     g = p.add_argument_group("compute")
     g.add_argument("--device", type=device_arg, help="cuda / cpu (default: cuda when available)")
     g.add_argument("--precision", choices=PRECISIONS, help="segmenter precision (default: fp32 on CPU, bf16 for official models on CUDA)")
