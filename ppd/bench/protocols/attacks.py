@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from ppd.bench.protocols.base import BenchModel, Protocol
+from ppd.bench.protocols.base import BenchModel, Protocol, measured_objects
 from ppd.bench.schema import CLEAN, Example, Row, Unit, UnitResult, encode_mask, prompt_points
 
 #: The attack names (``ppd.robustness.attacks.ATTACKS``; written out so that importing
@@ -110,10 +110,7 @@ class AttacksProtocol(Protocol):
 
         cfg, seg = self.config, model.segmenter
         seeds = {name: int(rng.integers(2**63)) for name in ATTACK_NAMES}
-        void = scene.meta.get("void")
-        care = np.ones(scene.masks.shape[1:], bool) if void is None else ~np.asarray(void, bool)
-        gts = np.asarray(scene.masks, bool) & care
-        objs = [i for i, gt in enumerate(gts) if gt.any()]
+        care, gts, objs = measured_objects(scene)
         result = UnitResult()
         if not objs:
             return result

@@ -117,6 +117,16 @@ class Protocol:
         raise NotImplementedError
 
 
+def measured_objects(scene: Any) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """``(care, gts, objs)`` of a scene: the pixels that count (not void,
+    ``scene.meta["void"]``), the object masks restricted to them, and the indices of the
+    objects left with at least one pixel (the ones a protocol measures)."""
+    void = scene.meta.get("void")
+    care = np.ones(scene.masks.shape[1:], bool) if void is None else ~np.asarray(void, bool)
+    gts = np.asarray(scene.masks, bool) & care
+    return care, gts, [i for i, gt in enumerate(gts) if gt.any()]
+
+
 def config_fields(config_cls: type) -> list[dataclasses.Field]:
     """The fields of a protocol config dataclass, each with a help text."""
     fields = dataclasses.fields(config_cls)

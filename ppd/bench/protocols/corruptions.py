@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from ppd.bench.protocols.base import BenchModel, Protocol
+from ppd.bench.protocols.base import BenchModel, Protocol, measured_objects
 from ppd.bench.schema import CLEAN, Example, Row, Unit, UnitResult, encode_mask, prompt_points
 
 #: Kept in step with ppd.robustness.corruptions.CORRUPTIONS (a test checks), so that the
@@ -123,13 +123,11 @@ class CorruptionsProtocol(Protocol):
 
     def run(self, model: BenchModel, resources, scene, unit: Unit, rng: np.random.Generator) -> UnitResult:
         from ppd.prompts import farthest_click, ideal_prompts, stack_prompts
+        from ppd.metrics import iou
         from ppd.robustness.corruptions import CORRUPTIONS, corrupt
 
         seg = model.segmenter
-        void = scene.meta.get("void")
-        care = np.ones(scene.masks.shape[1:], bool) if void is None else ~np.asarray(void, bool)
-        gts = np.asarray(scene.masks, bool) & care
-        objs = [i for i, gt in enumerate(gts) if gt.any()]
+        care, gts, objs = measured_objects(scene)
         result = UnitResult()
         if not objs:
             return result
@@ -162,10 +160,10 @@ class CorruptionsProtocol(Protocol):
             for r, obj in enumerate(objs):
                 gt = gts[obj]
                 mask = np.asarray(pred.masks[r], bool) & care
-                value = _iou(mask, gt)
+                value = float(iou(mask, gt))
                 result.rows.append(Row(METHOD, obj, "iou", value, condition))
                 ideal_mask = np.asarray(ideal_masks[r], bool) & care
-                result.rows.append(Row(METHOD, obj, "iou_ideal", _iou(ideal_mask, gt), condition))
+                result.rows.append(Row(METHOD, obj, "iou_ideal", float(iou(ideal_mask, gt)), condition))
                 if model.has_head and pred.uncertainty is not None:
                     auroc = _auroc(pred.uncertainty[r], mask, gt, care)
                     result.rows.append(Row(METHOD, obj, "auroc", auroc, condition))
@@ -174,11 +172,6 @@ class CorruptionsProtocol(Protocol):
                                                  encode_mask(mask), condition=condition))
         result.examples = [ex for _, ex in worst.values()]
         return result
-
-
-def _iou(pred: np.ndarray, gt: np.ndarray) -> float:
-    union = np.count_nonzero(pred | gt)
-    return float(np.count_nonzero(pred & gt) / union) if union else 1.0
 
 
 def _auroc(uncertainty: np.ndarray, mask: np.ndarray, gt: np.ndarray, care: np.ndarray) -> float:

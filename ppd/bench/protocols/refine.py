@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from ppd.bench.protocols.base import BenchModel, Protocol
+from ppd.bench.protocols.base import BenchModel, Protocol, measured_objects
 from ppd.bench.schema import CLEAN, Example, Row, Unit, UnitResult, encode_mask, prompt_points
 
 logger = logging.getLogger(__name__)
@@ -178,8 +178,7 @@ class RefineProtocol(Protocol):
 
         seg, image = model.segmenter, scene.image
         defenders = (resources or {}).get("defenders", {})
-        void = scene.meta.get("void")
-        care = np.ones(scene.masks.shape[1:], bool) if void is None else ~np.asarray(void, bool)
+        care = measured_objects(scene)[0]
         images = [("", image)]  # (condition suffix, image): the clean image, then each corruption
         if self.config.corrupted:
             from ppd.bench.protocols.corruptions import parse_condition
