@@ -21,7 +21,7 @@ from ppd.agents.label_filter import LabelFilter, node_probabilities
 from ppd.agents.train_config import TrainConfig
 from ppd.envs.world import INACTIVE, ImageRecord, PromptWorld, prompts_from_state, state_from_prompts
 from ppd.prompts import coarse_prompts, ideal_prompts
-from ppd.viz import caption, grid, overlay
+from ppd.viz import caption, grid, overlay, shrink
 from ppd.agents.rollout import _polish_rollouts, greedy_rollout
 
 __all__ = [
@@ -36,6 +36,8 @@ __all__ = [
 
 #: First seed of the held-out evaluation scenes (far from every training seed).
 EVAL_SEED = 10_000_000 + 5000
+#: Longest side of an image in ``examples.png`` (larger images are scaled down).
+EXAMPLE_SIDE = 384
 #: Evaluation metrics (mean IoU over the held-out scenes), in table order.
 EVAL_KEYS = (
     "ideal_iou", "attacked_iou", "defended_attacked_iou", "coarse_iou", "defended_coarse_iou",
@@ -153,8 +155,8 @@ def examples_image(world: PromptWorld, rollouts: dict[str, list], n: int) -> np.
     measure = {"iou": "IoU", "dice": "Dice"}.get(world.quality_name, world.quality_name)
     tiles = []
     for (rec, obj, st, pts), res in list(zip(rollouts["coarse"], rollouts["defended_coarse"]))[:n]:
-        img = rec.scene.image
-        tiles.append(caption(overlay(img, rec.scene.masks[obj], color=(40, 200, 40)), f"ground truth ({rec.scene.domain})"))
+        img, gt, _ = shrink(rec.scene.image, EXAMPLE_SIDE, rec.scene.masks[obj])
+        tiles.append(caption(overlay(img, gt, color=(40, 200, 40)), f"ground truth ({rec.scene.domain})"))
         for title, state, points in (("coarse", st, pts), ("refined", res["score_state"], res["points"])):
             out = world.evaluate([(rec, obj, state, points)], want_mask=True)[0]
             coords, labels = prompts_from_state(state, points)
@@ -163,7 +165,8 @@ def examples_image(world: PromptWorld, rollouts: dict[str, list], n: int) -> np.
                 dropped = int(((st != INACTIVE) & (state == INACTIVE)).sum())
                 flipped = int(((st != INACTIVE) & (state != INACTIVE) & (state != st)).sum())
                 text += f": {dropped} removed, {flipped} relabelled"
-            tiles.append(caption(overlay(img, out.mask, coords, labels), f"{text}\n{measure} {out.quality:.2f}"))
+            img, mask, coords = shrink(rec.scene.image, EXAMPLE_SIDE, out.mask, coords=coords)
+            tiles.append(caption(overlay(img, mask, coords, labels), f"{text}\n{measure} {out.quality:.2f}"))
     return grid(tiles, cols=3)
 
 

@@ -86,7 +86,9 @@ from ppd.agents.run_commit import (
 from ppd.agents.train_config import TrainConfig, resume_conflicts  # re-exported
 from ppd.agents import train_resume
 from ppd.agents.train_progress import PhaseReport, TrainReporter
-from ppd.data.scenes import TRAIN_DOMAIN, JitteredScenes, ProceduralScenes
+from ppd.agents.train_data import open_training_data
+from ppd.data.references import ReferencePicker
+from ppd.envs.fm_starts import FeatureMatchStarts
 from ppd.agents.rollout import greedy_rollout  # re-exported
 from ppd.envs.vec_env import PromptVecEnv
 from ppd.envs.world import PromptWorld, segmenter_gives_uncertainty
@@ -330,6 +332,7 @@ def _train(cfg: TrainConfig, out: str | Path, resume: bool, callback: BaseCallba
             checkpoint=cfg.checkpoint or None,
             device=None if device == "auto" else device,
             precision=None if cfg.precision == "auto" else cfg.precision,
+            cache_dir=cfg.embedding_cache or None,
             **_ruac_kwargs(cfg.ruac_checkpoint, cfg.ruac_uncertainty),
         )
     elif segmenter_gives_uncertainty(segmenter) and not cfg.ruac_checkpoint:
@@ -343,11 +346,13 @@ def _train(cfg: TrainConfig, out: str | Path, resume: bool, callback: BaseCallba
             "(--ruac-checkpoint DIR_OR_FILE, a head from `ppd train-ruac`) or pass a RUAC segmenter"
         )
     graph_kw = dict(grid=cfg.grid or None, k_physical=cfg.k_physical, k_semantic=cfg.k_semantic)
-    scenes = ProceduralScenes(TRAIN_DOMAIN, cfg.scenes, seed=cfg.seed * 1_000_000 + 500_000)
-    if cfg.jitter > 0:
-        scenes = JitteredScenes(scenes, strength=cfg.jitter, seed=cfg.seed)
-    world = PromptWorld(segmenter, scenes, **graph_kw)
-    eval_world = PromptWorld(segmenter, ProceduralScenes(TRAIN_DOMAIN, cfg.eval_scenes, seed=EVAL_SEED), **graph_kw)
+    data = open_training_data(cfg)
+    logger.info("training data: %s", data.description)
+    world = PromptWorld(segmenter, data.train, **graph_kw)
+    eval_world = PromptWorld(segmenter, data.eval, **graph_kw)
+    if cfg.fm_starts > 0:
+        world.fm_starts = FeatureMatchStarts(world, ReferencePicker(lambda i: world.image(i).scene, len(world.dataset),
+                                                                    seed=cfg.seed))
     worlds = {"train": world, "eval": eval_world}
     # the saved images first, in the order the run registered them: the same graph ids
     # in a fresh process, and a map of the saved ids onto this process's in any other
@@ -493,6 +498,8 @@ def _train(cfg: TrainConfig, out: str | Path, resume: bool, callback: BaseCallba
         "wall_time_s": round(wall, 1),
         "steps_per_s": round(steps_now / max(t_rounds - t_start, 1e-9), 1),
         "decode_calls": world.decode_calls,
+        "train_images": len(world.dataset),
+        "eval_images": len(eval_world.dataset),
         "label_filter": filter_meta,
         "torch_threads": torch.get_num_threads(),
     }

@@ -22,7 +22,7 @@ from ppd.config import config_from_dict, load_config_file
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RESUME_FREE_FIELDS", "RUN_CONFIG_FILES", "TrainConfig", "resume_conflicts"]
+__all__ = ["ABSENT_MEANS", "RESUME_FREE_FIELDS", "RUN_CONFIG_FILES", "TrainConfig", "resume_conflicts"]
 
 #: Files a run folder's configuration is read from, in order (``ppd train`` writes
 #: ``config.yaml``).
@@ -33,7 +33,12 @@ RUN_CONFIG_FILES = ("config.yaml", "config.yml", "config.json")
 #: :func:`resume_conflicts`). ``q_prior`` is not compared: the saved defender's prior is
 #: kept, whatever the config says (a run written before the field existed reads as the
 #: default).
-RESUME_FREE_FIELDS = ("device", "threads", "n_examples", "save_replay_buffer", "q_prior")
+RESUME_FREE_FIELDS = ("device", "threads", "n_examples", "save_replay_buffer", "q_prior", "embedding_cache")
+#: The value a field takes when a run's saved configuration lacks it (the run was
+#: written before the field existed, and trained as this value does), where that is
+#: not the field's default: a run resumed or read back is not changed by a later
+#: default.
+ABSENT_MEANS = {"fm_starts": 0.0}
 #: The bundled segmenter's name (:data:`ppd.models.BUNDLED_NAME`, spelled here so that
 #: importing this module does not import torch; a test checks that the two agree).
 BUNDLED_SEGMENTER = "sam2-tiny-synthetic"
@@ -49,7 +54,7 @@ def _choices() -> dict[str, tuple]:
 
     return dict(node_norm=NODE_NORMS, stop_q=STOP_QS, node_features=NODE_FEATURES, q_prior=(*Q_PRIORS, "auto"),
                 coarse_noise=COARSE_NOISE, precision=("auto", *PRECISIONS), filter_actions=FILTER_ACTIONS,
-                start_mix=tuple(DEFAULT_START_MIX))
+                start_mix=tuple(DEFAULT_START_MIX))  # "fm" is set by fm_starts
 
 
 def _default_start_mix() -> dict[str, float]:
@@ -121,8 +126,31 @@ class TrainConfig:
     """attacker env steps per round"""
     defender_steps: int = 7500
     """defender env steps per round"""
+    data: list = field(default_factory=list)
+    """training data, repeatable: SOURCE or NAME=SOURCE, where SOURCE is a folder holding
+    images/ and masks/ (binary or instance-id PNG masks paired by file stem), a COCO
+    .json (images in an images/ folder beside it or beside the file), or
+    procedural:DOMAIN, as ppd bench --data takes them; several are mixed. Default: the
+    procedural training domain"""
+    eval_data: list = field(default_factory=list)
+    """held-out evaluation data, in the same forms (default: eval_scenes images held out
+    of the --data folders and COCO files by the seed, never trained on; a procedural
+    source evaluates on held-out scene seeds)"""
+    min_area: int = 0
+    """least object area in pixels in folder and COCO data: smaller objects are neither
+    trained nor evaluated on"""
+    max_objects: int = 0
+    """most objects per image in folder and COCO data, the largest first (0: all)"""
+    embedding_cache: str = ""
+    """folder that keeps the images' embeddings across runs: a second run on the same
+    images (and the one-shot references) does not encode them again (empty: none)"""
     scenes: int = 200
-    """training scenes (procedural, training domain)"""
+    """training scenes of each procedural source (the default data: the training domain)"""
+    fm_starts: float = 0.2
+    """share of the defender's start states that are one-shot feature-matching sets
+    (ppd.prompts.feature_matching from a reference of the object's class; see
+    ppd.data.references), so that the defender learns the errors FM makes (0: none; the
+    rest of the starts follow start_mix)"""
     jitter: float = 0.0
     """photometric jitter of half of the training scenes (contrast, colour, blur,
     noise; see ppd.data.scenes.photometric_jitter): its strength, 0 for none"""
@@ -248,6 +276,9 @@ class TrainConfig:
     """held-out scenes drawn in examples.png"""
 
     def __post_init__(self) -> None:
+        for name in ("data", "eval_data"):  # one source may be written without a list
+            if isinstance(getattr(self, name), str):
+                setattr(self, name, [getattr(self, name)])
         choices = _choices()
         checks = {
             "threads": self.threads >= 0,
@@ -256,6 +287,11 @@ class TrainConfig:
             "attacker_steps": self.attacker_steps >= 0,
             "defender_steps": self.defender_steps >= 1,
             "scenes": self.scenes >= 1,
+            "min_area": self.min_area >= 0,
+            "max_objects": self.max_objects >= 0,
+            "fm_starts": 0.0 <= self.fm_starts <= 1.0,
+            "data": isinstance(self.data, list) and all(isinstance(d, str) and d for d in self.data),
+            "eval_data": isinstance(self.eval_data, list) and all(isinstance(d, str) and d for d in self.eval_data),
             "jitter": self.jitter >= 0,
             "eval_scenes": self.eval_scenes >= 1,
             "eval_every": self.eval_every >= 0,
@@ -320,11 +356,22 @@ class TrainConfig:
             node_uncertainty=self.node_uncertainty,
         )
         if role == "defender":
-            kw["start_mix"] = dict(self.start_mix)
+            kw["start_mix"] = self.defender_start_mix
             kw["step_cost"] = self.defender_step_cost
             kw["probe"] = self.probe
             kw["label_target"] = self.label_aux > 0
         return kw
+
+    @property
+    def defender_start_mix(self) -> dict[str, float]:
+        """The defender's start distribution: ``start_mix`` scaled to ``1 - fm_starts``,
+        and ``fm`` with weight ``fm_starts`` (when above 0)."""
+        mix = {k: float(v) for k, v in self.start_mix.items()}
+        if self.fm_starts <= 0:
+            return mix
+        total = sum(mix.values())
+        mix = {k: v * (1.0 - self.fm_starts) / total for k, v in mix.items()} if total > 0 else {}
+        return {**mix, "fm": float(self.fm_starts)}
 
     def dqn_kwargs(self, role: str = "defender") -> dict[str, Any]:
         """:func:`make_dqn` keyword arguments of one agent (the removal prior reads the
@@ -407,7 +454,9 @@ class TrainConfig:
             if not found:
                 raise FileNotFoundError(f"no run configuration in {path} (none of {', '.join(RUN_CONFIG_FILES)})")
             path = found[0]
-        return cls.from_dict(load_config_file(path), str(path), unknown="ignore")
+        data = load_config_file(path)
+        return cls.from_dict({**{k: v for k, v in ABSENT_MEANS.items() if k not in data}, **data}, str(path),
+                             unknown="ignore")
 
 
 def _comparable(value: Any) -> Any:

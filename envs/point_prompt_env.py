@@ -46,6 +46,9 @@ logger = logging.getLogger(__name__)
 ROLES = ("attacker", "defender")
 DEFAULT_MAX_STEPS = {"attacker": 4, "defender": 12}
 DEFAULT_START_MIX = {"attacked": 0.4, "coarse": 0.4, "ideal": 0.2}
+#: Defender start kinds ``start_mix`` may weigh: those of :data:`DEFAULT_START_MIX` and
+#: ``fm``, one-shot feature-matching sets (the world's ``fm_starts``).
+START_KINDS = (*DEFAULT_START_MIX, "fm")
 #: How coarse start sets get their noise settings (see ``PointPromptEnv``'s arguments).
 COARSE_NOISE = ("fixed", "random")
 #: Share of clean coarse starts with ``coarse_noise="random"``.
@@ -129,7 +132,10 @@ class PointPromptEnv(gym.Env):
     ## Starting State
     A random scene of the dataset and a random object in it. Attacker: ideal prompts.
     Defender: drawn by ``start_mix`` from the attacked pool (falls back to coarse while
-    the pool is empty), coarse prompts (``ppd.prompts.coarse_prompts``) and ideal ones.
+    the pool is empty), coarse prompts (``ppd.prompts.coarse_prompts``), ideal ones and
+    one-shot feature-matching sets (``fm``: the world's ``fm_starts``, a
+    :class:`~ppd.envs.fm_starts.FeatureMatchStarts`; coarse for an object without a
+    reference or a world without them).
 
     ## Episode End
     Terminated: stop action, or no node action is valid (nothing left to activate /
@@ -194,9 +200,9 @@ class PointPromptEnv(gym.Env):
             raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
         self.relabel = bool(relabel)
         mix = dict(start_mix or DEFAULT_START_MIX)
-        unknown = set(mix) - set(DEFAULT_START_MIX)
+        unknown = set(mix) - set(START_KINDS)
         if unknown or any(v < 0 for v in mix.values()) or sum(mix.values()) <= 0:
-            raise ValueError(f"start_mix must map some of {sorted(DEFAULT_START_MIX)} to non-negative weights, got {mix}")
+            raise ValueError(f"start_mix must map some of {sorted(START_KINDS)} to non-negative weights, got {mix}")
         self.start_mix = mix
         self.coarse_kwargs = dict(coarse_kwargs or {})
         if coarse_noise not in COARSE_NOISE:
@@ -267,6 +273,12 @@ class PointPromptEnv(gym.Env):
         rec = self.world.image(int(rng.integers(len(self.world.dataset))))
         obj = int(rng.integers(rec.scene.num_objects))
         gt = rec.scene.masks[obj]
+        if kind == "fm":
+            fm = getattr(self.world, "fm_starts", None)
+            found = None if fm is None else fm.state(rec, obj)
+            if found is not None:
+                return rec, obj, found[0], found[1], "fm"
+            kind = "coarse"
         if kind == "coarse":
             kw = self.coarse_kwargs
             if self.coarse_noise == "random":  # the run's other settings (boundary_px, ...) stay

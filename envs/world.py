@@ -216,6 +216,9 @@ class PromptWorld:
         # Attacked prompt sets that seed defender episodes (filled by the attacker).
         self.attack_pool: list[tuple[int, int, np.ndarray, np.ndarray]] = []
         self.attack_pool_size = 2000
+        # One-shot feature-matching start sets (an envs.fm_starts.FeatureMatchStarts), set by
+        # whoever trains on them; None: a defender's "fm" starts are coarse ones.
+        self.fm_starts: Any = None
 
     # -- images --------------------------------------------------------------------
     def image(self, index: int) -> ImageRecord:

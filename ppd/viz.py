@@ -57,14 +57,34 @@ def overlay(
 
 
 def grid(images: list[np.ndarray], cols: int, pad: int = 2) -> np.ndarray:
-    """Tile equally sized (H, W, 3) images into a grid with white padding."""
-    h, w = images[0].shape[:2]
+    """Tile (H, W, 3) images into a grid with white padding; each cell has the largest
+    image's size, a smaller image sits in its cell's top-left corner."""
+    h = max(im.shape[0] for im in images)
+    w = max(im.shape[1] for im in images)
     rows = (len(images) + cols - 1) // cols
     out = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, 3), 255, np.uint8)
     for i, im in enumerate(images):
         r, c = divmod(i, cols)
-        out[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + c * (w + pad) : pad + c * (w + pad) + w] = im
+        y, x = pad + r * (h + pad), pad + c * (w + pad)
+        out[y : y + im.shape[0], x : x + im.shape[1]] = im
     return out
+
+
+def shrink(image: np.ndarray, max_side: int, *masks: np.ndarray | None, coords: np.ndarray | None = None):
+    """``image`` (and its ``masks``, and pixel ``coords`` (K, 2) x, y) scaled down so that
+    the long side is at most ``max_side`` (unchanged when it already is): a picture of
+    many photographs stays a readable size. Returns ``(image, *masks, coords)``."""
+    import cv2
+
+    h, w = image.shape[:2]
+    scale = max_side / max(h, w)
+    if scale >= 1:
+        return (image, *masks, coords)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    small = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    out_masks = [None if m is None else cv2.resize(np.asarray(m, np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0
+                 for m in masks]
+    return (small, *out_masks, None if coords is None else np.asarray(coords, np.float32) * scale)
 
 
 def caption(image: np.ndarray, text: str) -> np.ndarray:

@@ -102,7 +102,7 @@ class Domain:
         """The scene of the ``index``-th image with its measured objects (raises
         ``OSError`` / ``ValueError`` for a file that cannot be read)."""
         scene = self._scenes[self._index[index]]
-        areas = scene.masks.reshape(len(scene.masks), -1).sum(1)
+        areas = scene.masks.sum(axis=(1, 2))  # (0,) for an image without objects
         keep = [int(i) for i in np.argsort(-areas, kind="stable") if areas[i] >= max(self.selection.min_area, 1)]
         if self.selection.max_objects is not None:
             keep = keep[: self.selection.max_objects]

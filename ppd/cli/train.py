@@ -14,7 +14,9 @@ from ppd.agents.train_config import TrainConfig
 HELP = "adversarial attacker/defender DQN training"
 DESCRIPTION = (
     "Train the PPD attacker and defender (alternating DQN phases, PPD Algorithm 1) on the bundled "
-    "model and procedural scenes by default. Writes OUT/defender.zip, attacker.zip, config.yaml, metrics.json, examples.png. "
+    "model and procedural scenes by default, or on your own images with --data (folders of images/ and masks/, "
+    "COCO files, procedural domains; evaluation on images held out by the seed, or on --eval-data) and any "
+    "segmenter ppd loads (--segmenter, --checkpoint). Writes OUT/defender.zip, attacker.zip, config.yaml, metrics.json, examples.png. "
     "The progress bar shows the round, the phase (attacker, defender, evaluation, label filter), each agent's mean "
     "episode reward over its last episodes and the last evaluation's mean IoUs; -v also logs a line per phase."
 )
@@ -71,8 +73,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "flags may change only --rounds (to more), --device, --threads, --n-examples, "
                         "--save-replay-buffer and, before the label filter is trained, --filter-*: a flag that "
                         "contradicts the run is an error)")
+    parser.add_argument("--data", action="append", default=None, metavar="[NAME=]SOURCE",
+                        help="training data, repeatable to mix sources: a folder holding images/ and masks/, a COCO "
+                        ".json, or procedural:DOMAIN (default: procedural:train)")
+    parser.add_argument("--eval-data", dest="eval_data", action="append", default=None, metavar="[NAME=]SOURCE",
+                        help="held-out evaluation data, repeatable (default: --eval-scenes images held out of --data "
+                        "by the seed)")
     # dict fields (start_mix, coarse_kwargs) are settable in --config FILE only
-    add_dataclass_args(parser, TrainConfig, skip=("start_mix", "coarse_kwargs"))
+    add_dataclass_args(parser, TrainConfig, skip=("start_mix", "coarse_kwargs", "data", "eval_data"))
 
 
 def config_for(args: argparse.Namespace) -> tuple[TrainConfig, int]:
@@ -86,6 +94,15 @@ def config_for(args: argparse.Namespace) -> tuple[TrainConfig, int]:
         config_file = str(out / "config.yaml")
     cfg = build_config(TrainConfig, args, config_file)
     done = 0
+    if args.resume and config_file == str(out / "config.yaml"):
+        import dataclasses
+
+        from ppd.agents.train_config import ABSENT_MEANS
+        from ppd.config import load_config_file
+
+        saved = load_config_file(config_file)  # a field the run predates: as the run trained
+        absent = {k: v for k, v in ABSENT_MEANS.items() if k not in saved and getattr(args, k, None) is None}
+        cfg = dataclasses.replace(cfg, **absent)
     if args.resume:
         from ppd.agents.run_commit import read_state
 
@@ -125,12 +142,14 @@ def _run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ppd.agents.train import check_resume, train
+    from ppd.agents.train_data import check_sources
     from ppd.agents.train_progress import StepCallback
 
     out = Path(args.out)
     cfg, done = config_for(args)
     if args.resume:
         check_resume(out, cfg)  # a contradicting flag fails before the progress bar
+    check_sources(cfg)  # so does a bad --data
     per_round = cfg.attacker_steps + cfg.defender_steps
     stage_bars: list[Any] = []
 
@@ -151,7 +170,7 @@ def _run(args: argparse.Namespace) -> int:
                 b.close()
     final = metrics["final"]
     print(f"trained {cfg.rounds} rounds, {cfg.total_steps} env steps in {metrics['wall_time_s']:.0f} s -> {out}")
-    print(f"held-out mean IoU on {cfg.eval_scenes} scenes:")
+    print(f"held-out mean IoU on {metrics.get('eval_images', cfg.eval_scenes)} images:")
     rows = [
         ("ideal prompts", final["ideal_iou"]),
         ("ideal, attacked", final["attacked_iou"]),

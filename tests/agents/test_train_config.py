@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ppd.agents.train_config import BUNDLED_SEGMENTER, RUN_CONFIG_FILES, TrainConfig
+from ppd.agents.train_config import ABSENT_MEANS, BUNDLED_SEGMENTER, RUN_CONFIG_FILES, TrainConfig
 
 BUNDLED_RUN = Path(__file__).resolve().parents[2] / "ppd" / "assets" / "defender"
 
@@ -56,8 +56,9 @@ def test_from_run_reads_an_old_format_run(tmp_path):
         cfg = TrainConfig.from_run(folder)
         got = cfg.to_dict()
         assert {k: got[k] for k in raw} == raw  # every saved value, as saved (label_aux 0.3, grid 16, ...)
-        defaults = TrainConfig().to_dict()
-        assert {k: got[k] for k in missing} == {k: defaults[k] for k in missing}
+        defaults = TrainConfig().to_dict()  # or, where the field changed training, what the run did
+        assert {k: got[k] for k in missing} == {k: ABSENT_MEANS.get(k, defaults[k]) for k in missing}
+    assert cfg.fm_starts == 0.0 and "fm" not in cfg.defender_start_mix
     assert cfg.label_aux == 0.3 and cfg.grid == 16 and cfg.threads == 0 and cfg.resolved_q_prior == "probe"
     # a run folder written by this version reads back as the configuration that wrote it
     new = dataclasses.replace(cfg, threads=2, filter_thresholds="0.6", coarse_kwargs={"n_points": 5})
