@@ -72,7 +72,9 @@ def evaluate_agents(
     """Mean IoU (or the world's quality) on ``world``'s scenes; see :data:`EVAL_KEYS`.
 
     ``attacked``: the greedy attacker's final set from the ideal prompts;
-    ``defended_*``: the greedy defender's output from the attacked / coarse set, picked
+    ``fm`` (where ``world.fm_starts`` is set, as in a run with one-shot starts): the
+    objects' one-shot feature-matching sets (those with a reference);
+    ``defended_*``: the greedy defender's output from the attacked / coarse / fm set, picked
     as ``PromptDefender.refine`` does by default (``select="score"``: the visited set with
     SAM's highest predicted IoU), then with ``polish`` polished as ``refine`` does
     (:func:`~ppd.agents.defender.polish_states`); ``defended_*_last``: where the
@@ -89,6 +91,11 @@ def evaluate_agents(
     att = greedy_rollout(attacker, world, "attacker", ideal, cfg.attacker_max_steps, cfg.relabel)
     attacked = [(rec, obj, r["state"], r["points"]) for (rec, obj, _, _), r in zip(items, att)]
     def_starts = {"attacked": attacked, "coarse": coarse}
+    fm = getattr(world, "fm_starts", None)  # one-shot sets, where the run trains on them
+    if fm is not None:
+        fm_sets = [(rec, obj, *found) for rec, obj, _, _ in items if (found := fm.state(rec, obj)) is not None]
+        if fm_sets:
+            def_starts["fm"] = fm_sets
     unfiltered: dict[str, list[dict[str, Any]]] = {}
     gates: dict[str, list[np.ndarray | None]] = {}
     if label_filter is not None:
@@ -104,9 +111,15 @@ def evaluate_agents(
                              relabel_ok=gates.get("attacked"))
     def_coarse = greedy_rollout(defender, world, "defender", def_starts["coarse"], cfg.defender_max_steps, cfg.relabel,
                                 relabel_ok=gates.get("coarse"))
+    def_fm = []
+    if "fm" in def_starts:
+        def_fm = greedy_rollout(defender, world, "defender", def_starts["fm"], cfg.defender_max_steps, cfg.relabel,
+                                relabel_ok=gates.get("fm"))
     if polish:
         _polish_rollouts(world, def_starts["attacked"], def_att, cfg)
         _polish_rollouts(world, def_starts["coarse"], def_coarse, cfg)
+        if def_fm:
+            _polish_rollouts(world, def_starts["fm"], def_fm, cfg)
     metrics = {
         "ideal_iou": float(np.mean([r["start_quality"] for r in att])),
         "attacked_iou": float(np.mean([r["quality"] for r in att])),
@@ -118,6 +131,12 @@ def evaluate_agents(
         "attacker_steps": float(np.mean([r["steps"] for r in att])),
         "defender_coarse_steps": float(np.mean([r["steps"] for r in def_coarse])),
     }
+    if def_fm:
+        metrics.update({
+            "fm_iou": float(np.mean([r["start_quality"] for r in unfiltered.get("fm", def_fm)])),
+            "defended_fm_iou": float(np.mean([r["score_quality"] for r in def_fm])),
+            "defended_fm_iou_last": float(np.mean([r["quality"] for r in def_fm])),
+        })
     for name, res in unfiltered.items():
         metrics[f"defended_{name}_iou_nofilter"] = float(np.mean([r["score_quality"] for r in res]))
     if return_rollouts:

@@ -350,9 +350,10 @@ def _train(cfg: TrainConfig, out: str | Path, resume: bool, callback: BaseCallba
     logger.info("training data: %s", data.description)
     world = PromptWorld(segmenter, data.train, **graph_kw)
     eval_world = PromptWorld(segmenter, data.eval, **graph_kw)
-    if cfg.fm_starts > 0:
-        world.fm_starts = FeatureMatchStarts(world, ReferencePicker(lambda i: world.image(i).scene, len(world.dataset),
-                                                                    seed=cfg.seed))
+    if cfg.fm_starts > 0:  # and their evaluation (fm_iou, defended_fm_iou)
+        for w in (world, eval_world):
+            w.fm_starts = FeatureMatchStarts(w, ReferencePicker(lambda i, w=w: w.image(i).scene, len(w.dataset),
+                                                                seed=cfg.seed))
     worlds = {"train": world, "eval": eval_world}
     # the saved images first, in the order the run registered them: the same graph ids
     # in a fresh process, and a map of the saved ids onto this process's in any other

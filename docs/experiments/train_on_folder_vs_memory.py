@@ -62,7 +62,7 @@ def main() -> None:
     common = ["--seed", str(args.seed), "--rounds", str(args.rounds), "--attacker-steps", str(args.attacker_steps),
               "--defender-steps", str(args.defender_steps), "--scenes", str(args.scenes), "--filter-scenes", "0",
               "--threads", "1", "--fm-starts", str(args.fm_starts)]
-    ppd = [sys.executable, "-m", "ppd.cli"]
+    ppd = [sys.executable, "-c", "import sys; from ppd.cli import main; sys.exit(main())"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     runs = {"memory": work / "memory", "folder": work / "folder"}
     procs = [subprocess.Popen([*ppd, "train", "--out", str(runs["memory"]), *common], env=env,

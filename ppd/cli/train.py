@@ -79,6 +79,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-data", dest="eval_data", action="append", default=None, metavar="[NAME=]SOURCE",
                         help="held-out evaluation data, repeatable (default: --eval-scenes images held out of --data "
                         "by the seed)")
+    parser.add_argument("--model", dest="segmenter", default=None, metavar="NAME",
+                        help="the segmenter, as in ppd bench: same as --segmenter")
     # dict fields (start_mix, coarse_kwargs) are settable in --config FILE only
     add_dataclass_args(parser, TrainConfig, skip=("start_mix", "coarse_kwargs", "data", "eval_data"))
 
@@ -182,6 +184,8 @@ def _run(args: argparse.Namespace) -> int:
         ("attacked, defended, where it stopped", final.get("defended_attacked_iou_last", float("nan"))),
         ("coarse, defended, where it stopped", final.get("defended_coarse_iou_last", float("nan"))),
     ]
+    if "fm_iou" in final:
+        rows += [("one-shot (feature matching) prompts", final["fm_iou"]), ("one-shot, defended", final["defended_fm_iou"])]
     filt = metrics.get("label_filter")
     if filt:
         rows += [

@@ -219,7 +219,9 @@ def test_train_on_a_folder_saves_loads_and_refines(tmp_path, tiny_segmenter, tin
     out = tmp_path / "run"
     metrics = train(cfg, out)
     assert metrics["train_images"] == 4 and metrics["eval_images"] == 2
-    assert 0.0 <= metrics["final"]["defended_coarse_iou"] <= 1.0
+    final = metrics["final"]
+    assert 0.0 <= final["defended_coarse_iou"] <= 1.0
+    assert 0.0 <= final["fm_iou"] <= 1.0 and 0.0 <= final["defended_fm_iou"] <= 1.0  # the one-shot evaluation
     assert any((tmp_path / "cache").rglob("*")), "embeddings were cached"
     saved = TrainConfig.from_run(out)
     assert saved.data == [str(folder)] and saved.fm_starts == 0.5
@@ -258,3 +260,38 @@ def test_a_folder_of_procedural_scenes_trains_as_the_scenes_in_memory(tmp_path, 
     a = MaskedDQN.load(str(tmp_path / "memory" / "defender.zip"), device="cpu").policy.state_dict()
     b = MaskedDQN.load(str(tmp_path / "folder" / "defender.zip"), device="cpu").policy.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def write_coco(root, n=4):
+    """``root/ann.json`` + ``root/images``: n 64 x 64 images, each a small square of
+    category 1 (its colour by image) and a larger one of category 2."""
+    (root / "images").mkdir(parents=True)
+    images, anns = [], []
+    for i in range(n):
+        img = np.full((64, 64, 3), 40, np.uint8)
+        img[4:20, 4:20] = (200, 10 * i, 60)
+        img[30:62, 20:62] = (60, 200, 10 * i)
+        Image.fromarray(img).save(root / "images" / f"c{i}.png")
+        images.append({"id": i + 1, "file_name": f"c{i}.png", "height": 64, "width": 64})
+        for j, (cat, (x0, y0, x1, y1)) in enumerate(((1, (4, 4, 20, 20)), (2, (20, 30, 62, 62)))):
+            anns.append({"id": 10 * i + j + 1, "image_id": i + 1, "category_id": cat, "iscrowd": 0,
+                         "area": float((x1 - x0) * (y1 - y0)), "bbox": [x0, y0, x1 - x0, y1 - y0],
+                         "segmentation": [[x0, y0, x1, y0, x1, y1, x0, y1]]})
+    (root / "ann.json").write_text(json.dumps({"images": images, "annotations": anns,
+                                               "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]}))
+    return root / "ann.json"
+
+
+def test_coco_training_data_keeps_categories_and_draws_references_of_the_category(tmp_path):
+    data = open_training_data(cfg_for(data=[str(write_coco(tmp_path / "coco"))]))
+    assert (len(data.train), len(data.eval)) == (2, 2)
+    train = list(data.train)
+    for scene in train:  # objects in the loader's order (CocoDataset: largest first), each with its category
+        assert scene.meta["category_ids"] == [2, 1] and scene.masks[1].sum() == 16 * 16
+    pick = ReferencePicker(lambda i: train[i], 2, seed=0)
+    for obj, cat_colour in ((0, 60), (1, 200)):
+        image, mask = pick(0, obj)
+        assert image is train[1].image and np.array_equal(mask, train[1].masks[obj])  # same category, other image
+        assert image[mask][0, 0] == cat_colour
+    largest = open_training_data(cfg_for(data=[str(tmp_path / "coco" / "ann.json")], max_objects=1))
+    assert all(s.meta["category_ids"] == [2] and s.num_objects == 1 for s in largest.train)
