@@ -42,6 +42,7 @@ saved files (graph ids belong to one process); :meth:`MaskedDQN.load` takes one 
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import numpy as np
@@ -51,6 +52,7 @@ from stable_baselines3 import DQN
 from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.vec_env import VecEnv
 
+from ppd.agents.archive_check import RECREATED_ENTRIES, check_archive, check_replay_buffer
 from ppd.agents.qnet import GraphDQNPolicy, obs_action_mask
 from ppd.envs.point_prompt_env import UNKNOWN_LABEL, WRONG_LABEL
 from ppd.graphs.store import GRAPH_STORE, GraphStore
@@ -58,6 +60,15 @@ from ppd.graphs.store import GRAPH_STORE, GraphStore
 logger = logging.getLogger(__name__)
 
 __all__ = ["DEFAULT_DQN_KWARGS", "MaskedDQN", "graph_store_of", "make_dqn", "sample_valid_actions"]
+
+
+def _existing(path: str | os.PathLike, suffix: str) -> str:
+    """``path``, or ``path`` + ``suffix`` when only that exists (SB3's rule for files
+    named without their extension)."""
+    name = os.fspath(path)
+    if not os.path.exists(name) and os.path.exists(name + suffix):
+        return name + suffix
+    return name
 
 
 def sample_valid_actions(masks: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -132,25 +143,52 @@ class MaskedDQN(DQN):
         print_system_info: bool = False, force_reset: bool = True, graph_store: GraphStore | None = None,
         **kwargs: Any,
     ) -> "MaskedDQN":
-        """SB3's ``load``; ``graph_store``: the store whose graphs the observations name,
-        given to the Q-networks through ``policy_kwargs`` (None: the networks use
-        :data:`~ppd.graphs.store.GRAPH_STORE`)."""
+        """SB3's ``load``, after :func:`~ppd.agents.archive_check.check_archive`: SB3
+        unpickles the archive's serialized entries, which would run any code a crafted
+        file names, so the file is refused unless every global they reference is one
+        ppd's archives hold. The schedules SB3 rebuilds anyway are never unpickled
+        (:data:`~ppd.agents.archive_check.RECREATED_ENTRIES`). The checked bytes are the
+        loaded ones: SB3 reads the same open file. ``graph_store``: the store whose graphs
+        the observations name, given to the Q-networks through ``policy_kwargs`` (None:
+        the networks use :data:`~ppd.graphs.store.GRAPH_STORE`).
+
+        Raises:
+            ~ppd.agents.archive_check.UnsafeArchiveError: (a ValueError) the archive
+                references something outside the allow-list.
+        """
         if graph_store is not None:
             kwargs["_load_graph_store"] = graph_store  # read (and dropped) by _setup_model
-        return super().load(path, env=env, device=device, custom_objects=custom_objects,
-                            print_system_info=print_system_info, force_reset=force_reset, **kwargs)
+        custom_objects = {**{key: None for key in RECREATED_ENTRIES}, **(custom_objects or {})}
+        if not isinstance(path, (str, os.PathLike)):  # an open file: check it where it stands
+            check_archive(path, skip=custom_objects)
+            return super().load(path, env=env, device=device, custom_objects=custom_objects,
+                                print_system_info=print_system_info, force_reset=force_reset, **kwargs)
+        with open(_existing(path, ".zip"), "rb") as fh:
+            check_archive(fh, label=os.fspath(path), skip=custom_objects)
+            return super().load(fh, env=env, device=device, custom_objects=custom_objects,
+                                print_system_info=print_system_info, force_reset=force_reset, **kwargs)
 
     def load_replay_buffer(self, path: Any, truncate_last_traj: bool = True,
                            graph_ids: dict[int, int] | None = None) -> None:
-        """SB3's ``load_replay_buffer``; ``graph_ids``: saved graph id -> this process's
+        """SB3's ``load_replay_buffer`` (a pickle), after
+        :func:`~ppd.agents.archive_check.check_replay_buffer` refused any global a ppd
+        replay buffer never holds; ``graph_ids``: saved graph id -> this process's
         (:func:`ppd.agents.train_resume.restore_graph_ids`), applied to the stored
         transitions' ``image_id`` (the ids of the process that saved them name other
         graphs here, or none).
 
         Raises:
+            ~ppd.agents.archive_check.UnsafeArchiveError: (a ValueError) the file
+                references something outside the allow-list.
             ValueError: a stored transition names a graph id that ``graph_ids`` lacks.
         """
-        super().load_replay_buffer(path, truncate_last_traj)
+        if isinstance(path, (str, os.PathLike)):
+            with open(_existing(path, ".pkl"), "rb") as fh:
+                check_replay_buffer(fh, label=os.fspath(path))
+                super().load_replay_buffer(fh, truncate_last_traj)
+        else:
+            check_replay_buffer(path)
+            super().load_replay_buffer(path, truncate_last_traj)
         if graph_ids is not None:
             from ppd.agents.train_resume import remap_graph_ids
 

@@ -58,6 +58,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from ppd.agents.archive_check import UnsafeArchiveError
 from ppd.agents.dqn import MaskedDQN
 from ppd.agents.label_filter_apply import (  # re-exported
     FILTER_ACTIONS,
@@ -175,7 +176,9 @@ def load_label_filter(folder: str | Path, device: str | None = None) -> tuple[An
     whose ``state.json`` says it has none: the filter of earlier rounds).
 
     Raises:
-        ValueError: one of the two files without the other, or an unreadable one.
+        ValueError: one of the two files without the other, or an unreadable one; an
+            :class:`~ppd.agents.archive_check.UnsafeArchiveError` for a network archive
+            that references code a ppd archive never holds (nothing of it is run).
     """
     folder = Path(folder)
     files = _filter_files(folder)
@@ -200,6 +203,8 @@ def load_label_filter(folder: str | Path, device: str | None = None) -> tuple[An
     check_relabel_gate(info["relabel_gate"], f"{meta}: relabel_gate")
     try:
         model = MaskedDQN.load(str(net), device=device or "auto")
+    except UnsafeArchiveError:
+        raise  # names the file and what it references: training again would not help
     except Exception as exc:  # SB3 raises many kinds (AssertionError, BadZipFile, ...) for a damaged archive
         raise ValueError(f"{net}: cannot load the label filter network ({type(exc).__name__}: {exc}); "
                          "train it again with `ppd train --resume`") from None

@@ -12,6 +12,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+from ppd.agents.archive_check import UnsafeArchiveError
 from ppd.agents.label_filter import load_label_filter
 from ppd.agents.refine_config import RefineConfig
 from ppd.agents.run_config import (  # noqa: F401  (re-exported)
@@ -68,6 +69,8 @@ def load_agent(path: str | os.PathLike, name: str = "defender.zip", device: str 
         FileNotFoundError: missing folder or model file.
         ValueError: a corrupt run (unreadable zip or config, wrong observation / action
             spaces for a point-prompt agent).
+        ~ppd.agents.archive_check.UnsafeArchiveError: (a ValueError) the archive
+            references code a ppd agent archive never holds; nothing of it was run.
     """
     file, folder = _resolve_file(path, name)
     cfg = read_run_config(folder)
@@ -79,6 +82,8 @@ def load_agent(path: str | os.PathLike, name: str = "defender.zip", device: str 
         from stable_baselines3 import DQN as Algo
     try:
         model = Algo.load(str(file), device=device or "auto")
+    except UnsafeArchiveError:
+        raise  # names the file and what it references; it is no damage to repair
     except Exception as exc:  # SB3 raises many kinds for a damaged archive
         raise ValueError(f"corrupt run folder {folder}: cannot load {file.name}: {type(exc).__name__}: {exc}") from exc
     obs_space, act_space = model.observation_space, model.action_space

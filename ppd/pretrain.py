@@ -59,6 +59,7 @@ from ppd.pretrain_data import (
 from ppd.prompts import corrective_click, farthest_click
 from ppd.ruac.losses import dice_loss, focal_loss
 from ppd.segmenter import Segmenter, image_features
+from ppd.torch_files import generator_from_state, generator_state, load_resume
 
 logger = logging.getLogger(__name__)
 
@@ -220,18 +221,20 @@ def pretrain(
     opt = torch.optim.AdamW(parameter_groups(model, cfg.decoder_lr_scale), lr=cfg.lr, weight_decay=cfg.weight_decay)
     step, history, elapsed = 0, [], 0.0
     last = out / "last.pt"
+    pool_state = None
     if resume and last.is_file():
-        state = torch.load(last, map_location="cpu", weights_only=False)
+        state = load_resume(last)  # tensors and plain data only: the generators are stored as their states
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         step, history, elapsed = state["step"], state["history"], state["elapsed"]
-        rng = state["rng"]
+        rng = generator_from_state(state["rng"])
+        pool_state = {**state["pool"], "rng": generator_from_state(state["pool"]["rng"])}
         logger.info("resumed from %s at step %d", last, step)
     pool = ScenePool(
         cfg,
         np.random.default_rng([cfg.seed, 1]),
         (lambda w, i, n: progress(w, i, n, {})) if progress else None,
-        state=state["pool"] if resume and last.is_file() else None,
+        state=pool_state,
     )
     eval_scenes = ProceduralScenes(cfg.domain, cfg.eval_scenes, seed=EVAL_SEED, size=cfg.scene_size)
     t0 = time.time() - elapsed
@@ -262,8 +265,8 @@ def pretrain(
                     "step": step,
                     "history": history,
                     "elapsed": time.time() - t0,
-                    "rng": rng,
-                    "pool": pool.state_dict(),
+                    "rng": generator_state(rng),
+                    "pool": {**pool.state_dict(), "rng": generator_state(pool.rng)},
                 },
                 last,
             )

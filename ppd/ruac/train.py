@@ -50,6 +50,7 @@ from ppd.ruac.train_config import (
 )
 from ppd.ruac.trainer import RuacTrainer
 from ppd.segmenter import Segmenter, load_segmenter
+from ppd.torch_files import generator_from_state, generator_state, load_resume
 
 logger = logging.getLogger(__name__)
 
@@ -113,8 +114,9 @@ def train_ruac(
                 raise ValueError(f"cannot resume {out}: its config.yaml differs from this config ("
                                  + "; ".join(diff) + "); resume with the run's own config, or use a new --out")
         try:
-            state = torch.load(last, map_location="cpu", weights_only=False)
+            state = load_resume(last)  # tensors and plain data only: the generators are stored as their states
             int(state["step"])
+            state["pool"] = {**state["pool"], "rng": generator_from_state(state["pool"]["rng"])}
         except Exception as exc:  # corrupt or foreign file
             raise ValueError(f"corrupt run folder {out}: cannot read {LAST_FILENAME}: {exc}") from None
     if not cfg_file.is_file() or not resume:
@@ -137,7 +139,7 @@ def train_ruac(
 
     def checkpoint(partial: bool) -> None:
         io.save_torch({**trainer.state_dict(), "step": step, "history": history, "elapsed": time.time() - t0,
-                       "pool": pool.state(), "config": cfg.to_dict()}, last)
+                       "pool": {**pool.state(), "rng": generator_state(pool.rng)}, "config": cfg.to_dict()}, last)
         save_head(out / HEAD_FILENAME, trainer.head, meta={**meta, "steps": step, "partial": partial})
 
     t0 = time.time() - elapsed

@@ -58,6 +58,7 @@ from ppd.ruac.losses import calibration_loss, dice_loss, focal_loss
 from ppd.ruac.scene_pool import RuacBatch, _resize_masks
 from ppd.ruac.train_config import RuacTrainConfig
 from ppd.segmenter import image_features
+from ppd.torch_files import generator_from_state, generator_state
 
 
 @dataclass
@@ -137,7 +138,7 @@ class RuacTrainer:
             "style": self.style.state_dict(),
             "deform": self.deform.state_dict(),
             "opt": self.opt.state_dict(),
-            "rng": self.rng,
+            "rng": generator_state(self.rng),  # plain ints: resume files load with weights_only=True
             "gen": self.gen.get_state(),
         }
 
@@ -146,7 +147,7 @@ class RuacTrainer:
         self.style.load_state_dict(state["style"])
         self.deform.load_state_dict(state["deform"])
         self.opt.load_state_dict(state["opt"])
-        self.rng = state["rng"]
+        self.rng = generator_from_state(state["rng"])
         self.gen.set_state(state["gen"])
 
     # -- decoding ---------------------------------------------------------------------
