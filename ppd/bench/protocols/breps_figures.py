@@ -150,7 +150,7 @@ def points_min_figure(results: pd.DataFrame, path: Path, protocol: str = PROTOCO
         return None
     domains = sorted(df["domain"].unique())
     models = list(dict.fromkeys(df["model"]))
-    fig = _figure(max(4.5, 1.3 * len(domains) + 2.0) * len(models), 3.8)
+    fig = _figure(max(5.5, 1.3 * len(domains) + 2.5) * len(models), 3.8)
     axes = fig.subplots(1, len(models), squeeze=False)[0]
     width = 0.8 / len(POINT_ATTACKS)
     for ax, model in zip(axes, models):
@@ -177,7 +177,7 @@ def points_min_figure(results: pd.DataFrame, path: Path, protocol: str = PROTOCO
         ax.set_title(model, fontsize=10)
         ax.grid(axis="y", alpha=0.3)
     axes[0].legend(fontsize=8, frameon=False, loc="lower left")
-    fig.suptitle("Worst point set from the ideal set: gradient (BREPS) vs learned (DQN attacker) attack")
+    fig.suptitle("Worst point set from the ideal set: BREPS vs the DQN attacker")
     return _save(fig, path)
 
 
