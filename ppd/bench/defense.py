@@ -57,15 +57,15 @@ from ppd.agents.defender import PromptDefender
 from ppd.agents.refine_config import (
     DEFAULT_SELECT, INFERENCE_OPTIONS, SELECT_RULES, RefineConfig, add_inference_arguments, inference_options,
 )
-from ppd.agents.rollout import greedy_rollout
 from ppd.agents.run_config import RunConfig, RunConfigLike
 from ppd.agents.run_files import load_agent
 from ppd.cli.common import add_device_arguments
 from ppd.data.scenes import DOMAINS, ProceduralScenes
-from ppd.envs.point_prompt_env import DEFAULT_MAX_STEPS, WRONG_LABEL, label_targets
+from ppd.envs.point_prompt_env import WRONG_LABEL, label_targets
 from ppd.envs.world import INACTIVE, PromptWorld, prompts_from_state, state_from_prompts
 from ppd.metrics import iou
 from ppd.prompts import coarse_prompts, ideal_prompts
+from ppd.robustness.dqn_attack import AttackerError, attacker_steps, greedy_attack  # noqa: F401  (AttackerError re-exported)
 
 logger = logging.getLogger(__name__)
 
@@ -115,10 +115,6 @@ def env_throughput(seg: Any, n_envs: int = 16, steps: int = 50, probe: bool = Fa
     if out.get("sequential_steps_per_s"):
         out["batched_speedup"] = round(out["batched_steps_per_s"] / out["sequential_steps_per_s"], 2)
     return out
-
-
-class AttackerError(ValueError):
-    """The attacker given to :func:`run_benchmark` cannot attack for its defender."""
 
 
 def bench_attacker(run: str, attacker: str | None, defender: PromptDefender, device: str | None) -> Any | None:
@@ -199,8 +195,7 @@ def attack(attacker: Any, world: PromptWorld, cfg: RunConfigLike, starts: list) 
     """The run's attacker acting greedily from ``starts`` ``(rec, obj, node_state,
     node_points)`` with its training step budget, all starts at once (one decoder call
     per attacker step, in a world that decodes as in training)."""
-    steps = RunConfig.of(cfg).max_steps("attacker") or DEFAULT_MAX_STEPS["attacker"]
-    return greedy_rollout(attacker, world, "attacker", starts, steps)
+    return greedy_attack(attacker, world, starts, attacker_steps(cfg))
 
 
 def bench_sets(

@@ -103,7 +103,7 @@ def test_config_checks_flags_and_quick():
         with pytest.raises(ValueError):
             BrepsConfig(**bad)
     names = [f.name for f in config_fields(BrepsConfig)]
-    assert names == ["steps", "lam", "prompts", "point_sets", "point_sigma", "lr_mult", "batch"]
+    assert names == ["steps", "lam", "prompts", "point_sets", "point_sigma", "lr_mult", "batch", "attacker"]
     cfg = BrepsConfig()
     assert (cfg.steps, cfg.lam, cfg.prompts, cfg.point_sets, cfg.batch) == (50, 0.1, ["box", "points"], ["ideal", "coarse"], True)
     quick = BrepsConfig(**BrepsProtocol.quick)

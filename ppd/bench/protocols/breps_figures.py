@@ -6,9 +6,11 @@ units' examples) and return its path, or None when the data hold nothing to draw
 * :func:`box_attack_figure`: for the objects of the largest IoU-Delta@BBox, one row each:
   the start (tight) box, the worst and the best box, each with its mask and IoU;
 * :func:`delta_figure`: per series (metric and method) the distribution of IoU-Delta
-  over objects, one box per domain and model.
+  over objects, one box per domain and model;
+* :func:`points_min_figure`: BREPS's point attack beside the DQN attacker from the same
+  ideal sets, mean IoU-Min@Points per domain (bars) and the start's mean IoU (dots).
 
-:func:`breps_figures` makes both, as ``{kind: path}``, for the report.
+:func:`breps_figures` makes them, as ``{kind: path}``, for the report.
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ BOX_METRICS = ("iou_base_bbox", "iou_min_bbox", "iou_max_bbox")
 BOX_TITLES = ("start (tight) box", "worst box", "best box")
 DELTA_METRICS = ("iou_delta_bbox", "iou_delta_points")
 GROUND_TRUTH = np.array([255, 215, 0], np.float32)
+#: The point attacks set side by side: (method, legend label), from the same ideal sets.
+POINT_ATTACKS = (("breps", "BREPS (gradient)"), ("dqn_attacker", "DQN attacker (learned)"))
+DQN_METHOD = "dqn_attacker"
 
 
 def box_triplets(examples: list[tuple[Any, Any]], protocol: str = PROTOCOL) -> list[tuple[Any, int, dict[str, Any]]]:
@@ -126,7 +131,7 @@ def delta_figure(results: pd.DataFrame, path: Path, protocol: str = PROTOCOL) ->
         ax.set_xticklabels(domains, rotation=20, fontsize=8)
         ax.set_xlim(-0.6, len(domains) - 0.4)
         ax.set_ylim(-0.02, 1.02)
-        ax.set_ylabel("IoU-Delta (max - min)")
+        ax.set_ylabel("IoU-Delta (base - min)" if method == DQN_METHOD else "IoU-Delta (max - min)")
         ax.set_title(f"{metric} · {method}", fontsize=10)
         ax.grid(axis="y", alpha=0.3)
     if len(models) > 1:
@@ -135,11 +140,53 @@ def delta_figure(results: pd.DataFrame, path: Path, protocol: str = PROTOCOL) ->
     return _save(fig, path)
 
 
+def points_min_figure(results: pd.DataFrame, path: Path, protocol: str = PROTOCOL) -> Path | None:
+    """Per model a panel: per domain the mean IoU-Min@Points of each attack of
+    :data:`POINT_ATTACKS` (bars, 95% normal interval over objects) and the mean IoU of
+    its start (dots); None without DQN attacker rows."""
+    df = results[(results["protocol"] == protocol) & results["metric"].isin(["iou_base_points", "iou_min_points"])
+                 & results["method"].isin([m for m, _ in POINT_ATTACKS])]
+    if not (df["method"] == DQN_METHOD).any():
+        return None
+    domains = sorted(df["domain"].unique())
+    models = list(dict.fromkeys(df["model"]))
+    fig = _figure(max(5.5, 1.3 * len(domains) + 2.5) * len(models), 3.8)
+    axes = fig.subplots(1, len(models), squeeze=False)[0]
+    width = 0.8 / len(POINT_ATTACKS)
+    for ax, model in zip(axes, models):
+        for a, (method, label) in enumerate(POINT_ATTACKS):
+            color = COLORS[a % len(COLORS)]
+            xs, lows, errs, bases = [], [], [], []
+            for d, domain in enumerate(domains):
+                part = df[(df["model"] == model) & (df["domain"] == domain) & (df["method"] == method)]
+                v = part[part["metric"] == "iou_min_points"]["value"].to_numpy(float)
+                if not v.size:
+                    continue
+                xs.append(d + (a - (len(POINT_ATTACKS) - 1) / 2) * width)
+                lows.append(v.mean())
+                errs.append(1.96 * v.std(ddof=1) / np.sqrt(v.size) if v.size > 1 else 0.0)
+                bases.append(part[part["metric"] == "iou_base_points"]["value"].to_numpy(float).mean())
+            if not xs:
+                continue
+            ax.bar(xs, lows, width * 0.9, yerr=errs, color=color, alpha=0.75, capsize=3, label=label)
+            ax.plot(xs, bases, "o", color="black", ms=4, label="start" if a == 0 else None)
+        ax.set_xticks(range(len(domains)))
+        ax.set_xticklabels(domains, rotation=20, fontsize=8)
+        ax.set_ylim(0, 1.02)
+        ax.set_ylabel("mean IoU-Min@Points")
+        ax.set_title(model, fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].legend(fontsize=8, frameon=False, loc="lower left")
+    fig.suptitle("Worst point set from the ideal set: BREPS vs the DQN attacker")
+    return _save(fig, path)
+
+
 def breps_figures(fig_dir: Path, results: pd.DataFrame, examples: list[tuple[Any, Any]],
                   load_scene: Callable[[str, str], Any], protocol: str = PROTOCOL) -> dict[str, Path]:
-    """Both figures, ``{"box_attack": path, "delta": path}`` (those the data allow)."""
+    """The figures, ``{"box_attack": path, "delta": path, "points_min": path}`` (those the data allow)."""
     made = {
         "box_attack": box_attack_figure(examples, load_scene, Path(fig_dir) / f"{protocol}_box_attack.png", protocol=protocol),
         "delta": delta_figure(results, Path(fig_dir) / f"{protocol}_delta.png", protocol=protocol),
+        "points_min": points_min_figure(results, Path(fig_dir) / f"{protocol}_points_min.png", protocol=protocol),
     }
     return {k: p for k, p in made.items() if p is not None}

@@ -20,6 +20,21 @@ fraction of the input prompts kept). Void pixels (``scene.meta["void"]``) count 
 way. Examples: per object, the first defender's refinement of the first coarse set (the
 coarse set itself, ``no_refine``, when no defender is given).
 
+With ``corrupted`` (``NAME/SEVERITY``, :mod:`ppd.robustness.corruptions`) and ``attacked``
+(an adversarial image attack of :data:`ppd.robustness.attacks.ATTACKS`: ``pgd_linf``,
+``segpgd_l2`` ...), the same coarse sets are refined on the degraded image too, each its
+own condition named as in the corruptions and attacks protocols (``gaussian_noise/3``,
+``pgd_linf``; ``GENERATOR@NAME`` with several generators). An attack is made as the
+attacks protocol makes it: once per image, against the ideal set of every measured object
+(:func:`ppd.prompts.ideal_prompts`, 6 positives and 6 negatives, sets of equal length
+decoded together), through the whole model, with SemSegBench's settings unless
+``iterations``, ``eps_linf`` ... say otherwise (the options are shared with the attacks
+protocol); the coarse sets, which the attack never saw, are then refined on the attacked
+image. The corruptions' and the attacks' seeds come from two child streams of the unit's
+stream, one seed per attack name in :data:`~ppd.robustness.attacks.ATTACKS` order, so the
+coarse sets stay those of a run without them and an attack gives the same image alone or
+among others.
+
 A defender is used only with the segmenter it was trained on: a model whose segmenter has
 another name or embedding size than the run's (its ``config.yaml``), or that cannot give
 what the defender needs (per-node uncertainty), is benchmarked without that defender, with
@@ -76,8 +91,37 @@ class RefineBenchConfig:
                   "refining still help on a degraded image? (default: none)"},
     )
 
+    attacked: list[str] = field(
+        default_factory=list,
+        metadata={"help": "adversarial image attacks (pgd_linf, pgd_l2, segpgd_linf, segpgd_l2, cospgd_linf, cospgd_l2; "
+                  "see the attacks protocol), each made against the objects' ideal sets, under which the same "
+                  "coarse sets are refined too, each its own condition (default: none)"},
+    )
+    iterations: int = field(default=20, metadata={"help": "gradient steps per image attack (attacks protocol, refine "
+                                                          "--attacked) (default 20)"})
+    eps_linf: float = field(
+        default=8.0, metadata={"help": "L-inf radius of the image attacks on images in [0, 255] (default 8, i.e. "
+                               "8/255 of the range)"})
+    alpha_linf: float = field(
+        default=2.55, metadata={"help": "L-inf step of the image attacks on images in [0, 255] (default 2.55, "
+                                "SemSegBench's 0.01 x 255)"})
+    eps_l2: float = field(default=64.0, metadata={"help": "L2 radius of the image attacks on images in [0, 255] "
+                                                          "(default 64)"})
+    alpha_l2: float = field(
+        default=25.5, metadata={"help": "L2 step of the image attacks on images in [0, 255] (default 25.5, "
+                                "SemSegBench's 0.1 x 255)"})
+
     def __post_init__(self) -> None:
+        from ppd.bench.protocols.attacks import ATTACK_NAMES, AttacksConfig
         from ppd.bench.protocols.corruptions import parse_condition
+
+        unknown = [a for a in self.attacked if a not in ATTACK_NAMES]
+        if unknown or len(set(self.attacked)) < len(self.attacked):
+            raise ValueError(f"attacked must be distinct attack names out of {', '.join(ATTACK_NAMES)}, "
+                             f"got {self.attacked}")
+        # the attack settings, checked as the attacks protocol checks them
+        AttacksConfig(iterations=self.iterations, eps_linf=self.eps_linf, alpha_linf=self.alpha_linf,
+                      eps_l2=self.eps_l2, alpha_l2=self.alpha_l2)
 
         bad = [c for c in self.corrupted if parse_condition(c) is None]
         if bad:
@@ -171,6 +215,30 @@ class RefineProtocol(Protocol):
             defenders[method] = defender
         return {"defenders": defenders}
 
+    def attacked_images(self, seg: Any, scene: Any, stream: np.random.Generator) -> list[tuple[str, np.ndarray]]:
+        """``(attack name, attacked image)`` per attack of ``attacked``: the attacks
+        protocol's attack against the ideal sets of the scene's measured objects (the
+        image as (H, W, 3) float32 in [0, 1]); seeds from ``stream``, one per attack name
+        in :data:`~ppd.robustness.attacks.ATTACKS` order."""
+        from ppd.bench.protocols.attacks import IDEAL_NEG, IDEAL_POS
+        from ppd.prompts import ideal_prompts, stack_prompts
+        from ppd.robustness.attacks import ATTACKS, PromptGroup, named_attack, run_attack
+
+        cfg = self.config
+        seeds = {name: int(stream.integers(2**63)) for name in ATTACKS}
+        care, gts, objs = measured_objects(scene)
+        if not objs:
+            return []
+        sets = [ideal_prompts(gts[i], n_pos=IDEAL_POS, n_neg=IDEAL_NEG) for i in objs]
+        # sets of equal length together, unpadded, as the attacks protocol decodes them
+        groups = [PromptGroup(*stack_prompts([sets[r] for r in rows]), gts[[objs[r] for r in rows]], False)
+                  for rows in ([r for r, p in enumerate(sets) if len(p) == k] for k in sorted({len(p) for p in sets}))]
+        out = []
+        for name in cfg.attacked:
+            attack = named_attack(name, cfg.iterations, cfg.eps_linf, cfg.eps_l2, cfg.alpha_linf, cfg.alpha_l2)
+            out.append((name, run_attack(seg, scene.image, groups, attack, seeds[name], care).as_float()))
+        return out
+
     def run(self, model: BenchModel, resources, scene, unit: Unit, rng: np.random.Generator) -> UnitResult:
         from ppd.agents.baselines import BASELINES
         from ppd.bench.generators import generator_prompts
@@ -179,16 +247,20 @@ class RefineProtocol(Protocol):
         seg, image = model.segmenter, scene.image
         defenders = (resources or {}).get("defenders", {})
         care = measured_objects(scene)[0]
-        images = [("", image)]  # (condition suffix, image): the clean image, then each corruption
+        images = [("", image)]  # (condition suffix, image): the clean image, each corruption, each attack
+        # child streams (corruptions, attacks): the coarse sets stay as without them
+        streams = rng.spawn(2) if self.config.corrupted or self.config.attacked else []
         if self.config.corrupted:
             from ppd.bench.protocols.corruptions import parse_condition
             from ppd.robustness.corruptions import CORRUPTIONS, corrupt
 
-            seed = int(rng.spawn(1)[0].integers(2**63))  # a child stream: the coarse sets stay as without corruptions
+            seed = int(streams[0].integers(2**63))
             for cond in self.config.corrupted:
                 name, severity = parse_condition(cond)
                 images.append((cond, corrupt(image, name, severity,
                                              rng=np.random.default_rng([seed, CORRUPTIONS.index(name), severity]))))
+        if self.config.attacked:
+            images += self.attacked_images(seg, scene, streams[1])
         for _, img in images:
             seg.encode(img)  # encoded once, before any timed call
             for defender in defenders.values():
