@@ -227,6 +227,10 @@ class PromptDefender(PromptRefiner):
         keep_consistent: bool = DEFAULT_KEEP_CONSISTENT,
         refine_max_steps: int | None = None,
     ) -> None:
+        if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(max_steps, (int, np.integer))
+                                      or max_steps < 1):
+            raise ValueError("max_steps (the training environment's defender step budget) must be an integer >= 1, "
+                             f"or None when unknown; got {max_steps!r}")
         opts = RefineConfig(select=select, patience=patience, min_score_gain=min_score_gain, polish=polish,
                             consensus=consensus, consensus_quorum=consensus_quorum, keep_consistent=keep_consistent,
                             max_steps=refine_max_steps)
@@ -546,7 +550,7 @@ class PromptDefender(PromptRefiner):
         coords, labels = check_prompts(point_coords, point_labels)
         budget = self.default_steps(len(coords)) if max_steps is None else int(max_steps)
         if budget < 0:
-            raise ValueError(f"max_steps must be >= 0, got {max_steps}")
+            raise ValueError(f"max_steps (the refine step budget) must be >= 0, got {budget}")
         rec = self.record(image)
         return RefineSet(coords, labels, budget, rec.embedding, image=image, nodes=NodeMap.build(rec, coords, labels))
 

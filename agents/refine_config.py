@@ -166,8 +166,10 @@ class RefineConfig:
         self.min_score_gain = check_score_gain(self.min_score_gain)
         self.select, self.patience = check_select(self.select, self.patience)
         if self.max_steps is not None:
-            if isinstance(self.max_steps, bool) or int(self.max_steps) != self.max_steps or self.max_steps < 0:
-                raise ValueError(f"max_steps must be >= 0, got {self.max_steps}")
+            if (isinstance(self.max_steps, bool) or not isinstance(self.max_steps, (int, float))
+                    or int(self.max_steps) != self.max_steps or self.max_steps < 0):
+                raise ValueError(f"max_steps (the refine step budget, --max-steps) must be an integer >= 0, "
+                                 f"got {self.max_steps!r}")
             self.max_steps = int(self.max_steps)
         overrides = self.filter_overrides
         if overrides and not self.use_filter:

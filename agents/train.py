@@ -86,6 +86,7 @@ from ppd.agents.run_commit import (
 from ppd.agents.train_config import TrainConfig, resume_conflicts  # re-exported
 from ppd.agents import train_resume
 from ppd.agents.train_progress import PhaseReport, TrainReporter
+from ppd.agents.archive_check import UnsafeArchiveError
 from ppd.agents.train_data import open_training_data
 from ppd.data.references import ReferencePicker
 from ppd.envs.fm_starts import FeatureMatchStarts
@@ -133,6 +134,8 @@ def _load_model(out: Path, name: str, env, cfg: TrainConfig, device: str, state:
     path = out / name
     try:
         model = MaskedDQN.load(str(path), env=env, device=device)
+    except UnsafeArchiveError:
+        raise  # it names the file and what it holds
     except Exception as exc:  # SB3 raises many kinds for a damaged archive
         raise ValueError(f"corrupt run folder {out}: cannot load {name}: {type(exc).__name__}: {exc}") from None
     model.tensorboard_log = str(out / "tb")  # the run folder may have moved

@@ -1,6 +1,7 @@
 """Robustness of promptable segmentation: image corruptions, prompt attacks (BREPS), image attacks.
 
-``from ppd.robustness import corrupt, box_attack, point_attack, run_attack``: names resolve lazily,
+``from ppd.robustness import corrupt, box_attack, point_attack, run_attack, load_attacker,
+dqn_point_attack``: names resolve lazily,
 so importing the package costs nothing until one is used.
 """
 
@@ -18,6 +19,8 @@ _EXPORTS = {
     "point_attack": "ppd.robustness.breps",
     "run_attack": "ppd.robustness.attacks",
     "named_attack": "ppd.robustness.attacks",
+    "dqn_point_attack": "ppd.robustness.dqn_attack",
+    "load_attacker": "ppd.robustness.dqn_attack",
 }
 
 __all__ = list(_EXPORTS)

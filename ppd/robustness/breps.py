@@ -232,7 +232,11 @@ def point_attack(seg: Any, image: np.ndarray | ImageEmbedding, gts: np.ndarray,
         labels: per object its (K_i,) labels, 1 / 0 (-1 padding).
         sigma: the prior's standard deviation per axis, in units of sqrt(object area).
         multimask: decode three masks and use the one of highest predicted IoU.
-        The other arguments as :func:`box_attack`.
+        The other arguments as :func:`box_attack`. With ``batch``, sets of different
+        lengths are padded to the longest, and SAM's decoder attends to padding tokens:
+        an object's numbers then depend slightly on the other objects' set lengths. Give
+        sets of one length per call (the ``breps`` bench protocol groups them so) for
+        numbers that equal one object at a time.
 
     Returns:
         An :class:`AttackResult` of kind ``"points"``; ``start``, ``worst`` and ``best``

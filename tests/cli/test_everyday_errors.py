@@ -63,3 +63,23 @@ def test_training_commands_refuse_bad_settings_in_one_line(tmp_path):
     assert not (tmp_path / "p" / "model.pt").exists()
     res = ppd("pretrain", "--resume", "--out", str(tmp_path / "empty"))
     assert res.returncode == 2 and "nothing to continue" in res.stderr
+
+
+def test_bad_refine_budget_names_the_flag(tmp_path):
+    from PIL import Image
+    import numpy as np
+
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "img.png")
+    res = ppd("refine", "--image", str(tmp_path / "img.png"), "--points", "5,5,1", "--max-steps", "-1",
+              "--out", str(tmp_path / "out"))
+    assert res.returncode == 2 and "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert "--max-steps" in res.stderr and "got -1" in res.stderr and not (tmp_path / "out").exists()
+
+
+def test_defender_budget_is_checked_when_built(tmp_path):
+    import pytest as _pytest
+
+    from ppd.agents.defender import PromptDefender
+
+    with _pytest.raises(ValueError, match=r"integer >= 1, or None when unknown; got -1"):
+        PromptDefender(None, None, grid=16, max_steps=-1)
