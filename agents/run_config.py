@@ -22,7 +22,7 @@ from typing import Any, Mapping, Union
 
 import yaml
 
-from ppd.agents.train_config import BUNDLED_SEGMENTER, RUN_CONFIG_FILES, TrainConfig
+from ppd.agents.train_config import ABSENT_MEANS, BUNDLED_SEGMENTER, RUN_CONFIG_FILES, TrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -162,16 +162,17 @@ class RunConfig:
         if not raw:
             return cls(raw=raw)
         names = {f.name for f in fields(TrainConfig)}
+        absent = {k: v for k, v in ABSENT_MEANS.items() if k not in raw}  # what an older run did
         if not _needs_legacy(raw):
             try:
-                train = TrainConfig.from_dict(raw, source, unknown="ignore")
+                train = TrainConfig.from_dict({**absent, **raw}, source, unknown="ignore")
             except (ValueError, TypeError) as exc:
                 logger.info("%s: TrainConfig rejects it (%s); reading the loader's settings only", source, exc)
             else:
                 return cls(train, frozenset(set(raw) & names), None, raw)
         settings, role = _legacy_settings(raw)
         try:
-            train = TrainConfig.from_dict(settings, source)
+            train = TrainConfig.from_dict({**absent, **settings}, source)
         except (ValueError, TypeError) as exc:
             raise ValueError(f"{source}: {exc}") from None
         return cls(train, frozenset(settings), role, raw)

@@ -89,6 +89,7 @@ from ppd.agents.train_progress import PhaseReport, TrainReporter
 from ppd.agents.archive_check import UnsafeArchiveError
 from ppd.agents.train_data import open_training_data
 from ppd.data.references import ReferencePicker
+from ppd.data.scenes import TRAIN_DOMAIN  # noqa: F401  re-exported
 from ppd.envs.fm_starts import FeatureMatchStarts
 from ppd.agents.rollout import greedy_rollout  # re-exported
 from ppd.envs.vec_env import PromptVecEnv

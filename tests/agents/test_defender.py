@@ -264,7 +264,7 @@ def test_refine_many(defender, random_image):
         assert m.steps == o.steps
     with pytest.raises(ValueError, match="3 prompt sets"):
         defender.refine_many(images, coords, labels, max_steps=[1, 2])
-    with pytest.raises(ValueError, match="max_steps must be >= 0"):
+    with pytest.raises(ValueError, match=r"max_steps \(the refine step budget.*\) must be .*>= 0, got -1"):
         defender.refine_many(images, coords, labels, max_steps=[1, -1, 2])
     with pytest.raises(TypeError, match="one per set"):
         defender.refine_many(images, coords, labels, max_steps="2")

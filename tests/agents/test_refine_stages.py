@@ -40,7 +40,7 @@ def test_score_guard_reverts_a_greedy_score_filter_result():
     res = loose.refine(IMAGE, coords, labels)  # 0.6 >= 0.05 + 0.5: the filter's result
     np.testing.assert_array_equal(res.kept, plain.kept)
     assert res.steps == 3 and res.trace == plain.trace
-    with pytest.raises(ValueError, match="max_steps must be >= 0"):
+    with pytest.raises(ValueError, match=r"max_steps \(the refine step budget.*\) must be .*>= 0, got -1"):
         loose.refine(IMAGE, coords, labels, max_steps=-1)
 
 
@@ -119,7 +119,8 @@ def test_refine_cli_help_has_every_flag(capsys):
 def test_refine_config_checks_and_file(tmp_path):
     for bad, msg in ((dict(select="best"), "select must be one of"), (dict(patience=0), "patience must be an integer"),
                      (dict(polish=1), "polish must be True or False"), (dict(consensus_quorum=2), "consensus_quorum"),
-                     (dict(min_score_gain=1.0), "min_score_gain"), (dict(max_steps=-1), "max_steps must be >= 0"),
+                     (dict(min_score_gain=1.0), "min_score_gain"),
+                     (dict(max_steps=-1), r"max_steps \(the refine step budget, --max-steps\) must be an integer >= 0"),
                      (dict(use_filter=False, filter_action="relabel"), "filter_action set with use_filter=False"),
                      (dict(filter_threshold=0.0), "threshold must be in"), (dict(filter_action="drop"), "action must be one of"),
                      (dict(filter_relabel_gate=1.0), "relabel gate must be in")):
