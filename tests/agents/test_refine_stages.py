@@ -40,7 +40,7 @@ def test_score_guard_reverts_a_greedy_score_filter_result():
     res = loose.refine(IMAGE, coords, labels)  # 0.6 >= 0.05 + 0.5: the filter's result
     np.testing.assert_array_equal(res.kept, plain.kept)
     assert res.steps == 3 and res.trace == plain.trace
-    with pytest.raises(ValueError, match=r"max_steps \(the refine step budget.*\) must be .*>= 0, got -1"):
+    with pytest.raises(ValueError, match="max_steps must be >= 0"):
         loose.refine(IMAGE, coords, labels, max_steps=-1)
 
 
