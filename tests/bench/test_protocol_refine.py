@@ -60,7 +60,8 @@ def values(result) -> dict[tuple[str, int, str], float]:
 
 def test_registry_and_flags():
     assert protocol_class("refine") is RefineProtocol
-    assert [f.name for f in config_fields(RefineBenchConfig)] == ["defender", "coarse_sets", "baselines", "generators", "corrupted"]
+    assert [f.name for f in config_fields(RefineBenchConfig)] == ["defender", "coarse_sets", "baselines", "generators", "corrupted",
+                                                             "without_filter", "defender_options"]
     assert RefineBenchConfig().defender == [] and RefineBenchConfig().coarse_sets == 1
     with pytest.raises(ValueError, match="coarse_sets must be >= 1"):
         RefineBenchConfig(coarse_sets=0)
