@@ -15,7 +15,8 @@ is a view of ``ppd bench``: it runs (or continues, or only reads) the equivalent
 (printed first; ``ppd bench --config DIR/config.yaml`` reruns it) and prints, from its
 ``results.parquet``, the mean IoU of SAM2's mask per domain, generator and refiner
 (every object of every held-out scene), the defender's gain over the input and each
-refiner's mean gain over the generators:
+refiner's mean gain over the generators, with its 95% paired-bootstrap interval over the
+objects (and that of the defender's gain minus ``greedy_score``'s):
 
 * ``input``: the generator's set as given (``no_refine``);
 * ``ppd``: refined by the run's defender (its label filter included, as ``refine``);
@@ -141,9 +142,41 @@ def mean_gains(rows: dict[str, dict[str, float]]) -> dict[str, float]:
     return {c: float(np.mean([r[c] - r["input"] for r in rows.values()])) for c in cols}
 
 
-def format_table(table: dict[str, dict[str, dict[str, float]]]) -> str:
+def gain_intervals(results, run: str, domain: str, generators: list[str], n_boot: int = 1000,
+                   seed: int = 0) -> dict[str, tuple[float, float, float]]:
+    """Per refiner column, ``(estimate, low, high)``: its mean gain over the input,
+    averaged over the generators per object, with the 95% paired-bootstrap interval over
+    the domain's objects (:func:`ppd.bench.stats.paired_bootstrap`, as the report's);
+    with both, also ``"ppd - greedy_score"``, the difference of the two gains."""
+    from ppd.bench.schema import CLEAN
+    from ppd.bench.stats import paired_bootstrap
+
+    conditions = [CLEAN] if generators == ["default"] else generators
+    iou = results[(results.protocol == "refine") & (results.metric == "iou") & (results.domain == domain)
+                  & results.condition.isin(conditions)]
+    per = iou.pivot_table(index=["image", "object"], columns=["method", "condition"], values="value")
+    methods = column_methods(run)
+    gains = {c: (per[m] - per[methods["input"]]).mean(axis=1) for c, m in methods.items()
+             if c != "input" and m in per.columns.get_level_values(0)}
+    if not gains:
+        return {}
+    names = list(gains)
+    values = np.stack([gains[c].to_numpy() for c in names], axis=1)
+    ref = names.index("greedy_score") if "greedy_score" in names else 0
+    r = paired_bootstrap(values, n_boot=n_boot, seed=seed, reference=ref)
+    out = {c: (float(r["value"][i]), float(r["ci_low"][i]), float(r["ci_high"][i])) for i, c in enumerate(names)}
+    if "ppd" in names and "greedy_score" in names:
+        i = names.index("ppd")
+        out["ppd - greedy_score"] = (float(r["delta"][i]), float(r["delta_low"][i]), float(r["delta_high"][i]))
+    return out
+
+
+def format_table(table: dict[str, dict[str, dict[str, float]]],
+                 intervals: dict[str, dict[str, tuple[float, float, float]]] | None = None) -> str:
     """One block per domain: a row per generator, a column per refiner, the defender's
-    gain over the input, and a last row of each refiner's mean gain over the generators."""
+    gain over the input, and a last row of each refiner's mean gain over the generators;
+    with ``intervals`` (:func:`gain_intervals` per domain) those gains with their
+    intervals below it."""
     lines = []
     for domain, rows in table.items():
         cols = [c for c in COLUMNS if all(c in r for r in rows.values())]
@@ -154,6 +187,9 @@ def format_table(table: dict[str, dict[str, dict[str, float]]]) -> str:
         gains = mean_gains(rows)
         lines.append(f"  {'mean gain':10s} " + " ".join(f"{gains[c]:+15.3f}" if c in gains else f"{'':>15s}"
                                                        for c in cols))
+        if intervals and intervals.get(domain):
+            lines.append("  mean gain, 95% interval over objects: " + "; ".join(
+                f"{c} {v:+.3f} [{lo:+.3f}, {hi:+.3f}]" for c, (v, lo, hi) in intervals[domain].items()))
     return "\n".join(lines)
 
 
@@ -227,7 +263,9 @@ def main(argv: list[str] | None = None) -> int:
         lambda d: len(d.drop_duplicates()))
     print(f"defender: {args.run}; {args.scenes} held-out scenes per domain, objects "
           + ", ".join(f"{d} {objects.get(d, 0)}" for d in args.domains) + "; mean IoU of SAM2's mask")
-    print(format_table(generator_table(results, args.run, args.domains, args.generators)))
+    table = generator_table(results, args.run, args.domains, args.generators)
+    intervals = {d: gain_intervals(results, args.run, d, args.generators, cfg.bootstrap, cfg.seed) for d in args.domains}
+    print(format_table(table, intervals))
     print(f"report: {outcome.files.get('report.md')}")
     return 0
 

@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 
 from ppd.bench.generators import (
-    GENERATORS, bench_arguments, format_table, generator_prompts, generator_table, main, mean_gains, parser,
+    GENERATORS, bench_arguments, format_table, gain_intervals, generator_prompts, generator_table, main, mean_gains,
+    parser,
 )
 from ppd.bench.store import read_results
 from ppd.cli import bench as bench_cli
@@ -77,6 +78,16 @@ def test_table_is_the_mean_iou_per_domain_generator_and_refiner():
     assert text[0].split() == ["train", "input", "ppd", "greedy_score", "ppd", "-", "input"]
     assert text[1].split() == ["clean", "0.700", "0.900", "0.700", "+0.200"]
     assert text[3].split() == ["mean", "gain", "+0.300", "+0.050"]
+    # per object the gain averaged over the generators (0.25 and 0.35 for ppd, 0.1 and 0.0 for
+    # greedy), its mean and a bootstrap interval within the objects' range; the difference paired
+    gains = gain_intervals(pd.DataFrame(rows), "bundled", "train", ["clean", "flips"], n_boot=200)
+    assert list(gains) == ["ppd", "greedy_score", "ppd - greedy_score"]
+    for name, (lo_obj, hi_obj, mean) in {"ppd": (0.25, 0.35, 0.3), "greedy_score": (0.0, 0.1, 0.05),
+                                         "ppd - greedy_score": (0.15, 0.35, 0.25)}.items():
+        value, low, high = gains[name]
+        assert value == pytest.approx(mean) and lo_obj - 1e-9 <= low <= value <= high <= hi_obj + 1e-9, name
+    assert low < high  # two different objects: a real interval
+    assert "ppd - greedy_score +0.250 [" in format_table(table, {"train": gains})
     # a lone default generator is the refine protocol's condition "clean"
     alone = generator_table(pd.DataFrame(_rows("train", "clean", "no_refine", [0.5])), "bundled", ["train"], ["default"])
     assert alone == {"train": {"default": {"input": 0.5}}}
@@ -99,6 +110,9 @@ def test_command_prints_the_table_of_its_bench_run(tmp_path, capsys):
     want = iou[(iou.condition == "few") & (iou.method == "ppd:bundled")].value.mean()
     few = next(line for line in printed.splitlines() if line.split()[:1] == ["few"])
     assert float(few.split()[2]) == pytest.approx(want, abs=5e-4)
+    gains = next(line for line in printed.splitlines() if "95% interval" in line)
+    ppd_gain = (iou[iou.method == "ppd:bundled"].value.mean() - iou[iou.method == "no_refine"].value.mean())
+    assert f"ppd {ppd_gain:+.3f} [" in gains and "ppd - greedy_score" in gains
     # the same command on the finished folder runs nothing and prints the same table
     units = sorted(p.stat().st_mtime_ns for p in (out / "units").rglob("*.json"))
     assert main(argv) == 0
