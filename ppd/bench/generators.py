@@ -255,7 +255,10 @@ def main(argv: list[str] | None = None) -> int:
         bar["b"] = tqdm(total=total, initial=done, desc="bench", unit="unit", dynamic_ncols=True)
         return lambda unit, result: bar["b"].update(1)
 
-    outcome = run_bench(cfg, progress, command=command)
+    try:
+        outcome = run_bench(cfg, progress, command=command)
+    except (ValueError, FileNotFoundError) as exc:  # a bad run folder, an --out of another benchmark
+        p.error(str(exc))
     if "b" in bar:
         bar["b"].close()
     results = read_results(outcome.out)

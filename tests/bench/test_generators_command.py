@@ -118,6 +118,10 @@ def test_command_prints_the_table_of_its_bench_run(tmp_path, capsys):
     assert main(argv) == 0
     assert capsys.readouterr().out == printed
     assert sorted(p.stat().st_mtime_ns for p in (out / "units").rglob("*.json")) == units
+    # other settings on the same folder: refused with the reason, nothing run
+    with pytest.raises(SystemExit):
+        main(argv[:-2] + ["--no-keep-consistent", "--out", str(out)])
+    assert "holds a benchmark with other settings (options differ)" in capsys.readouterr().err
 
 
 def test_bad_options_are_usage_errors(capsys):
