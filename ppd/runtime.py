@@ -6,8 +6,8 @@ no CPU caching allocator). With glibc's defaults a block above 128 KiB is its ow
 above twice of it back to the OS), so a decoder call on many prompt sets (activations of
 several MB each) page-faults much of its memory in afresh. Raising the mmap and trim
 thresholds keeps those blocks in the heap for reuse. Measured on the 2-core CI-class CPU
-(bundled model, SAM2's mask decoder, 2 threads; ``python -m ppd.bench.alloc --threads 2
---rounds 7 --reps 20``): at 72 prompt sets per call (8 training envs with removal probes)
+(bundled model, SAM2's mask decoder, 2 threads;
+``python docs/experiments/allocator_tuning_speed.py --threads 2 --rounds 7 --reps 20``): at 72 prompt sets per call (8 training envs with removal probes)
 page faults per call 10386 -> 108 and 1.20x faster; at 1 and 9 sets per call (refine)
 1.07x and 1.05x, within this machine's noise. The settings only change where freed
 memory waits, not any result.

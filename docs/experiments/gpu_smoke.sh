@@ -27,5 +27,6 @@ step refine_bf16 120 ppd refine --image "$w/scene.png" --points "128,128,1;30,30
 step demo 180 ppd demo --device cuda --scenes 2 --out "$w/demo"
 step pretrain 240 ppd pretrain --device cuda --steps 40 --eval-every 0 --eval-scenes 4 --out "$w/pre"
 step train_ruac 300 ppd train-ruac --device cuda --steps 40 --eval-scenes 4 --out "$w/ruac"
-step bench_ruac 300 python3 -m ppd.bench.ruac --ruac "$w/ruac" --device cuda --scenes 4 --objects 2 --latency-repeats 3
-step bench_envs 240 python3 -m ppd.bench.envs --device cuda
+step bench_ruac 300 ppd bench --data train=procedural:train --sample 4 --max-objects 2 --model "bundled+ruac=$w/ruac" --protocol uncertainty --mc-samples 20 --device cuda --out "$w/bench_ruac"
+step ruac_latency 300 python3 "$(dirname "$0")/ruac_analytic_vs_mc.py" --ruac "$w/ruac" --domains train --scenes 4 --objects 2 --repeats 3
+step env_speed 240 python3 "$(dirname "$0")/env_step_speed.py" --device cuda

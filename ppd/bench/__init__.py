@@ -1,8 +1,8 @@
 """Benchmarks: ``ppd bench`` (data, models, protocols, store, runner, report) and older scripts.
 
-``ppd bench`` is the harness (docs/bench.md); the scripts ``python -m ppd.bench.NAME``
-(defense, generators, ruac, segmenter, envs, alloc) print the tables docs/benchmarks.md
-cites. Neither is a test.
+``ppd bench`` is the harness (docs/bench.md). ``python -m ppd.bench.generators`` runs a
+``ppd bench`` refine run and prints its per-generator table; ``python -m
+ppd.bench.defense`` prints the defense bench. Neither is a test.
 """
 
 from __future__ import annotations

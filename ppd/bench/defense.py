@@ -36,7 +36,7 @@ Every IoU is that of ``segmenter.predict`` on the column's final points (no padd
 mask a user of the refined points gets), against the scene's object mask.
 
 Also: the defender's refinement time per image (median ms, image already encoded),
-env steps/s batched vs sequential (from :mod:`ppd.bench.envs` when it exists) and the
+env steps/s batched vs sequential (:mod:`ppd.envs.throughput`) and the
 replay-buffer bytes per transition of the saved defender's observation space.
 """
 
@@ -100,15 +100,13 @@ def replay_bytes_per_transition(observation_space: Any) -> dict[str, int]:
 
 def env_throughput(seg: Any, n_envs: int = 16, steps: int = 50, probe: bool = False) -> dict[str, Any]:
     """Defender env steps/s, ``n_envs`` batched envs vs as many stepped one by one
-    (:func:`ppd.bench.envs.run`, random valid actions; ``probe``: with removal probes, as
-    the benchmarked defender was trained); skipped if that module is absent."""
+    (:func:`ppd.envs.throughput.step_throughput`, random valid actions; ``probe``: with
+    removal probes, as the benchmarked defender was trained)."""
     if steps <= 0:
         return {"skipped": "not measured (--env-steps 0)"}
-    try:
-        from ppd.bench.envs import run as run_envs
-    except ImportError:
-        return {"skipped": "ppd.bench.envs is not available"}
-    stats = run_envs(seg, n_envs=n_envs, steps=steps, role="defender", n_scenes=16, rounds=2, probe=probe)
+    from ppd.envs.throughput import step_throughput
+
+    stats = step_throughput(seg, n_envs=n_envs, steps=steps, role="defender", n_scenes=16, rounds=2, probe=probe)
     out: dict[str, Any] = {"n_envs": n_envs, "vector_steps": steps, "probe": probe}
     for side, st in stats.items():
         out[f"{side}_steps_per_s"] = round(float(st.steps_per_s), 1)

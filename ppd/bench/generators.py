@@ -1,46 +1,45 @@
-"""Prompt-generator benchmark: does refinement help whatever made the clicks, and leave
-good clicks alone?
+"""Prompt generators from clean to very noisy, and their table from a ``ppd bench`` run.
 
-    python -m ppd.bench.generators [--run DIR] [--domains train texture] [--scenes 30] [--out FILE.json]
+:data:`GENERATORS` names the prompt sets the refine protocol's ``--generators`` draws
+(:func:`generator_prompts`): users' clicks come from careful annotators, feature matching
+or a coarse model, not only from ``coarse_prompts``' default noise. Does refinement help
+whatever made the clicks, and leave good clicks alone?
 
-The defense bench (:mod:`ppd.bench.defense`) draws its coarse sets from one generator
-(``coarse_prompts`` with its default noise: 8 points, about half of them corrupted).
-Users' clicks come from elsewhere: careful annotators, feature matching, a coarse
-model. This bench refines the sets of several generators (:data:`GENERATORS`), from
-clean to very noisy, on held-out procedural scenes (``ProceduralScenes(domain, n,
-seed=GENERATOR_SEED)``, one object per scene, drawn with the prompts from
-``default_rng([GENERATOR_SEED, seed, i])``), and reports the mean IoU of SAM2's mask
-for each generator and column:
+    python -m ppd.bench.generators [--run DIR] [--domains train texture] [--scenes 10] [--out DIR]
 
-* ``input``: the generator's set as given (``NoRefine``);
+is a view of ``ppd bench``: it runs (or continues, or only reads) the equivalent
+
+    ppd bench --protocol refine --data D=procedural:D ... --sample N --defender RUN
+              --baselines no_refine greedy_score --generators default clean ... --out DIR
+
+(printed first; ``ppd bench --config DIR/config.yaml`` reruns it) and prints, from its
+``results.parquet``, the mean IoU of SAM2's mask per domain, generator and refiner
+(every object of every held-out scene), the defender's gain over the input and each
+refiner's mean gain over the generators, with its 95% paired-bootstrap interval over the
+objects (and that of the defender's gain minus ``greedy_score``'s):
+
+* ``input``: the generator's set as given (``no_refine``);
 * ``ppd``: refined by the run's defender (its label filter included, as ``refine``);
-* ``ppd[no filter]``: the defender alone (runs with a filter only);
+* ``ppd[no filter]``: the defender alone (``--without-filter``; runs with a filter only);
 * ``greedy_score``: the ``GreedyScoreFilter`` baseline.
 
-On the clean generators (``clean``, ``ideal``) a refiner can only lose; the bench shows
+On the clean generators (``clean``, ``ideal``) a refiner can only lose; the table shows
 how much it does. ``--run`` defaults to the bundled defender.
 """
 
 from __future__ import annotations
 
 import argparse
-import platform
-from typing import Any, Callable
+import json
+import shlex
+from typing import Any
 
 import numpy as np
 
-from ppd.agents.baselines import GreedyScoreFilter, NoRefine
-from ppd.agents.defender import PromptDefender
-from ppd.agents.refine_config import (
-    DEFAULT_SELECT, SELECT_RULES, RefineConfig, add_inference_arguments, inference_options,
-)
-from ppd.cli.common import add_device_arguments
-from ppd.bench import add_threads_argument, apply_threads, defender_variant, run_max_ideal_points
-from ppd.data.scenes import DOMAINS, ProceduralScenes
-from ppd.metrics import iou
 from ppd.prompts import PromptSet, coarse_prompts, ideal_prompts
 
-#: Seed of the first benchmark scene of every domain (other scenes than the defense bench's).
+#: Seed of the first scene of every domain in the sets of docs/experiments' record
+#: scripts (``common.generator_sets``); ``ppd bench`` draws its own held-out scenes.
 GENERATOR_SEED = 10_000_000 + 9500
 
 #: Generators: ``coarse_prompts`` keyword arguments, or None for ``ideal_prompts`` (the
@@ -56,7 +55,10 @@ GENERATORS: dict[str, dict[str, Any] | None] = {
     "outliers": dict(p_flip=0.0, p_boundary=0.0, p_outlier=0.3),
     "positives": dict(pos_fraction=0.8),
 }
+#: Table columns: the refiner each stands for is :func:`column_methods`'.
 COLUMNS = ("input", "ppd", "ppd[no filter]", "greedy_score")
+#: Where the command writes its ``ppd bench`` folder unless ``--out`` says otherwise.
+DEFAULT_OUT = "bench_out/generators"
 
 
 def generator_prompts(name: str, mask: np.ndarray, rng: np.random.Generator, max_ideal: int = 6) -> PromptSet:
@@ -69,100 +71,205 @@ def generator_prompts(name: str, mask: np.ndarray, rng: np.random.Generator, max
     return coarse_prompts(mask, rng, **kw).prompts
 
 
-def run_benchmark(
-    defender: PromptDefender,
-    domains: tuple[str, ...] = ("train",),
-    n_scenes: int = 30,
-    generators: tuple[str, ...] = tuple(GENERATORS),
-    seed: int = 0,
-    tick: Callable[[], Any] | None = None,
-) -> dict[str, dict[str, dict[str, float]]]:
-    """``{domain: {generator: {column: mean IoU}}}`` (see the module docstring)."""
-    plain = None if defender.label_filter is None else defender_variant(defender, label_filter=None)
-    seg = defender.segmenter
-    refiners: dict[str, Any] = {"input": NoRefine(seg), "ppd": defender, "ppd[no filter]": plain,
-                                "greedy_score": GreedyScoreFilter(seg)}
-    max_ideal = run_max_ideal_points(defender.config)
+def column_methods(run: str) -> dict[str, str]:
+    """Table column -> the refine protocol's method name, for defender ``run``."""
+    from ppd.bench.protocols.refine import defender_method
+
+    ppd_method = defender_method(run)
+    return {"input": "no_refine", "ppd": ppd_method, "ppd[no filter]": f"{ppd_method}[no filter]",
+            "greedy_score": "greedy_score"}
+
+
+def _option_text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)  # YAML reads JSON scalars: null, true, 0.5
+
+
+def bench_arguments(args: argparse.Namespace) -> list[str]:
+    """The ``ppd bench`` arguments (after ``ppd bench``) that measure what ``args`` asks for."""
+    from ppd.agents.refine_config import RefineConfig, inference_options
+
+    default = RefineConfig()
+    options = {"select": args.select, **inference_options(args)}
+    changed = [f"{k}={_option_text(v)}" for k, v in options.items() if v != getattr(default, k)]
+    argv = ["--protocol", "refine"]
+    for domain in args.domains:
+        argv += ["--data", f"{domain}=procedural:{domain}"]
+    if args.model != "bundled":
+        argv += ["--model", args.model]
+    argv += ["--sample", str(args.scenes)]
+    if args.seed:
+        argv += ["--seed", str(args.seed)]
+    if args.max_objects is not None:
+        argv += ["--max-objects", str(args.max_objects)]
+    argv += ["--defender", args.run, "--baselines", "no_refine", "greedy_score", "--generators", *args.generators]
+    if args.without_filter:
+        argv.append("--without-filter")
+    if changed:
+        argv += ["--defender-options", *changed]
+    for flag, value in (("--device", args.device), ("--precision", args.precision),
+                        ("--embedding-cache", args.embedding_cache), ("--threads", args.threads or None)):
+        if value is not None:
+            argv += [flag, str(value)]
+    return argv + ["--out", args.out]
+
+
+def generator_table(results, run: str, domains: list[str], generators: list[str]) -> dict[str, dict[str, dict[str, float]]]:
+    """``{domain: {generator: {column: mean IoU}}}`` from a refine run's results table
+    (``results.parquet`` as a DataFrame): the mean over the measured objects. A column
+    whose method has no rows (no ``--without-filter``, a run without a filter) is left out."""
+    from ppd.bench.schema import CLEAN
+
+    iou = results[(results.protocol == "refine") & (results.metric == "iou")]
+    means = iou.groupby(["domain", "condition", "method"])["value"].mean()
+    # the refine protocol names a lone default generator's condition "clean" (nothing else perturbed)
+    condition = {g: CLEAN if generators == ["default"] else g for g in generators}
+    methods = column_methods(run)
     out: dict[str, dict[str, dict[str, float]]] = {}
     for domain in domains:
-        scenes = ProceduralScenes(domain, n_scenes, seed=GENERATOR_SEED)
-        vals = {g: {c: [] for c in COLUMNS if refiners[c] is not None} for g in generators}
-        for i in range(n_scenes):
-            scene = scenes[i]
-            gts, sets = [], []
-            for g in generators:
-                rng = np.random.default_rng([GENERATOR_SEED, seed, i])
-                obj = int(rng.integers(scene.num_objects))
-                gts.append(scene.masks[obj])
-                sets.append(generator_prompts(g, gts[-1], rng, max_ideal))
-            for c, r in refiners.items():
-                if r is None:
-                    continue
-                # every generator's set of this scene in one call: the defender's rollouts
-                # advance together (one decoder call per step for all of them)
-                res = r.refine_many([scene.image] * len(sets), [ps.point_coords for ps in sets],
-                                    [ps.point_labels for ps in sets])
-                for g, gt, rr in zip(generators, gts, res):
-                    vals[g][c].append(float(iou(rr.mask, gt)))
-            if tick is not None:
-                tick()
-        out[domain] = {g: {c: float(np.mean(v)) for c, v in cols.items()} for g, cols in vals.items()}
+        out[domain] = {}
+        for g in generators:
+            row = {c: float(means[(domain, condition[g], m)]) for c, m in methods.items()
+                   if (domain, condition[g], m) in means.index}
+            if "input" not in row:
+                raise ValueError(f"no refine results for domain {domain!r}, generator {g!r}")
+            out[domain][g] = row
     return out
 
 
-def format_table(results: dict[str, dict[str, dict[str, float]]]) -> str:
-    """One block per domain: a row per generator, a column per refiner."""
+def mean_gains(rows: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Per refiner column, its mean over the generators of (column - input)."""
+    cols = [c for c in COLUMNS if c != "input" and all(c in r for r in rows.values())]
+    return {c: float(np.mean([r[c] - r["input"] for r in rows.values()])) for c in cols}
+
+
+def gain_intervals(results, run: str, domain: str, generators: list[str], n_boot: int = 1000,
+                   seed: int = 0) -> dict[str, tuple[float, float, float]]:
+    """Per refiner column, ``(estimate, low, high)``: its mean gain over the input,
+    averaged over the generators per object, with the 95% paired-bootstrap interval over
+    the domain's objects (:func:`ppd.bench.stats.paired_bootstrap`, as the report's);
+    with both, also ``"ppd - greedy_score"``, the difference of the two gains."""
+    from ppd.bench.schema import CLEAN
+    from ppd.bench.stats import paired_bootstrap
+
+    conditions = [CLEAN] if generators == ["default"] else generators
+    iou = results[(results.protocol == "refine") & (results.metric == "iou") & (results.domain == domain)
+                  & results.condition.isin(conditions)]
+    per = iou.pivot_table(index=["image", "object"], columns=["method", "condition"], values="value")
+    methods = column_methods(run)
+    gains = {c: (per[m] - per[methods["input"]]).mean(axis=1) for c, m in methods.items()
+             if c != "input" and m in per.columns.get_level_values(0)}
+    if not gains:
+        return {}
+    names = list(gains)
+    values = np.stack([gains[c].to_numpy() for c in names], axis=1)
+    ref = names.index("greedy_score") if "greedy_score" in names else 0
+    r = paired_bootstrap(values, n_boot=n_boot, seed=seed, reference=ref)
+    out = {c: (float(r["value"][i]), float(r["ci_low"][i]), float(r["ci_high"][i])) for i, c in enumerate(names)}
+    if "ppd" in names and "greedy_score" in names:
+        i = names.index("ppd")
+        out["ppd - greedy_score"] = (float(r["delta"][i]), float(r["delta_low"][i]), float(r["delta_high"][i]))
+    return out
+
+
+def format_table(table: dict[str, dict[str, dict[str, float]]],
+                 intervals: dict[str, dict[str, tuple[float, float, float]]] | None = None) -> str:
+    """One block per domain: a row per generator, a column per refiner, the defender's
+    gain over the input, and a last row of each refiner's mean gain over the generators;
+    with ``intervals`` (:func:`gain_intervals` per domain) those gains with their
+    intervals below it."""
     lines = []
-    for domain, rows in results.items():
-        cols = [c for c in COLUMNS if c in next(iter(rows.values()))]
+    for domain, rows in table.items():
+        cols = [c for c in COLUMNS if all(c in r for r in rows.values())]
         lines.append(f"{domain:12s} " + " ".join(f"{c:>15s}" for c in cols) + f" {'ppd - input':>12s}")
         for g, r in rows.items():
-            lines.append(f"  {g:10s} " + " ".join(f"{r[c]:15.3f}" for c in cols) + f" {r['ppd'] - r['input']:+12.3f}")
+            gain = f"{r['ppd'] - r['input']:+12.3f}" if "ppd" in r else f"{'':>12s}"
+            lines.append(f"  {g:10s} " + " ".join(f"{r[c]:15.3f}" for c in cols) + f" {gain}")
+        gains = mean_gains(rows)
+        lines.append(f"  {'mean gain':10s} " + " ".join(f"{gains[c]:+15.3f}" if c in gains else f"{'':>15s}"
+                                                       for c in cols))
+        if intervals and intervals.get(domain):
+            lines.append("  mean gain, 95% interval over objects: " + "; ".join(
+                f"{c} {v:+.3f} [{lo:+.3f}, {hi:+.3f}]" for c, (v, lo, hi) in intervals[domain].items()))
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--run", default=None, help="training run folder (default: the bundled defender)")
+def parser() -> argparse.ArgumentParser:
+    from ppd.agents.refine_config import DEFAULT_SELECT, SELECT_RULES, add_inference_arguments
+    from ppd.bench.protocols.refine import BUNDLED
+    from ppd.cli.common import add_device_arguments, add_threads_argument
+    from ppd.data.scenes import DOMAINS
+
+    p = argparse.ArgumentParser(prog="python -m ppd.bench.generators", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", default=BUNDLED, help="training run folder (default: the bundled defender)")
+    p.add_argument("--model", default="bundled", help="ppd bench --model spec of the segmenter the run was trained on "
+                   "(default: bundled)")
     p.add_argument("--domains", nargs="+", default=["train", "texture"], help=f"domains (default: train texture; known: {' '.join(DOMAINS)})")
     p.add_argument("--generators", nargs="+", default=list(GENERATORS), help=f"generators (default: all: {' '.join(GENERATORS)})")
-    p.add_argument("--scenes", type=int, default=30, help="held-out scenes per domain (default 30)")
-    p.add_argument("--seed", type=int, default=0, help="object and prompt seed (default 0)")
+    p.add_argument("--scenes", type=int, default=10, help="held-out scenes per domain, every object (default 10)")
+    p.add_argument("--max-objects", type=int, default=None, help="at most N objects per scene, the largest (default all)")
+    p.add_argument("--seed", type=int, default=0, help="prompt seed (default 0)")
+    p.add_argument("--without-filter", action="store_true", help="also the defender without its label filter (ppd[no filter])")
     add_device_arguments(p)
     p.add_argument("--select", choices=SELECT_RULES, default=DEFAULT_SELECT,
                    help=f"the defender's output rule (default: {DEFAULT_SELECT}; see PromptDefender)")
     add_inference_arguments(p)
-    p.add_argument("--out", default=None, help="also write the results as JSON here")
+    p.add_argument("--out", default=DEFAULT_OUT, help=f"the ppd bench folder (default {DEFAULT_OUT}); a finished one is only read")
     add_threads_argument(p)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ppd.cli.common import apply_threads
+    from ppd.data.scenes import DOMAINS
+
+    p = parser()
     args = p.parse_args(argv)
     apply_threads(p, args)
-    domains = [d for part in args.domains for d in part.split(",") if d]
-    gens = [g for part in args.generators for g in part.split(",") if g]
-    for kind, names, known in (("domains", domains, DOMAINS), ("generators", gens, tuple(GENERATORS))):
+    args.domains = [d for part in args.domains for d in part.split(",") if d]
+    args.generators = [g for part in args.generators for g in part.split(",") if g]
+    for kind, names, known in (("domains", args.domains, DOMAINS), ("generators", args.generators, tuple(GENERATORS))):
         unknown = sorted(set(names) - set(known))
         if unknown:
             p.error(f"unknown {kind} {unknown}; known: {', '.join(known)}")
     if args.scenes < 1:
         p.error(f"--scenes must be >= 1, got {args.scenes}")
-    import torch
     from tqdm import tqdm
 
-    config = RefineConfig(select=args.select, **inference_options(args))
-    defender = PromptDefender.load(args.run, device=args.device, precision=args.precision,
-                                   embedding_cache=args.embedding_cache, config=config)
-    with tqdm(total=args.scenes * len(domains), desc="scenes", unit="scene", dynamic_ncols=True) as bar:
-        results = run_benchmark(defender, tuple(domains), args.scenes, tuple(gens), args.seed, lambda: bar.update(1))
-    print(f"defender: {args.run or 'bundled'} (select {args.select}, min_score_gain {args.min_score_gain}, polish {'on' if args.polish else 'off'}, consensus {f'on (quorum {args.consensus_quorum:.3g})' if args.consensus else 'off'}, keep_consistent {'on' if args.keep_consistent else 'off'}); {args.scenes} scenes per domain; mean IoU of SAM2's mask")
-    print(format_table(results))
-    seg = defender.segmenter
-    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
-          f"device {seg.device} ({seg.precision})")
-    if args.out:
-        from ppd.io import save_json
+    from ppd.bench.runner import run_bench
+    from ppd.bench.store import read_results
+    from ppd.cli import bench as bench_cli
 
-        save_json({"run": args.run or "bundled", "select": args.select, **inference_options(args), "scenes_per_domain": args.scenes, "seed": args.seed,
-                   "scene_seed": GENERATOR_SEED, "domains": results}, args.out)
-        print(f"wrote {args.out}")
+    bench_argv = bench_arguments(args)
+    command = "ppd bench " + shlex.join(bench_argv)
+    print(command)
+    bp = argparse.ArgumentParser()
+    bench_cli.add_arguments(bp)
+    try:
+        cfg = bench_cli.build_config(bp.parse_args(bench_argv))
+    except ValueError as exc:
+        p.error(str(exc))
+    bar: dict[str, Any] = {}
+
+    def progress(total: int, done: int):
+        bar["b"] = tqdm(total=total, initial=done, desc="bench", unit="unit", dynamic_ncols=True)
+        return lambda unit, result: bar["b"].update(1)
+
+    try:
+        outcome = run_bench(cfg, progress, command=command)
+    except (ValueError, FileNotFoundError) as exc:  # a bad run folder, an --out of another benchmark
+        p.error(str(exc))
+    if "b" in bar:
+        bar["b"].close()
+    results = read_results(outcome.out)
+    objects = results[results.protocol == "refine"].groupby("domain")[["image", "object"]].apply(
+        lambda d: len(d.drop_duplicates()))
+    print(f"defender: {args.run}; {args.scenes} held-out scenes per domain, objects "
+          + ", ".join(f"{d} {objects.get(d, 0)}" for d in args.domains) + "; mean IoU of SAM2's mask")
+    table = generator_table(results, args.run, args.domains, args.generators)
+    intervals = {d: gain_intervals(results, args.run, d, args.generators, cfg.bootstrap, cfg.seed) for d in args.domains}
+    print(format_table(table, intervals))
+    print(f"report: {outcome.files.get('report.md')}")
     return 0
 
 

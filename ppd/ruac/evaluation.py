@@ -1,7 +1,8 @@
 """RUAC evaluation: the 3-click protocol and segmentation + uncertainty metrics per method.
 
 Shared by ``ppd train-ruac`` (held-out check at the end of a run, ``metrics.json``) and the
-benchmark ``python -m ppd.bench.ruac``.
+analytic-vs-MC check ``docs/experiments/ruac_analytic_vs_mc.py``; ``ppd bench``'s
+``uncertainty`` protocol builds on its clicks and maps (per object, void-aware).
 
 3-click protocol (RUAC, as the authors' code does it; ``docs/ruac.md``):
 

@@ -1019,44 +1019,6 @@ def test_wrong_label_probability_reads_the_label_head(tiny_segmenter, random_ima
         plain.wrong_label_probability(random_image, POINTS, LABELS)
 
 
-def test_generator_bench_table(defender):
-    from ppd.bench.generators import GENERATORS, format_table, generator_prompts, run_benchmark
-
-    from ppd.bench.generators import GENERATOR_SEED
-    from ppd.metrics import iou
-
-    ticks = []
-    res = run_benchmark(defender, ("train",), 2, ("clean", "flips"), tick=lambda: ticks.append(1))
-    assert list(res) == ["train"] and list(res["train"]) == ["clean", "flips"] and len(ticks) == 2
-    # each cell is the mean IoU of that refiner on the bench's draw, computed here directly
-    scenes = ProceduralScenes("train", 2, seed=GENERATOR_SEED)
-    refiners = {"input": NoRefine(defender.segmenter), "ppd": defender, "greedy_score": GreedyScoreFilter(defender.segmenter)}
-    for g in ("clean", "flips"):
-        row = res["train"][g]
-        assert set(row) == set(refiners)  # this run has no label filter: no [no filter] column
-        direct = {c: [] for c in refiners}
-        for i in range(2):
-            rng = np.random.default_rng([GENERATOR_SEED, 0, i])
-            gt = scenes[i].masks[int(rng.integers(scenes[i].num_objects))]
-            ps = generator_prompts(g, gt, rng)
-            for c, r in refiners.items():
-                direct[c].append(float(iou(r.refine(scenes[i].image, ps.point_coords, ps.point_labels).mask, gt)))
-        for c in refiners:
-            assert row[c] == pytest.approx(float(np.mean(direct[c])), abs=1e-12), (g, c)
-    assert "ppd - input" in format_table(res)
-    mask = np.zeros((40, 40), bool)
-    mask[10:30, 10:30] = True
-    clean = generator_prompts("clean", mask, np.random.default_rng(0))
-    inside = mask[clean.point_coords[:, 1].astype(int), clean.point_coords[:, 0].astype(int)]
-    np.testing.assert_array_equal(inside, clean.point_labels == 1)  # every label right
-    assert len(generator_prompts("many", mask, np.random.default_rng(0)).point_labels) == 16
-    ideal = generator_prompts("ideal", mask, np.random.default_rng(0), max_ideal=2)
-    assert (ideal.point_labels == 1).sum() <= 2 and (ideal.point_labels == 0).sum() <= 2
-    assert set(GENERATORS) >= {"default", "clean", "ideal"}
-    with pytest.raises(ValueError, match="unknown generator"):
-        generator_prompts("gaussian", mask, np.random.default_rng(0))
-
-
 def test_min_score_gain_guard(run_dir, tiny_segmenter, random_image):
     """The refined set comes back only if SAM's predicted IoU for it is at least the
     input's plus min_score_gain (negative: a tolerated drop), else the input unchanged."""

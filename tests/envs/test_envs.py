@@ -564,13 +564,13 @@ def test_vec_env_with_probes_matches_single_envs(make_world):
 
 # ----------------------------------------------------------------------------- bench
 def test_decoder_ceiling_times_one_row_calls_against_one_batched_call(tiny_segmenter, random_image, monkeypatch):
-    """ppd.bench.envs' decoder-only ceiling: per round, M calls of r rows (call i on
+    """ppd.envs.throughput's decoder-only ceiling: per round, M calls of r rows (call i on
     image i) and one call of all M r rows, prompts padded to the envs' width; warm-up
     round untimed; each side's time is the median over the timed rounds."""
     import types
 
-    import ppd.bench.envs as bench_envs
-    from ppd.bench.envs import decoder_ceiling
+    import ppd.envs.throughput as throughput
+    from ppd.envs.throughput import decoder_ceiling
     from ppd.segmenter import Segmenter
 
     seg = Segmenter(tiny_segmenter.model, tiny_segmenter.name, device="cpu")
@@ -579,7 +579,7 @@ def test_decoder_ceiling_times_one_row_calls_against_one_batched_call(tiny_segme
     # A fake clock that only the decoder calls advance: in round k (0 = warm-up) a call
     # on one image takes (k + 1)^2 seconds, the batched call (k + 1)^2 / 4.
     clock = [0.0]
-    monkeypatch.setattr(bench_envs, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    monkeypatch.setattr(throughput, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
 
     def recorded(embeddings, coords, labels, **kw):
         calls.append((len(embeddings), coords.shape, int((labels >= 0).sum(axis=1).max())))
@@ -601,3 +601,20 @@ def test_decoder_ceiling_times_one_row_calls_against_one_batched_call(tiny_segme
     calls.clear()  # K + 1 rows per env, as with removal probes
     decoder_ceiling(seg, images[:2], n_points=5, prompt_pad=None, rows_per_image=3, rounds=1)
     assert calls == ([(3, (3, 5, 2), 5)] * 2 + [(6, (6, 5, 2), 5)]) * 2
+
+
+def test_step_throughput_counts_both_sides_alike(tiny_segmenter):
+    """Both sides take as many env steps; the batched side decodes at most once per
+    vector step (plus its first reset), the sequential side once per env step unless an
+    outcome is cached; the counters stay consistent."""
+    from ppd.envs.throughput import SideStats, step_throughput
+
+    stats = step_throughput(tiny_segmenter, n_envs=3, steps=5, role="defender", n_scenes=3, rounds=2)
+    batched, seq = stats["batched"], stats["sequential"]
+    assert batched.env_steps == seq.env_steps == 15
+    assert 1 <= batched.decoder_calls <= 5 + 1  # one per vector step, and the first reset's
+    assert seq.decoder_calls >= 5
+    for s in (batched, seq):
+        assert s.seconds > 0 and s.steps_per_s == pytest.approx(s.env_steps / s.seconds)
+        assert 0 < s.rows <= s.requests and 0.0 <= s.cache_share < 1.0
+    assert np.isnan(SideStats().steps_per_s) and np.isnan(SideStats().cache_share)

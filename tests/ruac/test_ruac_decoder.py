@@ -325,7 +325,8 @@ def test_analytic_uncertainty_tracks_monte_carlo(bundled, decoder_args):
     random head, the ranking only partly agrees. Measured on this scene with the
     bundled model (head seeds 1-3): default 0.75-0.78, exact variance
     (``logit_variance="full"``) 0.87-0.92, logit variance itself 0.95-0.96. The target
-    Pearson >= 0.9 is for trained heads and is measured by ``python -m ppd.bench.ruac``.
+    Pearson >= 0.9 is for trained heads and is measured by
+    ``docs/experiments/ruac_analytic_vs_mc.py``.
     """
     h = randomise(BayesianMaskDecoder(bundled.model.sam_mask_decoder), seed=1).eval()
     with torch.no_grad():

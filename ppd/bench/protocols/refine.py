@@ -11,7 +11,10 @@ generator alone is the condition ``clean``: nothing else is perturbed). Each set
 scored on SAM2's mask of the refined points. Methods: ``no_refine`` (the coarse set as it
 is), ``random_drop`` (seeded from the unit's stream), ``greedy_score``, ``consistency``,
 ``mask_consensus`` and ``ppd:<run folder name>`` (``ppd:bundled`` for the defender shipped
-with ppd).
+with ppd). ``defender_options`` sets the defenders' refine options (``select=last``,
+``min_score_gain=null`` ...; fields of :class:`~ppd.agents.refine_config.RefineConfig`);
+``without_filter`` also runs each defender that has a wrong-label filter without it,
+as ``ppd:<run>[no filter]``.
 
 Rows per object and method, each the mean over the object's coarse sets: ``iou`` and
 ``dice`` of the refined mask against the object, ``refine_ms`` (wall time of the refine
@@ -110,6 +113,17 @@ class RefineBenchConfig:
     alpha_l2: float = field(
         default=25.5, metadata={"help": "L2 step of the image attacks on images in [0, 255] (default 25.5, "
                                 "SemSegBench's 0.1 x 255)"})
+    without_filter: bool = field(
+        default=False,
+        metadata={"help": "also refine with each defender without its wrong-label filter, as method "
+                  "ppd:<run>[no filter] (runs that have a filter only) (default: off)"},
+    )
+    defender_options: list[str] = field(
+        default_factory=list,
+        metadata={"help": "refine options KEY=VALUE of every defender, fields of ppd refine's config with YAML "
+                  "values (e.g. select=last min_score_gain=null keep_consistent=false) (default: ppd refine's "
+                  "defaults)"},
+    )
 
     def __post_init__(self) -> None:
         from ppd.bench.protocols.attacks import ATTACK_NAMES, AttacksConfig
@@ -122,6 +136,7 @@ class RefineBenchConfig:
         # the attack settings, checked as the attacks protocol checks them
         AttacksConfig(iterations=self.iterations, eps_linf=self.eps_linf, alpha_linf=self.alpha_linf,
                       eps_l2=self.eps_l2, alpha_l2=self.alpha_l2)
+        defender_config(self.defender_options)  # a bad option fails here, before any work
 
         bad = [c for c in self.corrupted if parse_condition(c) is None]
         if bad:
@@ -133,6 +148,36 @@ class RefineBenchConfig:
             raise ValueError(f"unknown baseline {unknown[0]!r}; known: {', '.join(BASELINE_NAMES)}")
         if not self.generators or len(set(self.generators)) < len(self.generators):
             raise ValueError(f"generators must be distinct names, got {self.generators}")
+
+
+def defender_config(options: list[str]) -> Any:
+    """The :class:`~ppd.agents.refine_config.RefineConfig` of ``KEY=VALUE`` items, each
+    value read as YAML (``0.1``, ``false``, ``null``; ``off`` or ``none`` for an option
+    that is not a switch, as ``ppd refine --min-score-gain off``, is null).
+
+    Raises:
+        ValueError: an item that is not ``KEY=VALUE``, an unknown key, a value out of range.
+    """
+    import dataclasses
+
+    import yaml
+
+    from ppd.agents.refine_config import RefineConfig
+
+    fields = {f.name: f for f in dataclasses.fields(RefineConfig)}
+    given: dict[str, Any] = {}
+    for item in options:
+        key, sep, text = (part.strip() for part in item.partition("="))
+        if not sep or not key:
+            raise ValueError(f"defender_options: {item!r} is not KEY=VALUE (e.g. select=last)")
+        if key not in fields:
+            raise ValueError(f"defender_options: unknown refine option {key!r}; known: {', '.join(fields)}")
+        switch = isinstance(fields[key].default, bool)
+        given[key] = None if not switch and text.lower() in ("off", "none") else yaml.safe_load(text)
+    try:
+        return RefineConfig(**given)
+    except ValueError as exc:
+        raise ValueError(f"defender_options: {exc}") from None
 
 
 def defender_folder(run: str) -> Path:
@@ -188,9 +233,11 @@ class RefineProtocol(Protocol):
         """The defenders that fit ``model``'s segmenter, loaded once: method -> defender."""
         from ppd.agents.defender import PromptDefender
         from ppd.agents.run_files import find_setting, read_run_config
+        from ppd.bench import defender_variant
         from ppd.models import BUNDLED_NAME
 
         seg = model.segmenter
+        config = defender_config(self.config.defender_options)
         defenders: dict[str, Any] = {}
         for run in self.config.defender:
             method, folder = defender_method(run), defender_folder(run)
@@ -203,7 +250,8 @@ class RefineProtocol(Protocol):
                                model.name, run, trained_on, seg.name)
                 continue
             try:
-                defender = PromptDefender.load(None if run == BUNDLED else run, segmenter=seg, device=str(seg.device))
+                defender = PromptDefender.load(None if run == BUNDLED else run, segmenter=seg, device=str(seg.device),
+                                               config=config)
             except ValueError as exc:  # e.g. a defender that needs uncertainty on a model without a head
                 logger.warning("model %s: skipping defender %s: %s", model.name, run, exc)
                 continue
@@ -213,6 +261,9 @@ class RefineProtocol(Protocol):
                                model.name, run, dim, seg.embed_dim)
                 continue
             defenders[method] = defender
+            if self.config.without_filter and defender.label_filter is not None:
+                # a shallow copy: the rollouts of the filtered defender are its cache hits
+                defenders[f"{method}[no filter]"] = defender_variant(defender, label_filter=None)
         return {"defenders": defenders}
 
     def attacked_images(self, seg: Any, scene: Any, stream: np.random.Generator) -> list[tuple[str, np.ndarray]]:

@@ -1,6 +1,7 @@
-"""Decoder speed with and without ppd's glibc allocator tuning (:mod:`ppd.runtime`).
+"""How much faster is the mask decoder with ppd's glibc allocator tuning (:mod:`ppd.runtime`)
+than with glibc's defaults, and how many page faults does the tuning remove?
 
-    python -m ppd.bench.alloc [--batches 1,9,72] [--rounds 3] [--threads 2]
+    python docs/experiments/allocator_tuning_speed.py [--batches 1,9,72] [--rounds 3] [--threads 2]
 
 Each side is a fresh worker process (``PPD_MALLOC_TUNING=0`` for the glibc defaults,
 ``1`` for the tuning), started in alternation over ``--rounds`` so that a changing
@@ -22,7 +23,7 @@ import time
 
 import numpy as np
 
-from ppd.bench import add_threads_argument, apply_threads
+from ppd.cli.common import add_threads_argument, apply_threads
 from ppd.runtime import ENV_VAR
 
 
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         print(json.dumps(worker(batches, args.reps, args.model, args.checkpoint)))
         return 0
-    cmd = [sys.executable, "-m", "ppd.bench.alloc", "--worker", "--batches", args.batches,
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--batches", args.batches,
            "--reps", str(args.reps), "--threads", str(args.threads)]
     cmd += ["--model", args.model] if args.model else []
     cmd += ["--checkpoint", args.checkpoint] if args.checkpoint else []
