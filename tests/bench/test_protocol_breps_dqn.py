@@ -205,3 +205,46 @@ def test_points_min_figure(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert points_min_figure(df[df["method"] != DQN_METHOD], tmp_path / "none.png") is None
     assert "points_min" in breps_figures(tmp_path, df, [], lambda d, i: None)
+
+
+def test_refine_protocol_refines_the_attackers_sets(run_dir, tiny_segmenter, scene):
+    """refine --attacker RUN: condition dqn_attacker holds each method's refinement of the
+    attacker's final set from the run's ideal set; the other rows are those of a run
+    without it."""
+    from ppd.agents.baselines import GreedyScoreFilter
+    from ppd.bench.protocols.refine import DQN_CONDITION, RefineBenchConfig, RefineProtocol
+    from ppd.metrics import iou
+
+    model = BenchModel("m", tiny_segmenter, tiny_segmenter, {})
+    unit = Unit("m", "d", 0, "x", "refine")
+    runs = {}
+    for attacker in ("", str(run_dir)):
+        proto = RefineProtocol(RefineBenchConfig(baselines=["no_refine", "greedy_score"], attacker=attacker))
+        proto.validate({})
+        runs[attacker] = proto.run(model, proto.prepare(model), scene, unit, unit.seed(0))
+    plain, attacked = (_table_cond(runs[k]) for k in ("", str(run_dir)))
+    assert {k: v for k, v in attacked.items() if k[3] != DQN_CONDITION and k[2] != "refine_ms"} == \
+        {k: v for k, v in plain.items() if k[2] != "refine_ms"}
+    n_ideal = TrainConfig().max_ideal_points  # the run's config keeps the default
+    starts = [ideal_prompts(gt, n_pos=n_ideal, n_neg=n_ideal) for gt in scene.masks]
+    direct = dqn_point_attack(tiny_segmenter, load_attacker(run_dir, device="cpu"), scene.image, scene.masks,
+                              [p.point_coords for p in starts], [p.point_labels for p in starts])
+    for obj, gt in enumerate(scene.masks):
+        coords, labels = direct.trajectories[obj][-1]
+        assert len(direct.trajectories[obj]) == STEPS + 1  # it acted until its budget
+        mask = tiny_segmenter.predict(tiny_segmenter.encode(scene.image), coords, labels).masks[0]
+        assert attacked["no_refine", obj, "iou", DQN_CONDITION] == pytest.approx(iou(mask, gt), abs=1e-6)
+        greedy = GreedyScoreFilter(tiny_segmenter).refine(scene.image, coords, labels)
+        assert attacked["greedy_score", obj, "iou", DQN_CONDITION] == pytest.approx(iou(greedy.mask, gt), abs=1e-6)
+        assert attacked["no_refine", obj, "kept", DQN_CONDITION] == 1.0
+
+
+def test_refine_protocol_attacker_errors(tmp_path):
+    from ppd.bench.protocols.refine import RefineBenchConfig, RefineProtocol
+
+    with pytest.raises(AttackerError, match="attacker.zip"):
+        RefineProtocol(RefineBenchConfig(attacker=str(tmp_path))).validate({})
+
+
+def _table_cond(res):
+    return {(r.method, r.object, r.metric, r.condition): r.value for r in res.rows}

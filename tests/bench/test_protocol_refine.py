@@ -62,7 +62,7 @@ def test_registry_and_flags():
     assert protocol_class("refine") is RefineProtocol
     assert [f.name for f in config_fields(RefineBenchConfig)] == ["defender", "coarse_sets", "baselines", "generators", "corrupted",
                                                                   "attacked", "iterations", "eps_linf", "alpha_linf",
-                                                                  "eps_l2", "alpha_l2", "without_filter",
+                                                                  "eps_l2", "alpha_l2", "attacker", "without_filter",
                                                                   "defender_options"]
     assert RefineBenchConfig().defender == [] and RefineBenchConfig().coarse_sets == 1
     with pytest.raises(ValueError, match="coarse_sets must be >= 1"):

@@ -38,6 +38,13 @@ stream, one seed per attack name in :data:`~ppd.robustness.attacks.ATTACKS` orde
 coarse sets stay those of a run without them and an attack gives the same image alone or
 among others.
 
+With ``attacker`` (a ``ppd train`` run folder holding ``attacker.zip``), the run's DQN
+attacker also attacks each object's ideal set (its training start: the run's
+``max_ideal_points`` per label) greedily on the clean image, all objects of an image in one
+rollout, and its final set is refined by every method: condition ``dqn_attacker``
+(``no_refine`` is the attacked IoU). These are the ``attacked`` and ``defended`` columns of
+``python -m ppd.bench.defense --attacker RUN``, on every object of every image.
+
 A defender is used only with the segmenter it was trained on: a model whose segmenter has
 another name or embedding size than the run's (its ``config.yaml``), or that cannot give
 what the defender needs (per-node uncertainty), is benchmarked without that defender, with
@@ -63,6 +70,8 @@ logger = logging.getLogger(__name__)
 
 #: The ``--defender`` value that names the defender shipped with ppd (as ``ppd demo``).
 BUNDLED = "bundled"
+#: Condition of the sets a trained DQN attacker made from the ideal sets (``attacker``).
+DQN_CONDITION = "dqn_attacker"
 #: Method names of the baselines, in table order (``ppd.agents.baselines.BASELINES``).
 BASELINE_NAMES = ("no_refine", "random_drop", "greedy_score", "consistency", "mask_consensus")
 
@@ -113,6 +122,10 @@ class RefineBenchConfig:
     alpha_l2: float = field(
         default=25.5, metadata={"help": "L2 step of the image attacks on images in [0, 255] (default 25.5, "
                                 "SemSegBench's 0.1 x 255)"})
+    attacker: str = field(
+        default="", metadata={"help": "a ppd train run folder holding attacker.zip (or the file): its DQN attacker "
+                              "attacks each object's ideal set, and the attacked sets are refined too, condition "
+                              "dqn_attacker (shared with breps) (default: none)"})
     without_filter: bool = field(
         default=False,
         metadata={"help": "also refine with each defender without its wrong-label filter, as method "
@@ -218,6 +231,10 @@ class RefineProtocol(Protocol):
     def validate(self, models: dict[str, dict[str, Any]]) -> None:
         from ppd.bench.generators import GENERATORS
 
+        if self.config.attacker:
+            from ppd.robustness.dqn_attack import load_attacker
+
+            load_attacker(self.config.attacker, device="cpu")  # readable, before any work
         unknown = [g for g in self.config.generators if g not in GENERATORS]
         if unknown:
             raise ValueError(f"unknown prompt generator {unknown[0]!r}; known: {', '.join(GENERATORS)}")
@@ -264,7 +281,34 @@ class RefineProtocol(Protocol):
             if self.config.without_filter and defender.label_filter is not None:
                 # a shallow copy: the rollouts of the filtered defender are its cache hits
                 defenders[f"{method}[no filter]"] = defender_variant(defender, label_filter=None)
-        return {"defenders": defenders}
+        out: dict[str, Any] = {"defenders": defenders}
+        if self.config.attacker:
+            from ppd.bench import run_max_ideal_points
+            from ppd.robustness.dqn_attack import check_attacker, load_attacker
+
+            attacker = load_attacker(self.config.attacker, device=str(seg.device))
+            check_attacker(attacker, seg, f"model {model.name}")
+            folder = Path(self.config.attacker)
+            out["attacker"] = (attacker, run_max_ideal_points(read_run_config(folder if folder.is_dir() else
+                                                                              folder.parent)))
+        return out
+
+    def dqn_attacked_sets(self, seg: Any, attacker: tuple[Any, int], scene: Any) -> dict[int, tuple]:
+        """Object index -> ``(coords, labels)``: the DQN attacker's final set from the
+        object's ideal set (the attacker's training start: ``max_ideal_points`` per label),
+        all objects of the image in one greedy rollout, as ``python -m ppd.bench.defense``
+        attacks (:func:`~ppd.robustness.dqn_attack.dqn_point_attack`)."""
+        from ppd.prompts import ideal_prompts
+        from ppd.robustness.dqn_attack import dqn_point_attack
+
+        model, n_ideal = attacker
+        care, gts, objs = measured_objects(scene)
+        if not objs:
+            return {}
+        starts = [ideal_prompts(gts[i], n_pos=n_ideal, n_neg=n_ideal) for i in objs]
+        res = dqn_point_attack(seg, model, scene.image, gts[objs], [p.point_coords for p in starts],
+                               [p.point_labels for p in starts], valid=care)
+        return {obj: res.trajectories[j][-1] for j, obj in enumerate(objs)}
 
     def attacked_images(self, seg: Any, scene: Any, stream: np.random.Generator) -> list[tuple[str, np.ndarray]]:
         """``(attack name, attacked image)`` per attack of ``attacked``: the attacks
@@ -355,4 +399,19 @@ class RefineProtocol(Protocol):
                                                                encode_mask(mask), condition=condition))
                     result.rows += [Row(method, obj, metric, float(np.mean(v)), condition)
                                     for method, metrics in values.items() for metric, v in metrics.items()]
+        if (resources or {}).get("attacker") is not None:
+            # after the generators: their sets and seeds stay those of a run without it
+            for obj, (coords, labels) in self.dqn_attacked_sets(seg, resources["attacker"], scene).items():
+                gt = np.asarray(scene.masks[obj], bool) & care
+                refiners = {name: (BASELINES[name](seg, seed=int(rng.integers(2**63))) if name == "random_drop"
+                                   else BASELINES[name](seg)) for name in self.config.baselines}
+                refiners.update(defenders)
+                for method, refiner in refiners.items():
+                    t = time.perf_counter()
+                    res = refiner.refine(image, coords, labels)
+                    ms = 1000.0 * (time.perf_counter() - t)
+                    mask = np.asarray(res.mask, bool) & care
+                    result.rows += [Row(method, obj, metric, value, DQN_CONDITION) for metric, value in (
+                        ("iou", float(iou(mask, gt))), ("dice", float(dice(mask, gt))), ("refine_ms", ms),
+                        ("kept", float(np.mean(res.kept))))]
         return result
