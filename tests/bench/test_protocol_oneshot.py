@@ -172,3 +172,24 @@ def test_figure_draws_reference_fm_and_refined(tmp_path):
     with Image.open(path) as im:
         assert im.size == (960, 660)  # three panels wide, two rows of 3.3 in at 100 dpi
     assert oneshot_figure([], tmp_path / "none.png") is None and not (tmp_path / "none.png").exists()
+
+
+def test_report_figure_shows_the_measured_pairs(tmp_path, protocol, domain, runs):
+    """The protocol's figure redraws each shown group's reference by the protocol's own
+    rule, with the FM points and the defender's points the run stored."""
+    from ppd.bench.protocols.oneshot_figures import report_panels
+
+    examples = [(unit, ex) for _, unit, res in runs for ex in res.examples]
+    load = lambda d, image: domain.scene(domain.ids.index(image))  # noqa: E731
+    panels = report_panels(protocol.references, examples, load)
+    assert 1 <= len(panels) <= 4
+    for panel in panels:
+        scene, unit, res = next(r for r in runs if r[1].image in panel.title)
+        groups = {min(g): (img, m) for g, img, m in protocol.references(scene, unit) if img is not None}
+        assert any(np.array_equal(panel.ref_mask, m) for _, m in groups.values())
+        fm = next(ex for ex in res.examples if ex.method == "fm" and np.array_equal(
+            np.asarray(ex.points, np.float32)[:, :2], panel.fm_points[0]))
+        assert panel.refined_name.startswith("fm+ppd:bundled") and f"FM {fm.value:.3f}" in panel.refined_name
+    figs = protocol.figures(None, tmp_path, load, examples)
+    assert set(figs) == {"pairs"} and figs["pairs"][0].is_file()
+    assert protocol.figures(None, tmp_path / "none", load, []) == {}

@@ -33,7 +33,8 @@ cascaded post-refinement), ``gbmseg`` (:func:`ppd.oneshot_baselines.gbmseg`) and
 ``fm_oracle`` (FM without its wrong points by the ground truth: a reference, not a
 method). Rows per group and method: ``iou``, ``dice`` and ``wrong`` (the fraction of
 the method's final points whose label disagrees with the ground truth; NaN for none).
-Void pixels count neither way. Examples: ``fm`` and the first defender's points.
+Void pixels count neither way. Examples: ``fm`` and the first defender's points; the
+report's figure ``oneshot_pairs.png`` shows reference, FM points and refined points.
 """
 
 from __future__ import annotations
@@ -114,6 +115,16 @@ class OneShotProtocol(Protocol):
     def prepare(self, model: BenchModel) -> dict[str, Any]:
         """The defenders that fit ``model``'s segmenter (as the refine protocol loads them)."""
         return self._refine_protocol().prepare(model)
+
+    def figures(self, results: Any, fig_dir: Any, load_scene: Any, examples: list) -> dict[str, tuple[Any, str]]:
+        from ppd.bench.protocols.oneshot_figures import oneshot_figure, report_panels
+
+        path = oneshot_figure(report_panels(self.references, examples, load_scene),
+                              fig_dir / f"{self.name}_pairs.png")
+        caption = ("Reference (object outlined), the target with the feature-matching points, and the target with "
+                   "the first defender's points and mask (target outlined yellow; a cross marks a point whose label "
+                   "disagrees with the ground truth).")
+        return {} if path is None else {"pairs": (path, caption)}
 
     # -- references ---------------------------------------------------------------
     def _stream(self, unit: Unit) -> np.random.Generator:

@@ -9,6 +9,7 @@ Drawn with matplotlib's object-oriented API on the Agg canvas, as the report's f
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -67,3 +68,49 @@ def oneshot_figure(panels: list[OneShotPanel], path: str | Path) -> Path | None:
         for ax in row:
             ax.set_axis_off()
     return _save(fig, Path(path))
+
+
+def report_panels(references, examples: list, load_scene, n: int = 4, protocol: str = "oneshot") -> list[OneShotPanel]:
+    """The report's panels: up to ``n`` groups, one per domain first (in the run's
+    order), each the reference (redrawn by ``references(scene, unit)``, the protocol's own
+    rule, so the figure shows the pair that was measured), the FM points and the points of
+    the first defender (``fm+ppd:...``; the FM points again when the run has none).
+
+    Args:
+        references: :meth:`OneShotProtocol.references`.
+        examples: the run's ``(Unit, Example)`` pairs.
+        load_scene: ``load_scene(domain, image)`` gives the unit's scene.
+    """
+    from ppd.bench.schema import decode_mask
+
+    by_group: dict[tuple, dict[str, Any]] = {}
+    for unit, ex in examples:
+        if unit.protocol == protocol and (ex.method == "fm" or ex.method.startswith("fm+ppd:")):
+            by_group.setdefault((unit.model, unit.domain, unit.image, ex.object), {"unit": unit})[ex.method] = ex
+    picked, seen = [], set()
+    for first_of_domain in (True, False):
+        for key, exs in by_group.items():
+            if len(picked) < n and "fm" in exs and key not in picked and (key[1] not in seen or not first_of_domain):
+                picked.append(key)
+                seen.add(key[1])
+    panels = []
+    for key in picked:
+        exs = by_group[key]
+        unit, obj = exs["unit"], key[3]
+        scene = load_scene(unit.domain, unit.image)
+        ref = next(((g, img, m) for g, img, m in references(scene, unit) if min(g) == obj and img is not None), None)
+        if ref is None:
+            continue
+        group, ref_image, ref_mask = ref
+        target = np.asarray(scene.masks[group], bool).any(axis=0)
+        refined = next((exs[m] for m in exs if m.startswith("fm+ppd:")), exs["fm"])
+        pts = [np.asarray(e.points, np.float32).reshape(-1, 3) for e in (exs["fm"], refined)]
+        mask = decode_mask(refined.mask)
+        if mask.shape != target.shape:
+            continue
+        panels.append(OneShotPanel(
+            ref_image, ref_mask, scene.image, target, (pts[0][:, :2], pts[0][:, 2].astype(np.int64)),
+            (pts[1][:, :2], pts[1][:, 2].astype(np.int64)), mask,
+            refined_name=f"{refined.method}, IoU {refined.value:.3f} (FM {exs['fm'].value:.3f})",
+            title=f"{unit.model} / {unit.domain} / {unit.image}"))
+    return panels
