@@ -23,6 +23,9 @@ from ppd.bench.protocols import protocol_class, protocol_names
 CONFIG_FILE = "config.yaml"
 
 #: Fields that only say how to compute, not what: they may change when a run resumes.
+#: What a unit's random stream may depend on besides the image and the protocol
+#: (:attr:`BenchConfig.streams`, :meth:`ppd.bench.schema.Unit.seed`).
+STREAMS = ("image", "model_image")
 HOW_FIELDS = ("out", "device", "threads", "ray", "ray_address", "workers", "embedding_cache", "quick")
 
 
@@ -46,6 +49,10 @@ class BenchConfig:
     bootstrap: int = 1000
     quick: bool = False
     options: dict[str, dict[str, Any]] = field(default_factory=dict)  # protocol -> its config fields
+    # what a unit's random stream depends on (Unit.seed): "image" (every model of the run
+    # faces the same random prompts) or "model_image" (the model too, as runs saved before
+    # this setting existed did: their config.yaml lacks it, and reruns stay exact)
+    streams: str = "image"
 
     def __post_init__(self) -> None:
         if not self.data:
@@ -57,6 +64,8 @@ class BenchConfig:
         if self.min_area < 0 or self.workers < 1 or self.bootstrap < 1:
             raise ValueError(f"min_area must be >= 0, workers and bootstrap >= 1; got {self.min_area}, "
                              f"{self.workers}, {self.bootstrap}")
+        if self.streams not in STREAMS:
+            raise ValueError(f"streams must be one of {', '.join(STREAMS)}, got {self.streams!r}")
         unknown = [p for p in self.protocols if p not in protocol_names()]
         if unknown:
             raise ValueError(f"unknown protocol {unknown[0]!r}; known protocols: {', '.join(protocol_names())}")
@@ -111,7 +120,7 @@ class BenchConfig:
         unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
         if unknown:
             raise ValueError(f"{path}: unknown setting {unknown[0]!r}")
-        return cls(**d)
+        return cls(**{"streams": "model_image", **d})  # saved before streams existed: as it ran
 
     def differences(self, other: BenchConfig) -> list[str]:
         """Settings that change what is measured (not :data:`HOW_FIELDS`) and differ."""

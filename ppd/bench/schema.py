@@ -33,13 +33,19 @@ class Unit:
 
     @property
     def key(self) -> str:
-        """A file-safe, stable name of the unit (also its random stream, see :meth:`seed`)."""
+        """A file-safe, stable name of the unit."""
         digest = hashlib.sha1(f"{self.model}\0{self.domain}\0{self.image}\0{self.protocol}".encode()).hexdigest()[:16]
         return f"{self.protocol}-{digest}"
 
-    def seed(self, seed: int) -> np.random.Generator:
-        """The unit's own random stream: the same whatever order or process runs it."""
-        return np.random.default_rng([seed, int(self.key.split("-")[-1], 16)])
+    def seed(self, seed: int, per_model: bool = False) -> np.random.Generator:
+        """The unit's own random stream: the same whatever order or process runs it, and
+        the same for every model of a run (it depends on the image and the protocol, not
+        on the model), so models are compared on the same random prompts: the same
+        coarse sets, clicks, corruption noise and attack starts. ``per_model``: the
+        model's name too (``ppd bench`` runs saved without ``streams``)."""
+        name = f"{self.model}\0{self.domain}\0{self.image}\0{self.protocol}" if per_model else \
+            f"{self.domain}\0{self.image}\0{self.protocol}"
+        return np.random.default_rng([seed, int(hashlib.sha1(name.encode()).hexdigest()[:16], 16)])
 
 
 @dataclass

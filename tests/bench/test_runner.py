@@ -158,3 +158,44 @@ def test_killed_process_continues(tmp_path, tiny_model_spec):
     assert not (out / "results.parquet").exists()
     subprocess.run([*argv, "--out", str(out)], check=True, capture_output=True)
     pd.testing.assert_frame_equal(frame(ref), frame(out))
+
+
+def test_models_face_the_same_random_prompts(tmp_path, folder_data, tiny_model_spec):
+    """Two labels of one model measure identical values: each unit's random stream (coarse
+    sets, random_drop, the uncertainty protocol's first click) depends on the image and the
+    protocol, not on the model, so a comparison of models pairs like with like."""
+    other = tiny_model_spec.replace("tiny=", "again=", 1)
+    out = tmp_path / "run"
+    run_bench(config(out, [f"mine={folder_data}"], tiny_model_spec, models=[tiny_model_spec, other],
+                     protocols=["refine", "uncertainty"], options={"refine": {"baselines": ["no_refine", "random_drop"]}}))
+    df = read_results(out)
+    df = df[df.metric != "refine_ms"]  # a wall time
+    keys = ["domain", "protocol", "method", "image", "object", "condition", "metric"]
+    a = df[df.model == "tiny"].sort_values(keys).reset_index(drop=True)
+    b = df[df.model == "again"].sort_values(keys).reset_index(drop=True)
+    assert len(a) == len(b) > 0 and set(a.protocol) == {"refine", "uncertainty"}
+    pd.testing.assert_frame_equal(a.drop(columns="model"), b.drop(columns="model"))
+
+
+def test_a_run_saved_before_streams_reruns_as_it_ran(tmp_path, folder_data, tiny_model_spec):
+    """A config.yaml without ``streams`` is a run whose streams included the model: its
+    --config rerun keeps them; the same flags on its folder are refused, naming streams."""
+    import yaml
+
+    from ppd.bench.runner import check_out
+    from ppd.bench.schema import Unit
+
+    cfg = config(tmp_path / "old", [f"mine={folder_data}"], tiny_model_spec)
+    cfg.save(tmp_path / "old")
+    path = tmp_path / "old" / "config.yaml"
+    saved = yaml.safe_load(path.read_text())
+    del saved["streams"]
+    path.write_text(yaml.safe_dump(saved))
+    assert BenchConfig.load(path).streams == "model_image"
+    with pytest.raises(ValueError, match=r"streams differ\).*--config"):
+        check_out(cfg)
+    with pytest.raises(ValueError, match="streams must be one of image, model_image"):
+        config(tmp_path, [f"mine={folder_data}"], tiny_model_spec, streams="model")
+    a, b = Unit("a", "d", 0, "x", "refine"), Unit("b", "d", 0, "x", "refine")
+    assert a.seed(0).integers(2**62) == b.seed(0).integers(2**62)
+    assert a.seed(0, per_model=True).integers(2**62) != b.seed(0, per_model=True).integers(2**62)
