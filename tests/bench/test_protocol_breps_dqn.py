@@ -214,6 +214,7 @@ def test_refine_protocol_refines_the_attackers_sets(run_dir, tiny_segmenter, sce
     from ppd.agents.baselines import GreedyScoreFilter
     from ppd.bench.protocols.refine import DQN_CONDITION, RefineBenchConfig, RefineProtocol
     from ppd.metrics import iou
+    from ppd.oneshot import remove_wrong_points
 
     model = BenchModel("m", tiny_segmenter, tiny_segmenter, {})
     unit = Unit("m", "d", 0, "x", "refine")
@@ -237,6 +238,13 @@ def test_refine_protocol_refines_the_attackers_sets(run_dir, tiny_segmenter, sce
         greedy = GreedyScoreFilter(tiny_segmenter).refine(scene.image, coords, labels)
         assert attacked["greedy_score", obj, "iou", DQN_CONDITION] == pytest.approx(iou(greedy.mask, gt), abs=1e-6)
         assert attacked["no_refine", obj, "kept", DQN_CONDITION] == 1.0
+        emb = tiny_segmenter.encode(scene.image)
+        ideal = tiny_segmenter.predict(emb, *direct.trajectories[obj][0]).masks[0]
+        assert attacked["ideal", obj, "iou", DQN_CONDITION] == pytest.approx(direct.iou_base[obj], abs=1e-6)
+        assert attacked["ideal", obj, "iou", DQN_CONDITION] == pytest.approx(iou(ideal, gt), abs=1e-6)
+        oracle = tiny_segmenter.predict(emb, *remove_wrong_points(coords, labels, gt)).masks[0]
+        assert attacked["attacked_oracle", obj, "iou", DQN_CONDITION] == pytest.approx(iou(oracle, gt), abs=1e-6)
+    assert {m for m, _, _, c in attacked if c == DQN_CONDITION} == {"no_refine", "greedy_score", "ideal", "attacked_oracle"}
 
 
 def test_refine_protocol_attacker_errors(tmp_path):

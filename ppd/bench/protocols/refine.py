@@ -42,7 +42,10 @@ With ``attacker`` (a ``ppd train`` run folder holding ``attacker.zip``), the run
 attacker also attacks each object's ideal set (its training start: the run's
 ``max_ideal_points`` per label) greedily on the clean image, all objects of an image in one
 rollout, and its final set is refined by every method: condition ``dqn_attacker``
-(``no_refine`` is the attacked IoU). These are the ``attacked`` and ``defended`` columns of
+(``no_refine`` is the attacked IoU), with two references that refine nothing: ``ideal``
+(the start set, before the attack) and ``attacked_oracle`` (the attacked set without its
+wrong-label points, by the ground truth). These are the ``ideal``, ``attacked``,
+``attacked+oracle`` and ``defended`` columns of
 ``python -m ppd.bench.defense --attacker RUN``, on every object of every image.
 
 A defender is used only with the segmenter it was trained on: a model whose segmenter has
@@ -72,6 +75,9 @@ logger = logging.getLogger(__name__)
 BUNDLED = "bundled"
 #: Condition of the sets a trained DQN attacker made from the ideal sets (``attacker``).
 DQN_CONDITION = "dqn_attacker"
+#: Reference methods of that condition: the ideal set before the attack, and the attacked
+#: set without its wrong-label points by the ground truth.
+DQN_IDEAL, DQN_ORACLE = "ideal", "attacked_oracle"
 #: Method names of the baselines, in table order (``ppd.agents.baselines.BASELINES``).
 BASELINE_NAMES = ("no_refine", "random_drop", "greedy_score", "consistency", "mask_consensus")
 
@@ -294,7 +300,8 @@ class RefineProtocol(Protocol):
         return out
 
     def dqn_attacked_sets(self, seg: Any, attacker: tuple[Any, int], scene: Any) -> dict[int, tuple]:
-        """Object index -> ``(coords, labels)``: the DQN attacker's final set from the
+        """Object index -> ``(start, attacked)``, each ``(coords, labels)``: the
+        object's ideal set as the attacker's graph holds it, and the DQN attacker's final set from the
         object's ideal set (the attacker's training start: ``max_ideal_points`` per label),
         all objects of the image in one greedy rollout, as ``python -m ppd.bench.defense``
         attacks (:func:`~ppd.robustness.dqn_attack.dqn_point_attack`)."""
@@ -308,7 +315,7 @@ class RefineProtocol(Protocol):
         starts = [ideal_prompts(gts[i], n_pos=n_ideal, n_neg=n_ideal) for i in objs]
         res = dqn_point_attack(seg, model, scene.image, gts[objs], [p.point_coords for p in starts],
                                [p.point_labels for p in starts], valid=care)
-        return {obj: res.trajectories[j][-1] for j, obj in enumerate(objs)}
+        return {obj: (res.trajectories[j][0], res.trajectories[j][-1]) for j, obj in enumerate(objs)}
 
     def attacked_images(self, seg: Any, scene: Any, stream: np.random.Generator) -> list[tuple[str, np.ndarray]]:
         """``(attack name, attacked image)`` per attack of ``attacked``: the attacks
@@ -401,7 +408,9 @@ class RefineProtocol(Protocol):
                                     for method, metrics in values.items() for metric, v in metrics.items()]
         if (resources or {}).get("attacker") is not None:
             # after the generators: their sets and seeds stay those of a run without it
-            for obj, (coords, labels) in self.dqn_attacked_sets(seg, resources["attacker"], scene).items():
+            from ppd.oneshot import remove_wrong_points
+
+            for obj, (start, (coords, labels)) in self.dqn_attacked_sets(seg, resources["attacker"], scene).items():
                 gt = np.asarray(scene.masks[obj], bool) & care
                 refiners = {name: (BASELINES[name](seg, seed=int(rng.integers(2**63))) if name == "random_drop"
                                    else BASELINES[name](seg)) for name in self.config.baselines}
@@ -414,4 +423,10 @@ class RefineProtocol(Protocol):
                     result.rows += [Row(method, obj, metric, value, DQN_CONDITION) for metric, value in (
                         ("iou", float(iou(mask, gt))), ("dice", float(dice(mask, gt))), ("refine_ms", ms),
                         ("kept", float(np.mean(res.kept))))]
+                # references, not refiners: the set before the attack, and the attacked set
+                # without its wrong-label points by the ground truth
+                for method, (c, lab) in ((DQN_IDEAL, start), (DQN_ORACLE, remove_wrong_points(coords, labels, gt))):
+                    mask = np.asarray(seg.predict(image, c, lab).masks[0], bool) & care
+                    result.rows += [Row(method, obj, "iou", float(iou(mask, gt)), DQN_CONDITION),
+                                    Row(method, obj, "dice", float(dice(mask, gt)), DQN_CONDITION)]
         return result
