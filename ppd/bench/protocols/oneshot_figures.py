@@ -58,13 +58,13 @@ def oneshot_figure(panels: list[OneShotPanel], path: str | Path) -> Path | None:
     for row, p in zip(axes, panels):
         gt = np.asarray(p.target_mask, bool)
         row[0].imshow(_outlined(p.ref_image, p.ref_mask))
-        row[0].set_title(f"reference {p.title}".strip(), fontsize=9)
+        row[0].set_title(f"reference\n{p.title}" if p.title else "reference", fontsize=8)
         row[1].imshow(_outlined(p.target_image, gt))
         _points(row[1], *p.fm_points, gt)
-        row[1].set_title(f"target, FM points ({len(p.fm_points[1])})", fontsize=9)
+        row[1].set_title(f"target\nFM points ({len(p.fm_points[1])})", fontsize=8)
         row[2].imshow(_outlined(_tint(p.target_image, np.asarray(p.refined_mask, bool), MASK, 0.45), gt))
         _points(row[2], *p.refined_points, gt)
-        row[2].set_title(f"{p.refined_name} ({len(p.refined_points[1])} points)", fontsize=9)
+        row[2].set_title(f"{p.refined_name}\n{len(p.refined_points[1])} points", fontsize=8)
         for ax in row:
             ax.set_axis_off()
     return _save(fig, Path(path))
@@ -111,6 +111,6 @@ def report_panels(references, examples: list, load_scene, n: int = 4, protocol: 
         panels.append(OneShotPanel(
             ref_image, ref_mask, scene.image, target, (pts[0][:, :2], pts[0][:, 2].astype(np.int64)),
             (pts[1][:, :2], pts[1][:, 2].astype(np.int64)), mask,
-            refined_name=f"{refined.method}, IoU {refined.value:.3f} (FM {exs['fm'].value:.3f})",
+            refined_name=f"{refined.method}: IoU {refined.value:.3f} (FM {exs['fm'].value:.3f})",
             title=f"{unit.model} / {unit.domain} / {unit.image}"))
     return panels
