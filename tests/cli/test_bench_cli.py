@@ -47,9 +47,15 @@ def test_config_file_then_flags(tmp_path):
     (["--data", "x=procedural:train", "--model", "sam2.1_hiera_t:/no/ckpt.pt"], "checkpoint /no/ckpt.pt not found"),
     (["--data", "x=procedural:train", "--data", "x=procedural:thin"], "share the --data name 'x'"),
     ([], "no data"),
+    (["--data", "x=procedural:train", "--protocol", "refine", "--attacker", "/no/run"],
+     "--attacker /no/run: run folder or model file not found: /no/run"),
+    (["--data", "x=procedural:train", "--protocol", "breps", "--attacker", "/no/run"],
+     "--attacker /no/run: run folder or model file not found: /no/run"),
 ])
 def test_errors_exit_2_with_one_message(tmp_path, capsys, argv, message):
-    assert main(["bench", *argv, "--protocol", "clicks", "--out", str(tmp_path / "o")]) == 2
+    if "--protocol" not in argv:
+        argv = [*argv, "--protocol", "clicks"]
+    assert main(["bench", *argv, "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("error:") == 1
     assert not (tmp_path / "o").exists()

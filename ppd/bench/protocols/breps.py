@@ -137,9 +137,12 @@ class BrepsProtocol(Protocol):
         """A given ``attacker`` must be a readable attacker (its grid is checked against
         each model when the model is loaded)."""
         if self.config.attacker:
-            from ppd.robustness.dqn_attack import load_attacker
+            from ppd.robustness.dqn_attack import AttackerError, load_attacker
 
-            load_attacker(self.config.attacker, device="cpu")
+            try:
+                load_attacker(self.config.attacker, device="cpu")  # readable, before any work
+            except AttackerError as exc:
+                raise AttackerError(f"--attacker {self.config.attacker}: {exc}") from None
 
     def prepare(self, model: BenchModel) -> dict[str, Any]:
         """The ``attacker``, loaded once per model and checked against its graph grid

@@ -238,9 +238,12 @@ class RefineProtocol(Protocol):
         from ppd.bench.generators import GENERATORS
 
         if self.config.attacker:
-            from ppd.robustness.dqn_attack import load_attacker
+            from ppd.robustness.dqn_attack import AttackerError, load_attacker
 
-            load_attacker(self.config.attacker, device="cpu")  # readable, before any work
+            try:
+                load_attacker(self.config.attacker, device="cpu")  # readable, before any work
+            except AttackerError as exc:
+                raise AttackerError(f"--attacker {self.config.attacker}: {exc}") from None
         unknown = [g for g in self.config.generators if g not in GENERATORS]
         if unknown:
             raise ValueError(f"unknown prompt generator {unknown[0]!r}; known: {', '.join(GENERATORS)}")
