@@ -193,3 +193,17 @@ def test_report_figure_shows_the_measured_pairs(tmp_path, protocol, domain, runs
     figs = protocol.figures(None, tmp_path, load, examples)
     assert set(figs) == {"pairs"} and figs["pairs"][0].is_file()
     assert protocol.figures(None, tmp_path / "none", load, []) == {}
+
+
+def test_defender_options_reach_the_defenders(model, domain):
+    """--defender-options works in the one-shot protocol as in refine: the defenders are
+    loaded with them, and a bad option fails at config time."""
+    with pytest.raises(ValueError, match="defender_options: unknown refine option 'nope'"):
+        OneShotConfig(defender_options=["nope=1"])
+    proto = OneShotProtocol(OneShotConfig(defender=["bundled"], baselines=[], defender_options=["max_steps=0"]))
+    defender = proto.prepare(model)["defenders"]["ppd:bundled"]
+    assert defender.refine_config.max_steps == 0
+    unit = Unit("bundled", "train", 1, domain.ids[1], "oneshot")
+    got = values(proto.run(model, proto.prepare(model), domain.scene(1), unit, unit.seed(0)))
+    fm = {k[1]: v for k, v in got.items() if k[0] == "fm" and k[2] == "iou"}
+    assert fm and all(got["fm+ppd:bundled", obj, "iou"] == pytest.approx(v, abs=1e-9) for obj, v in fm.items())

@@ -76,10 +76,19 @@ class OneShotConfig:
     fm_pos: int = field(default=5, metadata={"help": "most positive FM points (default 5)"})
     fm_neg: int = field(default=5, metadata={"help": "most negative FM points (default 5)"})
     pair_seed: int = field(default=0, metadata={"help": "seed of the reference drawn for each target (default 0)"})
+    defender_options: list[str] = field(
+        default_factory=list,
+        metadata={"help": "refine options KEY=VALUE of every defender, fields of ppd refine's config with YAML "
+                  "values (e.g. select=last min_score_gain=null keep_consistent=false) (default: ppd refine's "
+                  "defaults)"},
+    )
 
     def __post_init__(self) -> None:
+        from ppd.bench.protocols.refine import defender_config
+
         if self.fm_pos < 1 or self.fm_neg < 0:
             raise ValueError(f"fm_pos must be >= 1 and fm_neg >= 0, got {self.fm_pos}, {self.fm_neg}")
+        defender_config(self.defender_options)  # a bad option fails here, before any work
 
 
 class OneShotProtocol(Protocol):
@@ -102,7 +111,8 @@ class OneShotProtocol(Protocol):
         self.domains = domains
 
     def _refine_protocol(self) -> RefineProtocol:
-        return RefineProtocol(RefineBenchConfig(defender=list(self.config.defender)))
+        return RefineProtocol(RefineBenchConfig(defender=list(self.config.defender),
+                                                defender_options=list(self.config.defender_options)))
 
     def validate(self, models: dict[str, dict[str, Any]]) -> None:
         from ppd.agents.baselines import BASELINES
