@@ -22,10 +22,10 @@ from ppd.bench.protocols import protocol_class, protocol_names
 
 CONFIG_FILE = "config.yaml"
 
-#: Fields that only say how to compute, not what: they may change when a run resumes.
 #: What a unit's random stream may depend on besides the image and the protocol
 #: (:attr:`BenchConfig.streams`, :meth:`ppd.bench.schema.Unit.seed`).
 STREAMS = ("image", "model_image")
+#: Fields that only say how to compute, not what: they may change when a run resumes.
 HOW_FIELDS = ("out", "device", "threads", "ray", "ray_address", "workers", "embedding_cache", "quick")
 
 

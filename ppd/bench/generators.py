@@ -234,8 +234,6 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"unknown {kind} {unknown}; known: {', '.join(known)}")
     if args.scenes < 1:
         p.error(f"--scenes must be >= 1, got {args.scenes}")
-    from tqdm import tqdm
-
     from ppd.bench.runner import run_bench
     from ppd.bench.store import read_results
     from ppd.cli import bench as bench_cli
@@ -249,18 +247,13 @@ def main(argv: list[str] | None = None) -> int:
         cfg = bench_cli.build_config(bp.parse_args(bench_argv))
     except ValueError as exc:
         p.error(str(exc))
-    bar: dict[str, Any] = {}
-
-    def progress(total: int, done: int):
-        bar["b"] = tqdm(total=total, initial=done, desc="bench", unit="unit", dynamic_ncols=True)
-        return lambda unit, result: bar["b"].update(1)
-
+    bar = bench_cli.UnitBar()
     try:
-        outcome = run_bench(cfg, progress, command=command)
+        outcome = run_bench(cfg, bar, command=command)
     except (ValueError, FileNotFoundError) as exc:  # a bad run folder, an --out of another benchmark
         p.error(str(exc))
-    if "b" in bar:
-        bar["b"].close()
+    finally:
+        bar.close()
     results = read_results(outcome.out)
     objects = results[results.protocol == "refine"].groupby("domain")[["image", "object"]].apply(
         lambda d: len(d.drop_duplicates()))

@@ -69,7 +69,8 @@ class Worker:
         key = (unit.protocol, unit.model)
         if key not in self.resources:
             self.resources[key] = protocol.prepare(model)
-        result = protocol.run(model, self.resources[key], scene, unit, unit.seed(self.cfg.seed, per_model=self.cfg.streams == "model_image"))
+        rng = unit.seed(self.cfg.seed, per_model=self.cfg.streams == "model_image")
+        result = protocol.run(model, self.resources[key], scene, unit, rng)
         result.seconds = time.perf_counter() - t0
         return result
 

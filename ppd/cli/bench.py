@@ -123,29 +123,38 @@ def build_config(args: argparse.Namespace):
     return BenchConfig(**d)
 
 
-def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+class UnitBar:
+    """The progress bar over a run's units, as :func:`~ppd.bench.runner.run_bench`'s
+    ``progress`` (skipped units counted beside it); :meth:`close` when the run returns."""
 
+    def __init__(self) -> None:
+        self.bar: typing.Any = None
+        self.skipped = 0
+
+    def __call__(self, total: int, done: int):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, initial=done, desc="bench", unit="unit", dynamic_ncols=True)
+        return self.tick
+
+    def tick(self, unit, result) -> None:
+        self.skipped += bool(result.skipped)
+        if self.skipped:
+            self.bar.set_postfix(skipped=self.skipped, refresh=False)
+        self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def run(args: argparse.Namespace) -> int:
     from ppd.bench.runner import run_bench
 
     cfg = build_config(args)
-    bar: dict[str, tqdm] = {}
-
-    def progress(total: int, done: int):
-        bar["b"] = tqdm(total=total, initial=done, desc="bench", unit="unit", dynamic_ncols=True)
-        skipped = [0]
-
-        def tick(unit, result) -> None:
-            skipped[0] += bool(result.skipped)
-            if skipped[0]:
-                bar["b"].set_postfix(skipped=skipped[0], refresh=False)
-            bar["b"].update(1)
-
-        return tick
-
-    outcome = run_bench(cfg, progress, command="ppd " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
-    if "b" in bar:
-        bar["b"].close()
+    bar = UnitBar()
+    outcome = run_bench(cfg, bar, command="ppd " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
+    bar.close()
     print(f"{outcome.units} units ({outcome.ran} run now, {len(outcome.skipped)} skipped) in {outcome.seconds:.0f} s -> {outcome.out}")
     _print_headline(outcome.files.get("summary"))
     for name, path in outcome.files.items():

@@ -52,6 +52,8 @@ class Attacker:
         k_physical, k_semantic: its graph's k-NN sizes (the run's, else 8).
         max_steps: its step budget (the run's ``attacker_max_steps``, else 4).
         source: the run folder or file it was read from.
+        max_ideal_points: ideal prompts per label of its training start states (the
+            run's, else 6).
     """
 
     model: Any
@@ -60,6 +62,7 @@ class Attacker:
     k_semantic: int = 8
     max_steps: int = 4
     source: str = ""
+    max_ideal_points: int = 6
 
     @property
     def num_nodes(self) -> int:
@@ -106,7 +109,20 @@ def load_attacker(path: str | Path, device: str | None = None) -> Attacker:
         raise AttackerError(f"{path}: the attacker acts on {n} graph nodes, which is no square grid")
     k_phys, k_sem = cfg.saved_value("k_physical"), cfg.saved_value("k_semantic")
     return Attacker(model, grid, int(k_phys) if isinstance(k_phys, int) else 8,
-                    int(k_sem) if isinstance(k_sem, int) else 8, attacker_steps(cfg), str(path))
+                    int(k_sem) if isinstance(k_sem, int) else 8, attacker_steps(cfg), str(path), cfg.max_ideal_points)
+
+
+def check_attacker_option(path: str) -> None:
+    """That a protocol's ``--attacker`` value is a readable attacker, before any work
+    (its grid is checked against each model when the model is loaded).
+
+    Raises:
+        AttackerError: as :func:`load_attacker`, the message led by ``--attacker PATH``.
+    """
+    try:
+        load_attacker(path, device="cpu")
+    except AttackerError as exc:
+        raise AttackerError(f"--attacker {path}: {exc}") from None
 
 
 def model_grid(seg: Any) -> int:

@@ -137,12 +137,9 @@ class BrepsProtocol(Protocol):
         """A given ``attacker`` must be a readable attacker (its grid is checked against
         each model when the model is loaded)."""
         if self.config.attacker:
-            from ppd.robustness.dqn_attack import AttackerError, load_attacker
+            from ppd.robustness.dqn_attack import check_attacker_option
 
-            try:
-                load_attacker(self.config.attacker, device="cpu")  # readable, before any work
-            except AttackerError as exc:
-                raise AttackerError(f"--attacker {self.config.attacker}: {exc}") from None
+            check_attacker_option(self.config.attacker)
 
     def prepare(self, model: BenchModel) -> dict[str, Any]:
         """The ``attacker``, loaded once per model and checked against its graph grid

@@ -238,12 +238,9 @@ class RefineProtocol(Protocol):
         from ppd.bench.generators import GENERATORS
 
         if self.config.attacker:
-            from ppd.robustness.dqn_attack import AttackerError, load_attacker
+            from ppd.robustness.dqn_attack import check_attacker_option
 
-            try:
-                load_attacker(self.config.attacker, device="cpu")  # readable, before any work
-            except AttackerError as exc:
-                raise AttackerError(f"--attacker {self.config.attacker}: {exc}") from None
+            check_attacker_option(self.config.attacker)
         unknown = [g for g in self.config.generators if g not in GENERATORS]
         if unknown:
             raise ValueError(f"unknown prompt generator {unknown[0]!r}; known: {', '.join(GENERATORS)}")
@@ -292,17 +289,13 @@ class RefineProtocol(Protocol):
                 defenders[f"{method}[no filter]"] = defender_variant(defender, label_filter=None)
         out: dict[str, Any] = {"defenders": defenders}
         if self.config.attacker:
-            from ppd.bench import run_max_ideal_points
             from ppd.robustness.dqn_attack import check_attacker, load_attacker
 
-            attacker = load_attacker(self.config.attacker, device=str(seg.device))
-            check_attacker(attacker, seg, f"model {model.name}")
-            folder = Path(self.config.attacker)
-            out["attacker"] = (attacker, run_max_ideal_points(read_run_config(folder if folder.is_dir() else
-                                                                              folder.parent)))
+            out["attacker"] = load_attacker(self.config.attacker, device=str(seg.device))
+            check_attacker(out["attacker"], seg, f"model {model.name}")
         return out
 
-    def dqn_attacked_sets(self, seg: Any, attacker: tuple[Any, int], scene: Any) -> dict[int, tuple]:
+    def dqn_attacked_sets(self, seg: Any, attacker: Any, scene: Any) -> dict[int, tuple]:
         """Object index -> ``(start, attacked)``, each ``(coords, labels)``: the
         object's ideal set as the attacker's graph holds it, and the DQN attacker's final set from the
         object's ideal set (the attacker's training start: ``max_ideal_points`` per label),
@@ -311,12 +304,12 @@ class RefineProtocol(Protocol):
         from ppd.prompts import ideal_prompts
         from ppd.robustness.dqn_attack import dqn_point_attack
 
-        model, n_ideal = attacker
         care, gts, objs = measured_objects(scene)
         if not objs:
             return {}
+        n_ideal = attacker.max_ideal_points
         starts = [ideal_prompts(gts[i], n_pos=n_ideal, n_neg=n_ideal) for i in objs]
-        res = dqn_point_attack(seg, model, scene.image, gts[objs], [p.point_coords for p in starts],
+        res = dqn_point_attack(seg, attacker, scene.image, gts[objs], [p.point_coords for p in starts],
                                [p.point_labels for p in starts], valid=care)
         return {obj: (res.trajectories[j][0], res.trajectories[j][-1]) for j, obj in enumerate(objs)}
 
@@ -344,8 +337,20 @@ class RefineProtocol(Protocol):
             out.append((name, run_attack(seg, scene.image, groups, attack, seeds[name], care).as_float()))
         return out
 
-    def run(self, model: BenchModel, resources, scene, unit: Unit, rng: np.random.Generator) -> UnitResult:
+    def _drop_seed(self, rng: np.random.Generator) -> int | None:
+        """The seed of one ``random_drop`` refiner, drawn from ``rng`` only when that
+        baseline runs."""
+        return int(rng.integers(2**63)) if "random_drop" in self.config.baselines else None
+
+    def _refiners(self, seg: Any, defenders: dict[str, Any], drop_seed: int | None) -> dict[str, Any]:
+        """Method -> refiner for one prompt set: the baselines, then the defenders."""
         from ppd.agents.baselines import BASELINES
+
+        out = {name: BASELINES[name](seg, seed=drop_seed) if name == "random_drop" else BASELINES[name](seg)
+               for name in self.config.baselines}
+        return {**out, **defenders}
+
+    def run(self, model: BenchModel, resources, scene, unit: Unit, rng: np.random.Generator) -> UnitResult:
         from ppd.bench.generators import generator_prompts
         from ppd.metrics import dice, iou
 
@@ -381,30 +386,21 @@ class RefineProtocol(Protocol):
                 sets = []  # the same coarse sets (and random-drop seeds) under every image condition
                 for _ in range(self.config.coarse_sets):
                     coarse = generator_prompts(generator, gt, rng)
-                    sets.append((coarse, {name: int(rng.integers(2**63)) for name in self.config.baselines
-                                          if name == "random_drop"}))
+                    sets.append((coarse, self._drop_seed(rng)))
                 for suffix, img in images:
                     if suffix:
                         condition = suffix if single else f"{generator}@{suffix}"
                     else:
                         condition = CLEAN if single else generator
                     values: dict[str, dict[str, list[float]]] = {}
-                    for s, (coarse, seeds) in enumerate(sets):
-                        refiners = {name: (BASELINES[name](seg, seed=seeds[name]) if name == "random_drop"
-                                           else BASELINES[name](seg)) for name in self.config.baselines}
-                        refiners.update(defenders)
-                        for method, refiner in refiners.items():
-                            t = time.perf_counter()
-                            res = refiner.refine(img, coarse.point_coords, coarse.point_labels)
-                            ms = 1000.0 * (time.perf_counter() - t)
-                            mask = np.asarray(res.mask, bool) & care
-                            got = values.setdefault(method, {"iou": [], "dice": [], "refine_ms": [], "kept": []})
-                            got["iou"].append(float(iou(mask, gt)))
-                            got["dice"].append(float(dice(mask, gt)))
-                            got["refine_ms"].append(ms)
-                            got["kept"].append(float(np.mean(res.kept)))
+                    for s, (coarse, drop_seed) in enumerate(sets):
+                        for method, refiner in self._refiners(seg, defenders, drop_seed).items():
+                            res, mask, scores = _refined(refiner, img, coarse.point_coords, coarse.point_labels,
+                                                         gt, care)
+                            for metric, value in scores.items():
+                                values.setdefault(method, {}).setdefault(metric, []).append(value)
                             if s == 0 and method == shown and not suffix:
-                                result.examples.append(Example(method, obj, "iou", got["iou"][0],
+                                result.examples.append(Example(method, obj, "iou", scores["iou"],
                                                                prompt_points(res.point_coords, res.point_labels),
                                                                encode_mask(mask), condition=condition))
                     result.rows += [Row(method, obj, metric, float(np.mean(v)), condition)
@@ -415,17 +411,9 @@ class RefineProtocol(Protocol):
 
             for obj, (start, (coords, labels)) in self.dqn_attacked_sets(seg, resources["attacker"], scene).items():
                 gt = np.asarray(scene.masks[obj], bool) & care
-                refiners = {name: (BASELINES[name](seg, seed=int(rng.integers(2**63))) if name == "random_drop"
-                                   else BASELINES[name](seg)) for name in self.config.baselines}
-                refiners.update(defenders)
-                for method, refiner in refiners.items():
-                    t = time.perf_counter()
-                    res = refiner.refine(image, coords, labels)
-                    ms = 1000.0 * (time.perf_counter() - t)
-                    mask = np.asarray(res.mask, bool) & care
-                    result.rows += [Row(method, obj, metric, value, DQN_CONDITION) for metric, value in (
-                        ("iou", float(iou(mask, gt))), ("dice", float(dice(mask, gt))), ("refine_ms", ms),
-                        ("kept", float(np.mean(res.kept))))]
+                for method, refiner in self._refiners(seg, defenders, self._drop_seed(rng)).items():
+                    scores = _refined(refiner, image, coords, labels, gt, care)[2]
+                    result.rows += [Row(method, obj, metric, value, DQN_CONDITION) for metric, value in scores.items()]
                 # references, not refiners: the set before the attack, and the attacked set
                 # without its wrong-label points by the ground truth
                 for method, (c, lab) in ((DQN_IDEAL, start), (DQN_ORACLE, remove_wrong_points(coords, labels, gt))):
@@ -433,3 +421,18 @@ class RefineProtocol(Protocol):
                     result.rows += [Row(method, obj, "iou", float(iou(mask, gt)), DQN_CONDITION),
                                     Row(method, obj, "dice", float(dice(mask, gt)), DQN_CONDITION)]
         return result
+
+
+def _refined(refiner: Any, image: np.ndarray, coords: np.ndarray, labels: np.ndarray, gt: np.ndarray,
+             care: np.ndarray) -> tuple[Any, np.ndarray, dict[str, float]]:
+    """``(result, mask, scores)`` of one refine call: the mask restricted to ``care``,
+    its ``iou`` and ``dice`` against ``gt``, the call's wall time ``refine_ms`` and the
+    fraction of the input points ``kept``."""
+    from ppd.metrics import dice, iou
+
+    t = time.perf_counter()
+    res = refiner.refine(image, coords, labels)
+    ms = 1000.0 * (time.perf_counter() - t)
+    mask = np.asarray(res.mask, bool) & care
+    return res, mask, {"iou": float(iou(mask, gt)), "dice": float(dice(mask, gt)), "refine_ms": ms,
+                       "kept": float(np.mean(res.kept))}
