@@ -23,7 +23,7 @@ from ppd.agents.dqn import MaskedDQN
 from ppd.agents.label_filter import LabelFilter, load_label_filter
 from ppd.agents.train import EVAL_SEED, TRAIN_DOMAIN, TrainConfig, evaluate_agents
 from ppd.bench import run_max_ideal_points
-from ppd.bench.defense import bench_sets
+from ppd.bench.defense_sets import bench_sets
 from ppd.bench.generators import GENERATOR_SEED, GENERATORS, generator_prompts
 from ppd.data.scenes import DOMAINS, ProceduralScenes
 from ppd.envs import PromptWorld

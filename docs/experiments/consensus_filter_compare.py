@@ -18,7 +18,7 @@ import torch
 
 from ppd.agents.baselines import ConsistencyFilter, GreedyScoreFilter, MaskConsensusFilter
 from ppd.agents.defender import PromptDefender
-from ppd.bench.defense import bench_sets
+from ppd.bench.defense_sets import bench_sets
 from ppd.metrics import iou
 
 

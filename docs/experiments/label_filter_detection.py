@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ppd.agents.defender import PromptDefender
-from ppd.bench.defense import DEFENSE_SEED, attack, bench_attacker, bench_items, defender_world
+from ppd.bench.defense_sets import DEFENSE_SEED, attack, bench_attacker, bench_items, defender_world
 from ppd.data.scenes import ProceduralScenes
 from ppd.envs.world import prompts_from_state
 from ppd.metrics import iou, uncertainty_auroc

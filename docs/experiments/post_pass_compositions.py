@@ -3,7 +3,7 @@
 
     python docs/experiments/post_pass_compositions.py DEF_RUN OUT.json ATT_RUN [ATT_RUN ...] [--scenes 20] [--domains train,...]
 
-On the defense bench's scenes (ppd.bench.defense.bench_domain's items), for each attacker's
+On the defense bench's scenes (ppd.bench.defense_sets.bench_items), for each attacker's
 attacked sets and for the coarse sets, IoU of: D (the defender), G (GreedyScoreFilter),
 C (ConsistencyFilter), D>G (G on D's output), G>D, C>D, D>C, and best-of by SAM's
 predicted IoU among {D, G, D>G} and {D, G, C, D>G, C>D}.
@@ -16,7 +16,7 @@ import torch
 
 from ppd.agents.baselines import ConsistencyFilter, GreedyScoreFilter
 from ppd.agents.defender import PromptDefender
-from ppd.bench.defense import bench_sets
+from ppd.bench.defense_sets import bench_sets
 from ppd.metrics import iou
 
 

@@ -5,7 +5,7 @@
     python docs/experiments/refine_outputs_identical.py --run RUN --save before.npz
     python docs/experiments/refine_outputs_identical.py --run RUN --compare before.npz
 
-The fixed sets are those of the defense bench (``ppd.bench.defense``): on the ``train``,
+The fixed sets are those of the defense record scripts (``ppd.bench.defense_sets``): on the ``train``,
 ``texture`` and ``thin`` domains, per held-out scene the coarse prompt set and the set the
 attacker of ``RUN`` (a small ``ppd train`` run: the bundled run ships no attacker) leaves
 after acting greedily on the ideal prompts. Each set is refined by the bundled defender
@@ -26,7 +26,7 @@ import torch
 from ppd.agents.baselines import GreedyScoreFilter
 from ppd.agents.defender import PromptDefender
 from ppd.bench import defender_variant
-from ppd.bench.defense import (
+from ppd.bench.defense_sets import (
     DEFENSE_SEED, attack, bench_attacker, bench_items, defender_world, other_rule,
 )
 from ppd.data.scenes import ProceduralScenes

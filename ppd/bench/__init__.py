@@ -1,8 +1,8 @@
-"""Benchmarks: ``ppd bench`` (data, models, protocols, store, runner, report) and older scripts.
+"""Benchmarks: ``ppd bench`` (data, models, protocols, store, runner, report) and its views.
 
-``ppd bench`` is the harness (docs/bench.md). ``python -m ppd.bench.generators`` runs a
-``ppd bench`` refine run and prints its per-generator table; ``python -m
-ppd.bench.defense`` prints the defense bench. Neither is a test.
+``ppd bench`` is the harness (docs/bench.md). ``python -m ppd.bench.generators`` and
+``python -m ppd.bench.defense`` are views of it (:mod:`ppd.bench.views`): each runs one
+``ppd bench`` refine run and prints its own table from the results. Neither is a test.
 """
 
 from __future__ import annotations

@@ -30,8 +30,6 @@ how much it does. ``--run`` defaults to the bundled defender.
 from __future__ import annotations
 
 import argparse
-import json
-import shlex
 from typing import Any
 
 import numpy as np
@@ -80,17 +78,12 @@ def column_methods(run: str) -> dict[str, str]:
             "greedy_score": "greedy_score"}
 
 
-def _option_text(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(value)  # YAML reads JSON scalars: null, true, 0.5
-
-
 def bench_arguments(args: argparse.Namespace) -> list[str]:
     """The ``ppd bench`` arguments (after ``ppd bench``) that measure what ``args`` asks for."""
-    from ppd.agents.refine_config import RefineConfig, inference_options
+    from ppd.agents.refine_config import inference_options
+    from ppd.bench.views import changed_refine_options, device_arguments
 
-    default = RefineConfig()
-    options = {"select": args.select, **inference_options(args)}
-    changed = [f"{k}={_option_text(v)}" for k, v in options.items() if v != getattr(default, k)]
+    changed = changed_refine_options({"select": args.select, **inference_options(args)})
     argv = ["--protocol", "refine"]
     for domain in args.domains:
         argv += ["--data", f"{domain}=procedural:{domain}"]
@@ -106,11 +99,7 @@ def bench_arguments(args: argparse.Namespace) -> list[str]:
         argv.append("--without-filter")
     if changed:
         argv += ["--defender-options", *changed]
-    for flag, value in (("--device", args.device), ("--precision", args.precision),
-                        ("--embedding-cache", args.embedding_cache), ("--threads", args.threads or None)):
-        if value is not None:
-            argv += [flag, str(value)]
-    return argv + ["--out", args.out]
+    return argv + device_arguments(args) + ["--out", args.out]
 
 
 def generator_table(results, run: str, domains: list[str], generators: list[str]) -> dict[str, dict[str, dict[str, float]]]:
@@ -234,29 +223,10 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"unknown {kind} {unknown}; known: {', '.join(known)}")
     if args.scenes < 1:
         p.error(f"--scenes must be >= 1, got {args.scenes}")
-    from ppd.bench.runner import run_bench
-    from ppd.bench.store import read_results
-    from ppd.cli import bench as bench_cli
+    from ppd.bench.views import objects_per_domain, run_view
 
-    bench_argv = bench_arguments(args)
-    command = "ppd bench " + shlex.join(bench_argv)
-    print(command)
-    bp = argparse.ArgumentParser()
-    bench_cli.add_arguments(bp)
-    try:
-        cfg = bench_cli.build_config(bp.parse_args(bench_argv))
-    except ValueError as exc:
-        p.error(str(exc))
-    bar = bench_cli.UnitBar()
-    try:
-        outcome = run_bench(cfg, bar, command=command)
-    except (ValueError, FileNotFoundError) as exc:  # a bad run folder, an --out of another benchmark
-        p.error(str(exc))
-    finally:
-        bar.close()
-    results = read_results(outcome.out)
-    objects = results[results.protocol == "refine"].groupby("domain")[["image", "object"]].apply(
-        lambda d: len(d.drop_duplicates()))
+    cfg, outcome, results = run_view(p, bench_arguments(args))
+    objects = objects_per_domain(results, "refine")
     print(f"defender: {args.run}; {args.scenes} held-out scenes per domain, objects "
           + ", ".join(f"{d} {objects.get(d, 0)}" for d in args.domains) + "; mean IoU of SAM2's mask")
     table = generator_table(results, args.run, args.domains, args.generators)

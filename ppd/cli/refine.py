@@ -122,6 +122,6 @@ def run(args: argparse.Namespace) -> int:
         f"{res.steps} steps in {took * 1000:.0f} ms; predicted IoU {float(before.scores[0]):.3f} -> {res.score:.3f}"
     )
     if defender.segmenter.device.type == "cuda":  # measured: 259 ms here against an 80 ms median once warm
-        print("(the time includes CUDA's start-up on the first call; python -m ppd.bench.defense times warm calls)")
+        print("(the time includes CUDA's start-up on the first call; ppd bench's refine protocol times warm calls)")
     print("wrote " + ", ".join(str(f) for f in written))
     return 0

@@ -4,8 +4,8 @@ A ``ppd train`` run's attacker (``attacker.zip``) acts on a dual-space graph of 
 (:class:`~ppd.envs.world.PromptWorld`): each step it activates one graph node as a
 positive or a negative prompt (at the node's patch centre), or stops, up to its training
 budget ``attacker_max_steps`` (4 by default). :func:`dqn_point_attack` runs it greedily,
-as in training and in ``python -m ppd.bench.defense``, from each object's start set mapped
-onto the graph (:func:`~ppd.envs.world.state_from_prompts`: points sharing a patch merge
+as in training and in the fixed defense sets (:mod:`ppd.bench.defense_sets`), from each
+object's start set mapped onto the graph (:func:`~ppd.envs.world.state_from_prompts`: points sharing a patch merge
 into one node, the one nearest the patch centre), all objects of an image batched (one
 decoder call per attacker step, :func:`~ppd.agents.rollout.greedy_rollout`).
 

@@ -888,47 +888,10 @@ def test_random_drop_is_seeded_and_keeps_one(tiny_segmenter, random_image):
 
 
 # ----------------------------------------------------------------------------- benchmark
-def test_defense_bench_smoke(run_dir):
-    from ppd.bench.defense import COLUMNS, column_name, format_table, run_benchmark
-
-    ticks = []
-    res = run_benchmark(
-        str(run_dir), n_scenes=1, domains=("train",), device="cpu", progress=lambda n: lambda: ticks.append(n), env_steps=0
-    )
-    row = res["domains"]["train"]
-    assert ticks == [1] and res["attacker"] and res["select"] == "score"
-    for c in COLUMNS:
-        if c.endswith("[no filter]"):  # the run has no label filter
-            assert row[c] is None and res["label_filter_threshold"] is None
-        else:
-            assert 0.0 <= row[column_name(c, "score")] <= 1.0, c
-    # the columns without the defender are exactly what their refiner gives on the bench's draw
-    from ppd.bench.defense import DEFENSE_SEED, bench_items, defender_world
-    from ppd.metrics import iou
-
-    d = PromptDefender.load(run_dir, device="cpu")
-    seg = d.segmenter
-    rec, obj, st, pts, cp = bench_items(defender_world(d, ProceduralScenes("train", 1, seed=DEFENSE_SEED)), d.config, 1)[0]
-    gt, image = rec.scene.masks[obj], rec.scene.image
-    from ppd.envs.world import prompts_from_state
-
-    assert row["ideal"] == float(iou(seg.predict(rec.embedding, *prompts_from_state(st, pts)).masks[0], gt))
-    direct = {"coarse": NoRefine(seg), "random_drop": RandomDrop(seg, seed=0), "greedy_score": GreedyScoreFilter(seg),
-              "consistency": ConsistencyFilter(seg), "mask_consensus": MaskConsensusFilter(seg)}
-    for c, r in direct.items():
-        assert row[c] == float(iou(r.refine(image, cp.point_coords, cp.point_labels).mask, gt)), c
-    assert "coarse+ppd[last]" in row and "defended[last]" in row
-    assert row["refine_ms_median"] > 0
-    # state (N) + coverage (N) + offset (2N) uint8 + 3 float32, twice, + action/reward/done/timeout
-    obs = 4 * N + 3 * 4
-    assert res["replay"] == {"observation_bytes": obs, "transition_bytes": 2 * obs + 20}
-    assert "train" in format_table(res)
-
-
 def test_bench_sets_are_the_bench_draw(run_dir, tiny_segmenter):
     """bench_sets: the bench's coarse sets (bench_items) on every domain, and on the
     training domain each attacker's sets, named by attacker (own: the run's)."""
-    from ppd.bench.defense import DEFENSE_SEED, bench_items, bench_sets, defender_world
+    from ppd.bench.defense_sets import DEFENSE_SEED, bench_items, bench_sets, defender_world
 
     d = PromptDefender.load(run_dir, segmenter=tiny_segmenter, device="cpu")
     sets = bench_sets(d, str(run_dir), "train", 2, (None, str(run_dir)))
@@ -945,35 +908,8 @@ def test_bench_sets_are_the_bench_draw(run_dir, tiny_segmenter):
     assert list(bench_sets(d, str(run_dir), "texture", 1)) == ["coarse"]
 
 
-def test_defense_bench_cross_play_attacker(run_dir, tiny_segmenter, tmp_path):
-    """--attacker: another run's attacker makes the attacked sets (the same file as the
-    run's own gives the same column); a missing one, or one on another graph size, is an
-    AttackerError naming it, before any scene is benched."""
-    from ppd.bench.defense import AttackerError, main, run_benchmark
-
-    kw = dict(n_scenes=1, domains=("train",), device="cpu", env_steps=0)
-    own = run_benchmark(str(run_dir), **kw)
-    other = tmp_path / "other"
-    other.mkdir()
-    (other / "attacker.zip").write_bytes((run_dir / "attacker.zip").read_bytes())
-    cross = run_benchmark(str(run_dir), attacker=str(other), **kw)
-    assert cross["attacker_source"] == str(other) and own["attacker_source"] == str(run_dir)
-    for col in ("attacked", "defended", "coarse+ppd"):
-        assert cross["domains"]["train"][col] == pytest.approx(own["domains"]["train"][col]), col
-    with pytest.raises(AttackerError, match="not found"):
-        run_benchmark(str(run_dir), attacker=str(tmp_path / "missing"), **kw)
-    small = tmp_path / "small"
-    small.mkdir()
-    world8 = PromptWorld(tiny_segmenter, ProceduralScenes("train", 1, seed=0), grid=8)
-    _make_model(world8, "attacker").save(small / "attacker.zip")
-    with pytest.raises(AttackerError, match="64 graph nodes.*256"):
-        run_benchmark(str(run_dir), attacker=str(small), **kw)
-    with pytest.raises(SystemExit):
-        main(["--run", str(run_dir), "--attacker", str(small), "--scenes", "1", "--env-steps", "0"])
-
-
 def test_oracle_state_removes_exactly_the_wrong_label_prompts():
-    from ppd.bench.defense import oracle_state
+    from ppd.bench.defense_sets import oracle_state
 
     gt = np.zeros((20, 20), bool)
     gt[5:15, 5:15] = True

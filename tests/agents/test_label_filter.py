@@ -380,28 +380,6 @@ def test_refine_cli_filter_flags(run, tmp_path, capsys):
     assert not (tmp_path / "b").exists()
 
 
-def test_defense_bench_shows_the_filter_share(run, tiny_segmenter):
-    """The bench's columns with and without the filter are the refined masks of the run's
-    defender with and without it (recomputed on the bench's coarse set)."""
-    from ppd.bench.defense import DEFENSE_SEED, bench_items, defender_world, run_benchmark
-    from ppd.metrics import iou
-
-    out, metrics = run
-    res = run_benchmark(str(out), n_scenes=1, domains=("train",), device="cpu", env_steps=0)
-    row = res["domains"]["train"]
-    assert res["label_filter_threshold"] == metrics["label_filter"]["threshold"]
-    assert res["label_filter_action"] == metrics["label_filter"]["action"]
-    for c in ("defended", "defended[no filter]", "coarse+ppd", "coarse+ppd[no filter]"):
-        assert 0.0 <= row[c] <= 1.0, c
-    filtered = PromptDefender.load(out, segmenter=tiny_segmenter, device="cpu")
-    plain = PromptDefender.load(out, segmenter=tiny_segmenter, device="cpu", use_filter=False)
-    world = defender_world(filtered, ProceduralScenes("train", 1, seed=DEFENSE_SEED))
-    ((rec, obj, _, _, coarse),) = bench_items(world, filtered.config, 1)
-    for column, defender in (("coarse+ppd", filtered), ("coarse+ppd[no filter]", plain)):
-        mask = defender.refine(rec.scene.image, coarse.point_coords, coarse.point_labels).mask
-        assert row[column] == pytest.approx(float(iou(mask, rec.scene.masks[obj])), abs=1e-9), column
-
-
 def test_filter_setting_checks():
     """The one range check of the filter's threshold (0, 1] and relabel gate [0, 1)."""
     from ppd.agents.label_filter import check_relabel_gate, check_threshold

@@ -44,16 +44,13 @@ attacker also attacks each object's ideal set (its training start: the run's
 rollout, and its final set is refined by every method: condition ``dqn_attacker``
 (``no_refine`` is the attacked IoU), with two references that refine nothing: ``ideal``
 (the start set, before the attack) and ``attacked_oracle`` (the attacked set without its
-wrong-label points, by the ground truth). These are the ``ideal``, ``attacked``,
-``attacked+oracle`` and ``defended`` columns of
-``python -m ppd.bench.defense --attacker RUN``, on every object of every image.
+wrong-label points, by the ground truth). ``python -m ppd.bench.defense`` prints these as
+its ``ideal``, ``attacked``, ``attacked+oracle`` and ``defended`` columns.
 
 A defender is used only with the segmenter it was trained on: a model whose segmenter has
 another name or embedding size than the run's (its ``config.yaml``), or that cannot give
 what the defender needs (per-node uncertainty), is benchmarked without that defender, with
-a warning. The numbers are those of ``python -m ppd.bench.defense`` (columns ``coarse``,
-``coarse+ppd``, ``random_drop``, ...) on other scenes: every object of every image here,
-one drawn object per held-out scene there.
+a warning.
 """
 
 from __future__ import annotations
@@ -299,8 +296,8 @@ class RefineProtocol(Protocol):
         """Object index -> ``(start, attacked)``, each ``(coords, labels)``: the
         object's ideal set as the attacker's graph holds it, and the DQN attacker's final set from the
         object's ideal set (the attacker's training start: ``max_ideal_points`` per label),
-        all objects of the image in one greedy rollout, as ``python -m ppd.bench.defense``
-        attacks (:func:`~ppd.robustness.dqn_attack.dqn_point_attack`)."""
+        all objects of the image in one greedy rollout, as the fixed defense sets
+        are attacked (:func:`~ppd.robustness.dqn_attack.dqn_point_attack`)."""
         from ppd.prompts import ideal_prompts
         from ppd.robustness.dqn_attack import dqn_point_attack
 
