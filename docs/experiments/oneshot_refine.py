@@ -1,7 +1,7 @@
 """One-shot prompts on procedural pairs: mIoU of feature matching (FM), FM refined, the baselines, the oracle.
 
     python docs/experiments/oneshot_refine.py [--pairs 30] [--domains train,texture,lowcontrast]
-        [--defender bundled] [--out OUT.json] [--figure OUT.png]
+        [--defender bundled] [--defender-options KEY=VALUE ...] [--out OUT.json] [--figure OUT.png]
     python docs/experiments/oneshot_refine.py --tune [--pairs 20]
 
 Pairs: ``make_pair(SEED + i, domain)`` (:mod:`ppd.data.oneshot_pairs`), i < ``--pairs``,
@@ -124,6 +124,8 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=30)
     ap.add_argument("--domains", default="train,texture,lowcontrast")
     ap.add_argument("--defender", default="bundled", help="a ppd train run folder, or bundled")
+    ap.add_argument("--defender-options", nargs="*", default=[],
+                    help="refine options KEY=VALUE of the defender, as ppd bench's (e.g. max_steps=0)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--tune", action="store_true")
     ap.add_argument("--out")
@@ -135,7 +137,10 @@ def main() -> None:
         seg = ppd.load_segmenter(device="cpu")
         res = tune(seg, domains, a.pairs)
     else:
-        defender = PromptDefender.load(None if a.defender == "bundled" else a.defender, device="cpu")
+        from ppd.bench.protocols.refine import defender_config
+
+        defender = PromptDefender.load(None if a.defender == "bundled" else a.defender, device="cpu",
+                                       config=defender_config(a.defender_options))
         seg = defender.segmenter
         panels: list = []
         res = {}
