@@ -1,0 +1,85 @@
+"""How much can a refiner that only removes or relabels the given feature-matching points gain?
+
+    python docs/experiments/oneshot_refiner_ceiling.py [--pairs 30] [--domains train,texture,clutter] [--tune]
+        [--threads 2]
+
+On the one-shot pairs of ``oneshot_refine.py`` (``make_pair(SEED + i, domain)``;
+``--tune``: the disjoint ``TUNE_SEED`` pairs), SAM's mIoU from the FM points, and from two
+ground-truth oracles on them: ``remove`` (the wrong-label points dropped, the oracle of
+``ppd bench --protocol oneshot``) and ``relabel`` (their labels flipped). A refiner of the
+given points (the defender, every baseline of :mod:`ppd.agents.baselines`) only removes
+or relabels, so the better oracle bounds what it can reach.
+
+Measured (bundled model, CPU, 30 pairs per domain, mIoU):
+
+    pairs     domain   fm     remove  relabel  wrong
+    measured  train    0.675  0.774   0.777    0.14
+    measured  texture  0.373  0.438   0.595    0.27
+    measured  clutter  0.229  0.251   0.286    0.20
+    tuning    train    0.610  0.706   0.688    0.13
+    tuning    texture  0.444  0.570   0.676    0.27
+    tuning    clutter  0.364  0.438   0.460    0.21
+
+In-domain the ceiling is FM + 0.08 to 0.10 either way: a target of "FM + 0.10" asks for
+a perfect refiner there. Off the training domain relabelling is worth more than removing
+(texture: +0.22 against +0.07).
+"""
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import torch
+
+import ppd
+from ppd.data.oneshot_pairs import make_pair
+from ppd.metrics import iou
+from ppd.prompts import feature_matching
+
+SEED, TUNE_SEED = 20_000_000, 21_000_000  # as oneshot_refine.py
+
+
+def right_labels(coords: np.ndarray, labels: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    """Per point: does its label agree with the ground truth at its pixel?"""
+    x = np.clip(np.round(coords[:, 0]).astype(int), 0, gt.shape[1] - 1)
+    y = np.clip(np.round(coords[:, 1]).astype(int), 0, gt.shape[0] - 1)
+    return gt[y, x] == (labels == 1)
+
+
+def measure(seg, domain: str, n: int, seed: int) -> dict[str, float]:
+    vals: dict[str, list[float]] = {"fm": [], "remove": [], "relabel": [], "wrong": []}
+    for i in range(n):
+        p = make_pair(seed + i, domain)
+        img, gt = p.target.image, p.target_mask
+        coords, labels = feature_matching(seg, p.reference.image, p.ref_mask, img)
+        right = right_labels(coords, labels, gt)
+        emb = seg.encode(img)
+
+        def score(c: np.ndarray, lab: np.ndarray) -> float:
+            return float(iou(seg.predict(emb, c, lab).masks[0], gt))
+
+        keep = right if right.any() else np.arange(len(right)) == 0  # one point stays, as refiners keep one
+        vals["fm"].append(score(coords, labels))
+        vals["remove"].append(score(coords[keep], labels[keep]))
+        vals["relabel"].append(score(coords, np.where(right, labels, 1 - labels)))
+        vals["wrong"].append(float(1 - right.mean()))
+    return {k: float(np.mean(v)) for k, v in vals.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--pairs", type=int, default=30)
+    ap.add_argument("--domains", default="train,texture,clutter")
+    ap.add_argument("--tune", action="store_true", help="the tuning pairs instead of the measured ones")
+    ap.add_argument("--threads", type=int, default=2)
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    seg = ppd.load_segmenter(device="cpu")
+    print(f"{'domain':12s} {'fm':>7s} {'remove':>7s} {'relabel':>7s} {'wrong':>7s}")
+    for domain in a.domains.split(","):
+        r = measure(seg, domain, a.pairs, TUNE_SEED if a.tune else SEED)
+        print(f"{domain:12s} {r['fm']:7.3f} {r['remove']:7.3f} {r['relabel']:7.3f} {r['wrong']:7.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
