@@ -1,7 +1,7 @@
 """One-shot prompts on procedural pairs: mIoU of feature matching (FM), FM refined, the baselines, the oracle.
 
     python docs/experiments/oneshot_refine.py [--pairs 30] [--domains train,texture,lowcontrast]
-        [--defender bundled] [--defender-options KEY=VALUE ...] [--out OUT.json] [--figure OUT.png]
+        [--defender bundled] [--defender-options KEY=VALUE ...] [--tuning-pairs] [--out OUT.json] [--figure OUT.png]
     python docs/experiments/oneshot_refine.py --tune [--pairs 20]
 
 Pairs: ``make_pair(SEED + i, domain)`` (:mod:`ppd.data.oneshot_pairs`), i < ``--pairs``,
@@ -59,14 +59,14 @@ def wrong(coords, labels, gt) -> float:
     return float(np.mean(gt[y, x] != (labels == 1)))
 
 
-def measure(seg, defender, domain: str, n: int, panels: list | None = None) -> dict[str, float]:
+def measure(seg, defender, domain: str, n: int, panels: list | None = None, seed: int = SEED) -> dict[str, float]:
     vals: dict[str, list[float]] = {}
     refiners = {f"fm+{r}": BASELINES[r](seg) for r in REFINERS}
     if defender is not None:
         refiners["fm+ppd"] = defender
     t_fm, t_ppd = [], []
     for i in range(n):
-        p = make_pair(SEED + i, domain)
+        p = make_pair(seed + i, domain)
         img, gt = p.target.image, p.target_mask
         seg.encode(p.reference.image), seg.encode(img)
         if defender is not None:
@@ -127,7 +127,9 @@ def main() -> None:
     ap.add_argument("--defender-options", nargs="*", default=[],
                     help="refine options KEY=VALUE of the defender, as ppd bench's (e.g. max_steps=0)")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--tune", action="store_true")
+    ap.add_argument("--tune", action="store_true", help="tune FM's and GBMSeg's counts and spacings on the tuning pairs")
+    ap.add_argument("--tuning-pairs", action="store_true",
+                    help="measure the methods on the tuning pairs (TUNE_SEED) instead of the measured ones")
     ap.add_argument("--out")
     ap.add_argument("--figure")
     a = ap.parse_args()
@@ -146,7 +148,7 @@ def main() -> None:
         res = {}
         for d in domains:
             t = time.time()
-            res[d] = measure(seg, defender, d, a.pairs, panels)
+            res[d] = measure(seg, defender, d, a.pairs, panels, TUNE_SEED if a.tuning_pairs else SEED)
             print(d, json.dumps({k: round(v, 3) for k, v in res[d].items()}), f"({time.time() - t:.0f} s)", flush=True)
         if a.figure:
             from ppd.bench.protocols.oneshot_figures import oneshot_figure
