@@ -41,7 +41,7 @@ options (:mod:`~ppd.agents.refine_config`), the stages around the refiner
 (:mod:`~ppd.agents.guards`), the rollout (:mod:`~ppd.agents.rollout`), the node mapping
 (:mod:`~ppd.agents.node_map`), run-folder reading (:mod:`~ppd.agents.run_files`) and the
 run's configuration (:mod:`~ppd.agents.run_config`) live in their own modules; the names
-this module had stay importable from here.
+this module re-exports stay importable from here.
 """
 
 from __future__ import annotations
@@ -56,24 +56,19 @@ import numpy as np
 from ppd.agents.guards import prepare_sets, refine_guarded
 from ppd.agents.label_filter import FILTER_ACTIONS, LabelFilter, check_relabel_gate, check_threshold, node_probabilities
 from ppd.agents.node_map import NodeMap
-from ppd.agents.refine_config import (  # noqa: F401  (re-exported)
+from ppd.agents.refine_config import (  # noqa: F401  (DEFAULT_* and the flag helpers re-exported)
     DEFAULT_CONSENSUS, DEFAULT_CONSENSUS_QUORUM, DEFAULT_KEEP_CONSISTENT, DEFAULT_MIN_SCORE_GAIN, DEFAULT_POLISH,
-    DEFAULT_SELECT, INFERENCE_OPTIONS, SELECT_RULES, RefineConfig, _score_gain, _share, add_consensus_argument,
-    add_inference_arguments, add_keep_consistent_argument, add_min_score_gain_argument, add_polish_argument,
-    check_consensus_quorum, check_score_gain, inference_options,
+    DEFAULT_SELECT, SELECT_RULES, RefineConfig, add_consensus_argument, add_keep_consistent_argument, inference_options,
 )
-from ppd.agents.refiner import (  # noqa: F401  (re-exported)
-    PromptRefiner, RefineResult, RefineSet, check_prompts, make_result, per_set_budgets,
-)
-from ppd.agents.rollout import Episode, greedy_action, greedy_actions, polish_states, run_episodes  # noqa: F401
-from ppd.agents.run_files import (  # noqa: F401  (re-exported)
-    BUNDLED_DEFENDER, OBS_KEYS, RunConfig, RunConfigLike, _resolve_file, _segmenter_from_config, defender_arguments,
-    find_setting, load_agent, read_run_config, role_max_steps,
+from ppd.agents.refiner import PromptRefiner, RefineResult, RefineSet, check_prompts, make_result
+from ppd.agents.rollout import RefineEpisode, greedy_action, polish_states, run_episodes
+from ppd.agents.run_files import (  # noqa: F401  (load_agent, read_run_config, role_max_steps re-exported)
+    BUNDLED_DEFENDER, RunConfig, RunConfigLike, defender_arguments, load_agent, read_run_config, role_max_steps,
 )
 from ppd.agents.train_config import TrainConfig
 from ppd.data.types import Scene
-from ppd.envs.point_prompt_env import DEFAULT_MAX_STEPS, build_observation, defender_step, observation_options, rollout_action_mask
-from ppd.envs.world import ImageRecord, Outcome, PromptWorld, segmenter_gives_uncertainty, state_from_prompts
+from ppd.envs.point_prompt_env import DEFAULT_MAX_STEPS, build_observation, observation_options
+from ppd.envs.world import ImageRecord, PromptWorld, segmenter_gives_uncertainty, state_from_prompts
 from ppd.segmenter import Segmenter, image_key
 
 logger = logging.getLogger(__name__)
@@ -95,57 +90,6 @@ __all__ = [
     "read_run_config",
     "role_max_steps",
 ]
-
-_per_set_budgets = per_set_budgets  # the former private name
-
-
-class _RefineEpisode(Episode):
-    """One greedy rollout of :meth:`PromptDefender.refine_states`: no ground truth, the
-    defender's budget, ``patience`` and relabel rules; every visited state is kept."""
-
-    def __init__(self, defender: PromptDefender, rec: ImageRecord, start: np.ndarray, pts: np.ndarray, budget: int,
-                 relabel_ok: np.ndarray | None) -> None:
-        self.d, self.rec, self.start_state, self.pts, self.budget, self.relabel_ok = (
-            defender, rec, start, pts, budget, relabel_ok)
-        self.visited: list[tuple[np.ndarray, Outcome]] = []
-        self.best = 0  # index of the best-scored visited state (earliest on ties)
-        self._next: np.ndarray | None = None
-
-    def start(self) -> tuple:
-        self._next = self.start_state.copy()
-        return (self.rec, -1, self._next, self.pts)
-
-    def begin(self, outcome: Outcome) -> bool:
-        self.visited.append((self._next, outcome))
-        return True
-
-    def action_mask(self) -> np.ndarray | None:
-        d, steps = self.d, len(self.visited) - 1
-        if steps >= self.budget:
-            return None
-        if d.patience is not None and d.select == "score" and steps - self.best >= d.patience:
-            return None
-        mask = rollout_action_mask(self.visited[-1][0], self.start_state, d.relabel, self.relabel_ok)
-        return mask if mask[:-1].any() else None
-
-    def observation(self) -> dict[str, np.ndarray]:
-        steps = len(self.visited) - 1
-        st, out = self.visited[-1]
-        env_steps = self.d.train_max_steps or self.budget or 1
-        return self.d._observation(self.rec, st, self.pts, out, min(steps, env_steps), env_steps)
-
-    def act(self, action: int) -> tuple | None:
-        if action == 2 * self.d.num_nodes:  # stop
-            return None
-        self._next = defender_step(self.visited[-1][0], action)
-        return (self.rec, -1, self._next, self.pts)
-
-    def advance(self, outcome: Outcome) -> bool:
-        self.visited.append((self._next, outcome))
-        if outcome.score > self.visited[self.best][1].score:
-            self.best = len(self.visited) - 1
-        return True
-
 
 class PromptDefender(PromptRefiner):
     """A trained defender DQN that refines point prompts for SAM2 (no ground truth).
@@ -438,7 +382,7 @@ class PromptDefender(PromptRefiner):
             Per item: ``(output node_state (N,), its Outcome (no mask), prompt changes
             from the input to it)``.
         """
-        episodes = [_RefineEpisode(self, rec, st, pts, budget, None if relabel_ok is None else relabel_ok[i])
+        episodes = [RefineEpisode(self, rec, st, pts, budget, None if relabel_ok is None else relabel_ok[i])
                     for i, (rec, st, pts, budget) in enumerate(items)]
         run_episodes(self.model, self.world, episodes, self.probe)
         # Each step changes one prompt, so the i-th visited state is i changes away.

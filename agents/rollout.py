@@ -23,13 +23,13 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import numpy as np
 import torch
 
-from ppd.envs.point_prompt_env import PointPromptEnv, observation_options, rollout_action_mask
+from ppd.envs.point_prompt_env import PointPromptEnv, defender_step, observation_options, rollout_action_mask
 from ppd.envs.world import INACTIVE, ImageRecord, Outcome, PromptWorld
 
 if TYPE_CHECKING:  # annotations only: importing the DQN loads Stable-Baselines3
     from ppd.agents.dqn import MaskedDQN
 
-__all__ = ["Episode", "greedy_action", "greedy_actions", "greedy_rollout", "polish_states", "run_episodes"]
+__all__ = ["Episode", "RefineEpisode", "greedy_action", "greedy_actions", "greedy_rollout", "polish_states", "run_episodes"]
 
 #: What :meth:`PromptWorld.evaluate` decodes: ``(image record, object index (-1: no
 #: ground truth), node_state, node_points)``.
@@ -288,3 +288,52 @@ def _polish_rollouts(world: PromptWorld, starts: Sequence[tuple], results: list[
                          [r["score_steps"] for r in results], [cfg.defender_max_steps] * len(results))
     for r, (st, out, steps) in zip(results, done):
         r.update(score_state=st, score_quality=out.quality, score_steps=steps)
+
+
+class RefineEpisode(Episode):
+    """One greedy rollout of :meth:`~ppd.agents.defender.PromptDefender.refine_states`: no
+    ground truth, the defender's budget, ``patience`` and relabel rules; every visited
+    state is kept."""
+
+    def __init__(self, defender: Any, rec: ImageRecord, start: np.ndarray, pts: np.ndarray, budget: int,
+                 relabel_ok: np.ndarray | None) -> None:
+        self.d, self.rec, self.start_state, self.pts, self.budget, self.relabel_ok = (
+            defender, rec, start, pts, budget, relabel_ok)
+        self.visited: list[tuple[np.ndarray, Outcome]] = []
+        self.best = 0  # index of the best-scored visited state (earliest on ties)
+        self._next: np.ndarray | None = None
+
+    def start(self) -> tuple:
+        self._next = self.start_state.copy()
+        return (self.rec, -1, self._next, self.pts)
+
+    def begin(self, outcome: Outcome) -> bool:
+        self.visited.append((self._next, outcome))
+        return True
+
+    def action_mask(self) -> np.ndarray | None:
+        d, steps = self.d, len(self.visited) - 1
+        if steps >= self.budget:
+            return None
+        if d.patience is not None and d.select == "score" and steps - self.best >= d.patience:
+            return None
+        mask = rollout_action_mask(self.visited[-1][0], self.start_state, d.relabel, self.relabel_ok)
+        return mask if mask[:-1].any() else None
+
+    def observation(self) -> dict[str, np.ndarray]:
+        steps = len(self.visited) - 1
+        st, out = self.visited[-1]
+        env_steps = self.d.train_max_steps or self.budget or 1
+        return self.d._observation(self.rec, st, self.pts, out, min(steps, env_steps), env_steps)
+
+    def act(self, action: int) -> tuple | None:
+        if action == 2 * self.d.num_nodes:  # stop
+            return None
+        self._next = defender_step(self.visited[-1][0], action)
+        return (self.rec, -1, self._next, self.pts)
+
+    def advance(self, outcome: Outcome) -> bool:
+        self.visited.append((self._next, outcome))
+        if outcome.score > self.visited[self.best][1].score:
+            self.best = len(self.visited) - 1
+        return True

@@ -322,7 +322,7 @@ def test_rollout_action_mask_relabel_gate():
 
 
 def test_defender_relabel_gate_reaches_the_rollout(run, tiny_segmenter, monkeypatch):
-    import ppd.agents.defender as dmod
+    import ppd.agents.rollout as dmod
 
     out, _ = run
     seen = []
