@@ -87,19 +87,11 @@ def bench_arguments(args: argparse.Namespace) -> list[str]:
     """The ``ppd bench`` arguments (after ``ppd bench``) that measure what ``args`` asks for
     (``args.attacker``: the attacker already resolved, None for none)."""
     from ppd.agents.refine_config import inference_options
-    from ppd.bench.views import changed_refine_options, device_arguments
+    from ppd.bench.views import changed_refine_options, device_arguments, scene_arguments
 
     options = {"select": args.select, "patience": args.patience, **inference_options(args)}
     argv = ["--protocol", "refine"]
-    for domain in args.domains:
-        argv += ["--data", f"{domain}=procedural:{domain}"]
-    if args.model != "bundled":
-        argv += ["--model", args.model]
-    argv += ["--sample", str(args.scenes)]
-    if args.seed:
-        argv += ["--seed", str(args.seed)]
-    if args.max_objects is not None:
-        argv += ["--max-objects", str(args.max_objects)]
+    argv += scene_arguments(args)
     argv += ["--defender", args.run, "--baselines", *BASELINES]
     if args.attacker:
         argv += ["--attacker", args.attacker]

@@ -81,19 +81,11 @@ def column_methods(run: str) -> dict[str, str]:
 def bench_arguments(args: argparse.Namespace) -> list[str]:
     """The ``ppd bench`` arguments (after ``ppd bench``) that measure what ``args`` asks for."""
     from ppd.agents.refine_config import inference_options
-    from ppd.bench.views import changed_refine_options, device_arguments
+    from ppd.bench.views import changed_refine_options, device_arguments, scene_arguments
 
     changed = changed_refine_options({"select": args.select, **inference_options(args)})
     argv = ["--protocol", "refine"]
-    for domain in args.domains:
-        argv += ["--data", f"{domain}=procedural:{domain}"]
-    if args.model != "bundled":
-        argv += ["--model", args.model]
-    argv += ["--sample", str(args.scenes)]
-    if args.seed:
-        argv += ["--seed", str(args.seed)]
-    if args.max_objects is not None:
-        argv += ["--max-objects", str(args.max_objects)]
+    argv += scene_arguments(args)
     argv += ["--defender", args.run, "--baselines", "no_refine", "greedy_score", "--generators", *args.generators]
     if args.without_filter:
         argv.append("--without-filter")

@@ -28,6 +28,23 @@ def changed_refine_options(options: dict[str, Any]) -> list[str]:
     return [f"{k}={option_text(v)}" for k, v in options.items() if v != getattr(default, k)]
 
 
+def scene_arguments(args: argparse.Namespace) -> list[str]:
+    """``ppd bench``'s ``--data`` (one procedural source per domain), ``--model``,
+    ``--sample``, ``--seed`` and ``--max-objects`` as the view was given them
+    (``--domains``, ``--model``, ``--scenes``, ``--seed``, ``--max-objects``)."""
+    argv: list[str] = []
+    for domain in args.domains:
+        argv += ["--data", f"{domain}=procedural:{domain}"]
+    if args.model != "bundled":
+        argv += ["--model", args.model]
+    argv += ["--sample", str(args.scenes)]
+    if args.seed:
+        argv += ["--seed", str(args.seed)]
+    if args.max_objects is not None:
+        argv += ["--max-objects", str(args.max_objects)]
+    return argv
+
+
 def device_arguments(args: argparse.Namespace) -> list[str]:
     """``ppd bench``'s ``--device``, ``--precision``, ``--embedding-cache`` and
     ``--threads`` as the view was given them."""
