@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 
 from ppd.bench.protocols.base import BenchModel, Protocol
-from ppd.bench.protocols.refine import BUNDLED, RefineBenchConfig, RefineProtocol
+from ppd.bench.protocols.refine import BUNDLED, RefineBenchConfig, RefineProtocol, defender_options_field
 from ppd.bench.schema import Example, Row, Unit, UnitResult, encode_mask, prompt_points
 
 logger = logging.getLogger(__name__)
@@ -76,12 +76,7 @@ class OneShotConfig:
     fm_pos: int = field(default=5, metadata={"help": "most positive FM points (default 5)"})
     fm_neg: int = field(default=5, metadata={"help": "most negative FM points (default 5)"})
     pair_seed: int = field(default=0, metadata={"help": "seed of the reference drawn for each target (default 0)"})
-    defender_options: list[str] = field(
-        default_factory=list,
-        metadata={"help": "refine options KEY=VALUE of every defender, fields of ppd refine's config with YAML "
-                  "values (e.g. select=last min_score_gain=null keep_consistent=false) (default: ppd refine's "
-                  "defaults)"},
-    )
+    defender_options: list[str] = defender_options_field()
 
     def __post_init__(self) -> None:
         from ppd.bench.protocols.refine import defender_config

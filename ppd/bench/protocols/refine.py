@@ -79,6 +79,14 @@ DQN_IDEAL, DQN_ORACLE = "ideal", "attacked_oracle"
 BASELINE_NAMES = ("no_refine", "random_drop", "greedy_score", "consistency", "mask_consensus")
 
 
+def defender_options_field() -> Any:
+    """The ``defender_options`` field of the protocols that run defenders (refine, oneshot):
+    ``KEY=VALUE`` refine options, read by :func:`defender_config`."""
+    return field(default_factory=list, metadata={
+        "help": "refine options KEY=VALUE of every defender, fields of ppd refine's config with YAML values (e.g. "
+                "select=last min_score_gain=null keep_consistent=false) (default: ppd refine's defaults)"})
+
+
 @dataclass
 class RefineBenchConfig:
     defender: list[str] = field(
@@ -134,12 +142,7 @@ class RefineBenchConfig:
         metadata={"help": "also refine with each defender without its wrong-label filter, as method "
                   "ppd:<run>[no filter] (runs that have a filter only) (default: off)"},
     )
-    defender_options: list[str] = field(
-        default_factory=list,
-        metadata={"help": "refine options KEY=VALUE of every defender, fields of ppd refine's config with YAML "
-                  "values (e.g. select=last min_score_gain=null keep_consistent=false) (default: ppd refine's "
-                  "defaults)"},
-    )
+    defender_options: list[str] = defender_options_field()
 
     def __post_init__(self) -> None:
         from ppd.bench.protocols.attacks import ATTACK_NAMES, AttacksConfig
