@@ -20,7 +20,10 @@ FLAGS = ["--seed=2", "--device=cpu", "--n-envs=2", "--rounds=2", "--attacker-ste
 
 
 def _ppd(*args: str) -> list[str]:
-    return [sys.executable, "-c", "import sys; from ppd.cli import main; sys.exit(main())", *args]
+    # Ctrl-C raises KeyboardInterrupt in the child even where this test runs with SIGINT
+    # ignored (a background job of a non-interactive shell), which Python would inherit
+    return [sys.executable, "-c", "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+            "from ppd.cli import main; sys.exit(main())", *args]
 
 
 def test_ctrl_c_says_how_to_continue_and_resume_refuses_contradicting_flags(tiny_checkpoint, tmp_path):
