@@ -141,11 +141,11 @@ def format_table(table: dict[str, dict[str, float | None]]) -> str:
         cols = [c for c in cols if any(r.get(c) is not None for r in table.values())]
         if not cols:
             continue
-        width = max(10, *(len(c) for c in cols))
-        lines.append(f"{'domain':12s} " + " ".join(f"{c:>{width}s}" for c in cols))
+        widths = [max(7, len(c)) for c in cols]
+        lines.append(f"{'domain':12s} " + " ".join(f"{c:>{w}s}" for c, w in zip(cols, widths)))
         for domain, r in table.items():
-            cells = [f"{'-':>{width}s}" if r.get(c) is None else
-                     f"{r[c]:{width}.1f}" if c == "refine_ms" else f"{r[c]:{width}.3f}" for c in cols]
+            cells = [f"{'-':>{w}s}" if r.get(c) is None else
+                     f"{r[c]:{w}.1f}" if c == "refine_ms" else f"{r[c]:{w}.3f}" for c, w in zip(cols, widths)]
             lines.append(f"{domain:12s} " + " ".join(cells))
     return "\n".join(lines)
 
