@@ -205,7 +205,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"the attack costs {final['ideal_iou'] - final['attacked_iou']:.3f} IoU; the defender recovers "
               f"{100 * final['defended_attacked_iou'] / final['ideal_iou']:.0f}% of the ideal IoU "
               "(against this run's attacker, whose strength varies by seed; compare runs against one attacker with "
-              "ppd bench --protocol refine --attacker RUN --defender RUN ...)")
+              f"python -m ppd.bench.defense --run {out} --attacker OTHER_RUN)")
     files = [out / "defender.zip", out / "attacker.zip", out / "metrics.json", out / "examples.png"]
     if filt:
         files.append(out / "label_filter.zip")

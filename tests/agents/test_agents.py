@@ -900,6 +900,7 @@ def test_train_cli_and_resume_errors(tiny_checkpoint, tmp_path, capsys):
     assert final["ideal_iou"] > 0  # seeded: the tiny random model covers some of the object
     pct = 100 * final["defended_attacked_iou"] / final["ideal_iou"]  # the summary's recovery line
     assert f"the defender recovers {pct:.0f}% of the ideal IoU (against this run's attacker" in printed
+    assert f"python -m ppd.bench.defense --run {out} --attacker OTHER_RUN" in printed
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["seed"] == 3 and saved["start_mix"] == {"coarse": 1.0} and saved["hidden_dim"] == 8
     with pytest.raises(FileNotFoundError, match="state.json"):
