@@ -29,7 +29,8 @@ from ppd.envs.world import INACTIVE, ImageRecord, Outcome, PromptWorld
 if TYPE_CHECKING:  # annotations only: importing the DQN loads Stable-Baselines3
     from ppd.agents.dqn import MaskedDQN
 
-__all__ = ["Episode", "RefineEpisode", "greedy_action", "greedy_actions", "greedy_rollout", "polish_states", "run_episodes"]
+__all__ = ["Episode", "RefineEpisode", "greedy_action", "greedy_actions", "greedy_rollout", "polish_states",
+           "run_episodes"]
 
 #: What :meth:`PromptWorld.evaluate` decodes: ``(image record, object index (-1: no
 #: ground truth), node_state, node_points)``.

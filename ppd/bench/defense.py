@@ -181,19 +181,13 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ppd.bench.views import check_scene_arguments, objects_per_domain, run_view
     from ppd.cli.common import apply_threads
-    from ppd.data.scenes import DOMAINS
-    from ppd.bench.views import objects_per_domain, run_view
 
     p = parser()
     args = p.parse_args(argv)
     apply_threads(p, args)
-    args.domains = [d for part in args.domains for d in part.split(",") if d]
-    unknown = sorted(set(args.domains) - set(DOMAINS))
-    if unknown:
-        p.error(f"unknown domains {unknown}; known: {', '.join(DOMAINS)}")
-    if args.scenes < 1:
-        p.error(f"--scenes must be >= 1, got {args.scenes}")
+    check_scene_arguments(p, args)
     if args.patience is not None and (args.patience < 1 or args.select != "score"):
         p.error(f"--patience must be >= 1 and goes with --select score, got {args.patience} with --select {args.select}")
     try:

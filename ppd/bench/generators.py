@@ -201,21 +201,13 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ppd.bench.views import check_scene_arguments, objects_per_domain, run_view
     from ppd.cli.common import apply_threads
-    from ppd.data.scenes import DOMAINS
 
     p = parser()
     args = p.parse_args(argv)
     apply_threads(p, args)
-    args.domains = [d for part in args.domains for d in part.split(",") if d]
-    args.generators = [g for part in args.generators for g in part.split(",") if g]
-    for kind, names, known in (("domains", args.domains, DOMAINS), ("generators", args.generators, tuple(GENERATORS))):
-        unknown = sorted(set(names) - set(known))
-        if unknown:
-            p.error(f"unknown {kind} {unknown}; known: {', '.join(known)}")
-    if args.scenes < 1:
-        p.error(f"--scenes must be >= 1, got {args.scenes}")
-    from ppd.bench.views import objects_per_domain, run_view
+    check_scene_arguments(p, args, generators=tuple(GENERATORS))
 
     cfg, outcome, results = run_view(p, bench_arguments(args))
     objects = objects_per_domain(results, "refine")

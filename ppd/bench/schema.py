@@ -31,11 +31,15 @@ class Unit:
     image: str  # the image's id within its domain (file stem, COCO file name, scene seed)
     protocol: str
 
+    def _digest(self, per_model: bool = True) -> str:
+        """16 hex digits of the unit's names (the model's only with ``per_model``)."""
+        names = [self.model] * per_model + [self.domain, self.image, self.protocol]
+        return hashlib.sha1("\0".join(names).encode()).hexdigest()[:16]
+
     @property
     def key(self) -> str:
         """A file-safe, stable name of the unit."""
-        digest = hashlib.sha1(f"{self.model}\0{self.domain}\0{self.image}\0{self.protocol}".encode()).hexdigest()[:16]
-        return f"{self.protocol}-{digest}"
+        return f"{self.protocol}-{self._digest()}"
 
     def seed(self, seed: int, per_model: bool = False) -> np.random.Generator:
         """The unit's own random stream: the same whatever order or process runs it, and
@@ -43,9 +47,7 @@ class Unit:
         on the model), so models are compared on the same random prompts: the same
         coarse sets, clicks, corruption noise and attack starts. ``per_model``: the
         model's name too (``ppd bench`` runs saved without ``streams``)."""
-        name = f"{self.model}\0{self.domain}\0{self.image}\0{self.protocol}" if per_model else \
-            f"{self.domain}\0{self.image}\0{self.protocol}"
-        return np.random.default_rng([seed, int(hashlib.sha1(name.encode()).hexdigest()[:16], 16)])
+        return np.random.default_rng([seed, int(self._digest(per_model), 16)])
 
 
 @dataclass

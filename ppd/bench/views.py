@@ -28,6 +28,23 @@ def changed_refine_options(options: dict[str, Any]) -> list[str]:
     return [f"{k}={option_text(v)}" for k, v in options.items() if v != getattr(default, k)]
 
 
+def check_scene_arguments(p: argparse.ArgumentParser, args: argparse.Namespace,
+                          **lists: tuple[str, ...]) -> None:
+    """Read the view's ``--domains`` (and each list flag in ``lists``, name -> known values)
+    as names, comma-separated or not, and check them and ``--scenes``; a bad one is
+    ``p``'s usage error."""
+    from ppd.data.scenes import DOMAINS
+
+    for kind, known in {"domains": DOMAINS, **lists}.items():
+        names = [n for part in getattr(args, kind) for n in part.split(",") if n]
+        setattr(args, kind, names)
+        unknown = sorted(set(names) - set(known))
+        if unknown:
+            p.error(f"unknown {kind} {unknown}; known: {', '.join(known)}")
+    if args.scenes < 1:
+        p.error(f"--scenes must be >= 1, got {args.scenes}")
+
+
 def scene_arguments(args: argparse.Namespace) -> list[str]:
     """``ppd bench``'s ``--data`` (one procedural source per domain), ``--model``,
     ``--sample``, ``--seed`` and ``--max-objects`` as the view was given them

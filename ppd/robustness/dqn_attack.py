@@ -5,9 +5,10 @@ A ``ppd train`` run's attacker (``attacker.zip``) acts on a dual-space graph of 
 positive or a negative prompt (at the node's patch centre), or stops, up to its training
 budget ``attacker_max_steps`` (4 by default). :func:`dqn_point_attack` runs it greedily,
 as in training and in the fixed defense sets (:mod:`ppd.bench.defense_sets`), from each
-object's start set mapped onto the graph (:func:`~ppd.envs.world.state_from_prompts`: points sharing a patch merge
-into one node, the one nearest the patch centre), all objects of an image batched (one
-decoder call per attacker step, :func:`~ppd.agents.rollout.greedy_rollout`).
+object's start set mapped onto the graph (:func:`~ppd.envs.world.state_from_prompts`:
+points sharing a patch merge into one node, the one nearest the patch centre), all
+objects of an image batched (one decoder call per attacker step,
+:func:`~ppd.agents.rollout.greedy_rollout`).
 
 Every prompt set the attacker visits, the start included, is then scored as the BREPS
 point attack scores its sets (:func:`ppd.robustness.breps.point_attack` with no step:
