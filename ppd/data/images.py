@@ -39,7 +39,7 @@ def read_rgb(path: str | os.PathLike) -> np.ndarray:
         FileNotFoundError: no such file.
         ValueError: the file cannot be read as an image (the message names it).
     """
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import Image, UnidentifiedImageError
 
     p = Path(path)
     if not p.exists():
@@ -48,11 +48,7 @@ def read_rgb(path: str | os.PathLike) -> np.ndarray:
         raise ValueError(f"cannot read image {p}: it is not a file")
     try:
         with Image.open(p) as im:
-            orientation = _orientation(im)
-            im.load()
-            if orientation not in (None, 1):
-                im = ImageOps.exif_transpose(im)
-                logger.info("image %s: turned upright as its EXIF orientation (%d) says", p, orientation)
+            im = upright(im, p)
             if im.mode in HIGH_DEPTH_MODES:
                 return _scale_to_uint8(np.asarray(im), p, im.mode)
             return np.asarray(im.convert("RGB"), dtype=np.uint8)
@@ -73,6 +69,21 @@ def read_rgb(path: str | os.PathLike) -> np.ndarray:
         raise ValueError(
             f"cannot read image {p}: the file is truncated or corrupt ({type(exc).__name__}: {_first_line(exc)})"
         ) from None
+
+
+def upright(im, path: str | os.PathLike | None = None):
+    """The open Pillow image ``im``, loaded and turned by its EXIF orientation tag as a
+    photo viewer shows it (``ImageOps.exif_transpose``; ``im`` itself when it has no
+    tag, or tag 1). With ``path``, the turn is logged (info) naming it."""
+    from PIL import ImageOps
+
+    orientation = _orientation(im)
+    im.load()
+    if orientation in (None, 1):
+        return im
+    if path is not None:
+        logger.info("image %s: turned upright as its EXIF orientation (%d) says", path, orientation)
+    return ImageOps.exif_transpose(im)
 
 
 def exif_orientation(path: str | os.PathLike) -> int | None:

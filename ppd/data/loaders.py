@@ -3,7 +3,10 @@
 Both loaders index the files when built and read an image only when it is indexed, so a
 large dataset costs nothing until used. Images are read as RGB uint8 by
 :func:`ppd.data.images.read_rgb` (16-bit and float images scaled by their value range,
-EXIF orientation applied, unreadable files named in a ``ValueError``).
+EXIF orientation applied, unreadable files named in a ``ValueError``). Mask PNGs follow
+the same EXIF rule as images (a mask that carries its image's orientation tag stays
+aligned with it). Hidden files (names starting with ``.``, such as macOS's ``._a.png``)
+are never data.
 """
 
 from __future__ import annotations
@@ -18,13 +21,13 @@ from typing import Iterable, Optional, Union
 import numpy as np
 from PIL import Image
 
-from ppd.data.images import exif_orientation, read_rgb
+from ppd.data.images import exif_orientation, read_rgb, upright
 from ppd.data.types import Scene
 
 logger = logging.getLogger(__name__)
 
 PathLike = Union[str, Path]
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 MASK_MODES = ("auto", "instance", "binary")
 #: Void ("ignore") value of 8-bit instance masks.
 VOID_ID = 255
@@ -42,9 +45,15 @@ class ImageMaskFolder(Sequence):
           masks have no void value (255 is an instance like any other).
         * ``"auto"``: binary when the mask's values are within {0, 255} or {0, 1},
           instance otherwise (so a one-instance id mask {0, 1} loads the same either way).
+          An 8-bit mask that looks like a binary mask with soft (anti-aliased, resized
+          or JPEG-compressed) edges, where read as ids the object would be void and its
+          edge a dozen tiny instances, is refused with a ``ValueError`` that says how
+          to fix it (:func:`soft_edges`).
 
     Masks must be single-channel (L, P, I, 1) PNGs; an RGB mask is accepted only if its
-    three channels are equal. ``scene.meta`` holds ``image_file``, ``mask_file``,
+    three channels are equal, and an alpha channel (LA, PA, RGBA) is ignored unless it
+    is the only channel that varies (then the mask is refused, as its values are in the
+    alpha channel). ``scene.meta`` holds ``image_file``, ``mask_file``,
     ``instance_ids`` (the mask value of each instance; [1] for binary masks) and ``void``
     ((H, W) bool, all False in binary mode and for 16-bit masks).
 
@@ -99,6 +108,16 @@ class ImageMaskFolder(Sequence):
         binary = self.mask_mode == "binary" or (
             self.mask_mode == "auto" and (set(values) <= {0, 255} or set(values) <= {0, 1})
         )
+        if not binary and self.mask_mode == "auto" and eight_bit and soft_edges(ids):
+            inner = int(((ids > 0) & (ids < VOID_ID)).sum())
+            levels = int(((values > 0) & (values < VOID_ID)).sum())
+            raise ValueError(
+                f"mask {mask_file} looks like a binary mask with soft (anti-aliased, resized or JPEG) edges: "
+                f"{int((ids == VOID_ID).sum())} pixels are 255 and {inner} pixels along its edges hold "
+                f"{levels} values between 1 and 254, which would read as that "
+                "many tiny instances with the object itself void (255); save it with only 0 and 255 "
+                "(e.g. 255 where the value is >= 128), or as instance ids 1..254 with 255 only for void"
+            )
         if binary:
             instance_ids = [1] if values.max() > 0 else []
             masks = (ids > 0)[None] if instance_ids else np.zeros((0, *ids.shape), bool)
@@ -208,7 +227,13 @@ class CocoDataset(Sequence):
         # Paint larger instances first so that smaller ones stay visible where they overlap.
         label = np.full(image.shape[:2], -1, np.int64)
         for i, ann in enumerate(anns):
-            label[self.coco.annToMask(ann) > 0] = i
+            mask = self.coco.annToMask(ann)
+            if mask.shape != label.shape:  # an RLE whose 'size' is not its image's
+                raise ValueError(
+                    f"annotation {ann.get('id')} of image {image_file} has a mask of size {mask.shape} (H, W) "
+                    f"but the image is {label.shape}; an RLE's 'size' must be its image's [height, width]"
+                )
+            label[mask > 0] = i
         masks = label[None] == np.arange(len(anns))[:, None, None]
         visible = masks.any(axis=(1, 2))
         kept = [a for a, v in zip(anns, visible) if v]
@@ -243,11 +268,17 @@ def _existing_dir(path: PathLike, name: str) -> Path:
     return path
 
 
+def is_data_file(path: Path) -> bool:
+    """Whether ``path`` can be a dataset file: a file whose name does not start with a
+    dot (not ``.DS_Store``, nor macOS's ``._NAME`` copies of extended attributes)."""
+    return not path.name.startswith(".") and path.is_file()
+
+
 def _files_by_stem(folder: Path, extensions: tuple[str, ...]) -> dict[str, Path]:
-    """Map file stem -> path for the files of a folder with one of the extensions."""
+    """Map file stem -> path for the data files of a folder with one of the extensions."""
     files: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
-        if path.suffix.lower() not in extensions:
+        if path.suffix.lower() not in extensions or not is_data_file(path):
             continue
         if path.stem in files:
             raise ValueError(f"two files share the stem {path.stem!r}: {files[path.stem]}, {path}")
@@ -279,11 +310,47 @@ def _orientation_hint(path: Path) -> str:
 
 def _read_mask(path: Path) -> tuple[np.ndarray, bool]:
     """(H, W) int64 mask values of a single-channel PNG (or an RGB one with equal
-    channels), and whether the PNG holds 8-bit values (where 255 means void)."""
-    with Image.open(path) as img:
-        ids = np.asarray(img)
+    channels; alpha ignored), turned by its EXIF orientation as images are, and whether
+    the PNG holds 8-bit values (where 255 means void)."""
+    from PIL import UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            img = upright(img)
+            mode, ids = img.mode, np.asarray(img)
+    except UnidentifiedImageError:
+        raise ValueError(f"cannot read mask {path}: not an image file Pillow can read (masks are PNG files)") from None
+    except (OSError, SyntaxError, EOFError, ValueError) as exc:  # truncated or damaged
+        detail = (str(exc).strip().splitlines() or ["no details"])[0][:200]
+        raise ValueError(f"cannot read mask {path}: the file is truncated or corrupt ({type(exc).__name__}: {detail})") from None
     if ids.ndim == 3:
-        if not (ids[..., :3] == ids[..., :1]).all():
-            raise ValueError(f"mask {path} must be single-channel (or RGB with equal channels)")
-        ids = ids[..., 0]
+        has_alpha = mode in ("LA", "La", "PA", "RGBA", "RGBa")
+        colour = ids[..., :-1] if has_alpha else ids
+        alpha = ids[..., -1]
+        if has_alpha and (colour == colour.flat[0]).all() and not (alpha == alpha.flat[0]).all():
+            raise ValueError(f"mask {path} holds its mask in the alpha channel (its {mode} colour is the same "
+                             "everywhere); save the mask values as a single-channel (L) PNG")
+        if not (colour == colour[..., :1]).all():
+            raise ValueError(f"mask {path} has colours ({mode}), not one value per pixel: save binary or instance-id "
+                             "masks as single-channel PNGs (mode L or P, 16-bit for more than 254 instances)")
+        ids = colour[..., 0]
     return ids.astype(np.int64), ids.dtype.itemsize == 1
+
+
+def soft_edges(ids: np.ndarray) -> bool:
+    """Whether an 8-bit mask looks like a binary mask with soft edges rather than an
+    instance-id mask: it holds 255 and values between 1 and 254, 255 covers more pixels
+    than those values together, and nine in ten of their pixels touch (4-neighbours) a
+    pixel of another value, as the band along an interpolated or compressed edge does
+    and an instance's area does not."""
+    inner = (ids > 0) & (ids < VOID_ID)
+    n_inner = int(inner.sum())
+    if n_inner == 0 or int((ids == VOID_ID).sum()) <= n_inner:
+        return False
+    differs = np.zeros(ids.shape, bool)
+    vertical, horizontal = ids[1:] != ids[:-1], ids[:, 1:] != ids[:, :-1]
+    differs[1:] |= vertical
+    differs[:-1] |= vertical
+    differs[:, 1:] |= horizontal
+    differs[:, :-1] |= horizontal
+    return int((differs & inner).sum()) >= 0.9 * n_inner

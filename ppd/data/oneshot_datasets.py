@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from ppd.data.loaders import IMAGE_EXTENSIONS, CocoDataset, ImageMaskFolder, PathLike
+from ppd.data.loaders import IMAGE_EXTENSIONS, CocoDataset, ImageMaskFolder, PathLike, is_data_file
 from ppd.data.oneshot_pairs import OneShotPair
 
 __all__ = ["ClassFolderPairs", "CocoPairs"]
@@ -117,8 +117,8 @@ class _SameFolder(ImageMaskFolder):
     image that is itself a PNG needs another extension, as FSS-1000's jpg images)."""
 
     def __init__(self, folder: Path) -> None:
-        masks = {p.stem: p for p in sorted(folder.glob("*.png"))}
-        images = {p.stem: p for p in sorted(folder.iterdir())
-                  if p.suffix.lower() in IMAGE_EXTENSIONS and p.suffix.lower() != ".png"}
+        files = [p for p in sorted(folder.iterdir()) if is_data_file(p)]
+        masks = {p.stem: p for p in files if p.suffix.lower() == ".png"}
+        images = {p.stem: p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS and p.suffix.lower() != ".png"}
         self.pairs = [(images[s], masks[s]) for s in sorted(images.keys() & masks.keys())]
         self.mask_mode, self.domain = "binary", folder.name

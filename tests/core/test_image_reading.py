@@ -205,3 +205,19 @@ def test_segment_on_a_16_bit_image_says_it_scaled_it(tmp_path, twelve_bit_png):
     assert f"image {path}: I;16 (uint16) scaled to 8 bit from its value range [0, 4095]" in res.stderr
     overlay = np.asarray(Image.open(out / "overlay.png"))
     assert overlay.shape == (40, 50, 3) and overlay.mean() < 200  # not a white page
+
+
+def test_mask_carrying_its_images_exif_tag_stays_aligned(tmp_path):
+    # a tool that copies the photo's metadata into the mask: both are turned alike
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    _oriented_jpeg(tmp_path / "images" / "a.jpg", 6)
+    stored = np.zeros((32, 48), np.uint8)
+    stored[:16, :16] = 255  # the white block of the stored pixels
+    exif = Image.Exif()
+    exif[images.EXIF_ORIENTATION_TAG] = 6
+    Image.fromarray(stored).save(tmp_path / "masks" / "a.png", exif=exif)
+    scene = load_image_mask_folder(tmp_path / "images", tmp_path / "masks")[0]
+    assert scene.image.shape == (48, 32, 3) and scene.masks.shape == (1, 48, 32)
+    assert scene.masks[0, :16, 16:].all() and scene.masks.sum() == 256
+    assert scene.image[scene.masks[0]].mean() > 200 and scene.image[~scene.masks[0]].mean() < 60

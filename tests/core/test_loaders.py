@@ -210,3 +210,138 @@ def test_coco_errors(coco, tmp_path):
     save_image(images / "one.png", h=H + 2)
     with pytest.raises(ValueError, match=r"one\.png"):
         load_coco(path, images)[0]
+
+
+# ----------------------------------------------------------------------------- masks as users save them
+def _one_pair(tmp_path, write_mask, image_name="a.png"):
+    """``tmp_path/images/a.png`` (H x W) and the mask ``write_mask(path)`` writes."""
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    save_image(tmp_path / "images" / image_name)
+    write_mask(tmp_path / "masks" / "a.png")
+    return load_image_mask_folder(tmp_path / "images", tmp_path / "masks")
+
+
+def _square(value=255):
+    mask = np.zeros((H, W), np.uint8)
+    mask[3:9, 4:12] = value  # 48 px
+    return mask
+
+
+@pytest.mark.parametrize("mode", ["LA", "RGBA"])
+def test_masks_with_an_alpha_channel_read_their_values(tmp_path, mode):
+    def write(path):
+        Image.fromarray(_square()).convert(mode).save(path)
+
+    scene = _one_pair(tmp_path, write)[0]
+    assert Image.open(tmp_path / "masks" / "a.png").mode == mode
+    assert scene.masks.shape == (1, H, W) and scene.masks.sum() == 48 and scene.masks[0, 3:9, 4:12].all()
+
+
+def test_mask_held_in_the_alpha_channel_is_refused_with_what_to_do(tmp_path):
+    def write(path):
+        Image.fromarray(np.dstack([np.zeros((H, W, 3), np.uint8), _square()])).save(path)  # black, alpha = object
+
+    data = _one_pair(tmp_path, write)
+    with pytest.raises(ValueError, match=r"mask .*a\.png holds its mask in the alpha channel.*single-channel \(L\) PNG"):
+        data[0]
+
+
+def test_colour_mask_is_refused_with_what_to_do(tmp_path):
+    def write(path):
+        rgb = np.zeros((H, W, 3), np.uint8)
+        rgb[3:9, 4:12] = (255, 0, 0)
+        Image.fromarray(rgb).save(path)
+
+    with pytest.raises(ValueError, match=r"mask .*a\.png has colours \(RGB\).*single-channel PNGs"):
+        _one_pair(tmp_path, write)[0]
+
+
+def test_truncated_mask_is_a_value_error_naming_it(tmp_path):
+    def write(path):
+        Image.fromarray(np.random.default_rng(0).integers(0, 256, (H, W), dtype=np.uint8)).save(path)
+        path.write_bytes(path.read_bytes()[:120])
+
+    with pytest.raises(ValueError, match=r"cannot read mask .*a\.png: the file is truncated or corrupt") as err:
+        _one_pair(tmp_path, write)[0]
+    assert "\n" not in str(err.value)
+
+
+def _disk(size, radius):
+    yy, xx = np.mgrid[:size, :size]
+    return ((yy - size / 2) ** 2 + (xx - size / 2) ** 2 <= radius**2).astype(np.uint8) * 255
+
+
+@pytest.mark.parametrize("soften", ["resized", "jpeg"])
+def test_binary_mask_with_soft_edges_is_refused_not_read_as_instances(tmp_path, soften):
+    # read as ids, the object would be void (255) and its edge a dozen one-pixel-wide "instances"
+    import io
+
+    sharp = _disk(32, 10)
+    if soften == "resized":
+        soft = Image.fromarray(sharp).resize((H * 4, W * 4), Image.BILINEAR)
+    else:
+        buf = io.BytesIO()
+        Image.fromarray(sharp).resize((W * 4, H * 4), Image.NEAREST).save(buf, "JPEG", quality=75)
+        soft = Image.open(buf)
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    save_image(tmp_path / "images" / "a.png", h=soft.height, w=soft.width)
+    soft.convert("L").save(tmp_path / "masks" / "a.png")
+    values = np.unique(np.asarray(Image.open(tmp_path / "masks" / "a.png")))
+    assert len(values) > 3 and values[-1] == 255
+    data = load_image_mask_folder(tmp_path / "images", tmp_path / "masks")
+    with pytest.raises(ValueError, match=r"mask .*a\.png looks like a binary mask with soft .* edges.*only 0 and 255"):
+        data[0]
+    # as binary masks they load: every nonzero pixel is the one object
+    assert load_image_mask_folder(tmp_path / "images", tmp_path / "masks", mask_mode="binary")[0].num_objects == 1
+
+
+def test_instance_masks_are_not_taken_for_soft_edges(tmp_path):
+    from ppd.data.loaders import soft_edges
+
+    ids = np.zeros((64, 64), np.int64)
+    ids[5:30, 5:30], ids[35:60, 10:50] = 1, 2
+    ids[4, 4:31] = ids[30, 4:31] = 255  # a thin void border, as VOC draws it
+    assert not soft_edges(ids)
+    ids[5:30, 5:30] = 255  # a large void region with solid instances beside it
+    assert not soft_edges(ids)
+    assert not soft_edges(np.where(ids > 0, 255, 0))  # binary: no value in between
+
+
+def test_hidden_files_are_not_data(tmp_path):
+    # macOS writes ._NAME files of extended attributes next to copied files
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    save_image(tmp_path / "images" / "a.png")
+    Image.fromarray(_square()).save(tmp_path / "masks" / "a.png")
+    (tmp_path / "images" / "._a.png").write_bytes(b"\x00\x05\x16\x07" + bytes(60))
+    (tmp_path / "masks" / "._a.png").write_bytes(b"\x00\x05\x16\x07" + bytes(60))
+    data = load_image_mask_folder(tmp_path / "images", tmp_path / "masks")
+    assert [p.name for p, _ in data.pairs] == ["a.png"] and data[0].masks.sum() == 48
+
+
+def test_webp_images_are_read(tmp_path):
+    pixels = np.random.default_rng(3).integers(0, 256, (H, W, 3), dtype=np.uint8)
+
+    def write(path):
+        Image.fromarray(_square()).save(path)
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    Image.fromarray(pixels).save(tmp_path / "images" / "a.webp", lossless=True)
+    write(tmp_path / "masks" / "a.png")
+    scene = load_image_mask_folder(tmp_path / "images", tmp_path / "masks")[0]
+    np.testing.assert_array_equal(scene.image, pixels)
+
+
+def test_coco_rle_of_another_size_names_the_annotation(coco):
+    from pycocotools import mask as mask_utils
+
+    path, images, _, _ = coco
+    data = json.loads(path.read_text())
+    small = mask_utils.encode(np.asfortranarray(np.ones((H // 2, W // 2), np.uint8)))
+    data["annotations"][1]["segmentation"] = {"size": small["size"], "counts": small["counts"].decode("ascii")}
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=rf"annotation 11 of image .*one\.png has a mask of size \(6, 8\).*\({H}, {W}\)"):
+        load_coco(path, images)[0]
