@@ -10,8 +10,8 @@ A source is one of
   it, or beside the file itself (:class:`ppd.data.loaders.CocoDataset`).
 
 Everything that can be checked without decoding images is checked when a domain opens,
-so a bad path, an unpaired or unreadable file, a mask of the wrong size or a bad polygon
-stops the run before any work with one message naming the file; a problem found later is
+so a bad path, an unpaired or unreadable file, a mask (or a COCO image or RLE) of the
+wrong size or a bad polygon stops the run before any work with one message naming the file; a problem found later is
 the runner's to skip and count.
 """
 
@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image
 
 from ppd.data.images import EXIF_ORIENTATION_TAG
-from ppd.data.loaders import IMAGE_EXTENSIONS, CocoDataset, ImageMaskFolder
+from ppd.data.loaders import IMAGE_EXTENSIONS, CocoDataset, ImageMaskFolder, is_data_file
 from ppd.data.scenes import DOMAINS, ProceduralScenes
 from ppd.data.types import Scene
 
@@ -157,8 +157,10 @@ def _folder(spec: DataSpec, path: Path, selection: Selection, check: bool) -> Do
 
 def check_folder(name: str, images_dir: Path, masks_dir: Path) -> None:
     """Every image has a mask and every mask an image (by stem), masks are PNG files,
-    every file opens, and each mask has its image's size (read from the headers)."""
-    files = lambda d: sorted(p for p in d.iterdir() if p.is_file() and not p.name.startswith("."))  # noqa: E731
+    every file opens, and each mask has its image's size (read from the headers).
+    Images that carry an EXIF orientation tag are logged (a warning): they are read
+    turned upright, and their masks must be drawn on the upright image."""
+    files = lambda d: sorted(p for p in d.iterdir() if is_data_file(p))  # noqa: E731
     images = [p for p in files(images_dir) if p.suffix.lower() in IMAGE_EXTENSIONS]
     masks = files(masks_dir)
     if not images and not masks:
@@ -172,16 +174,43 @@ def check_folder(name: str, images_dir: Path, masks_dir: Path) -> None:
         raise DataError(f"--data {name}: two images share a file stem, so their mask is ambiguous: {', '.join(dup[:SHOWN])}")
     lonely_masks = [mask_stems[s] for s in sorted(mask_stems.keys() - image_stems.keys())]
     if lonely_masks:
-        raise DataError(f"--data {name}: masks without an image in {images_dir} (same file stem expected): {_few(lonely_masks)}")
+        other = [p for p in files(images_dir) if p.stem in {m.stem for m in lonely_masks} and p not in images]
+        hint = (f"; {_few(other)} not read: images are {', '.join(e[1:] for e in IMAGE_EXTENSIONS)} files"
+                if other else "")
+        raise DataError(f"--data {name}: masks without an image in {images_dir} (same file stem expected): "
+                        f"{_few(lonely_masks)}{hint}")
     lonely_images = [image_stems[s] for s in sorted(image_stems.keys() - mask_stems.keys())]
     if lonely_images:
         raise DataError(f"--data {name}: images without a mask in {masks_dir} (expected <stem>.png): {_few(lonely_images)}")
+    turned = []
     for stem in sorted(image_stems):
-        image_size = _header_size(name, image_stems[stem], "image")
-        mask_size = _header_size(name, mask_stems[stem], "mask")
+        image_size, orientation = _header(name, image_stems[stem], "image")
+        mask_size, _ = _header(name, mask_stems[stem], "mask")
         if image_size != mask_size:
             raise DataError(f"--data {name}: mask {mask_stems[stem]} is {mask_size[0]}x{mask_size[1]} (W x H) but its "
-                            f"image {image_stems[stem]} is {image_size[0]}x{image_size[1]}; a mask must have its image's size")
+                            f"image {image_stems[stem]} is {image_size[0]}x{image_size[1]}; a mask must have its image's "
+                            f"size{_turned_hint(orientation)}")
+        if orientation not in (None, 1):
+            turned.append(image_stems[stem])
+    _warn_turned(name, turned)
+
+
+def _turned_hint(orientation: int | None) -> str:
+    """'' or why a size can differ: the image is read turned by its EXIF orientation."""
+    if orientation in (None, 1):
+        return ""
+    return (f" (the image's size as read, turned upright by its EXIF orientation tag {orientation}; annotations "
+            "made on the stored, unturned pixels do not fit: remove the tag or re-annotate)")
+
+
+def _warn_turned(name: str, turned: list[Path]) -> None:
+    """One warning for a dataset's images that carry an EXIF orientation tag: a turn of
+    180 degrees or a mirror keeps the size, so a mask drawn on the stored pixels would
+    be misaligned without any size mismatch to show it."""
+    if turned:
+        logger.warning("--data %s: %d image(s) carry an EXIF orientation tag and are read turned upright, as a photo "
+                       "viewer shows them; their masks must be drawn on the upright image: %s", name, len(turned),
+                       _few(turned))
 
 
 def _coco(spec: DataSpec, path: Path, selection: Selection, check: bool) -> Domain:
@@ -197,18 +226,20 @@ def _coco(spec: DataSpec, path: Path, selection: Selection, check: bool) -> Doma
 
 def check_coco(name: str, path: Path, images_dir: Path) -> None:
     """The file is COCO json (``images``, ``annotations``), every annotated image file
-    exists, and every polygon has at least three points (an even number of coordinates)."""
+    exists and has the size the file lists (read from its header), every polygon has at
+    least three points (an even number of coordinates) and every RLE its image's size."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise DataError(f"--data {name}: {path} is not readable JSON: {e}") from e
     if not isinstance(data, dict) or not isinstance(data.get("images"), list) or not isinstance(data.get("annotations"), list):
         raise DataError(f"--data {name}: {path} is not a COCO annotation file (expected the lists 'images' and 'annotations')")
-    files = {}
+    files, sizes = {}, {}
     for img in data["images"]:
         if not isinstance(img, dict) or not {"id", "file_name", "height", "width"} <= img.keys():
             raise DataError(f"--data {name}: {path}: an image entry lacks id, file_name, height or width: {str(img)[:120]}")
         files[img["id"]] = img["file_name"]
+        sizes[img["id"]] = (img["width"], img["height"])
     annotated = set()
     for ann in data["annotations"]:
         if not isinstance(ann, dict) or ann.get("image_id") not in files or "segmentation" not in ann:
@@ -223,6 +254,11 @@ def check_coco(name: str, path: Path, images_dir: Path) -> None:
         elif not (isinstance(seg, dict) and "counts" in seg and "size" in seg):
             raise DataError(f"--data {name}: {path}: annotation {ann.get('id')} has a segmentation that is neither "
                             "polygons nor RLE ({'size', 'counts'})")
+        elif list(seg["size"]) != [sizes[ann["image_id"]][1], sizes[ann["image_id"]][0]]:
+            w, h = sizes[ann["image_id"]]
+            raise DataError(f"--data {name}: {path}: annotation {ann.get('id')} (image {files[ann['image_id']]}) is an "
+                            f"RLE of size {list(seg['size'])} but its image is listed as [{h}, {w}] (height, width); "
+                            "an RLE's 'size' must be its image's")
         if "area" not in ann:
             raise DataError(f"--data {name}: {path}: annotation {ann.get('id')} has no 'area'")
         annotated.add(ann["image_id"])
@@ -230,9 +266,20 @@ def check_coco(name: str, path: Path, images_dir: Path) -> None:
     if missing:
         raise DataError(f"--data {name}: {len(missing)} image files of {path} not found in {images_dir} "
                         f"(looked in images/ beside the file, else beside it): {_few(missing)}")
+    turned = []
+    for i in sorted(annotated):
+        size, orientation = _header(name, images_dir / files[i], "image")
+        if size != sizes[i]:
+            raise DataError(f"--data {name}: image {images_dir / files[i]} is {size[0]}x{size[1]} (W x H) but {path} "
+                            f"lists it as {sizes[i][0]}x{sizes[i][1]} (width x height){_turned_hint(orientation)}")
+        if orientation not in (None, 1):
+            turned.append(images_dir / files[i])
+    _warn_turned(name, turned)
 
 
-def _header_size(name: str, path: Path, what: str) -> tuple[int, int]:
+def _header(name: str, path: Path, what: str) -> tuple[tuple[int, int], int | None]:
+    """(W, H) of an image file as the readers see it (turned by its EXIF orientation),
+    and its orientation tag (None without one), from the file's header."""
     try:
         with Image.open(path) as img:
             w, h = img.size
@@ -240,8 +287,9 @@ def _header_size(name: str, path: Path, what: str) -> tuple[int, int]:
                 orientation = img.getexif().get(EXIF_ORIENTATION_TAG)
             except (OSError, ValueError, SyntaxError):  # a damaged file: its pixels fail later, counted
                 orientation = None
+        orientation = orientation if isinstance(orientation, int) and 1 <= orientation <= 8 else None
         # the readers honour EXIF orientation: tags 5-8 turn the image by 90 degrees
-        return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+        return ((h, w) if orientation in (5, 6, 7, 8) else (w, h)), orientation
     except (OSError, ValueError) as e:
         raise DataError(f"--data {name}: {what} {path} cannot be read as an image: {e}") from e
 

@@ -113,3 +113,56 @@ def test_coco_errors(coco_file):
     coco_file.write_text(json.dumps({"images": []}))
     with pytest.raises(DataError, match="not a COCO annotation file"):
         domain(f"c={coco_file}")
+
+
+def test_coco_image_and_rle_sizes_are_checked_before_any_work(coco_file):
+    from pycocotools import mask as mask_utils
+
+    data = json.loads(coco_file.read_text())
+    data["images"][1]["height"] = 70
+    coco_file.write_text(json.dumps(data))
+    with pytest.raises(DataError, match=r"image .*c1\.png is 64x64 \(W x H\) but .*ann\.json lists it as 64x70"):
+        domain(f"c={coco_file}")
+    data["images"][1]["height"] = 64
+    rle = mask_utils.encode(np.asfortranarray(np.ones((32, 32), np.uint8)))
+    data["annotations"][0]["segmentation"] = {"size": rle["size"], "counts": rle["counts"].decode("ascii")}
+    coco_file.write_text(json.dumps(data))
+    with pytest.raises(DataError, match=r"annotation 1 \(image c0\.png\) is an RLE of size \[32, 32\] but its image "
+                                        r"is listed as \[64, 64\]"):
+        domain(f"c={coco_file}")
+
+
+def _oriented(path, pixels, orientation):
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(pixels).save(path, quality=95, exif=exif)
+
+
+def test_exif_turned_images_explain_a_size_mismatch_and_are_logged(folder_data, caplog):
+    pixels = np.asarray(Image.open(folder_data / "images" / "img0.jpg"))  # 64 x 80 (H x W), mask alike
+    _oriented(folder_data / "images" / "img0.jpg", pixels, 6)  # read as 80 x 64
+    with pytest.raises(DataError, match=r"mask .*img0\.png is 80x64 .* image .*img0\.jpg is 64x80; .*EXIF "
+                                        r"orientation tag 6; annotations made on the stored, unturned pixels"):
+        domain(f"mine={folder_data}")
+    _oriented(folder_data / "images" / "img0.jpg", pixels, 3)  # turned 180 degrees: the size alone cannot tell
+    with caplog.at_level("WARNING", logger="ppd.bench.data"):
+        d = domain(f"mine={folder_data}")
+    assert len(d) == 3
+    warned = [r.getMessage() for r in caplog.records if "EXIF orientation" in r.getMessage()]
+    assert len(warned) == 1 and "1 image(s)" in warned[0] and "img0.jpg" in warned[0] and "upright" in warned[0]
+
+
+def test_image_of_an_unread_type_is_named(folder_data):
+    img = folder_data / "images" / "img2.png"
+    Image.open(img).save(folder_data / "images" / "img2.gif")
+    img.unlink()
+    with pytest.raises(DataError, match=r"masks without an image.*img2\.png; .*img2\.gif not read: images are png, jpg"):
+        domain(f"mine={folder_data}")
+
+
+def test_hidden_files_are_ignored(folder_data):
+    for sub in ("images", "masks"):
+        (folder_data / sub / "._img1.png").write_bytes(b"\x00\x05\x16\x07" + bytes(60))
+        (folder_data / sub / ".DS_Store").write_bytes(bytes(8))
+    d = domain(f"mine={folder_data}")
+    assert d.ids == ["img0", "img1", "img2"] and all(d.scene(i).num_objects for i in range(3))

@@ -83,3 +83,29 @@ def test_defender_budget_is_checked_when_built(tmp_path):
 
     with _pytest.raises(ValueError, match=r"integer >= 1, or None when unknown; got -1"):
         PromptDefender(None, None, grid=16, max_steps=-1)
+
+
+def test_coco_rle_of_another_size_is_one_line_before_any_work(tmp_path):
+    # ppd train checks its --data the same way (ppd.bench.data.open_domain)
+    import json
+
+    import numpy as np
+    from PIL import Image
+    from pycocotools import mask as mask_utils
+
+    (tmp_path / "images").mkdir()
+    for name in ("a.png", "b.png"):
+        Image.fromarray(np.zeros((40, 60, 3), np.uint8)).save(tmp_path / "images" / name)
+    rle = mask_utils.encode(np.asfortranarray(np.ones((20, 30), np.uint8)))  # half the image's size
+    square = [[5, 5, 25, 5, 25, 25, 5, 25]]
+    anns = [{"id": 1, "image_id": 1, "category_id": 1, "area": 400.0, "iscrowd": 0, "segmentation": square},
+            {"id": 2, "image_id": 2, "category_id": 1, "area": 600.0, "iscrowd": 1,
+             "segmentation": {"size": rle["size"], "counts": rle["counts"].decode("ascii")}}]
+    images = [{"id": i, "file_name": n, "height": 40, "width": 60} for i, n in ((1, "a.png"), (2, "b.png"))]
+    (tmp_path / "ann.json").write_text(json.dumps({"images": images, "annotations": anns, "categories": [{"id": 1}]}))
+    out = tmp_path / "out"
+    res = ppd("bench", "--data", f"c={tmp_path / 'ann.json'}", "--out", str(out), "--threads", "1")
+    assert res.returncode == 2 and "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert res.stderr.startswith("ppd bench: error: --data c: ")
+    assert "annotation 2 (image b.png) is an RLE of size [20, 30] but its image is listed as [40, 60]" in res.stderr
+    assert not out.exists()
