@@ -3,6 +3,8 @@ rows; deterministic; the oracle above FM; references from folders and COCO files
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 
@@ -140,6 +142,29 @@ def test_folder_references_come_from_other_images(tiny_segmenter, folder_data):
     bound = OneShotProtocol(OneShotConfig())
     bound.bind_domains({"mine": dom})
     assert len(bound.references(scene, unit)) == scene.num_objects
+
+
+@pytest.mark.parametrize("kind", ["folder", "coco"])
+def test_unreadable_reference_leaves_its_group_unmeasured_not_the_run(kind, folder_data, coco_file, caplog):
+    # the domain's checks read headers only: a damaged file is found when it is drawn as a reference
+    if kind == "folder":
+        dom = open_domain(DataSpec("d", str(folder_data)), Selection(sample=2))
+        damaged = folder_data / "masks" / f"{dom.ids[1]}.png"
+    else:
+        dom = open_domain(DataSpec("d", str(coco_file)), Selection())
+        damaged = coco_file.parent / "images" / dom.ids[1]
+    scene = dom.scene(0)
+    damaged.write_bytes(damaged.read_bytes()[:120])
+    p = OneShotProtocol()
+    p.bind_domains({"d": dom})
+    with caplog.at_level(logging.WARNING, logger="ppd.bench.protocols.oneshot"):
+        refs = p.references(scene, Unit("tiny", "d", 0, dom.ids[0], "oneshot"))
+    if kind == "folder":  # no other image to draw from
+        assert refs and all(img is None and mask is None for _, img, mask in refs)
+    else:  # as unbound: another instance of the category in the same image
+        (group, img, _), = refs
+        assert len(group) == 1 and np.array_equal(img, scene.image)
+    assert any(str(damaged) in r.getMessage() and "truncated" in r.getMessage() for r in caplog.records)
 
 
 def test_coco_references_same_category(coco_file):

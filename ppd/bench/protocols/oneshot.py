@@ -23,7 +23,9 @@ Where the reference comes from:
   (a different object, often of another kind: a hard, honest setting).
 
 Which reference a target gets is drawn from a stream of ``pair_seed``, the domain and
-the image, not from the unit's stream, so every model of a run faces the same pairs.
+the image, not from the unit's stream, so every model of a run faces the same pairs. A
+reference image or mask that cannot be read (found late: the domain's checks read only
+file headers) leaves the groups that drew it unmeasured, with a warning naming the file.
 
 Methods: ``fm`` (the FM points as they are), ``fm+<baseline>`` for each refiner of
 ``baselines`` (:mod:`ppd.agents.baselines`; ``random_drop`` seeded from the unit's
@@ -171,8 +173,8 @@ class OneShotProtocol(Protocol):
                 index = int(stream.integers(len(pool) - 1))
                 own = _own_index(pool, unit, scene)
                 index += int(own is not None and index >= own)
-                other = pool.scene(index) if hasattr(pool, "scene") else pool[index]
-                if other.num_objects:
+                other = _reference_scene(pool, index)
+                if other is not None and other.num_objects:
                     areas = other.masks.reshape(other.num_objects, -1).sum(1)
                     ref = (other.image, other.masks[int(np.argmax(areas))])
             out.append(([obj], *(ref or (None, None))))
@@ -280,11 +282,24 @@ def _coco_pool_reference(domain, unit: Unit, cat, stream: np.random.Generator):
              and any(a["category_id"] == cat for a in coco.anns[coco.image_ids[domain._index[i]]])]
     if not cands:
         return None
-    other = domain.scene(cands[int(stream.integers(len(cands)))])
+    other = _reference_scene(domain, cands[int(stream.integers(len(cands)))])
+    if other is None:
+        return None
     objs = [k for k, c in enumerate(_categories(other)) if c == cat]
     if not objs:
         return None
     return other.image, other.masks[objs[int(stream.integers(len(objs)))]]
+
+
+def _reference_scene(pool, index: int):
+    """Scene ``index`` of ``pool`` (a bound domain or a folder) to draw a reference from,
+    or None when its files cannot be read: a bad file found late costs the groups that
+    drew it as their reference (a warning names it), never the run."""
+    try:
+        return pool.scene(index) if hasattr(pool, "scene") else pool[index]
+    except (OSError, ValueError) as e:
+        logger.warning("no one-shot reference from a file that cannot be read: %s", e)
+        return None
 
 
 def _categories(scene) -> list:
