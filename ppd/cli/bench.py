@@ -156,21 +156,29 @@ def run(args: argparse.Namespace) -> int:
     outcome = run_bench(cfg, bar, command="ppd " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
     bar.close()
     print(f"{outcome.units} units ({outcome.ran} run now, {len(outcome.skipped)} skipped) in {outcome.seconds:.0f} s -> {outcome.out}")
-    _print_headline(outcome.files.get("summary"))
+    summary = _print_headline(outcome.files.get("summary"))
     for name, path in outcome.files.items():
         print(f"  {name:8s} {path}")
+    if summary is not None:
+        measured = {domain for block in (summary.get("protocols") or {}).values() for domain in block}
+        unmeasured = [spec.name for spec in cfg.data_specs() if spec.name not in measured]
+        if unmeasured:
+            print(f"ppd bench: warning: no object was measured in --data {', '.join(unmeasured)}: every mask is empty, "
+                  "--min-area / --max-objects left no object, or every image was skipped (see the warnings above)",
+                  file=sys.stderr)
     return 0
 
 
-def _print_headline(summary_path) -> None:
-    """The first table metric of every protocol over all domains, per system, with its
-    95% interval (the full tables are in the report)."""
+def _print_headline(summary_path) -> dict | None:
+    """Print the first table metric of every protocol over all domains, per system, with
+    its 95% interval (the full tables are in the report); return the summary (None
+    without one)."""
     import json
 
     from ppd.bench.protocols import protocol_class
 
     if not summary_path or not Path(summary_path).is_file():
-        return
+        return None
     summary = json.loads(Path(summary_path).read_text())
     for protocol, block in (summary.get("protocols") or {}).items():
         overall = block.get("all") or {}
@@ -181,3 +189,4 @@ def _print_headline(summary_path) -> None:
                 lo, hi = cell.get("ci_low"), cell.get("ci_high")
                 interval = f" [{lo:.3f}, {hi:.3f}]" if lo is not None and hi is not None else ""
                 print(f"  {protocol:12s} {system:45s} {metric} {cell['value']:.3f}{interval}  (n={cell.get('n')})")
+    return summary

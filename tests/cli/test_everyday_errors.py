@@ -109,3 +109,19 @@ def test_coco_rle_of_another_size_is_one_line_before_any_work(tmp_path):
     assert res.stderr.startswith("ppd bench: error: --data c: ")
     assert "annotation 2 (image b.png) is an RLE of size [20, 30] but its image is listed as [40, 60]" in res.stderr
     assert not out.exists()
+
+
+def test_bench_says_when_a_dataset_has_no_object_to_measure(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    for sub in ("images", "masks"):
+        (tmp_path / "empty" / sub).mkdir(parents=True)
+    Image.fromarray(np.zeros((24, 32, 3), np.uint8)).save(tmp_path / "empty" / "images" / "a.png")
+    Image.fromarray(np.zeros((24, 32), np.uint8)).save(tmp_path / "empty" / "masks" / "a.png")  # no object
+    res = ppd("bench", "--data", f"e={tmp_path / 'empty'}", "--protocol", "clicks", "--out", str(tmp_path / "out"),
+              "--threads", "1")
+    assert res.returncode == 0 and "Traceback" not in res.stderr
+    assert res.stderr.strip().splitlines()[-1] == (
+        "ppd bench: warning: no object was measured in --data e: every mask is empty, --min-area / --max-objects "
+        "left no object, or every image was skipped (see the warnings above)")
