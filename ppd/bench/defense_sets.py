@@ -10,45 +10,41 @@ own held-out scenes.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ppd.agents.defender import PromptDefender
 from ppd.agents.run_config import RunConfig, RunConfigLike
-from ppd.agents.run_files import load_agent
 from ppd.bench import run_max_ideal_points
 from ppd.data.scenes import ProceduralScenes
 from ppd.envs.point_prompt_env import WRONG_LABEL, label_targets
 from ppd.envs.world import INACTIVE, PromptWorld, prompts_from_state, state_from_prompts
 from ppd.metrics import iou
 from ppd.prompts import coarse_prompts, ideal_prompts
-from ppd.robustness.dqn_attack import AttackerError, attacker_steps, greedy_attack
+from ppd.robustness.dqn_attack import AttackerError, attacker_steps, greedy_attack, load_attacker
 
 #: Seed of the first held-out scene of every domain.
 DEFENSE_SEED = 10_000_000 + 9000
 
 
 def bench_attacker(run: str, attacker: str | None, defender: PromptDefender, device: str | None) -> Any | None:
-    """The attacker that makes the attacked sets: ``attacker`` (another run folder or its
-    ``attacker.zip``; :class:`AttackerError` if unreadable or on another graph size than
-    ``defender``), else the run's own (None when the run has none)."""
-    if attacker is None:
-        try:
-            return load_agent(run, "attacker.zip", device=device)[0]
-        except FileNotFoundError:
-            return None
-    try:
-        model = load_agent(attacker, "attacker.zip", device=device)[0]
-    except (FileNotFoundError, ValueError) as exc:
-        raise AttackerError(str(exc)) from exc
-    nodes = model.observation_space["state"].shape[0], defender.model.observation_space["state"].shape[0]
-    if nodes[0] != nodes[1]:
-        raise AttackerError(
-            f"the attacker of {attacker} acts on {nodes[0]} graph nodes, the defender of {run} on {nodes[1]}: "
-            "cross-play needs runs with the same grid"
-        )
-    return model
+    """The attacker's model that makes the attacked sets: ``attacker`` (another run
+    folder or its ``attacker.zip``), else the run's own (None when the run has none).
+
+    Raises:
+        AttackerError: as :func:`~ppd.robustness.dqn_attack.load_attacker`, or an
+            attacker on another graph size than ``defender``.
+    """
+    if attacker is None and not (Path(run) / "attacker.zip").is_file():
+        return None
+    att = load_attacker(run if attacker is None else attacker, device=device)
+    nodes = defender.model.observation_space["state"].shape[0]
+    if att.num_nodes != nodes:
+        raise AttackerError(f"the attacker of {att.source} acts on {att.num_nodes} graph nodes, the defender of {run} "
+                            f"on {nodes}: cross-play needs runs with the same grid")
+    return att.model
 
 
 def state_iou(seg: Any, rec: Any, node_state: np.ndarray, node_points: np.ndarray, gt: np.ndarray) -> float:

@@ -908,6 +908,18 @@ def test_bench_sets_are_the_bench_draw(run_dir, tiny_segmenter):
     assert list(bench_sets(d, str(run_dir), "texture", 1)) == ["coarse"]
 
 
+def test_bench_attacker_none_without_one_and_clear_error_for_a_bad_path(run_dir, tiny_segmenter, tmp_path):
+    from ppd.bench.defense_sets import bench_attacker
+    from ppd.robustness.dqn_attack import AttackerError
+
+    d = PromptDefender.load(run_dir, segmenter=tiny_segmenter, device="cpu")
+    assert bench_attacker(str(tmp_path), None, d, "cpu") is None  # a folder without attacker.zip
+    own = bench_attacker(str(run_dir), None, d, "cpu")
+    assert own.observation_space["state"].shape[0] == d.model.observation_space["state"].shape[0]
+    with pytest.raises(AttackerError, match="not found"):
+        bench_attacker(str(run_dir), str(tmp_path / "missing"), d, "cpu")
+
+
 def test_oracle_state_removes_exactly_the_wrong_label_prompts():
     from ppd.bench.defense_sets import oracle_state
 
