@@ -8,19 +8,21 @@ inclusive extremes (x0, y0) = (min col, min row), (x1, y1) = (max col, max row),
 ``batched_mask_to_box``. Labels: 1 = foreground (positive), 0 = background (negative);
 -1 marks padding in batched arrays (SAM's "not a point").
 
-All randomness comes from an explicit ``np.random.Generator``.
+All randomness comes from an explicit ``np.random.Generator``. The masks' distance maps
+come from :mod:`ppd.mask_distances`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
 import numpy as np
-from scipy import ndimage
+
+from ppd.mask_distances import GT_DISTANCES, inner_distance
+from ppd.mask_distances import (  # noqa: F401  (re-exported under the names they had in this module)
+    DistanceCache as _DistanceCache, inner_distance as _inner_distance, outer_distance as _outer_distance,
+)
 
 
 @dataclass
@@ -137,7 +139,7 @@ def farthest_click(mask: np.ndarray) -> PromptSet:
         ValueError: if the mask is empty.
     """
     mask = _check_mask(mask, "mask", nonempty=True)
-    xy = _argmax_xy(_GT_DISTANCES.get("inner", mask))
+    xy = _argmax_xy(GT_DISTANCES.get("inner", mask))
     return PromptSet(xy[None], [1])
 
 
@@ -160,8 +162,8 @@ def corrective_click(pred: np.ndarray, gt: np.ndarray) -> Optional[tuple[np.ndar
     pred, gt = _check_mask(pred, "pred"), _check_mask(gt, "gt")
     if pred.shape != gt.shape:
         raise ValueError(f"pred and gt must have the same shape, got {pred.shape} and {gt.shape}")
-    fn_dist = _inner_distance(gt & ~pred)
-    fp_dist = _inner_distance(pred & ~gt)
+    fn_dist = inner_distance(gt & ~pred)
+    fp_dist = inner_distance(pred & ~gt)
     if fn_dist.max() == 0 and fp_dist.max() == 0:
         return None
     positive = fn_dist.max() > fp_dist.max()
@@ -188,7 +190,7 @@ def random_clicks(
     """
     mask = _check_mask(mask, "mask", nonempty=True)
     pos = _sample_pixels(mask, n_pos, rng, "n_pos")
-    neg = _sample_pixels(_GT_DISTANCES.get("outer", mask) >= max(margin, 1), n_neg, rng, "n_neg")
+    neg = _sample_pixels(GT_DISTANCES.get("outer", mask) >= max(margin, 1), n_neg, rng, "n_neg")
     return PromptSet(np.concatenate([pos, neg]), [1] * n_pos + [0] * n_neg)
 
 
@@ -242,7 +244,7 @@ def ideal_prompts(
     grid = np.zeros_like(mask)
     grid[np.ix_(ys, xs)] = True
 
-    pos = _pixels(grid & (_GT_DISTANCES.get("inner", mask) >= gap))
+    pos = _pixels(grid & (GT_DISTANCES.get("inner", mask) >= gap))
     if len(pos) == 0:
         pos = farthest_click(mask).point_coords
     band = np.zeros_like(mask)
@@ -250,7 +252,7 @@ def ideal_prompts(
         max(rows.min() - spacing, 0) : rows.max() + spacing + 1,
         max(cols.min() - spacing, 0) : cols.max() + spacing + 1,
     ] = True
-    neg = _pixels(grid & band & (_GT_DISTANCES.get("outer", mask) >= gap))
+    neg = _pixels(grid & band & (GT_DISTANCES.get("outer", mask) >= gap))
 
     pos, neg = _subsample(pos, n_pos, rng), _subsample(neg, n_neg, rng)
     return PromptSet(np.concatenate([pos, neg]), [1] * len(pos) + [0] * len(neg))
@@ -313,9 +315,9 @@ def coarse_prompts(
     clean = random_clicks(mask, n_pos, n_points - n_pos, rng)
     coords, labels = clean.point_coords.copy(), clean.point_labels.copy()
 
-    outer = _GT_DISTANCES.get("outer", mask)
+    outer = GT_DISTANCES.get("outer", mask)
     # Depth of each pixel on the side a point of this label moves to (label 1: outside).
-    depth_across = {1: np.ceil(outer), 0: np.ceil(_GT_DISTANCES.get("inner", mask))}
+    depth_across = {1: np.ceil(outer), 0: np.ceil(GT_DISTANCES.get("inner", mask))}
     if outlier_min_dist is None:
         outlier_min_dist = outer.max() / 2
     far = _pixels(outer >= max(outlier_min_dist, 1))
@@ -388,17 +390,6 @@ def _check_mask(mask: np.ndarray, name: str, nonempty: bool = False) -> np.ndarr
     return mask
 
 
-def _inner_distance(mask: np.ndarray) -> np.ndarray:
-    """(H, W) distance of each mask pixel to the nearest non-mask pixel or the image
-    border (1 next to the boundary); 0 outside the mask."""
-    return ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
-
-
-def _outer_distance(mask: np.ndarray) -> np.ndarray:
-    """(H, W) distance of each pixel to the nearest mask pixel; 0 on the mask."""
-    return ndimage.distance_transform_edt(~mask)
-
-
 def random_coarse_kwargs(rng: np.random.Generator, p_clean: float = 0.0) -> dict[str, Any]:
     """Keyword arguments of :func:`coarse_prompts` drawn at random, for training data that
     is not one generator's (prompt generators differ): 3-16 points, flip 0-0.4,
@@ -422,43 +413,6 @@ def random_coarse_kwargs(rng: np.random.Generator, p_clean: float = 0.0) -> dict
     if p_clean > 0 and rng.random() < p_clean:
         kw.update(p_flip=0.0, p_boundary=0.0, p_outlier=0.0)
     return kw
-
-
-class _DistanceCache:
-    """The distance maps of the last ground-truth masks seen, read-only, at most
-    ``max_bytes`` in all.
-
-    The same objects are prompted again and again (every env episode draws coarse or
-    ideal prompts for an object of a small scene set), and the two distance transforms
-    are most of the cost of drawing them (about 2 ms of 2.5 per coarse set at 256 px).
-    Keyed by the mask's shape and a hash of its packed bits; a hand-written LRU because
-    ``functools.lru_cache`` cannot key on arrays or bound the bytes held.
-    """
-
-    def __init__(self, max_bytes: int = 64 << 20) -> None:
-        self.max_bytes, self.bytes = max_bytes, 0
-        self._items: OrderedDict[tuple, np.ndarray] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, kind: str, mask: np.ndarray) -> np.ndarray:
-        key = (kind, mask.shape, hashlib.blake2b(np.packbits(mask).tobytes(), digest_size=16).digest())
-        with self._lock:
-            hit = self._items.get(key)
-            if hit is not None:
-                self._items.move_to_end(key)
-                return hit
-        value = (_inner_distance if kind == "inner" else _outer_distance)(mask)
-        value.flags.writeable = False
-        with self._lock:
-            if key not in self._items:
-                self._items[key] = value
-                self.bytes += value.nbytes
-            while self.bytes > self.max_bytes and len(self._items) > 1:
-                self.bytes -= self._items.popitem(last=False)[1].nbytes
-        return value
-
-
-_GT_DISTANCES = _DistanceCache()
 
 
 def _argmax_xy(values: np.ndarray) -> np.ndarray:
