@@ -5,7 +5,9 @@ A source is one of
 * ``procedural:DOMAIN``: held-out procedural scenes of a ppd domain (``train``,
   ``texture`` ...; scene seeds from :data:`BENCH_SEED` on, never used in training);
 * ``DIR``: a folder holding ``images/`` and ``masks/``, paired by file stem, masks binary
-  or instance-id PNGs (:class:`ppd.data.loaders.ImageMaskFolder`);
+  or instance-id PNGs (:class:`ppd.data.loaders.ImageMaskFolder`); or a folder per
+  class, each holding images and mask PNGs (one object each) side by side as FSS-1000,
+  or ``images/`` and ``masks/`` (:class:`ppd.data.class_folders.ClassFolders`);
 * ``FILE.json``: a COCO annotation file whose images are in an ``images/`` folder beside
   it, or beside the file itself (:class:`ppd.data.loaders.CocoDataset`).
 
@@ -28,6 +30,7 @@ import numpy as np
 from PIL import Image
 
 from ppd.data.images import EXIF_ORIENTATION_TAG
+from ppd.data.class_folders import ClassFolders, class_dirs, class_files, is_class_tree
 from ppd.data.loaders import IMAGE_EXTENSIONS, CocoDataset, ImageMaskFolder, is_data_file
 from ppd.data.scenes import DOMAINS, ProceduralScenes
 from ppd.data.types import Scene
@@ -144,15 +147,39 @@ def _folder(spec: DataSpec, path: Path, selection: Selection, check: bool) -> Do
         raise DataError(f"--data {spec.name}: {path} is a file; expected a folder holding images/ and masks/ "
                         "(or a COCO annotation file ending in .json)")
     images_dir, masks_dir = path / "images", path / "masks"
+    if not images_dir.is_dir() and not masks_dir.is_dir() and is_class_tree(path):
+        return _class_folders(spec, path, selection, check)
     missing = [str(d) for d in (images_dir, masks_dir) if not d.is_dir()]
     if missing:
         raise DataError(f"--data {spec.name}: {' and '.join(missing)} not found; a dataset folder holds images/ "
-                        "(png, jpg, ...) and masks/ (PNG masks with the same file stems)")
+                        "(png, jpg, ...) and masks/ (PNG masks with the same file stems), or one folder per class "
+                        "(CLASS/1.jpg + CLASS/1.png, or CLASS/images/ + CLASS/masks/)")
     if check:
         check_folder(spec.name, images_dir, masks_dir)
     dataset = ImageMaskFolder(images_dir, masks_dir, domain=spec.name)
     ids = [image.stem for image, _ in dataset.pairs]
     return Domain(spec, dataset, ids, selection)
+
+
+def _class_folders(spec: DataSpec, path: Path, selection: Selection, check: bool) -> Domain:
+    """A folder per class (:class:`ppd.data.class_folders.ClassFolders`): every class
+    folder checked as a dataset folder is; images named ``CLASS/STEM``."""
+    if check:
+        for folder in class_dirs(path):
+            images, masks = class_files(folder)
+            if not images and not masks:
+                continue
+            if (folder / "images").is_dir() or (folder / "masks").is_dir():
+                missing = [str(d) for d in (folder / "images", folder / "masks") if not d.is_dir()]
+                if missing:
+                    raise DataError(f"--data {spec.name}: {' and '.join(missing)} not found; a class folder holds "
+                                    "images/ and masks/, or images and their PNG masks side by side")
+                check_folder(spec.name, folder / "images", folder / "masks")
+            else:
+                others = [p for p in folder.iterdir() if is_data_file(p) and p not in images and p not in masks]
+                check_pairs(spec.name, images, masks, sorted(others), folder, folder)
+    dataset = ClassFolders(path, domain=spec.name)
+    return Domain(spec, dataset, [dataset.image_id(i) for i in range(len(dataset))], selection)
 
 
 def check_folder(name: str, images_dir: Path, masks_dir: Path) -> None:
@@ -162,7 +189,14 @@ def check_folder(name: str, images_dir: Path, masks_dir: Path) -> None:
     turned upright, and their masks must be drawn on the upright image."""
     files = lambda d: sorted(p for p in d.iterdir() if is_data_file(p))  # noqa: E731
     images = [p for p in files(images_dir) if p.suffix.lower() in IMAGE_EXTENSIONS]
-    masks = files(masks_dir)
+    check_pairs(name, images, files(masks_dir), [p for p in files(images_dir) if p not in images], images_dir, masks_dir)
+
+
+def check_pairs(name: str, images: list[Path], masks: list[Path], others: list[Path], images_dir: Path,
+                masks_dir: Path) -> None:
+    """:func:`check_folder`'s checks on listed files: ``images`` (readable types) and
+    ``masks`` found in ``images_dir`` and ``masks_dir`` (one folder in FSS-1000's
+    layout), ``others`` the files beside the images that are not read."""
     if not images and not masks:
         raise DataError(f"--data {name}: {images_dir} and {masks_dir} are empty")
     not_png = [p for p in masks if p.suffix.lower() != ".png"]
@@ -174,7 +208,7 @@ def check_folder(name: str, images_dir: Path, masks_dir: Path) -> None:
         raise DataError(f"--data {name}: two images share a file stem, so their mask is ambiguous: {', '.join(dup[:SHOWN])}")
     lonely_masks = [mask_stems[s] for s in sorted(mask_stems.keys() - image_stems.keys())]
     if lonely_masks:
-        other = [p for p in files(images_dir) if p.stem in {m.stem for m in lonely_masks} and p not in images]
+        other = [p for p in others if p.stem in {m.stem for m in lonely_masks}]
         hint = (f"; {_few(other)} not read: images are {', '.join(e[1:] for e in IMAGE_EXTENSIONS)} files"
                 if other else "")
         raise DataError(f"--data {name}: masks without an image in {images_dir} (same file stem expected): "

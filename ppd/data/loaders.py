@@ -213,6 +213,10 @@ class CocoDataset(Sequence):
     def __len__(self) -> int:
         return len(self.image_ids)
 
+    def image_categories(self, index: int) -> list:
+        """The categories of image ``index``'s kept annotations, without reading it."""
+        return [a["category_id"] for a in self.anns[self.image_ids[_check_index(index, len(self))]]]
+
     def __getitem__(self, index: int) -> Scene:
         image_id = self.image_ids[_check_index(index, len(self))]
         info = self.coco.imgs[image_id]

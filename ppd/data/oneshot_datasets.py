@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from ppd.data.loaders import IMAGE_EXTENSIONS, CocoDataset, ImageMaskFolder, PathLike, is_data_file
+from ppd.data.loaders import CocoDataset, PathLike
 from ppd.data.oneshot_pairs import OneShotPair
 
 __all__ = ["ClassFolderPairs", "CocoPairs"]
@@ -78,25 +78,18 @@ class CocoPairs(Sequence):
 
 
 class ClassFolderPairs(Sequence):
-    """``n`` one-shot pairs of a folder per class (layouts in the module docstring):
-    reference and target are two images of the same class folder."""
+    """``n`` one-shot pairs of a folder per class (:class:`~ppd.data.class_folders.ClassFolders`,
+    layouts in the module docstring): reference and target are two images of the same
+    class folder."""
 
     def __init__(self, root: PathLike, n: int = 100, seed: int = 0) -> None:
-        root = Path(root)
-        if not root.is_dir():
-            raise FileNotFoundError(f"class folder root {root} is not a directory")
+        from ppd.data.class_folders import ClassFolders
+
         self.n, self.seed = int(n), int(seed)
-        self.folders: dict[str, ImageMaskFolder] = {}
-        for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            if (folder / "images").is_dir() and (folder / "masks").is_dir():
-                data = ImageMaskFolder(folder / "images", folder / "masks", mask_mode="binary", domain=folder.name)
-            else:
-                data = _SameFolder(folder)
-            if len(data):
-                self.folders[folder.name] = data
-        if not self.folders:
-            raise ValueError(f"{root} holds no class folder with image/mask pairs")
-        self.by_class = {c: {k: [0] for k in range(len(d))} for c, d in self.folders.items()}
+        self.dataset = ClassFolders(root, domain=Path(root).name)
+        self.by_class: dict[Any, dict[int, list[int]]] = {}
+        for i in range(len(self.dataset)):
+            self.by_class.setdefault(self.dataset.image_class(i), {})[i] = [0]
         _draw(np.random.default_rng(0), self.by_class)
 
     def __len__(self) -> int:
@@ -106,19 +99,7 @@ class ClassFolderPairs(Sequence):
         if not -self.n <= i < self.n:
             raise IndexError(f"pair {i} out of range for {self.n} pairs")
         label, ref_i, _, tgt_i = _draw(np.random.default_rng([self.seed, i % self.n]), self.by_class)
-        ref, tgt = self.folders[label][ref_i], self.folders[label][tgt_i]
+        ref, tgt = self.dataset[ref_i], self.dataset[tgt_i]
         if ref.num_objects == 0 or tgt.num_objects == 0:
             raise ValueError(f"class {label}: an empty mask in pair {i} ({ref.meta['mask_file']}, {tgt.meta['mask_file']})")
         return OneShotPair(ref, 0, tgt, [0], label)
-
-
-class _SameFolder(ImageMaskFolder):
-    """FSS-1000's layout: images and their PNG masks side by side, paired by stem (an
-    image that is itself a PNG needs another extension, as FSS-1000's jpg images)."""
-
-    def __init__(self, folder: Path) -> None:
-        files = [p for p in sorted(folder.iterdir()) if is_data_file(p)]
-        masks = {p.stem: p for p in files if p.suffix.lower() == ".png"}
-        images = {p.stem: p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS and p.suffix.lower() != ".png"}
-        self.pairs = [(images[s], masks[s]) for s in sorted(images.keys() & masks.keys())]
-        self.mask_mode, self.domain = "binary", folder.name

@@ -162,6 +162,29 @@ def test_dataset_references_follow_categories_or_other_images():
     assert ReferencePicker(lambda i: folder[i], 1)(0, 0) is None
 
 
+def test_class_folder_references_are_other_images_of_the_class(tmp_path):
+    """``ppd train --data ROOT`` on a folder per class: each object's one-shot reference
+    is the object of another image of its class folder."""
+    for cls, fill in (("cat", 60), ("dog", 160)):
+        (tmp_path / cls).mkdir()
+        for i in range(3):
+            img = np.full((40, 48 + 8 * i, 3), fill + i, np.uint8)
+            mask = np.zeros(img.shape[:2], np.uint8)
+            mask[4:20, 4:20 + 4 * i] = 255
+            Image.fromarray(img).save(tmp_path / cls / f"{i}.bmp")
+            Image.fromarray(mask).save(tmp_path / cls / f"{i}.png")
+    from ppd.bench.data import DataSpec, open_domain
+
+    dom = open_domain(DataSpec("pets", str(tmp_path)))
+    pick = ReferencePicker(dom.scene, len(dom), seed=0)
+    for k, name in enumerate(dom.ids):
+        image, mask = pick(k, 0)
+        cls, i = name.split("/")
+        assert image[0, 0, 0] // 100 == (60 if cls == "cat" else 160) // 100  # its class
+        assert image[0, 0, 0] != dom.scene(k).image[0, 0, 0]  # another image
+        assert mask.sum() == 16 * (16 + 4 * (int(image[0, 0, 0]) % 10))  # that image's object
+
+
 # ----------------------------------------------------------------------------- FM start states
 def test_fm_starts_are_the_feature_matching_sets_on_the_graph(tiny_segmenter):
     from ppd.envs import PointPromptEnv

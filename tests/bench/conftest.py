@@ -1,4 +1,4 @@
-"""Small datasets written by the tests: an image/mask folder and a COCO file."""
+"""Small datasets written by the tests: an image/mask folder, a folder per class and a COCO file."""
 
 from __future__ import annotations
 
@@ -29,6 +29,29 @@ def write_folder(root, sizes=((64, 80), (96, 64), (72, 72))):
     return root
 
 
+def write_class_folders(root):
+    """A folder per class: ``cat`` in FSS-1000's layout (``0.jpg`` + ``0.png``, ...),
+    ``dog`` as ``images/`` + ``masks/`` (png images); three images of mixed sizes per
+    class, one binary mask (0/255) each, the object a square whose side is known."""
+    for cls, (colour, layout) in {"cat": ((200, 60, 60), "fss"), "dog": ((60, 60, 200), "folders")}.items():
+        for i, (h, w) in enumerate(((40, 56), (64, 48), (50, 50))):
+            img = np.full((h, w, 3), 30, np.uint8)
+            mask = np.zeros((h, w), np.uint8)
+            side = 12 + 4 * i
+            img[5:5 + side, 6:6 + side] = colour
+            mask[5:5 + side, 6:6 + side] = 255
+            if layout == "fss":
+                (root / cls).mkdir(parents=True, exist_ok=True)
+                Image.fromarray(img).save(root / cls / f"{i}.jpg", quality=95)
+                Image.fromarray(mask).save(root / cls / f"{i}.png")
+            else:
+                for sub in ("images", "masks"):
+                    (root / cls / sub).mkdir(parents=True, exist_ok=True)
+                Image.fromarray(img).save(root / cls / "images" / f"{i}.png")
+                Image.fromarray(mask).save(root / cls / "masks" / f"{i}.png")
+    return root
+
+
 def write_coco(root, n=2):
     """``root/ann.json`` with polygons and ``root/images``: n 64x64 images, two squares each."""
     (root / "images").mkdir(parents=True)
@@ -51,6 +74,11 @@ def write_coco(root, n=2):
 @pytest.fixture
 def folder_data(tmp_path):
     return write_folder(tmp_path / "mine")
+
+
+@pytest.fixture
+def class_folders(tmp_path):
+    return write_class_folders(tmp_path / "pets")
 
 
 @pytest.fixture

@@ -73,6 +73,37 @@ def test_missing_path_and_layout(tmp_path):
         domain(f"x={tmp_path / 'flat'}")
 
 
+def test_class_folders_both_layouts(class_folders):
+    """A folder per class opens as one domain: images named CLASS/STEM, one object per
+    mask, the class in meta["category_ids"]; hidden files and an empty class ignored."""
+    root = class_folders
+    (root / "cat" / ".DS_Store").write_bytes(b"x")
+    (root / "empty").mkdir()
+    dom = domain(f"pets={root}")
+    assert dom.ids == ["cat/0", "cat/1", "cat/2", "dog/0", "dog/1", "dog/2"]
+    for k, name in enumerate(dom.ids):
+        scene = dom.scene(k)
+        side = 12 + 4 * int(name[-1])
+        assert scene.num_objects == 1 and int(scene.masks[0].sum()) == side * side
+        assert scene.meta["category_ids"] == [name.split("/")[0]] and scene.domain == "pets"
+    assert dom.scene(1).image.shape == (64, 48, 3)
+
+
+def test_class_folder_errors_name_the_file(class_folders):
+    root = class_folders
+    (root / "cat" / "2.png").unlink()
+    with pytest.raises(DataError, match=r"images without a mask in .*cat.*2\.jpg"):
+        domain(f"pets={root}")
+    (root / "cat" / "2.jpg").unlink()
+    (root / "dog" / "masks" / "1.png").write_bytes(b"not a png")
+    with pytest.raises(DataError, match=r"mask .*dog.*1\.png cannot be read"):
+        domain(f"pets={root}")
+    (root / "dog" / "masks" / "1.png").unlink()
+    Image.fromarray(np.zeros((40, 56), np.uint8)).save(root / "cat" / "3.png")  # a mask alone
+    with pytest.raises(DataError, match=r"masks without an image in .*cat.*3\.png"):
+        domain(f"pets={root}")
+
+
 def test_unpaired_files_named(folder_data):
     (folder_data / "images" / "img1.png").rename(folder_data / "lonely.png")
     with pytest.raises(DataError, match=r"masks without an image.*img1\.png"):

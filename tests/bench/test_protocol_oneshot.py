@@ -183,6 +183,23 @@ def test_coco_references_same_category(coco_file):
     assert any(iou(mask, m) == 1.0 for m in other.masks)  # an instance of the other image
 
 
+def test_class_folder_references_are_other_images_of_the_class(tiny_segmenter, class_folders):
+    dom = open_domain(DataSpec("pets", str(class_folders)), Selection())
+    p = OneShotProtocol(OneShotConfig(baselines=["greedy_score"]))
+    p.bind_domains({"pets": dom})
+    model = BenchModel("tiny", tiny_segmenter, tiny_segmenter, {})
+    for k, name in enumerate(dom.ids):
+        scene = dom.scene(k)
+        unit = Unit("tiny", "pets", k, name, "oneshot")
+        (group, img, mask), = p.references(scene, unit)
+        assert group == [0]
+        same_class = [j for j, other in enumerate(dom.ids) if other != name and other.split("/")[0] == name.split("/")[0]]
+        found = [j for j in same_class if dom.scene(j).image.shape == img.shape and np.array_equal(dom.scene(j).image, img)]
+        assert len(found) == 1 and np.array_equal(mask, dom.scene(found[0]).masks[0])
+    result = p.run(model, p.prepare(model), dom.scene(0), Unit("tiny", "pets", 0, dom.ids[0], "oneshot"), np.random.default_rng(0))
+    assert {r.method for r in result.rows} == {"fm", "fm+greedy_score", "fm_oracle", "persam", "gbmseg"}
+
+
 def test_figure_draws_reference_fm_and_refined(tmp_path):
     from ppd.bench.protocols.oneshot_figures import OneShotPanel, oneshot_figure
     from ppd.data.oneshot_pairs import make_pair

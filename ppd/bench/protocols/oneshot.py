@@ -13,8 +13,9 @@ Where the reference comes from:
   family as drawn, appearance as measured); objects of one class form a group, and
   the reference is a new scene of the domain with one instance of that class
   (:func:`~ppd.data.oneshot_pairs.reference_scene`);
-* COCO domains: groups are categories (``meta["category_ids"]``); the reference is an
-  instance of the category in another image of the domain (the domain's images as the
+* COCO domains and folders per class (:class:`ppd.data.class_folders.ClassFolders`):
+  groups are categories (``meta["category_ids"]``; a class folder's name); the
+  reference is an instance of the category in another image of the domain (the domain's images as the
   runner holds them, see :meth:`OneShotProtocol.bind_domains`; until bound, another
   instance of the category in the same image, and a category with one instance is not
   measured);
@@ -146,16 +147,16 @@ class OneShotProtocol(Protocol):
         if proc is not None:
             return _procedural_references(scene, *proc, stream)
         if "category_ids" in scene.meta:
-            return self._coco_references(scene, unit, stream)
+            return self._category_references(scene, unit, stream)
         return self._folder_references(scene, unit, stream)
 
-    def _coco_references(self, scene, unit: Unit, stream: np.random.Generator):
+    def _category_references(self, scene, unit: Unit, stream: np.random.Generator):
         cats = _categories(scene)
         out = []
         domain = (self.domains or {}).get(unit.domain)
         for cat in sorted(set(cats), key=str):
             group = [i for i, c in enumerate(cats) if c == cat]
-            ref = _coco_pool_reference(domain, unit, cat, stream) if domain is not None else None
+            ref = _category_pool_reference(domain, unit, cat, stream) if domain is not None else None
             if ref is None and len(group) >= 2:  # not bound: another instance of the same image
                 k = int(stream.integers(len(group)))
                 ref = (scene.image, scene.masks[group[k]])
@@ -271,15 +272,15 @@ def _procedural_references(scene, domain: str, seed: int, stream: np.random.Gene
     return out
 
 
-def _coco_pool_reference(domain, unit: Unit, cat, stream: np.random.Generator):
-    """An instance of category ``cat`` in another image of a bound COCO domain (read
-    from its annotations; None when there is none)."""
-    coco = getattr(domain, "_scenes", None)
-    if not hasattr(coco, "anns"):
+def _category_pool_reference(domain, unit: Unit, cat, stream: np.random.Generator):
+    """An instance of category ``cat`` in another image of a bound domain whose dataset
+    knows its images' categories without reading them (COCO annotations, class
+    folders); None when there is none."""
+    data = getattr(domain, "_scenes", None)
+    if not hasattr(data, "image_categories"):
         return None
     own = unit.index
-    cands = [i for i in range(len(domain)) if i != own
-             and any(a["category_id"] == cat for a in coco.anns[coco.image_ids[domain._index[i]]])]
+    cands = [i for i in range(len(domain)) if i != own and cat in data.image_categories(domain._index[i])]
     if not cands:
         return None
     other = _reference_scene(domain, cands[int(stream.integers(len(cands)))])
