@@ -32,12 +32,14 @@ round ``attacker.zip`` / ``defender.zip``, the replay buffers (``save_replay_buf
 and ``resume_state.npz`` (:mod:`ppd.agents.train_resume`), committed together by
 ``state.json`` (:mod:`ppd.agents.run_commit`: a kill at any moment leaves the last
 completed round), ``metrics.json`` and ``examples.png`` (at the end), and TensorBoard
-logs under ``tb/`` (``eval/*`` keys with the defender's env steps as x axis).
+logs under ``tb/`` (``eval/*`` keys with the defender's env steps as x axis). The folder's
+files are written, cleared and opened again by :mod:`ppd.agents.train_folder`.
 
 ``resume`` continues from the last completed round: the agents, and where the round
 left them, their episodes, generators and attack pool; with the replay buffers the
 result is the uninterrupted run's. It refuses a configuration that contradicts the
-run's (:func:`check_resume`); a run with no completed round starts again from the first.
+run's (:func:`~ppd.agents.train_folder.check_resume`); a run with no completed round
+starts again from the first.
 
 With ``ruac_checkpoint`` the segmenter decodes with the RUAC Bayesian decoder, and
 ``node_uncertainty`` adds each patch's mean pixel uncertainty of the current mask to both
@@ -77,16 +79,13 @@ from ppd.agents.evaluation import (  # re-exported
     refine_metrics,
 )
 from ppd.agents.evaluation import eval_items as _eval_items  # re-exported
-from ppd.agents.label_filter import (
-    FILTER_FILE, FILTER_META, LabelFilter, load_label_filter, remove_label_filter, train_label_filter,
-)
-from ppd.agents.run_commit import (
-    STATE_FILE, commit_round, discard_uncommitted, finish_commit, read_state, stage,
-)
+from ppd.agents.label_filter import FILTER_FILE, FILTER_META, LabelFilter, load_label_filter, train_label_filter
+from ppd.agents.run_commit import commit_round, stage
 from ppd.agents.train_config import TrainConfig, resume_conflicts  # re-exported
 from ppd.agents import train_resume
+from ppd.agents.train_folder import check_resume, clear_run, latest_defender_file, load_model, open_run, save_round
+from ppd.agents.train_folder import load_model as _load_model, save_model as _save_model  # noqa: F401  re-exported
 from ppd.agents.train_progress import PhaseReport, TrainReporter
-from ppd.agents.archive_check import UnsafeArchiveError
 from ppd.agents.train_data import open_training_data
 from ppd.data.references import ReferencePicker
 from ppd.data.scenes import TRAIN_DOMAIN  # noqa: F401  re-exported
@@ -110,61 +109,12 @@ __all__ = [
 ]
 
 
-# ----------------------------------------------------------------------------- rollouts
 # ----------------------------------------------------------------------------- training
-def _replay_file(name: str) -> str:
-    """The replay buffer file of agent file ``name`` (``attacker.zip`` ->
-    ``attacker_replay.pkl``)."""
-    return Path(name).stem + "_replay.pkl"
-
-
-def _save_model(model: MaskedDQN, path: Path, replay: bool) -> None:
-    """``model.save`` to a temp file renamed onto ``path`` (and the replay buffer). One
-    file at a time: the training loop commits a round's files together instead
-    (:func:`_commit`)."""
-    io.atomic_write(path, lambda tmp: model.save(tmp))
-    if replay:
-        io.atomic_write(path.with_name(_replay_file(path.name)), lambda tmp: model.save_replay_buffer(tmp))
-
-
-def _load_model(out: Path, name: str, env, cfg: TrainConfig, device: str, state: dict[str, Any],
-                graph_ids: dict[int, int] | None) -> MaskedDQN:
-    """An agent of the run's last committed round, with its replay buffer when that
-    round saved one and the graph ids of its transitions can be mapped (``graph_ids``;
-    else the agent collects ``learning_starts`` fresh transitions before it updates)."""
-    path = out / name
-    try:
-        model = MaskedDQN.load(str(path), env=env, device=device)
-    except UnsafeArchiveError:
-        raise  # it names the file and what it holds
-    except Exception as exc:  # SB3 raises many kinds for a damaged archive
-        raise ValueError(f"corrupt run folder {out}: cannot load {name}: {type(exc).__name__}: {exc}") from None
-    model.tensorboard_log = str(out / "tb")  # the run folder may have moved
-    rb = out / _replay_file(name)
-    if cfg.save_replay_buffer and state.get("replay_buffers") and rb.is_file() and graph_ids is not None:
-        model.load_replay_buffer(str(rb), graph_ids=graph_ids)
-        return model
-    if cfg.save_replay_buffer and rb.is_file():
-        logger.warning("%s: not loaded (saved by an earlier version of ppd, without the table of the graphs its "
-                       "transitions name); the agent collects %d new transitions before it learns again",
-                       rb, cfg.learning_starts)
-    # Empty buffer: collect learning_starts fresh transitions before updating again.
-    model.learning_starts = model.num_timesteps + cfg.learning_starts
-    return model
-
-
 def _ruac_kwargs(ruac_checkpoint: str | None, ruac_uncertainty: str | None) -> dict[str, Any]:
     """``load_segmenter`` arguments for a RUAC head (none without one)."""
     if not ruac_checkpoint:
         return {}
     return dict(decoder="ruac", ruac_checkpoint=ruac_checkpoint, uncertainty=ruac_uncertainty or "analytic")
-
-
-def latest_defender_file(cfg: TrainConfig) -> str:
-    """Run-folder file of the latest defender (the one training and ``--resume``
-    continue): ``defender_last.zip`` with ``defender_evals`` (``defender.zip`` is then the
-    selected one), else ``defender.zip``."""
-    return "defender_last.zip" if cfg.defender_evals else "defender.zip"
 
 
 def _parts(total: int, n: int) -> list[int]:
@@ -226,97 +176,6 @@ def train(
             torch.set_num_threads(threads)
 
 
-def _clear_run(out: Path) -> None:
-    """A new run in ``out``: the files of an earlier run there go first (its state
-    first, then its configuration: no step of this, nor a stop before the new
-    ``config.yaml`` is written, leaves a folder that resumes the old run)."""
-    (out / STATE_FILE).unlink(missing_ok=True)
-    agents = ("attacker.zip", "defender.zip", "defender_last.zip")
-    for name in ("config.yaml", "metrics.json", train_resume.RESUME_FILE, *agents, *map(_replay_file, agents)):
-        (out / name).unlink(missing_ok=True)
-    remove_label_filter(out)
-    discard_uncommitted(out, None)
-
-
-def check_resume(out: str | Path, cfg: TrainConfig, segmenter_given: bool = False) -> dict[str, Any] | None:
-    """Whether ``cfg`` may resume the run in ``out``: its ``state.json`` (None: the run
-    has no completed round yet, but its ``config.yaml``, so it starts again from the
-    first round).
-
-    Raises:
-        FileNotFoundError: no run in ``out``.
-        ValueError: an unreadable ``state.json``, or settings of ``cfg`` that contradict
-            the run's ``config.yaml``, named (:func:`~ppd.agents.train_config.resume_conflicts`).
-    """
-    out = Path(out)
-    state = read_state(out)
-    config_file = out / "config.yaml"
-    if state is None and not config_file.is_file():
-        raise FileNotFoundError(f"cannot resume: {out / STATE_FILE} not found (no completed round in {out})")
-    if config_file.is_file():
-        from ppd.config import load_config_file
-
-        if state is None:
-            has_filter = False
-        elif "label_filter" in state:
-            has_filter = bool(state["label_filter"])
-        else:  # a state written before filters were committed with it
-            has_filter = (out / FILTER_META).is_file()
-        done = int(state["round"]) if state else 0
-        conflicts = resume_conflicts(load_config_file(config_file), cfg, done, has_filter, segmenter_given)
-        if conflicts:
-            raise ValueError(
-                f"cannot resume {out}: settings differ from the run's config.yaml ({'; '.join(conflicts)}). "
-                "--resume may change rounds (to more), device, threads, n_examples and save_replay_buffer, and the "
-                "filter_* settings while the run has no label filter yet; for other settings start a new run "
-                "with another --out"
-            )
-    return state
-
-
-def _open_run(out: Path, cfg: TrainConfig, segmenter_given: bool) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """The state of the run ``out`` that ``cfg`` resumes (:func:`check_resume`; its last
-    commit finished, the files of an uncommitted round deleted) and its resume state
-    (None: a run saved before resume states existed, or with no completed round)."""
-    state = check_resume(out, cfg, segmenter_given)
-    finish_commit(out, state)
-    discard_uncommitted(out, state)
-    if state is None:
-        logger.warning("%s: no round was completed before the run stopped; starting it from the first round", out)
-        return {"round": 0, "history": [], "wall_time_s": 0.0}, None
-    done = int(state["round"])
-    for name in ("attacker.zip", latest_defender_file(cfg)):
-        if not (out / name).is_file():
-            raise ValueError(f"corrupt run folder {out}: state.json says round {done} but {name} is missing")
-    resume_state = None
-    if state.get("resume_state"):
-        resume_state = train_resume.load_state(out / train_resume.RESUME_FILE)
-    return state, resume_state
-
-
-def _commit(out: Path, rnd: int, state: dict[str, Any], staged: dict[str, str], cfg: TrainConfig,
-            worlds: dict[str, PromptWorld], agents: dict[str, tuple[MaskedDQN, Any]]) -> dict[str, Any]:
-    """Stage the files of round ``rnd`` (1-based) beside those ``staged`` already, then
-    commit them with ``state`` (:mod:`ppd.agents.run_commit`); returns the state
-    committed. A label filter of earlier rounds no longer describes the defender: the
-    state says the run has none, and its files go."""
-    files = dict(staged)
-    names = {"attacker": "attacker.zip", "defender": latest_defender_file(cfg)}
-    for role, (model, _) in agents.items():
-        files[names[role]] = stage(out, names[role], rnd, model.save)
-        if cfg.save_replay_buffer:
-            name = _replay_file(names[role])
-            files[name] = stage(out, name, rnd, model.save_replay_buffer)
-    snapshot = train_resume.capture(worlds, agents)
-    files[train_resume.RESUME_FILE] = stage(out, train_resume.RESUME_FILE, rnd,
-                                            lambda tmp: train_resume.save_state(snapshot, tmp))
-    state = {**state, "round": rnd, "replay_buffers": bool(cfg.save_replay_buffer), "resume_state": True,
-             "label_filter": None}
-    commit_round(out, state, files)
-    remove_label_filter(out)
-    return state
-
-
 def _train(cfg: TrainConfig, out: str | Path, resume: bool, callback: BaseCallback | None,
            segmenter: Segmenter | None, progress: Any, reporter: TrainReporter) -> dict[str, Any]:
     """:func:`train`'s body."""
@@ -325,7 +184,7 @@ def _train(cfg: TrainConfig, out: str | Path, resume: bool, callback: BaseCallba
     state: dict[str, Any] = {"round": 0, "history": [], "wall_time_s": 0.0}
     saved: dict[str, Any] | None = None  # the resume state of the last completed round
     if resume:
-        state, saved = _open_run(out, cfg, segmenter is not None)
+        state, saved = open_run(out, cfg, segmenter is not None)
 
     device = cfg.device
     if device != "auto":
@@ -370,8 +229,8 @@ def _train(cfg: TrainConfig, out: str | Path, resume: bool, callback: BaseCallba
     def_env = VecMonitor(PromptVecEnv(cfg.n_envs, "defender", world=world, seed=env_seed + 50, **cfg.env_kwargs("defender")))
     tb = str(out / "tb")
     if start_round:
-        attacker = _load_model(out, "attacker.zip", att_env, cfg, device, state, graph_ids)
-        defender = _load_model(out, latest_defender_file(cfg), def_env, cfg, device, state, graph_ids)
+        attacker = load_model(out, "attacker.zip", att_env, cfg, device, state, graph_ids)
+        defender = load_model(out, latest_defender_file(cfg), def_env, cfg, device, state, graph_ids)
         saved_prior = defender.q_net.q_prior
         if saved_prior != cfg.resolved_q_prior:  # e.g. a run from before q_prior existed
             logger.warning("resuming a defender built with q_prior=%r (config: %r): the saved network's is kept",
@@ -392,7 +251,7 @@ def _train(cfg: TrainConfig, out: str | Path, resume: bool, callback: BaseCallba
         )
     agents = {"attacker": (attacker, att_env), "defender": (defender, def_env)}
     if not resume:  # set up without an error: an earlier run in this folder goes now
-        _clear_run(out)
+        clear_run(out)
     # written before any training, and again on --resume: it describes the run as last
     # continued (more rounds, the saved networks' settings; resume_conflicts allows no other change)
     io.save_text(yaml.safe_dump(_config_dict(cfg), sort_keys=False), out / "config.yaml")
@@ -457,7 +316,7 @@ def _train(cfg: TrainConfig, out: str | Path, resume: bool, callback: BaseCallba
         round_state: dict[str, Any] = {**state, "history": history, "wall_time_s": time.time() - t0}
         if cfg.defender_evals:
             round_state["best_defender"] = best
-        state = _commit(out, rnd + 1, round_state, staged, cfg, worlds, agents)
+        state = save_round(out, rnd + 1, round_state, staged, cfg, worlds, agents)
 
     t_rounds = time.time()
     # the final metrics describe defender.zip (the selected one with defender_evals)
