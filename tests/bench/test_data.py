@@ -102,6 +102,11 @@ def test_class_folder_errors_name_the_file(class_folders):
     Image.fromarray(np.zeros((40, 56), np.uint8)).save(root / "cat" / "3.png")  # a mask alone
     with pytest.raises(DataError, match=r"masks without an image in .*cat.*3\.png"):
         domain(f"pets={root}")
+    (root / "cat" / "3.png").unlink()
+    (root / "bird" / "images").mkdir(parents=True)
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / "bird" / "images" / "0.png")
+    with pytest.raises(DataError, match=r"bird.masks not found; a class folder holds images/ and masks/"):
+        domain(f"pets={root}")
 
 
 def test_unpaired_files_named(folder_data):
