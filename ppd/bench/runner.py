@@ -193,6 +193,8 @@ def write_outputs(cfg: BenchConfig, units: list[Unit], domains: dict[str, Domain
     outcome.skipped = skipped
     files = {"results": write_results(df, out)}
     protocols = {n: protocol_class(n)(c) for n, c in cfg.protocol_configs().items()}
+    for protocol in protocols.values():  # figures redraw what the units drew (one-shot references)
+        protocol.bind_domains(domains)
     summary = summarize(df, protocols, n_boot=cfg.bootstrap, seed=cfg.seed)
     aggregates = {name: p.aggregates(df[df.protocol == name]) for name, p in protocols.items()}
     aggregates = {name: a for name, a in aggregates.items() if a}

@@ -199,3 +199,16 @@ def test_a_run_saved_before_streams_reruns_as_it_ran(tmp_path, folder_data, tiny
     a, b = Unit("a", "d", 0, "x", "refine"), Unit("b", "d", 0, "x", "refine")
     assert a.seed(0).integers(2**62) == b.seed(0).integers(2**62)
     assert a.seed(0, per_model=True).integers(2**62) != b.seed(0, per_model=True).integers(2**62)
+
+
+def test_oneshot_on_a_folder_per_class_with_its_pairs_figure(tmp_path, class_folders, tiny_model_spec):
+    """Every image of a class folder is a target whose reference is another image of its
+    class; the report's pairs figure redraws those references (the run's domains bound)."""
+    out = tmp_path / "run"
+    outcome = run_bench(config(out, [f"pets={class_folders}"], tiny_model_spec, protocols=["oneshot"],
+                               options={"oneshot": {"baselines": ["greedy_score"]}}))
+    df = read_results(out)
+    assert outcome.units == 6 and not outcome.skipped
+    assert sorted(set(df.image)) == ["cat/0", "cat/1", "cat/2", "dog/0", "dog/1", "dog/2"]
+    assert {"fm", "fm+greedy_score", "fm_oracle", "persam", "gbmseg"} <= set(df.method)
+    assert (out / "figures" / "oneshot_pairs.png").is_file()
