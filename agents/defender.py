@@ -38,10 +38,11 @@ when the run's config names one (``ruac_checkpoint``).
 
 The result type and the refiner interface (:mod:`~ppd.agents.refiner`), the refine
 options (:mod:`~ppd.agents.refine_config`), the stages around the refiner
-(:mod:`~ppd.agents.guards`), the rollout (:mod:`~ppd.agents.rollout`), the node mapping
-(:mod:`~ppd.agents.node_map`), run-folder reading (:mod:`~ppd.agents.run_files`) and the
-run's configuration (:mod:`~ppd.agents.run_config`) live in their own modules; the names
-this module re-exports stay importable from here.
+(:mod:`~ppd.agents.guards`), the label filter stage and the wrong-label probability
+(:mod:`~ppd.agents.defender_labels`), the rollout (:mod:`~ppd.agents.rollout`), the node
+mapping (:mod:`~ppd.agents.node_map`), run-folder reading (:mod:`~ppd.agents.run_files`)
+and the run's configuration (:mod:`~ppd.agents.run_config`) live in their own modules; the
+names this module re-exports stay importable from here.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ppd.agents.guards import prepare_sets, refine_guarded
-from ppd.agents.label_filter import FILTER_ACTIONS, LabelFilter, check_relabel_gate, check_threshold, node_probabilities
+from ppd.agents.defender_labels import WrongLabelStage
 from ppd.agents.node_map import NodeMap
 from ppd.agents.refine_config import (  # noqa: F401  (DEFAULT_* and the flag helpers re-exported)
     DEFAULT_CONSENSUS, DEFAULT_CONSENSUS_QUORUM, DEFAULT_KEEP_CONSISTENT, DEFAULT_MIN_SCORE_GAIN, DEFAULT_POLISH,
@@ -68,7 +69,7 @@ from ppd.agents.run_files import (  # noqa: F401  (load_agent, read_run_config, 
 from ppd.agents.train_config import TrainConfig
 from ppd.data.types import Scene
 from ppd.envs.point_prompt_env import DEFAULT_MAX_STEPS, build_observation, observation_options
-from ppd.envs.world import ImageRecord, PromptWorld, segmenter_gives_uncertainty, state_from_prompts
+from ppd.envs.world import ImageRecord, PromptWorld, segmenter_gives_uncertainty
 from ppd.segmenter import Segmenter, image_key
 
 logger = logging.getLogger(__name__)
@@ -91,7 +92,7 @@ __all__ = [
     "role_max_steps",
 ]
 
-class PromptDefender(PromptRefiner):
+class PromptDefender(WrongLabelStage, PromptRefiner):
     """A trained defender DQN that refines point prompts for SAM2 (no ground truth).
 
     Build it with :meth:`load`. Args of the constructor:
@@ -127,8 +128,7 @@ class PromptDefender(PromptRefiner):
             (``"relabel"``) every prompt whose wrong-label probability exceeds the
             threshold, then the defender acts on the result, relabelling only prompts
             whose probability exceeds ``relabel_gate`` (0.0: any). A threshold of 1.0
-            changes nothing. Its cost: one Q-network pass, and one decoder call when it
-            changes something.
+            changes nothing; the stage and its cost: :mod:`~ppd.agents.defender_labels`.
         min_score_gain, polish, consensus, consensus_quorum, keep_consistent: the
             stages around the rollout (:class:`~ppd.agents.refine_config.RefineConfig`
             says what each does and its default; :mod:`ppd.agents.guards` why and at what
@@ -208,16 +208,7 @@ class PromptDefender(PromptRefiner):
         self.world = PromptWorld(segmenter, placeholder, grid=grid, k_physical=k_physical, k_semantic=k_semantic)
         self.cache_size = cache_size
         self._records: OrderedDict[str, ImageRecord] = OrderedDict()
-        self.label_filter = None
-        if label_filter is not None:
-            net, threshold, action, gate = LabelFilter(*label_filter)
-            threshold = check_threshold(threshold, "the label filter's threshold")
-            if action not in FILTER_ACTIONS:
-                raise ValueError(f"the label filter's action must be one of {FILTER_ACTIONS}, got {action!r}")
-            gate = check_relabel_gate(gate, "the label filter's relabel gate")
-            if net.observation_space["state"].shape != model.observation_space["state"].shape:
-                raise ValueError("the label filter was built for another graph size than the defender")
-            self.label_filter: LabelFilter | None = LabelFilter(net, threshold, str(action), gate)
+        self.label_filter = self._check_label_filter(label_filter)
 
     # -- construction -------------------------------------------------------------------
     @classmethod
@@ -400,39 +391,6 @@ class PromptDefender(PromptRefiner):
         on (no ground truth: a ``label_target`` key is all unknown)."""
         return build_observation(rec, st, pts, out, t, env_steps, self.node_uncertainty, self.probe, self.label_target)
 
-    # -- the wrong-label network ------------------------------------------------------------
-    @property
-    def has_label_head(self) -> bool:
-        """Whether :meth:`wrong_label_probability` has a network to read: the run's
-        label filter, or the defender's auxiliary head (``ppd train --label-aux``)."""
-        return self.label_filter is not None or bool(getattr(self.model.policy.q_net, "label_aux", False))
-
-    def _node_probabilities(self, states: Sequence[tuple[ImageRecord, np.ndarray, np.ndarray]]) -> np.ndarray:
-        """(B, N) wrong-label probability of each node's prompt in ``states`` ``(record,
-        node_state, node_points)``, all in one pass: the label filter's network if there
-        is one, else the defender's own label head."""
-        net = self.label_filter.network if self.label_filter is not None else self.model
-        return node_probabilities(net, self.world, [(rec, -1, st, pts) for rec, st, pts in states], self.train_max_steps or 1)
-
-    def wrong_label_probability(self, image: np.ndarray, point_coords: np.ndarray, point_labels: np.ndarray) -> np.ndarray:
-        """Per input point, the probability that its label is wrong (no ground truth;
-        one decoder call for the observation, no refinement step): from the run's label
-        filter (:mod:`ppd.agents.label_filter`) when it has one, else from the
-        defender's auxiliary label head.
-
-        Points merged into one node (see ``state_from_prompts``) share its value.
-
-        Raises:
-            ValueError: a defender with neither, or bad prompts (as :meth:`refine`).
-        """
-        if not self.has_label_head:
-            raise ValueError("this defender has no wrong-label network: train one with `ppd train` "
-                             "(its label filter stage, --filter-scenes) or `--label-aux WEIGHT`")
-        coords, labels = check_prompts(point_coords, point_labels)
-        rec = self.record(image)
-        st, pts, point_node = state_from_prompts(coords, labels, rec.grid, rec.hw, rec.centres)
-        return self._node_probabilities([(rec, st, pts)])[0][point_node].astype(np.float32)
-
     # -- refinement -------------------------------------------------------------------------
     def refine(
         self,
@@ -507,23 +465,12 @@ class PromptDefender(PromptRefiner):
     def refine_sets(self, sets: Sequence[RefineSet]) -> list[RefineResult]:
         """The defender's own refinement of prepared sets: the label filter, the rollouts
         and the output masks (stages 2-4 of the module docstring)."""
-        starts = [s.nodes.state for s in sets]
-        gates: list[np.ndarray | None] = [None] * len(sets)
-        filtered = [i for i, s in enumerate(sets) if s.budget > 0]
-        if self.label_filter is not None and filtered:
-            prob = self._node_probabilities([(sets[i].nodes.rec, sets[i].nodes.state, sets[i].nodes.points)
-                                             for i in filtered])
-            for i, p in zip(filtered, prob):
-                starts[i], gates[i] = self.label_filter.apply(sets[i].nodes.state, p)
+        starts, gates = self._filter_starts(sets)
         rolled = self.refine_states([(s.nodes.rec, st, s.nodes.points, s.budget) for s, st in zip(sets, starts)], gates)
         out = []
         for s, start, (st, _, steps) in zip(sets, starts, rolled):
             filtered_changes = int((s.nodes.state != start).sum())
-            trace = []
-            if filtered_changes:
-                verb = "relabelled" if self.label_filter.action == "relabel" else "removed"  # type: ignore[union-attr]
-                trace.append(f"label filter: {verb} {filtered_changes} prompts (wrong-label probability above "
-                             f"{self.label_filter.threshold:g})")  # type: ignore[union-attr]
+            trace = self._filter_trace(filtered_changes)
             if s.budget == 0:
                 trace.append("budget 0: the input decoded unchanged")
             else:
