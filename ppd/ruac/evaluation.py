@@ -50,11 +50,11 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import ndimage
 
 from ppd import io
 from ppd.data.scenes import ProceduralScenes
 from ppd.data.types import Scene
+from ppd.mask_distances import inner_distance
 from ppd.metrics import aurc, e_aurc, ece, iou, j_and_f, pavpu, uncertainty_auroc, uncertainty_error_pearson
 from ppd.ruac.head import BayesianMaskDecoder
 from ppd.ruac.train_config import RuacTrainConfig
@@ -90,11 +90,6 @@ METRIC_KEYS = ("j_and_f", "iou", "pavpu", "aurc", "e_aurc", "ece", "auroc", "pea
 
 
 # ----------------------------------------------------------------------------- clicks
-def _inner_distance(region: np.ndarray) -> np.ndarray:
-    """Distance of each region pixel to the nearest non-region pixel or the image border."""
-    return ndimage.distance_transform_edt(np.pad(region, 1))[1:-1, 1:-1]
-
-
 def protocol_click(
     pred: np.ndarray, gt: np.ndarray, previous: np.ndarray | None = None, min_separation: float = 0.0
 ) -> tuple[np.ndarray, int] | None:
@@ -132,7 +127,7 @@ def protocol_click(
             eligible &= (xx - x) ** 2 + (yy - y) ** 2 >= min_separation**2
     order = [(fn, 1), (fp, 0)] if nfn >= nfp else [(fp, 0), (fn, 1)]
     for region, label in order:
-        dist = np.where(eligible, _inner_distance(region), 0.0)
+        dist = np.where(eligible, inner_distance(region), 0.0)
         if dist.max() > 0:
             y, x = np.unravel_index(np.argmax(dist), region.shape)
             return np.array([x, y], np.float32), label
