@@ -81,7 +81,7 @@ from ppd.agents.evaluation import (  # re-exported
 from ppd.agents.evaluation import eval_items as _eval_items  # re-exported
 from ppd.agents.label_filter import FILTER_FILE, FILTER_META, LabelFilter, load_label_filter, train_label_filter
 from ppd.agents.run_commit import commit_round, stage
-from ppd.agents.train_config import TrainConfig, resume_conflicts  # re-exported
+from ppd.agents.train_config import TrainConfig  # re-exported
 from ppd.agents import train_resume
 from ppd.agents.train_folder import check_resume, clear_run, latest_defender_file, load_model, open_run, save_round
 from ppd.agents.train_folder import load_model as _load_model, save_model as _save_model  # noqa: F401  re-exported

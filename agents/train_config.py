@@ -22,18 +22,11 @@ from ppd.config import config_from_dict, load_config_file
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ABSENT_MEANS", "RESUME_FREE_FIELDS", "RUN_CONFIG_FILES", "TrainConfig", "resume_conflicts"]
+__all__ = ["ABSENT_MEANS", "RUN_CONFIG_FILES", "TrainConfig"]
 
 #: Files a run folder's configuration is read from, in order (``ppd train`` writes
 #: ``config.yaml``).
 RUN_CONFIG_FILES = ("config.yaml", "config.yml", "config.json")
-#: Fields ``--resume`` may change: they decide where and how fast a run computes, or
-#: what it saves beside its results, never what its networks learn (``rounds`` may grow;
-#: the ``filter_*`` fields may change while the run has no label filter yet; see
-#: :func:`resume_conflicts`). ``q_prior`` is not compared: the saved defender's prior is
-#: kept, whatever the config says (a run written before the field existed reads as the
-#: default).
-RESUME_FREE_FIELDS = ("device", "threads", "n_examples", "save_replay_buffer", "q_prior", "embedding_cache")
 #: The value a field takes when a run's saved configuration lacks it (the run was
 #: written before the field existed, and trained as this value does), where that is
 #: not the field's default: a run resumed or read back is not changed by a later
@@ -457,53 +450,3 @@ class TrainConfig:
         data = load_config_file(path)
         return cls.from_dict({**{k: v for k, v in ABSENT_MEANS.items() if k not in data}, **data}, str(path),
                              unknown="ignore")
-
-
-def _comparable(value: Any) -> Any:
-    """A value as ``config.yaml`` holds it (tuples as lists, ints where floats are
-    integral stay ints), so that a saved and a new value compare equal when YAML would
-    write them alike."""
-    import yaml
-
-    return yaml.safe_load(yaml.safe_dump(value))
-
-
-def resume_conflicts(saved: dict[str, Any], cfg: TrainConfig, done: int, has_filter: bool,
-                     segmenter_given: bool = False) -> list[str]:
-    """The settings of ``cfg`` that contradict the run it would continue, one line each
-    (``name: run V, now W``); empty when ``cfg`` may resume it.
-
-    Args:
-        saved: the run's ``config.yaml`` (keys that are not fields, or fields it lacks,
-            are not compared: a run of another version of ppd).
-        cfg: the configuration of the resumed run.
-        done: the rounds the run completed.
-        has_filter: whether the run has its label filter (then the ``filter_*`` fields
-            are fixed unless more rounds retrain it).
-
-    Free (:data:`RESUME_FREE_FIELDS`): where the run computes and what it saves beside
-    its results. ``rounds`` may be any count >= ``done`` (more rounds extend the run);
-    ``grid`` 0 means "the segmenter's", the grid the run resolved; with
-    ``segmenter_given`` (``train(segmenter=...)``) an empty ``ruac_checkpoint`` is the
-    given segmenter's head.
-    """
-    now = _comparable(cfg.to_dict())
-    lines = []
-    filter_free = not has_filter or cfg.rounds > done
-    for name in cfg.to_dict():  # field order
-        if name not in saved or name in RESUME_FREE_FIELDS:
-            continue
-        old, new = _comparable(saved[name]), now[name]
-        if name == "rounds":
-            if int(new) < done:
-                lines.append(f"rounds: the run completed {done}, now {new}")
-            continue
-        if name == "grid" and new == 0:
-            continue
-        if name.startswith("filter_") and filter_free:
-            continue
-        if segmenter_given and name in ("ruac_checkpoint", "ruac_uncertainty") and not cfg.ruac_checkpoint:
-            continue
-        if old != new:
-            lines.append(f"{name}: run {old!r}, now {new!r}")
-    return lines

@@ -1,6 +1,6 @@
 """The run folder of ``ppd train`` as training writes and continues it: the agents' and
 replay buffers' files, clearing a folder for a new run, checking and opening a run to
-resume, and committing the files of a round.
+resume (which settings a resumed run may change), and committing the files of a round.
 
 What a run folder holds is listed in :mod:`ppd.agents.train`; how a round's files are
 committed together, in :mod:`ppd.agents.run_commit`; the state that continues a round, in
@@ -19,13 +19,21 @@ from ppd.agents.archive_check import UnsafeArchiveError
 from ppd.agents.dqn import MaskedDQN
 from ppd.agents.label_filter import FILTER_META, remove_label_filter
 from ppd.agents.run_commit import STATE_FILE, commit_round, discard_uncommitted, finish_commit, read_state, stage
-from ppd.agents.train_config import TrainConfig, resume_conflicts
+from ppd.agents.train_config import TrainConfig
 from ppd.envs.world import PromptWorld
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["check_resume", "clear_run", "latest_defender_file", "load_model", "open_run", "replay_file", "save_model",
-           "save_round"]
+__all__ = ["RESUME_FREE_FIELDS", "check_resume", "clear_run", "latest_defender_file", "load_model", "open_run",
+           "replay_file", "resume_conflicts", "save_model", "save_round"]
+
+#: Fields ``--resume`` may change: they decide where and how fast a run computes, or
+#: what it saves beside its results, never what its networks learn (``rounds`` may grow;
+#: the ``filter_*`` fields may change while the run has no label filter yet; see
+#: :func:`resume_conflicts`). ``q_prior`` is not compared: the saved defender's prior is
+#: kept, whatever the config says (a run written before the field existed reads as the
+#: default).
+RESUME_FREE_FIELDS = ("device", "threads", "n_examples", "save_replay_buffer", "q_prior", "embedding_cache")
 
 
 def replay_file(name: str) -> str:
@@ -96,7 +104,7 @@ def check_resume(out: str | Path, cfg: TrainConfig, segmenter_given: bool = Fals
     Raises:
         FileNotFoundError: no run in ``out``.
         ValueError: an unreadable ``state.json``, or settings of ``cfg`` that contradict
-            the run's ``config.yaml``, named (:func:`~ppd.agents.train_config.resume_conflicts`).
+            the run's ``config.yaml``, named (:func:`resume_conflicts`).
     """
     out = Path(out)
     state = read_state(out)
@@ -165,3 +173,53 @@ def save_round(out: Path, rnd: int, state: dict[str, Any], staged: dict[str, str
     commit_round(out, state, files)
     remove_label_filter(out)
     return state
+
+
+def _comparable(value: Any) -> Any:
+    """A value as ``config.yaml`` holds it (tuples as lists, ints where floats are
+    integral stay ints), so that a saved and a new value compare equal when YAML would
+    write them alike."""
+    import yaml
+
+    return yaml.safe_load(yaml.safe_dump(value))
+
+
+def resume_conflicts(saved: dict[str, Any], cfg: TrainConfig, done: int, has_filter: bool,
+                     segmenter_given: bool = False) -> list[str]:
+    """The settings of ``cfg`` that contradict the run it would continue, one line each
+    (``name: run V, now W``); empty when ``cfg`` may resume it.
+
+    Args:
+        saved: the run's ``config.yaml`` (keys that are not fields, or fields it lacks,
+            are not compared: a run of another version of ppd).
+        cfg: the configuration of the resumed run.
+        done: the rounds the run completed.
+        has_filter: whether the run has its label filter (then the ``filter_*`` fields
+            are fixed unless more rounds retrain it).
+
+    Free (:data:`RESUME_FREE_FIELDS`): where the run computes and what it saves beside
+    its results. ``rounds`` may be any count >= ``done`` (more rounds extend the run);
+    ``grid`` 0 means "the segmenter's", the grid the run resolved; with
+    ``segmenter_given`` (``train(segmenter=...)``) an empty ``ruac_checkpoint`` is the
+    given segmenter's head.
+    """
+    now = _comparable(cfg.to_dict())
+    lines = []
+    filter_free = not has_filter or cfg.rounds > done
+    for name in cfg.to_dict():  # field order
+        if name not in saved or name in RESUME_FREE_FIELDS:
+            continue
+        old, new = _comparable(saved[name]), now[name]
+        if name == "rounds":
+            if int(new) < done:
+                lines.append(f"rounds: the run completed {done}, now {new}")
+            continue
+        if name == "grid" and new == 0:
+            continue
+        if name.startswith("filter_") and filter_free:
+            continue
+        if segmenter_given and name in ("ruac_checkpoint", "ruac_uncertainty") and not cfg.ruac_checkpoint:
+            continue
+        if old != new:
+            lines.append(f"{name}: run {old!r}, now {new!r}")
+    return lines

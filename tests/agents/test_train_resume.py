@@ -14,7 +14,7 @@ import yaml
 from ppd.agents.label_filter import FILTER_FILE, load_label_filter
 from ppd.agents.run_commit import STATE_FILE, commit_round, discard_uncommitted, finish_commit, read_state, stage
 from ppd.agents.train import TrainConfig, train
-from ppd.agents.train_config import resume_conflicts
+from ppd.agents.train_folder import resume_conflicts
 from ppd.agents.train_resume import RESUME_FILE, load_state, remap_graph_ids
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
