@@ -101,10 +101,24 @@ class Domain:
     def __len__(self) -> int:
         return len(self.ids)
 
+    @property
+    def dataset(self) -> Sequence[Scene]:
+        """The whole dataset the sample is drawn from (one-shot references come from
+        any of its images)."""
+        return self._scenes
+
+    def dataset_index(self, index: int) -> int:
+        """The dataset index of the ``index``-th image of the sample."""
+        return self._index[index]
+
     def scene(self, index: int) -> Scene:
         """The scene of the ``index``-th image with its measured objects (raises
         ``OSError`` / ``ValueError`` for a file that cannot be read)."""
-        scene = self._scenes[self._index[index]]
+        return self.scene_at(self._index[index])
+
+    def scene_at(self, dataset_index: int) -> Scene:
+        """:meth:`scene` of any image of the dataset, sampled or not."""
+        scene = self._scenes[dataset_index]
         areas = scene.masks.sum(axis=(1, 2))  # (0,) for an image without objects
         keep = [int(i) for i in np.argsort(-areas, kind="stable") if areas[i] >= max(self.selection.min_area, 1)]
         if self.selection.max_objects is not None:

@@ -14,11 +14,11 @@ DESCRIPTION = """\
 Measure one or more models on one or more datasets under the chosen protocols and write,
 in --out: results.parquet (one row per measured value: model, domain, protocol, method,
 image, object, condition, metric, value), summary.json, report.md and a self-contained
-report.html (tables with paired-bootstrap 95%% intervals, figures, example overlays), and
+report.html (tables with paired-bootstrap 95% intervals, figures, example overlays), and
 config.yaml (ppd bench --config OUT/config.yaml reruns it). Finished work is kept as it
 finishes: after a kill the same command continues where it stopped.
 
-data:      --data NAME=procedural:DOMAIN | NAME=DIR (images/ + masks/) | NAME=FILE.json (COCO)
+data:      --data NAME=procedural:DOMAIN | NAME=DIR (images/ + masks/, or a folder per class) | NAME=FILE.json (COCO)
 models:    --model [LABEL=]NAME[:CHECKPOINT][+ruac=HEAD]  (NAME: bundled or an official SAM2 config)
 examples:  ppd bench --quick --out bench_out
            ppd bench --data coco=val/instances.json --sample 200 --model bundled \\
@@ -164,7 +164,8 @@ def run(args: argparse.Namespace) -> int:
         unmeasured = [spec.name for spec in cfg.data_specs() if spec.name not in measured]
         if unmeasured:
             print(f"ppd bench: warning: no object was measured in --data {', '.join(unmeasured)}: every mask is empty, "
-                  "--min-area / --max-objects left no object, or every image was skipped (see the warnings above)",
+                  "--min-area / --max-objects left no object, every image was skipped, or (oneshot) no reference could be drawn "
+                  "(see the warnings above)",
                   file=sys.stderr)
     return 0
 

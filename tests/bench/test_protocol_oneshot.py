@@ -147,14 +147,17 @@ def test_folder_references_come_from_other_images(tiny_segmenter, folder_data):
 @pytest.mark.parametrize("kind", ["folder", "coco"])
 def test_unreadable_reference_leaves_its_group_unmeasured_not_the_run(kind, folder_data, coco_file, caplog):
     # the domain's checks read headers only: a damaged file is found when it is drawn as a reference
-    if kind == "folder":
+    if kind == "folder":  # every other image of the folder, sampled or not, is damaged
         dom = open_domain(DataSpec("d", str(folder_data)), Selection(sample=2))
-        damaged = folder_data / "masks" / f"{dom.ids[1]}.png"
+        others = [m for m in sorted((folder_data / "masks").iterdir()) if m.stem != dom.ids[0]]
+        damaged = others[0]
     else:
         dom = open_domain(DataSpec("d", str(coco_file)), Selection())
         damaged = coco_file.parent / "images" / dom.ids[1]
+        others = [damaged]
     scene = dom.scene(0)
-    damaged.write_bytes(damaged.read_bytes()[:120])
+    for path in others:
+        path.write_bytes(path.read_bytes()[:120])
     p = OneShotProtocol()
     p.bind_domains({"d": dom})
     with caplog.at_level(logging.WARNING, logger="ppd.bench.protocols.oneshot"):
@@ -200,6 +203,30 @@ def test_class_folder_references_are_other_images_of_the_class(tiny_segmenter, c
     assert {r.method for r in result.rows} == {"fm", "fm+greedy_score", "fm_oracle", "persam", "gbmseg"}
 
 
+def test_references_come_from_the_whole_dataset_not_only_the_sample(class_folders, caplog):
+    """With --sample, a target's reference may be any other image of its class (or of the
+    folder), sampled or not; a class with one image is named in a warning."""
+    from PIL import Image
+
+    (class_folders / "bird").mkdir()
+    Image.fromarray(np.full((30, 30, 3), 90, np.uint8)).save(class_folders / "bird" / "0.jpg")
+    Image.fromarray(np.pad(np.full((10, 10), 255, np.uint8), 10)).save(class_folders / "bird" / "0.png")
+    for seed in range(4):
+        dom = open_domain(DataSpec("pets", str(class_folders)), Selection(sample=2, seed=seed))
+        p = OneShotProtocol()
+        p.bind_domains({"pets": dom})
+        for k, name in enumerate(dom.ids):
+            with caplog.at_level(logging.WARNING, logger="ppd.bench.protocols.oneshot"):
+                caplog.clear()
+                (group, img, mask), = p.references(dom.scene(k), Unit("tiny", "pets", k, name, "oneshot"))
+            if name.startswith("bird/"):
+                assert img is None and "no other image holds an object of category 'bird'" in caplog.text
+                continue
+            others = [j for j, other in enumerate(dom.dataset.pairs) if dom.dataset.image_id(j) != name
+                      and dom.dataset.image_class(j) == name.split("/")[0]]
+            assert any(np.array_equal(dom.scene_at(j).image, img) for j in others), (seed, name)
+
+
 def test_figure_draws_reference_fm_and_refined(tmp_path):
     from ppd.bench.protocols.oneshot_figures import OneShotPanel, oneshot_figure
     from ppd.data.oneshot_pairs import make_pair
@@ -226,7 +253,8 @@ def test_report_figure_shows_the_measured_pairs(tmp_path, protocol, domain, runs
     panels = report_panels(protocol.references, examples, load)
     assert 1 <= len(panels) <= 4
     for panel in panels:
-        scene, unit, res = next(r for r in runs if r[1].image in panel.title)
+        scene, unit, res = next(r for r in runs if r[1].image == panel.target_name)
+        assert panel.title == f"{unit.model} / {unit.domain}"  # over the reference: not the target's name
         groups = {min(g): (img, m) for g, img, m in protocol.references(scene, unit) if img is not None}
         assert any(np.array_equal(panel.ref_mask, m) for _, m in groups.values())
         fm = next(ex for ex in res.examples if ex.method == "fm" and np.array_equal(

@@ -124,4 +124,4 @@ def test_bench_says_when_a_dataset_has_no_object_to_measure(tmp_path):
     assert res.returncode == 0 and "Traceback" not in res.stderr
     assert res.stderr.strip().splitlines()[-1] == (
         "ppd bench: warning: no object was measured in --data e: every mask is empty, --min-area / --max-objects "
-        "left no object, or every image was skipped (see the warnings above)")
+        "left no object, every image was skipped, or (oneshot) no reference could be drawn (see the warnings above)")

@@ -161,17 +161,22 @@ class OneShotProtocol(Protocol):
                 k = int(stream.integers(len(group)))
                 ref = (scene.image, scene.masks[group[k]])
                 group = [g for j, g in enumerate(group) if j != k]
+            if ref is None:
+                logger.warning("--data %s: %s: no other image holds an object of category %r, so its %d object(s) "
+                               "are not measured (a one-shot reference comes from another image)",
+                               unit.domain, unit.image, cat, len(group))
             out.append((group, *(ref or (None, None))))
         return out
 
     def _folder_references(self, scene, unit: Unit, stream: np.random.Generator):
         domain = (self.domains or {}).get(unit.domain)
         pool = domain if domain is not None else _folder_pool(scene)
+        size = 0 if pool is None else len(pool.dataset) if domain is not None else len(pool)
         out = []
         for obj in range(scene.num_objects):
             ref = None
-            if pool is not None and len(pool) > 1:
-                index = int(stream.integers(len(pool) - 1))
+            if size > 1:
+                index = int(stream.integers(size - 1))
                 own = _own_index(pool, unit, scene)
                 index += int(own is not None and index >= own)
                 other = _reference_scene(pool, index)
@@ -276,11 +281,11 @@ def _category_pool_reference(domain, unit: Unit, cat, stream: np.random.Generato
     """An instance of category ``cat`` in another image of a bound domain whose dataset
     knows its images' categories without reading them (COCO annotations, class
     folders); None when there is none."""
-    data = getattr(domain, "_scenes", None)
+    data = domain.dataset
     if not hasattr(data, "image_categories"):
         return None
-    own = unit.index
-    cands = [i for i in range(len(domain)) if i != own and cat in data.image_categories(domain._index[i])]
+    own = domain.dataset_index(unit.index)
+    cands = [j for j in range(len(data)) if j != own and cat in data.image_categories(j)]
     if not cands:
         return None
     other = _reference_scene(domain, cands[int(stream.integers(len(cands)))])
@@ -293,11 +298,12 @@ def _category_pool_reference(domain, unit: Unit, cat, stream: np.random.Generato
 
 
 def _reference_scene(pool, index: int):
-    """Scene ``index`` of ``pool`` (a bound domain or a folder) to draw a reference from,
-    or None when its files cannot be read: a bad file found late costs the groups that
-    drew it as their reference (a warning names it), never the run."""
+    """Scene ``index`` of ``pool`` (a bound domain's whole dataset, sampled or not, or a
+    folder) to draw a reference from, or None when its files cannot be read: a bad file
+    found late costs the groups that drew it as their reference (a warning names it),
+    never the run."""
     try:
-        return pool.scene(index) if hasattr(pool, "scene") else pool[index]
+        return pool.scene_at(index) if hasattr(pool, "scene_at") else pool[index]
     except (OSError, ValueError) as e:
         logger.warning("no one-shot reference from a file that cannot be read: %s", e)
         return None
@@ -322,8 +328,9 @@ def _folder_pool(scene):
 
 
 def _own_index(pool, unit: Unit, scene) -> int | None:
-    """The target's own index in ``pool`` (a bound domain, or the folder by its pairs)."""
-    if hasattr(pool, "ids"):
-        return unit.index
+    """The target's own index in ``pool`` (a bound domain's dataset, or the folder by its
+    pairs)."""
+    if hasattr(pool, "dataset_index"):
+        return pool.dataset_index(unit.index)
     files = [str(img) for img, _ in getattr(pool, "pairs", [])]
     return files.index(scene.meta["image_file"]) if scene.meta.get("image_file") in files else None

@@ -32,7 +32,8 @@ class OneShotPanel:
     refined_points: tuple[np.ndarray, np.ndarray]
     refined_mask: np.ndarray
     refined_name: str = "refined"
-    title: str = ""
+    title: str = ""  # over the reference: where the pair comes from (model / domain)
+    target_name: str = ""  # the target image's name
 
 
 def _points(ax, coords: np.ndarray, labels: np.ndarray, gt: np.ndarray) -> None:
@@ -61,7 +62,7 @@ def oneshot_figure(panels: list[OneShotPanel], path: str | Path) -> Path | None:
         row[0].set_title(f"reference\n{p.title}" if p.title else "reference", fontsize=8)
         row[1].imshow(_outlined(p.target_image, gt))
         _points(row[1], *p.fm_points, gt)
-        row[1].set_title(f"target\nFM points ({len(p.fm_points[1])})", fontsize=8)
+        row[1].set_title(f"target {p.target_name}".rstrip() + f"\nFM points ({len(p.fm_points[1])})", fontsize=8)
         row[2].imshow(_outlined(_tint(p.target_image, np.asarray(p.refined_mask, bool), MASK, 0.45), gt))
         _points(row[2], *p.refined_points, gt)
         row[2].set_title(f"{p.refined_name}\n{len(p.refined_points[1])} points", fontsize=8)
@@ -112,5 +113,5 @@ def report_panels(references, examples: list, load_scene, n: int = 4, protocol: 
             ref_image, ref_mask, scene.image, target, (pts[0][:, :2], pts[0][:, 2].astype(np.int64)),
             (pts[1][:, :2], pts[1][:, 2].astype(np.int64)), mask,
             refined_name=f"{refined.method}: IoU {refined.value:.3f} (FM {exs['fm'].value:.3f})",
-            title=f"{unit.model} / {unit.domain} / {unit.image}"))
+            title=f"{unit.model} / {unit.domain}", target_name=unit.image))
     return panels
