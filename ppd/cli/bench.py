@@ -155,7 +155,9 @@ def run(args: argparse.Namespace) -> int:
     bar = UnitBar()
     outcome = run_bench(cfg, bar, command="ppd " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
     bar.close()
-    print(f"{outcome.units} units ({outcome.ran} run now, {len(outcome.skipped)} skipped) in {outcome.seconds:.0f} s -> {outcome.out}")
+    done = outcome.units - outcome.ran
+    print(f"{outcome.units} units ({outcome.ran} run now" + (f", {done} done before" if done else "")
+          + f", {len(outcome.skipped)} skipped) in {outcome.seconds:.0f} s -> {outcome.out}")
     summary = _print_headline(outcome.files.get("summary"))
     for name, path in outcome.files.items():
         print(f"  {name:8s} {path}")

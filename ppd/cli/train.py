@@ -152,6 +152,11 @@ def _run(args: argparse.Namespace) -> int:
     if args.resume:
         check_resume(out, cfg)  # a contradicting flag fails before the progress bar
     check_sources(cfg)  # so does a bad --data
+    for role, steps in (("attacker", cfg.attacker_steps), ("defender", cfg.defender_steps)):
+        if 0 < cfg.rounds * steps <= cfg.learning_starts:
+            print(f"ppd train: warning: the {role} takes {cfg.rounds * steps} steps in all, not more than "
+                  f"--learning-starts {cfg.learning_starts}, so its network is never updated: give it more steps "
+                  "or lower --learning-starts", file=sys.stderr)
     per_round = cfg.attacker_steps + cfg.defender_steps
     stage_bars: list[Any] = []
 
@@ -172,7 +177,9 @@ def _run(args: argparse.Namespace) -> int:
                 b.close()
     final = metrics["final"]
     print(f"trained {cfg.rounds} rounds, {cfg.total_steps} env steps in {metrics['wall_time_s']:.0f} s -> {out}")
-    print(f"held-out mean IoU on {metrics.get('eval_images', cfg.eval_scenes)} images:")
+    n_eval = metrics.get("eval_images", cfg.eval_scenes)
+    capped = f" (of --eval-scenes {cfg.eval_scenes}: at most half of a source is held out)" if n_eval < cfg.eval_scenes else ""
+    print(f"held-out mean IoU on {n_eval} images{capped}:")
     rows = [
         ("ideal prompts", final["ideal_iou"]),
         ("ideal, attacked", final["attacked_iou"]),

@@ -60,3 +60,16 @@ def test_ctrl_c_says_how_to_continue_and_resume_refuses_contradicting_flags(tiny
     res = subprocess.run(_ppd("train", "--out", str(out), "--resume"), env=env, capture_output=True, text=True)
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert f"cannot read {out / 'state.json'}" in res.stderr
+
+
+def test_too_few_steps_to_learn_is_a_warning(tiny_checkpoint, tmp_path):
+    """Steps in all not above --learning-starts: the network is never updated, and the
+    run says so before it starts (it still runs: a smoke test is a valid use)."""
+    flags = [f for f in FLAGS if not f.startswith(("--learning-starts", "--rounds", "--defender-steps"))]
+    res = subprocess.run(_ppd("train", "--out", str(tmp_path / "run"), "--checkpoint", tiny_checkpoint, *flags,
+                              "--rounds=1", "--learning-starts=20", "--defender-steps=24"),
+                         env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert ("ppd train: warning: the attacker takes 16 steps in all, not more than --learning-starts 20, so its "
+            "network is never updated: give it more steps or lower --learning-starts") in res.stderr
+    assert "the defender takes" not in res.stderr
