@@ -235,7 +235,9 @@ def _tables(doc: Doc, name: str, protocol: Any, summary_p: dict[str, Any]) -> No
     header = ["model", "method"] + (["condition"] if conditions else []) + ["objects"]
     header += [f"{m} {'↓' if m in lower else '↑'}" for m in metrics]
     numeric_from = len(header) - len(metrics) - 1
-    ref = systems[0] if systems else None
+    refs: dict[str, str] = {}  # the first system of each condition: the differences' reference
+    for key in systems:
+        refs.setdefault(split_system_key(key)[2], key)
     for domain in shown:
         table = summary_p[domain]
         doc.heading(3, "All domains" if domain == ALL else f"Domain `{domain}`")
@@ -248,12 +250,15 @@ def _tables(doc: Doc, name: str, protocol: Any, summary_p: dict[str, Any]) -> No
             label = label if conditions else label[:2]
             n = max((c["n"] for c in cells.values()), default=0)
             rows.append(label + [str(n)] + [cell(cells.get(m), kinds[m]) for m in metrics])
-            if key != ref:
+            if key not in refs.values():
                 deltas.append(label + [str(n)] + [cell(cells.get(m), kinds[m], delta=True) for m in metrics])
         doc.table(header, rows, numeric_from)
-        if deltas and ref in table:
-            ref_label = " · ".join(_system_label(ref) if conditions else _system_label(ref)[:2])
-            doc.para(f"Difference to **{ref_label}** on the objects both measured (paired; an interval "
+        shown_refs = [r for r in refs.values() if r in table]
+        if deltas and shown_refs:
+            labels = ", ".join(f"**{' · '.join(_system_label(r) if conditions else _system_label(r)[:2])}**"
+                               for r in shown_refs)
+            what = "the first system of its condition, " if len(refs) > 1 else ""
+            doc.para(f"Difference to {what}{labels}, on the objects both measured (paired; an interval "
                      "that excludes 0 is a difference the data support):")
             doc.table(header, deltas, numeric_from)
 

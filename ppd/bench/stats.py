@@ -92,14 +92,16 @@ def _interval(boot: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _paired(x: np.ndarray, is_sum: np.ndarray, strata: Sequence[int], n_boot: int, rng: np.random.Generator,
-            level: float, reference: int = 0) -> dict[str, np.ndarray]:
+            level: float, reference: int | Sequence[int] = 0) -> dict[str, np.ndarray]:
     """The paired bootstrap of ``x`` (items, metrics, systems), NaN = not measured.
 
     Returns (metrics, systems) arrays: value, ci_low, ci_high, n, delta, delta_low,
-    delta_high (the difference to system ``reference`` on the items both have).
+    delta_high (the difference to system ``reference`` on the items both have;
+    ``reference`` may give each system its own).
     """
     n, m, s = x.shape
-    d = x - x[:, :, reference:reference + 1]
+    refs = np.full(s, reference) if np.ndim(reference) == 0 else np.asarray(reference, np.int64)
+    d = x - x[:, :, refs]
     both = np.concatenate([x.reshape(n, -1), d.reshape(n, -1)], axis=1)
     present = ~np.isnan(both)
     filled = np.where(present, both, 0.0)
@@ -213,7 +215,8 @@ def summarize(results: pd.DataFrame, protocols: dict[str, Any], n_boot: int = 10
     delta, delta_low, delta_high}}}}}``: ``value`` is the mean over objects (the sum for
     a protocol's ``sums`` metrics), exactly ``results.groupby(...).value.mean()``;
     ``delta`` is the difference to the protocol's first system (in order of appearance)
-    on the objects both have. Histogram metrics (reliability, risk-coverage) are left
+    of the same condition, on the objects both have (so a method under an attack is
+    compared with the first method under that attack, not with clean prompts). Histogram metrics (reliability, risk-coverage) are left
     out. Domains, systems and the "all" aggregate keep their order of appearance; NaN
     becomes None so the result is strict JSON.
     """
@@ -232,6 +235,8 @@ def summarize(results: pd.DataFrame, protocols: dict[str, Any], n_boot: int = 10
         is_sum = np.array([m in sums for m in metrics])
         systems = list(dict.fromkeys(zip(*(df[c] for c in SYSTEM))))
         keys = [system_key(*s) for s in systems]
+        first = {}
+        refs = [first.setdefault(s[2], i) for i, s in enumerate(systems)]  # first system of each condition
         domains = list(pd.unique(df["domain"]))
         out[pname] = {}
         for domain in domains + [ALL]:
@@ -241,7 +246,7 @@ def summarize(results: pd.DataFrame, protocols: dict[str, Any], n_boot: int = 10
             mean, total, count = g.mean(), g.sum(), g.count()
             item_cols = ["domain", "image", "object"] if domain == ALL else ["image", "object"]
             cube, strata = _cube(part, item_cols, metrics, systems)
-            boot = _paired(cube, is_sum, strata, n_boot, _block_rng(seed, pname, domain), level)
+            boot = _paired(cube, is_sum, strata, n_boot, _block_rng(seed, pname, domain), level, refs)
             table: dict[str, Any] = {}
             for si, (system, key) in enumerate(zip(systems, keys)):
                 cells = {}

@@ -163,6 +163,22 @@ def test_summary_layout_order_deltas_and_no_histograms():
     assert 0 < other["delta_low"] < 0.05 < other["delta_high"] < 0.1  # m2 is 0.05 better, correlated
 
 
+def test_deltas_are_taken_within_each_condition():
+    """Under a second condition (an attack), each system is compared with the first system
+    of that condition, not with the first system of the run."""
+    rng = np.random.default_rng(1)
+    rows = []
+    for i in range(20):
+        base = rng.uniform(0.3, 0.7)
+        for method, condition, v in (("a", "clean", base), ("b", "clean", base + 0.1),
+                                     ("a", "attacked", base - 0.3), ("b", "attacked", base - 0.2)):
+            rows.append(("m", "d", "clicks", method, f"img{i}", 0, condition, "iou@1", v))
+    s = summarize(pd.DataFrame(rows, columns=list(COLUMNS)), PROTOCOLS, n_boot=100)["clicks"]["d"]
+    assert s["m/a/clean"]["iou@1"]["delta"] == 0.0 and s["m/a/attacked"]["iou@1"]["delta"] == 0.0
+    assert s["m/b/clean"]["iou@1"]["delta"] == pytest.approx(0.1)
+    assert s["m/b/attacked"]["iou@1"]["delta"] == pytest.approx(0.1)  # not -0.1 against m/a/clean
+
+
 def test_summary_is_deterministic_and_independent_of_row_order():
     df = synthetic()
     a = summarize(df, PROTOCOLS, n_boot=300, seed=3)
