@@ -298,8 +298,9 @@ def _tint(image: np.ndarray, mask: np.ndarray, color: np.ndarray, alpha: float =
 def examples_figure(examples: list[tuple[Any, Any]], protocol: Any, load_scene: Callable[[str, str], Any],
                     path: Path, n_worst: int = 4, n_median: int = 2, name: str | None = None) -> Path | None:
     """The overlay grid: per example the image, the prompts (green + positive, red x
-    negative, the box if any), the predicted mask and its error (false positives red,
-    false negatives blue), titled with model, domain, image, object and the value."""
+    negative, the box if any; a refiner's input set), the predicted mask with the prompts
+    it came from (a refiner's output set) and its error (false positives red, false
+    negatives blue), titled with model, domain, image, object and the value."""
     picked = pick_examples(examples, protocol, n_worst, n_median, name)
     scenes: dict[tuple[str, str], Any] = {}
     rows = []
@@ -328,29 +329,37 @@ def examples_figure(examples: list[tuple[Any, Any]], protocol: Any, load_scene: 
             ax.imshow(np.clip(panel, 0, 255).astype(np.uint8), interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
-            if c in (1, 2):
-                _draw_prompts(ax, ex, image.shape[:2])
+            if c == 1:
+                _draw_prompts(ax, ex.points if ex.input_points is None else ex.input_points, ex.box, image.shape[:2])
+            elif c == 2:
+                _draw_prompts(ax, ex.points, ex.box, image.shape[:2])
             if r == 0:
                 ax.set_title(heads[c], fontsize=9, fontweight="bold", pad=14)
         axes[r][0].set_ylabel(f"{tag}\n{unit.model}\n{unit.domain}", fontsize=8)
-        axes[r][1].set_xlabel(f"image {unit.image}, object {ex.object}", fontsize=8)
-        axes[r][2].set_xlabel(ex.method if ex.condition == "clean" else f"{ex.method} · {ex.condition}", fontsize=8)
+        method = ex.method if ex.condition == "clean" else f"{ex.method} · {ex.condition}"
+        if ex.input_points is None:
+            axes[r][1].set_xlabel(f"image {unit.image}, object {ex.object}", fontsize=8)
+            axes[r][2].set_xlabel(method, fontsize=8)
+        else:  # a refiner: its input set, then what it kept
+            axes[r][1].set_xlabel(f"image {unit.image}, object {ex.object}: {len(ex.input_points)} given", fontsize=8)
+            axes[r][2].set_xlabel(f"{method}: {len(ex.points)} kept", fontsize=8)
         axes[r][3].set_xlabel(f"{ex.metric} = {ex.value:.3f}", fontsize=8)
     _suptitle(fig, f"{protocol.title or protocol.name}: worst and median examples")
     return _save(fig, path)
 
 
-def _draw_prompts(ax: Any, ex: Any, hw: tuple[int, int]) -> None:
-    """Prompt points (white-edged green + / red x) and the box, axes kept to the image."""
+def _draw_prompts(ax: Any, points: list, box: list | None, hw: tuple[int, int]) -> None:
+    """Prompt points (``[x, y, label]`` rows: white-edged green + / red x) and the box,
+    axes kept to the image."""
     size = 11.0  # points: the same on every tile, whatever the image size
-    pts = np.asarray(ex.points, float).reshape(-1, 3)
+    pts = np.asarray(points, float).reshape(-1, 3)
     for label, marker, color in ((1, "+", "#22dd44"), (0, "x", "#ff2222")):
         p = pts[pts[:, 2] == label]
         if p.size:
             ax.plot(p[:, 0], p[:, 1], marker, ms=size, mew=3.5, color="white", ls="none")
             ax.plot(p[:, 0], p[:, 1], marker, ms=size, mew=2.0, color=color, ls="none")
-    if ex.box is not None:
-        x0, y0, x1, y1 = ex.box
+    if box is not None:
+        x0, y0, x1, y1 = box
         ax.plot([x0, x1, x1, x0, x0], [y0, y0, y1, y1, y0], "-", color="#22dd44", lw=1.5)
     ax.set_xlim(-0.5, hw[1] - 0.5)
     ax.set_ylim(hw[0] - 0.5, -0.5)

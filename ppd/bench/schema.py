@@ -64,7 +64,8 @@ class Row:
 @dataclass
 class Example:
     """A prediction to draw in the report's overlay grid: the prompts, the mask (COCO
-    RLE, see :func:`encode_mask`) and the value it is ranked by (worst first)."""
+    RLE, see :func:`encode_mask`) and the value it is ranked by (worst first); for a
+    refiner, also the prompts it was given (``input_points``)."""
 
     method: str
     object: int
@@ -74,6 +75,7 @@ class Example:
     mask: dict[str, Any]
     condition: str = CLEAN
     box: list[float] | None = None
+    input_points: list[list[float]] | None = None  # a refiner's input set, [x, y, label] per point
 
 
 @dataclass

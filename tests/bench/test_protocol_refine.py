@@ -112,6 +112,8 @@ def test_examples_are_the_defenders_refinements(result, scene):
         assert mask.shape == scene.masks.shape[1:]
         assert e.value == pytest.approx(float(iou(mask, scene.masks[e.object])))
         assert 1 <= len(e.points) <= 8 and all(p[2] in (0, 1) for p in e.points)
+        # the input set is shown beside the output: every kept point is one of the input's
+        assert len(e.input_points) == 8 and {tuple(p[:2]) for p in e.points} <= {tuple(p[:2]) for p in e.input_points}
 
 
 def test_same_stream_same_rows_other_stream_other_prompts(protocol, model, resources, scene, result):

@@ -400,9 +400,10 @@ class RefineProtocol(Protocol):
                             for metric, value in scores.items():
                                 values.setdefault(method, {}).setdefault(metric, []).append(value)
                             if s == 0 and method == shown and not suffix:
-                                result.examples.append(Example(method, obj, "iou", scores["iou"],
-                                                               prompt_points(res.point_coords, res.point_labels),
-                                                               encode_mask(mask), condition=condition))
+                                result.examples.append(Example(
+                                    method, obj, "iou", scores["iou"], prompt_points(res.point_coords, res.point_labels),
+                                    encode_mask(mask), condition=condition,
+                                    input_points=prompt_points(coarse.point_coords, coarse.point_labels)))
                     result.rows += [Row(method, obj, metric, float(np.mean(v)), condition)
                                     for method, metrics in values.items() for metric, v in metrics.items()]
         if (resources or {}).get("attacker") is not None:
