@@ -145,8 +145,8 @@ class RefineConfig:
     at least the input's plus G, in (-1, 1), or its mask agrees with more input points than the input's
     mask; a negative G tolerates that much of a drop ('off': no guard)"""
     use_filter: bool = True
-    """apply the run's wrong-label filter (label_filter.zip) before the defender; --no-filter: the defender
-    acts on the input as is"""
+    """whether the run's wrong-label filter (label_filter.zip) acts before the defender; --no-filter turns it
+    off, so the defender acts on the input as is"""
     filter_threshold: float | None = None
     """the filter's wrong-label probability above which it acts on a prompt, in (0, 1] (default none: the
     one selected in training, label_filter.json)"""

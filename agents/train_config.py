@@ -218,8 +218,8 @@ class TrainConfig:
     """scenes of the wrong-label filter, the last stage of training (beyond the paper;
     0: none): a network of the defender's architecture trained by supervision to flag
     prompts whose label is wrong; refine removes or relabels the flagged ones before the
-    defender acts, with a threshold and action selected on held-out scenes (1.0: off).
-    See ppd.agents.label_filter"""
+    defender acts, with a threshold and action selected on held-out scenes (a selected
+    threshold of 1.0 turns it off). See ppd.agents.label_filter"""
     filter_actions: str = "remove,relabel"
     """the filter actions the selection may pick, comma-separated (remove, relabel).
     Relabelling keeps refined coarse prompts as good as without the filter, but the

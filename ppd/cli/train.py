@@ -70,7 +70,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=None, help="YAML/JSON file with TrainConfig fields (flags override it)")
     parser.add_argument("--out", default="runs/ppd", help="run folder (default: runs/ppd)")
     parser.add_argument("--resume", action="store_true", help="continue OUT from its last completed round (uses OUT/config.yaml unless --config is given; "
-                        "flags may change only --rounds (to more), --device, --threads, --n-examples, "
+                        "flags may change only --rounds (to at least the rounds completed), --device, --threads, --n-examples, "
                         "--save-replay-buffer and, before the label filter is trained, --filter-*: a flag that "
                         "contradicts the run is an error)")
     parser.add_argument("--data", action="append", default=None, metavar="[NAME=]SOURCE",

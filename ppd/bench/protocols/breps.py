@@ -85,7 +85,7 @@ class BrepsConfig:
                                "pixels (default 9, BREPS's)"})
     batch: bool = field(
         default=True, metadata={"help": "optimise all objects of an image and both directions in one decoder call "
-                                "per step (off: one object and direction at a time)"})
+                                "per step (off: one object and direction at a time) (default: on)"})
     attacker: str = field(
         default="", metadata={"help": "a ppd train run folder holding attacker.zip (or the file): its DQN attacker "
                               "attacks the same ideal sets, method dqn_attacker, beside BREPS's point attack "

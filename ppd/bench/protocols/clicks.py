@@ -40,7 +40,7 @@ class ClicksConfig:
         default_factory=lambda: [85, 90], metadata={"help": "IoU targets in percent of NoC@T and NoF@T (default 85 90)"}
     )
     feed_logits: bool = field(
-        default=False, metadata={"help": "pass the previous prediction's low-res logits back as the mask input"}
+        default=False, metadata={"help": "pass the previous prediction's low-res logits back as the mask input (default: off)"}
     )
     click_rule: str = field(
         default="ritm",
@@ -49,7 +49,7 @@ class ClicksConfig:
                   "evaluation scripts) (default ritm)"},
     )
     batch_objects: bool = field(
-        default=True, metadata={"help": "decode all objects of an image in one call per click (off: one call per object)"}
+        default=True, metadata={"help": "decode all objects of an image in one call per click (off: one call per object) (default: on)"}
     )
 
     def __post_init__(self) -> None:
