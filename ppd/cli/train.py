@@ -59,7 +59,9 @@ class TrainBar:
         if recent is not None:
             self.numbers[f"{model.policy.role[:3]}.reward"] = recent[0]
             self.bar.set_postfix(self.numbers, refresh=False)
-        self.bar.update(env_steps)
+        # learn() ends on a whole vector step, so a phase can pass its budget by up to
+        # n_envs - 1 steps: the bar stops at its total
+        self.bar.update(max(0, min(env_steps, self.bar.total - self.bar.n)))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

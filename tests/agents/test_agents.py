@@ -831,7 +831,7 @@ def test_train_bar_shows_round_phase_reward_and_evaluation():
     from ppd.cli.train import TrainBar
 
     class FakeBar:
-        desc, post, n = "", {}, 0
+        desc, post, n, total = "", {}, 0, 10
 
         def set_description(self, desc, refresh=True):
             self.desc = desc
@@ -856,6 +856,8 @@ def test_train_bar_shows_round_phase_reward_and_evaluation():
                          "coarse": 0.5, "def.coarse": 0.7}
     bar.report(PhaseReport(2, 2, "evaluation", False, final=True))
     assert fake.desc == "round 2/2 evaluation (final)"
+    bar.steps(model, 8)  # a last vector step past the budget: the bar stops at its total
+    assert fake.n == 10
 
 
 def test_train_module_keeps_its_names():
