@@ -170,15 +170,25 @@ def test_a_defender_of_another_segmenter_is_skipped_with_a_warning(tmp_path, mod
 def test_generators_are_conditions(model, scene):
     from ppd.bench.generators import generator_prompts
 
+    from ppd.bench.protocols.refine import generator_stream
+
     proto = RefineProtocol(RefineBenchConfig(generators=["clean", "flips"]))
     res = proto.run(model, proto.prepare(model), scene, UNIT, UNIT.seed(0))
     assert {r.condition for r in res.rows} == {"clean", "flips"}
-    # the clean generator's sets come first from the stream: no_refine scores them as drawn
-    rng = UNIT.seed(0)
-    first = generator_prompts("clean", scene.masks[0], rng)
-    mask = model.segmenter.predict(scene.image, first.point_coords, first.point_labels).masks[0]
-    got = {(r.method, r.object, r.condition, r.metric): r.value for r in res.rows}
-    assert got[("no_refine", 0, "clean", "iou")] == pytest.approx(float(iou(mask, scene.masks[0])))
+    # each generator draws from its own stream of the unit: no_refine scores its sets as drawn
+    for generator in ("clean", "flips"):
+        first = generator_prompts(generator, scene.masks[0], generator_stream(UNIT.seed(0), generator))
+        mask = model.segmenter.predict(scene.image, first.point_coords, first.point_labels).masks[0]
+        got = {(r.method, r.object, r.condition, r.metric): r.value for r in res.rows}
+        assert got[("no_refine", 0, generator, "iou")] == pytest.approx(float(iou(mask, scene.masks[0])))
+    # so a generator's sets do not depend on which other generators the run lists
+    other = RefineProtocol(RefineBenchConfig(generators=["default", "few", "flips"]))
+
+    def flips(rows):
+        return {(r.object, r.metric): r.value for r in rows
+                if r.condition == "flips" and r.method == "no_refine" and r.metric != "refine_ms"}
+
+    assert flips(other.run(model, other.prepare(model), scene, UNIT, UNIT.seed(0)).rows) == flips(res.rows)
     with pytest.raises(ValueError, match="unknown prompt generator 'nope'"):
         RefineProtocol(RefineBenchConfig(generators=["nope"])).validate({})
 

@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import logging
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,8 @@ logger = logging.getLogger(__name__)
 
 #: The ``--defender`` value that names the defender shipped with ppd (as ``ppd demo``).
 BUNDLED = "bundled"
+#: Salt of the generators' own streams (:func:`generator_stream`).
+GENERATOR_STREAM_SALT = 51_771
 #: Condition of the sets a trained DQN attacker made from the ideal sets (``attacker``).
 DQN_CONDITION = "dqn_attacker"
 #: Reference methods of that condition: the ideal set before the attack, and the attacked
@@ -379,14 +382,15 @@ class RefineProtocol(Protocol):
         result = UnitResult()
         single = self.config.generators == ["default"]
         for generator in self.config.generators:
+            stream = generator_stream(rng, generator)
             for obj, gt in enumerate(np.asarray(scene.masks, bool)):
                 gt = gt & care
                 if not gt.any():
                     continue
                 sets = []  # the same coarse sets (and random-drop seeds) under every image condition
                 for _ in range(self.config.coarse_sets):
-                    coarse = generator_prompts(generator, gt, rng)
-                    sets.append((coarse, self._drop_seed(rng)))
+                    coarse = generator_prompts(generator, gt, stream)
+                    sets.append((coarse, self._drop_seed(stream)))
                 for suffix, img in images:
                     if suffix:
                         condition = suffix if single else f"{generator}@{suffix}"
@@ -422,6 +426,18 @@ class RefineProtocol(Protocol):
                     result.rows += [Row(method, obj, "iou", float(iou(mask, gt)), DQN_CONDITION),
                                     Row(method, obj, "dice", float(dice(mask, gt)), DQN_CONDITION)]
         return result
+
+
+def generator_stream(rng: np.random.Generator, generator: str) -> np.random.Generator:
+    """The stream a generator's prompt sets are drawn from in a unit: ``rng`` itself for
+    ``default`` (so a run of the default sets draws as it always has), else a child of
+    ``rng``'s seed named by the generator, which does not advance ``rng``: a generator's
+    sets on an image do not depend on which other generators the run lists."""
+    if generator == "default":
+        return rng
+    seq = rng.bit_generator.seed_seq
+    key = (*seq.spawn_key, GENERATOR_STREAM_SALT, zlib.crc32(generator.encode()))
+    return np.random.default_rng(np.random.SeedSequence(seq.entropy, spawn_key=key))
 
 
 def _refined(refiner: Any, image: np.ndarray, coords: np.ndarray, labels: np.ndarray, gt: np.ndarray,
