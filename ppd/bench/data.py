@@ -183,15 +183,14 @@ def _class_folders(spec: DataSpec, path: Path, selection: Selection, check: bool
             images, masks = class_files(folder)
             if not images and not masks:
                 continue
-            if (folder / "images").is_dir() or (folder / "masks").is_dir():
-                missing = [str(d) for d in (folder / "images", folder / "masks") if not d.is_dir()]
-                if missing:
-                    raise DataError(f"--data {spec.name}: {' and '.join(missing)} not found; a class folder holds "
-                                    "images/ and masks/, or images and their PNG masks side by side")
-                check_folder(spec.name, folder / "images", folder / "masks")
-            else:
-                others = [p for p in folder.iterdir() if is_data_file(p) and p not in images and p not in masks]
-                check_pairs(spec.name, images, masks, sorted(others), folder, folder)
+            split = (folder / "images").is_dir() or (folder / "masks").is_dir()
+            images_dir, masks_dir = (folder / "images", folder / "masks") if split else (folder, folder)
+            missing = [str(d) for d in (images_dir, masks_dir) if not d.is_dir()]
+            if missing:
+                raise DataError(f"--data {spec.name}: {' and '.join(missing)} not found; a class folder holds "
+                                "images/ and masks/, or images and their PNG masks side by side")
+            others = sorted(p for p in images_dir.iterdir() if is_data_file(p) and p not in images and p not in masks)
+            check_pairs(spec.name, images, masks, others, images_dir, masks_dir)
     dataset = ClassFolders(path, domain=spec.name)
     return Domain(spec, dataset, [dataset.image_id(i) for i in range(len(dataset))], selection)
 

@@ -73,7 +73,6 @@ class ClassFolders(Sequence):
     """The images of a folder per class as one dataset (module docstring).
 
     Attributes:
-        classes: the class names (folder names) with at least one image/mask pair.
         pairs: ``(image file, mask file)`` of every item, class by class.
 
     Args:
@@ -91,7 +90,6 @@ class ClassFolders(Sequence):
             raise FileNotFoundError(f"class folder root {root} is not a directory")
         self.root, self.domain = root, domain
         self._items: list[tuple[str, ImageMaskFolder, int]] = []
-        self.classes: list[str] = []
         for folder in class_dirs(root):
             if (folder / "images").is_dir() and (folder / "masks").is_dir():
                 try:
@@ -104,7 +102,6 @@ class ClassFolders(Sequence):
             if data is None or not len(data):
                 logger.warning("class folder %s holds no image/mask pair; left out", folder)
                 continue
-            self.classes.append(folder.name)
             self._items += [(folder.name, data, k) for k in range(len(data))]
         if not self._items:
             raise ValueError(f"{root} holds no class folder with image/mask pairs (ROOT/CLASS/1.jpg + 1.png, or "

@@ -351,10 +351,9 @@ def soft_edges(ids: np.ndarray) -> bool:
     n_inner = int(inner.sum())
     if n_inner == 0 or int((ids == VOID_ID).sum()) <= n_inner:
         return False
-    differs = np.zeros(ids.shape, bool)
-    vertical, horizontal = ids[1:] != ids[:-1], ids[:, 1:] != ids[:, :-1]
-    differs[1:] |= vertical
-    differs[:-1] |= vertical
-    differs[:, 1:] |= horizontal
-    differs[:, :-1] |= horizontal
+    from scipy import ndimage
+
+    cross = ndimage.generate_binary_structure(2, 1)  # a pixel and its 4 neighbours
+    differs = ((ndimage.grey_dilation(ids, footprint=cross, mode="nearest") != ids)
+               | (ndimage.grey_erosion(ids, footprint=cross, mode="nearest") != ids))
     return int((differs & inner).sum()) >= 0.9 * n_inner

@@ -102,11 +102,13 @@ class OneShotProtocol(Protocol):
     def __init__(self, config: OneShotConfig | None = None) -> None:
         super().__init__(config)
         self.domains: dict[str, Any] | None = None
+        self._by_category: dict[str, dict[Any, list[int]] | None] = {}  # see _category_index
 
     def bind_domains(self, domains: dict[str, Any]) -> None:
         """Give the protocol the run's domains (name -> :class:`ppd.bench.data.Domain`),
         where COCO references are drawn from; a runner calls it before :meth:`run`."""
         self.domains = domains
+        self._by_category = {}
 
     def _refine_protocol(self) -> RefineProtocol:
         return RefineProtocol(RefineBenchConfig(defender=list(self.config.defender),
@@ -156,7 +158,8 @@ class OneShotProtocol(Protocol):
         domain = (self.domains or {}).get(unit.domain)
         for cat in sorted(set(cats), key=str):
             group = [i for i, c in enumerate(cats) if c == cat]
-            ref = _category_pool_reference(domain, unit, cat, stream) if domain is not None else None
+            ref = None if domain is None else _category_pool_reference(
+                domain, self._category_index(unit.domain, domain), unit, cat, stream)
             if ref is None and len(group) >= 2:  # not bound: another instance of the same image
                 k = int(stream.integers(len(group)))
                 ref = (scene.image, scene.masks[group[k]])
@@ -167,6 +170,22 @@ class OneShotProtocol(Protocol):
                                unit.domain, unit.image, cat, len(group))
             out.append((group, *(ref or (None, None))))
         return out
+
+    def _category_index(self, name: str, domain) -> dict[Any, list[int]] | None:
+        """Category -> dataset indices of the images holding it, for a bound domain whose
+        dataset knows its images' categories without reading them (COCO annotations,
+        class folders; None for any other), built once per domain."""
+        by_category = self._by_category
+        if name not in by_category:
+            data = domain.dataset
+            index = None
+            if hasattr(data, "image_categories"):
+                index = {}
+                for j in range(len(data)):
+                    for cat in dict.fromkeys(data.image_categories(j)):
+                        index.setdefault(cat, []).append(j)
+            by_category[name] = index
+        return by_category[name]
 
     def _folder_references(self, scene, unit: Unit, stream: np.random.Generator):
         domain = (self.domains or {}).get(unit.domain)
@@ -277,15 +296,14 @@ def _procedural_references(scene, domain: str, seed: int, stream: np.random.Gene
     return out
 
 
-def _category_pool_reference(domain, unit: Unit, cat, stream: np.random.Generator):
-    """An instance of category ``cat`` in another image of a bound domain whose dataset
-    knows its images' categories without reading them (COCO annotations, class
-    folders); None when there is none."""
-    data = domain.dataset
-    if not hasattr(data, "image_categories"):
+def _category_pool_reference(domain, by_category: dict[Any, list[int]] | None, unit: Unit, cat,
+                             stream: np.random.Generator):
+    """An instance of category ``cat`` in another image of a bound domain
+    (``by_category``: :meth:`OneShotProtocol._category_index`); None when there is none."""
+    if by_category is None:
         return None
     own = domain.dataset_index(unit.index)
-    cands = [j for j in range(len(data)) if j != own and cat in data.image_categories(j)]
+    cands = [j for j in by_category.get(cat, []) if j != own]
     if not cands:
         return None
     other = _reference_scene(domain, cands[int(stream.integers(len(cands)))])
