@@ -45,10 +45,11 @@ class ImageMaskFolder(Sequence):
           masks have no void value (255 is an instance like any other).
         * ``"auto"``: binary when the mask's values are within {0, 255} or {0, 1},
           instance otherwise (so a one-instance id mask {0, 1} loads the same either way).
-          An 8-bit mask that looks like a binary mask with soft (anti-aliased, resized
-          or JPEG-compressed) edges, where read as ids the object would be void and its
-          edge a dozen tiny instances, is refused with a ``ValueError`` that says how
-          to fix it (:func:`soft_edges`).
+          A mask that looks like a binary mask with soft (anti-aliased, resized or
+          JPEG-compressed) edges, whose edge read as ids would be dozens of tiny
+          instances (and, in an 8-bit mask, the object itself void), is refused with a
+          ``ValueError`` that says how to fix it (:func:`soft_edges`; its top value is
+          255 in 8-bit masks and the largest value in 16-bit ones).
 
     Masks must be single-channel (L, P, I, 1) PNGs; an RGB mask is accepted only if its
     three channels are equal, and an alpha channel (LA, PA, RGBA) is ignored unless it
@@ -108,16 +109,9 @@ class ImageMaskFolder(Sequence):
         binary = self.mask_mode == "binary" or (
             self.mask_mode == "auto" and (set(values) <= {0, 255} or set(values) <= {0, 1})
         )
-        if not binary and self.mask_mode == "auto" and eight_bit and soft_edges(ids):
-            inner = int(((ids > 0) & (ids < VOID_ID)).sum())
-            levels = int(((values > 0) & (values < VOID_ID)).sum())
-            raise ValueError(
-                f"mask {mask_file} looks like a binary mask with soft (anti-aliased, resized or JPEG) edges: "
-                f"{int((ids == VOID_ID).sum())} pixels are 255 and {inner} pixels along its edges hold "
-                f"{levels} values between 1 and 254, which would read as that "
-                "many tiny instances with the object itself void (255); save it with only 0 and 255 "
-                "(e.g. 255 where the value is >= 128), or as instance ids 1..254 with 255 only for void"
-            )
+        top = VOID_ID if eight_bit else int(values[-1])
+        if not binary and self.mask_mode == "auto" and soft_edges(ids, top):
+            raise ValueError(_soft_edges_message(mask_file, ids, values, top, eight_bit))
         if binary:
             instance_ids = [1] if values.max() > 0 else []
             masks = (ids > 0)[None] if instance_ids else np.zeros((0, *ids.shape), bool)
@@ -341,15 +335,16 @@ def _read_mask(path: Path) -> tuple[np.ndarray, bool]:
     return ids.astype(np.int64), ids.dtype.itemsize == 1
 
 
-def soft_edges(ids: np.ndarray) -> bool:
-    """Whether an 8-bit mask looks like a binary mask with soft edges rather than an
-    instance-id mask: it holds 255 and values between 1 and 254, 255 covers more pixels
-    than those values together, and nine in ten of their pixels touch (4-neighbours) a
-    pixel of another value, as the band along an interpolated or compressed edge does
-    and an instance's area does not."""
-    inner = (ids > 0) & (ids < VOID_ID)
+def soft_edges(ids: np.ndarray, top: int = VOID_ID) -> bool:
+    """Whether a mask looks like a binary mask with soft edges rather than an
+    instance-id mask: it holds ``top`` (its object's value: 255 in 8-bit masks, the
+    largest value in 16-bit ones) and values between 1 and ``top - 1``, ``top`` covers
+    more pixels than those values together, and nine in ten of their pixels touch
+    (4-neighbours) a pixel of another value, as the band along an interpolated or
+    compressed edge does and an instance's area does not."""
+    inner = (ids > 0) & (ids < top)
     n_inner = int(inner.sum())
-    if n_inner == 0 or int((ids == VOID_ID).sum()) <= n_inner:
+    if n_inner == 0 or int((ids == top).sum()) <= n_inner:
         return False
     from scipy import ndimage
 
@@ -357,3 +352,18 @@ def soft_edges(ids: np.ndarray) -> bool:
     differs = ((ndimage.grey_dilation(ids, footprint=cross, mode="nearest") != ids)
                | (ndimage.grey_erosion(ids, footprint=cross, mode="nearest") != ids))
     return int((differs & inner).sum()) >= 0.9 * n_inner
+
+
+def _soft_edges_message(path: Path, ids: np.ndarray, values: np.ndarray, top: int, eight_bit: bool) -> str:
+    """The error for a mask that :func:`soft_edges` finds soft-edged, with what to do."""
+    inner = int(((ids > 0) & (ids < top)).sum())
+    levels = int(((values > 0) & (values < top)).sum())
+    soft = "anti-aliased, resized or JPEG" if eight_bit else "anti-aliased or resized"
+    found = (f"mask {path} looks like a binary mask with soft ({soft}) edges: {int((ids == top).sum())} "
+             f"pixels are {top} and {inner} pixels along its edges hold {levels} values between 1 and "
+             f"{top - 1}, which would read as that many tiny instances")
+    if eight_bit:
+        return found + (" with the object itself void (255); save it with only 0 and 255 (e.g. 255 where "
+                        "the value is >= 128), or as instance ids 1..254 with 255 only for void")
+    return found + (f" beside the object (16-bit masks have no void value); save it with only 0 and {top} "
+                    f"(e.g. {top} where the value is >= {(top + 1) // 2}), or as instance ids 1, 2, 3, ...")

@@ -309,6 +309,57 @@ def test_instance_masks_are_not_taken_for_soft_edges(tmp_path):
     assert not soft_edges(np.where(ids > 0, 255, 0))  # binary: no value in between
 
 
+def _mask_folder(tmp_path, mask):
+    """images/ and masks/ in tmp_path with one image and the PIL image ``mask`` (as a PNG)."""
+    (tmp_path / "images").mkdir(parents=True)
+    (tmp_path / "masks").mkdir()
+    save_image(tmp_path / "images" / "a.png", h=mask.height, w=mask.width)
+    mask.save(tmp_path / "masks" / "a.png")
+    return tmp_path / "images", tmp_path / "masks"
+
+
+@pytest.mark.parametrize("top", [65535, 255])
+def test_16_bit_binary_mask_with_soft_edges_is_refused(tmp_path, top):
+    # read as ids, the disk would be one instance and its edge a band of tiny "instances"
+    sharp = Image.fromarray((_disk(32, 10) > 0).astype(np.uint16) * top)
+    images, masks = _mask_folder(tmp_path, sharp.resize((64, 64), Image.BILINEAR))
+    stored = Image.open(masks / "a.png")
+    values = np.unique(np.asarray(stored))
+    assert stored.mode == "I;16" and len(values) > 3 and values[-1] == top
+    fix = rf"no void value.*only 0 and {top} \(e\.g\. {top} where the value is >= {(top + 1) // 2}\)"
+    with pytest.raises(ValueError, match=r"mask .*a\.png looks like a binary mask with soft .* edges.*" + fix):
+        load_image_mask_folder(images, masks)[0]
+    assert load_image_mask_folder(images, masks, mask_mode="binary")[0].num_objects == 1
+    assert load_image_mask_folder(images, masks, mask_mode="instance")[0].num_objects == len(values) - 1
+
+
+def test_8_bit_soft_edges_keep_the_void_message(tmp_path):
+    # the same soft disk, 8-bit: 255 is void, so the message says so (and does not use 16-bit's)
+    soft = Image.fromarray(_disk(32, 10)).resize((64, 64), Image.BILINEAR)
+    images, masks = _mask_folder(tmp_path, soft)
+    assert Image.open(masks / "a.png").mode == "L"
+    with pytest.raises(ValueError, match=r"object itself void \(255\); save it with only 0 and 255") as err:
+        load_image_mask_folder(images, masks)[0]
+    assert "16-bit" not in str(err.value)
+
+
+def test_16_bit_instance_masks_are_not_taken_for_soft_edges(tmp_path):
+    # 300 blobs of 4 x 4 pixels, ids 1..300, the largest id no bigger than the rest
+    yy, xx = np.mgrid[:60, :80]
+    blobs = (1 + (yy // 4) * 20 + xx // 4).astype(np.uint16)
+    blobs[:2, :2] = 0
+    images, masks = _mask_folder(tmp_path / "blobs", Image.fromarray(blobs))
+    scene = load_image_mask_folder(images, masks)[0]
+    assert scene.meta["instance_ids"] == list(range(1, 301)) and scene.masks[-1].sum() == 16
+    # a large object with the top id, and smaller instances beside it (one touching it)
+    ids = np.where(_disk(64, 20) > 0, 1000, 0).astype(np.uint16)
+    ids[2:8, 2:8], ids[2:8, 54:62], ids[56:62, 4:12], ids[30:36, 50:56] = 7, 8, 9, 10
+    images, masks = _mask_folder(tmp_path / "big", Image.fromarray(ids))
+    scene = load_image_mask_folder(images, masks)[0]
+    assert scene.meta["instance_ids"] == [7, 8, 9, 10, 1000]
+    assert scene.masks.sum(axis=(1, 2)).tolist() == [36, 48, 48, 36, (ids == 1000).sum()]
+
+
 def test_hidden_files_are_not_data(tmp_path):
     # macOS writes ._NAME files of extended attributes next to copied files
     (tmp_path / "images").mkdir()
