@@ -193,6 +193,18 @@ def test_generators_are_conditions(model, scene):
         RefineProtocol(RefineBenchConfig(generators=["nope"])).validate({})
 
 
+def test_coarse_sets_do_not_depend_on_the_baselines_listed(model, scene):
+    def inputs(baselines):
+        proto = RefineProtocol(RefineBenchConfig(baselines=baselines, coarse_sets=2))
+        rows = proto.run(model, proto.prepare(model), scene, UNIT, UNIT.seed(0)).rows
+        return {(r.object, r.metric): r.value for r in rows if r.method == "no_refine" and r.metric != "refine_ms"}
+
+    # random_drop's seeds come from the stream the coarse sets are drawn from: listing it
+    # or not must not change the sets after the first
+    alone, with_drop = inputs(["no_refine"]), inputs(["no_refine", "random_drop"])
+    assert {metric for _, metric in alone} == {"iou", "dice", "kept"} and alone == with_drop
+
+
 def test_corrupted_images_are_conditions_with_the_same_prompts(model, scene):
     proto = RefineProtocol(RefineBenchConfig(baselines=["no_refine"], corrupted=["gaussian_noise/3"]))
     res = proto.run(model, proto.prepare(model), scene, UNIT, UNIT.seed(0))

@@ -340,12 +340,14 @@ class RefineProtocol(Protocol):
             out.append((name, run_attack(seg, scene.image, groups, attack, seeds[name], care).as_float()))
         return out
 
-    def _drop_seed(self, rng: np.random.Generator) -> int | None:
-        """The seed of one ``random_drop`` refiner, drawn from ``rng`` only when that
-        baseline runs."""
-        return int(rng.integers(2**63)) if "random_drop" in self.config.baselines else None
+    @staticmethod
+    def _drop_seed(rng: np.random.Generator) -> int:
+        """The seed of one ``random_drop`` refiner, drawn from ``rng`` whether that
+        baseline runs or not: the coarse sets drawn after it stay the same whichever
+        baselines a run lists."""
+        return int(rng.integers(2**63))
 
-    def _refiners(self, seg: Any, defenders: dict[str, Any], drop_seed: int | None) -> dict[str, Any]:
+    def _refiners(self, seg: Any, defenders: dict[str, Any], drop_seed: int) -> dict[str, Any]:
         """Method -> refiner for one prompt set: the baselines, then the defenders."""
         from ppd.agents.baselines import BASELINES
 
