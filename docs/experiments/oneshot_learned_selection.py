@@ -1,7 +1,7 @@
 """Can a learned mask-quality score choose a better edit of the FM points than SAM's own score?
 
     python docs/experiments/oneshot_learned_selection.py [--fit-pairs 200] [--pairs 150]
-        [--domains train,clutter,texture] [--threads 1]
+        [--domains train,clutter,texture] [--steps 1] [--threads 1]
 
 The ground truth's search over removals and flips of FM's points reaches far above FM
 (``oneshot_refiner_ceiling.py``), while every refiner without the ground truth stays near
@@ -34,6 +34,9 @@ and more than SAM's rating does through ``greedy_score`` (below FM in-domain); i
 often chooses a label flip (half of the pairs). Far from what one well-chosen edit
 gives (``best candidate``, the ground truth's pick among the same candidates: +0.17 in-domain):
 a better quality score, not a better search, is what a refiner of FM's points needs.
+``--steps 4`` repeats the choice from the edited set (edits of the current set, the same
+predictor): mIoU after 0-4 steps train 0.617 / 0.653 / 0.662 / 0.660 / 0.658, clutter
+0.275 / 0.314 / 0.312 / 0.312 / 0.312: a second step adds 0.01 in-domain, later ones nothing.
 """
 from __future__ import annotations
 
@@ -65,10 +68,11 @@ def candidates(coords: np.ndarray, labels: np.ndarray) -> list[tuple[str, np.nda
         flipped[i] = 1 - flipped[i]
         out.append(("flip", np.ones(k, bool), flipped))
     pos = labels == 1
-    if (~pos).any():
-        out.append(("positives", pos, labels))
-    first = np.arange(k) == np.flatnonzero(pos)[0]
-    out += [("first positive", first, labels), ("first positive + negatives", first | ~pos, labels)]
+    if pos.any():  # FM's sets always have one; an edited set may not
+        if (~pos).any():
+            out.append(("positives", pos, labels))
+        first = np.arange(k) == np.flatnonzero(pos)[0]
+        out += [("first positive", first, labels), ("first positive + negatives", first | ~pos, labels)]
     return out
 
 
@@ -139,6 +143,34 @@ def choose(predict, t: dict) -> int:
     return j if gain[j] > TAU else 0
 
 
+def iterate(seg, predict, seed: int, domain: str, steps: int) -> list[float]:
+    """True IoU after 0..``steps`` choices, each among the single edits of the current set
+    (as :func:`choose`, the gain predicted over the current set); the set stays once no
+    edit is predicted to gain more than ``TAU``."""
+    p = make_pair(seed, domain)
+    image, gt = p.target.image, p.target_mask
+    fm_coords, fm_labels = feature_matching(seg, p.reference.image, p.ref_mask, image)
+    match = scores_for(seg, p.reference.image, p.ref_mask, image)
+    emb = seg.encode(image)
+
+    def decoded(c, lab):
+        pred = seg.predict(emb, c, lab)
+        mask = np.asarray(pred.masks[0], bool)
+        return features(mask, float(pred.scores[0]), pred.logits[0], match, lab, fm_coords, fm_labels), mask
+
+    coords, labels = fm_coords, fm_labels
+    x, mask = decoded(coords, labels)
+    out = [float(iou(mask, gt))]
+    for _ in range(steps):
+        edits = [(coords[keep], edited[keep]) for _, keep, edited in candidates(coords, labels)[1:]]
+        tried = [decoded(c, lab) for c, lab in edits]
+        j = choose(predict, {"x": np.stack([x] + [t[0] for t in tried])})
+        if j:
+            (coords, labels), (x, mask) = edits[j - 1], tried[j - 1]
+        out.append(float(iou(mask, gt)))
+    return out
+
+
 def interval(d: np.ndarray, n: int = 2000, seed: int = 0) -> tuple[float, float]:
     means = np.random.default_rng(seed).choice(d, (n, len(d))).mean(1)
     return float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
@@ -149,11 +181,18 @@ def main() -> None:
     ap.add_argument("--fit-pairs", type=int, default=200)
     ap.add_argument("--pairs", type=int, default=150)
     ap.add_argument("--domains", default="train,clutter,texture")
+    ap.add_argument("--steps", type=int, default=1, help="choices in a row (> 1: mIoU after each step)")
     ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     seg = ppd.load_segmenter(device="cpu")
     predict = fit([pair_table(seg, FIT_SEED + i, "train") for i in range(a.fit_pairs)])
+    if a.steps > 1:
+        for domain in a.domains.split(","):
+            runs = np.array([iterate(seg, predict, EVAL_SEED + i, domain, a.steps) for i in range(a.pairs)])
+            print(f"{domain:10s} mIoU after 0..{a.steps} steps: {' / '.join(f'{v:.3f}' for v in runs.mean(0))}",
+                  flush=True)
+        return
     print(f"{'domain':10s} {'fm':>6s} {'greedy':>6s} {'consist':>7s} {'learned':>7s} {'[learned - fm]':>17s} "
           f"{'best':>6s}  chosen")
     for domain in a.domains.split(","):
