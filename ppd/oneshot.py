@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["MatchScores", "feature_matching", "grid_points", "match_scores", "patch_features", "remove_wrong_points",
-           "select_spaced"]
+           "search_edit_oracle", "select_spaced"]
 
 #: Least fraction of a patch inside the reference mask for the patch to count as object.
 FG_COVER = 0.5
@@ -299,3 +299,49 @@ def remove_wrong_points(coords: np.ndarray, labels: np.ndarray, gt: np.ndarray) 
     if not right.any():
         right[0] = True
     return coords[right], labels[right]
+
+
+def search_edit_oracle(segmenter: Any, image: Any, coords: np.ndarray, labels: np.ndarray, gt: np.ndarray,
+                       care: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The ground truth's greedy search over removals and label flips of any point:
+    from the given set, apply the one edit (drop a point, or flip its label) whose mask
+    has the highest IoU with ``gt``, until no edit raises it; at least one point stays.
+
+    Right points count as much as wrong ones here: SAM handles some right points badly,
+    so this reaches well above :func:`remove_wrong_points` (0.906 against 0.774 mIoU
+    in-domain on procedural pairs) and shows how much a refiner that only removes or
+    relabels could gain, as far as a greedy search finds. Each step decodes every
+    removal in one batch and every flip in another (sets of equal length, unpadded).
+
+    Args:
+        segmenter: the segmenter.
+        image: (H, W, 3) image or its :class:`ImageEmbedding`.
+        coords, labels: the prompt set, (K, 2) pixels (x, y) and (K,) 1 / 0.
+        gt: (H, W) bool ground truth.
+        care: (H, W) bool pixels that count (default all).
+
+    Returns:
+        ``(coords, labels, mask)``: the edited set and its mask (restricted to ``care``).
+    """
+    from ppd.metrics import iou
+
+    coords, labels = np.asarray(coords, np.float32).reshape(-1, 2), np.asarray(labels, np.int64)
+    gt = np.asarray(gt, bool)
+    care = np.ones(gt.shape, bool) if care is None else np.asarray(care, bool)
+    emb = segmenter.encode(image) if isinstance(image, np.ndarray) else image
+
+    def decode(sets: list[tuple[np.ndarray, np.ndarray]]) -> list[tuple[float, np.ndarray]]:
+        masks = segmenter.predict(emb, np.stack([c for c, _ in sets]), np.stack([lab for _, lab in sets])).masks
+        return [(float(iou(m & care, gt & care)), np.asarray(m, bool) & care) for m in masks]
+
+    (best, mask), = decode([(coords, labels)])
+    while True:
+        k = len(labels)
+        flips = [(coords, np.where(np.arange(k) == i, 1 - labels, labels)) for i in range(k)]
+        removals = [(np.delete(coords, i, 0), np.delete(labels, i)) for i in range(k)] if k > 1 else []
+        edits = flips + removals
+        scored = decode(flips) + (decode(removals) if removals else [])
+        j = max(range(len(edits)), key=lambda e: scored[e][0])
+        if scored[j][0] <= best:
+            return coords, labels, mask
+        (coords, labels), (best, mask) = edits[j], scored[j]

@@ -119,6 +119,18 @@ def test_oracle_beats_fm_on_average(runs):
     assert np.mean(oracle) >= np.mean(fm)
 
 
+def test_search_oracle_is_at_least_fm(protocol, model, runs):
+    search = OneShotProtocol(OneShotConfig(baselines=[], search_oracle=True))
+    scene, unit, result = runs[0]
+    got, fm = values(search.run(model, search.prepare(model), scene, unit, unit.seed(0))), values(result)
+    groups = {o for m, o, _ in got if m == "fm_search_oracle"}
+    assert groups == {o for m, o, _ in fm if m == "fm"}
+    for g in groups:  # the same FM points, edited only where the ground truth says it helps
+        assert got[("fm", g, "iou")] == fm[("fm", g, "iou")]
+        assert got[("fm_search_oracle", g, "iou")] >= got[("fm", g, "iou")]
+    assert "fm_search_oracle" not in {m for m, _, _ in fm}  # off by default
+
+
 def test_wrong_fraction_by_hand():
     gt = np.zeros((4, 4), bool)
     gt[:2] = True

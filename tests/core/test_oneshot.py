@@ -15,7 +15,7 @@ import ppd.prompts
 from ppd.data.oneshot_datasets import ClassFolderPairs, CocoPairs
 from ppd.data.oneshot_pairs import domain_families, make_pair, object_classes, reference_scene
 from ppd.data.scenes import DOMAINS, make_scene
-from ppd.oneshot import feature_matching, grid_points, match_scores, remove_wrong_points
+from ppd.oneshot import feature_matching, grid_points, match_scores, remove_wrong_points, search_edit_oracle
 from ppd.oneshot_baselines import gbmseg, persam, persam_mask
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -143,6 +143,32 @@ def test_oracle_removes_exactly_the_wrong_points():
     assert c.tolist() == [[3, 3], [9, 0]] and lab.tolist() == [1, 0]
     c, lab = remove_wrong_points(coords[1:3], labels[1:3], gt)  # all wrong: the first stays
     assert c.tolist() == [[8, 8]] and lab.tolist() == [1]
+
+
+def test_search_oracle_edits_until_no_edit_helps(bundled):
+    from ppd.metrics import iou
+
+    gains = []
+    for seed in range(3):
+        p = make_pair(30_000_000 + seed, "train")
+        image, gt = p.target.image, p.target_mask
+        care = np.ones(gt.shape, bool)
+        care[:, :8] = False  # pixels that do not count
+        coords, labels = feature_matching(bundled, p.reference.image, p.ref_mask, image)
+        c, lab, mask = search_edit_oracle(bundled, image, coords, labels, gt, care)
+        assert 1 <= len(lab) <= len(labels) and set(lab.tolist()) <= {0, 1}
+        # every returned point is one of the given points, and the mask is the set's own
+        assert all(any(np.array_equal(q, r) for r in coords) for q in c)
+        own = np.asarray(bundled.predict(image, c, lab).masks[0], bool) & care
+        assert np.array_equal(mask, own)
+        start = iou(np.asarray(bundled.predict(image, coords, labels).masks[0], bool) & care, gt & care)
+        end = iou(mask, gt & care)
+        # a local optimum: no single flip or removal of the result raises the IoU
+        for i in range(len(lab)):
+            flipped = np.where(np.arange(len(lab)) == i, 1 - lab, lab)
+            assert iou(np.asarray(bundled.predict(image, c, flipped).masks[0], bool) & care, gt & care) <= end
+        gains.append(end - start)
+    assert min(gains) >= 0.0 and max(gains) > 0.0
 
 
 # -- pairs ------------------------------------------------------------------------

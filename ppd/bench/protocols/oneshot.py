@@ -34,7 +34,9 @@ stream), ``fm+ppd:<run>`` per ``--defender`` (loaded and matched to the segmente
 the refine protocol), ``persam`` (:func:`ppd.oneshot_baselines.persam_mask`, with its
 cascaded post-refinement), ``gbmseg`` (:func:`ppd.oneshot_baselines.gbmseg`) and
 ``fm_oracle`` (FM without its wrong points by the ground truth: a reference, not a
-method). Rows per group and method: ``iou``, ``dice`` and ``wrong`` (the fraction of
+method; with ``search_oracle``, also ``fm_search_oracle``, the ground truth's best
+removals and flips of any FM point, :func:`ppd.oneshot.search_edit_oracle`). Rows per
+group and method: ``iou``, ``dice`` and ``wrong`` (the fraction of
 the method's final points whose label disagrees with the ground truth; NaN for none).
 Void pixels count neither way. Examples: ``fm`` and the first defender's points; the
 report's figure ``oneshot_pairs.png`` shows reference, FM points and refined points.
@@ -79,6 +81,11 @@ class OneShotConfig:
     fm_pos: int = field(default=5, metadata={"help": "most positive FM points (default 5)"})
     fm_neg: int = field(default=5, metadata={"help": "most negative FM points (default 5)"})
     pair_seed: int = field(default=0, metadata={"help": "seed of the reference drawn for each target (default 0)"})
+    search_oracle: bool = field(
+        default=False,
+        metadata={"help": "also the method fm_search_oracle: the ground truth's greedy search over removals and label "
+                  "flips of any FM point, right ones included (ppd.oneshot.search_edit_oracle), what a refiner of FM's "
+                  "points could reach; a reference, not a method; two batched decodes per step (default off)"})
     defender_options: list[str] = defender_options_field()
 
     def __post_init__(self) -> None:
@@ -209,7 +216,7 @@ class OneShotProtocol(Protocol):
     def run(self, model: BenchModel, resources, scene, unit: Unit, rng: np.random.Generator) -> UnitResult:
         from ppd.agents.baselines import BASELINES
         from ppd.metrics import dice, iou
-        from ppd.oneshot import remove_wrong_points
+        from ppd.oneshot import remove_wrong_points, search_edit_oracle
         from ppd.oneshot_baselines import gbmseg, persam_mask
         from ppd.prompts import feature_matching
 
@@ -239,6 +246,8 @@ class OneShotProtocol(Protocol):
                 sets[method] = (res.point_coords, res.point_labels, np.asarray(res.mask, bool))
             c, lab = remove_wrong_points(coords, labels, gt)
             sets["fm_oracle"] = (c, lab, np.asarray(seg.predict(image, c, lab).masks[0], bool))
+            if self.config.search_oracle:
+                sets["fm_search_oracle"] = search_edit_oracle(seg, image, coords, labels, gt, care)
             mask, c, lab = persam_mask(seg, ref_image, ref_mask, image)
             sets["persam"] = (c, lab, np.asarray(mask, bool))
             c, lab = gbmseg(seg, ref_image, ref_mask, image)
