@@ -39,7 +39,9 @@ predictor): mIoU after 0-4 steps train 0.617 / 0.653 / 0.662 / 0.660 / 0.658, cl
 0.275 / 0.314 / 0.312 / 0.312 / 0.312: a second step adds 0.01 in-domain, later ones nothing.
 ``--defender bundled`` adds the bundled defender's wrong-label probability of the points
 each edit changes: train 0.649, clutter 0.310, texture 0.449 (without: 0.650, 0.313,
-0.441), no better: the mask features already carry what it knows.
+0.441), no better: the mask features already carry what it knows. ``--fit-pairs 1000
+--domains train,texture``: train 0.665 [+0.009, +0.093], texture 0.456 [+0.021, +0.097]:
+more fitting pairs help a little (+0.015), still far from ``best candidate``.
 """
 from __future__ import annotations
 
