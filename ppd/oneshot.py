@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["MatchScores", "feature_matching", "grid_points", "match_scores", "patch_features", "remove_wrong_points",
-           "search_edit_oracle", "select_spaced"]
+__all__ = ["MatchScores", "feature_matching", "grid_points", "mask_at_points", "match_scores", "patch_features",
+           "remove_wrong_points", "search_edit_oracle", "select_spaced"]
 
 #: Least fraction of a patch inside the reference mask for the patch to count as object.
 FG_COVER = 0.5
@@ -286,16 +286,21 @@ def scores_for(segmenter: Any, ref_image, ref_mask, target_image, ref_features=N
     return match_scores(ref_features, ref_mask, target_features, tuple(int(v) for v in target_hw), top_k)
 
 
+def mask_at_points(mask: np.ndarray, coords: np.ndarray) -> np.ndarray:
+    """(K,) bool: ``mask`` at each point's pixel (x, y rounded, clipped to the image)."""
+    mask, coords = np.asarray(mask, bool), np.asarray(coords).reshape(-1, 2)
+    x = np.clip(np.round(coords[:, 0]).astype(int), 0, mask.shape[1] - 1)
+    y = np.clip(np.round(coords[:, 1]).astype(int), 0, mask.shape[0] - 1)
+    return mask[y, x]
+
+
 def remove_wrong_points(coords: np.ndarray, labels: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The oracle: the prompt set without its wrong points by the ground truth (a
     positive outside ``gt``, a negative inside it). When every point is wrong the first
     stays, as refiners never return an empty set (the convention of the defense
     benchmark's oracle)."""
     coords, labels = np.asarray(coords, np.float32).reshape(-1, 2), np.asarray(labels, np.int64)
-    gt = np.asarray(gt, bool)
-    x = np.clip(np.round(coords[:, 0]).astype(int), 0, gt.shape[1] - 1)
-    y = np.clip(np.round(coords[:, 1]).astype(int), 0, gt.shape[0] - 1)
-    right = gt[y, x] == (labels == 1)
+    right = mask_at_points(gt, coords) == (labels == 1)
     if not right.any():
         right[0] = True
     return coords[right], labels[right]

@@ -8,6 +8,8 @@ all that shape, batching, caching and parity tests need.
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import numpy as np
 import pytest
 import torch
@@ -20,20 +22,35 @@ from ppd.segmenter import ImageEmbedding, Segmenter, load_segmenter
 IMAGE_HW = (96, 128)
 
 
-@pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory) -> str:
-    """Path of a ``{"model": state_dict, "config": ...}`` file of a seed-0 tiny model."""
+#: What the shared fixtures below build, once for the whole test run: pytest would
+#: rebuild a module-scoped fixture in every module, and these are read-only.
+_BUILT: dict[str, Any] = {}
+
+
+def _once(key: str, build: Callable[[], Any]) -> Any:
+    if key not in _BUILT:
+        _BUILT[key] = build()
+    return _BUILT[key]
+
+
+def _write_tiny_checkpoint(tmp_path_factory) -> str:
     path = tmp_path_factory.mktemp("ckpt") / "tiny_random.pt"
     model = new_tiny_model(seed=0)
     torch.save({"model": model.state_dict(), "config": tiny_model_config()}, path)
     return str(path)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory) -> str:
+    """Path of a ``{"model": state_dict, "config": ...}`` file of a seed-0 tiny model."""
+    return _once("checkpoint", lambda: _write_tiny_checkpoint(tmp_path_factory))
+
+
+@pytest.fixture(scope="module")
 def tiny_segmenter(tiny_checkpoint) -> Segmenter:
     """The tiny random-weight model behind a :class:`Segmenter` on CPU (shared: treat the
     model as read-only; build a new ``Segmenter(seg.model, ...)`` to test caching)."""
-    return load_segmenter(BUNDLED_NAME, checkpoint=tiny_checkpoint, device="cpu")
+    return _once("segmenter", lambda: load_segmenter(BUNDLED_NAME, checkpoint=tiny_checkpoint, device="cpu"))
 
 
 def _make_random_image() -> np.ndarray:
@@ -62,10 +79,10 @@ def counting_encoder(monkeypatch):
     return calls
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def tiny_embedding(tiny_segmenter) -> ImageEmbedding:
     """Embedding of the ``random_image`` pixels, encoded once per test run."""
-    return tiny_segmenter.encode(_make_random_image())
+    return _once("embedding", lambda: tiny_segmenter.encode(_make_random_image()))
 
 
 @pytest.fixture(scope="module")

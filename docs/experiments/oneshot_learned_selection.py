@@ -56,7 +56,7 @@ from ppd.agents.baselines import BASELINES
 from ppd.agents.defender import PromptDefender
 from ppd.data.oneshot_pairs import make_pair
 from ppd.metrics import iou
-from ppd.oneshot import feature_matching, mask_cover, scores_for
+from ppd.oneshot import feature_matching, mask_at_points, mask_cover, scores_for
 
 FIT_SEED, EVAL_SEED = 23_000_000, 24_000_000  # disjoint from oneshot_refine.py's 20M / 21M
 RIDGE, TAU = 10.0, 0.02
@@ -88,10 +88,7 @@ def features(mask, score, logits, match, labels, fm_coords, fm_labels) -> np.nda
     margin = match.margin
     matched = (margin > 0).astype(np.float32)
     inside, outside = cover.sum() + 1e-6, (1 - cover).sum() + 1e-6
-    h, w = mask.shape
-    x = np.clip(np.round(fm_coords[:, 0]).astype(int), 0, w - 1)
-    y = np.clip(np.round(fm_coords[:, 1]).astype(int), 0, h - 1)
-    hit = mask[y, x]
+    hit = mask_at_points(mask, fm_coords)
     parts = cv2.connectedComponents(mask.astype(np.uint8))[0] - 1
     return np.array([
         score,

@@ -8,7 +8,7 @@ On the one-shot pairs of ``oneshot_refine.py`` (``make_pair(SEED + i, domain)``;
 ground-truth oracles on them: ``remove`` (the wrong-label points dropped, the oracle of
 ``ppd bench --protocol oneshot``), ``relabel`` (their labels flipped) and ``search`` (the
 ground truth's greedy search over removals and label flips of any point, right or wrong,
-:func:`best_edit`). A refiner of the given points (the defender, every baseline of
+:func:`ppd.oneshot.search_edit_oracle`). A refiner of the given points (the defender, every baseline of
 :mod:`ppd.agents.baselines`) only removes or relabels, so ``search`` is what such a
 refiner can reach, as far as a greedy search finds.
 
@@ -39,6 +39,7 @@ import torch
 import ppd
 from ppd.data.oneshot_pairs import make_pair
 from ppd.metrics import iou
+from ppd.oneshot import mask_at_points, remove_wrong_points, search_edit_oracle
 from ppd.prompts import feature_matching
 
 SEED, TUNE_SEED = 20_000_000, 21_000_000  # as oneshot_refine.py
@@ -46,9 +47,7 @@ SEED, TUNE_SEED = 20_000_000, 21_000_000  # as oneshot_refine.py
 
 def right_labels(coords: np.ndarray, labels: np.ndarray, gt: np.ndarray) -> np.ndarray:
     """Per point: does its label agree with the ground truth at its pixel?"""
-    x = np.clip(np.round(coords[:, 0]).astype(int), 0, gt.shape[1] - 1)
-    y = np.clip(np.round(coords[:, 1]).astype(int), 0, gt.shape[0] - 1)
-    return gt[y, x] == (labels == 1)
+    return mask_at_points(gt, coords) == (labels == 1)
 
 
 def measure(seg, domain: str, n: int, seed: int) -> dict[str, float]:
@@ -63,36 +62,12 @@ def measure(seg, domain: str, n: int, seed: int) -> dict[str, float]:
         def score(c: np.ndarray, lab: np.ndarray) -> float:
             return float(iou(seg.predict(emb, c, lab).masks[0], gt))
 
-        keep = right if right.any() else np.arange(len(right)) == 0  # one point stays, as refiners keep one
         vals["fm"].append(score(coords, labels))
-        vals["remove"].append(score(coords[keep], labels[keep]))
+        vals["remove"].append(score(*remove_wrong_points(coords, labels, gt)))
         vals["relabel"].append(score(coords, np.where(right, labels, 1 - labels)))
-        vals["search"].append(best_edit(score, coords, labels))
+        vals["search"].append(float(iou(search_edit_oracle(seg, emb, coords, labels, gt)[2], gt)))
         vals["wrong"].append(float(1 - right.mean()))
     return {k: float(np.mean(v)) for k, v in vals.items()}
-
-
-def best_edit(score, coords: np.ndarray, labels: np.ndarray) -> float:
-    """The ground truth's greedy search over removals and relabels: from the FM set,
-    apply the one removal or label flip that raises the true IoU most, until none does
-    (at least one point stays). Every right and wrong point is a candidate, so this is
-    what a refiner that only removes or relabels can reach at best, as far as a greedy
-    search finds (a lower bound of the exhaustive search's value)."""
-    keep, flip = np.ones(len(labels), bool), np.zeros(len(labels), bool)
-    best = score(coords, labels)
-    while True:
-        kept = np.flatnonzero(keep)
-        moves = [("keep", i) for i in kept if len(kept) > 1] + [("flip", i) for i in kept]
-        tried = []
-        for kind, i in moves:
-            k, f = keep.copy(), flip.copy()
-            (k if kind == "keep" else f)[i] ^= True
-            tried.append((score(coords[k], np.where(f, 1 - labels, labels)[k]), kind, i))
-        value, kind, i = max(tried, key=lambda t: t[0])
-        if value <= best + 1e-9:
-            return best
-        best = value
-        (keep if kind == "keep" else flip)[i] ^= True
 
 
 def main() -> None:

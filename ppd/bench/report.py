@@ -25,7 +25,7 @@ import pandas as pd
 from ppd.io import save_text
 
 from ppd.bench.figures import protocol_figures
-from ppd.bench.stats import ALL, split_system_key
+from ppd.bench.stats import ALL, condition_references, split_system_key
 
 log = logging.getLogger(__name__)
 
@@ -235,9 +235,8 @@ def _tables(doc: Doc, name: str, protocol: Any, summary_p: dict[str, Any]) -> No
     header = ["model", "method"] + (["condition"] if conditions else []) + ["objects"]
     header += [f"{m} {'↓' if m in lower else '↑'}" for m in metrics]
     numeric_from = len(header) - len(metrics) - 1
-    refs: dict[str, str] = {}  # the first system of each condition: the differences' reference
-    for key in systems:
-        refs.setdefault(split_system_key(key)[2], key)
+    # the differences' references: the first system of each condition
+    refs = list(dict.fromkeys(systems[i] for i in condition_references([split_system_key(k)[2] for k in systems])))
     for domain in shown:
         table = summary_p[domain]
         doc.heading(3, "All domains" if domain == ALL else f"Domain `{domain}`")
@@ -250,10 +249,10 @@ def _tables(doc: Doc, name: str, protocol: Any, summary_p: dict[str, Any]) -> No
             label = label if conditions else label[:2]
             n = max((c["n"] for c in cells.values()), default=0)
             rows.append(label + [str(n)] + [cell(cells.get(m), kinds[m]) for m in metrics])
-            if key not in refs.values():
+            if key not in refs:
                 deltas.append(label + [str(n)] + [cell(cells.get(m), kinds[m], delta=True) for m in metrics])
         doc.table(header, rows, numeric_from)
-        shown_refs = [r for r in refs.values() if r in table]
+        shown_refs = [r for r in refs if r in table]
         if deltas and shown_refs:
             labels = ", ".join(f"**{' · '.join(_system_label(r) if conditions else _system_label(r)[:2])}**"
                                for r in shown_refs)

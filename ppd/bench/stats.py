@@ -40,6 +40,13 @@ def split_system_key(key: str) -> tuple[str, str, str]:
     return model, method, condition
 
 
+def condition_references(conditions: Sequence[str]) -> list[int]:
+    """Per system (given by its condition, in the summary's order), the index of the
+    system its difference is taken to: the first system of the same condition."""
+    first: dict[str, int] = {}
+    return [first.setdefault(c, i) for i, c in enumerate(conditions)]
+
+
 def histogram_prefixes(protocol: Any) -> tuple[str, ...]:
     """Metric prefixes of a protocol's histogram rows (reliability, risk-coverage)."""
     return tuple(p for p in (getattr(protocol, "reliability", None), getattr(protocol, "risk_coverage", None)) if p)
@@ -235,8 +242,7 @@ def summarize(results: pd.DataFrame, protocols: dict[str, Any], n_boot: int = 10
         is_sum = np.array([m in sums for m in metrics])
         systems = list(dict.fromkeys(zip(*(df[c] for c in SYSTEM))))
         keys = [system_key(*s) for s in systems]
-        first = {}
-        refs = [first.setdefault(s[2], i) for i, s in enumerate(systems)]  # first system of each condition
+        refs = condition_references([s[2] for s in systems])
         domains = list(pd.unique(df["domain"]))
         out[pname] = {}
         for domain in domains + [ALL]:

@@ -264,12 +264,12 @@ class OneShotProtocol(Protocol):
 
 def wrong_fraction(coords: np.ndarray, labels: np.ndarray, gt: np.ndarray) -> float:
     """Fraction of the points whose label disagrees with ``gt`` at the point (NaN for none)."""
+    from ppd.oneshot import mask_at_points
+
     coords, labels = np.asarray(coords).reshape(-1, 2), np.asarray(labels)
     if len(labels) == 0:
         return float("nan")
-    x = np.clip(np.round(coords[:, 0]).astype(int), 0, gt.shape[1] - 1)
-    y = np.clip(np.round(coords[:, 1]).astype(int), 0, gt.shape[0] - 1)
-    return float(np.mean(gt[y, x] != (labels == 1)))
+    return float(np.mean(mask_at_points(gt, coords) != (labels == 1)))
 
 
 def _procedural(scene, unit: Unit) -> tuple[str, int] | None:
