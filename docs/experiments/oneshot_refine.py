@@ -9,8 +9,11 @@ scored against the union of the target's instances of the class. Columns: ``fm``
 (:func:`ppd.prompts.feature_matching` with its defaults), ``fm+ppd`` (the defender's
 refinement of the FM points), ``fm+NAME`` (each refiner of :mod:`ppd.agents.baselines`),
 ``persam`` (with its cascaded post-refinement), ``persam_points`` (its two points alone),
-``gbmseg``, ``fm_oracle`` (FM without its wrong points by the ground truth), and
-``wrong`` (the fraction of FM points with a wrong label).
+``gbmseg``, ``fm_oracle`` (FM without its wrong points by the ground truth), ``wrong``
+(the fraction of FM points with a wrong label), and with an edit chooser
+(:mod:`ppd.oneshot_quality`, the bundled one by default) ``fm+choice`` (its pick among FM
+and FM's single edits) and ``fm+ppd+choice`` (its pick among those and the defender's
+output: ``ppd bench --protocol oneshot``'s ``fm+ppd:...``).
 
 ``--tune`` picks the counts and spacings of FM and GBMSeg on other pairs
 (``TUNE_SEED``, disjoint from the measured ones): a small grid per rule, mIoU of SAM on
@@ -48,6 +51,7 @@ from ppd.data.oneshot_pairs import make_pair
 from ppd.metrics import iou
 from ppd.oneshot import remove_wrong_points
 from ppd.oneshot_baselines import gbmseg, persam, persam_mask
+from ppd.oneshot_quality import choose_edit, load_chooser, refine_with_reference
 from ppd.prompts import feature_matching
 
 SEED, TUNE_SEED = 20_000_000, 21_000_000
@@ -59,12 +63,13 @@ def wrong(coords, labels, gt) -> float:
     return float(np.mean(gt[y, x] != (labels == 1)))
 
 
-def measure(seg, defender, domain: str, n: int, panels: list | None = None, seed: int = SEED) -> dict[str, float]:
+def measure(seg, defender, domain: str, n: int, panels: list | None = None, seed: int = SEED,
+            chooser=None) -> dict[str, float]:
     vals: dict[str, list[float]] = {}
     refiners = {f"fm+{r}": BASELINES[r](seg) for r in REFINERS}
     if defender is not None:
         refiners["fm+ppd"] = defender
-    t_fm, t_ppd = [], []
+    t_fm, t_ppd, t_choice = [], [], []
     for i in range(n):
         p = make_pair(seed + i, domain)
         img, gt = p.target.image, p.target_mask
@@ -86,6 +91,13 @@ def measure(seg, defender, domain: str, n: int, panels: list | None = None, seed
                     panels.append(OneShotPanel(p.reference.image, p.ref_mask, img, gt, (coords, labels),
                                                (res.point_coords, res.point_labels), res.mask, "FM + ppd", domain))
             out[name] = iou(res.mask, gt)
+        if chooser is not None:  # the reference choice: FM, its single edits, the refiner's output
+            out["fm+choice"] = iou(choose_edit(seg, chooser, p.reference.image, p.ref_mask, img, coords, labels)[2], gt)
+            if defender is not None:
+                t = time.perf_counter()
+                res = refine_with_reference(defender, img, coords, labels, p.reference.image, p.ref_mask, chooser)
+                t_choice.append(time.perf_counter() - t)
+                out["fm+ppd+choice"] = iou(res.mask, gt)
         c, lab = remove_wrong_points(coords, labels, gt)
         out["fm_oracle"] = iou(seg.predict(img, c, lab).masks[0], gt)
         out["persam"] = iou(persam_mask(seg, p.reference.image, p.ref_mask, img)[0], gt)
@@ -99,6 +111,8 @@ def measure(seg, defender, domain: str, n: int, panels: list | None = None, seed
     row["fm_ms"] = 1000 * float(np.median(t_fm))
     if t_ppd:
         row["ppd_ms"] = 1000 * float(np.median(t_ppd))
+    if t_choice:
+        row["ppd_choice_ms"] = 1000 * float(np.median(t_choice))
     return row
 
 
@@ -130,6 +144,9 @@ def main() -> None:
     ap.add_argument("--tune", action="store_true", help="tune FM's and GBMSeg's counts and spacings on the tuning pairs")
     ap.add_argument("--tuning-pairs", action="store_true",
                     help="measure the methods on the tuning pairs (TUNE_SEED) instead of the measured ones")
+    ap.add_argument("--chooser", default="bundled",
+                    help="edit chooser of the fm+choice and fm+ppd+choice columns (a file or run folder; 'none': "
+                    "no such columns)")
     ap.add_argument("--out")
     ap.add_argument("--figure")
     a = ap.parse_args()
@@ -148,7 +165,8 @@ def main() -> None:
         res = {}
         for d in domains:
             t = time.time()
-            res[d] = measure(seg, defender, d, a.pairs, panels, TUNE_SEED if a.tuning_pairs else SEED)
+            chooser = None if a.chooser == "none" else load_chooser(None if a.chooser == "bundled" else a.chooser)
+            res[d] = measure(seg, defender, d, a.pairs, panels, TUNE_SEED if a.tuning_pairs else SEED, chooser)
             print(d, json.dumps({k: round(v, 3) for k, v in res[d].items()}), f"({time.time() - t:.0f} s)", flush=True)
         if a.figure:
             from ppd.bench.protocols.oneshot_figures import oneshot_figure

@@ -282,10 +282,31 @@ def test_defender_options_reach_the_defenders(model, domain):
     loaded with them, and a bad option fails at config time."""
     with pytest.raises(ValueError, match="defender_options: unknown refine option 'nope'"):
         OneShotConfig(defender_options=["nope=1"])
-    proto = OneShotProtocol(OneShotConfig(defender=["bundled"], baselines=[], defender_options=["max_steps=0"]))
+    proto = OneShotProtocol(OneShotConfig(defender=["bundled"], baselines=[], defender_options=["max_steps=0"],
+                                          reference_choice=False))
     defender = proto.prepare(model)["defenders"]["ppd:bundled"]
     assert defender.refine_config.max_steps == 0
     unit = Unit("bundled", "train", 1, domain.ids[1], "oneshot")
     got = values(proto.run(model, proto.prepare(model), domain.scene(1), unit, unit.seed(0)))
     fm = {k[1]: v for k, v in got.items() if k[0] == "fm" and k[2] == "iou"}
     assert fm and all(got["fm+ppd:bundled", obj, "iou"] == pytest.approx(v, abs=1e-9) for obj, v in fm.items())
+
+
+def test_reference_choice_picks_fm_an_edit_of_it_or_the_defenders_output(model, domain):
+    """With reference_choice (the default) the defender's points are FM's, FM with one
+    point removed or relabelled, or the defender's own output; without it, its own."""
+    on = OneShotProtocol(OneShotConfig(defender=["bundled"], baselines=[]))
+    off = OneShotProtocol(OneShotConfig(defender=["bundled"], baselines=[], reference_choice=False))
+    assert set(on.prepare(model)["choosers"]) == {"ppd:bundled"} and "choosers" not in off.prepare(model)
+    changed = 0
+    for i in (1, 2):
+        unit = Unit("bundled", "train", i, domain.ids[i], "oneshot")
+        got = {p: p.run(model, p.prepare(model), domain.scene(i), unit, unit.seed(0)) for p in (on, off)}
+        points = {(p is on, ex.method, ex.object): {tuple(q) for q in np.asarray(ex.points).tolist()}
+                  for p, r in got.items() for ex in r.examples}
+        for (_, method, obj), fm in [(k, v) for k, v in points.items() if k[0] and k[1] == "fm"]:
+            chosen, own = points[True, "fm+ppd:bundled", obj], points[False, "fm+ppd:bundled", obj]
+            one_edit = len(fm - chosen) <= 1 and len(chosen - fm) <= 1 and len(chosen) >= len(fm) - 1
+            assert chosen == own or one_edit, (chosen, fm, own)
+            changed += chosen != own
+    assert changed  # the choice is not the defender's output everywhere

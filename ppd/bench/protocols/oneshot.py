@@ -31,7 +31,9 @@ file headers) leaves the groups that drew it unmeasured, with a warning naming t
 Methods: ``fm`` (the FM points as they are), ``fm+<baseline>`` for each refiner of
 ``baselines`` (:mod:`ppd.agents.baselines`; ``random_drop`` seeded from the unit's
 stream), ``fm+ppd:<run>`` per ``--defender`` (loaded and matched to the segmenter as in
-the refine protocol), ``persam`` (:func:`ppd.oneshot_baselines.persam_mask`, with its
+the refine protocol; with ``reference_choice``, the default, its output is picked among
+FM's points, their single edits and the defender's own output by the run's edit chooser,
+:func:`ppd.oneshot_quality.refine_with_reference`), ``persam`` (:func:`ppd.oneshot_baselines.persam_mask`, with its
 cascaded post-refinement), ``gbmseg`` (:func:`ppd.oneshot_baselines.gbmseg`) and
 ``fm_oracle`` (FM without its wrong points by the ground truth: a reference, not a
 method; with ``search_oracle``, also ``fm_search_oracle``, the ground truth's best
@@ -86,6 +88,13 @@ class OneShotConfig:
         metadata={"help": "also the method fm_search_oracle: the ground truth's greedy search over removals and label "
                   "flips of any FM point, right ones included (ppd.oneshot.search_edit_oracle), what a refiner of FM's "
                   "points could reach; a reference, not a method; two batched decodes per step (default off)"})
+    reference_choice: bool = field(
+        default=True,
+        metadata={"help": "each defender picks its output among FM's points, their single edits (one point removed or "
+                  "relabelled) and its own output by a mask-quality score learned with the ground truth of training "
+                  "pairs, which compares each candidate's mask with the reference (colour, shape, matched patches; "
+                  "ppd.oneshot_quality); the run folder's edit_chooser.json, else the bundled one "
+                  "(--no-reference-choice: the defender's own output, default on)"})
     defender_options: list[str] = defender_options_field()
 
     def __post_init__(self) -> None:
@@ -130,8 +139,25 @@ class OneShotProtocol(Protocol):
         self._refine_protocol().validate(models)
 
     def prepare(self, model: BenchModel) -> dict[str, Any]:
-        """The defenders that fit ``model``'s segmenter (as the refine protocol loads them)."""
-        return self._refine_protocol().prepare(model)
+        """The defenders that fit ``model``'s segmenter (as the refine protocol loads them)
+        and, with ``reference_choice``, each one's edit chooser (method -> chooser)."""
+        from ppd.bench.protocols.refine import defender_folder, defender_method
+        from ppd.oneshot_quality import CHOOSER_FILE, load_chooser
+
+        out = self._refine_protocol().prepare(model)
+        if self.config.reference_choice:
+            choosers = {}
+            for run in self.config.defender:
+                method = defender_method(run)
+                if method in out["defenders"]:
+                    folder = defender_folder(run)
+                    own = (folder / CHOOSER_FILE).is_file()
+                    if not own:
+                        logger.warning("defender %s has no %s; its reference choice uses the bundled one (fitted for "
+                                       "the bundled segmenter)", run, CHOOSER_FILE)
+                    choosers[method] = load_chooser(folder if own else None)
+            out["choosers"] = choosers
+        return out
 
     def figures(self, results: Any, fig_dir: Any, load_scene: Any, examples: list) -> dict[str, tuple[Any, str]]:
         from ppd.bench.protocols.oneshot_figures import oneshot_figure, report_panels
@@ -218,10 +244,12 @@ class OneShotProtocol(Protocol):
         from ppd.metrics import dice, iou
         from ppd.oneshot import remove_wrong_points, search_edit_oracle
         from ppd.oneshot_baselines import gbmseg, persam_mask
+        from ppd.oneshot_quality import refine_with_reference
         from ppd.prompts import feature_matching
 
         seg, image = model.segmenter, scene.image
         defenders = (resources or {}).get("defenders", {})
+        choosers = (resources or {}).get("choosers", {})
         void = scene.meta.get("void")
         care = np.ones(scene.masks.shape[1:], bool) if void is None else ~np.asarray(void, bool)
         seg.encode(image)
@@ -242,7 +270,9 @@ class OneShotProtocol(Protocol):
             refiners.update({f"fm+{m}": d for m, d in defenders.items()})
             refiners = {"fm": BASELINES["no_refine"](seg), **refiners}
             for method, refiner in refiners.items():
-                res = refiner.refine(image, coords, labels)
+                chooser = choosers.get(method[3:])  # a defender's, with reference_choice
+                res = (refiner.refine(image, coords, labels) if chooser is None else
+                       refine_with_reference(refiner, image, coords, labels, ref_image, ref_mask, chooser))
                 sets[method] = (res.point_coords, res.point_labels, np.asarray(res.mask, bool))
             c, lab = remove_wrong_points(coords, labels, gt)
             sets["fm_oracle"] = (c, lab, np.asarray(seg.predict(image, c, lab).masks[0], bool))
