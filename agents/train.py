@@ -13,7 +13,8 @@ shared by an attacker and a defender :class:`~ppd.envs.vec_env.PromptVecEnv`. Ea
    (:mod:`ppd.agents.evaluation`).
 
 After the last round the wrong-label filter is trained (``filter_scenes``;
-:mod:`ppd.agents.label_filter`) and the final agents are evaluated once more, with
+:mod:`ppd.agents.label_filter`), with one-shot starts the one-shot edit chooser is fitted
+(``chooser_pairs``; :mod:`ppd.agents.train_chooser`), and the final agents are evaluated once more, with
 ``PromptDefender.refine`` as a user loads it. Every phase's end is logged (round, phase,
 recent reward, evaluation numbers) and reported to the caller
 (:mod:`ppd.agents.train_progress`). The configuration is
@@ -89,7 +90,9 @@ from ppd.agents.train_progress import PhaseReport, TrainReporter
 from ppd.agents.train_data import open_training_data
 from ppd.data.references import ReferencePicker
 from ppd.data.scenes import TRAIN_DOMAIN  # noqa: F401  re-exported
+from ppd.agents.train_chooser import fit_run_chooser, load_run_chooser
 from ppd.envs.fm_starts import FeatureMatchStarts
+from ppd.oneshot_quality import CHOOSER_FILE
 from ppd.agents.rollout import greedy_rollout  # re-exported
 from ppd.envs.vec_env import PromptVecEnv
 from ppd.envs.world import PromptWorld, segmenter_gives_uncertainty
@@ -336,6 +339,18 @@ def _train(cfg: TrainConfig, out: str | Path, resume: bool, callback: BaseCallba
             commit_round(out, state, files)
         filter_model, filter_meta = loaded
         reporter.filtered(cfg.rounds, filter_meta, loaded=was_saved)
+    chooser_meta = None
+    if cfg.fm_starts > 0 and cfg.chooser_pairs:
+        reporter.start("edit chooser", cfg.rounds)
+        chooser = load_run_chooser(out, cfg.chooser_pairs)  # present when an earlier call got this far
+        was_saved = chooser is not None
+        if chooser is None:
+            chooser = fit_run_chooser(cfg, segmenter, world, eval_world, progress)
+            files = {CHOOSER_FILE: stage(out, CHOOSER_FILE, cfg.rounds, chooser.save)}
+            state = {**state, "edit_chooser": {"files": sorted(files)}}
+            commit_round(out, state, files)
+        chooser_meta = chooser.meta
+        reporter.chose(cfg.rounds, chooser_meta, loaded=was_saved)
     wall = time.time() - t0
     steps_now = cfg.total_steps - steps_before
     reporter.start("evaluation", cfg.rounds, final=True)
@@ -350,6 +365,8 @@ def _train(cfg: TrainConfig, out: str | Path, resume: bool, callback: BaseCallba
     elif last_eval is None or rollouts is None:  # resumed a run whose rounds were all done
         last_eval, rollouts = evaluate_agents(attacker, defender, eval_world, cfg, return_rollouts=True)  # type: ignore[misc]
     last_eval = {**last_eval, **refine_metrics(out, segmenter, eval_world, rollouts, device)}
+    if chooser_meta is not None and chooser_meta.get("eval_choice_iou") is not None:
+        last_eval["fm_choice_iou"] = chooser_meta["eval_choice_iou"]
     reporter.evaluated(cfg.rounds, last_eval, final=True)
     img = examples_image(eval_world, rollouts, cfg.n_examples)
     io.atomic_write(out / "examples.png", lambda tmp: Image.fromarray(img).save(tmp, format="PNG"))
@@ -365,6 +382,7 @@ def _train(cfg: TrainConfig, out: str | Path, resume: bool, callback: BaseCallba
         "train_images": len(world.dataset),
         "eval_images": len(eval_world.dataset),
         "label_filter": filter_meta,
+        "edit_chooser": chooser_meta,
         "torch_threads": torch.get_num_threads(),
     }
     io.save_json(metrics, out / "metrics.json")

@@ -214,6 +214,13 @@ class TrainConfig:
     ground truth. Measured at 0.3 over 4 seeds: refined coarse prompts 0.768 -> 0.800
     in-domain, recovery from attacked ones 0.725 -> 0.684 (docs/training.md, "Options measured and left off"); the head's ROC AUC
     for wrong labels 0.74-0.92 (PromptDefender.wrong_label_probability)"""
+    chooser_pairs: int = 200
+    """training objects the run's one-shot edit chooser is fitted on, after the label
+    filter (with fm_starts > 0; 0: none, and one-shot refinement uses the bundled chooser):
+    a mask-quality score learned with the ground truth that picks the one-shot output
+    among the FM points, their single edits and the defender's output (ppd bench
+    --protocol oneshot; ppd.oneshot_quality). About 0.5 s per object with the bundled
+    model on one core. See ppd.agents.train_chooser"""
     filter_scenes: int = 400
     """scenes of the wrong-label filter, the last stage of training (beyond the paper;
     0: none): a network of the defender's architecture trained by supervision to flag
@@ -305,6 +312,7 @@ class TrainConfig:
             "q_prior": self.q_prior in choices["q_prior"],
             "label_aux": self.label_aux >= 0,
             "filter_scenes": self.filter_scenes >= 0,
+            "chooser_pairs": self.chooser_pairs >= 0,
             "filter_walk": self.filter_walk >= 0,
             "filter_epochs": self.filter_epochs >= 1,
             "coarse_noise": self.coarse_noise in choices["coarse_noise"],

@@ -20,6 +20,7 @@ from ppd.agents.dqn import MaskedDQN
 from ppd.agents.label_filter import FILTER_META, remove_label_filter
 from ppd.agents.run_commit import STATE_FILE, commit_round, discard_uncommitted, finish_commit, read_state, stage
 from ppd.agents.train_config import TrainConfig
+from ppd.oneshot_quality import CHOOSER_FILE
 from ppd.envs.world import PromptWorld
 
 logger = logging.getLogger(__name__)
@@ -93,6 +94,7 @@ def clear_run(out: Path) -> None:
     for name in ("config.yaml", "metrics.json", train_resume.RESUME_FILE, *agents, *map(replay_file, agents)):
         (out / name).unlink(missing_ok=True)
     remove_label_filter(out)
+    (out / CHOOSER_FILE).unlink(missing_ok=True)
     discard_uncommitted(out, None)
 
 

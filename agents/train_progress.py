@@ -10,7 +10,8 @@ numbers current (library code logs, the command line owns the bar).
 The phases (:data:`PHASES`): ``attacker`` and ``defender`` (learning, every round),
 ``evaluation`` (greedy rollouts on held-out scenes after the rounds ``eval_every`` picks,
 and a final one at the end), ``label filter`` (after the last round, with
-``filter_scenes``). Within a learning phase, :class:`StepCallback` (an SB3 callback)
+``filter_scenes``), ``edit chooser`` (then, with one-shot starts and
+``chooser_pairs``). Within a learning phase, :class:`StepCallback` (an SB3 callback)
 tells a caller about every vector step, with the model, so that it can show the steps
 and :func:`mean_episode_reward` as they come.
 """
@@ -30,7 +31,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["PHASES", "PhaseReport", "StepCallback", "TrainReporter", "mean_episode_reward"]
 
 #: The phases of a run, in the order a round goes through them.
-PHASES = ("attacker", "defender", "evaluation", "label filter")
+PHASES = ("attacker", "defender", "evaluation", "label filter", "edit chooser")
 
 
 def mean_episode_reward(model: Any) -> tuple[float, int] | None:
@@ -63,7 +64,8 @@ class PhaseReport:
     before any episode ended) and ``time_s``; ``evaluation``: the metrics of
     :func:`~ppd.agents.evaluation.evaluate_agents` (and, in the final one, of
     :func:`~ppd.agents.evaluation.refine_metrics`); ``label filter``: ``action``,
-    ``threshold``, ``relabel_gate``, ``selection_auc``, ``examples``, ``time_s``.
+    ``threshold``, ``relabel_gate``, ``selection_auc``, ``examples``, ``time_s``; ``edit
+    chooser``: ``pairs``, ``eval_fm_iou``, ``eval_choice_iou``, ``time_s``.
     ``final`` marks the evaluation of the run's final agents. ``text`` is the logged line.
     """
 
@@ -130,6 +132,14 @@ class TrainReporter:
         text = (f"{state}, relabel gate {float(meta.get('relabel_gate', 0.0)):g}, held-out wrong-label AUC "
                 f"{_number(meta.get('selection_auc'))}, {meta.get('examples')} examples, {_number(meta.get('time_s'))} s")
         self._end("label filter", rnd, numbers, text + (" (loaded from the run folder)" if loaded else ""))
+
+    def chose(self, rnd: int, meta: dict[str, Any], loaded: bool = False) -> None:
+        """The edit chooser stage ended with the chooser's ``meta`` (``loaded``: read
+        from the run folder, not fitted)."""
+        numbers = {k: meta.get(k) for k in ("pairs", "eval_fm_iou", "eval_choice_iou", "time_s")}
+        text = (f"fitted on {meta.get('pairs')} objects; held-out one-shot IoU {_number(meta.get('eval_fm_iou'))} -> "
+                f"{_number(meta.get('eval_choice_iou'))} chosen, {_number(meta.get('time_s'))} s")
+        self._end("edit chooser", rnd, numbers, text + (" (loaded from the run folder)" if loaded else ""))
 
     def _end(self, phase: str, rnd: int, numbers: dict[str, Any], text: str, final: bool = False) -> None:
         rep = PhaseReport(rnd, self.rounds, phase, True, numbers, final)

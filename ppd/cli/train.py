@@ -195,6 +195,8 @@ def _run(args: argparse.Namespace) -> int:
     ]
     if "fm_iou" in final:
         rows += [("one-shot (feature matching) prompts", final["fm_iou"]), ("one-shot, defended", final["defended_fm_iou"])]
+    if "fm_choice_iou" in final:
+        rows.append(("one-shot, edit chooser's pick", final["fm_choice_iou"]))
     filt = metrics.get("label_filter")
     if filt:
         rows += [
@@ -218,5 +220,7 @@ def _run(args: argparse.Namespace) -> int:
     files = [out / "defender.zip", out / "attacker.zip", out / "metrics.json", out / "examples.png"]
     if filt:
         files.append(out / "label_filter.zip")
+    if metrics.get("edit_chooser"):
+        files.append(out / "edit_chooser.json")
     print("files: " + ", ".join(str(f) for f in files))
     return 0

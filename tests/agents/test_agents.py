@@ -775,12 +775,14 @@ def phase_run(tiny_segmenter, tiny_checkpoint, tmp_path_factory):
 def test_train_logs_and_reports_every_phase(phase_run):
     """A run logs one INFO line per phase, each with its round: the learning phases with
     their steps and recent reward, every evaluation with its numbers, the label filter
-    with its selection; ``report`` gets the same phases, each started then ended."""
+    with its selection, the edit chooser with its held-out numbers; ``report`` gets the same
+    phases, each started then ended."""
     metrics, reports = phase_run["metrics"], phase_run["reports"]
     records = phase_run["records"]  # what a log handler on "ppd.agents" at INFO received (caplog, module-wide)
     lines = [r.getMessage() for r in records if r.name == "ppd.agents.train_progress" and r.levelno == logging.INFO]
     titles = ["round 1/2 attacker", "round 1/2 defender", "round 1/2 evaluation", "round 2/2 attacker",
-              "round 2/2 defender", "round 2/2 evaluation", "round 2/2 label filter", "round 2/2 evaluation (final)"]
+              "round 2/2 defender", "round 2/2 evaluation", "round 2/2 label filter", "round 2/2 edit chooser",
+              "round 2/2 evaluation (final)"]
     assert [line.split(": ")[0] for line in lines] == titles
     assert [(r.title, r.done) for r in reports] == [(t, done) for t in titles for done in (False, True)]
     ended = [r for r in reports if r.done]
@@ -802,8 +804,11 @@ def test_train_logs_and_reports_every_phase(phase_run):
     meta = metrics["label_filter"]
     assert ended[6].numbers["threshold"] == meta["threshold"] and ended[6].numbers["action"] == meta["action"]
     assert f"held-out wrong-label AUC {meta['selection_auc']:.3f}, {meta['examples']} examples" in lines[6]
-    assert ended[7].final and ended[7].numbers == metrics["final"]
-    assert lines[7] == f"round 2/2 evaluation (final): {numbers(metrics['final'])}"
+    chooser = metrics["edit_chooser"]  # one-shot starts are on by default
+    assert ended[7].numbers["pairs"] == chooser["pairs"] and ended[7].numbers["eval_choice_iou"] == chooser["eval_choice_iou"]
+    assert f"held-out one-shot IoU {chooser['eval_fm_iou']:.3f} -> {chooser['eval_choice_iou']:.3f} chosen" in lines[7]
+    assert ended[8].final and ended[8].numbers == metrics["final"]
+    assert lines[8] == f"round 2/2 evaluation (final): {numbers(metrics['final'])}"
 
 
 def test_train_runs_torch_in_deterministic_mode_and_restores_it(phase_run):

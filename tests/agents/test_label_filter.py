@@ -41,7 +41,7 @@ def _config(tiny_checkpoint, **kw) -> TrainConfig:
     base = dict(
         seed=0, device="cpu", checkpoint=tiny_checkpoint, n_envs=2, rounds=1, attacker_steps=16, defender_steps=24,
         scenes=3, eval_scenes=2, learning_starts=8, buffer_size=200, batch_size=8, target_update_interval=16,
-        hidden_dim=16, n_examples=1, filter_scenes=3, filter_walk=1, filter_epochs=2,
+        hidden_dim=16, n_examples=1, filter_scenes=3, filter_walk=1, filter_epochs=2, chooser_pairs=0,
     )
     base.update(kw)
     return TrainConfig(**base)
