@@ -65,7 +65,8 @@ def main() -> None:
     cmd = ["ppd", "bench", *(x for d in domains for x in ("--data", f"{d}={work / d}")), "--protocol", "oneshot",
            *(x for r in a.defender for x in ("--defender", r)), "--threads", str(a.threads), "--out", str(work / "bench")]
     print(" ".join(cmd), flush=True)
-    sys.exit(subprocess.call(cmd))
+    # the ppd of this interpreter, whether or not its environment is on PATH
+    sys.exit(subprocess.call([sys.executable, "-c", "import sys; from ppd.cli import main; sys.exit(main())", *cmd[1:]]))
 
 
 if __name__ == "__main__":
