@@ -290,21 +290,32 @@ def load_chooser(path: str | Path | None = None) -> EditChooser:
 
 
 def _candidates(segmenter: Any, embedding: Any, ev: Evidence, sets: Sequence[tuple[np.ndarray, np.ndarray]]):
-    """Per set: ``(features, mask, score, uncertainty or None)`` of SAM's mask."""
-    out = []
-    for c, lab in sets:
-        pred = segmenter.predict(embedding, c, lab)
-        mask, score = np.asarray(pred.masks[0], bool), float(pred.scores[0])
-        unc = None if pred.uncertainty is None else pred.uncertainty[0]
-        out.append((mask_features(mask, score, pred.logits[0], ev, lab), mask, score, unc))
+    """Per set: ``(features, mask, score, uncertainty or None)`` of SAM's mask. Sets of
+    one length are decoded in one batched call (the removals, then the rest)."""
+    by_length: dict[int, list[int]] = {}
+    for i, (_, lab) in enumerate(sets):
+        by_length.setdefault(len(lab), []).append(i)
+    out: list[Any] = [None] * len(sets)
+    for rows in by_length.values():
+        pred = segmenter.predict(embedding, np.stack([sets[i][0] for i in rows]), np.stack([sets[i][1] for i in rows]))
+        for r, i in enumerate(rows):
+            mask, score = np.asarray(pred.masks[r], bool), float(pred.scores[r])
+            unc = None if pred.uncertainty is None else pred.uncertainty[r]
+            out[i] = (mask_features(mask, score, pred.logits[r], ev, sets[i][1]), mask, score, unc)
     return out
 
 
-def _choose(segmenter, chooser, ref_image, ref_mask, image, coords, labels, extra):
+def _scored_sets(segmenter, ref_image, ref_mask, image, coords, labels, extra):
+    """The candidates (the single edits of the set, then ``extra``) and their
+    :func:`_candidates` rows."""
     ev = evidence_for(segmenter, ref_image, ref_mask, image, coords, labels)
     sets = single_edits(coords, labels) + [(np.asarray(c, np.float32).reshape(-1, 2), np.asarray(lab, np.int64))
                                            for c, lab in extra]
-    scored = _candidates(segmenter, segmenter.encode(image), ev, sets)
+    return sets, _candidates(segmenter, segmenter.encode(image), ev, sets)
+
+
+def _choose(segmenter, chooser, ref_image, ref_mask, image, coords, labels, extra):
+    sets, scored = _scored_sets(segmenter, ref_image, ref_mask, image, coords, labels, extra)
     return sets, scored, chooser.pick(np.stack([s[0] for s in scored]))
 
 
@@ -328,10 +339,7 @@ def candidate_table(segmenter: Any, ref_image, ref_mask, image, gt, coords, labe
     of the ``extra`` sets, after them): one fitting example of :meth:`EditChooser.fit`."""
     from ppd.metrics import iou
 
-    ev = evidence_for(segmenter, ref_image, ref_mask, image, coords, labels)
-    sets = single_edits(coords, labels) + [(np.asarray(c, np.float32).reshape(-1, 2), np.asarray(lab, np.int64))
-                                           for c, lab in extra]
-    scored = _candidates(segmenter, segmenter.encode(image), ev, sets)
+    _, scored = _scored_sets(segmenter, ref_image, ref_mask, image, coords, labels, extra)
     return np.stack([s[0] for s in scored]), np.array([float(iou(s[1], gt)) for s in scored])
 
 

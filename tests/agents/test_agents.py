@@ -658,7 +658,7 @@ def _tiny_config(tiny_checkpoint, **kw) -> TrainConfig:
     base = dict(
         seed=0, device="cpu", checkpoint=tiny_checkpoint, n_envs=2, rounds=2, attacker_steps=16, defender_steps=24,
         scenes=3, eval_scenes=2, learning_starts=8, buffer_size=200, batch_size=8, target_update_interval=16,
-        hidden_dim=16, n_examples=2, filter_scenes=0,
+        hidden_dim=16, n_examples=2, filter_scenes=0, chooser_pairs=2,
     )
     base.update(kw)
     return TrainConfig(**base)

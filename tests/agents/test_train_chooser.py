@@ -7,6 +7,7 @@ import pytest
 
 from ppd.agents.train import TrainConfig, train
 from ppd.agents.train_chooser import _fitting_objects
+from ppd.agents.train_folder import clear_run
 from ppd.envs.world import PromptWorld
 from ppd.data.scenes import ProceduralScenes
 from ppd.oneshot_quality import CHOOSER_FILE, FEATURES, load_chooser
@@ -57,6 +58,6 @@ def test_a_run_with_one_shot_starts_fits_saves_and_keeps_its_chooser(tmp_path, t
     again = train(_config(tiny_checkpoint), out, resume=True, segmenter=tiny_segmenter, report=reports.append)
     assert (out / CHOOSER_FILE).read_bytes() == before and again["edit_chooser"] == meta
     assert any(r.phase == "edit chooser" and r.done and "loaded" in r.text for r in reports)
-    # a new run in the folder without one-shot starts leaves no chooser behind
-    plain = train(_config(tiny_checkpoint, fm_starts=0.0), out, segmenter=tiny_segmenter)
-    assert plain["edit_chooser"] is None and not (out / CHOOSER_FILE).exists()
+    # a new run in the folder starts by removing the old one's files, the chooser included
+    clear_run(out)
+    assert not (out / CHOOSER_FILE).exists()

@@ -16,6 +16,7 @@ from ppd.bench.data import DataError
 from ppd.data.references import ReferencePicker
 from ppd.data.scenes import TRAIN_DOMAIN, ProceduralScenes, make_scene
 from ppd.data.types import Scene
+from ppd.oneshot import feature_matching
 
 SIZES = ((96, 128), (128, 96), (112, 112), (128, 128), (80, 120), (100, 100))
 
@@ -238,7 +239,7 @@ def test_train_on_a_folder_saves_loads_and_refines(tmp_path, tiny_segmenter, tin
     cfg = TrainConfig(seed=0, device="cpu", checkpoint=tiny_checkpoint, data=[str(folder)], n_envs=4, rounds=1,
                       attacker_steps=100, defender_steps=200, eval_scenes=2, learning_starts=32, buffer_size=400,
                       batch_size=8, target_update_interval=32, hidden_dim=16, n_examples=2, filter_scenes=0,
-                      fm_starts=0.5, embedding_cache=str(tmp_path / "cache"), threads=1)
+                      fm_starts=0.5, chooser_pairs=3, embedding_cache=str(tmp_path / "cache"), threads=1)
     out = tmp_path / "run"
     metrics = train(cfg, out)
     assert metrics["train_images"] == 4 and metrics["eval_images"] == 2
@@ -254,6 +255,14 @@ def test_train_on_a_folder_saves_loads_and_refines(tmp_path, tiny_segmenter, tin
     res = defender.refine(scene.image, np.array([[xs[0], ys[0]], [2.0, 2.0]], np.float32), np.array([1, 1]))
     assert res.mask.shape == scene.image.shape[:2] and len(res.point_labels) >= 1
     assert json.loads((out / "metrics.json").read_text())["train_images"] == 4
+    # the run's one-shot edit chooser, fitted on the folder's objects, refines with a reference
+    from ppd.oneshot_quality import load_chooser, refine_with_reference
+
+    assert metrics["edit_chooser"]["pairs"] == 3 and 0.0 <= final["fm_choice_iou"] <= 1.0
+    ref = open_training_data(saved).eval[1]
+    coords, labels = feature_matching(tiny_segmenter, ref.image, ref.masks[0], scene.image)
+    res = refine_with_reference(defender, scene.image, coords, labels, ref.image, ref.masks[0], load_chooser(out))
+    assert res.mask.shape == scene.image.shape[:2] and res.kept.shape == (len(labels),)
 
 
 def test_a_folder_of_procedural_scenes_trains_as_the_scenes_in_memory(tmp_path, tiny_checkpoint):
@@ -278,6 +287,7 @@ def test_a_folder_of_procedural_scenes_trains_as_the_scenes_in_memory(tmp_path, 
     memory = train(TrainConfig(**base), tmp_path / "memory")
     on_disk = train(TrainConfig(**base, data=[str(folder)], eval_data=["procedural:train"]), tmp_path / "folder")
     assert on_disk["final"] == memory["final"]
+    assert memory["edit_chooser"] is None and not (tmp_path / "memory" / "edit_chooser.json").exists()  # no FM starts
     from ppd.agents.dqn import MaskedDQN
 
     a = MaskedDQN.load(str(tmp_path / "memory" / "defender.zip"), device="cpu").policy.state_dict()

@@ -25,7 +25,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 #: The run: seed 1 (scenes no other test of the process registers first), tiny budget.
 FLAGS = dict(seed=1, device="cpu", n_envs=2, rounds=2, attacker_steps=16, defender_steps=16, scenes=3, eval_scenes=1,
              eval_every=0, learning_starts=8, buffer_size=128, batch_size=8, target_update_interval=16,
-             attacker_max_steps=2, defender_max_steps=3, hidden_dim=16, n_examples=1, filter_scenes=0, threads=1)
+             attacker_max_steps=2, defender_max_steps=3, hidden_dim=16, n_examples=1, filter_scenes=0, chooser_pairs=2,
+             threads=1)
 
 
 def _config(tiny_checkpoint: str) -> TrainConfig:

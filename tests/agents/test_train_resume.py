@@ -25,7 +25,7 @@ def _config(tiny_checkpoint, **kw) -> TrainConfig:
         seed=0, device="cpu", checkpoint=tiny_checkpoint, n_envs=2, rounds=2, attacker_steps=16, defender_steps=16,
         scenes=3, eval_scenes=1, eval_every=0, learning_starts=8, buffer_size=128, batch_size=8,
         target_update_interval=16, attacker_max_steps=2, defender_max_steps=3, hidden_dim=16, n_examples=1,
-        filter_scenes=1, filter_epochs=1, threads=1, save_replay_buffer=True,
+        filter_scenes=1, filter_epochs=1, chooser_pairs=2, threads=1, save_replay_buffer=True,
     )
     base.update(kw)
     return TrainConfig(**base)
