@@ -270,14 +270,24 @@ class EditChooser:
         """Read a chooser written by :meth:`save`.
 
         Raises:
-            ValueError: the file's features are not this version's :data:`FEATURES`.
+            FileNotFoundError: no such file.
+            ValueError: not a chooser file (unreadable JSON, missing or misshapen
+                fields), or its features are not this version's :data:`FEATURES`.
         """
-        doc = json.loads(Path(path).read_text())
-        if tuple(doc.get("features", ())) != FEATURES:
+        try:
+            doc = json.loads(Path(path).read_text())
+            features = tuple(doc.get("features", ()))
+            arrays = [np.asarray(doc[k], np.float64) for k in ("mean", "scale", "weights")]
+            tau = float(doc["tau"])
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"{path}: not an edit chooser file ({type(exc).__name__}: {exc})") from None
+        if features != FEATURES:
             raise ValueError(f"{path}: the chooser was fitted on other features than this version of ppd computes; "
                              "refit it (ppd.oneshot_quality.fit_chooser)")
-        return cls(np.array(doc["mean"]), np.array(doc["scale"]), np.array(doc["weights"]), float(doc["tau"]),
-                   doc.get("meta", {}))
+        size = 2 * len(FEATURES) + 1
+        if any(a.shape != (size,) or not np.isfinite(a).all() for a in arrays):
+            raise ValueError(f"{path}: not an edit chooser file (mean, scale and weights must be {size} finite numbers)")
+        return cls(*arrays, tau, doc.get("meta") or {})
 
 
 def load_chooser(path: str | Path | None = None) -> EditChooser:

@@ -89,7 +89,7 @@ def main() -> None:
 
     fit = [masked(table(seg, FIT_SEED + i, "train")) for i in tqdm(range(a.fit_pairs), desc="fit pairs")]
     chooser = EditChooser.fit(fit, meta={"fit_pairs": f"make_pair({FIT_SEED} + i, 'train'), i < {a.fit_pairs}",
-                                         "segmenter": "bundled", "without": a.without})
+                                         "segmenter": seg.name, "without": a.without})
     if a.save:
         print(f"saved {chooser.save(a.save)}")
     defender = None

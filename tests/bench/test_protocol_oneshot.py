@@ -292,12 +292,14 @@ def test_defender_options_reach_the_defenders(model, domain):
     assert fm and all(got["fm+ppd:bundled", obj, "iou"] == pytest.approx(v, abs=1e-9) for obj, v in fm.items())
 
 
-def test_reference_choice_picks_fm_an_edit_of_it_or_the_defenders_output(model, domain):
+def test_reference_choice_picks_fm_an_edit_of_it_or_the_defenders_output(model, domain, caplog):
     """With reference_choice (the default) the defender's points are FM's, FM with one
     point removed or relabelled, or the defender's own output; without it, its own."""
     on = OneShotProtocol(OneShotConfig(defender=["bundled"], baselines=[]))
     off = OneShotProtocol(OneShotConfig(defender=["bundled"], baselines=[], reference_choice=False))
-    assert set(on.prepare(model)["choosers"]) == {"ppd:bundled"} and "choosers" not in off.prepare(model)
+    with caplog.at_level(logging.WARNING, logger="ppd.bench.protocols.oneshot"):
+        assert set(on.prepare(model)["choosers"]) == {"ppd:bundled"} and "choosers" not in off.prepare(model)
+    assert not caplog.records  # the bundled defender has its chooser, fitted for this segmenter
     changed = 0
     for i in (1, 2):
         unit = Unit("bundled", "train", i, domain.ids[i], "oneshot")
@@ -310,3 +312,22 @@ def test_reference_choice_picks_fm_an_edit_of_it_or_the_defenders_output(model, 
             assert chosen == own or one_edit, (chosen, fm, own)
             changed += chosen != own
     assert changed  # the choice is not the defender's output everywhere
+
+
+def test_a_chooser_fitted_for_another_segmenter_is_named(model, tmp_path, caplog):
+    """A run folder whose chooser was fitted for another segmenter: a warning names both."""
+    import shutil
+
+    from ppd.agents.run_files import BUNDLED_DEFENDER
+    from ppd.oneshot_quality import CHOOSER_FILE, load_chooser
+
+    run = tmp_path / "run"
+    shutil.copytree(BUNDLED_DEFENDER, run)
+    chooser = load_chooser(run)
+    chooser.meta["segmenter"] = "sam2.1_hiera_t"
+    chooser.save(run / CHOOSER_FILE)
+    proto = OneShotProtocol(OneShotConfig(defender=[str(run)], baselines=[]))
+    with caplog.at_level(logging.WARNING, logger="ppd.bench.protocols.oneshot"):
+        choosers = proto.prepare(model)["choosers"]
+    assert set(choosers) == {"ppd:run"}
+    assert any("fitted for segmenter sam2.1_hiera_t, not sam2-tiny-synthetic" in r.getMessage() for r in caplog.records)

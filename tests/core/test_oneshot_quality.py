@@ -136,3 +136,27 @@ def test_the_bundled_chooser_loads_and_refitting_works(tiny_segmenter):
     assert chooser.weights.shape == (2 * len(FEATURES) + 1,) and chooser.meta["pairs"] >= 100
     refit = fit_chooser(tiny_segmenter, [make_pair(s, "train") for s in (11, 12)], tau=0.0)
     assert refit.meta["pairs"] == 2 and np.isfinite(refit.weights).all()
+
+
+@pytest.mark.parametrize("text, message", [
+    ("{\"features\": [", "not an edit chooser file \\(JSONDecodeError"),
+    ("[1, 2]", "not an edit chooser file \\(AttributeError"),
+    ("{}", "not an edit chooser file \\(KeyError"),
+])
+def test_a_damaged_chooser_file_is_one_clear_error(tmp_path, text, message):
+    path = tmp_path / "edit_chooser.json"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        load_chooser(tmp_path)  # a run folder holding it
+
+
+def test_a_chooser_with_misshapen_weights_is_refused(tmp_path):
+    chooser = EditChooser.fit(synthetic_tables(10))
+    path = chooser.save(tmp_path / "c.json")
+    doc = json.loads(path.read_text())
+    doc["weights"] = doc["weights"][:-1]
+    path.write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match=f"must be {2 * len(FEATURES) + 1} finite numbers"):
+        EditChooser.load(path)
+    with pytest.raises(FileNotFoundError):
+        EditChooser.load(tmp_path / "none.json")

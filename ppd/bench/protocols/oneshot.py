@@ -155,7 +155,13 @@ class OneShotProtocol(Protocol):
                     if not own:
                         logger.warning("defender %s has no %s; its reference choice uses the bundled one (fitted for "
                                        "the bundled segmenter)", run, CHOOSER_FILE)
-                    choosers[method] = load_chooser(folder if own else None)
+                    chooser = load_chooser(folder if own else None)
+                    fitted_for = chooser.meta.get("segmenter")
+                    if fitted_for not in (None, model.segmenter.name):
+                        logger.warning("defender %s: its edit chooser was fitted for segmenter %s, not %s; refit it "
+                                       "(ppd train with one-shot starts, or ppd.oneshot_quality.fit_chooser)",
+                                       run, fitted_for, model.segmenter.name)
+                    choosers[method] = chooser
             out["choosers"] = choosers
         return out
 
