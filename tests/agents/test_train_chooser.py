@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 from ppd.agents.train import TrainConfig, train
-from ppd.agents.train_chooser import _fitting_objects
+from ppd.agents.train_chooser import _fitting_objects, load_run_chooser
 from ppd.agents.train_folder import clear_run
 from ppd.envs.world import PromptWorld
 from ppd.data.scenes import ProceduralScenes
-from ppd.oneshot_quality import CHOOSER_FILE, FEATURES, load_chooser
+from ppd.oneshot_quality import CHOOSER_FILE, FEATURES, EditChooser, load_chooser
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -61,3 +61,15 @@ def test_a_run_with_one_shot_starts_fits_saves_and_keeps_its_chooser(tmp_path, t
     # a new run in the folder starts by removing the old one's files, the chooser included
     clear_run(out)
     assert not (out / CHOOSER_FILE).exists()
+
+
+def test_resume_reads_only_a_sound_chooser_fitted_as_asked(tmp_path, caplog):
+    """--resume keeps a chooser fitted on as many objects as asked; another count, or a
+    damaged file (with a warning naming it), is fitted again."""
+    tables = [(np.random.default_rng(i).normal(size=(4, len(FEATURES))), np.linspace(0.2, 0.5, 4)) for i in range(5)]
+    EditChooser.fit(tables, meta={"objects_asked": 4}).save(tmp_path / CHOOSER_FILE)
+    assert load_run_chooser(tmp_path, 4).meta["objects_asked"] == 4
+    assert load_run_chooser(tmp_path, 200) is None and load_run_chooser(tmp_path / "none", 4) is None
+    (tmp_path / CHOOSER_FILE).write_text("{")
+    assert load_run_chooser(tmp_path, 4) is None
+    assert "not an edit chooser file" in caplog.text and "fitting it again" in caplog.text
