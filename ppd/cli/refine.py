@@ -15,7 +15,9 @@ from ppd.agents.refine_config import RefineConfig, add_refine_arguments, refine_
 from ppd.cli.common import add_device_arguments, parse_points, read_image, save_png
 
 HELP = "refine a prompt set with a trained defender"
-DESCRIPTION = "Refine point prompts with a trained defender; writes the refined points, mask and overlay."
+DESCRIPTION = ("Refine point prompts with a trained defender; writes the refined points, mask and overlay. "
+               "With --reference and --reference-mask (one annotated example), the points may come from feature "
+               "matching and the output is chosen by how its mask compares with the reference.")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -28,7 +30,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="training run folder (with defender.zip) or the defender .zip (default: the bundled defender)",
     )
     p.add_argument("--image", required=True, help="image file (PNG/JPEG...)")
-    p.add_argument("--points", required=True, help="prompts as 'x,y,label;x,y,label' in pixels (label 1 fg, 0 bg)")
+    p.add_argument("--points", default=None,
+                   help="prompts as 'x,y,label;x,y,label' in pixels (label 1 fg, 0 bg); optional with --reference "
+                   "(default: feature-matching points from the reference)")
+    p.add_argument("--reference", metavar="IMG", default=None,
+                   help="one-shot: an annotated example of the object's class (with --reference-mask); the output is "
+                   "picked among the points, their single edits and the defender's output by the run's edit chooser "
+                   "(edit_chooser.json, else the bundled one; ppd.oneshot_quality)")
+    p.add_argument("--reference-mask", metavar="PNG", default=None,
+                   help="the reference object's mask (nonzero pixels), the size of --reference")
     p.add_argument(
         "--config",
         default=None,
@@ -52,6 +62,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="unused: refinement is deterministic (kept for a uniform CLI)")
 
 
+def _reference(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(image, mask)`` of ``--reference`` / ``--reference-mask`` (None without), checked."""
+    given = (args.reference is not None, args.reference_mask is not None)
+    if given[0] != given[1]:
+        raise ValueError("--reference and --reference-mask go together: the example image and its object's mask")
+    if not given[0]:
+        if args.points is None:
+            raise ValueError("give --points, or --reference and --reference-mask to derive them (one-shot)")
+        return None
+    from ppd.data.loaders import read_object_mask
+
+    ref_image, ref_mask = read_image(args.reference), read_object_mask(args.reference_mask)
+    if ref_mask.shape != ref_image.shape[:2]:
+        raise ValueError(f"--reference-mask is {ref_mask.shape[1]} x {ref_mask.shape[0]} pixels but --reference is "
+                         f"{ref_image.shape[1]} x {ref_image.shape[0]}: they must match")
+    return ref_image, ref_mask
+
+
 def run(args: argparse.Namespace) -> int:
     """``ppd refine``: writes refined.json (with the result's trace), refine_config.yaml
     (the options it ran with: defaults <- ``--config`` FILE <- the flags given),
@@ -61,7 +89,8 @@ def run(args: argparse.Namespace) -> int:
     from ppd.viz import overlay
 
     image = read_image(args.image)
-    coords, labels = parse_points(args.points)
+    reference = _reference(args)
+    coords, labels = parse_points(args.points) if args.points is not None else (None, None)
     seg = None
     ruac = getattr(args, "ruac_checkpoint", None)
     if args.model or args.checkpoint or ruac:
@@ -87,9 +116,21 @@ def run(args: argparse.Namespace) -> int:
         precision=None if seg is not None else args.precision,
         embedding_cache=None if seg is not None else args.embedding_cache,
     )
+    derived = coords is None
+    if derived:  # one-shot: the feature-matching points of the reference
+        from ppd.oneshot import feature_matching
+
+        coords, labels = feature_matching(defender.segmenter, *reference, image)
     defender.record(image)  # encode and build the graph first: the timing is refinement only
     t = time.perf_counter()
-    res = defender.refine(image, coords, labels, max_steps=config.max_steps)
+    if reference is None:
+        res = defender.refine(image, coords, labels, max_steps=config.max_steps)
+    else:
+        from ppd.oneshot_quality import CHOOSER_FILE, load_chooser, refine_with_reference
+
+        own = args.run is not None and (Path(args.run) / CHOOSER_FILE).is_file()
+        res = refine_with_reference(defender, image, coords, labels, *reference,
+                                    load_chooser(args.run if own else None))
     took = time.perf_counter() - t
     before = defender.segmenter.predict(image, coords, labels)
     out = Path(args.out)
@@ -113,6 +154,8 @@ def run(args: argparse.Namespace) -> int:
             "steps": res.steps,
             "trace": list(res.trace),
             "seconds": took,
+            **({} if reference is None else {"reference": str(args.reference)}),
+            **({"input_points": np.column_stack([coords, labels]).tolist()} if derived else {}),
             **({} if res.uncertainty is None else {"mean_uncertainty": float(res.uncertainty.mean())}),
         },
         out / "refined.json",

@@ -335,6 +335,24 @@ def _read_mask(path: Path) -> tuple[np.ndarray, bool]:
     return ids.astype(np.int64), ids.dtype.itemsize == 1
 
 
+def read_object_mask(path: PathLike) -> np.ndarray:
+    """(H, W) bool mask of one object from a PNG: its nonzero pixels (8-bit 255, void
+    in instance masks, counts as object here: a binary mask saved as 0 / 255).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not a readable single-channel mask, or no object pixel.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no mask file {path}")
+    ids, _ = _read_mask(path)
+    mask = ids > 0
+    if not mask.any():
+        raise ValueError(f"mask {path} is empty: the object's pixels must be nonzero")
+    return mask
+
+
 def soft_edges(ids: np.ndarray, top: int = VOID_ID) -> bool:
     """Whether a mask looks like a binary mask with soft edges rather than an
     instance-id mask: it holds ``top`` (its object's value: 255 in 8-bit masks, the
