@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ppd.oneshot_quality import CHOOSER_FILE, EditChooser, candidate_table, choose_edit
+from ppd.oneshot_quality import CHOOSER_FILE, EditChooser, candidate_table
 
 logger = logging.getLogger(__name__)
 
@@ -59,16 +59,20 @@ def _fitting_objects(world: Any, n: int, seed: int) -> list[tuple[int, int]]:
     return out
 
 
-def _one_shot_items(world: Any, objects: list[tuple[int, int]]):
-    """``(target image, its object's mask, reference image, reference mask, FM coords,
-    FM labels)`` of each of ``objects`` with a reference."""
+def _one_shot_tables(segmenter: Any, world: Any, objects: list[tuple[int, int]], tick: Callable[[], Any] | None):
+    """:func:`~ppd.oneshot_quality.candidate_table` of the FM set of each of ``objects``
+    with a reference (ground truth: the object's mask; the image's embedding as the world
+    holds it)."""
+    tables = []
     for i, obj in objects:
         rec = world.image(i)
-        ref = world.fm_starts.picker(i, obj)
-        prompts = world.fm_starts.prompts(rec, obj)
-        if ref is None or prompts is None:
-            continue
-        yield rec.scene.image, rec.scene.masks[obj], ref[0], ref[1], prompts[0], prompts[1]
+        found = world.fm_starts.reference_prompts(rec, obj)
+        if found is not None:
+            tables.append(candidate_table(segmenter, found[0], found[1], rec.scene.image, rec.scene.masks[obj],
+                                          found[2], found[3], embedding=rec.embedding))
+        if tick is not None:
+            tick()
+    return tables
 
 
 def load_run_chooser(out: str | Path, pairs: int) -> EditChooser | None:
@@ -90,28 +94,20 @@ def fit_run_chooser(cfg: Any, segmenter: Any, world: Any, eval_world: Any,
     measure it on ``eval_world``'s evaluation objects (module docstring); both worlds
     need ``fm_starts``. ``progress(description, total) -> tick(n=1)``: a bar per step."""
     from ppd.agents.evaluation import eval_items
-    from ppd.metrics import iou
 
     t0 = time.time()
-    tables = []
     objects = _fitting_objects(world, cfg.chooser_pairs, cfg.seed)
-    tick = progress("edit chooser: fitting objects", len(objects)) if progress else None
-    for image, gt, ref_image, ref_mask, coords, labels in _one_shot_items(world, objects):
-        tables.append(candidate_table(segmenter, ref_image, ref_mask, image, gt, coords, labels))
-        if tick is not None:
-            tick()
+    tables = _one_shot_tables(segmenter, world, objects,
+                              progress("edit chooser: fitting objects", len(objects)) if progress else None)
     if not tables:
         raise ValueError("no training object has a one-shot reference, so the edit chooser has nothing to fit on "
                          "(a class needs two images of it; set chooser_pairs=0 to skip this stage)")
     chooser = EditChooser.fit(tables, meta={"objects_asked": cfg.chooser_pairs, "segmenter": segmenter.name})
-    fm, chosen = [], []
     held_out = [(rec.index, obj) for rec, obj, _, _ in eval_items(eval_world, cfg)]
-    tick = progress("edit chooser: held-out objects", len(held_out)) if progress else None
-    for image, gt, ref_image, ref_mask, coords, labels in _one_shot_items(eval_world, held_out):
-        fm.append(float(iou(segmenter.predict(image, coords, labels).masks[0], gt)))
-        chosen.append(float(iou(choose_edit(segmenter, chooser, ref_image, ref_mask, image, coords, labels)[2], gt)))
-        if tick is not None:
-            tick()
+    held = _one_shot_tables(segmenter, eval_world, held_out,
+                            progress("edit chooser: held-out objects", len(held_out)) if progress else None)
+    fm = [ious[0] for _, ious in held]  # the first candidate is the FM set itself
+    chosen = [ious[chooser.pick(x)] for x, ious in held]
     chooser.meta.update({"eval_objects": len(fm), "eval_fm_iou": float(np.mean(fm)) if fm else None,
                          "eval_choice_iou": float(np.mean(chosen)) if chosen else None,
                          "time_s": round(time.time() - t0, 1)})

@@ -48,14 +48,20 @@ class FeatureMatchStarts:
     def prompts(self, rec: ImageRecord, obj: int) -> tuple[np.ndarray, np.ndarray] | None:
         """The FM prompt set ``(coords (K, 2), labels (K,))`` of object ``obj`` of
         ``rec`` (None when its object has no reference)."""
-        from ppd.oneshot import feature_matching
+        found = self.reference_prompts(rec, obj)
+        return None if found is None else found[2:]
+
+    def reference_prompts(self, rec: ImageRecord, obj: int) -> tuple[np.ndarray, ...] | None:
+        """``(reference image, reference mask, coords, labels)``: the reference drawn for
+        object ``obj`` of ``rec`` and its FM prompt set (None when it has no reference)."""
+        from ppd.oneshot import feature_matching, patch_features
 
         ref = self.picker(rec.index, obj)
         if ref is None:
             return None
-        target = rec.embedding.image_embed[0].permute(1, 2, 0).float().cpu().numpy()
-        return feature_matching(self.world.segmenter, ref[0], ref[1], None, self.n_pos, self.n_neg,
-                                target_features=target, target_hw=rec.hw)
+        coords, labels = feature_matching(self.world.segmenter, ref[0], ref[1], None, self.n_pos, self.n_neg,
+                                          target_features=patch_features(None, rec.embedding), target_hw=rec.hw)
+        return ref[0], ref[1], coords, labels
 
     def state(self, rec: ImageRecord, obj: int) -> tuple[np.ndarray, np.ndarray] | None:
         """``(node_state, node_points)`` of the FM set of object ``obj`` of ``rec``

@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["MatchScores", "feature_matching", "grid_points", "mask_at_points", "match_scores", "patch_features",
-           "remove_wrong_points", "search_edit_oracle", "select_spaced"]
+__all__ = ["MatchScores", "decode_sets", "feature_matching", "grid_points", "mask_at_points", "match_scores",
+           "patch_features", "remove_wrong_points", "search_edit_oracle", "select_spaced", "single_edits"]
 
 #: Least fraction of a patch inside the reference mask for the patch to count as object.
 FG_COVER = 0.5
@@ -34,10 +34,11 @@ FG_COVER = 0.5
 BG_COVER = 0.05
 
 
-def patch_features(segmenter: Any, image: np.ndarray) -> np.ndarray:
+def patch_features(segmenter: Any, image: Any) -> np.ndarray:
     """(h, w, C) float32 patch features of ``image``: SAM2's image embedding
-    (``segmenter.encode(image).image_embed``, cached by the segmenter)."""
-    emb = segmenter.encode(image).image_embed
+    (``segmenter.encode(image).image_embed``, cached by the segmenter); ``image`` may be
+    its :class:`ImageEmbedding` already (no encode; ``segmenter`` unused)."""
+    emb = (segmenter.encode(image) if isinstance(image, np.ndarray) else image).image_embed
     return emb[0].permute(1, 2, 0).float().cpu().numpy()
 
 
@@ -306,6 +307,39 @@ def remove_wrong_points(coords: np.ndarray, labels: np.ndarray, gt: np.ndarray) 
     return coords[right], labels[right]
 
 
+def single_edits(coords: np.ndarray, labels: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The input set, then the set without each point (when it has more than one), then
+    the set with each label flipped."""
+    coords, labels = np.asarray(coords, np.float32).reshape(-1, 2), np.asarray(labels, np.int64)
+    k = len(labels)
+    out = [(coords, labels)]
+    if k > 1:
+        out += [(np.delete(coords, i, 0), np.delete(labels, i)) for i in range(k)]
+    out += [(coords, np.where(np.arange(k) == i, 1 - labels, labels)) for i in range(k)]
+    return out
+
+
+def decode_sets(segmenter: Any, embedding: Any, sets: list[tuple[np.ndarray, np.ndarray]]) -> list[tuple]:
+    """SAM's prediction for each prompt set ``(coords (K, 2), labels (K,))`` on one image,
+    the sets of one length decoded in one batched call (unpadded, so each mask is the one
+    ``predict`` gives the set alone, up to the last bits of batched arithmetic).
+
+    Returns:
+        Per set, in order: ``(mask (H, W) bool, score, logits (h, w), uncertainty (H, W)
+        or None)``.
+    """
+    by_length: dict[int, list[int]] = {}
+    for i, (_, lab) in enumerate(sets):
+        by_length.setdefault(len(lab), []).append(i)
+    out: list[Any] = [None] * len(sets)
+    for rows in by_length.values():
+        pred = segmenter.predict(embedding, np.stack([sets[i][0] for i in rows]), np.stack([sets[i][1] for i in rows]))
+        for r, i in enumerate(rows):
+            out[i] = (np.asarray(pred.masks[r], bool), float(pred.scores[r]), pred.logits[r],
+                      None if pred.uncertainty is None else pred.uncertainty[r])
+    return out
+
+
 def search_edit_oracle(segmenter: Any, image: Any, coords: np.ndarray, labels: np.ndarray, gt: np.ndarray,
                        care: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The ground truth's greedy search over removals and label flips of any point:
@@ -336,16 +370,14 @@ def search_edit_oracle(segmenter: Any, image: Any, coords: np.ndarray, labels: n
     emb = segmenter.encode(image) if isinstance(image, np.ndarray) else image
 
     def decode(sets: list[tuple[np.ndarray, np.ndarray]]) -> list[tuple[float, np.ndarray]]:
-        masks = segmenter.predict(emb, np.stack([c for c, _ in sets]), np.stack([lab for _, lab in sets])).masks
-        return [(float(iou(m & care, gt & care)), np.asarray(m, bool) & care) for m in masks]
+        return [(float(iou(m & care, gt & care)), m & care) for m, *_ in decode_sets(segmenter, emb, sets)]
 
     (best, mask), = decode([(coords, labels)])
     while True:
-        k = len(labels)
-        flips = [(coords, np.where(np.arange(k) == i, 1 - labels, labels)) for i in range(k)]
-        removals = [(np.delete(coords, i, 0), np.delete(labels, i)) for i in range(k)] if k > 1 else []
-        edits = flips + removals
-        scored = decode(flips) + (decode(removals) if removals else [])
+        edits = single_edits(coords, labels)[1:]
+        removals = len(labels) if len(labels) > 1 else 0
+        edits = edits[removals:] + edits[:removals]  # flips first: ties go to a flip
+        scored = decode(edits)
         j = max(range(len(edits)), key=lambda e: scored[e][0])
         if scored[j][0] <= best:
             return coords, labels, mask

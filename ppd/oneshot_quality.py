@@ -55,11 +55,11 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from ppd.oneshot import MatchScores, mask_at_points, mask_cover, scores_for
+from ppd.oneshot import MatchScores, decode_sets, mask_at_points, mask_cover, patch_features, scores_for, single_edits
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CHOOSER_FILE", "EditChooser", "Evidence", "FEATURES", "choose_edit", "colour_likelihood",
+__all__ = ["CHOOSER_FILE", "EditChooser", "Evidence", "FEATURES", "choose_edit", "chooser_of_run", "colour_likelihood",
            "evidence_for", "fit_chooser", "load_chooser", "mask_features", "single_edits"]
 
 #: File name of a chooser in a run folder (and of the bundled one in ``ppd/assets/defender``).
@@ -139,15 +139,18 @@ class Evidence:
 
 
 def evidence_for(segmenter: Any, ref_image: np.ndarray, ref_mask: np.ndarray, image: np.ndarray,
-                 coords: np.ndarray, labels: np.ndarray) -> Evidence:
+                 coords: np.ndarray, labels: np.ndarray, embedding: Any = None) -> Evidence:
     """:class:`Evidence` of a reference (image and object mask) on a target ``image``
-    for the prompt set ``(coords, labels)`` (patch features from ``segmenter``)."""
+    for the prompt set ``(coords, labels)`` (patch features from ``segmenter``, or from
+    the target's ``embedding`` when the caller holds it: no encode)."""
     import cv2
 
     ref_mask = np.asarray(ref_mask, bool)
     grey = cv2.cvtColor(np.asarray(image)[..., :3].astype(np.float32), cv2.COLOR_RGB2GRAY)
     gradient = np.hypot(cv2.Sobel(grey, cv2.CV_32F, 1, 0), cv2.Sobel(grey, cv2.CV_32F, 0, 1))
-    return Evidence(scores_for(segmenter, ref_image, ref_mask, image), colour_likelihood(ref_image, ref_mask, image),
+    match = scores_for(segmenter, ref_image, ref_mask, image,
+                       target_features=patch_features(segmenter, image if embedding is None else embedding))
+    return Evidence(match, colour_likelihood(ref_image, ref_mask, image),
                     gradient, float(ref_mask.sum()), _shape(ref_mask),
                     np.asarray(coords, np.float32).reshape(-1, 2), np.asarray(labels, np.int64))
 
@@ -189,18 +192,6 @@ def mask_features(mask: np.ndarray, score: float, logits: np.ndarray, ev: Eviden
         np.log((area + 1) / (ev.ref_area * max(1, parts) + 1)),
         ev.gradient[edge].mean() / (ev.gradient.mean() + 1e-6) if edge.any() else 0.0,
     ], np.float64)
-
-
-def single_edits(coords: np.ndarray, labels: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
-    """The input set, then the set without each point (when it has more than one), then
-    the set with each label flipped."""
-    coords, labels = np.asarray(coords, np.float32).reshape(-1, 2), np.asarray(labels, np.int64)
-    k = len(labels)
-    out = [(coords, labels)]
-    if k > 1:
-        out += [(np.delete(coords, i, 0), np.delete(labels, i)) for i in range(k)]
-    out += [(coords, np.where(np.arange(k) == i, 1 - labels, labels)) for i in range(k)]
-    return out
 
 
 def _design(x: np.ndarray) -> np.ndarray:
@@ -290,6 +281,17 @@ class EditChooser:
         return cls(*arrays, tau, doc.get("meta") or {})
 
 
+def chooser_of_run(run: str | Path | None) -> tuple[EditChooser, bool]:
+    """The edit chooser of a ``ppd train`` run (its folder, or the defender ``.zip`` in
+    it): its :data:`CHOOSER_FILE` when it has one, else the bundled chooser; and whether
+    it is the run's own. None: the bundled one."""
+    if run is not None:
+        folder = Path(run).parent if Path(run).suffix == ".zip" else Path(run)
+        if (folder / CHOOSER_FILE).is_file():
+            return EditChooser.load(folder / CHOOSER_FILE), True
+    return load_chooser(), False
+
+
 def load_chooser(path: str | Path | None = None) -> EditChooser:
     """The chooser at ``path`` (a file, or a run folder holding :data:`CHOOSER_FILE`);
     None: the bundled one (fitted for the bundled segmenter)."""
@@ -300,28 +302,20 @@ def load_chooser(path: str | Path | None = None) -> EditChooser:
 
 
 def _candidates(segmenter: Any, embedding: Any, ev: Evidence, sets: Sequence[tuple[np.ndarray, np.ndarray]]):
-    """Per set: ``(features, mask, score, uncertainty or None)`` of SAM's mask. Sets of
-    one length are decoded in one batched call (the removals, then the rest)."""
-    by_length: dict[int, list[int]] = {}
-    for i, (_, lab) in enumerate(sets):
-        by_length.setdefault(len(lab), []).append(i)
-    out: list[Any] = [None] * len(sets)
-    for rows in by_length.values():
-        pred = segmenter.predict(embedding, np.stack([sets[i][0] for i in rows]), np.stack([sets[i][1] for i in rows]))
-        for r, i in enumerate(rows):
-            mask, score = np.asarray(pred.masks[r], bool), float(pred.scores[r])
-            unc = None if pred.uncertainty is None else pred.uncertainty[r]
-            out[i] = (mask_features(mask, score, pred.logits[r], ev, sets[i][1]), mask, score, unc)
-    return out
+    """Per set: ``(features, mask, score, uncertainty or None)`` of SAM's mask
+    (:func:`ppd.oneshot.decode_sets`: batched by set length)."""
+    return [(mask_features(mask, score, logits, ev, lab), mask, score, unc)
+            for (_, lab), (mask, score, logits, unc) in zip(sets, decode_sets(segmenter, embedding, list(sets)))]
 
 
-def _scored_sets(segmenter, ref_image, ref_mask, image, coords, labels, extra):
+def _scored_sets(segmenter, ref_image, ref_mask, image, coords, labels, extra, embedding=None):
     """The candidates (the single edits of the set, then ``extra``) and their
-    :func:`_candidates` rows."""
-    ev = evidence_for(segmenter, ref_image, ref_mask, image, coords, labels)
+    :func:`_candidates` rows (``embedding``: the target's, else encoded, cached)."""
+    embedding = segmenter.encode(image) if embedding is None else embedding
+    ev = evidence_for(segmenter, ref_image, ref_mask, image, coords, labels, embedding)
     sets = single_edits(coords, labels) + [(np.asarray(c, np.float32).reshape(-1, 2), np.asarray(lab, np.int64))
                                            for c, lab in extra]
-    return sets, _candidates(segmenter, segmenter.encode(image), ev, sets)
+    return sets, _candidates(segmenter, embedding, ev, sets)
 
 
 def _choose(segmenter, chooser, ref_image, ref_mask, image, coords, labels, extra):
@@ -333,7 +327,7 @@ def choose_edit(segmenter: Any, chooser: EditChooser, ref_image: np.ndarray, ref
                 image: np.ndarray, coords: np.ndarray, labels: np.ndarray,
                 extra: Sequence[tuple[np.ndarray, np.ndarray]] = ()) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """The candidate the chooser picks among the single edits of ``(coords, labels)``
-    (:func:`single_edits`) and the ``extra`` sets; one decode per candidate.
+    (:func:`single_edits`) and the ``extra`` sets (decoded batched by set length).
 
     Returns:
         ``(coords, labels, mask, index)``: the chosen set, its mask and its index among
@@ -344,12 +338,14 @@ def choose_edit(segmenter: Any, chooser: EditChooser, ref_image: np.ndarray, ref
 
 
 def candidate_table(segmenter: Any, ref_image, ref_mask, image, gt, coords, labels,
-                    extra: Sequence[tuple[np.ndarray, np.ndarray]] = ()) -> tuple[np.ndarray, np.ndarray]:
+                    extra: Sequence[tuple[np.ndarray, np.ndarray]] = (), embedding: Any = None
+                    ) -> tuple[np.ndarray, np.ndarray]:
     """``(features (F, D), IoU with gt (F,))`` of the single edits of a prompt set (and
-    of the ``extra`` sets, after them): one fitting example of :meth:`EditChooser.fit`."""
+    of the ``extra`` sets, after them): one fitting example of :meth:`EditChooser.fit`
+    (``embedding``: the target's, when the caller holds it: no encode)."""
     from ppd.metrics import iou
 
-    _, scored = _scored_sets(segmenter, ref_image, ref_mask, image, coords, labels, extra)
+    _, scored = _scored_sets(segmenter, ref_image, ref_mask, image, coords, labels, extra, embedding)
     return np.stack([s[0] for s in scored]), np.array([float(iou(s[1], gt)) for s in scored])
 
 

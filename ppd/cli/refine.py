@@ -126,11 +126,9 @@ def run(args: argparse.Namespace) -> int:
     if reference is None:
         res = defender.refine(image, coords, labels, max_steps=config.max_steps)
     else:
-        from ppd.oneshot_quality import CHOOSER_FILE, load_chooser, refine_with_reference
+        from ppd.oneshot_quality import chooser_of_run, refine_with_reference
 
-        own = args.run is not None and (Path(args.run) / CHOOSER_FILE).is_file()
-        res = refine_with_reference(defender, image, coords, labels, *reference,
-                                    load_chooser(args.run if own else None))
+        res = refine_with_reference(defender, image, coords, labels, *reference, chooser_of_run(args.run)[0])
     took = time.perf_counter() - t
     before = defender.segmenter.predict(image, coords, labels)
     out = Path(args.out)

@@ -142,7 +142,7 @@ class OneShotProtocol(Protocol):
         """The defenders that fit ``model``'s segmenter (as the refine protocol loads them)
         and, with ``reference_choice``, each one's edit chooser (method -> chooser)."""
         from ppd.bench.protocols.refine import defender_folder, defender_method
-        from ppd.oneshot_quality import CHOOSER_FILE, load_chooser
+        from ppd.oneshot_quality import CHOOSER_FILE, chooser_of_run
 
         out = self._refine_protocol().prepare(model)
         if self.config.reference_choice:
@@ -150,12 +150,10 @@ class OneShotProtocol(Protocol):
             for run in self.config.defender:
                 method = defender_method(run)
                 if method in out["defenders"]:
-                    folder = defender_folder(run)
-                    own = (folder / CHOOSER_FILE).is_file()
+                    chooser, own = chooser_of_run(defender_folder(run))
                     if not own:
                         logger.warning("defender %s has no %s; its reference choice uses the bundled one (fitted for "
                                        "the bundled segmenter)", run, CHOOSER_FILE)
-                    chooser = load_chooser(folder if own else None)
                     fitted_for = chooser.meta.get("segmenter")
                     if fitted_for not in (None, model.segmenter.name):
                         logger.warning("defender %s: its edit chooser was fitted for segmenter %s, not %s; refit it "
